@@ -1,0 +1,51 @@
+//! DHCPv4 wire constants (RFC 2131, RFC 2132) shared by the responder and the renderer.
+
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
+
+pub const BOOTREQUEST: u8 = 1;
+pub const BOOTREPLY: u8 = 2;
+pub const HTYPE_ETHERNET: u8 = 1;
+pub const BROADCAST_FLAG: u16 = 0x8000;
+pub const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+
+/// Offset of the options field in a BOOTP message (after the magic cookie).
+pub const OPTIONS_OFFSET: usize = 240;
+
+// Message types (option 53).
+pub const DHCPDISCOVER: u8 = 1;
+pub const DHCPOFFER: u8 = 2;
+pub const DHCPREQUEST: u8 = 3;
+pub const DHCPDECLINE: u8 = 4;
+pub const DHCPACK: u8 = 5;
+pub const DHCPNAK: u8 = 6;
+pub const DHCPRELEASE: u8 = 7;
+pub const DHCPINFORM: u8 = 8;
+
+// Option codes.
+pub const OPT_PAD: u8 = 0;
+pub const OPT_SUBNET_MASK: u8 = 1;
+pub const OPT_ROUTER: u8 = 3;
+pub const OPT_DNS: u8 = 6;
+pub const OPT_HOSTNAME: u8 = 12;
+pub const OPT_DOMAIN_NAME: u8 = 15;
+pub const OPT_INTERFACE_MTU: u8 = 26;
+pub const OPT_NTP: u8 = 42;
+pub const OPT_REQUESTED_IP: u8 = 50;
+pub const OPT_LEASE_TIME: u8 = 51;
+pub const OPT_OVERLOAD: u8 = 52;
+pub const OPT_MESSAGE_TYPE: u8 = 53;
+pub const OPT_SERVER_ID: u8 = 54;
+pub const OPT_PARAM_REQUEST: u8 = 55;
+pub const OPT_RENEWAL_TIME: u8 = 58;
+pub const OPT_REBINDING_TIME: u8 = 59;
+pub const OPT_CLIENT_ID: u8 = 61;
+pub const OPT_RAPID_COMMIT: u8 = 80;
+pub const OPT_DOMAIN_SEARCH: u8 = 119;
+pub const OPT_CLASSLESS_ROUTES: u8 = 121;
+pub const OPT_END: u8 = 255;
+
+/// Length of the fixed option prefix every reply starts with:
+/// `53 1 <type>`, `54 4 <server id>`, then `80 0` (rapid commit) or two pads, then one pad so the
+/// rendered blob starts on an even offset of the UDP payload (its checksum is precomputed).
+pub const FIXED_OPTS_LEN: usize = 12;

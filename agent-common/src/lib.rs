@@ -1,0 +1,145 @@
+//! The vocabulary the XDP programs and the agent share.
+//!
+//! Every type here crosses the kernel boundary: `#[repr(C)]`, explicit fields for what would
+//! otherwise be implicit padding, and `aya::Pod` behind the `user` feature. IPv4 addresses are
+//! `u32` values holding the address bytes in network order, like the kernel's `__be32`
+//! (`u32::from_ne_bytes(addr.octets())`).
+#![no_std]
+
+pub mod dhcp;
+pub mod stats;
+
+pub use stats::Stat;
+
+/// Version of the pinned map layout. Bump it when a map's key or value changes shape; the agent
+/// pins each layout in its own directory (`maps-v<N>`) so a new build never reads an old layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Upper bound on DHCP bindings (VM NICs) one hypervisor serves.
+pub const MAX_BINDINGS: u32 = 16_384;
+
+/// Size of the rendered DHCP options blob carried in each binding.
+///
+/// The reply is `Ethernet (14) + IPv4 (20) + UDP (8) + BOOTP (236) + cookie (4) + fixed options
+/// (12) + blob`. RFC 2131 §2 lets a client refuse IP datagrams over 576 bytes unless it announced a
+/// larger maximum (option 57), so the blob is sized to keep every reply within 576.
+pub const OPTS_MAX: usize = 296;
+
+/// Key of a DHCP binding: the VM interface the request came in on and the NIC's MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl BindingKey {
+    pub const fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Self {
+            ifindex,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// A VM NIC as the data plane serves it: its address, network and pre-rendered DHCP options.
+///
+/// The agent renders `opts` once per binding; XDP copies it after the fixed options (53, 54 and
+/// the rapid-commit slot), so per-packet work is a copy and a few patched fields. `opts` starts
+/// with the lease-time options (51, 58, 59) so an INFORM reply can blank exactly those bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The NIC's address (yiaddr).
+    pub ip: u32,
+    /// The network's gateway: DHCP server identifier (option 54) and IPv4 source of replies.
+    pub server_id: u32,
+    /// The network's VXLAN network identifier.
+    pub vni: u32,
+    /// Bytes of `opts` in use, END option included; even, at most [`OPTS_MAX`].
+    pub opts_len: u16,
+    /// Leading bytes of `opts` holding options 51, 58 and 59.
+    pub lease_opts_len: u16,
+    /// One's-complement sum (16-bit words in memory order, unfolded) of `opts[..opts_len]`.
+    pub opts_csum: u32,
+    /// The same sum with the lease-time options blanked to pads, for INFORM replies.
+    pub inform_opts_csum: u32,
+    pub opts: [u8; OPTS_MAX],
+}
+
+/// What the data plane reports to the agent through the event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpEvent {
+    /// [`dhcp::DHCPRELEASE`] or [`dhcp::DHCPDECLINE`].
+    pub kind: u32,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// `ciaddr` of a RELEASE, the requested address (option 50) of a DECLINE.
+    pub addr: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with every byte covered by a field (no implicit padding).
+    unsafe impl aya::Pod for super::BindingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Binding {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DhcpEvent {}
+}
+
+/// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd
+/// trailing byte is summed as if followed by a zero byte. This is the convention of
+/// [`Binding::opts_csum`]: the XDP program adds it to the sum of the fields it writes itself.
+pub fn csum_partial(bytes: &[u8]) -> u32 {
+    let mut sum: u32 = 0;
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_ne_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(u16::from_ne_bytes([*last, 0]));
+    }
+    sum
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits and complements it (the checksum field value,
+/// to be stored with `to_ne_bytes`).
+pub const fn csum_fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<BindingKey>(), 12);
+        assert_eq!(size_of::<Binding>(), 24 + OPTS_MAX);
+        assert_eq!(size_of::<DhcpEvent>(), 20);
+        assert_eq!(OPTS_MAX % 4, 0);
+    }
+
+    #[test]
+    fn reply_fits_in_576_byte_datagram() {
+        assert!(20 + 8 + 236 + 4 + 12 + OPTS_MAX <= 576);
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: words 0001 f203 f4f5 f6f7 sum to ddf2 (big-endian view).
+        let bytes = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        let folded = !csum_fold(u64::from(csum_partial(&bytes)));
+        assert_eq!(u16::from_be_bytes(folded.to_ne_bytes()), 0xddf2);
+    }
+}

@@ -1,0 +1,443 @@
+//! `holdfast run`: keeps the data plane serving the last good IPAM state.
+//!
+//! Data flows one way: source -> validated model -> rendered leases -> maps. The data plane lives
+//! on its own thread (its calls are syscalls); validation and file I/O run on the blocking pool;
+//! the runtime only moves messages.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::AsRawFd,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use agent_common::{
+    BindingKey,
+    dhcp::{DHCPDECLINE, DHCPRELEASE},
+};
+use anyhow::{Context as _, anyhow};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{Config, IpamSource},
+    dataplane::{self, Dataplane, Desired, Report},
+    ipam::{Update, file::FileSource},
+    leases::{self, Budget, Leases},
+    links::{self, LinkEvent, Links},
+    metrics::{self, Health, Metrics},
+    model::{self, MacAddr, Model},
+    state,
+};
+
+/// How often links are dumped again and the data plane reconciled, in case a netlink message
+/// was lost (the socket buffer can overflow when thousands of taps change at once).
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Requests to the data-plane thread.
+enum Command {
+    Reconcile(Box<Desired>, oneshot::Sender<Report>),
+}
+
+/// The data plane, owned by a dedicated thread.
+#[derive(Clone)]
+struct DataplaneHandle {
+    tx: std::sync::mpsc::Sender<Command>,
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+impl DataplaneHandle {
+    /// Opens (adopts) the data plane on its thread; returns the handle and the event sources.
+    async fn spawn(
+        config: &Config,
+    ) -> anyhow::Result<(
+        Self,
+        Option<aya::maps::RingBuf<aya::maps::MapData>>,
+        Option<Logger>,
+    )> {
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let bpffs = config.bpffs_dir.clone();
+        let router_mac = config.router_mac.0;
+        std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || {
+                let mut dp = match Dataplane::open(&bpffs, router_mac) {
+                    Ok(mut dp) => {
+                        let events = dp.take_events();
+                        let logger = dp.take_logger();
+                        let _ = ready_tx.send(Ok((events, logger)));
+                        dp
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(cmd) = rx.recv() {
+                    match cmd {
+                        Command::Reconcile(desired, reply) => {
+                            let _ = reply.send(dp.reconcile(&desired));
+                        }
+                    }
+                }
+            })
+            .context("starting the data-plane thread")?;
+        let (events, logger) = ready_rx
+            .await
+            .map_err(|_| anyhow!("the data-plane thread exited"))?
+            .context("opening the data plane")?;
+        Ok((Self { tx }, events, logger))
+    }
+
+    async fn reconcile(&self, desired: Desired) -> anyhow::Result<Report> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Reconcile(Box::new(desired), reply))
+            .map_err(|_| anyhow!("the data-plane thread exited"))?;
+        rx.await
+            .map_err(|_| anyhow!("the data-plane thread exited"))
+    }
+}
+
+struct Agent {
+    config: Config,
+    dp: DataplaneHandle,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// The model serving now, when one was ever validated (from IPAM or the snapshot).
+    model: Option<Arc<Model>>,
+    /// This node's leases rendered from `model`.
+    leases: Leases,
+    links: Links,
+    links_tx: watch::Sender<Links>,
+}
+
+impl Agent {
+    fn desired(&self) -> Desired {
+        let by_name: BTreeMap<&str, u32> =
+            self.links.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+        let mut d = Desired {
+            prune: self.model.is_some(),
+            ..Desired::default()
+        };
+        for lease in self.leases.values() {
+            if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
+                d.interfaces.insert(ifindex, lease.interface.clone());
+                d.bindings
+                    .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
+            }
+        }
+        d
+    }
+
+    async fn reconcile(&self) {
+        if self.model.is_none() {
+            // Nothing validated yet: the pinned state keeps serving untouched.
+            return;
+        }
+        match self.dp.reconcile(self.desired()).await {
+            Ok(r) => {
+                self.metrics.leases.set(r.bindings as i64);
+                self.metrics.interfaces.set(r.interfaces as i64);
+                for e in &r.errors {
+                    self.metrics.dataplane_errors.inc();
+                    warn!(error = %e, "data plane");
+                }
+                if r.upserted + r.deleted > 0 || !r.attached.is_empty() || !r.detached.is_empty() {
+                    info!(
+                        upserted = r.upserted,
+                        deleted = r.deleted,
+                        attached = ?r.attached,
+                        detached = ?r.detached,
+                        bindings = r.bindings,
+                        "data plane reconciled"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.dataplane_errors.inc();
+                error!(error = %e, "data plane");
+            }
+        }
+    }
+
+    /// Adopts a validated model: render, apply, persist.
+    async fn adopt(&mut self, model: Arc<Model>, persist: bool) {
+        let node = self.config.node.clone();
+        let m = model.clone();
+        let rendered = tokio::task::spawn_blocking(move || leases::for_node(&m, &node)).await;
+        let Ok(rendered) = rendered else {
+            error!("rendering leases panicked; keeping the current state");
+            return;
+        };
+        self.leases = rendered;
+        self.model = Some(model.clone());
+        self.reconcile().await;
+        self.metrics.synced_now();
+        if persist {
+            let dir = self.config.state_dir.clone();
+            let node = self.config.node.clone();
+            match tokio::task::spawn_blocking(move || state::save(&dir, &node, &model)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "cannot persist the IPAM snapshot"),
+                Err(e) => warn!(error = %e, "persisting the IPAM snapshot panicked"),
+            }
+        }
+    }
+
+    async fn on_ipam(&mut self, update: Update) {
+        let doc = match update {
+            Update::Document(doc) => doc,
+            Update::Invalid(e) => {
+                self.metrics.ipam_up.set(1);
+                self.metrics.ipam_load_errors.inc();
+                self.metrics
+                    .record_rejections(std::iter::once(model::Reason::InvalidDocument));
+                error!(error = %e, "IPAM document rejected; the last good state keeps serving");
+                return;
+            }
+            Update::Unavailable(e) => {
+                self.metrics.ipam_up.set(0);
+                self.metrics.ipam_load_errors.inc();
+                warn!(error = %e, "IPAM unavailable; the last good state keeps serving");
+                return;
+            }
+        };
+        self.metrics.ipam_up.set(1);
+        let prev = self.model.clone();
+        let node = self.config.node.clone();
+        let validated = tokio::task::spawn_blocking(move || {
+            model::validate(&doc, prev.as_deref(), &node, &Budget)
+        })
+        .await;
+        let Ok(v) = validated else {
+            error!("validation panicked; keeping the current state");
+            return;
+        };
+        for r in &v.rejections {
+            warn!(rejected = %r, "IPAM entry rejected");
+        }
+        self.metrics
+            .record_rejections(v.rejections.iter().map(|r| r.reason));
+        let changed = self.model.as_deref() != Some(&v.model);
+        info!(
+            networks = v.model.networks.len(),
+            nodes = v.model.nodes.len(),
+            nics = v.model.nics.len(),
+            rejected = v.rejections.len(),
+            changed,
+            "IPAM document validated"
+        );
+        if changed {
+            self.adopt(Arc::new(v.model), true).await;
+        } else {
+            self.metrics.synced_now();
+        }
+    }
+
+    async fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { ifindex, name } => {
+                if self.links.get(&ifindex) == Some(&name) {
+                    return;
+                }
+                self.links.insert(ifindex, name);
+            }
+            LinkEvent::Gone { ifindex } => {
+                if self.links.remove(&ifindex).is_none() {
+                    return;
+                }
+            }
+        }
+        self.links_tx.send_replace(self.links.clone());
+        self.reconcile().await;
+    }
+}
+
+/// Logs RELEASE and DECLINE reported by the programs.
+async fn watch_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    links: watch::Receiver<Links>,
+    metrics: Arc<Metrics>,
+) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e, "cannot watch data-plane events");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let Some(ev) = dataplane::parse_event(&item) else {
+                continue;
+            };
+            let kind = match u8::try_from(ev.kind) {
+                Ok(DHCPRELEASE) => "release",
+                Ok(DHCPDECLINE) => "decline",
+                _ => "unknown",
+            };
+            let interface = links
+                .borrow()
+                .get(&ev.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
+            let addr = std::net::Ipv4Addr::from(ev.addr.to_ne_bytes());
+            metrics
+                .dhcp_events
+                .get_or_create(&vec![("type", kind)])
+                .inc();
+            info!(
+                event = kind,
+                mac = %MacAddr(ev.mac),
+                interface = %interface,
+                address = %addr,
+                "DHCP client event"
+            );
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Forwards log records of the programs (aya-log).
+async fn watch_logger(logger: Logger) {
+    struct Fd(Logger);
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(Fd(logger), Interest::READABLE) })
+    else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().0.flush();
+        guard.clear_ready();
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    health.beat();
+    let registry = Arc::new(metrics::registry(&metrics, config.bpffs_dir.clone()));
+    let mut http = tokio::spawn(metrics::serve(
+        config.metrics_addr,
+        registry,
+        health.clone(),
+    ));
+    info!(node = %config.node, bpffs = %config.bpffs_dir.display(), "holdfast starting");
+
+    let (dp, events, logger) = DataplaneHandle::spawn(&config).await?;
+
+    // The netlink subscription comes before the dump so no change falls between them.
+    let (nl, mut link_events) = links::watch().context("watching interfaces")?;
+    let initial_links = links::dump(&nl).await.context("listing interfaces")?;
+    let (links_tx, links_rx) = watch::channel(initial_links.clone());
+
+    if let Some(ring) = events {
+        tokio::spawn(watch_events(ring, links_rx, metrics.clone()));
+    }
+    if let Some(logger) = logger {
+        tokio::spawn(watch_logger(logger));
+    }
+
+    let mut agent = Agent {
+        config: config.clone(),
+        dp,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        model: None,
+        leases: Leases::new(),
+        links: initial_links,
+        links_tx,
+    };
+
+    // The snapshot serves before IPAM is reached.
+    let dir = config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || state::load(&dir)).await? {
+        Ok(Some(model)) => {
+            info!(
+                nics = model.nics.len(),
+                "serving the persisted IPAM snapshot"
+            );
+            agent.adopt(Arc::new(model), false).await;
+        }
+        Ok(None) => info!("no IPAM snapshot yet; the pinned state serves until IPAM answers"),
+        Err(e) => warn!(error = %e, "ignoring the IPAM snapshot; the pinned state serves"),
+    }
+    health.ready.store(true, Ordering::Relaxed);
+
+    let (ipam_tx, mut ipam_rx) = mpsc::channel(4);
+    match config.ipam.source {
+        IpamSource::File => {
+            let path = config
+                .ipam
+                .path
+                .clone()
+                .ok_or_else(|| anyhow!("ipam.path is required"))?;
+            let source = FileSource {
+                path,
+                interval: config.ipam.poll_interval(),
+            };
+            tokio::spawn(source.run(ipam_tx));
+        }
+    }
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+
+    loop {
+        tokio::select! {
+            Some(update) = ipam_rx.recv() => agent.on_ipam(update).await,
+            Some(event) = link_events.recv() => agent.on_link(event).await,
+            _ = resync.tick() => {
+                match links::dump(&nl).await {
+                    Ok(now) if now != agent.links => {
+                        agent.links = now;
+                        agent.links_tx.send_replace(agent.links.clone());
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "listing interfaces"),
+                }
+                agent.reconcile().await;
+            }
+            _ = heartbeat.tick() => agent.health.beat(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            r = &mut http => {
+                return match r {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(anyhow!("the metrics endpoint stopped")),
+                };
+            }
+        }
+    }
+    info!("stopping; the data plane keeps serving from its pinned state");
+    Ok(())
+}
+
+/// Exposed for `holdfast check`: validates a document the way `run` would.
+pub fn check_document(bytes: &[u8], node: &str) -> Result<model::Validated, serde_json::Error> {
+    let doc = model::parse_document(bytes)?;
+    Ok(model::validate(&doc, None, node, &Budget))
+}

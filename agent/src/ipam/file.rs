@@ -1,0 +1,92 @@
+//! The embedded default source: a JSON document in a local file, reloaded when it changes.
+//!
+//! The file is polled (metadata first, contents only on change), which works the same for
+//! in-place edits, atomic renames and ConfigMap symlink swaps.
+
+use std::{os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::Update;
+use crate::model::parse_document;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+pub struct FileSource {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+impl FileSource {
+    /// Polls the file until `tx` is closed. Every read goes through tokio's blocking pool and
+    /// JSON parsing runs on it too, so a huge document never stalls the runtime.
+    pub async fn run(self, tx: mpsc::Sender<Update>) {
+        let mut last: Option<Stamp> = None;
+        let mut last_error: Option<String> = None;
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let update = match tokio::fs::metadata(&self.path).await {
+                Ok(meta) => {
+                    let stamp = Stamp {
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        len: meta.len(),
+                        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000
+                            + i128::from(meta.mtime_nsec()),
+                        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000
+                            + i128::from(meta.ctime_nsec()),
+                    };
+                    if last.as_ref() == Some(&stamp) && last_error.is_none() {
+                        continue;
+                    }
+                    debug!(path = %self.path.display(), "IPAM file changed; reading");
+                    last = Some(stamp);
+                    self.read().await
+                }
+                Err(e) => {
+                    last = None;
+                    Update::Unavailable(format!("ipam document {}: {e}", self.path.display()))
+                }
+            };
+            // Report an error once, not at every poll.
+            let error = match &update {
+                Update::Document(_) => None,
+                Update::Invalid(e) | Update::Unavailable(e) => Some(e.clone()),
+            };
+            if error.is_some() && error == last_error {
+                continue;
+            }
+            last_error = error;
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn read(&self) -> Update {
+        let path = self.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Update::Unavailable(format!("ipam document {}: {e}", path.display()))
+            })?;
+            parse_document(&bytes)
+                .map_err(|e| Update::Invalid(format!("ipam document {}: {e}", path.display())))
+        })
+        .await;
+        match parsed {
+            Ok(Ok(doc)) => Update::Document(doc),
+            Ok(Err(update)) => update,
+            Err(e) => Update::Unavailable(format!("reading the ipam document: {e}")),
+        }
+    }
+}

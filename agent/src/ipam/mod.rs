@@ -1,0 +1,17 @@
+//! IPAM sources: where documents come from. Each source delivers [`Update`]s on a channel; the
+//! agent validates and applies them. Sources know nothing of the data plane.
+
+pub mod file;
+
+use crate::model::RawDocument;
+
+/// What a source reports.
+#[derive(Debug)]
+pub enum Update {
+    /// A complete document (entries not yet validated).
+    Document(RawDocument),
+    /// The source could be read but its content is not a document; the last good state stays.
+    Invalid(String),
+    /// The source cannot be reached or read; the last good state stays.
+    Unavailable(String),
+}

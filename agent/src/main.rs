@@ -1,0 +1,157 @@
+//! The `holdfast` command.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use holdfast::{
+    agent,
+    config::{Config, DEFAULT_CONFIG},
+    dataplane, leases,
+    model::MacAddr,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Statically stable DHCP and VPC data plane for a hypervisor"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load the XDP programs, keep their maps in step with IPAM.
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the DHCP bindings the data plane holds (read from the pinned maps).
+    Leases {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the config and an IPAM document without touching the data plane.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The IPAM document to check (default: the one the config names).
+        #[arg(long)]
+        ipam: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Leases { config } => print_leases(config),
+        Command::Check { config, ipam } => check(config, ipam),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("holdfast: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = Config::load(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("holdfast")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_leases(config: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config)?;
+    let mut bindings = dataplane::read_bindings(&config.bpffs_dir).with_context(|| {
+        format!(
+            "reading the pinned bindings under {}",
+            config.bpffs_dir.display()
+        )
+    })?;
+    bindings.sort_by_key(|(k, _)| (k.ifindex, k.mac));
+    println!(
+        "{:<16} {:>7}  {:<17}  {:<18}  {:<15}  {:>8}  {:>6}  HOSTNAME",
+        "INTERFACE", "IFINDEX", "MAC", "ADDRESS", "GATEWAY", "VNI", "LEASE"
+    );
+    for (key, b) in &bindings {
+        let s = leases::summarize(b);
+        let ip = Ipv4Addr::from(b.ip.to_ne_bytes());
+        let prefix = s
+            .prefix_len
+            .map(|p| format!("{ip}/{p}"))
+            .unwrap_or(ip.to_string());
+        println!(
+            "{:<16} {:>7}  {:<17}  {:<18}  {:<15}  {:>8}  {:>6}  {}",
+            ifname(key.ifindex).unwrap_or_else(|| "?".into()),
+            key.ifindex,
+            MacAddr(key.mac).to_string(),
+            prefix,
+            Ipv4Addr::from(b.server_id.to_ne_bytes()).to_string(),
+            b.vni,
+            s.lease_time.map(|t| format!("{t}s")).unwrap_or_default(),
+            s.hostname.unwrap_or_default(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer is IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn check(config: PathBuf, ipam: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config)?;
+    let Some(path) = ipam.or(config.ipam.path.clone()) else {
+        println!("config ok");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("ipam document {}", path.display()))?;
+    let v = agent::check_document(&bytes, &config.node)
+        .with_context(|| format!("ipam document {}", path.display()))?;
+    for r in &v.rejections {
+        println!("rejected {r}");
+    }
+    println!(
+        "{}: {} networks, {} nodes, {} NICs accepted; {} entries rejected",
+        path.display(),
+        v.model.networks.len(),
+        v.model.nodes.len(),
+        v.model.nics.len(),
+        v.rejections.len()
+    );
+    Ok(if v.rejections.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

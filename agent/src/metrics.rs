@@ -1,0 +1,390 @@
+//! Prometheus metrics and the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Data-plane counters live in a pinned per-CPU map; they are read and summed on each scrape, on
+//! the blocking pool, so they continue across agent restarts and cost nothing per packet beyond
+//! the increment.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agent_common::Stat;
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        info::Info,
+    },
+    registry::Registry,
+};
+
+use crate::{dataplane::StatsReader, model::Reason};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Metrics the agent itself maintains.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub ipam_rejected: Family<ReasonLabel, Counter>,
+    pub ipam_rejected_entries: Family<ReasonLabel, Gauge>,
+    pub ipam_last_sync: Gauge<f64, AtomicU64>,
+    pub ipam_up: Gauge,
+    pub ipam_load_errors: Counter,
+    pub leases: Gauge,
+    pub interfaces: Gauge,
+    pub dataplane_errors: Counter,
+    pub dhcp_events: Family<Vec<(&'static str, &'static str)>, Counter>,
+}
+
+impl Metrics {
+    /// Records the rejections of one load: a counter of every rejection seen and a gauge of the
+    /// entries rejected right now.
+    pub fn record_rejections<'a>(&self, reasons: impl Iterator<Item = Reason> + 'a) {
+        for r in Reason::ALL {
+            self.ipam_rejected_entries
+                .get_or_create(&ReasonLabel { reason: r.label() })
+                .set(0);
+        }
+        for r in reasons {
+            let label = ReasonLabel { reason: r.label() };
+            self.ipam_rejected.get_or_create(&label).inc();
+            self.ipam_rejected_entries.get_or_create(&label).inc();
+        }
+    }
+
+    pub fn synced_now(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.ipam_last_sync.set(now);
+    }
+}
+
+/// A data-plane metric family: one Prometheus counter, each label value the sum of some stats.
+struct BpfFamily {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    members: &'static [(&'static str, &'static [Stat])],
+}
+
+const BPF_FAMILIES: &[BpfFamily] = &[
+    BpfFamily {
+        name: "holdfast_dhcp_requests",
+        help: "DHCP messages received from bound NICs, by message type",
+        label: "type",
+        members: &[
+            ("discover", &[Stat::DhcpDiscover]),
+            (
+                "request",
+                &[
+                    Stat::DhcpRequestSelecting,
+                    Stat::DhcpRequestInitReboot,
+                    Stat::DhcpRequestRenewing,
+                    Stat::DhcpRequestRebinding,
+                ],
+            ),
+            ("inform", &[Stat::DhcpInform]),
+            ("release", &[Stat::DhcpRelease]),
+            ("decline", &[Stat::DhcpDecline]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_dhcp_request_states",
+        help: "DHCPREQUESTs by client state (RFC 2131 §4.3.2)",
+        label: "state",
+        members: &[
+            ("selecting", &[Stat::DhcpRequestSelecting]),
+            ("init_reboot", &[Stat::DhcpRequestInitReboot]),
+            ("renewing", &[Stat::DhcpRequestRenewing]),
+            ("rebinding", &[Stat::DhcpRequestRebinding]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_dhcp_replies",
+        help: "DHCP replies sent by the XDP responder, by message type",
+        label: "type",
+        members: &[
+            ("offer", &[Stat::DhcpOffer]),
+            ("ack", &[Stat::DhcpAck]),
+            ("nak", &[Stat::DhcpNak]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_dhcp_drops",
+        help: "DHCP packets dropped without a reply, by reason",
+        label: "reason",
+        members: &[
+            ("malformed", &[Stat::DropDhcpMalformed]),
+            ("bad_options", &[Stat::DropDhcpBadOptions]),
+            ("chaddr_mismatch", &[Stat::DropDhcpChaddrMismatch]),
+            ("rogue_server", &[Stat::DropDhcpRogueServer]),
+            ("relayed", &[Stat::DropDhcpRelayed]),
+            ("unknown_type", &[Stat::DropDhcpUnknownType]),
+            ("bad_request", &[Stat::DropDhcpBadRequest]),
+            ("no_room", &[Stat::DropDhcpNoRoom]),
+            ("other_server", &[Stat::DhcpOtherServer]),
+        ],
+    },
+];
+
+/// Data-plane counters without labels.
+const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
+    (
+        "holdfast_dhcp_misses",
+        "DHCP requests from an (interface, MAC) with no binding",
+        Stat::DhcpMiss,
+    ),
+    (
+        "holdfast_dhcp_rapid_commit",
+        "DISCOVERs with rapid commit answered with an ACK (RFC 4039)",
+        Stat::DhcpRapidCommit,
+    ),
+    (
+        "holdfast_dhcp_option_overload",
+        "Requests carrying option overload (52); sname/file are not parsed",
+        Stat::DhcpOverloadIgnored,
+    ),
+    (
+        "holdfast_dhcp_events_lost",
+        "RELEASE/DECLINE events lost because the ring buffer was full",
+        Stat::DhcpEventsLost,
+    ),
+    (
+        "holdfast_arp_replies",
+        "ARP requests answered in XDP",
+        Stat::ArpReply,
+    ),
+    (
+        "holdfast_vm_passed",
+        "Frames from VMs handed to the host stack untouched",
+        Stat::VmPass,
+    ),
+];
+
+/// Reads the pinned counters on each scrape.
+#[derive(Debug)]
+struct BpfCollector {
+    bpffs_dir: PathBuf,
+    reader: Mutex<Option<ReaderCell>>,
+}
+
+struct ReaderCell(StatsReader);
+
+impl std::fmt::Debug for ReaderCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsReader")
+    }
+}
+
+impl BpfCollector {
+    fn totals(&self) -> Option<Vec<u64>> {
+        let mut guard = self.reader.lock().ok()?;
+        if guard.is_none() {
+            *guard = StatsReader::open(&self.bpffs_dir).ok().map(ReaderCell);
+        }
+        guard.as_ref().map(|r| r.0.read())
+    }
+}
+
+impl Collector for BpfCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(totals) = self.totals() else {
+            return Ok(());
+        };
+        let get = |s: Stat| totals.get(s as usize).copied().unwrap_or(0);
+        for fam in BPF_FAMILIES {
+            let c = ConstCounter::new(0u64);
+            let mut m = encoder.encode_descriptor(fam.name, fam.help, None, c.metric_type())?;
+            for (value, stats) in fam.members {
+                let total: u64 = stats.iter().map(|s| get(*s)).sum();
+                let labels = [(fam.label, *value)];
+                ConstCounter::new(total).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, stat) in BPF_COUNTERS {
+            let c = ConstCounter::new(get(*stat));
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the registry: the agent's metrics and the data-plane collector.
+pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
+    let mut r = Registry::default();
+    r.register(
+        "holdfast_ipam_rejected",
+        "IPAM entries rejected by validation, by reason (counted at each load)",
+        metrics.ipam_rejected.clone(),
+    );
+    r.register(
+        "holdfast_ipam_rejected_entries",
+        "IPAM entries rejected in the latest load, by reason",
+        metrics.ipam_rejected_entries.clone(),
+    );
+    r.register(
+        "holdfast_ipam_last_sync_timestamp_seconds",
+        "When the latest IPAM state was validated and applied (Unix time)",
+        metrics.ipam_last_sync.clone(),
+    );
+    r.register(
+        "holdfast_ipam_up",
+        "Whether the IPAM source answered at its latest read",
+        metrics.ipam_up.clone(),
+    );
+    r.register(
+        "holdfast_ipam_load_errors",
+        "IPAM reads that failed or returned an invalid document",
+        metrics.ipam_load_errors.clone(),
+    );
+    r.register(
+        "holdfast_leases",
+        "DHCP bindings held by the data plane",
+        metrics.leases.clone(),
+    );
+    r.register(
+        "holdfast_interfaces",
+        "VM interfaces carrying the XDP program",
+        metrics.interfaces.clone(),
+    );
+    r.register(
+        "holdfast_dataplane_errors",
+        "Data-plane operations that failed (attach, map write)",
+        metrics.dataplane_errors.clone(),
+    );
+    r.register(
+        "holdfast_dhcp_events",
+        "RELEASE and DECLINE events reported by the data plane and logged",
+        metrics.dhcp_events.clone(),
+    );
+    r.register(
+        "holdfast_build",
+        "Build information",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    r.register_collector(Box::new(BpfCollector {
+        bpffs_dir,
+        reader: Mutex::new(None),
+    }));
+    r
+}
+
+/// Liveness and readiness as the HTTP endpoint reports them.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once the data plane is loaded and the first state (IPAM, snapshot or pinned) serves.
+    pub ready: AtomicBool,
+    /// Last time the agent's main loop ran, in seconds since the Unix epoch.
+    pub heartbeat: AtomicU64,
+}
+
+impl Health {
+    pub fn beat(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.heartbeat.store(now, Ordering::Relaxed);
+    }
+
+    fn stale_for(&self) -> Duration {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Duration::from_secs(now.saturating_sub(self.heartbeat.load(Ordering::Relaxed)))
+    }
+}
+
+/// The main loop beats at least this often; older means it is stuck.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+struct HttpState {
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    // Reading the pinned counters is a syscall per slot: keep it off the runtime.
+    let registry = s.registry.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).map(|()| out)
+    })
+    .await;
+    match body {
+        Ok(Ok(text)) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn healthz(State(s): State<HttpState>) -> impl IntoResponse {
+    let stale = s.health.stale_for();
+    if stale > HEARTBEAT_TIMEOUT {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("main loop stuck for {}s\n", stale.as_secs()),
+        )
+    } else {
+        (StatusCode::OK, "ok\n".to_owned())
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// Serves the endpoint until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { registry, health });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+    axum::serve(listener, app)
+        .await
+        .context("serving the metrics endpoint")
+}

@@ -1,0 +1,906 @@
+//! The IPAM model: networks, nodes and NICs, and its validation.
+//!
+//! Validation rejects bad entries one by one and never costs what is already served: an entry
+//! that fails keeps its last good version (from the previously applied model) when it had one.
+//! The model knows nothing of BPF or of where documents come from.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    net::Ipv4Addr,
+    str::FromStr,
+};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+/// A NIC's Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid MAC address {0:?}: expected six hex octets separated by ':'")]
+pub struct MacParseError(String);
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(|| MacParseError(s.into()))?;
+            if part.len() != 2 {
+                return Err(MacParseError(s.into()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.into()))?;
+        }
+        if parts.next().is_some() {
+            return Err(MacParseError(s.into()));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl MacAddr {
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A private network: one subnet, one VNI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: u32,
+}
+
+fn default_lease_time() -> u32 {
+    3600
+}
+
+/// A classless static route handed out with option 121.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub to: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// A hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub vtep: Ipv4Addr,
+}
+
+/// A VM's network interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub mac: MacAddr,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub node: String,
+    /// The tap (or veth) carrying this NIC on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// Limits a network must respect.
+pub const MTU_MIN: u16 = 576;
+pub const MTU_MAX: u16 = 9000;
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
+/// A validated model: every entry consistent with every other.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    pub networks: BTreeMap<String, Network>,
+    pub nodes: BTreeMap<String, Node>,
+    pub nics: BTreeMap<MacAddr, Nic>,
+}
+
+/// An IPAM document as a source delivers it: entries still unparsed, so one bad entry cannot
+/// spoil the others.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RawDocument {
+    pub networks: Vec<serde_json::Value>,
+    pub nodes: Vec<serde_json::Value>,
+    pub nics: Vec<serde_json::Value>,
+}
+
+/// Why an entry was rejected; the label of `holdfast_ipam_rejected_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    InvalidDocument,
+    InvalidField,
+    InvalidMac,
+    InvalidAddress,
+    OutsideSubnet,
+    ReservedAddress,
+    DuplicateIp,
+    DuplicateMac,
+    DuplicateId,
+    DuplicateVni,
+    UnknownNetwork,
+    UnknownNode,
+    MissingInterface,
+    MtuOutOfRange,
+    VniOutOfRange,
+    InvalidLeaseTime,
+    InvalidName,
+    OptionsTooLong,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 18] = [
+        Reason::InvalidDocument,
+        Reason::InvalidField,
+        Reason::InvalidMac,
+        Reason::InvalidAddress,
+        Reason::OutsideSubnet,
+        Reason::ReservedAddress,
+        Reason::DuplicateIp,
+        Reason::DuplicateMac,
+        Reason::DuplicateId,
+        Reason::DuplicateVni,
+        Reason::UnknownNetwork,
+        Reason::UnknownNode,
+        Reason::MissingInterface,
+        Reason::MtuOutOfRange,
+        Reason::VniOutOfRange,
+        Reason::InvalidLeaseTime,
+        Reason::InvalidName,
+        Reason::OptionsTooLong,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::InvalidDocument => "invalid_document",
+            Reason::InvalidField => "invalid_field",
+            Reason::InvalidMac => "invalid_mac",
+            Reason::InvalidAddress => "invalid_address",
+            Reason::OutsideSubnet => "outside_subnet",
+            Reason::ReservedAddress => "reserved_address",
+            Reason::DuplicateIp => "duplicate_ip",
+            Reason::DuplicateMac => "duplicate_mac",
+            Reason::DuplicateId => "duplicate_id",
+            Reason::DuplicateVni => "duplicate_vni",
+            Reason::UnknownNetwork => "unknown_network",
+            Reason::UnknownNode => "unknown_node",
+            Reason::MissingInterface => "missing_interface",
+            Reason::MtuOutOfRange => "mtu_out_of_range",
+            Reason::VniOutOfRange => "vni_out_of_range",
+            Reason::InvalidLeaseTime => "invalid_lease_time",
+            Reason::InvalidName => "invalid_name",
+            Reason::OptionsTooLong => "options_too_long",
+        }
+    }
+}
+
+/// One rejected entry, with what is wrong in words an operator can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Where the entry sits in the document, for example `nics[3]`.
+    pub entry: String,
+    /// The entry's key when it could be read (network id, node name, MAC).
+    pub key: Option<String>,
+    pub reason: Reason,
+    pub detail: String,
+    /// Whether the entry's last good version keeps serving in its place.
+    pub kept_last_good: bool,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.entry)?;
+        if let Some(key) = &self.key {
+            write!(f, " ({key})")?;
+        }
+        write!(f, ": {}: {}", self.reason.label(), self.detail)?;
+        if self.kept_last_good {
+            write!(f, "; its last good version keeps serving")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of validating a document.
+#[derive(Debug)]
+pub struct Validated {
+    pub model: Model,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Checks that a NIC's DHCP options fit; supplied by the DHCP renderer so the model stays free
+/// of wire formats.
+pub trait OptionsBudget {
+    /// `Err(detail)` when the network's and NIC's options do not fit in a reply.
+    fn check(&self, network: &Network, nic: &Nic) -> Result<(), String>;
+}
+
+struct Reject {
+    reason: Reason,
+    detail: String,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Reject {
+    Reject {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Deserializes one entry, naming the field that is wrong.
+fn parse_entry<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Reject> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        let reason = if inner.contains("MAC address") {
+            Reason::InvalidMac
+        } else if inner.contains("IP address") || inner.contains("invalid IPv4") {
+            Reason::InvalidAddress
+        } else {
+            Reason::InvalidField
+        };
+        let detail = if path == "." {
+            inner
+        } else {
+            format!("field `{path}`: {inner}")
+        };
+        Reject { reason, detail }
+    })
+}
+
+fn raw_key(value: &serde_json::Value, field: &str) -> Option<String> {
+    value.get(field).and_then(|v| v.as_str()).map(str::to_owned)
+}
+
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn valid_interface_name(name: &str) -> bool {
+    // IFNAMSIZ is 16 with the terminating NUL.
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+fn check_network(n: &Network) -> Result<(), Reject> {
+    if n.id.is_empty() {
+        return Err(reject(Reason::InvalidField, "field `id` is empty"));
+    }
+    if n.vni == 0 || n.vni > VNI_MAX {
+        return Err(reject(
+            Reason::VniOutOfRange,
+            format!("vni {} is outside 1..={VNI_MAX}", n.vni),
+        ));
+    }
+    if n.subnet.prefix_len() > 30 {
+        return Err(reject(
+            Reason::InvalidField,
+            format!(
+                "subnet {} leaves no room for hosts (prefix must be /30 or shorter)",
+                n.subnet
+            ),
+        ));
+    }
+    if n.subnet != n.subnet.trunc() {
+        return Err(reject(
+            Reason::InvalidField,
+            format!(
+                "subnet {} has host bits set (did you mean {}?)",
+                n.subnet,
+                n.subnet.trunc()
+            ),
+        ));
+    }
+    if !n.subnet.contains(&n.gateway) {
+        return Err(reject(
+            Reason::OutsideSubnet,
+            format!("gateway {} is outside subnet {}", n.gateway, n.subnet),
+        ));
+    }
+    if n.gateway == n.subnet.network() || n.gateway == n.subnet.broadcast() {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!(
+                "gateway {} is the network or broadcast address of {}",
+                n.gateway, n.subnet
+            ),
+        ));
+    }
+    if let Some(mtu) = n.mtu
+        && !(MTU_MIN..=MTU_MAX).contains(&mtu)
+    {
+        return Err(reject(
+            Reason::MtuOutOfRange,
+            format!("mtu {mtu} is outside {MTU_MIN}..={MTU_MAX}"),
+        ));
+    }
+    if n.lease_time < 10 {
+        return Err(reject(
+            Reason::InvalidLeaseTime,
+            format!("lease_time {} s is shorter than 10 s", n.lease_time),
+        ));
+    }
+    if let Some(domain) = &n.domain
+        && !valid_dns_name(domain)
+    {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("domain {domain:?} is not a DNS name"),
+        ));
+    }
+    if let Some(bad) = n.search.iter().find(|s| !valid_dns_name(s)) {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("search domain {bad:?} is not a DNS name"),
+        ));
+    }
+    for r in &n.routes {
+        if r.to != r.to.trunc() {
+            return Err(reject(
+                Reason::InvalidField,
+                format!("route to {} has host bits set", r.to),
+            ));
+        }
+        if !n.subnet.contains(&r.via) {
+            return Err(reject(
+                Reason::OutsideSubnet,
+                format!(
+                    "route to {} goes via {}, outside subnet {}",
+                    r.to, r.via, n.subnet
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(), Reject> {
+    if !nic.mac.is_unicast() {
+        return Err(reject(
+            Reason::InvalidMac,
+            format!("{} is not a unicast MAC address", nic.mac),
+        ));
+    }
+    if !net.subnet.contains(&nic.ip) {
+        return Err(reject(
+            Reason::OutsideSubnet,
+            format!(
+                "ip {} is outside subnet {} of network {}",
+                nic.ip, net.subnet, net.id
+            ),
+        ));
+    }
+    if nic.ip == net.subnet.network() || nic.ip == net.subnet.broadcast() || nic.ip == net.gateway {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!(
+                "ip {} is the network, broadcast or gateway address of {}",
+                nic.ip, net.id
+            ),
+        ));
+    }
+    if let Some(h) = &nic.hostname
+        && !valid_dns_name(h)
+    {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("hostname {h:?} is not a DNS name"),
+        ));
+    }
+    match &nic.interface {
+        Some(i) if !valid_interface_name(i) => {
+            return Err(reject(
+                Reason::InvalidName,
+                format!("interface {i:?} is not a valid interface name"),
+            ));
+        }
+        None if nic.node == this_node => {
+            return Err(reject(
+                Reason::MissingInterface,
+                format!("NIC on this node ({this_node}) has no `interface`"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Collects accepted entries of one kind, resolving duplicate keys in favour of the version
+/// already serving, else the first in the document.
+struct Accepted<K: Ord + Clone, V> {
+    map: BTreeMap<K, (usize, V)>,
+}
+
+impl<K: Ord + Clone, V: PartialEq> Accepted<K, V> {
+    fn new() -> Self {
+        Self {
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Returns the entry that lost (document index and value), if `key` was already taken.
+    fn insert(&mut self, key: K, idx: usize, value: V, prev: Option<&V>) -> Option<(usize, V)> {
+        match self.map.get(&key) {
+            None => {
+                self.map.insert(key, (idx, value));
+                None
+            }
+            Some((_, existing)) if prev != Some(existing) && prev == Some(&value) => {
+                self.map.insert(key, (idx, value))
+            }
+            Some(_) => Some((idx, value)),
+        }
+    }
+}
+
+/// Validates `doc` for node `this_node`. `prev` is the model serving now: rejected entries keep
+/// their version from it, and it wins ties between duplicates.
+pub fn validate(
+    doc: &RawDocument,
+    prev: Option<&Model>,
+    this_node: &str,
+    budget: &dyn OptionsBudget,
+) -> Validated {
+    let empty = Model::default();
+    let prev = prev.unwrap_or(&empty);
+    let mut rejections = Vec::new();
+    let mut model = Model::default();
+
+    // Networks.
+    let mut nets: Accepted<String, Network> = Accepted::new();
+    let mut failed_nets = BTreeSet::new();
+    for (i, raw) in doc.networks.iter().enumerate() {
+        let entry = format!("networks[{i}]");
+        let parsed = parse_entry::<Network>(raw).and_then(|n| check_network(&n).map(|()| n));
+        match parsed {
+            Ok(n) => {
+                let id = n.id.clone();
+                if let Some((lost, _)) = nets.insert(id.clone(), i, n, prev.networks.get(&id)) {
+                    rejections.push(Rejection {
+                        entry: format!("networks[{lost}]"),
+                        key: Some(id),
+                        reason: Reason::DuplicateId,
+                        detail: "another network has the same id".into(),
+                        kept_last_good: false,
+                    });
+                }
+            }
+            Err(r) => {
+                let key = raw_key(raw, "id");
+                if let Some(k) = &key {
+                    failed_nets.insert(k.clone());
+                }
+                rejections.push(Rejection {
+                    entry,
+                    key,
+                    reason: r.reason,
+                    detail: r.detail,
+                    kept_last_good: false,
+                });
+            }
+        }
+    }
+    for (id, (_, n)) in nets.map {
+        model.networks.insert(id, n);
+    }
+    keep_last_good(
+        &mut model.networks,
+        &prev.networks,
+        &failed_nets,
+        &mut rejections,
+    );
+    // VNIs are unique: of two networks with one VNI, the one serving now stays.
+    let mut by_vni: HashMap<u32, String> = HashMap::new();
+    let mut dup_vni = Vec::new();
+    for (id, n) in &model.networks {
+        if let Some(other) = by_vni.get(&n.vni) {
+            let keep_other = prev.networks.get(other) == model.networks.get(other)
+                && prev.networks.get(id) != Some(n);
+            let loser = if keep_other {
+                id.clone()
+            } else {
+                other.clone()
+            };
+            dup_vni.push((loser.clone(), n.vni));
+            if !keep_other {
+                by_vni.insert(n.vni, id.clone());
+            }
+        } else {
+            by_vni.insert(n.vni, id.clone());
+        }
+    }
+    for (id, vni) in dup_vni {
+        model.networks.remove(&id);
+        rejections.push(Rejection {
+            entry: "networks".into(),
+            key: Some(id),
+            reason: Reason::DuplicateVni,
+            detail: format!("vni {vni} is used by another network"),
+            kept_last_good: false,
+        });
+    }
+
+    // Nodes.
+    let mut nodes: Accepted<String, Node> = Accepted::new();
+    let mut failed_nodes = BTreeSet::new();
+    for (i, raw) in doc.nodes.iter().enumerate() {
+        let entry = format!("nodes[{i}]");
+        match parse_entry::<Node>(raw) {
+            Ok(n) if n.name.is_empty() => rejections.push(Rejection {
+                entry,
+                key: None,
+                reason: Reason::InvalidField,
+                detail: "field `name` is empty".into(),
+                kept_last_good: false,
+            }),
+            Ok(n) => {
+                let name = n.name.clone();
+                if let Some((lost, _)) = nodes.insert(name.clone(), i, n, prev.nodes.get(&name)) {
+                    rejections.push(Rejection {
+                        entry: format!("nodes[{lost}]"),
+                        key: Some(name),
+                        reason: Reason::DuplicateId,
+                        detail: "another node has the same name".into(),
+                        kept_last_good: false,
+                    });
+                }
+            }
+            Err(r) => {
+                let key = raw_key(raw, "name");
+                if let Some(k) = &key {
+                    failed_nodes.insert(k.clone());
+                }
+                rejections.push(Rejection {
+                    entry,
+                    key,
+                    reason: r.reason,
+                    detail: r.detail,
+                    kept_last_good: false,
+                });
+            }
+        }
+    }
+    for (name, (_, n)) in nodes.map {
+        model.nodes.insert(name, n);
+    }
+    keep_last_good(
+        &mut model.nodes,
+        &prev.nodes,
+        &failed_nodes,
+        &mut rejections,
+    );
+
+    // NICs.
+    let mut nics: Accepted<MacAddr, Nic> = Accepted::new();
+    let mut failed_nics = BTreeSet::new();
+    for (i, raw) in doc.nics.iter().enumerate() {
+        let entry = format!("nics[{i}]");
+        let parsed = parse_entry::<Nic>(raw).and_then(|nic| {
+            let net = model.networks.get(&nic.network).ok_or_else(|| {
+                reject(
+                    Reason::UnknownNetwork,
+                    format!("network {:?} does not exist", nic.network),
+                )
+            })?;
+            if !model.nodes.contains_key(&nic.node) {
+                return Err(reject(
+                    Reason::UnknownNode,
+                    format!("node {:?} does not exist", nic.node),
+                ));
+            }
+            check_nic(&nic, net, this_node)?;
+            budget
+                .check(net, &nic)
+                .map_err(|d| reject(Reason::OptionsTooLong, d))?;
+            Ok(nic)
+        });
+        match parsed {
+            Ok(nic) => {
+                let mac = nic.mac;
+                if let Some((lost, _)) = nics.insert(mac, i, nic, prev.nics.get(&mac)) {
+                    rejections.push(Rejection {
+                        entry: format!("nics[{lost}]"),
+                        key: Some(mac.to_string()),
+                        reason: Reason::DuplicateMac,
+                        detail: "another NIC has the same MAC".into(),
+                        kept_last_good: false,
+                    });
+                }
+            }
+            Err(r) => {
+                let key = raw_key(raw, "mac");
+                if let Some(mac) = key.as_deref().and_then(|k| k.parse::<MacAddr>().ok()) {
+                    failed_nics.insert(mac);
+                }
+                rejections.push(Rejection {
+                    entry,
+                    key,
+                    reason: r.reason,
+                    detail: r.detail,
+                    kept_last_good: false,
+                });
+            }
+        }
+    }
+    let mut accepted_nics: Vec<(usize, Nic)> = nics.map.into_values().collect();
+    // Last good versions of rejected NICs, still consistent with the new networks and nodes.
+    for mac in &failed_nics {
+        if let Some(old) = prev.nics.get(mac)
+            && !accepted_nics.iter().any(|(_, n)| n.mac == *mac)
+            && let Some(net) = model.networks.get(&old.network)
+            && model.nodes.contains_key(&old.node)
+            && check_nic(old, net, this_node).is_ok()
+        {
+            accepted_nics.push((usize::MAX, old.clone()));
+            mark_kept(&mut rejections, &mac.to_string());
+        }
+    }
+    // One address per network: the NIC serving it now keeps it, else the first in the document.
+    accepted_nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
+    let mut ips: HashMap<(&str, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut kept = Vec::new();
+    for (i, nic) in &accepted_nics {
+        match ips.get(&(nic.network.as_str(), nic.ip)) {
+            Some(owner) => rejections.push(Rejection {
+                entry: if *i == usize::MAX {
+                    "nics".into()
+                } else {
+                    format!("nics[{i}]")
+                },
+                key: Some(nic.mac.to_string()),
+                reason: Reason::DuplicateIp,
+                detail: format!(
+                    "ip {} in network {} is already held by {owner}",
+                    nic.ip, nic.network
+                ),
+                kept_last_good: false,
+            }),
+            None => {
+                ips.insert((nic.network.as_str(), nic.ip), nic.mac);
+                kept.push(nic.clone());
+            }
+        }
+    }
+    for nic in kept {
+        model.nics.insert(nic.mac, nic);
+    }
+    rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
+    Validated { model, rejections }
+}
+
+/// Puts back the last good version of entries that failed to parse or check.
+fn keep_last_good<V: Clone>(
+    current: &mut BTreeMap<String, V>,
+    prev: &BTreeMap<String, V>,
+    failed: &BTreeSet<String>,
+    rejections: &mut [Rejection],
+) {
+    for key in failed {
+        if !current.contains_key(key)
+            && let Some(old) = prev.get(key)
+        {
+            current.insert(key.clone(), old.clone());
+            mark_kept(rejections, key);
+        }
+    }
+}
+
+fn mark_kept(rejections: &mut [Rejection], key: &str) {
+    for r in rejections.iter_mut() {
+        if r.key.as_deref() == Some(key) {
+            r.kept_last_good = true;
+        }
+    }
+}
+
+/// Parses a whole document. Only a document that is not JSON, or lacks one of the three lists,
+/// fails here; entries are checked one by one by [`validate`].
+pub fn parse_document(bytes: &[u8]) -> Result<RawDocument, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    struct NoBudget;
+    impl OptionsBudget for NoBudget {
+        fn check(&self, _: &Network, _: &Nic) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn doc(v: serde_json::Value) -> RawDocument {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "networks": [
+                {"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+                 "mtu": 1450, "dns": ["10.10.0.2"]},
+                {"id": "red", "vni": 1002, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1"}
+            ],
+            "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}, {"name": "hv-2", "vtep": "198.18.0.2"}],
+            "nics": [
+                {"mac": "02:00:00:00:00:01", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "tap1"},
+                {"mac": "02:00:00:00:00:02", "network": "red", "ip": "10.10.0.11", "node": "hv-1", "interface": "tap2"},
+                {"mac": "02:00:00:00:00:03", "network": "blue", "ip": "10.10.0.12", "node": "hv-2"}
+            ]
+        })
+    }
+
+    fn reasons(v: &Validated) -> Vec<(String, Reason)> {
+        v.rejections
+            .iter()
+            .map(|r| (r.entry.clone(), r.reason))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_a_good_document_and_same_ip_on_two_networks() {
+        let v = validate(&doc(base()), None, "hv-1", &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        assert_eq!(v.model.nics.len(), 3);
+        assert_eq!(v.model.networks.len(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_entries_one_by_one() {
+        let mut d = base();
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics.push(json!({"mac": "zz:00:00:00:00:09", "network": "blue", "ip": "10.10.0.20", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0a", "network": "blue", "ip": "10.99.0.20", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0b", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:01", "network": "blue", "ip": "10.10.0.30", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0c", "network": "green", "ip": "10.10.0.31", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0d", "network": "blue", "ip": "10.10.0.x", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0e", "network": "blue", "ip": "10.10.0.40", "node": "hv-1"}));
+        d["networks"].as_array_mut().unwrap().push(
+            json!({"id": "tiny", "vni": 7, "subnet": "10.7.0.0/24", "gateway": "10.7.0.1", "mtu": 0}),
+        );
+        let v = validate(&doc(d), None, "hv-1", &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[2]".into(), Reason::MtuOutOfRange),
+                ("nics[3]".into(), Reason::InvalidMac),
+                ("nics[4]".into(), Reason::OutsideSubnet),
+                ("nics[5]".into(), Reason::DuplicateIp),
+                ("nics[6]".into(), Reason::DuplicateMac),
+                ("nics[7]".into(), Reason::UnknownNetwork),
+                ("nics[8]".into(), Reason::InvalidAddress),
+                ("nics[9]".into(), Reason::MissingInterface),
+            ]
+        );
+        // Everything good still applies.
+        assert_eq!(v.model.nics.len(), 3);
+        let detail = &v.rejections[7].detail;
+        assert!(detail.contains("field `ip`"), "{detail}");
+    }
+
+    #[test]
+    fn a_rejected_entry_keeps_its_last_good_version() {
+        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let mut d = base();
+        d["nics"][0]["ip"] = json!("10.99.0.1");
+        d["networks"][1]["mtu"] = json!(0);
+        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        assert_eq!(v.model, good);
+        assert!(v.rejections.iter().all(|r| r.kept_last_good));
+        assert_eq!(v.rejections.len(), 2);
+    }
+
+    #[test]
+    fn the_serving_nic_wins_an_address_conflict() {
+        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let mut d = base();
+        // A newcomer listed first claims the address of a serving NIC.
+        d["nics"].as_array_mut().unwrap().insert(
+            0,
+            json!({"mac": "02:00:00:00:00:99", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "t9"}),
+        );
+        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        assert_eq!(v.model, good);
+        assert_eq!(reasons(&v), vec![("nics[0]".into(), Reason::DuplicateIp)]);
+    }
+
+    #[test]
+    fn deletions_apply() {
+        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let mut d = base();
+        d["nics"].as_array_mut().unwrap().remove(0);
+        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        assert_eq!(v.model.nics.len(), 2);
+    }
+
+    #[test]
+    fn a_document_without_its_lists_is_invalid() {
+        let err = parse_document(br#"{"networks": []}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `nodes`"), "{err}");
+        assert!(parse_document(b"{not json").is_err());
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            "02:00:0A:00:00:ff".parse::<MacAddr>().unwrap().to_string(),
+            "02:00:0a:00:00:ff"
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0200.0000.0000",
+            "2:0:0:0:0:0",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+}

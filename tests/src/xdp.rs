@@ -1,0 +1,120 @@
+//! The XDP programs loaded for `BPF_PROG_TEST_RUN`, with bindings for a small test network.
+
+use std::net::Ipv4Addr;
+
+use agent_common::{BindingKey, stats::STATS_COUNT};
+use aya::programs::{TestRun as _, TestRunOptions};
+use holdfast::{
+    dataplane::{Dataplane, Desired, StatsReader},
+    leases,
+    model::{Network, Nic, Route},
+};
+
+use crate::TempDir;
+
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0x68, 0x66, 0, 0, 1];
+pub const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+/// `BPF_PROG_TEST_RUN` runs XDP as if received on the loopback device of the caller's netns.
+pub const TEST_IFINDEX: u32 = 1;
+
+pub fn network() -> Network {
+    Network {
+        id: "pn-blue".into(),
+        vni: 1001,
+        subnet: "10.10.0.0/24".parse().expect("subnet"),
+        gateway: GATEWAY,
+        dns: vec![Ipv4Addr::new(10, 10, 0, 2)],
+        domain: Some("blue.internal".into()),
+        search: vec!["blue.internal".into()],
+        mtu: Some(1450),
+        routes: vec![Route {
+            to: "172.16.0.0/12".parse().expect("route"),
+            via: GATEWAY,
+        }],
+        ntp: vec![],
+        lease_time: 3600,
+    }
+}
+
+pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
+    Nic {
+        mac: holdfast::model::MacAddr(mac),
+        network: "pn-blue".into(),
+        ip,
+        hostname: Some("vm-1".into()),
+        node: "hv-1".into(),
+        interface: Some("lo".into()),
+    }
+}
+
+pub struct Fixture {
+    pub dp: Dataplane,
+    pub stats: StatsReader,
+    _dir: TempDir,
+}
+
+impl Fixture {
+    /// The programs with one binding: `VM_MAC` -> `VM_IP` on the test ifindex.
+    pub fn new() -> Self {
+        Self::with_nics(&[(VM_MAC, VM_IP)])
+    }
+
+    pub fn with_nics(nics: &[([u8; 6], Ipv4Addr)]) -> Self {
+        crate::sweep_stale();
+        let dir = TempDir::bpffs("xdp");
+        let mut dp = Dataplane::open(dir.path(), ROUTER_MAC).expect("load programs");
+        let net = network();
+        let mut desired = Desired {
+            prune: true,
+            ..Desired::default()
+        };
+        for (mac, ip) in nics {
+            let b = leases::render(&net, &nic(*mac, *ip)).expect("render");
+            desired
+                .bindings
+                .insert(BindingKey::new(TEST_IFINDEX, *mac), b);
+        }
+        let report = dp.reconcile(&desired);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let stats = StatsReader::open(dir.path()).expect("stats");
+        Self {
+            dp,
+            stats,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the VM program on `frame`; returns the action and the frame it left.
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.vm_program().expect("program");
+        let mut out = vec![0u8; 4096];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("test_run");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Counter totals indexed by `Stat`.
+    pub fn counters(&self) -> Vec<u64> {
+        let v = self.stats.read();
+        assert_eq!(v.len(), STATS_COUNT as usize);
+        v
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
