@@ -31,7 +31,12 @@ use tracing::{debug, info, warn};
 /// The eBPF object, built from `agent-ebpf` by this crate's build script on every build.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/holdfast"));
 
+/// The no-op program for the VM side of a veth (see `attach_veth_peer`).
+pub static PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/holdfast-pass"));
+
 pub const PROGRAM_VM: &str = "holdfast_vm";
+pub const PROGRAM_PASS: &str = "holdfast_pass";
 pub const MAP_BINDINGS: &str = "BINDINGS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_EVENTS: &str = "EVENTS";
@@ -447,4 +452,46 @@ pub fn parse_event(bytes: &[u8]) -> Option<DhcpEvent> {
     (bytes.len() >= size_of::<DhcpEvent>())
         // SAFETY: `DhcpEvent` is plain old data and the record is long enough.
         .then(|| unsafe { bytes.as_ptr().cast::<DhcpEvent>().read_unaligned() })
+}
+
+/// Attaches the no-op XDP program to `interface` in the current network namespace, through
+/// netlink so that it stays attached (without a pin) for as long as the interface exists.
+///
+/// Needed on the VM side of a veth pair: the kernel delivers XDP_TX and XDP_REDIRECT frames
+/// into a veth only when its peer runs an XDP program. A tap needs nothing.
+pub async fn attach_veth_peer(interface: &str) -> Result<(), DataplaneError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use futures::TryStreamExt as _;
+    use netlink_packet_route::link::{LinkAttribute, LinkXdp};
+
+    let mut ebpf = aya::Ebpf::load(PASS_OBJECT)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_PASS)
+        .ok_or(DataplaneError::Missing(PROGRAM_PASS))?
+        .try_into()?;
+    program.load()?;
+    let fd = program.fd()?.as_fd().as_raw_fd();
+
+    let netlink = |e: rtnetlink::Error| DataplaneError::Bpffs(format!("netlink: {e}"));
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| DataplaneError::Io {
+        path: PathBuf::from("netlink"),
+        source,
+    })?;
+    let conn = tokio::spawn(conn);
+    let link = handle
+        .link()
+        .get()
+        .match_name(interface.to_owned())
+        .execute()
+        .try_next()
+        .await
+        .map_err(netlink)?
+        .ok_or_else(|| DataplaneError::Bpffs(format!("no interface {interface}")))?;
+    let msg = rtnetlink::LinkUnspec::new_with_index(link.header.index)
+        .append_extra_attribute(LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(0)]))
+        .build();
+    let result = handle.link().set(msg).execute().await.map_err(netlink);
+    conn.abort();
+    result
 }

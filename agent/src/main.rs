@@ -34,6 +34,12 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Attach the no-op XDP program the kernel requires on the VM side of a veth pair (run it in
+    /// the VM's namespace). Not needed for taps.
+    VethPeer {
+        /// The VM-side interface.
+        interface: String,
+    },
     /// Validate the config and an IPAM document without touching the data plane.
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -46,9 +52,12 @@ enum Command {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // netlink-packet-route warns about every attribute newer than itself: noise.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error"));
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Leases { config } => print_leases(config),
         Command::Check { config, ipam } => check(config, ipam),
+        Command::VethPeer { interface } => veth_peer(&interface),
     };
     match result {
         Ok(code) => code,
@@ -78,6 +88,17 @@ fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn veth_peer(interface: &str) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime
+        .block_on(dataplane::attach_veth_peer(interface))
+        .with_context(|| format!("attaching the veth peer program to {interface}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,8 +2,10 @@
 //! and agent processes. Every resource a test creates carries the test process's pid in its
 //! name (`hft-<pid>-…`) and is removed on drop; `sweep_stale` removes what a killed test left.
 
+pub mod clients;
 pub mod netns;
 pub mod packet;
+pub mod rawsock;
 pub mod xdp;
 
 use std::{

@@ -357,7 +357,11 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// A number in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
         (self.next() % n as u64) as usize
     }
 }

@@ -1,11 +1,619 @@
+//! The VM program under BPF_PROG_TEST_RUN: every DHCP message type and client state, the NAK
+//! and silence cases, malformed input, ARP for the gateway, and randomized mutations.
+//!
+//! Replies are checked by an independent parser (`packet::parse_reply`): lengths, IPv4 header
+//! checksum, full UDP checksum (never zero), BOOTP fields and option TLVs.
+
+use std::net::Ipv4Addr;
+
+use agent_common::Stat;
 use holdfast_tests::{packet::*, xdp::*};
 
+const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+const WRONG_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 99);
+
+fn reply(fx: &Fixture, req: &Request) -> Reply {
+    let (action, out) = fx.run(&req.frame());
+    assert_eq!(action, XDP_TX, "expected a reply to {req:?}");
+    parse_reply(&out).unwrap_or_else(|e| panic!("malformed reply: {e}\n{out:02x?}"))
+}
+
+fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
+    let before = fx.counters()[stat as usize];
+    let (action, _) = fx.run(frame);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(
+        fx.counters()[stat as usize],
+        before + 1,
+        "counter {stat:?} did not move"
+    );
+}
+
+fn chaddr16(mac: [u8; 6]) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..6].copy_from_slice(&mac);
+    c
+}
+
+/// Options an OFFER/ACK carries for the test network, in order.
+const FULL_OPTIONS: [u8; 13] = [53, 54, 51, 58, 59, 1, 3, 6, 15, 119, 121, 26, 12];
+
+fn assert_full_options(r: &Reply) {
+    assert_eq!(r.codes(), FULL_OPTIONS);
+    assert_eq!(r.option(54), Some(&GATEWAY.octets()[..]));
+    assert_eq!(r.option(51), Some(&3600u32.to_be_bytes()[..]));
+    assert_eq!(r.option(58), Some(&1800u32.to_be_bytes()[..]));
+    assert_eq!(r.option(59), Some(&3150u32.to_be_bytes()[..]));
+    assert_eq!(r.option(1), Some(&[255, 255, 255, 0][..]));
+    assert_eq!(r.option(3), Some(&GATEWAY.octets()[..]));
+    assert_eq!(r.option(6), Some(&[10, 10, 0, 2][..]));
+    assert_eq!(r.option(15), Some(&b"blue.internal"[..]));
+    assert_eq!(r.option(119), Some(&b"\x04blue\x08internal\x00"[..]));
+    // 172.16.0.0/12 via the gateway, then the default route (RFC 3442; systemd-networkd
+    // ignores option 3 when 121 is present).
+    assert_eq!(
+        r.option(121),
+        Some(&[12, 172, 16, 10, 10, 0, 1, 0, 10, 10, 0, 1][..])
+    );
+    assert_eq!(r.option(26), Some(&1450u16.to_be_bytes()[..]));
+    assert_eq!(r.option(12), Some(&b"vm-1"[..]));
+}
+
+fn assert_from_router(r: &Reply) {
+    assert_eq!(r.eth_src, ROUTER_MAC);
+    assert_eq!(r.ip_src, GATEWAY);
+    assert_eq!(r.xid, 0x1234_5678);
+    assert_eq!(r.chaddr, chaddr16(VM_MAC));
+    assert_eq!(r.siaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.giaddr, Ipv4Addr::UNSPECIFIED);
+}
+
 #[test]
-fn discover_gets_an_offer() {
+fn discover_gets_an_offer_unicast_to_the_offered_address() {
     let fx = Fixture::new();
-    let (action, out) = fx.run(&Request::discover(VM_MAC).frame());
-    assert_eq!(action, XDP_TX);
-    let r = parse_reply(&out).unwrap();
+    let r = reply(&fx, &Request::discover(VM_MAC));
     assert_eq!(r.msg_type(), Some(2));
+    assert_from_router(&r);
+    assert_eq!(r.eth_dst, VM_MAC);
+    assert_eq!(r.ip_dst, VM_IP);
     assert_eq!(r.yiaddr, VM_IP);
+    assert_eq!(r.ciaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.flags, 0);
+    assert_full_options(&r);
+    assert!(r.ip_len <= 576);
+    let c = fx.counters();
+    assert_eq!(c[Stat::DhcpDiscover as usize], 1);
+    assert_eq!(c[Stat::DhcpOffer as usize], 1);
+}
+
+#[test]
+fn broadcast_flag_gets_l2_and_l3_broadcast() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::discover(VM_MAC).broadcast());
+    assert_eq!(r.eth_dst, BROADCAST_MAC);
+    assert_eq!(r.ip_dst, Ipv4Addr::BROADCAST);
+    assert_eq!(r.flags, 0x8000);
+    assert_eq!(r.yiaddr, VM_IP);
+}
+
+#[test]
+fn rapid_commit_discover_gets_an_ack_with_option_80() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::discover(VM_MAC).with(80, &[]));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(r.option(80), Some(&[][..]));
+    assert_eq!(r.yiaddr, VM_IP);
+    let c = fx.counters();
+    assert_eq!(c[Stat::DhcpRapidCommit as usize], 1);
+    assert_eq!(c[Stat::DhcpAck as usize], 1);
+    // A plain OFFER never carries 80.
+    assert_eq!(reply(&fx, &Request::discover(VM_MAC)).option(80), None);
+}
+
+#[test]
+fn selecting_request_gets_an_ack() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::selecting(VM_MAC, GATEWAY, VM_IP));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_from_router(&r);
+    assert_eq!(r.yiaddr, VM_IP);
+    assert_eq!(r.ip_dst, VM_IP);
+    assert_full_options(&r);
+    assert_eq!(fx.counters()[Stat::DhcpRequestSelecting as usize], 1);
+}
+
+#[test]
+fn selecting_another_server_gets_silence() {
+    let fx = Fixture::new();
+    let req = Request::selecting(VM_MAC, Ipv4Addr::new(10, 10, 0, 254), VM_IP);
+    dropped(&fx, &req.frame(), Stat::DhcpOtherServer);
+    assert_eq!(fx.counters()[Stat::DhcpAck as usize], 0);
+    assert_eq!(fx.counters()[Stat::DhcpNak as usize], 0);
+}
+
+#[test]
+fn selecting_without_requested_address_is_dropped() {
+    let fx = Fixture::new();
+    let req = Request::new(VM_MAC, 3).with(54, &GATEWAY.octets());
+    dropped(&fx, &req.frame(), Stat::DropDhcpBadRequest);
+}
+
+fn assert_nak(r: &Reply) {
+    assert_eq!(r.msg_type(), Some(6));
+    // RFC 2131 §4.1: a NAK is broadcast, carries no address and no configuration.
+    assert_eq!(r.eth_dst, BROADCAST_MAC);
+    assert_eq!(r.ip_dst, Ipv4Addr::BROADCAST);
+    assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.ciaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.codes(), [53, 54]);
+    assert_eq!(r.option(54), Some(&GATEWAY.octets()[..]));
+    assert_eq!(r.eth_src, ROUTER_MAC);
+}
+
+#[test]
+fn selecting_the_wrong_address_gets_a_nak() {
+    let fx = Fixture::new();
+    assert_nak(&reply(&fx, &Request::selecting(VM_MAC, GATEWAY, WRONG_IP)));
+    assert_eq!(fx.counters()[Stat::DhcpNak as usize], 1);
+}
+
+#[test]
+fn init_reboot_gets_an_ack_or_a_nak() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::init_reboot(VM_MAC, VM_IP));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(r.yiaddr, VM_IP);
+    assert_full_options(&r);
+    // RFC 2131 §4.3.2: INIT-REBOOT with a wrong requested address gets a NAK.
+    assert_nak(&reply(&fx, &Request::init_reboot(VM_MAC, WRONG_IP)));
+    assert_eq!(fx.counters()[Stat::DhcpRequestInitReboot as usize], 2);
+}
+
+#[test]
+fn renewing_gets_an_ack_unicast_to_ciaddr() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_from_router(&r);
+    assert_eq!(r.ciaddr, VM_IP);
+    assert_eq!(r.yiaddr, VM_IP);
+    assert_eq!(r.ip_dst, VM_IP);
+    assert_eq!(r.eth_dst, VM_MAC);
+    assert_full_options(&r);
+    assert_eq!(fx.counters()[Stat::DhcpRequestRenewing as usize], 1);
+}
+
+#[test]
+fn renewing_the_wrong_address_gets_a_nak() {
+    let fx = Fixture::new();
+    assert_nak(&reply(
+        &fx,
+        &Request::renewing(VM_MAC, WRONG_IP, GATEWAY, ROUTER_MAC),
+    ));
+}
+
+#[test]
+fn rebinding_gets_an_ack_unicast_to_ciaddr() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::rebinding(VM_MAC, VM_IP));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(r.ciaddr, VM_IP);
+    assert_eq!(r.ip_dst, VM_IP);
+    assert_eq!(r.eth_dst, VM_MAC);
+    assert_eq!(fx.counters()[Stat::DhcpRequestRebinding as usize], 1);
+    // A rebinding client that asked for broadcast still has an address: ciaddr wins (§4.1).
+    let r = reply(&fx, &Request::rebinding(VM_MAC, VM_IP).broadcast());
+    assert_eq!(r.ip_dst, VM_IP);
+}
+
+#[test]
+fn inform_gets_an_ack_without_lease_options() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::inform(VM_MAC, VM_IP));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_from_router(&r);
+    // RFC 2131 §4.3.5: no yiaddr, no lease time; ciaddr echoed and unicast to it.
+    assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED);
+    assert_eq!(r.ciaddr, VM_IP);
+    assert_eq!(r.ip_dst, VM_IP);
+    assert_eq!(r.codes(), [53, 54, 1, 3, 6, 15, 119, 121, 26, 12]);
+    assert_eq!(fx.counters()[Stat::DhcpInform as usize], 1);
+    // An INFORM from an address that is not the NIC's is not answered.
+    dropped(
+        &fx,
+        &Request::inform(VM_MAC, WRONG_IP).frame(),
+        Stat::DropDhcpBadRequest,
+    );
+}
+
+#[test]
+fn release_and_decline_get_no_reply_and_are_reported() {
+    let mut fx = Fixture::new();
+    let mut ring = fx.dp.take_events().expect("event ring");
+    let mut release = Request::new(VM_MAC, 7);
+    release.ciaddr = VM_IP;
+    release.ip_src = VM_IP;
+    release.ip_dst = GATEWAY;
+    dropped(&fx, &release.frame(), Stat::DhcpRelease);
+    let decline = Request::new(VM_MAC, 4).with(50, &VM_IP.octets());
+    dropped(&fx, &decline.frame(), Stat::DhcpDecline);
+
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(holdfast::dataplane::parse_event(&item).expect("event"));
+    }
+    assert_eq!(events.len(), 2);
+    let vm_ip = u32::from_ne_bytes(VM_IP.octets());
+    assert_eq!(
+        (
+            events[0].kind,
+            events[0].ifindex,
+            events[0].mac,
+            events[0].addr
+        ),
+        (7, TEST_IFINDEX, VM_MAC, vm_ip)
+    );
+    assert_eq!((events[1].kind, events[1].addr), (4, vm_ip));
+    assert_eq!(fx.counters()[Stat::DhcpOffer as usize], 0);
+    fx.dp.take_events();
+}
+
+#[test]
+fn unknown_mac_is_a_miss() {
+    let fx = Fixture::new();
+    dropped(&fx, &Request::discover(OTHER_MAC).frame(), Stat::DhcpMiss);
+    // The same MAC on another interface is another binding: also a miss.
+    let fx2 = Fixture::with_nics(&[(OTHER_MAC, WRONG_IP)]);
+    dropped(&fx2, &Request::discover(VM_MAC).frame(), Stat::DhcpMiss);
+}
+
+#[test]
+fn chaddr_must_be_the_source_mac() {
+    let fx = Fixture::new();
+    let mut req = Request::discover(VM_MAC);
+    req.chaddr = OTHER_MAC;
+    dropped(&fx, &req.frame(), Stat::DropDhcpChaddrMismatch);
+}
+
+#[test]
+fn rogue_dhcp_server_traffic_is_dropped() {
+    let fx = Fixture::new();
+    let mut offer = Request::new(VM_MAC, 2);
+    offer.op = 2;
+    offer.src_port = 67;
+    offer.dst_port = 68;
+    dropped(&fx, &offer.frame(), Stat::DropDhcpRogueServer);
+}
+
+#[test]
+fn relayed_requests_are_dropped() {
+    let fx = Fixture::new();
+    let mut req = Request::discover(VM_MAC);
+    req.giaddr = Ipv4Addr::new(10, 10, 0, 50);
+    dropped(&fx, &req.frame(), Stat::DropDhcpRelayed);
+}
+
+#[test]
+fn options_are_found_anywhere_with_pads_and_overload() {
+    let fx = Fixture::new();
+    let mut req = Request::selecting(VM_MAC, GATEWAY, VM_IP);
+    // Message type last, behind a long hostname, pads, a client id and overload.
+    let msg = req.options.remove(0);
+    req.options.insert(0, (0, vec![]));
+    req.options.insert(1, (12, vec![b'x'; 200]));
+    req.options.push((0, vec![]));
+    req.options.push((61, vec![1, 2, 0, 0, 0, 0, 0x01]));
+    req.options.push((52, vec![3]));
+    req.options.push(msg);
+    let r = reply(&fx, &req);
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(fx.counters()[Stat::DhcpOverloadIgnored as usize], 1);
+}
+
+#[test]
+fn end_may_be_the_last_byte() {
+    let fx = Fixture::new();
+    let mut req = Request::discover(VM_MAC);
+    req.pad_to = 0;
+    let frame = req.frame();
+    assert_eq!(*frame.last().unwrap(), 255);
+    assert_eq!(reply(&fx, &req).msg_type(), Some(2));
+}
+
+#[test]
+fn ip_options_in_the_request_do_not_reach_the_reply() {
+    let fx = Fixture::new();
+    let mut frame = Request::discover(VM_MAC).frame();
+    // Insert a 4-byte IP option (NOP x4) and fix the header.
+    frame.splice(34..34, [1u8, 1, 1, 1]);
+    frame[14] = 0x46;
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&frame[14..38]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    let (action, out) = fx.run(&frame);
+    assert_eq!(action, XDP_TX);
+    let r = parse_reply(&out).expect("well-formed reply");
+    assert_eq!(r.yiaddr, VM_IP);
+}
+
+#[test]
+fn large_requests_shrink_into_the_reply() {
+    let fx = Fixture::new();
+    let mut req = Request::discover(VM_MAC);
+    req.pad_to = 1200;
+    let r = reply(&fx, &req);
+    assert!(r.ip_len <= 576);
+}
+
+#[test]
+fn malformed_requests_never_get_a_reply() {
+    let fx = Fixture::new();
+    let good = Request::discover(VM_MAC);
+    let frame = good.frame();
+
+    // Truncated at every length up to the end of the fixed BOOTP header (the kernel does not
+    // run XDP on frames shorter than an Ethernet header).
+    for len in 14..(14 + 20 + 8 + 240) {
+        let (action, _) = fx.run(&frame[..len]);
+        assert_ne!(action, XDP_TX, "truncated to {len} bytes");
+    }
+
+    let cases: Vec<(&str, Request, Stat)> = vec![
+        (
+            "wrong hlen",
+            Request {
+                hlen: 16,
+                ..good.clone()
+            },
+            Stat::DropDhcpMalformed,
+        ),
+        (
+            "wrong htype",
+            Request {
+                htype: 6,
+                ..good.clone()
+            },
+            Stat::DropDhcpMalformed,
+        ),
+        (
+            "BOOTREPLY to the server port",
+            Request {
+                op: 2,
+                ..good.clone()
+            },
+            Stat::DropDhcpMalformed,
+        ),
+        (
+            "message type with zero length",
+            Request {
+                options: vec![(53, vec![])],
+                ..good.clone()
+            },
+            Stat::DropDhcpBadOptions,
+        ),
+        (
+            "message type with two bytes",
+            Request {
+                options: vec![(53, vec![1, 1])],
+                ..good.clone()
+            },
+            Stat::DropDhcpBadOptions,
+        ),
+        (
+            "requested address of three bytes",
+            Request::init_reboot(VM_MAC, VM_IP).with(50, &[1, 2, 3]),
+            Stat::DropDhcpBadOptions,
+        ),
+        (
+            "no message type",
+            Request {
+                options: vec![(55, vec![1, 3])],
+                ..good.clone()
+            },
+            Stat::DropDhcpUnknownType,
+        ),
+        (
+            "unknown message type",
+            Request {
+                options: vec![(53, vec![42])],
+                ..good.clone()
+            },
+            Stat::DropDhcpUnknownType,
+        ),
+        (
+            "a server message type",
+            Request {
+                options: vec![(53, vec![5])],
+                ..good.clone()
+            },
+            Stat::DropDhcpUnknownType,
+        ),
+    ];
+    for (what, req, stat) in cases {
+        let before = fx.counters()[stat as usize];
+        let (action, _) = fx.run(&req.frame());
+        assert_eq!(action, XDP_DROP, "{what}");
+        assert_eq!(fx.counters()[stat as usize], before + 1, "{what}: {stat:?}");
+    }
+
+    // An option running past the end of the packet (a huge length, no padding after it).
+    let mut bootp = Request {
+        pad_to: 0,
+        ..good.clone()
+    }
+    .bootp();
+    bootp.pop(); // END
+    bootp.extend_from_slice(&[12, 255, b'a', b'b']);
+    dropped(
+        &fx,
+        &frame_with_bootp(&good, &bootp),
+        Stat::DropDhcpBadOptions,
+    );
+
+    // Options that end without END.
+    let mut bootp = Request {
+        pad_to: 0,
+        ..good.clone()
+    }
+    .bootp();
+    bootp.pop();
+    dropped(
+        &fx,
+        &frame_with_bootp(&good, &bootp),
+        Stat::DropDhcpBadOptions,
+    );
+
+    // Only pads, past the scan limit.
+    let mut bootp = Request {
+        pad_to: 0,
+        options: vec![],
+        ..good.clone()
+    }
+    .bootp();
+    bootp.truncate(240);
+    bootp.extend_from_slice(&[0u8; 300]);
+    bootp.extend_from_slice(&[53, 1, 1, 255]);
+    dropped(
+        &fx,
+        &frame_with_bootp(&good, &bootp),
+        Stat::DropDhcpBadOptions,
+    );
+
+    // No magic cookie: plain BOOTP is not served.
+    let mut bootp = good.bootp();
+    bootp[236] = 0;
+    dropped(
+        &fx,
+        &frame_with_bootp(&good, &bootp),
+        Stat::DropDhcpUnknownType,
+    );
+
+    // A fragment.
+    let mut f = good.frame();
+    f[20] = 0x20; // more fragments
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    dropped(&fx, &f, Stat::DropDhcpMalformed);
+
+    assert_eq!(fx.counters()[Stat::DhcpOffer as usize], 0);
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_with_the_router_mac() {
+    let fx = Fixture::new();
+    let (action, out) = fx.run(&arp_request(VM_MAC, VM_IP, GATEWAY));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out.len(), 42);
+    assert_eq!(out[0..6], VM_MAC);
+    assert_eq!(out[6..12], ROUTER_MAC);
+    assert_eq!(out[12..14], [0x08, 0x06]);
+    assert_eq!(out[20..22], [0, 2], "ARP reply");
+    assert_eq!(out[22..28], ROUTER_MAC, "sender MAC");
+    assert_eq!(out[28..32], GATEWAY.octets(), "sender IP");
+    assert_eq!(out[32..38], VM_MAC, "target MAC");
+    assert_eq!(out[38..42], VM_IP.octets(), "target IP");
+    assert_eq!(fx.counters()[Stat::ArpReply as usize], 1);
+
+    // Other addresses, and unknown NICs, are not answered here.
+    assert_eq!(fx.run(&arp_request(VM_MAC, VM_IP, WRONG_IP)).0, XDP_PASS);
+    assert_eq!(
+        fx.run(&arp_request(OTHER_MAC, WRONG_IP, GATEWAY)).0,
+        XDP_PASS
+    );
+}
+
+#[test]
+fn other_traffic_passes() {
+    let fx = Fixture::new();
+    let mut dns = Request::discover(VM_MAC);
+    dns.dst_port = 53;
+    dns.src_port = 40000;
+    assert_eq!(fx.run(&dns.frame()).0, XDP_PASS);
+    let mut v6 = Request::discover(VM_MAC).frame();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(fx.run(&v6).0, XDP_PASS);
+}
+
+/// Mutates valid requests at random; whatever the program does, a reply it sends must be
+/// well-formed and addressed from the router to the bound NIC.
+#[test]
+fn randomized_mutations_never_produce_a_malformed_reply() {
+    let fx = Fixture::new();
+    let seeds = [
+        Request::discover(VM_MAC),
+        Request::discover(VM_MAC).with(80, &[]).broadcast(),
+        Request::selecting(VM_MAC, GATEWAY, VM_IP),
+        Request::init_reboot(VM_MAC, WRONG_IP),
+        Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC),
+        Request::rebinding(VM_MAC, VM_IP),
+        Request::inform(VM_MAC, VM_IP),
+    ];
+    let mut rng = Rng::new(0x5eed_d11c_9a11_0001);
+    let (mut replies, mut runs) = (0, 0);
+    for _ in 0..20_000 {
+        let seed = &seeds[rng.below(seeds.len())];
+        let mut frame = if rng.below(2) == 0 {
+            seed.frame()
+        } else {
+            // Mutate the options structurally, then fix the checksums.
+            let mut bootp = seed.bootp();
+            for _ in 0..=rng.below(4) {
+                let i = 240 + rng.below(bootp.len() - 240);
+                bootp[i] = match rng.below(4) {
+                    0 => 0,
+                    1 => 255,
+                    2 => [50, 53, 54, 80, 52, 61][rng.below(6)],
+                    _ => rng.next() as u8,
+                };
+            }
+            frame_with_bootp(seed, &bootp)
+        };
+        for _ in 0..rng.below(6) {
+            match if frame.is_empty() { 3 } else { rng.below(4) } {
+                0 => {
+                    let i = rng.below(frame.len());
+                    frame[i] ^= 1 << rng.below(8);
+                }
+                1 => {
+                    let i = rng.below(frame.len());
+                    frame[i] = rng.next() as u8;
+                }
+                2 => {
+                    let keep = rng.below(frame.len() + 1);
+                    frame.truncate(keep);
+                }
+                _ => {
+                    let n = rng.below(64);
+                    frame.extend((0..n).map(|_| rng.next() as u8));
+                }
+            }
+        }
+        if frame.len() < 14 {
+            continue; // BPF_PROG_TEST_RUN refuses frames without an Ethernet header
+        }
+        runs += 1;
+        let (action, out) = fx.run(&frame);
+        if action == XDP_TX {
+            if out.len() == 42 && out[12..14] == [0x08, 0x06] {
+                continue; // an ARP answer, from a mutation that made an ARP request
+            }
+            replies += 1;
+            let r = parse_reply(&out)
+                .unwrap_or_else(|e| panic!("malformed reply ({e}) to {frame:02x?}"));
+            assert_eq!(r.eth_src, ROUTER_MAC);
+            assert_eq!(r.ip_src, GATEWAY);
+            assert_eq!(r.chaddr, chaddr16(VM_MAC));
+            assert!(matches!(r.msg_type(), Some(2 | 5 | 6)));
+            if r.msg_type() != Some(6) {
+                assert!(r.yiaddr == VM_IP || r.yiaddr == Ipv4Addr::UNSPECIFIED);
+            }
+        }
+    }
+    assert!(
+        replies > 1000,
+        "only {replies} of {runs} mutated requests got replies"
+    );
 }
