@@ -30,6 +30,7 @@ fn spawn(vm: &Vm, name: &'static str, dir: TempDir, mut cmd: Command) -> Client 
     let log = dir.path().join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log");
     let err = out.try_clone().expect("log");
+    crate::netns::echo(&cmd);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(out)

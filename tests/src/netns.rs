@@ -17,8 +17,27 @@ use std::{
 
 use crate::{TempDir, is_stale, unique, workspace_bin};
 
+/// Whether commands are printed before they run (the demo turns this on).
+pub static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `cmd` as a shell line when [`VERBOSE`] is on.
+pub fn echo(cmd: &Command) {
+    if VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        println!(
+            "$ {} {}",
+            cmd.get_program().to_string_lossy(),
+            args.join(" ")
+        );
+    }
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
+    echo(cmd);
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -120,13 +139,28 @@ impl Netns {
         ip(&full)
     }
 
+    /// `ip` for reading state: never printed, even in the demo.
+    pub fn query(&self, args: &[&str]) -> Output {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// The resolv.conf DHCP clients in this namespace write.
     pub fn resolv_conf(&self) -> String {
         std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", self.name)).unwrap_or_default()
     }
 
     pub fn ifindex(&self, interface: &str) -> u32 {
-        let out = self.ip(&["-o", "link", "show", interface]);
+        let out = self.query(&["-o", "link", "show", interface]);
         let text = String::from_utf8_lossy(&out.stdout);
         text.split(':')
             .next()
@@ -179,7 +213,7 @@ impl Vm {
 
     /// The IPv4 address and prefix on eth0, if any.
     pub fn address(&self) -> Option<(Ipv4Addr, u8)> {
-        let out = self.ns.ip(&["-4", "-o", "addr", "show", "eth0"]);
+        let out = self.ns.query(&["-4", "-o", "addr", "show", "eth0"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let cidr = text
             .split_whitespace()
@@ -190,11 +224,11 @@ impl Vm {
     }
 
     pub fn routes(&self) -> String {
-        String::from_utf8_lossy(&self.ns.ip(&["-4", "route", "show"]).stdout).into_owned()
+        String::from_utf8_lossy(&self.ns.query(&["-4", "route", "show"]).stdout).into_owned()
     }
 
     pub fn mtu(&self) -> u32 {
-        let out = self.ns.ip(&["-o", "link", "show", "eth0"]);
+        let out = self.ns.query(&["-o", "link", "show", "eth0"]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.split_whitespace()
             .skip_while(|w| *w != "mtu")
@@ -275,15 +309,14 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = hv
-            .enter(&workspace_bin("holdfast"))
-            .args(["run", "--config"])
+        let mut cmd = hv.enter(&workspace_bin("holdfast"));
+        cmd.args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,netlink_packet_route=error")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn holdfast");
+            .stderr(log);
+        echo(&cmd);
+        let child = cmd.spawn().expect("spawn holdfast");
         self.child = Some(child);
         let ready = wait_for(Duration::from_secs(20), || {
             (self.http("/readyz").0 == 200).then_some(())

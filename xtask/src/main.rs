@@ -1,1 +1,172 @@
-fn main() {}
+//! `cargo xtask …`: build the eBPF object, run every test, the demo and the benchmarks.
+//! Installs what is missing first and prints every command it runs.
+
+mod cmd;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cmd::{run, step};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain when missing and build the XDP programs.
+    BuildEbpf,
+    /// Run every test: unit, BPF_PROG_TEST_RUN fixtures and namespace integration tests.
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// A hypervisor with three VMs getting DHCP from XDP, narrated.
+    Demo,
+    /// Benchmarks (not timed tests): figures and ratios against the named peers.
+    Bench {
+        #[arg(value_enum)]
+        which: Bench,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Bench {
+    /// XDP DHCP responder: ns per reply, and replies/s against dnsmasq and Kea.
+    Dhcp,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// `cargo` with the environment of the outer cargo removed, so the toolchain is chosen afresh.
+fn cargo(toolchain: Option<&str>) -> Command {
+    let mut c = match toolchain {
+        Some(t) => {
+            let mut c = Command::new("rustup");
+            c.args(["run", t, "cargo"]);
+            c
+        }
+        None => Command::new("cargo"),
+    };
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+    ] {
+        c.env_remove(var);
+    }
+    c.current_dir(root());
+    c
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    setup::ebpf_toolchain()?;
+    step("Building the XDP programs (agent-ebpf) for bpfel-unknown-none");
+    // The same flags aya-build uses when the agent's build script embeds the object.
+    let flags = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f");
+    run(cargo(Some("nightly"))
+        .env("CARGO_ENCODED_RUSTFLAGS", flags)
+        .args(["build", "--package", "agent-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]))?;
+    let dir = root().join("target/bpfel-unknown-none/release");
+    for name in ["holdfast", "holdfast-pass"] {
+        let p = dir.join(name);
+        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        println!("eBPF object: {} ({size} bytes)", p.display());
+    }
+    println!(
+        "The agent embeds its own copy, rebuilt by its build script whenever the programs \
+         change: a plain `cargo build` never embeds a stale object."
+    );
+    Ok(())
+}
+
+fn test(filter: Option<String>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    setup::require_root()?;
+    setup::ebpf_toolchain()?;
+    setup::packages(setup::TEST_PACKAGES)?;
+    setup::bpffs()?;
+
+    step("Formatting and lints");
+    run(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+
+    step("Building (the agent's build script builds and embeds the XDP programs)");
+    run(cargo(None).args(["build", "--bins"]))?;
+
+    step("Unit tests, BPF_PROG_TEST_RUN fixtures, namespace tests with real DHCP clients");
+    let mut c = cargo(None);
+    c.arg("test");
+    c.arg("--").args(["--test-threads", "4"]);
+    if let Some(f) = filter {
+        c.arg(f);
+    }
+    run(&mut c)?;
+    println!("\nall tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup::require_root()?;
+    setup::ebpf_toolchain()?;
+    setup::packages(setup::TEST_PACKAGES)?;
+    setup::bpffs()?;
+    step("Building holdfast and the demo");
+    run(cargo(None).args(["build", "--bins"]))?;
+    run(&mut Command::new(root().join("target/debug/holdfast-demo")))
+}
+
+fn bench(which: Bench) -> anyhow::Result<()> {
+    setup::require_root()?;
+    setup::ebpf_toolchain()?;
+    setup::packages(setup::TEST_PACKAGES)?;
+    setup::packages(setup::BENCH_PACKAGES)?;
+    setup::bpffs()?;
+    step("Building in release mode");
+    run(cargo(None).args(["build", "--release", "--bins"]))?;
+    let name = match which {
+        Bench::Dhcp => "dhcp",
+    };
+    run(Command::new(root().join("target/release/holdfast-bench")).arg(name))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test { filter } => test(filter),
+        Task::Demo => demo(),
+        Task::Bench { which } => bench(which),
+    };
+    match result.context("cargo xtask") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

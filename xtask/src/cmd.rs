@@ -1,0 +1,55 @@
+//! Running commands the way a newcomer can follow: each one is printed before it runs.
+
+use std::{
+    ffi::OsStr,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Prints a step of the narration.
+pub fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+fn show(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            parts.push(format!("{}={}", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    parts.push(cmd.get_program().to_string_lossy().into_owned());
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Runs `cmd` with inherited output; fails when it does.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    println!("$ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly and returns its output (printed only with `verbose`).
+pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
+    cmd.output()
+        .with_context(|| format!("starting {}", show(cmd)))
+}
+
+/// Whether `program args…` runs and succeeds.
+pub fn succeeds<I, S>(program: &str, args: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
