@@ -417,7 +417,13 @@ fn write_reply(
         b.opts_len as usize
     };
     if blob_len < 2 || blob_len > OPTS_MAX || blob_len % 2 != 0 {
-        // The agent never writes such a binding.
+        // The agent never writes such a binding: say so loudly, it means a corrupted map.
+        aya_log_ebpf::error!(
+            ctx,
+            "binding for {:mac} has an options length of {} bytes; not answering",
+            *client_mac,
+            blob_len
+        );
         return Err(Stat::DropDhcpMalformed);
     }
     let lease_len = b.lease_opts_len as usize;

@@ -69,7 +69,10 @@ impl DataplaneHandle {
             .spawn(move || {
                 let mut dp = match Dataplane::open(&bpffs, router_mac) {
                     Ok(mut dp) => {
-                        let events = dp.take_events();
+                        let events = dp
+                            .take_events()
+                            .inspect_err(|e| warn!(error = %e, "no DHCP event ring buffer"))
+                            .ok();
                         let logger = dp.take_logger();
                         let _ = ready_tx.send(Ok((events, logger)));
                         dp
@@ -299,7 +302,7 @@ async fn watch_events(
                 .get_or_create(&vec![("type", kind)])
                 .inc();
             info!(
-                event = kind,
+                event = %kind,
                 mac = %MacAddr(ev.mac),
                 interface = %interface,
                 address = %addr,

@@ -251,10 +251,12 @@ impl Dataplane {
     }
 
     /// The ring buffer of DHCP RELEASE and DECLINE events.
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
-        self.ebpf
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
+        let map = self
+            .ebpf
             .take_map(MAP_EVENTS)
-            .and_then(|m| RingBuf::try_from(m).ok())
+            .ok_or(DataplaneError::Missing(MAP_EVENTS))?;
+        Ok(RingBuf::try_from(map)?)
     }
 
     /// Records logged by the programs (aya-log).

@@ -130,6 +130,34 @@ fn dhclient_gets_its_lease_from_xdp() {
     assert!(agent.metric("holdfast_dhcp_replies_total{type=\"offer\"}") >= 1.0);
     assert!(agent.metric("holdfast_dhcp_replies_total{type=\"ack\"}") >= 1.0);
     assert_eq!(agent.metric("holdfast_leases"), 1.0);
+
+    // The VM gives its address back: no reply, and the agent logs it.
+    let clients::Client { proc, dir, .. } = client;
+    drop(proc);
+    let release = vm
+        .ns
+        .exec("dhclient")
+        .args(["-r", "-lf"])
+        .arg(dir.path().join("dhclient.leases"))
+        .arg("-pf")
+        .arg(dir.path().join("dhclient.pid"))
+        .arg("eth0")
+        .output()
+        .expect("dhclient -r");
+    assert!(release.status.success());
+    let logged = wait_for(Duration::from_secs(5), || {
+        agent.logs().contains("event=release").then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "release counter {}, dhclient -r: {}{}\n{}",
+        agent.counters()[Stat::DhcpRelease as usize],
+        String::from_utf8_lossy(&release.stdout),
+        String::from_utf8_lossy(&release.stderr),
+        agent.logs()
+    );
+    assert!(agent.logs().contains("mac=02:00:00:00:00:01"), "{}", agent.logs());
+    assert!(agent.metric("holdfast_dhcp_events_total{type=\"release\"}") >= 1.0);
 }
 
 #[test]

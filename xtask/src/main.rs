@@ -80,15 +80,8 @@ fn cargo(toolchain: Option<&str>) -> Command {
 fn build_ebpf() -> anyhow::Result<()> {
     setup::ebpf_toolchain()?;
     step("Building the XDP programs (agent-ebpf) for bpfel-unknown-none");
-    // The same flags aya-build uses when the agent's build script embeds the object.
-    let flags = [
-        "--cfg=bpf_target_arch=\"x86_64\"",
-        "-Cdebuginfo=2",
-        "-Clink-arg=--btf",
-    ]
-    .join("\x1f");
+    // Flags for the BPF target come from .cargo/config.toml, as for the agent's build script.
     run(cargo(Some("nightly"))
-        .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .args(["build", "--package", "agent-ebpf", "--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"]))?;
     let dir = root().join("target/bpfel-unknown-none/release");
