@@ -5,11 +5,7 @@
 //! (aya-build does the same but sets its own rustflags, which cannot carry the target feature
 //! the programs are built with; see .cargo/config.toml.)
 
-use std::{
-    env,
-    path::PathBuf,
-    process::Command,
-};
+use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -23,8 +19,14 @@ fn main() -> anyhow::Result<()> {
     for dir in [&ebpf, &common] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    println!("cargo:rerun-if-changed={}", manifest.join("../.cargo/config.toml").display());
-    println!("cargo:rerun-if-changed={}", manifest.join("../Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../.cargo/config.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../Cargo.lock").display()
+    );
 
     // A clear failure instead of a linker error deep in the nested build.
     let linker_ok = Command::new("bpf-linker")
@@ -41,11 +43,19 @@ fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let target_dir = out.join("ebpf-target");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--package", "agent-ebpf", "--bins"])
-        .args(["--release", "--target", TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&ebpf);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "agent-ebpf",
+        "--bins",
+    ])
+    .args(["--release", "--target", TARGET, "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&ebpf);
     // The outer build's settings must not leak into the nested one: the flags for the BPF
     // target come from .cargo/config.toml.
     for var in [

@@ -841,8 +841,8 @@ mod tests {
         );
         // Everything good still applies.
         assert_eq!(v.model.nics.len(), 3);
-        let detail = &v.rejections[7].detail;
-        assert!(detail.contains("field `ip`"), "{detail}");
+        let bad_ip = v.rejections.iter().find(|r| r.entry == "nics[8]").unwrap();
+        assert!(bad_ip.detail.contains("field `ip`"), "{}", bad_ip.detail);
     }
 
     #[test]

@@ -82,7 +82,11 @@ fn open_socket(netns: &Path, interface: &str) -> OwnedFd {
         sll.sll_ifindex = ifindex as i32;
         // SAFETY: valid address of the right size.
         let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
         for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
@@ -101,7 +105,15 @@ fn open_socket(netns: &Path, interface: &str) -> OwnedFd {
         // Do not see our own transmissions.
         let one: i32 = 1;
         // SAFETY: an int option (PACKET_IGNORE_OUTGOING = 23).
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, 23, (&raw const one).cast(), 4) };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                23,
+                (&raw const one).cast(),
+                4,
+            )
+        };
         fd
     })
 }
@@ -269,7 +281,9 @@ fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
         .collect();
     let mut idle: VecDeque<usize> = (0..macs.len()).collect();
     let mut inflight = 0usize;
-    let mut out = Sender { frames: Vec::with_capacity(BATCH * 2) };
+    let mut out = Sender {
+        frames: Vec::with_capacity(BATCH * 2),
+    };
     let mut res = LoadResult::default();
     let mut bufs = vec![[0u8; FRAME]; BATCH];
     let start = Instant::now();
@@ -328,12 +342,16 @@ fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
         }
         for k in 0..n.max(0) as usize {
             let len = msgs[k].msg_len as usize;
-            let Some(s) = parse(&bufs[k][..len]) else { continue };
+            let Some(s) = parse(&bufs[k][..len]) else {
+                continue;
+            };
             if s.xid >> 28 != thread as u32 {
                 continue;
             }
             let i = ((s.xid >> 8) & 0x000f_ffff) as usize;
-            let Some(c) = clients.get_mut(i) else { continue };
+            let Some(c) = clients.get_mut(i) else {
+                continue;
+            };
             if (s.xid & 0xff) as u8 != c.generation {
                 continue;
             }
@@ -418,7 +436,9 @@ pub fn blast(cfg: &LoadConfig) -> f64 {
                         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
                     }
                     let frames: Vec<[u8; 342]> = cfg.clients.iter().map(|m| frame(*m, 1)).collect();
-                    let mut out = Sender { frames: Vec::with_capacity(BATCH) };
+                    let mut out = Sender {
+                        frames: Vec::with_capacity(BATCH),
+                    };
                     let mut sent = 0;
                     let start = Instant::now();
                     let mut i = 0;

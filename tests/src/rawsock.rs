@@ -94,7 +94,7 @@ impl RawSocket {
                     &mut len,
                 )
             };
-            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             return Some(buf[..n as usize].to_vec());

@@ -21,7 +21,6 @@ const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const MAC3: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 const UNKNOWN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 
 fn ipam(lease_time: u32, nics: &[([u8; 6], &str, &str)]) -> String {
     let nics: Vec<String> = nics
@@ -156,7 +155,11 @@ fn dhclient_gets_its_lease_from_xdp() {
         String::from_utf8_lossy(&release.stderr),
         agent.logs()
     );
-    assert!(agent.logs().contains("mac=02:00:00:00:00:01"), "{}", agent.logs());
+    assert!(
+        agent.logs().contains("mac=02:00:00:00:00:01"),
+        "{}",
+        agent.logs()
+    );
     assert!(agent.metric("holdfast_dhcp_events_total{type=\"release\"}") >= 1.0);
 }
 

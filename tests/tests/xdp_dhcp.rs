@@ -565,7 +565,7 @@ fn randomized_mutations_never_produce_a_malformed_reply() {
                     0 => 0,
                     1 => 255,
                     2 => [50, 53, 54, 80, 52, 61][rng.below(6)],
-                    _ => rng.next() as u8,
+                    _ => rng.next_u64() as u8,
                 };
             }
             frame_with_bootp(seed, &bootp)
@@ -578,7 +578,7 @@ fn randomized_mutations_never_produce_a_malformed_reply() {
                 }
                 1 => {
                     let i = rng.below(frame.len());
-                    frame[i] = rng.next() as u8;
+                    frame[i] = rng.next_u64() as u8;
                 }
                 2 => {
                     let keep = rng.below(frame.len() + 1);
@@ -586,7 +586,7 @@ fn randomized_mutations_never_produce_a_malformed_reply() {
                 }
                 _ => {
                     let n = rng.below(64);
-                    frame.extend((0..n).map(|_| rng.next() as u8));
+                    frame.extend((0..n).map(|_| rng.next_u64() as u8));
                 }
             }
         }

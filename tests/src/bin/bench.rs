@@ -128,7 +128,9 @@ fn bpf_stats(name: &str) -> (Duration, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str() == Some(name))
-        .fold((Duration::ZERO, 0), |(t, c), p| (t + p.run_time(), c + p.run_count()))
+        .fold((Duration::ZERO, 0), |(t, c), p| {
+            (t + p.run_time(), c + p.run_count())
+        })
 }
 
 fn wait_serving(vm: &Vm, mac: [u8; 6], what: &str, log: &Path) {
@@ -231,8 +233,16 @@ fn dhcp() {
         let ack = program_cost(prog, &hv.path(), tap_ifindex, &request);
         // Every run must have produced its reply, or the figures measure something else.
         let c = stats.read();
-        assert_eq!(c[Stat::DhcpOffer as usize], 200_000, "not every DISCOVER got an OFFER");
-        assert_eq!(c[Stat::DhcpAck as usize], 200_000, "not every REQUEST got an ACK");
+        assert_eq!(
+            c[Stat::DhcpOffer as usize],
+            200_000,
+            "not every DISCOVER got an OFFER"
+        );
+        assert_eq!(
+            c[Stat::DhcpAck as usize],
+            200_000,
+            "not every REQUEST got an ACK"
+        );
         // The harness's own cost: the no-op program on the same frame, same way.
         let mut pass = aya::Ebpf::load(holdfast::dataplane::PASS_OBJECT).expect("pass object");
         let pass_prog: &mut aya::programs::Xdp = pass
@@ -249,7 +259,10 @@ fn dhcp() {
         "  harness (no-op XDP program, same frame): median {:.0} ns",
         baseline.median_ns
     );
-    for (what, c) in [("DISCOVER -> OFFER", &offer_cost), ("REQUEST  -> ACK  ", &ack_cost)] {
+    for (what, c) in [
+        ("DISCOVER -> OFFER", &offer_cost),
+        ("REQUEST  -> ACK  ", &ack_cost),
+    ] {
         let net = c.median_ns - baseline.median_ns;
         println!(
             "  {what}  {net:>5.0} ns/reply in the program (median {:.0} ns, p90 {:.0} ns, minus harness) = {:.1} M replies/s per core",
@@ -314,14 +327,28 @@ fn dhcp() {
     drop(f);
     let dnsmasq = Proc(
         hv.exec("dnsmasq")
-            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+            ])
             .arg(format!("--interface={TAP}"))
             .args(["--bind-interfaces", "--dhcp-authoritative"])
             .arg("--dhcp-range=10.20.0.0,static,255.255.0.0,1h")
             .arg(format!("--dhcp-hostsfile={}", hosts.display()))
-            .arg(format!("--dhcp-leasefile={}", dir.path().join("dnsmasq.leases").display()))
-            .arg(format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()))
-            .args(["--dhcp-option=6,10.20.0.2", "--dhcp-option=15,bench.internal"])
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path().join("dnsmasq.leases").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("dnsmasq.pid").display()
+            ))
+            .args([
+                "--dhcp-option=6,10.20.0.2",
+                "--dhcp-option=15,bench.internal",
+            ])
             .args(["--dhcp-option=26,1450", "--quiet-dhcp", "--log-facility=-"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("dnsmasq.log")).expect("log"))
@@ -387,8 +414,14 @@ fn dhcp() {
     let best = dnsmasq_r.replies_per_sec().max(kea_r.replies_per_sec());
     let ratio = xdp.replies_per_sec() / best;
     println!("\nRatios (replies/s):");
-    println!("  holdfast / dnsmasq  {:>8.1}x", xdp.replies_per_sec() / dnsmasq_r.replies_per_sec());
-    println!("  holdfast / Kea      {:>8.1}x", xdp.replies_per_sec() / kea_r.replies_per_sec());
+    println!(
+        "  holdfast / dnsmasq  {:>8.1}x",
+        xdp.replies_per_sec() / dnsmasq_r.replies_per_sec()
+    );
+    println!(
+        "  holdfast / Kea      {:>8.1}x",
+        xdp.replies_per_sec() / kea_r.replies_per_sec()
+    );
     // A DORA costs the generator two sends and two receives per two replies; its send-only
     // ceiling bounds what it can ask for.
     println!(
@@ -396,7 +429,8 @@ fn dhcp() {
          receive: near 0.5 or above, the generator limited the figure, not XDP)",
         xdp.replies_per_sec() / ceiling
     );
-    let worst_ns = (offer_cost.median_ns.max(ack_cost.median_ns) - baseline.median_ns).max(in_situ_ns);
+    let worst_ns =
+        (offer_cost.median_ns.max(ack_cost.median_ns) - baseline.median_ns).max(in_situ_ns);
     println!("\nTargets:");
     println!(
         "  under 500 ns per reply in the program: {worst_ns:.0} ns -> {}",

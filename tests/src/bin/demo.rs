@@ -101,8 +101,8 @@ fn main() {
         (agent.metric("holdfast_leases") == 3.0).then_some(())
     })
     .expect("leases applied");
-    show(&mut Command::new("ip").args(["-n", &hv.name, "-br", "link", "show", "type", "veth"]));
-    show(&mut Command::new("sh").args([
+    show(Command::new("ip").args(["-n", &hv.name, "-br", "link", "show", "type", "veth"]));
+    show(Command::new("sh").args([
         "-c",
         &format!(
             "ip -n {} link show | grep -o 'tap-vm[0-9].*\\|prog/xdp.*'",
@@ -160,7 +160,7 @@ fn main() {
 
     say("8. kill -9 the agent: the XDP programs and maps stay, pinned under bpffs");
     agent.kill();
-    show(&mut Command::new("sh").args([
+    show(Command::new("sh").args([
         "-c",
         &format!("ip -n {} link show tap-vm1 | grep -o 'prog/xdp.*'", hv.name),
     ]));
