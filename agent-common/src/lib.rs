@@ -13,10 +13,28 @@ pub use stats::Stat;
 
 /// Version of the pinned map layout. Bump it when a map's key or value changes shape; the agent
 /// pins each layout in its own directory (`maps-v<N>`) so a new build never reads an old layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Upper bound on DHCP bindings (VM NICs) one hypervisor serves.
 pub const MAX_BINDINGS: u32 = 16_384;
+
+/// Upper bound on forwarding entries: every NIC (local or remote) of the networks this host has
+/// NICs in. Allocated on demand (`BPF_F_NO_PREALLOC`).
+pub const MAX_FDB: u32 = 262_144;
+
+/// Upper bound on ARP answers: every address of the networks this host has NICs in, gateways
+/// included.
+pub const MAX_ARP: u32 = 262_144;
+
+/// Upper bound on known VTEPs (hypervisors) and on networks with NICs here.
+pub const MAX_VTEPS: u32 = 65_536;
+pub const MAX_VNIS: u32 = 16_384;
+
+/// The IANA VXLAN port (RFC 7348).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// Bytes VXLAN adds to an inner Ethernet frame: outer Ethernet, IPv4, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 14 + 20 + 8 + 8;
 
 /// Size of the rendered DHCP options blob carried in each binding.
 ///
@@ -61,6 +79,8 @@ pub struct Binding {
     pub server_id: u32,
     /// The network's VXLAN network identifier.
     pub vni: u32,
+    /// The network's IP MTU (option 26, or 1500 when not set): larger frames take the skb path.
+    pub mtu: u32,
     /// Bytes of `opts` in use, END option included; even, at most [`OPTS_MAX`].
     pub opts_len: u16,
     /// Leading bytes of `opts` holding options 51, 58 and 59.
@@ -85,8 +105,97 @@ pub struct DhcpEvent {
     pub addr: u32,
 }
 
+/// Key of a forwarding entry: a NIC's MAC within its network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl FdbKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Where a NIC is: on a local interface (`ifindex`), or behind a remote VTEP (`vtep`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The local VM interface, 0 for a remote NIC.
+    pub ifindex: u32,
+    /// The remote hypervisor's VTEP address, 0 for a local NIC.
+    pub vtep: u32,
+    /// The NIC's address.
+    pub ip: u32,
+}
+
+/// Key of an ARP answer: an address within a network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ArpKey {
+    pub vni: u32,
+    pub ip: u32,
+}
+
+/// The MAC an address resolves to (the router MAC for gateways).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpEntry {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A network with NICs on this host: frames of its VNI may be decapsulated here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VniInfo {
+    pub gateway: u32,
+    pub mtu: u32,
+}
+
+/// This host's place in the overlay; one entry, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// This host's VTEP address (outer source); 0 when no underlay is configured.
+    pub vtep: u32,
+    /// The underlay interface VXLAN leaves by.
+    pub underlay_ifindex: u32,
+}
+
+/// An underlay next hop learned from `bpf_fib_lookup`, kept for when the kernel's neighbour
+/// entry is gone or being refreshed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: plain `#[repr(C)]` data with every byte covered by a field (no implicit padding).
+    unsafe impl aya::Pod for super::FdbKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FdbEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ArpKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ArpEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VniInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NextHop {}
     // SAFETY: plain `#[repr(C)]` data with every byte covered by a field (no implicit padding).
     unsafe impl aya::Pod for super::BindingKey {}
     // SAFETY: as above.
@@ -128,7 +237,14 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<BindingKey>(), 12);
-        assert_eq!(size_of::<Binding>(), 24 + OPTS_MAX);
+        assert_eq!(size_of::<Binding>(), 28 + OPTS_MAX);
+        assert_eq!(size_of::<FdbKey>(), 12);
+        assert_eq!(size_of::<FdbEntry>(), 12);
+        assert_eq!(size_of::<ArpKey>(), 8);
+        assert_eq!(size_of::<ArpEntry>(), 8);
+        assert_eq!(size_of::<VniInfo>(), 8);
+        assert_eq!(size_of::<DataplaneConfig>(), 8);
+        assert_eq!(size_of::<NextHop>(), 16);
         assert_eq!(size_of::<DhcpEvent>(), 20);
     }
 

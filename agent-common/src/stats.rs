@@ -41,8 +41,50 @@ pub enum Stat {
     DhcpEventsLost,
     // ARP answered locally.
     ArpReply,
-    /// Frames handed to the host stack untouched.
-    VmPass,
+    // VPC forwarding (VXLAN issue).
+    /// Frames from a VM encapsulated toward a remote VTEP in XDP.
+    VxlanEncap,
+    /// Frames from the underlay decapsulated into a local VM.
+    VxlanDecap,
+    /// Frames from a VM redirected to another VM on this host.
+    ForwardLocal,
+    /// Frames to the router MAC, handed to the host stack.
+    ToRouter,
+    /// Frames XDP handed to the skb (TC) path: GSO super-frames, oversized frames, next hops
+    /// not resolved yet.
+    ToSkbPath,
+    /// Encapsulated on the skb path (`bpf_skb_adjust_room`).
+    SkbEncap,
+    /// Forwarded to a local VM on the skb path.
+    SkbForwardLocal,
+    /// ICMP fragmentation-needed sent back to a VM for a frame too big for the network.
+    IcmpFragNeeded,
+    /// Encapsulations that used a cached next hop (the kernel had no neighbour entry).
+    NextHopCached,
+    // Dropped by the VPC data plane, by reason.
+    DropSpoofedMac,
+    DropSpoofedIp,
+    DropArpSpoof,
+    DropArpUnknown,
+    /// ARP that needs no answer: replies (nobody asked, every request is answered here),
+    /// announcements and probes for the VM's own address.
+    DropArpNoAnswer,
+    DropBcastMcast,
+    DropUnknownUnicast,
+    /// Neither IPv4 nor ARP (IPv6 included).
+    DropNotIpv4,
+    DropMalformed,
+    /// A remote destination while no underlay is configured.
+    DropNoUnderlay,
+    DropUnknownVtep,
+    DropUnknownVni,
+    DropUnknownInnerDst,
+    /// The inner source is not a NIC of the sending VTEP in that network.
+    DropInnerSpoof,
+    /// No route or next hop toward a VTEP.
+    DropNoRoute,
+    /// Frames the underlay program passed: not VXLAN to this VTEP (the host's own traffic).
+    UnderlayPass,
     Count,
 }
 

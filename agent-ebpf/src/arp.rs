@@ -1,15 +1,15 @@
-//! ARP answered in XDP: a bound NIC asking for its gateway gets the router MAC.
+//! ARP answered in XDP (RFC 826): every address of a VM's network resolves here, so no ARP
+//! ever crosses the underlay; and no VM can claim an address that is not its own.
 
-use agent_common::{BindingKey, Stat};
+use agent_common::{ArpKey, BindingKey, Stat};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
     ROUTER_MAC,
     csum::be16,
-    maps::BINDINGS,
+    maps::{ARP, BINDINGS},
     parse::{ArpHdr, ETH_HLEN, ETH_P_IP, EthHdr, ip_from, mac_eq, ptr_at},
     stats::count,
-    vm::pass,
 };
 
 const ARPHRD_ETHER: u16 = 1;
@@ -17,45 +17,55 @@ const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
-    let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
-        return pass();
-    };
+pub fn from_vm(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
+    let arp = ptr_at::<ArpHdr>(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
     // SAFETY: `ptr_at` checked the header is inside the packet.
     let req = unsafe { arp.read_unaligned() };
     if req.htype != be16(ARPHRD_ETHER)
         || req.ptype != be16(ETH_P_IP)
         || req.hlen != 6
         || req.plen != 4
-        || req.op != be16(ARPOP_REQUEST)
-        || !mac_eq(&req.sha, &eth.src)
     {
-        return pass();
+        return Err(Stat::DropMalformed);
     }
     let key = BindingKey::new(ctx.ingress_ifindex() as u32, eth.src);
-    let Some(binding) = BINDINGS.get_ptr(&key) else {
-        return pass();
-    };
+    let binding = BINDINGS.get_ptr(&key).ok_or(Stat::DropSpoofedMac)?;
     // SAFETY: map value pointers stay valid for the program run.
-    let gateway = unsafe { (*binding).server_id };
-    if ip_from(req.tpa) != gateway {
-        return pass();
+    let (nic_ip, gateway, vni) = unsafe { ((*binding).ip, (*binding).server_id, (*binding).vni) };
+    let spa = ip_from(req.spa);
+    // The sender must be this NIC: its MAC, and its address (or none, in a probe, RFC 5227).
+    if !mac_eq(&req.sha, &eth.src) || (spa != nic_ip && spa != 0) {
+        return Err(Stat::DropArpSpoof);
+    }
+    let tpa = ip_from(req.tpa);
+    if req.op == be16(ARPOP_REPLY) || req.op != be16(ARPOP_REQUEST) || tpa == nic_ip {
+        // Replies nobody asked for, and probes or announcements of its own address.
+        return Err(Stat::DropArpNoAnswer);
     }
     let router_mac = ROUTER_MAC.load();
+    let mac = if tpa == gateway {
+        router_mac
+    } else {
+        let entry = ARP
+            .get_ptr(&ArpKey { vni, ip: tpa })
+            .ok_or(Stat::DropArpUnknown)?;
+        // SAFETY: as above.
+        unsafe { (*entry).mac }
+    };
     let reply = ArpHdr {
         op: be16(ARPOP_REPLY),
-        sha: router_mac,
+        sha: mac,
         spa: req.tpa,
         tha: req.sha,
         tpa: req.spa,
         ..req
     };
-    let frame = ptr_at::<EthHdr>(ctx, 0).ok_or(Stat::DropDhcpMalformed)?;
+    let frame = ptr_at::<EthHdr>(ctx, 0).ok_or(Stat::DropMalformed)?;
     // SAFETY: both headers were bounds-checked above.
     unsafe {
         frame.write_unaligned(EthHdr {
             dst: eth.src,
-            src: router_mac,
+            src: mac,
             proto: eth.proto,
         });
         arp.write_unaligned(reply);

@@ -5,22 +5,44 @@
 mod arp;
 mod csum;
 mod dhcp;
+mod l4csum;
 mod maps;
 mod parse;
 mod stats;
+mod tc;
+mod underlay;
 mod vm;
+mod vxlan;
 
-use aya_ebpf::{Global, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    Global,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// The virtual router's MAC: source of DHCP replies and ARP answers for gateways. The same on
 /// every host so a VM can move. Set by the agent at load time.
 #[unsafe(no_mangle)]
 static ROUTER_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 
-/// Attached to each VM interface (a tap on a hypervisor).
-#[xdp]
+/// Attached to each VM interface (a tap on a hypervisor): DHCP, ARP, anti-spoofing, forwarding.
+/// Frags-aware so that a jumbo or GSO frame reaches it (and goes to the skb path) instead of
+/// being dropped by the driver.
+#[xdp(frags)]
 pub fn holdfast_vm(ctx: XdpContext) -> u32 {
     vm::handle(&ctx)
+}
+
+/// Attached to the underlay interface: VXLAN to this VTEP is decapsulated into local VMs.
+#[xdp(frags)]
+pub fn holdfast_ul(ctx: XdpContext) -> u32 {
+    underlay::handle(&ctx)
+}
+
+/// TC ingress on each VM interface: the skb path for what XDP hands over.
+#[classifier]
+pub fn holdfast_tc(ctx: TcContext) -> i32 {
+    tc::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,10 +1,14 @@
 //! The maps the programs share with the agent. All are pinned by name under the agent's
 //! `maps-v<LAYOUT_VERSION>` directory so they outlive the agent and are adopted by the next one.
 
-use agent_common::{Binding, BindingKey, MAX_BINDINGS};
+use agent_common::{
+    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
+    MAX_BINDINGS, MAX_FDB, MAX_VNIS, MAX_VTEPS, NextHop, VniInfo,
+};
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Counter slots. Sized beyond `Stat::Count` so new counters do not change the pinned layout.
@@ -41,3 +45,34 @@ pub struct OptionsScan {
 
 #[map]
 pub static OPTIONS_SCRATCH: PerCpuArray<OptionsScan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where each NIC of this host's networks is, by (VNI, MAC).
+#[map]
+pub static FDB: HashMap<FdbKey, FdbEntry> = HashMap::pinned(MAX_FDB, BPF_F_NO_PREALLOC);
+
+/// ARP answers, by (VNI, address).
+#[map]
+pub static ARP: HashMap<ArpKey, ArpEntry> = HashMap::pinned(MAX_ARP, BPF_F_NO_PREALLOC);
+
+/// Known VTEPs: VXLAN from anything else is dropped.
+#[map]
+pub static VTEPS: HashMap<u32, u32> = HashMap::pinned(MAX_VTEPS, 0);
+
+/// Networks with NICs on this host, by VNI.
+#[map]
+pub static VNIS: HashMap<u32, VniInfo> = HashMap::pinned(MAX_VNIS, 0);
+
+/// This host's VTEP and underlay interface.
+#[map]
+pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
+
+/// Underlay next hops by VTEP, learned from `bpf_fib_lookup`.
+#[map]
+pub static NEXTHOPS: LruHashMap<u32, NextHop> = LruHashMap::pinned(4096, 0);
+
+/// Largest L4 segment whose checksum XDP recomputes; larger frames take the skb path.
+pub const CSUM_WINDOW: usize = 2048;
+
+/// Per-CPU copy of an L4 segment being checksummed (plus room for zero padding).
+#[map]
+pub static CSUM_SCRATCH: PerCpuArray<[u8; CSUM_WINDOW + 8]> = PerCpuArray::with_max_entries(1, 0);

@@ -11,8 +11,10 @@ use std::{
     time::Duration,
 };
 
+use std::net::Ipv4Addr;
+
 use agent_common::{
-    BindingKey,
+    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo,
     dhcp::{DHCPDECLINE, DHCPRELEASE},
 };
 use anyhow::{Context as _, anyhow};
@@ -28,10 +30,11 @@ use crate::{
     dataplane::{self, Dataplane, Desired, Report},
     ipam::{Update, file::FileSource},
     leases::{self, Budget, Leases},
-    links::{self, LinkEvent, Links},
+    links::{self, LinkEvent, LinkInfo, Links},
     metrics::{self, Health, Metrics},
-    model::{self, MacAddr, Model},
+    model::{self, Limits, MacAddr, Model, RawDocument},
     state,
+    vpc::{self, Endpoint, Vpc},
 };
 
 /// How often links are dumped again and the data plane reconciled, in case a netlink message
@@ -117,14 +120,40 @@ struct Agent {
     model: Option<Arc<Model>>,
     /// This node's leases rendered from `model`.
     leases: Leases,
+    /// The forwarding state this node needs, derived from `model`.
+    vpc: Vpc,
+    /// The latest document IPAM delivered, validated again when the underlay MTU changes.
+    last_doc: Option<Arc<RawDocument>>,
+    /// The limits the model was validated with.
+    limits: Limits,
     links: Links,
     links_tx: watch::Sender<Links>,
 }
 
 impl Agent {
+    /// The underlay interface, when configured and present.
+    fn underlay(&self) -> Option<(u32, &LinkInfo)> {
+        let want = &self.config.underlay.as_ref()?.interface;
+        self.links
+            .iter()
+            .find(|(_, l)| &l.name == want)
+            .map(|(i, l)| (*i, l))
+    }
+
+    /// What the model asks of the networks this host can carry.
+    fn limits(&self) -> Limits {
+        let configured = self.config.underlay.as_ref().and_then(|u| u.mtu);
+        Limits {
+            underlay_mtu: configured.or_else(|| self.underlay().map(|(_, l)| l.mtu)),
+        }
+    }
+
     fn desired(&self) -> Desired {
-        let by_name: BTreeMap<&str, u32> =
-            self.links.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+        let by_name: BTreeMap<&str, u32> = self
+            .links
+            .iter()
+            .map(|(i, l)| (l.name.as_str(), *i))
+            .collect();
         let mut d = Desired {
             prune: self.model.is_some(),
             ..Desired::default()
@@ -135,6 +164,58 @@ impl Agent {
                 d.bindings
                     .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
             }
+        }
+        let ip = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+        for ((vni, mac), station) in &self.vpc.fdb {
+            let entry = match &station.endpoint {
+                Endpoint::Local { interface } => {
+                    let Some(&ifindex) = by_name.get(interface.as_str()) else {
+                        continue;
+                    };
+                    FdbEntry {
+                        ifindex,
+                        vtep: 0,
+                        ip: ip(station.ip),
+                    }
+                }
+                Endpoint::Remote { vtep } => FdbEntry {
+                    ifindex: 0,
+                    vtep: ip(*vtep),
+                    ip: ip(station.ip),
+                },
+            };
+            d.fdb.insert(FdbKey::new(*vni, mac.0), entry);
+        }
+        for ((vni, addr), mac) in &self.vpc.arp {
+            d.arp.insert(
+                ArpKey {
+                    vni: *vni,
+                    ip: ip(*addr),
+                },
+                ArpEntry {
+                    mac: mac.0,
+                    _pad: [0; 2],
+                },
+            );
+        }
+        for vtep in &self.vpc.vteps {
+            d.vteps.insert(ip(*vtep), 1);
+        }
+        for (vni, net) in &self.vpc.vnis {
+            d.vnis.insert(
+                *vni,
+                VniInfo {
+                    gateway: ip(net.gateway),
+                    mtu: net.mtu,
+                },
+            );
+        }
+        if let Some((ifindex, link)) = self.underlay() {
+            d.underlay = Some((ifindex, link.name.clone()));
+            d.config = DataplaneConfig {
+                vtep: self.vpc.vtep.map(ip).unwrap_or(0),
+                underlay_ifindex: ifindex,
+            };
         }
         d
     }
@@ -147,6 +228,7 @@ impl Agent {
         match self.dp.reconcile(self.desired()).await {
             Ok(r) => {
                 self.metrics.leases.set(r.bindings as i64);
+                self.metrics.fdb.set(r.fdb as i64);
                 self.metrics.interfaces.set(r.interfaces as i64);
                 for e in &r.errors {
                     self.metrics.dataplane_errors.inc();
@@ -159,6 +241,7 @@ impl Agent {
                         attached = ?r.attached,
                         detached = ?r.detached,
                         bindings = r.bindings,
+                        fdb = r.fdb,
                         "data plane reconciled"
                     );
                 }
@@ -173,15 +256,27 @@ impl Agent {
     /// Adopts a validated model: render, apply, persist.
     async fn adopt(&mut self, model: Arc<Model>, persist: bool) {
         let node = self.config.node.clone();
+        let router = self.config.router_mac;
         let m = model.clone();
-        let rendered = tokio::task::spawn_blocking(move || leases::for_node(&m, &node)).await;
-        let Ok(rendered) = rendered else {
+        let rendered = tokio::task::spawn_blocking(move || {
+            (leases::for_node(&m, &node), vpc::derive(&m, &node, router))
+        })
+        .await;
+        let Ok((rendered, vpc)) = rendered else {
             error!("rendering leases panicked; keeping the current state");
             return;
         };
+        if self.config.underlay.is_some() && vpc.vtep.is_none() {
+            warn!(node = %self.config.node, "this node is not in IPAM's nodes: no VTEP, VMs reach only VMs on this host");
+        }
+        let new_vteps = vpc.vteps != self.vpc.vteps;
         self.leases = rendered;
+        self.vpc = vpc;
         self.model = Some(model.clone());
         self.reconcile().await;
+        if new_vteps {
+            self.warm_neighbours();
+        }
         self.metrics.synced_now();
         if persist {
             let dir = self.config.state_dir.clone();
@@ -194,9 +289,27 @@ impl Agent {
         }
     }
 
+    /// Resolves the underlay neighbours of every known VTEP ahead of traffic, so that the first
+    /// frames take the XDP path rather than the skb path's `bpf_redirect_neigh`. A datagram to
+    /// the discard port makes the kernel resolve the next hop; the remote host drops it.
+    fn warm_neighbours(&self) {
+        if self.underlay().is_none() {
+            return;
+        }
+        let vteps: Vec<Ipv4Addr> = self.vpc.vteps.iter().copied().collect();
+        tokio::spawn(async move {
+            let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+                return;
+            };
+            for vtep in vteps {
+                let _ = sock.send_to(&[], (vtep, 9)).await;
+            }
+        });
+    }
+
     async fn on_ipam(&mut self, update: Update) {
         let doc = match update {
-            Update::Document(doc) => doc,
+            Update::Document(doc) => Arc::new(doc),
             Update::Invalid(e) => {
                 self.metrics.ipam_up.set(1);
                 self.metrics.ipam_load_errors.inc();
@@ -213,10 +326,18 @@ impl Agent {
             }
         };
         self.metrics.ipam_up.set(1);
+        self.last_doc = Some(doc.clone());
+        self.validate(doc).await;
+    }
+
+    /// Validates a document against the serving model and this host's limits, and adopts it.
+    async fn validate(&mut self, doc: Arc<RawDocument>) {
         let prev = self.model.clone();
         let node = self.config.node.clone();
+        let limits = self.limits();
+        self.limits = limits;
         let validated = tokio::task::spawn_blocking(move || {
-            model::validate(&doc, prev.as_deref(), &node, &Budget)
+            model::validate(&doc, prev.as_deref(), &node, &limits, &Budget)
         })
         .await;
         let Ok(v) = validated else {
@@ -246,11 +367,11 @@ impl Agent {
 
     async fn on_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Up { ifindex, name } => {
-                if self.links.get(&ifindex) == Some(&name) {
+            LinkEvent::Up { ifindex, info } => {
+                if self.links.get(&ifindex) == Some(&info) {
                     return;
                 }
-                self.links.insert(ifindex, name);
+                self.links.insert(ifindex, info);
             }
             LinkEvent::Gone { ifindex } => {
                 if self.links.remove(&ifindex).is_none() {
@@ -259,7 +380,19 @@ impl Agent {
             }
         }
         self.links_tx.send_replace(self.links.clone());
+        self.relimit().await;
         self.reconcile().await;
+    }
+
+    /// The underlay appeared, went, or changed its MTU: what fits may have changed.
+    async fn relimit(&mut self) {
+        if self.limits() == self.limits {
+            return;
+        }
+        info!(underlay_mtu = ?self.limits().underlay_mtu, "underlay changed; validating IPAM again");
+        if let Some(doc) = self.last_doc.clone() {
+            self.validate(doc).await;
+        }
     }
 }
 
@@ -294,7 +427,7 @@ async fn watch_events(
             let interface = links
                 .borrow()
                 .get(&ev.ifindex)
-                .cloned()
+                .map(|l| l.name.clone())
                 .unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
             let addr = std::net::Ipv4Addr::from(ev.addr.to_ne_bytes());
             metrics
@@ -368,9 +501,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         health: health.clone(),
         model: None,
         leases: Leases::new(),
+        vpc: Vpc::default(),
+        last_doc: None,
+        limits: Limits::default(),
         links: initial_links,
         links_tx,
     };
+    agent.limits = agent.limits();
 
     // The snapshot serves before IPAM is reached.
     let dir = config.state_dir.clone();
@@ -422,7 +559,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "listing interfaces"),
                 }
+                agent.relimit().await;
                 agent.reconcile().await;
+                agent.warm_neighbours();
             }
             _ = heartbeat.tick() => agent.health.beat(),
             _ = sigterm.recv() => break,
@@ -440,7 +579,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Exposed for `holdfast check`: validates a document the way `run` would.
-pub fn check_document(bytes: &[u8], node: &str) -> Result<model::Validated, serde_json::Error> {
+pub fn check_document(
+    bytes: &[u8],
+    node: &str,
+    limits: &Limits,
+) -> Result<model::Validated, serde_json::Error> {
     let doc = model::parse_document(bytes)?;
-    Ok(model::validate(&doc, None, node, &Budget))
+    Ok(model::validate(&doc, None, node, limits, &Budget))
 }

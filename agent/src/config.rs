@@ -29,6 +29,19 @@ pub struct Config {
     #[serde(default = "default_router_mac")]
     pub router_mac: MacAddr,
     pub ipam: IpamConfig,
+    /// Where VXLAN leaves and arrives; without it, VMs only reach VMs on this host.
+    #[serde(default)]
+    pub underlay: Option<UnderlayConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayConfig {
+    /// The underlay interface (its address is this node's VTEP, from IPAM's `nodes`).
+    pub interface: String,
+    /// The underlay MTU networks must fit in with the 50 bytes of VXLAN; default: the
+    /// interface's own MTU.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -135,6 +148,22 @@ impl Config {
             }
             IpamSource::File => {}
         }
+        if let Some(u) = &config.underlay {
+            if u.interface.is_empty() || u.interface.len() > 15 {
+                return Err(invalid(
+                    "underlay.interface",
+                    format!("{:?} is not an interface name", u.interface),
+                ));
+            }
+            if let Some(mtu) = u.mtu
+                && !(1280..=65535).contains(&mtu)
+            {
+                return Err(invalid(
+                    "underlay.mtu",
+                    format!("{mtu} is outside 1280..=65535"),
+                ));
+            }
+        }
         if config.ipam.poll_interval_ms == 0 {
             return Err(invalid("ipam.poll_interval_ms", "must be positive".into()));
         }
@@ -166,7 +195,13 @@ mod tests {
         let c = parse("node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x.json\"\n").unwrap();
         assert_eq!(c.bpffs_dir, Path::new("/sys/fs/bpf/holdfast"));
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9469");
-        assert_eq!(c.maps_dir(), Path::new("/sys/fs/bpf/holdfast/maps-v1"));
+        assert_eq!(c.maps_dir(), Path::new("/sys/fs/bpf/holdfast/maps-v2"));
+        assert!(c.underlay.is_none());
+        let c = parse(
+            "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n[underlay]\ninterface = \"eth1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.underlay.unwrap().interface, "eth1");
     }
 
     #[test]

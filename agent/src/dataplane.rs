@@ -1,10 +1,11 @@
-//! The data plane: the XDP programs, their pinned maps and links.
+//! The data plane: the XDP and TC programs, their pinned maps and links.
 //!
 //! Everything lives under `bpffs_dir` so it outlives the agent: maps in `maps-v<layout>/`, one
-//! link per VM interface in `links/`. Opening adopts what is pinned (the maps keep their
-//! entries, the links keep their interfaces served); attaching replaces the program of a pinned
-//! link atomically. Nothing is flushed: entries and links are removed only by [`Dataplane::reconcile`]
-//! when asked to prune after a complete, validated load.
+//! link per hook and interface in `links/` (`vm-<ifindex>` and `tc-<ifindex>` on VM interfaces,
+//! `ul-<ifindex>` on the underlay). Opening adopts what is pinned (the maps keep their entries,
+//! the links keep their interfaces served); attaching replaces the program of a pinned link
+//! atomically. Nothing is flushed: entries and links are removed only by
+//! [`Dataplane::reconcile`] when asked to prune after a complete, validated load.
 //!
 //! All calls here are blocking syscalls; the agent runs them on a dedicated thread.
 
@@ -16,13 +17,17 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{Binding, BindingKey, DhcpEvent, stats::STATS_COUNT};
+use agent_common::{
+    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, DhcpEvent, FdbEntry, FdbKey, VniInfo,
+    stats::STATS_COUNT,
+};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader, Pod,
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
 };
@@ -36,10 +41,17 @@ pub static PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/holdfast-pass"));
 
 pub const PROGRAM_VM: &str = "holdfast_vm";
+pub const PROGRAM_TC: &str = "holdfast_tc";
+pub const PROGRAM_UNDERLAY: &str = "holdfast_ul";
 pub const PROGRAM_PASS: &str = "holdfast_pass";
 pub const MAP_BINDINGS: &str = "BINDINGS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_FDB: &str = "FDB";
+pub const MAP_ARP: &str = "ARP";
+pub const MAP_VTEPS: &str = "VTEPS";
+pub const MAP_VNIS: &str = "VNIS";
+pub const MAP_CONFIG: &str = "CONFIG";
 
 /// Magic number of bpffs in `statfs.f_type`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -52,7 +64,7 @@ pub enum DataplaneError {
     Io { path: PathBuf, source: io::Error },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("program {PROGRAM_VM}: {0}")]
+    #[error("program: {0}")]
     Program(#[from] ProgramError),
     #[error("map: {0}")]
     Map(#[from] aya::maps::MapError),
@@ -74,12 +86,45 @@ pub enum DataplaneError {
         path: PathBuf,
         source: aya::pin::PinError,
     },
+    #[error("netlink: {0}")]
+    Netlink(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
     move |source| DataplaneError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// The places holdfast attaches a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
+    VmXdp,
+    /// TC ingress on a VM interface: the skb path.
+    VmTc,
+    /// XDP on the underlay: decapsulation.
+    Underlay,
+}
+
+impl Hook {
+    const ALL: [Hook; 3] = [Hook::VmXdp, Hook::VmTc, Hook::Underlay];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Hook::VmXdp => "vm",
+            Hook::VmTc => "tc",
+            Hook::Underlay => "ul",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::VmXdp => PROGRAM_VM,
+            Hook::VmTc => PROGRAM_TC,
+            Hook::Underlay => PROGRAM_UNDERLAY,
+        }
     }
 }
 
@@ -98,15 +143,32 @@ impl Pins {
         }
     }
 
-    fn link(&self, ifindex: u32) -> PathBuf {
-        self.links.join(format!("vm-{ifindex}"))
+    fn link(&self, hook: Hook, ifindex: u32) -> PathBuf {
+        self.links.join(format!("{}-{ifindex}", hook.prefix()))
+    }
+
+    /// Pinned links, by hook and ifindex.
+    pub fn pinned(&self) -> BTreeSet<(Hook, u32)> {
+        let Ok(dir) = fs::read_dir(&self.links) else {
+            return BTreeSet::new();
+        };
+        dir.filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let (prefix, ifindex) = name.split_once('-')?;
+                let hook = Hook::ALL.into_iter().find(|h| h.prefix() == prefix)?;
+                Some((hook, ifindex.parse().ok()?))
+            })
+            .collect()
     }
 }
 
 fn statfs_type(path: &Path) -> Option<i64> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: zeroed out-struct for statfs(2).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a zeroed out-struct.
+    // SAFETY: valid NUL-terminated path and out-struct.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     (rc == 0).then_some(st.f_type as i64)
 }
@@ -147,26 +209,25 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// The map definitions this build pins, to check adopted maps against.
-fn expected_layout(name: &str) -> Option<(u32, u32)> {
-    match name {
-        MAP_BINDINGS => Some((size_of::<BindingKey>() as u32, size_of::<Binding>() as u32)),
-        MAP_STATS => Some((4, 8)),
-        _ => None,
-    }
-}
+/// Key and value sizes of the maps this build pins, to check adopted maps against.
+const LAYOUTS: &[(&str, usize, usize)] = &[
+    (MAP_BINDINGS, size_of::<BindingKey>(), size_of::<Binding>()),
+    (MAP_STATS, 4, 8),
+    (MAP_FDB, size_of::<FdbKey>(), size_of::<FdbEntry>()),
+    (MAP_ARP, size_of::<ArpKey>(), size_of::<ArpEntry>()),
+    (MAP_VTEPS, 4, 4),
+    (MAP_VNIS, 4, size_of::<VniInfo>()),
+    (MAP_CONFIG, 4, size_of::<DataplaneConfig>()),
+];
 
 fn check_layout(maps_dir: &Path) -> Result<(), DataplaneError> {
-    for name in [MAP_BINDINGS, MAP_STATS] {
+    for (name, key, value) in LAYOUTS {
         let path = maps_dir.join(name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path)?;
-        let Some((key, value)) = expected_layout(name) else {
-            continue;
-        };
-        if info.key_size() != key || info.value_size() != value {
+        if info.key_size() as usize != *key || info.value_size() as usize != *value {
             return Err(DataplaneError::Layout {
                 path,
                 found: format!("key {} B, value {} B", info.key_size(), info.value_size()),
@@ -180,9 +241,16 @@ fn check_layout(maps_dir: &Path) -> Result<(), DataplaneError> {
 /// What [`Dataplane::reconcile`] is asked to converge to.
 #[derive(Clone, Debug, Default)]
 pub struct Desired {
-    /// VM interfaces to carry the program, by ifindex (name for logs).
+    /// VM interfaces to carry the programs, by ifindex (name for logs and TC attachment).
     pub interfaces: BTreeMap<u32, String>,
+    /// The underlay interface.
+    pub underlay: Option<(u32, String)>,
     pub bindings: BTreeMap<BindingKey, Binding>,
+    pub fdb: BTreeMap<FdbKey, FdbEntry>,
+    pub arp: BTreeMap<ArpKey, ArpEntry>,
+    pub vteps: BTreeMap<u32, u32>,
+    pub vnis: BTreeMap<u32, VniInfo>,
+    pub config: DataplaneConfig,
     /// Remove links and entries that are not desired. Only after a complete, validated load.
     pub prune: bool,
 }
@@ -191,22 +259,77 @@ pub struct Desired {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub attached: Vec<String>,
-    pub detached: Vec<u32>,
+    pub detached: Vec<String>,
     pub upserted: usize,
     pub deleted: usize,
     pub bindings: usize,
+    pub fdb: usize,
     pub interfaces: usize,
     pub errors: Vec<String>,
+}
+
+/// A pinned hash map and what it holds, kept in step with every write so that a reconcile
+/// writes only what differs.
+struct Synced<K, V> {
+    name: &'static str,
+    map: HashMap<MapData, K, V>,
+    held: BTreeMap<K, V>,
+}
+
+impl<K: Pod + Ord, V: Pod + PartialEq> Synced<K, V> {
+    fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, DataplaneError> {
+        let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
+        let map: HashMap<MapData, K, V> = HashMap::try_from(map)?;
+        let held = map.iter().filter_map(Result::ok).collect();
+        Ok(Self { name, map, held })
+    }
+
+    fn upsert(&mut self, desired: &BTreeMap<K, V>, report: &mut Report) {
+        for (key, value) in desired {
+            if self.held.get(key) == Some(value) {
+                continue;
+            }
+            match self.map.insert(key, value, 0) {
+                Ok(()) => {
+                    self.held.insert(*key, *value);
+                    report.upserted += 1;
+                }
+                Err(e) => report.errors.push(format!("{}: write: {e}", self.name)),
+            }
+        }
+    }
+
+    fn prune(&mut self, desired: &BTreeMap<K, V>, report: &mut Report) {
+        let stale: Vec<K> = self
+            .held
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            match self.map.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                    self.held.remove(&key);
+                    report.deleted += 1;
+                }
+                Err(e) => report.errors.push(format!("{}: delete: {e}", self.name)),
+            }
+        }
+    }
 }
 
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: Pins,
-    bindings: HashMap<MapData, BindingKey, Binding>,
-    /// What the BINDINGS map holds, read once at open and kept in step with every write.
-    held: BTreeMap<BindingKey, Binding>,
-    /// Interfaces whose pinned link carries this build's program.
-    current: BTreeSet<u32>,
+    bindings: Synced<BindingKey, Binding>,
+    fdb: Synced<FdbKey, FdbEntry>,
+    arp: Synced<ArpKey, ArpEntry>,
+    vteps: Synced<u32, u32>,
+    vnis: Synced<u32, VniInfo>,
+    config: Array<MapData, DataplaneConfig>,
+    held_config: Option<DataplaneConfig>,
+    /// Hooks whose pinned link carries this build's program.
+    current: BTreeSet<(Hook, u32)>,
 }
 
 impl Dataplane {
@@ -221,31 +344,46 @@ impl Dataplane {
             .default_map_pin_directory(&pins.maps)
             .override_global("ROUTER_MAC", &router_mac, true)
             .load(EBPF_OBJECT)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_VM)
-            .ok_or(DataplaneError::Missing(PROGRAM_VM))?
+        for name in [PROGRAM_VM, PROGRAM_UNDERLAY] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            program.load()?;
+        }
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM_TC)
+            .ok_or(DataplaneError::Missing(PROGRAM_TC))?
             .try_into()?;
-        program.load()?;
+        tc.load()?;
 
-        let map = ebpf
-            .take_map(MAP_BINDINGS)
-            .ok_or(DataplaneError::Missing(MAP_BINDINGS))?;
-        let bindings: HashMap<MapData, BindingKey, Binding> = HashMap::try_from(map)?;
-        let held = bindings
-            .iter()
-            .filter_map(Result::ok)
-            .collect::<BTreeMap<_, _>>();
+        let bindings = Synced::open(&mut ebpf, MAP_BINDINGS)?;
+        let fdb = Synced::open(&mut ebpf, MAP_FDB)?;
+        let arp = Synced::open(&mut ebpf, MAP_ARP)?;
+        let vteps = Synced::open(&mut ebpf, MAP_VTEPS)?;
+        let vnis = Synced::open(&mut ebpf, MAP_VNIS)?;
+        let config = ebpf
+            .take_map(MAP_CONFIG)
+            .ok_or(DataplaneError::Missing(MAP_CONFIG))?;
+        let config: Array<MapData, DataplaneConfig> = Array::try_from(config)?;
+        let held_config = config.get(&0, 0).ok();
         info!(
             maps = %pins.maps.display(),
-            adopted_bindings = held.len(),
-            pinned_links = pinned_links(&pins).len(),
+            adopted_bindings = bindings.held.len(),
+            adopted_fdb = fdb.held.len(),
+            pinned_links = pins.pinned().len(),
             "data plane loaded"
         );
         Ok(Self {
             ebpf,
             pins,
             bindings,
-            held,
+            fdb,
+            arp,
+            vteps,
+            vnis,
+            config,
+            held_config,
             current: BTreeSet::new(),
         })
     }
@@ -264,106 +402,95 @@ impl Dataplane {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Converges links and bindings to `desired`.
+    /// Converges maps and links to `desired`. Additions and changes come first, so that a new
+    /// entry is in place before anything refers to it; removals come last.
     pub fn reconcile(&mut self, desired: &Desired) -> Report {
         let mut report = Report::default();
-
-        for (&ifindex, name) in &desired.interfaces {
-            if self.current.contains(&ifindex) {
-                continue;
-            }
-            match self.attach(ifindex) {
-                Ok(how) => {
-                    info!(interface = %name, ifindex, how, "program attached");
-                    self.current.insert(ifindex);
-                    report.attached.push(name.clone());
-                }
-                Err(e) => {
-                    warn!(interface = %name, ifindex, error = %e, "cannot attach");
-                    report
-                        .errors
-                        .push(format!("attach {name} ({ifindex}): {e}"));
-                }
-            }
-        }
-
-        // Bindings: write what differs, then (only when pruning) delete what is not desired.
-        for (key, value) in &desired.bindings {
-            if self.held.get(key) == Some(value) {
-                continue;
-            }
-            match self.bindings.insert(key, value, 0) {
+        self.vnis.upsert(&desired.vnis, &mut report);
+        self.vteps.upsert(&desired.vteps, &mut report);
+        self.arp.upsert(&desired.arp, &mut report);
+        self.fdb.upsert(&desired.fdb, &mut report);
+        self.bindings.upsert(&desired.bindings, &mut report);
+        if self.held_config != Some(desired.config) {
+            match self.config.set(0, desired.config, 0) {
                 Ok(()) => {
-                    self.held.insert(*key, *value);
+                    self.held_config = Some(desired.config);
                     report.upserted += 1;
                 }
-                Err(e) => report.errors.push(format!("binding {key:?}: {e}")),
+                Err(e) => report.errors.push(format!("{MAP_CONFIG}: write: {e}")),
             }
         }
-        if desired.prune {
-            let stale: Vec<BindingKey> = self
-                .held
-                .keys()
-                .filter(|k| !desired.bindings.contains_key(k))
-                .copied()
-                .collect();
-            for key in stale {
-                match self.bindings.remove(&key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                        self.held.remove(&key);
-                        report.deleted += 1;
-                    }
-                    Err(e) => report.errors.push(format!("delete {key:?}: {e}")),
+
+        let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
+        if let Some((ifindex, name)) = &desired.underlay {
+            wanted.insert((Hook::Underlay, *ifindex), name);
+        }
+        for (ifindex, name) in &desired.interfaces {
+            wanted.insert((Hook::VmXdp, *ifindex), name);
+            wanted.insert((Hook::VmTc, *ifindex), name);
+        }
+        for (&(hook, ifindex), name) in &wanted {
+            if self.current.contains(&(hook, ifindex)) {
+                continue;
+            }
+            match self.attach(hook, ifindex, name) {
+                Ok(how) => {
+                    info!(interface = %name, ifindex, ?hook, how, "program attached");
+                    self.current.insert((hook, ifindex));
+                    report.attached.push(format!("{name}/{}", hook.prefix()));
+                }
+                Err(e) => {
+                    warn!(interface = %name, ifindex, ?hook, error = %e, "cannot attach");
+                    report
+                        .errors
+                        .push(format!("attach {hook:?} to {name} ({ifindex}): {e}"));
                 }
             }
-            for ifindex in pinned_links(&self.pins) {
-                if desired.interfaces.contains_key(&ifindex) {
+        }
+
+        if desired.prune {
+            self.bindings.prune(&desired.bindings, &mut report);
+            self.fdb.prune(&desired.fdb, &mut report);
+            self.arp.prune(&desired.arp, &mut report);
+            self.vteps.prune(&desired.vteps, &mut report);
+            self.vnis.prune(&desired.vnis, &mut report);
+            for (hook, ifindex) in self.pins.pinned() {
+                if wanted.contains_key(&(hook, ifindex)) {
                     continue;
                 }
-                let path = self.pins.link(ifindex);
+                let path = self.pins.link(hook, ifindex);
                 match fs::remove_file(&path) {
                     Ok(()) => {
-                        info!(ifindex, "program detached");
-                        self.current.remove(&ifindex);
-                        report.detached.push(ifindex);
+                        info!(ifindex, ?hook, "program detached");
+                        self.current.remove(&(hook, ifindex));
+                        report.detached.push(format!("{}-{ifindex}", hook.prefix()));
                     }
                     Err(e) => report.errors.push(format!("unpin {}: {e}", path.display())),
                 }
             }
         }
-        report.bindings = self.held.len();
-        report.interfaces = pinned_links(&self.pins).len();
+        report.bindings = self.bindings.held.len();
+        report.fdb = self.fdb.held.len();
+        report.interfaces = self
+            .pins
+            .pinned()
+            .iter()
+            .filter(|(h, _)| *h == Hook::VmXdp)
+            .count();
         report
     }
 
-    /// Puts this build's program on `ifindex`: atomically replaces the program of a pinned link,
+    /// Puts this build's program on a hook: atomically replaces the program of a pinned link,
     /// or creates and pins a new link.
-    fn attach(&mut self, ifindex: u32) -> Result<&'static str, DataplaneError> {
-        let path = self.pins.link(ifindex);
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_VM)
-            .ok_or(DataplaneError::Missing(PROGRAM_VM))?
-            .try_into()?;
+    fn attach(
+        &mut self,
+        hook: Hook,
+        ifindex: u32,
+        name: &str,
+    ) -> Result<&'static str, DataplaneError> {
+        let path = self.pins.link(hook, ifindex);
         if path.exists() {
-            let replaced = PinnedLink::from_pin(&path)
-                .map_err(|source| DataplaneError::Link {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|pinned| {
-                    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                        DataplaneError::Link {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
-                    let id = program.attach_to_link(link)?;
-                    // The pin keeps the link; this process holds no reference of its own.
-                    drop(program.take_link(id)?);
-                    Ok(())
-                });
-            match replaced {
+            match self.replace(hook, &path) {
                 Ok(()) => return Ok("replaced the program of the pinned link"),
                 Err(e) => {
                     // The interface this link was for is gone (ENOLINK): start afresh.
@@ -372,55 +499,150 @@ impl Dataplane {
                 }
             }
         }
-        let id = program.attach_to_if_index(ifindex, XdpMode::Default)?;
-        let link = program.take_link(id)?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DataplaneError::Link {
-            path: path.clone(),
-            source,
-        })?;
+        let link_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DataplaneError::Link { path, source }
+        };
+        let fd_link = match hook {
+            Hook::VmXdp | Hook::Underlay => {
+                let program: &mut Xdp = self
+                    .ebpf
+                    .program_mut(hook.program())
+                    .ok_or(DataplaneError::Missing(hook.program()))?
+                    .try_into()?;
+                let id = program.attach_to_if_index(ifindex, XdpMode::Default)?;
+                FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
+            }
+            Hook::VmTc => {
+                let program: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(PROGRAM_TC)
+                    .ok_or(DataplaneError::Missing(PROGRAM_TC))?
+                    .try_into()?;
+                let id = program.attach_with_options(
+                    name,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )?;
+                FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
+            }
+        };
         fd_link
             .pin(&path)
             .map_err(|source| DataplaneError::Pin { path, source })?;
         Ok("attached and pinned a new link")
     }
 
-    pub fn held(&self) -> &BTreeMap<BindingKey, Binding> {
-        &self.held
+    fn replace(&mut self, hook: Hook, path: &Path) -> Result<(), DataplaneError> {
+        let link_err = |source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        };
+        let fd_link = FdLink::from(PinnedLink::from_pin(path).map_err(link_err)?);
+        match hook {
+            Hook::VmXdp | Hook::Underlay => {
+                let program: &mut Xdp = self
+                    .ebpf
+                    .program_mut(hook.program())
+                    .ok_or(DataplaneError::Missing(hook.program()))?
+                    .try_into()?;
+                let id = program.attach_to_link(XdpLink::try_from(fd_link).map_err(link_err)?)?;
+                // The pin keeps the link; this process holds no reference of its own.
+                drop(program.take_link(id)?);
+            }
+            Hook::VmTc => {
+                let program: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(PROGRAM_TC)
+                    .ok_or(DataplaneError::Missing(PROGRAM_TC))?
+                    .try_into()?;
+                let link = SchedClassifierLink::try_from(fd_link).map_err(link_err)?;
+                let id = program.attach_to_link(link)?;
+                drop(program.take_link(id)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn held_bindings(&self) -> &BTreeMap<BindingKey, Binding> {
+        &self.bindings.held
     }
 
     /// The VM program, for `BPF_PROG_TEST_RUN` (tests and benchmarks).
     pub fn vm_program(&self) -> Result<&Xdp, DataplaneError> {
+        self.xdp_program(PROGRAM_VM)
+    }
+
+    /// The underlay program, for `BPF_PROG_TEST_RUN`.
+    pub fn underlay_program(&self) -> Result<&Xdp, DataplaneError> {
+        self.xdp_program(PROGRAM_UNDERLAY)
+    }
+
+    fn xdp_program(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         Ok(self
             .ebpf
-            .program(PROGRAM_VM)
-            .ok_or(DataplaneError::Missing(PROGRAM_VM))?
+            .program(name)
+            .ok_or(DataplaneError::Missing(name))?
             .try_into()?)
     }
 }
 
-/// Interfaces with a pinned link, by ifindex.
-pub fn pinned_links(pins: &Pins) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir(&pins.links) else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("vm-"))
-                .and_then(|n| n.parse().ok())
-        })
-        .collect()
+fn open_pinned<K: Pod, V: Pod>(
+    bpffs_dir: &Path,
+    name: &str,
+) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    let maps = Pins::new(bpffs_dir).maps;
+    check_layout(&maps)?;
+    let map = MapData::from_pin(maps.join(name))?;
+    Ok(HashMap::try_from(aya::maps::Map::HashMap(map))?)
 }
 
 /// Reads the bindings the data plane holds, from the pinned map (works with the agent down).
 pub fn read_bindings(bpffs_dir: &Path) -> Result<Vec<(BindingKey, Binding)>, DataplaneError> {
-    let path = Pins::new(bpffs_dir).maps.join(MAP_BINDINGS);
-    check_layout(path.parent().unwrap_or(&path))?;
-    let map = MapData::from_pin(&path)?;
-    let map: HashMap<MapData, BindingKey, Binding> =
-        HashMap::try_from(aya::maps::Map::HashMap(map))?;
+    let map = open_pinned::<BindingKey, Binding>(bpffs_dir, MAP_BINDINGS)?;
     Ok(map.iter().filter_map(Result::ok).collect())
+}
+
+/// The forwarding state the data plane holds, read from the pinned maps.
+#[derive(Debug, Default)]
+pub struct VpcState {
+    pub config: Option<DataplaneConfig>,
+    pub vnis: Vec<(u32, VniInfo)>,
+    pub fdb: Vec<(FdbKey, FdbEntry)>,
+    pub arp: Vec<(ArpKey, ArpEntry)>,
+    pub vteps: Vec<u32>,
+}
+
+pub fn read_vpc(bpffs_dir: &Path) -> Result<VpcState, DataplaneError> {
+    let maps = Pins::new(bpffs_dir).maps;
+    let config = MapData::from_pin(maps.join(MAP_CONFIG))
+        .ok()
+        .and_then(|m| Array::<_, DataplaneConfig>::try_from(aya::maps::Map::Array(m)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    let mut s = VpcState {
+        config,
+        vnis: open_pinned::<u32, VniInfo>(bpffs_dir, MAP_VNIS)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect(),
+        fdb: open_pinned::<FdbKey, FdbEntry>(bpffs_dir, MAP_FDB)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect(),
+        arp: open_pinned::<ArpKey, ArpEntry>(bpffs_dir, MAP_ARP)?
+            .iter()
+            .filter_map(Result::ok)
+            .collect(),
+        vteps: open_pinned::<u32, u32>(bpffs_dir, MAP_VTEPS)?
+            .keys()
+            .filter_map(Result::ok)
+            .collect(),
+    };
+    s.vnis.sort_by_key(|(k, _)| *k);
+    s.fdb.sort_by_key(|(k, _)| *k);
+    s.arp.sort_by_key(|(k, _)| *k);
+    s.vteps.sort_unstable();
+    Ok(s)
 }
 
 /// Reads the per-CPU counters from the pinned map, summed over CPUs.
@@ -475,7 +697,7 @@ pub async fn attach_veth_peer(interface: &str) -> Result<(), DataplaneError> {
     program.load()?;
     let fd = program.fd()?.as_fd().as_raw_fd();
 
-    let netlink = |e: rtnetlink::Error| DataplaneError::Bpffs(format!("netlink: {e}"));
+    let netlink = |e: rtnetlink::Error| DataplaneError::Netlink(e.to_string());
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| DataplaneError::Io {
         path: PathBuf::from("netlink"),
         source,
@@ -489,7 +711,7 @@ pub async fn attach_veth_peer(interface: &str) -> Result<(), DataplaneError> {
         .try_next()
         .await
         .map_err(netlink)?
-        .ok_or_else(|| DataplaneError::Bpffs(format!("no interface {interface}")))?;
+        .ok_or_else(|| DataplaneError::Netlink(format!("no interface {interface}")))?;
     let msg = rtnetlink::LinkUnspec::new_with_index(link.header.index)
         .append_extra_attribute(LinkAttribute::Xdp(vec![LinkXdp::Fd(fd), LinkXdp::Flags(0)]))
         .build();

@@ -155,6 +155,7 @@ pub fn render(net: &Network, nic: &Nic) -> Result<Binding, RenderError> {
         ip: ip_u32(nic.ip),
         server_id: ip_u32(net.gateway),
         vni: net.vni,
+        mtu: u32::from(net.effective_mtu()),
         opts_len: blob.len() as u16,
         lease_opts_len: LEASE_OPTS_LEN as u16,
         opts_csum: csum_partial(&blob),

@@ -13,3 +13,4 @@ pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod state;
+pub mod vpc;

@@ -13,15 +13,22 @@ use netlink_sys::{AsyncSocket as _, SocketAddr};
 use rtnetlink::{Handle, constants::RTMGRP_LINK, new_connection};
 use tokio::sync::mpsc;
 
+/// An interface as far as holdfast cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    pub mtu: u32,
+}
+
 /// Interfaces by ifindex.
-pub type Links = BTreeMap<u32, String>;
+pub type Links = BTreeMap<u32, LinkInfo>;
 
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// An interface exists with this name (new, or renamed).
+    /// An interface exists (new, renamed, or its MTU changed).
     Up {
         ifindex: u32,
-        name: String,
+        info: LinkInfo,
     },
     Gone {
         ifindex: u32,
@@ -36,11 +43,20 @@ pub enum LinksError {
     Netlink(#[from] rtnetlink::Error),
 }
 
-fn name_of(msg: &LinkMessage) -> Option<String> {
-    msg.attributes.iter().find_map(|a| match a {
+fn info_of(msg: &LinkMessage) -> Option<LinkInfo> {
+    let name = msg.attributes.iter().find_map(|a| match a {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
-    })
+    })?;
+    let mtu = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Some(LinkInfo { name, mtu })
 }
 
 /// Subscribes to link changes, then returns a handle for dumps and the event stream. Subscribing
@@ -56,10 +72,10 @@ pub fn watch() -> Result<(Handle, mpsc::Receiver<LinkEvent>), LinksError> {
         while let Some((msg, _)) = messages.next().await {
             let event = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    let Some(name) = name_of(&link) else { continue };
+                    let Some(info) = info_of(&link) else { continue };
                     LinkEvent::Up {
                         ifindex: link.header.index,
-                        name,
+                        info,
                     }
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
@@ -82,8 +98,8 @@ pub async fn dump(handle: &Handle) -> Result<Links, LinksError> {
     let mut out = Links::new();
     let mut stream = handle.link().get().execute();
     while let Some(msg) = stream.try_next().await? {
-        if let Some(name) = name_of(&msg) {
-            out.insert(msg.header.index, name);
+        if let Some(info) = info_of(&msg) {
+            out.insert(msg.header.index, info);
         }
     }
     Ok(out)

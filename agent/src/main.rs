@@ -34,6 +34,11 @@ enum Command {
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the VPC forwarding state the data plane holds (read from the pinned maps).
+    Vpc {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Attach the no-op XDP program the kernel requires on the VM side of a veth pair (run it in
     /// the VM's namespace). Not needed for taps.
     VethPeer {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Leases { config } => print_leases(config),
+        Command::Vpc { config } => print_vpc(config),
         Command::Check { config, ipam } => check(config, ipam),
         Command::VethPeer { interface } => veth_peer(&interface),
     };
@@ -137,6 +143,52 @@ fn print_leases(config: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_vpc(config: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&config)?;
+    let s = dataplane::read_vpc(&config.bpffs_dir).with_context(|| {
+        format!(
+            "reading the pinned VPC maps under {}",
+            config.bpffs_dir.display()
+        )
+    })?;
+    let ip = |v: u32| Ipv4Addr::from(v.to_ne_bytes());
+    match s.config {
+        Some(c) if c.vtep != 0 => println!(
+            "VTEP {} on {} (ifindex {})",
+            ip(c.vtep),
+            ifname(c.underlay_ifindex).unwrap_or_else(|| "?".into()),
+            c.underlay_ifindex
+        ),
+        _ => println!("no underlay: VMs reach only VMs on this host"),
+    }
+    println!("\nNETWORKS (VNI, gateway, MTU)");
+    for (vni, n) in &s.vnis {
+        println!("  {vni:>8}  {:<15}  {}", ip(n.gateway), n.mtu);
+    }
+    println!("\nFORWARDING (VNI, MAC, address, where)");
+    for (k, e) in &s.fdb {
+        let at = if e.ifindex != 0 {
+            format!(
+                "local {} ({})",
+                ifname(e.ifindex).unwrap_or_else(|| "?".into()),
+                e.ifindex
+            )
+        } else {
+            format!("remote VTEP {}", ip(e.vtep))
+        };
+        println!("  {:>8}  {}  {:<15}  {at}", k.vni, MacAddr(k.mac), ip(e.ip));
+    }
+    println!("\nARP ANSWERS (VNI, address, MAC)");
+    for (k, e) in &s.arp {
+        println!("  {:>8}  {:<15}  {}", k.vni, ip(k.ip), MacAddr(e.mac));
+    }
+    println!("\nKNOWN VTEPS");
+    for v in &s.vteps {
+        println!("  {}", ip(*v));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn ifname(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer is IF_NAMESIZE bytes, as if_indextoname requires.
@@ -157,7 +209,10 @@ fn check(config: PathBuf, ipam: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     let bytes =
         std::fs::read(&path).with_context(|| format!("ipam document {}", path.display()))?;
-    let v = agent::check_document(&bytes, &config.node)
+    let limits = holdfast::model::Limits {
+        underlay_mtu: config.underlay.as_ref().and_then(|u| u.mtu),
+    };
+    let v = agent::check_document(&bytes, &config.node, &limits)
         .with_context(|| format!("ipam document {}", path.display()))?;
     for r in &v.rejections {
         println!("rejected {r}");

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub ipam_up: Gauge,
     pub ipam_load_errors: Counter,
     pub leases: Gauge,
+    pub fdb: Gauge,
     pub interfaces: Gauge,
     pub dataplane_errors: Counter,
     pub dhcp_events: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -146,6 +147,43 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("other_server", &[Stat::DhcpOtherServer]),
         ],
     },
+    BpfFamily {
+        name: "holdfast_vxlan_encap",
+        help: "Frames from VMs encapsulated toward a remote VTEP, by path (xdp, or skb for GSO and unresolved next hops)",
+        label: "path",
+        members: &[("xdp", &[Stat::VxlanEncap]), ("skb", &[Stat::SkbEncap])],
+    },
+    BpfFamily {
+        name: "holdfast_forward_local",
+        help: "Frames from VMs delivered to another VM on this host, by path",
+        label: "path",
+        members: &[
+            ("xdp", &[Stat::ForwardLocal]),
+            ("skb", &[Stat::SkbForwardLocal]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_drops",
+        help: "Frames the VPC data plane dropped, by reason",
+        label: "reason",
+        members: &[
+            ("spoofed_mac", &[Stat::DropSpoofedMac]),
+            ("spoofed_ip", &[Stat::DropSpoofedIp]),
+            ("arp_spoof", &[Stat::DropArpSpoof]),
+            ("arp_unknown", &[Stat::DropArpUnknown]),
+            ("arp_no_answer", &[Stat::DropArpNoAnswer]),
+            ("bcast_mcast", &[Stat::DropBcastMcast]),
+            ("unknown_unicast", &[Stat::DropUnknownUnicast]),
+            ("not_ipv4", &[Stat::DropNotIpv4]),
+            ("malformed", &[Stat::DropMalformed]),
+            ("no_underlay", &[Stat::DropNoUnderlay]),
+            ("no_route", &[Stat::DropNoRoute]),
+            ("unknown_vtep", &[Stat::DropUnknownVtep]),
+            ("unknown_vni", &[Stat::DropUnknownVni]),
+            ("unknown_inner_dst", &[Stat::DropUnknownInnerDst]),
+            ("inner_spoof", &[Stat::DropInnerSpoof]),
+        ],
+    },
 ];
 
 /// Data-plane counters without labels.
@@ -176,9 +214,34 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::ArpReply,
     ),
     (
-        "holdfast_vm_passed",
-        "Frames from VMs handed to the host stack untouched",
-        Stat::VmPass,
+        "holdfast_vxlan_decap",
+        "VXLAN frames from the underlay decapsulated into local VMs",
+        Stat::VxlanDecap,
+    ),
+    (
+        "holdfast_to_router",
+        "Frames from VMs to the router MAC, handed to the host stack",
+        Stat::ToRouter,
+    ),
+    (
+        "holdfast_skb_path",
+        "Frames XDP handed to the skb path (GSO, oversized, next hop not resolved yet)",
+        Stat::ToSkbPath,
+    ),
+    (
+        "holdfast_icmp_frag_needed",
+        "ICMP fragmentation-needed sent to VMs for frames too big for their network",
+        Stat::IcmpFragNeeded,
+    ),
+    (
+        "holdfast_nexthop_cached",
+        "Encapsulations that used a cached next hop (no kernel neighbour entry)",
+        Stat::NextHopCached,
+    ),
+    (
+        "holdfast_underlay_passed",
+        "Underlay frames passed to the host stack (not VXLAN to this VTEP)",
+        Stat::UnderlayPass,
     ),
 ];
 
@@ -263,6 +326,11 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "holdfast_leases",
         "DHCP bindings held by the data plane",
         metrics.leases.clone(),
+    );
+    r.register(
+        "holdfast_fdb_entries",
+        "Forwarding entries (local and remote NICs of this host's networks) in the data plane",
+        metrics.fdb.clone(),
     );
     r.register(
         "holdfast_interfaces",

@@ -137,6 +137,24 @@ pub struct Nic {
 pub const MTU_MIN: u16 = 576;
 pub const MTU_MAX: u16 = 9000;
 pub const VNI_MAX: u32 = (1 << 24) - 1;
+/// What a VM assumes without option 26.
+pub const DEFAULT_MTU: u16 = 1500;
+/// Bytes VXLAN adds on the underlay (outer Ethernet excluded from the IP MTU: 20 + 8 + 8 + 14).
+pub const VXLAN_MTU_OVERHEAD: u32 = 50;
+
+impl Network {
+    /// The IP MTU VMs on this network use: option 26, or Ethernet's 1500.
+    pub fn effective_mtu(&self) -> u16 {
+        self.mtu.unwrap_or(DEFAULT_MTU)
+    }
+}
+
+/// What this host can carry, for the checks that depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The underlay MTU, when VXLAN is configured: a network's MTU plus 50 must fit in it.
+    pub underlay_mtu: Option<u32>,
+}
 
 /// A validated model: every entry consistent with every other.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +190,8 @@ pub enum Reason {
     UnknownNode,
     MissingInterface,
     MtuOutOfRange,
+    MtuExceedsUnderlay,
+    DuplicateVtep,
     VniOutOfRange,
     InvalidLeaseTime,
     InvalidName,
@@ -179,7 +199,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::InvalidDocument,
         Reason::InvalidField,
         Reason::InvalidMac,
@@ -194,6 +214,8 @@ impl Reason {
         Reason::UnknownNode,
         Reason::MissingInterface,
         Reason::MtuOutOfRange,
+        Reason::MtuExceedsUnderlay,
+        Reason::DuplicateVtep,
         Reason::VniOutOfRange,
         Reason::InvalidLeaseTime,
         Reason::InvalidName,
@@ -216,6 +238,8 @@ impl Reason {
             Reason::UnknownNode => "unknown_node",
             Reason::MissingInterface => "missing_interface",
             Reason::MtuOutOfRange => "mtu_out_of_range",
+            Reason::MtuExceedsUnderlay => "mtu_exceeds_underlay",
+            Reason::DuplicateVtep => "duplicate_vtep",
             Reason::VniOutOfRange => "vni_out_of_range",
             Reason::InvalidLeaseTime => "invalid_lease_time",
             Reason::InvalidName => "invalid_name",
@@ -326,7 +350,7 @@ fn valid_interface_name(name: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-fn check_network(n: &Network) -> Result<(), Reject> {
+fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> {
     if n.id.is_empty() {
         return Err(reject(Reason::InvalidField, "field `id` is empty"));
     }
@@ -376,6 +400,22 @@ fn check_network(n: &Network) -> Result<(), Reject> {
         return Err(reject(
             Reason::MtuOutOfRange,
             format!("mtu {mtu} is outside {MTU_MIN}..={MTU_MAX}"),
+        ));
+    }
+    if let Some(underlay) = limits.underlay_mtu
+        && u32::from(n.effective_mtu()) + VXLAN_MTU_OVERHEAD > underlay
+    {
+        return Err(reject(
+            Reason::MtuExceedsUnderlay,
+            format!(
+                "mtu {}{} plus {VXLAN_MTU_OVERHEAD} bytes of VXLAN exceeds the underlay MTU {underlay}",
+                n.effective_mtu(),
+                if n.mtu.is_none() {
+                    " (not set: 1500)"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
     if n.lease_time < 10 {
@@ -503,6 +543,7 @@ pub fn validate(
     doc: &RawDocument,
     prev: Option<&Model>,
     this_node: &str,
+    limits: &Limits,
     budget: &dyn OptionsBudget,
 ) -> Validated {
     let empty = Model::default();
@@ -515,7 +556,8 @@ pub fn validate(
     let mut failed_nets = BTreeSet::new();
     for (i, raw) in doc.networks.iter().enumerate() {
         let entry = format!("networks[{i}]");
-        let parsed = parse_entry::<Network>(raw).and_then(|n| check_network(&n).map(|()| n));
+        let parsed =
+            parse_entry::<Network>(raw).and_then(|n| check_network(&n, limits).map(|()| n));
         match parsed {
             Ok(n) => {
                 let id = n.id.clone();
@@ -558,8 +600,10 @@ pub fn validate(
     let mut dup_vni = Vec::new();
     for (id, n) in &model.networks {
         if let Some(other) = by_vni.get(&n.vni) {
-            let keep_other = prev.networks.get(other) == model.networks.get(other)
-                && prev.networks.get(id) != Some(n);
+            // The one serving now stays; otherwise the first (by id) does.
+            let this_serving = prev.networks.get(id) == Some(n);
+            let other_serving = prev.networks.get(other) == model.networks.get(other);
+            let keep_other = other_serving || !this_serving;
             let loser = if keep_other {
                 id.clone()
             } else {
@@ -633,6 +677,38 @@ pub fn validate(
         &failed_nodes,
         &mut rejections,
     );
+
+    // One VTEP per node: of two nodes claiming one, the one serving now stays, otherwise the
+    // first (by name).
+    let mut by_vtep: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut dup_vtep = Vec::new();
+    for (name, n) in &model.nodes {
+        match by_vtep.get(&n.vtep) {
+            Some(other) => {
+                let this_serving = prev.nodes.get(name) == Some(n);
+                let other_serving = prev.nodes.get(other) == model.nodes.get(other);
+                if other_serving || !this_serving {
+                    dup_vtep.push((name.clone(), n.vtep));
+                } else {
+                    dup_vtep.push((other.clone(), n.vtep));
+                    by_vtep.insert(n.vtep, name.clone());
+                }
+            }
+            None => {
+                by_vtep.insert(n.vtep, name.clone());
+            }
+        }
+    }
+    for (name, vtep) in dup_vtep {
+        model.nodes.remove(&name);
+        rejections.push(Rejection {
+            entry: "nodes".into(),
+            key: Some(name),
+            reason: Reason::DuplicateVtep,
+            detail: format!("vtep {vtep} is used by another node"),
+            kept_last_good: false,
+        });
+    }
 
     // NICs.
     let mut nics: Accepted<MacAddr, Nic> = Accepted::new();
@@ -805,7 +881,7 @@ mod tests {
 
     #[test]
     fn accepts_a_good_document_and_same_ip_on_two_networks() {
-        let v = validate(&doc(base()), None, "hv-1", &NoBudget);
+        let v = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget);
         assert!(v.rejections.is_empty(), "{:?}", v.rejections);
         assert_eq!(v.model.nics.len(), 3);
         assert_eq!(v.model.networks.len(), 2);
@@ -825,7 +901,7 @@ mod tests {
         d["networks"].as_array_mut().unwrap().push(
             json!({"id": "tiny", "vni": 7, "subnet": "10.7.0.0/24", "gateway": "10.7.0.1", "mtu": 0}),
         );
-        let v = validate(&doc(d), None, "hv-1", &NoBudget);
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
         assert_eq!(
             reasons(&v),
             vec![
@@ -847,11 +923,11 @@ mod tests {
 
     #[test]
     fn a_rejected_entry_keeps_its_last_good_version() {
-        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
         let mut d = base();
         d["nics"][0]["ip"] = json!("10.99.0.1");
         d["networks"][1]["mtu"] = json!(0);
-        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
         assert_eq!(v.model, good);
         assert!(v.rejections.iter().all(|r| r.kept_last_good));
         assert_eq!(v.rejections.len(), 2);
@@ -859,24 +935,42 @@ mod tests {
 
     #[test]
     fn the_serving_nic_wins_an_address_conflict() {
-        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
         let mut d = base();
         // A newcomer listed first claims the address of a serving NIC.
         d["nics"].as_array_mut().unwrap().insert(
             0,
             json!({"mac": "02:00:00:00:00:99", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "t9"}),
         );
-        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
         assert_eq!(v.model, good);
         assert_eq!(reasons(&v), vec![("nics[0]".into(), Reason::DuplicateIp)]);
     }
 
     #[test]
+    fn a_duplicate_vni_loses_to_the_first_or_the_serving_network() {
+        let mut d = base();
+        d["networks"][1]["vni"] = json!(1001);
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.model.networks.contains_key("blue"));
+        assert!(!v.model.networks.contains_key("red"));
+        // When red was serving with 1001 before, red keeps it and blue loses.
+        let mut red_only = base();
+        red_only["networks"].as_array_mut().unwrap().remove(0);
+        red_only["networks"][0]["vni"] = json!(1001);
+        red_only["nics"] = json!([]);
+        let prev = validate(&doc(red_only), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let v = validate(&doc(d), Some(&prev), "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.model.networks.contains_key("red"));
+        assert!(!v.model.networks.contains_key("blue"));
+    }
+
+    #[test]
     fn deletions_apply() {
-        let good = validate(&doc(base()), None, "hv-1", &NoBudget).model;
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
         let mut d = base();
         d["nics"].as_array_mut().unwrap().remove(0);
-        let v = validate(&doc(d), Some(&good), "hv-1", &NoBudget);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
         assert_eq!(v.model.nics.len(), 2);
     }
 
@@ -885,6 +979,33 @@ mod tests {
         let err = parse_document(br#"{"networks": []}"#).unwrap_err();
         assert!(err.to_string().contains("missing field `nodes`"), "{err}");
         assert!(parse_document(b"{not json").is_err());
+    }
+
+    #[test]
+    fn networks_must_fit_the_underlay_and_vteps_are_unique() {
+        let limits = Limits {
+            underlay_mtu: Some(1500),
+        };
+        let v = validate(&doc(base()), None, "hv-1", &limits, &NoBudget);
+        // blue (1450) fits; red has no MTU: 1500 + 50 does not; its NIC goes with it.
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), Reason::MtuExceedsUnderlay),
+                ("nics[1]".into(), Reason::UnknownNetwork),
+            ]
+        );
+        let mut d = base();
+        d["nodes"][1]["vtep"] = json!("198.18.0.1");
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        let dup = v
+            .rejections
+            .iter()
+            .find(|r| r.reason == Reason::DuplicateVtep)
+            .unwrap();
+        assert_eq!(dup.key.as_deref(), Some("hv-2"), "the first node keeps it");
+        // hv-2's NIC goes with it.
+        assert!(v.rejections.iter().any(|r| r.reason == Reason::UnknownNode));
     }
 
     #[test]

@@ -516,24 +516,39 @@ fn arp_for_the_gateway_is_answered_with_the_router_mac() {
     assert_eq!(out[38..42], VM_IP.octets(), "target IP");
     assert_eq!(fx.counters()[Stat::ArpReply as usize], 1);
 
-    // Other addresses, and unknown NICs, are not answered here.
-    assert_eq!(fx.run(&arp_request(VM_MAC, VM_IP, WRONG_IP)).0, XDP_PASS);
-    assert_eq!(
-        fx.run(&arp_request(OTHER_MAC, WRONG_IP, GATEWAY)).0,
-        XDP_PASS
+    // ARP never leaves the host: an address the network does not have gets no answer, and a
+    // NIC that is not bound here cannot ask.
+    dropped(
+        &fx,
+        &arp_request(VM_MAC, VM_IP, WRONG_IP),
+        Stat::DropArpUnknown,
+    );
+    dropped(
+        &fx,
+        &arp_request(OTHER_MAC, WRONG_IP, GATEWAY),
+        Stat::DropSpoofedMac,
     );
 }
 
 #[test]
-fn other_traffic_passes() {
+fn other_traffic_goes_to_the_router_or_is_dropped() {
     let fx = Fixture::new();
+    // Off the network, through the gateway: the host stack's business.
     let mut dns = Request::discover(VM_MAC);
     dns.dst_port = 53;
     dns.src_port = 40000;
+    dns.ip_src = VM_IP;
+    dns.ip_dst = Ipv4Addr::new(8, 8, 8, 8);
+    dns.eth_dst = ROUTER_MAC;
     assert_eq!(fx.run(&dns.frame()).0, XDP_PASS);
-    let mut v6 = Request::discover(VM_MAC).frame();
+    assert_eq!(fx.counters()[Stat::ToRouter as usize], 1);
+    // Broadcast that is not DHCP, and IPv6, are never flooded.
+    let mut bcast = dns.clone();
+    bcast.eth_dst = BROADCAST_MAC;
+    dropped(&fx, &bcast.frame(), Stat::DropBcastMcast);
+    let mut v6 = dns.frame();
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_eq!(fx.run(&v6).0, XDP_PASS);
+    dropped(&fx, &v6, Stat::DropNotIpv4);
 }
 
 /// Mutates valid requests at random; whatever the program does, a reply it sends must be

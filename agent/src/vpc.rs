@@ -1,0 +1,172 @@
+//! The VPC forwarding state this host needs, derived from the model.
+//!
+//! A host carries the networks it has NICs in: every NIC of those networks (local ones on their
+//! interface, remote ones behind their node's VTEP), an ARP answer for every address of those
+//! networks (gateways resolve to the router MAC), and the VTEPs of all known nodes. Nothing of
+//! the networks it has no NIC in: a change there does not concern it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use crate::model::{MacAddr, Model};
+
+/// Where a NIC is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// On this host, on this interface.
+    Local { interface: String },
+    /// Behind another node's VTEP.
+    Remote { vtep: Ipv4Addr },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Station {
+    pub ip: Ipv4Addr,
+    pub endpoint: Endpoint,
+}
+
+/// A network with NICs here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalNetwork {
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vpc {
+    /// This node's VTEP, when the model knows this node.
+    pub vtep: Option<Ipv4Addr>,
+    pub fdb: BTreeMap<(u32, MacAddr), Station>,
+    pub arp: BTreeMap<(u32, Ipv4Addr), MacAddr>,
+    pub vteps: BTreeSet<Ipv4Addr>,
+    pub vnis: BTreeMap<u32, LocalNetwork>,
+}
+
+/// The forwarding state `node` needs.
+pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
+    let mut vpc = Vpc {
+        vtep: model.nodes.get(node).map(|n| n.vtep),
+        ..Vpc::default()
+    };
+    let local: BTreeSet<&str> = model
+        .nics
+        .values()
+        .filter(|n| n.node == node)
+        .map(|n| n.network.as_str())
+        .collect();
+    for id in &local {
+        let Some(net) = model.networks.get(*id) else {
+            continue;
+        };
+        vpc.vnis.insert(
+            net.vni,
+            LocalNetwork {
+                gateway: net.gateway,
+                mtu: u32::from(net.effective_mtu()),
+            },
+        );
+        vpc.arp.insert((net.vni, net.gateway), router_mac);
+    }
+    for nic in model.nics.values() {
+        let Some(net) = model.networks.get(&nic.network) else {
+            continue;
+        };
+        if !local.contains(nic.network.as_str()) {
+            continue;
+        }
+        let endpoint = if nic.node == node {
+            let Some(interface) = &nic.interface else {
+                continue;
+            };
+            Endpoint::Local {
+                interface: interface.clone(),
+            }
+        } else {
+            let Some(owner) = model.nodes.get(&nic.node) else {
+                continue;
+            };
+            Endpoint::Remote { vtep: owner.vtep }
+        };
+        vpc.fdb.insert(
+            (net.vni, nic.mac),
+            Station {
+                ip: nic.ip,
+                endpoint,
+            },
+        );
+        vpc.arp.insert((net.vni, nic.ip), nic.mac);
+    }
+    vpc.vteps = model
+        .nodes
+        .values()
+        .filter(|n| n.name != node)
+        .map(|n| n.vtep)
+        .collect();
+    vpc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        leases::Budget,
+        model::{Limits, parse_document, validate},
+    };
+
+    const ROUTER: MacAddr = MacAddr([2, 0x68, 0x66, 0, 0, 1]);
+
+    fn model() -> Model {
+        let doc = parse_document(
+            br#"{ "networks": [
+                { "id": "a", "vni": 1001, "subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "mtu": 1450 },
+                { "id": "b", "vni": 1002, "subnet": "10.0.0.0/24", "gateway": "10.0.0.1", "mtu": 1450 },
+                { "id": "c", "vni": 1003, "subnet": "10.3.0.0/24", "gateway": "10.3.0.1", "mtu": 1450 } ],
+              "nodes": [ { "name": "hv-1", "vtep": "198.18.0.1" }, { "name": "hv-2", "vtep": "198.18.0.2" } ],
+              "nics": [
+                { "mac": "02:00:00:00:0a:01", "network": "a", "ip": "10.0.0.11", "node": "hv-1", "interface": "tap-a1" },
+                { "mac": "02:00:00:00:0a:02", "network": "a", "ip": "10.0.0.12", "node": "hv-2", "interface": "tap-a2" },
+                { "mac": "02:00:00:00:0b:02", "network": "b", "ip": "10.0.0.11", "node": "hv-2", "interface": "tap-b2" },
+                { "mac": "02:00:00:00:0c:02", "network": "c", "ip": "10.3.0.12", "node": "hv-2", "interface": "tap-c2" } ] }"#,
+        )
+        .unwrap();
+        let v = validate(&doc, None, "hv-1", &Limits::default(), &Budget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        v.model
+    }
+
+    #[test]
+    fn a_host_carries_only_the_networks_it_has_nics_in() {
+        let vpc = derive(&model(), "hv-1", ROUTER);
+        assert_eq!(vpc.vtep, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(vpc.vnis.keys().copied().collect::<Vec<_>>(), vec![1001]);
+        assert_eq!(vpc.fdb.len(), 2);
+        let a2 = &vpc.fdb[&(1001, "02:00:00:00:0a:02".parse().unwrap())];
+        assert_eq!(
+            a2.endpoint,
+            Endpoint::Remote {
+                vtep: "198.18.0.2".parse().unwrap()
+            }
+        );
+        let a1 = &vpc.fdb[&(1001, "02:00:00:00:0a:01".parse().unwrap())];
+        assert_eq!(
+            a1.endpoint,
+            Endpoint::Local {
+                interface: "tap-a1".into()
+            }
+        );
+        // Same address in network b: not here, no ARP answer for it in 1002.
+        assert_eq!(vpc.arp.len(), 3);
+        assert_eq!(vpc.arp[&(1001, "10.0.0.1".parse().unwrap())], ROUTER);
+        assert!(!vpc.arp.contains_key(&(1002, "10.0.0.11".parse().unwrap())));
+        assert_eq!(vpc.vteps.len(), 1);
+    }
+
+    #[test]
+    fn the_other_host_sees_the_mirror_image() {
+        let vpc = derive(&model(), "hv-2", ROUTER);
+        assert_eq!(vpc.vnis.len(), 3);
+        assert_eq!(vpc.fdb.len(), 4);
+    }
+}
