@@ -168,6 +168,10 @@ pub struct DataplaneConfig {
     pub vtep: u32,
     /// The underlay interface VXLAN leaves by.
     pub underlay_ifindex: u32,
+    /// The device next hops are looked up from (`bpf_fib_lookup` requires IP forwarding on it):
+    /// a dummy device of holdfast's own, so no real interface has to forward.
+    pub fib_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// An underlay next hop learned from `bpf_fib_lookup`, kept for when the kernel's neighbour
@@ -243,7 +247,7 @@ mod tests {
         assert_eq!(size_of::<ArpKey>(), 8);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<VniInfo>(), 8);
-        assert_eq!(size_of::<DataplaneConfig>(), 8);
+        assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<NextHop>(), 16);
         assert_eq!(size_of::<DhcpEvent>(), 20);
     }

@@ -131,7 +131,7 @@ fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
     if cfg.vtep == 0 || cfg.underlay_ifindex == 0 {
         return Err(Stat::DropNoUnderlay);
     }
-    let hop = match vxlan::next_hop(ctx, cfg, vtep, cfg.underlay_ifindex)? {
+    let hop = match vxlan::next_hop(ctx, cfg, vtep)? {
         Hop::Ready(hop) => hop,
         // The kernel resolves the neighbour on the skb path (bpf_redirect_neigh).
         Hop::Unresolved => return pass(Stat::ToSkbPath),

@@ -32,16 +32,17 @@ pub enum Hop {
 /// The next hop toward `vtep`: the kernel's FIB and neighbour table first; a next hop learned
 /// before when the kernel has none (a neighbour entry being refreshed or flushed).
 #[inline(always)]
-pub fn next_hop<C: EbpfContext>(
-    ctx: &C,
-    cfg: &DataplaneConfig,
-    vtep: u32,
-    ifindex: u32,
-) -> Result<Hop, Stat> {
+pub fn next_hop<C: EbpfContext>(ctx: &C, cfg: &DataplaneConfig, vtep: u32) -> Result<Hop, Stat> {
+    if cfg.fib_ifindex == 0 {
+        // No lookup anchor: the skb path's bpf_redirect_neigh does the lookup.
+        return Ok(Hop::Unresolved);
+    }
     // SAFETY: an all-zero `bpf_fib_lookup` is a valid input once the fields below are set.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
-    p.ifindex = ifindex;
+    // Looked up as if forwarded from the anchor device: the kernel insists on IP forwarding on
+    // the lookup's device, and the anchor is the one device where that opens nothing.
+    p.ifindex = cfg.fib_ifindex;
     p.__bindgen_anon_3.ipv4_src = cfg.vtep;
     p.__bindgen_anon_4.ipv4_dst = vtep;
     // SAFETY: valid context and parameter struct of the size given.

@@ -26,6 +26,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    anchor,
     config::{Config, IpamSource},
     dataplane::{self, Dataplane, Desired, Report},
     ipam::{Update, file::FileSource},
@@ -212,9 +213,12 @@ impl Agent {
         }
         if let Some((ifindex, link)) = self.underlay() {
             d.underlay = Some((ifindex, link.name.clone()));
+            let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
             d.config = DataplaneConfig {
                 vtep: self.vpc.vtep.map(ip).unwrap_or(0),
                 underlay_ifindex: ifindex,
+                fib_ifindex,
+                _pad: 0,
             };
         }
         d
@@ -481,6 +485,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(node = %config.node, bpffs = %config.bpffs_dir.display(), "holdfast starting");
 
     let (dp, events, logger) = DataplaneHandle::spawn(&config).await?;
+    if config.underlay.is_some() {
+        match anchor::ensure(anchor::DEFAULT_NAME).await {
+            Ok(ifindex) => info!(
+                device = anchor::DEFAULT_NAME,
+                ifindex, "next-hop lookup anchor ready"
+            ),
+            Err(e) => {
+                warn!(error = %e, "no next-hop lookup anchor: remote traffic takes the skb path")
+            }
+        }
+    }
 
     // The netlink subscription comes before the dump so no change falls between them.
     let (nl, mut link_events) = links::watch().context("watching interfaces")?;

@@ -5,6 +5,7 @@
 //! XDP programs answer from those maps whether or not the agent runs.
 
 pub mod agent;
+pub mod anchor;
 pub mod config;
 pub mod dataplane;
 pub mod ipam;

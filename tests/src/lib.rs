@@ -7,6 +7,8 @@ pub mod loadgen;
 pub mod netns;
 pub mod packet;
 pub mod rawsock;
+pub mod tap;
+pub mod vpc;
 pub mod xdp;
 
 use std::{

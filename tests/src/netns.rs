@@ -271,6 +271,11 @@ pub struct Agent {
 impl Agent {
     /// Writes a config and an IPAM document in a fresh directory and starts the agent.
     pub fn start(hv: &Netns, node: &str, ipam_json: &str) -> Self {
+        Self::start_with(hv, node, ipam_json, "")
+    }
+
+    /// As [`Agent::start`], with extra TOML appended to the config (an `[underlay]` section).
+    pub fn start_with(hv: &Netns, node: &str, ipam_json: &str, extra: &str) -> Self {
         let dir = TempDir::new("agent");
         let bpffs = TempDir::bpffs("agent");
         let ipam = dir.path().join("ipam.json");
@@ -281,7 +286,7 @@ impl Agent {
             format!(
                 "node = \"{node}\"\nstate_dir = \"{}\"\nbpffs_dir = \"{}\"\n\
                  router_mac = \"{}\"\n[ipam]\nsource = \"file\"\npath = \"{}\"\n\
-                 poll_interval_ms = 200\n",
+                 poll_interval_ms = 200\n{extra}",
                 dir.path().join("state").display(),
                 bpffs.path().display(),
                 mac_str(crate::xdp::ROUTER_MAC),

@@ -365,3 +365,48 @@ impl Rng {
         (self.next_u64() % n as u64) as usize
     }
 }
+
+/// An Ethernet/IPv4/UDP frame with `payload`, checksums complete (or, with `partial`, the UDP
+/// checksum left as checksum offload leaves it: the pseudo-header sum only).
+#[allow(clippy::too_many_arguments)]
+pub fn udp_frame(
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    ip_src: Ipv4Addr,
+    ip_dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    partial: bool,
+) -> Vec<u8> {
+    let r = Request {
+        eth_src,
+        eth_dst,
+        ip_src,
+        ip_dst,
+        src_port: sport,
+        dst_port: dport,
+        ..Request::new(eth_src, 1)
+    };
+    let mut f = frame_with_bootp(&r, payload);
+    if partial {
+        let udp_len = 8 + payload.len() as u16;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip_src.octets());
+        pseudo.extend_from_slice(&ip_dst.octets());
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&udp_len.to_be_bytes());
+        // What the kernel leaves with CHECKSUM_PARTIAL: the folded pseudo-header sum.
+        let seed = !checksum(&pseudo);
+        f[40..42].copy_from_slice(&seed.to_be_bytes());
+    }
+    f
+}
+
+/// Whether the UDP checksum of the IPv4 frame `f` (Ethernet at 0, 20-byte IP header) is right.
+pub fn udp_checksum_ok(f: &[u8]) -> bool {
+    let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+    let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+    let tot = u16::from_be_bytes([f[16], f[17]]) as usize;
+    udp_checksum(src, dst, &f[34..14 + tot]) == 0
+}

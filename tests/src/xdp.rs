@@ -52,6 +52,9 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
 pub struct Fixture {
     pub dp: Dataplane,
     pub stats: StatsReader,
+    /// Programs run as if received in this namespace (its FIB and neighbours; its loopback is
+    /// the ingress device), or in the test's own.
+    pub netns: Option<std::path::PathBuf>,
     _dir: TempDir,
 }
 
@@ -62,9 +65,6 @@ impl Fixture {
     }
 
     pub fn with_nics(nics: &[([u8; 6], Ipv4Addr)]) -> Self {
-        crate::sweep_stale();
-        let dir = TempDir::bpffs("xdp");
-        let mut dp = Dataplane::open(dir.path(), ROUTER_MAC).expect("load programs");
         let net = network();
         let mut desired = Desired {
             prune: true,
@@ -76,29 +76,52 @@ impl Fixture {
                 .bindings
                 .insert(BindingKey::new(TEST_IFINDEX, *mac), b);
         }
-        let report = dp.reconcile(&desired);
+        Self::with(&desired, None)
+    }
+
+    /// The programs with `desired` written into their maps (no interface attached).
+    pub fn with(desired: &Desired, netns: Option<std::path::PathBuf>) -> Self {
+        crate::sweep_stale();
+        let dir = TempDir::bpffs("xdp");
+        let mut dp = Dataplane::open(dir.path(), ROUTER_MAC).expect("load programs");
+        let report = dp.reconcile(desired);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let stats = StatsReader::open(dir.path()).expect("stats");
         Self {
             dp,
             stats,
+            netns,
             _dir: dir,
         }
     }
 
     /// Runs the VM program on `frame`; returns the action and the frame it left.
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = self.dp.vm_program().expect("program");
-        let mut out = vec![0u8; 4096];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("test_run");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        self.run_prog(self.dp.vm_program().expect("program"), frame)
+    }
+
+    /// Runs the underlay program on `frame`.
+    pub fn run_underlay(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_prog(self.dp.underlay_program().expect("program"), frame)
+    }
+
+    fn run_prog(&self, prog: &aya::programs::Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+        let go = || {
+            let mut out = vec![0u8; 4096];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        match &self.netns {
+            Some(ns) => crate::netns::in_netns(ns, go),
+            None => go(),
+        }
     }
 
     /// Counter totals indexed by `Stat`.
@@ -118,3 +141,4 @@ impl Default for Fixture {
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;

@@ -1,0 +1,191 @@
+//! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
+//! namespace tests, the demo and the benchmark build it.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use crate::{
+    netns::{Agent, Netns, Vm, mac_str, run, wait_for},
+    tap::TapVm,
+};
+
+/// One private network.
+pub struct Net {
+    pub id: &'static str,
+    pub vni: u32,
+}
+
+/// One VM NIC: network, host (0 or 1), MAC, address, tap name.
+#[derive(Clone, Copy)]
+pub struct VmSpec {
+    pub net: &'static str,
+    pub host: usize,
+    pub mac: [u8; 6],
+    pub ip: Ipv4Addr,
+    pub tap: &'static str,
+    /// On a real tap with a virtio-net header (GSO super-frames), not a veth.
+    pub real_tap: bool,
+}
+
+pub const VTEPS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)];
+pub const NETWORK_MTU: u32 = 1450;
+
+pub struct Cloud {
+    pub hosts: Vec<Netns>,
+    pub agents: Vec<Agent>,
+    pub vms: Vec<Vm>,
+    pub taps: Vec<TapVm>,
+    pub specs: Vec<VmSpec>,
+}
+
+/// The IPAM document for `nets` and `vms` on nodes hv-1 and hv-2.
+pub fn ipam(nets: &[Net], vms: &[VmSpec], lease_time: u32) -> String {
+    let networks: Vec<String> = nets
+        .iter()
+        .map(|n| {
+            format!(
+                r#"{{"id":"{}","vni":{},"subnet":"10.0.0.0/24","gateway":"10.0.0.1","dns":["10.0.0.2"],
+                    "mtu":{NETWORK_MTU},"lease_time":{lease_time}}}"#,
+                n.id, n.vni
+            )
+        })
+        .collect();
+    let nics: Vec<String> = vms
+        .iter()
+        .map(|v| {
+            format!(
+                r#"{{"mac":"{}","network":"{}","ip":"{}","node":"hv-{}","interface":"{}"}}"#,
+                mac_str(v.mac),
+                v.net,
+                v.ip,
+                v.host + 1,
+                v.tap
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"networks":[{}],"nodes":[{{"name":"hv-1","vtep":"{}"}},{{"name":"hv-2","vtep":"{}"}}],"nics":[{}]}}"#,
+        networks.join(","),
+        VTEPS[0],
+        VTEPS[1],
+        nics.join(",")
+    )
+}
+
+/// Makes an interface behave like a physical port on the wire: the frames it sends are
+/// MTU-sized with complete checksums (no TSO, GSO or checksum offload crossing it).
+pub fn wire_like(ns: &Netns, interface: &str) {
+    run(ns
+        .exec("ethtool")
+        .args(["-K", interface, "tso", "off", "gso", "off", "tx", "off"]));
+}
+
+impl Cloud {
+    /// Builds the hosts, the underlay and the VMs, starts both agents, and gives each VM its
+    /// address statically (DHCP has its own tests), with the network's MTU.
+    pub fn new(nets: &[Net], vms: &[VmSpec]) -> Self {
+        let hosts = vec![Netns::new("hv1"), Netns::new("hv2")];
+        hosts[0].ip(&[
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul0",
+            "netns",
+            &hosts[1].name,
+        ]);
+        for (i, h) in hosts.iter().enumerate() {
+            h.ip(&["addr", "add", &format!("{}/24", VTEPS[i]), "dev", "ul0"]);
+            h.ip(&["link", "set", "ul0", "up"]);
+            wire_like(h, "ul0");
+        }
+        let doc = ipam(nets, vms, 3600);
+        let agents: Vec<Agent> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                Agent::start_with(
+                    h,
+                    &format!("hv-{}", i + 1),
+                    &doc,
+                    "[underlay]\ninterface = \"ul0\"\n",
+                )
+            })
+            .collect();
+        let mut vm_ns = Vec::new();
+        let mut taps = Vec::new();
+        for v in vms {
+            let ns = if v.real_tap {
+                taps.push(TapVm::new(&hosts[v.host], v.tap, v.mac));
+                &taps.last().expect("tap").ns
+            } else {
+                vm_ns.push(Vm::new(&hosts[v.host], v.tap, v.mac));
+                &vm_ns.last().expect("vm").ns
+            };
+            ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
+        }
+        let cloud = Self {
+            hosts,
+            agents,
+            vms: vm_ns,
+            taps,
+            specs: vms.to_vec(),
+        };
+        cloud.wait_applied();
+        cloud
+    }
+
+    /// Waits until both data planes hold every NIC of their networks.
+    pub fn wait_applied(&self) {
+        for (i, a) in self.agents.iter().enumerate() {
+            let local = self.specs.iter().filter(|s| s.host == i).count() as f64;
+            let ok = wait_for(Duration::from_secs(20), || {
+                (a.metric("holdfast_leases") == local && a.metric("holdfast_fdb_entries") > 0.0)
+                    .then_some(())
+            });
+            assert!(ok.is_some(), "agent {i} did not apply:\n{}", a.logs());
+        }
+    }
+
+    /// The namespace of the VM with `mac` (on a veth or a tap).
+    pub fn vm_ns(&self, mac: [u8; 6]) -> &Netns {
+        self.vms
+            .iter()
+            .find(|v| v.mac == mac)
+            .map(|v| &v.ns)
+            .or_else(|| self.taps.iter().find(|t| t.mac == mac).map(|t| &t.ns))
+            .expect("vm")
+    }
+
+    pub fn vm(&self, mac: [u8; 6]) -> &Vm {
+        self.vms.iter().find(|v| v.mac == mac).expect("vm")
+    }
+
+    /// `ping` from the VM with `mac` to `ip`: how many of `count` replies came back.
+    pub fn ping(&self, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> u32 {
+        let out = self
+            .vm_ns(mac)
+            .exec("ping")
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+            ])
+            .arg(ip.to_string())
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(',')
+            .find_map(|p| p.trim().strip_suffix(" received"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,538 @@
+//! The VPC paths under BPF_PROG_TEST_RUN: ARP answered for any address of the network,
+//! anti-spoofing, local forwarding with checksum completion, VXLAN encapsulation against a real
+//! FIB and neighbour table, the next-hop cache, the hand-over to the skb path, decapsulation
+//! and what it refuses.
+//!
+//! The programs run inside a namespace holding an underlay interface `ul0` (198.18.0.1/24) with
+//! a permanent neighbour for the remote VTEP; its loopback plays the VM interface.
+
+use std::net::Ipv4Addr;
+
+use agent_common::{
+    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, Stat, VniInfo,
+};
+use holdfast::{dataplane::Desired, leases, model::Network};
+use holdfast_tests::{
+    netns::Netns,
+    packet::{self, Request, arp_request, checksum, udp_checksum_ok, udp_frame},
+    xdp::*,
+};
+
+const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01]; // local, on the test interface
+const A2: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x02]; // local, on ifindex 77
+const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03]; // remote, behind 198.18.0.2
+const A4: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x04]; // remote, behind 198.18.0.3 (no neighbour)
+const B3: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x03]; // network B, remote, same address as A1
+const VNI_A: u32 = 1001;
+const VNI_B: u32 = 1002;
+const A1_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const A2_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
+const A3_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
+const A4_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 14);
+const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const SILENT_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+const NEIGH_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x02];
+const A2_IFINDEX: u32 = 77;
+
+fn u(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn net(id: &str, vni: u32) -> Network {
+    Network {
+        id: id.into(),
+        vni,
+        subnet: "10.0.0.0/24".parse().unwrap(),
+        gateway: GW,
+        dns: vec![],
+        domain: None,
+        search: vec![],
+        mtu: Some(1450),
+        routes: vec![],
+        ntp: vec![],
+        lease_time: 3600,
+    }
+}
+
+/// An underlay namespace: `ul0` with the local VTEP address and a neighbour for the remote one.
+struct Underlay {
+    ns: Netns,
+    _peer: Netns,
+    ifindex: u32,
+    anchor: u32,
+    mac: [u8; 6],
+}
+
+fn underlay() -> Underlay {
+    let ns = Netns::new("ul");
+    let peer = Netns::new("ulpeer");
+    ns.ip(&[
+        "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &peer.name,
+    ]);
+    ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "ul0"]);
+    ns.ip(&["link", "set", "ul0", "up"]);
+    peer.ip(&["link", "set", "ul0", "up"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.2",
+        "lladdr",
+        "02:ee:00:00:00:02",
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ]);
+    // The lookup anchor, as the agent sets it up.
+    holdfast_tests::netns::in_netns(&ns.path(), || {
+        holdfast::anchor::ensure_blocking(holdfast::anchor::DEFAULT_NAME).unwrap()
+    });
+    let anchor = ns.ifindex(holdfast::anchor::DEFAULT_NAME);
+    let ifindex = ns.ifindex("ul0");
+    let out = ns.query(&["-o", "link", "show", "ul0"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac_s = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let mac: Vec<u8> = mac_s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    Underlay {
+        ns,
+        _peer: peer,
+        ifindex,
+        anchor,
+        mac: mac.try_into().unwrap(),
+    }
+}
+
+fn desired(ul: &Underlay) -> Desired {
+    let mut d = Desired {
+        prune: true,
+        ..Desired::default()
+    };
+    let a = net("a", VNI_A);
+    for (mac, ip, ifindex) in [(A1, A1_IP, TEST_IFINDEX), (A2, A2_IP, A2_IFINDEX)] {
+        let mut n = nic(mac, ip);
+        n.network = "a".into();
+        d.bindings.insert(
+            BindingKey::new(ifindex, mac),
+            leases::render(&a, &n).unwrap(),
+        );
+        d.fdb.insert(
+            FdbKey::new(VNI_A, mac),
+            FdbEntry {
+                ifindex,
+                vtep: 0,
+                ip: u(ip),
+            },
+        );
+    }
+    for (vni, mac, ip, vtep) in [
+        (VNI_A, A3, A3_IP, REMOTE_VTEP),
+        (VNI_A, A4, A4_IP, SILENT_VTEP),
+        (VNI_B, B3, A1_IP, REMOTE_VTEP),
+    ] {
+        d.fdb.insert(
+            FdbKey::new(vni, mac),
+            FdbEntry {
+                ifindex: 0,
+                vtep: u(vtep),
+                ip: u(ip),
+            },
+        );
+    }
+    for (ip, mac) in [
+        (A1_IP, A1),
+        (A2_IP, A2),
+        (A3_IP, A3),
+        (A4_IP, A4),
+        (GW, ROUTER_MAC),
+    ] {
+        d.arp.insert(
+            ArpKey {
+                vni: VNI_A,
+                ip: u(ip),
+            },
+            ArpEntry { mac, _pad: [0; 2] },
+        );
+    }
+    d.arp.insert(
+        ArpKey {
+            vni: VNI_B,
+            ip: u(A1_IP),
+        },
+        ArpEntry {
+            mac: B3,
+            _pad: [0; 2],
+        },
+    );
+    for vtep in [REMOTE_VTEP, SILENT_VTEP] {
+        d.vteps.insert(u(vtep), 1);
+    }
+    d.vnis.insert(
+        VNI_A,
+        VniInfo {
+            gateway: u(GW),
+            mtu: 1450,
+        },
+    );
+    d.config = DataplaneConfig {
+        vtep: u(LOCAL_VTEP),
+        underlay_ifindex: ul.ifindex,
+        fib_ifindex: ul.anchor,
+        _pad: 0,
+    };
+    d
+}
+
+fn fixture() -> (Fixture, Underlay) {
+    let ul = underlay();
+    let fx = Fixture::with(&desired(&ul), Some(ul.ns.path()));
+    (fx, ul)
+}
+
+fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
+    let before = fx.counters()[stat as usize];
+    let (action, _) = fx.run(frame);
+    assert_eq!(action, XDP_DROP, "expected a drop for {stat:?}");
+    assert_eq!(fx.counters()[stat as usize], before + 1, "{stat:?}");
+}
+
+fn from_a1_to(mac: [u8; 6], ip: Ipv4Addr, partial: bool) -> Vec<u8> {
+    udp_frame(A1, mac, A1_IP, ip, 40000, 5201, &[0x5a; 100], partial)
+}
+
+#[test]
+fn arp_is_answered_for_every_address_of_the_network() {
+    let (fx, _ul) = fixture();
+    for (target, mac) in [(A3_IP, A3), (A2_IP, A2), (GW, ROUTER_MAC)] {
+        let (action, out) = fx.run(&arp_request(A1, A1_IP, target));
+        assert_eq!(action, XDP_TX, "{target}");
+        assert_eq!(out[22..28], mac, "sender MAC for {target}");
+        assert_eq!(out[6..12], mac);
+        assert_eq!(out[28..32], target.octets());
+        assert_eq!(out[32..38], A1);
+    }
+    // Network B's address is not answered in network A.
+    dropped(
+        &fx,
+        &arp_request(A1, A1_IP, Ipv4Addr::new(10, 0, 0, 99)),
+        Stat::DropArpUnknown,
+    );
+}
+
+#[test]
+fn arp_cannot_claim_another_address() {
+    let (fx, _ul) = fixture();
+    let mut forged = arp_request(A1, A2_IP, A3_IP);
+    dropped(&fx, &forged, Stat::DropArpSpoof);
+    forged = arp_request(A1, A1_IP, A3_IP);
+    forged[22..28].copy_from_slice(&A2); // sender hardware address of another NIC
+    dropped(&fx, &forged, Stat::DropArpSpoof);
+    // A reply nobody asked for, and a probe for its own address (RFC 5227), need no answer.
+    let mut reply = arp_request(A1, A1_IP, A3_IP);
+    reply[21] = 2;
+    dropped(&fx, &reply, Stat::DropArpNoAnswer);
+    dropped(
+        &fx,
+        &arp_request(A1, Ipv4Addr::UNSPECIFIED, A1_IP),
+        Stat::DropArpNoAnswer,
+    );
+}
+
+#[test]
+fn spoofed_sources_are_dropped() {
+    let (fx, _ul) = fixture();
+    let mut f = from_a1_to(A3, A3_IP, false);
+    f[6..12].copy_from_slice(&[0x02, 0x66, 0, 0, 0, 1]);
+    dropped(&fx, &f, Stat::DropSpoofedMac);
+    let f = udp_frame(A1, A3, A2_IP, A3_IP, 1, 2, &[0; 20], false);
+    dropped(&fx, &f, Stat::DropSpoofedIp);
+    // Another VM's MAC, sent from this interface.
+    let f = udp_frame(A2, A3, A2_IP, A3_IP, 1, 2, &[0; 20], false);
+    dropped(&fx, &f, Stat::DropSpoofedMac);
+}
+
+#[test]
+fn unknown_and_flooded_destinations_are_dropped() {
+    let (fx, _ul) = fixture();
+    // Network B's NIC is unknown in network A: tenants never meet.
+    dropped(&fx, &from_a1_to(B3, A1_IP, false), Stat::DropUnknownUnicast);
+    dropped(
+        &fx,
+        &from_a1_to([0x02, 0x0a, 0, 0, 0, 0x99], A3_IP, false),
+        Stat::DropUnknownUnicast,
+    );
+    dropped(
+        &fx,
+        &from_a1_to([0xff; 6], A3_IP, false),
+        Stat::DropBcastMcast,
+    );
+    dropped(
+        &fx,
+        &from_a1_to([0x01, 0x00, 0x5e, 0, 0, 1], A3_IP, false),
+        Stat::DropBcastMcast,
+    );
+}
+
+#[test]
+fn a_local_destination_is_redirected_with_its_checksum_completed() {
+    let (fx, _ul) = fixture();
+    let frame = from_a1_to(A2, A2_IP, true);
+    assert!(
+        !udp_checksum_ok(&frame),
+        "the test frame must carry a partial checksum"
+    );
+    let (action, out) = fx.run(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out.len(), frame.len());
+    assert!(udp_checksum_ok(&out), "checksum not completed");
+    assert_eq!(out[42..], frame[42..]);
+    assert_eq!(fx.counters()[Stat::ForwardLocal as usize], 1);
+    // A complete checksum stays as it was.
+    let good = from_a1_to(A2, A2_IP, false);
+    assert_eq!(fx.run(&good).1, good);
+}
+
+#[test]
+fn a_remote_destination_is_encapsulated_toward_its_vtep() {
+    let (fx, ul) = fixture();
+    let inner = from_a1_to(A3, A3_IP, true);
+    let (action, out) = fx.run(&inner);
+    let moved: Vec<(usize, u64)> = fx
+        .counters()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert_eq!(action, XDP_REDIRECT, "counters {moved:?}");
+    assert_eq!(out.len(), inner.len() + 50);
+    // Outer Ethernet: the neighbour's MAC from the kernel, from the underlay's own.
+    assert_eq!(out[0..6], NEIGH_MAC);
+    assert_eq!(out[6..12], ul.mac);
+    assert_eq!(out[12..14], [0x08, 0x00]);
+    // Outer IPv4: VTEP to VTEP, DF set, valid header checksum.
+    let ip = &out[14..34];
+    assert_eq!(ip[0], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([ip[2], ip[3]]) as usize,
+        inner.len() + 36
+    );
+    assert_eq!(ip[6] & 0x40, 0x40, "DF");
+    assert_eq!(ip[9], 17);
+    assert_eq!(checksum(ip), 0, "outer IPv4 checksum");
+    assert_eq!(ip[12..16], LOCAL_VTEP.octets());
+    assert_eq!(ip[16..20], REMOTE_VTEP.octets());
+    // Outer UDP: from the ephemeral range to 4789, length, checksum zero (RFC 7348 §5).
+    let udp = &out[34..42];
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    assert!(sport >= 49152, "source port {sport}");
+    assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 4789);
+    assert_eq!(
+        u16::from_be_bytes([udp[4], udp[5]]) as usize,
+        inner.len() + 16
+    );
+    assert_eq!(udp[6..8], [0, 0]);
+    // VXLAN: I flag and VNI 1001.
+    assert_eq!(out[42..50], [0x08, 0, 0, 0, 0x00, 0x03, 0xe9, 0]);
+    // The inner frame, with its checksum completed.
+    assert!(udp_checksum_ok(&out[50..]));
+    assert_eq!(out[50..50 + 40], inner[..40]);
+    assert_eq!(out[50 + 42..], inner[42..]);
+    assert_eq!(fx.counters()[Stat::VxlanEncap as usize], 1);
+}
+
+#[test]
+fn the_outer_source_port_follows_the_flow() {
+    let (fx, _ul) = fixture();
+    let port = |sport: u16| {
+        let f = udp_frame(A1, A3, A1_IP, A3_IP, sport, 5201, &[1; 32], false);
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT);
+        u16::from_be_bytes([out[34], out[35]])
+    };
+    assert_eq!(port(40000), port(40000), "one flow, one path");
+    let distinct: std::collections::BTreeSet<u16> = (0..64).map(|i| port(40000 + i)).collect();
+    assert!(
+        distinct.len() > 32,
+        "flows should spread: {} ports",
+        distinct.len()
+    );
+}
+
+#[test]
+fn frames_xdp_cannot_carry_whole_go_to_the_skb_path_untouched() {
+    let (fx, _ul) = fixture();
+    // Bigger than the network's MTU (1450): the skb path answers with ICMP.
+    let big = from_a1_to(A3, A3_IP, true);
+    let mut big_frame = udp_frame(A1, A3, A1_IP, A3_IP, 1, 2, &vec![7u8; 1450], true);
+    let (action, out) = fx.run(&big_frame);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(
+        out, big_frame,
+        "an skb-path frame must be untouched (its checksum too)"
+    );
+    // No neighbour for 198.18.0.3 and nothing cached: the kernel resolves it on the skb path.
+    let f = from_a1_to(A4, A4_IP, true);
+    let (action, out) = fx.run(&f);
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(out, f);
+    assert_eq!(fx.counters()[Stat::ToSkbPath as usize], 2);
+    let _ = (big, &mut big_frame);
+}
+
+#[test]
+fn a_learned_next_hop_keeps_serving_when_the_neighbour_goes() {
+    let (fx, ul) = fixture();
+    let f = from_a1_to(A3, A3_IP, false);
+    assert_eq!(fx.run(&f).0, XDP_REDIRECT);
+    ul.ns.ip(&["neigh", "del", "198.18.0.2", "dev", "ul0"]);
+    let (action, out) = fx.run(&f);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out[0..6], NEIGH_MAC);
+    assert_eq!(fx.counters()[Stat::NextHopCached as usize], 1);
+}
+
+/// A VXLAN frame from `vtep` carrying `inner`.
+fn vxlan(vtep: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    let v = vni.to_be_bytes();
+    payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
+    payload.extend_from_slice(inner);
+    udp_frame(
+        NEIGH_MAC,
+        [0x02, 0x11, 0, 0, 0, 1],
+        vtep,
+        dst,
+        50000,
+        4789,
+        &payload,
+        false,
+    )
+}
+
+#[test]
+fn vxlan_from_a_known_vtep_is_decapsulated_into_the_local_nic() {
+    let (fx, _ul) = fixture();
+    let inner = udp_frame(A3, A1, A3_IP, A1_IP, 5201, 40000, &[9; 64], false);
+    let (action, out) = fx.run_underlay(&vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &inner));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, inner);
+    assert_eq!(fx.counters()[Stat::VxlanDecap as usize], 1);
+}
+
+#[test]
+fn vxlan_that_is_not_for_a_local_nic_of_its_network_is_dropped() {
+    let (fx, _ul) = fixture();
+    let run = |frame: &[u8], stat: Stat| {
+        let before = fx.counters()[stat as usize];
+        assert_eq!(fx.run_underlay(frame).0, XDP_DROP, "{stat:?}");
+        assert_eq!(fx.counters()[stat as usize], before + 1, "{stat:?}");
+    };
+    let inner = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+    // From a host nobody knows.
+    run(
+        &vxlan(Ipv4Addr::new(198, 18, 0, 66), LOCAL_VTEP, VNI_A, &inner),
+        Stat::DropUnknownVtep,
+    );
+    // Another tenant's VNI (network B has no NIC here).
+    let inner_b = udp_frame(B3, A1, A1_IP, A1_IP, 1, 2, &[9; 64], false);
+    run(
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_B, &inner_b),
+        Stat::DropUnknownVni,
+    );
+    // A VNI nobody uses.
+    run(
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, 4242, &inner),
+        Stat::DropUnknownVni,
+    );
+    // For a NIC that is not on this host, or a broadcast (no ARP crosses the underlay).
+    let to_remote = udp_frame(A3, A4, A3_IP, A4_IP, 1, 2, &[9; 64], false);
+    run(
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &to_remote),
+        Stat::DropUnknownInnerDst,
+    );
+    let arp = arp_request(A3, A3_IP, A1_IP);
+    run(
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &arp),
+        Stat::DropUnknownInnerDst,
+    );
+    // A host speaking for a NIC that is not its own (A4 lives behind 198.18.0.3).
+    let forged = udp_frame(A4, A1, A4_IP, A1_IP, 1, 2, &[9; 64], false);
+    run(
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &forged),
+        Stat::DropInnerSpoof,
+    );
+}
+
+#[test]
+fn the_hosts_own_traffic_passes_the_underlay_untouched() {
+    let (fx, _ul) = fixture();
+    let inner = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+    for frame in [
+        // VXLAN for another address.
+        vxlan(REMOTE_VTEP, Ipv4Addr::new(198, 18, 0, 9), VNI_A, &inner),
+        // Not VXLAN.
+        udp_frame(
+            NEIGH_MAC,
+            [2, 0x11, 0, 0, 0, 1],
+            REMOTE_VTEP,
+            LOCAL_VTEP,
+            5000,
+            53,
+            &[1; 40],
+            false,
+        ),
+        packet::arp_request(NEIGH_MAC, REMOTE_VTEP, LOCAL_VTEP),
+    ] {
+        let (action, out) = fx.run_underlay(&frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(out, frame);
+    }
+    assert_eq!(fx.counters()[Stat::UnderlayPass as usize], 3);
+}
+
+#[test]
+fn dhcp_still_answers_on_a_vpc_interface() {
+    let (fx, _ul) = fixture();
+    let (action, out) = fx.run(&Request::discover(A1).frame());
+    assert_eq!(action, XDP_TX);
+    let r = packet::parse_reply(&out).unwrap();
+    assert_eq!(r.yiaddr, A1_IP);
+}
+
+/// Random mutations of forwarding frames: whatever comes out must never be a malformed VXLAN
+/// frame, and nothing may crash the programs.
+#[test]
+fn randomized_frames_never_produce_malformed_vxlan() {
+    let (fx, _ul) = fixture();
+    let seeds = [
+        from_a1_to(A3, A3_IP, true),
+        from_a1_to(A2, A2_IP, false),
+        arp_request(A1, A1_IP, A3_IP),
+    ];
+    let mut rng = packet::Rng::new(0x00c0_ffee);
+    for _ in 0..5_000 {
+        let mut f = seeds[rng.below(seeds.len())].clone();
+        for _ in 0..=rng.below(4) {
+            let i = rng.below(f.len());
+            f[i] = rng.next_u64() as u8;
+        }
+        if f.len() < 14 {
+            continue;
+        }
+        let (action, out) = fx.run(&f);
+        if action == XDP_REDIRECT && out.len() == f.len() + 50 {
+            assert_eq!(checksum(&out[14..34]), 0, "outer IPv4 checksum");
+            assert_eq!(out[36..38], [0x12, 0xb5], "VXLAN port");
+            assert_eq!(out[26..30], LOCAL_VTEP.octets());
+        }
+    }
+}
