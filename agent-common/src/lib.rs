@@ -13,7 +13,7 @@ pub use stats::Stat;
 
 /// Version of the pinned map layout. Bump it when a map's key or value changes shape; the agent
 /// pins each layout in its own directory (`maps-v<N>`) so a new build never reads an old layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Upper bound on DHCP bindings (VM NICs) one hypervisor serves.
 pub const MAX_BINDINGS: u32 = 16_384;
@@ -174,14 +174,33 @@ pub struct DataplaneConfig {
     pub _pad: u32,
 }
 
-/// An underlay next hop learned from `bpf_fib_lookup`, kept for when the kernel's neighbour
-/// entry is gone or being refreshed.
+/// An underlay next hop learned from `bpf_fib_lookup`. Used without asking the FIB again for
+/// [`NEXTHOP_TTL_NS`], and kept for when the kernel's neighbour entry is gone.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// `bpf_ktime_get_ns` when the FIB last confirmed it.
+    pub confirmed_ns: u64,
+}
+
+/// How long a learned next hop is used before the FIB is asked again: a route or neighbour
+/// change is picked up within this time.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+/// What the underlay's XDP program leaves in the frame's metadata for its TC program: the VM
+/// interface a decapsulated frame goes to once GRO has aggregated it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecapMeta {
+    pub magic: u32,
+    pub ifindex: u32,
+}
+
+impl DecapMeta {
+    pub const MAGIC: u32 = 0x4846_0001;
 }
 
 #[cfg(feature = "user")]
@@ -248,7 +267,7 @@ mod tests {
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<VniInfo>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
-        assert_eq!(size_of::<NextHop>(), 16);
+        assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<DhcpEvent>(), 20);
     }
 

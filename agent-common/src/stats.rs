@@ -46,6 +46,9 @@ pub enum Stat {
     VxlanEncap,
     /// Frames from the underlay decapsulated into a local VM.
     VxlanDecap,
+    /// Decapsulated TCP handed up for GRO, then redirected into the VM by the underlay's TC
+    /// program (also counted in `VxlanDecap`).
+    DecapGro,
     /// Frames from a VM redirected to another VM on this host.
     ForwardLocal,
     /// Frames to the router MAC, handed to the host stack.

@@ -39,6 +39,12 @@ pub fn holdfast_ul(ctx: XdpContext) -> u32 {
     underlay::handle(&ctx)
 }
 
+/// TC ingress on the underlay: decapsulated TCP, aggregated by GRO, into its VM.
+#[classifier]
+pub fn holdfast_ul_tc(ctx: TcContext) -> i32 {
+    underlay::tc_handle(&ctx)
+}
+
 /// TC ingress on each VM interface: the skb path for what XDP hands over.
 #[classifier]
 pub fn holdfast_tc(ctx: TcContext) -> i32 {

@@ -1,16 +1,17 @@
 //! The program on the underlay interface: VXLAN to this host's VTEP is decapsulated into the
 //! local NIC it is for, after checking who sent it; everything else passes untouched.
 
-use agent_common::{FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
+use agent_common::{DecapMeta, FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
-    bindings::xdp_action,
-    helpers::{bpf_redirect, bpf_xdp_adjust_head},
-    programs::XdpContext,
+    bindings::{TC_ACT_OK, xdp_action},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    programs::{TcContext, XdpContext},
 };
 
 use crate::{
     csum::be16,
+    l4csum::IPPROTO_TCP,
     maps::{CONFIG, FDB, VNIS, VTEPS},
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, load},
     stats::count,
@@ -90,11 +91,64 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
     if unsafe { (*src).vtep } != ip.saddr {
         return Err(Stat::DropInnerSpoof);
     }
-    // SAFETY: our own context; no packet pointer is used afterwards.
+    // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
+    // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
+    let inner_tcp = inner.proto == be16(ETH_P_IP)
+        && load::<u8>(ctx, VXLAN_OVERHEAD as usize + ETH_HLEN + 9) == Some(IPPROTO_TCP);
+    // SAFETY: our own context; packet pointers are re-derived afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
         return Err(Stat::DropMalformed);
     }
     count(Stat::VxlanDecap);
+    if inner_tcp && to_stack_for_gro(ctx, ifindex) {
+        count(Stat::DecapGro);
+        return Ok(xdp_action::XDP_PASS);
+    }
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+}
+
+/// Leaves the target interface in the frame's metadata for the underlay's TC program. False
+/// when the driver has no room for metadata: the frame is then redirected directly.
+#[inline(always)]
+fn to_stack_for_gro(ctx: &XdpContext, ifindex: u32) -> bool {
+    let size = size_of::<DecapMeta>() as i32;
+    // SAFETY: our own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.as_ptr().cast(), -size) } != 0 {
+        return false;
+    }
+    let meta = ctx.metadata();
+    if meta + size as usize > ctx.data() {
+        return false;
+    }
+    // SAFETY: the metadata area was just checked to hold a `DecapMeta`.
+    unsafe {
+        (meta as *mut DecapMeta).write_unaligned(DecapMeta {
+            magic: DecapMeta::MAGIC,
+            ifindex,
+        })
+    };
+    true
+}
+
+/// TC ingress on the underlay: the decapsulated TCP the XDP program handed up, now aggregated
+/// by GRO, goes to the VM interface named in its metadata. Everything else goes on untouched.
+pub fn tc_handle(ctx: &TcContext) -> i32 {
+    // SAFETY: reading fields of the program's own context.
+    let (meta, data) = unsafe {
+        (
+            (*ctx.skb.skb).data_meta as usize,
+            (*ctx.skb.skb).data as usize,
+        )
+    };
+    if meta + size_of::<DecapMeta>() > data {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: the metadata area holds a `DecapMeta`, bounds checked above.
+    let m = unsafe { (meta as *const DecapMeta).read_unaligned() };
+    if m.magic != DecapMeta::MAGIC {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(m.ifindex, 0) as i32 }
 }

@@ -1,10 +1,10 @@
 //! VXLAN (RFC 7348): the outer headers, the underlay next hop, the flow hash.
 
-use agent_common::{DataplaneConfig, NextHop, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
+use agent_common::{DataplaneConfig, NEXTHOP_TTL_NS, NextHop, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
-    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 
@@ -29,10 +29,21 @@ pub enum Hop {
     Unresolved,
 }
 
-/// The next hop toward `vtep`: the kernel's FIB and neighbour table first; a next hop learned
-/// before when the kernel has none (a neighbour entry being refreshed or flushed).
+/// The next hop toward `vtep`: one learned less than a second ago as is; otherwise the kernel's
+/// FIB and neighbour table; otherwise the last one learned (a neighbour entry being refreshed
+/// or flushed must not stop traffic).
 #[inline(always)]
 pub fn next_hop<C: EbpfContext>(ctx: &C, cfg: &DataplaneConfig, vtep: u32) -> Result<Hop, Stat> {
+    let cached = NEXTHOPS.get_ptr(&vtep);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(c) = cached {
+        // SAFETY: map value pointer, valid for the program run.
+        let hop = unsafe { *c };
+        if now.wrapping_sub(hop.confirmed_ns) < NEXTHOP_TTL_NS {
+            return Ok(Hop::Ready(hop));
+        }
+    }
     if cfg.fib_ifindex == 0 {
         // No lookup anchor: the skb path's bpf_redirect_neigh does the lookup.
         return Ok(Hop::Unresolved);
@@ -47,18 +58,14 @@ pub fn next_hop<C: EbpfContext>(ctx: &C, cfg: &DataplaneConfig, vtep: u32) -> Re
     p.__bindgen_anon_4.ipv4_dst = vtep;
     // SAFETY: valid context and parameter struct of the size given.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
-    let cached = NEXTHOPS.get_ptr(&vtep);
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         let hop = NextHop {
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,
+            confirmed_ns: now,
         };
-        // SAFETY: map value pointer, valid for the program run.
-        let fresh = cached.is_some_and(|c| unsafe { *c } == hop);
-        if !fresh {
-            let _ = NEXTHOPS.insert(&vtep, &hop, 0);
-        }
+        let _ = NEXTHOPS.insert(&vtep, &hop, 0);
         return Ok(Hop::Ready(hop));
     }
     if let Some(c) = cached {

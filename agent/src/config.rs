@@ -195,7 +195,7 @@ mod tests {
         let c = parse("node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x.json\"\n").unwrap();
         assert_eq!(c.bpffs_dir, Path::new("/sys/fs/bpf/holdfast"));
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9469");
-        assert_eq!(c.maps_dir(), Path::new("/sys/fs/bpf/holdfast/maps-v2"));
+        assert_eq!(c.maps_dir(), Path::new("/sys/fs/bpf/holdfast/maps-v3"));
         assert!(c.underlay.is_none());
         let c = parse(
             "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n[underlay]\ninterface = \"eth1\"\n",

@@ -43,6 +43,7 @@ pub static PASS_OBJECT: &[u8] =
 pub const PROGRAM_VM: &str = "holdfast_vm";
 pub const PROGRAM_TC: &str = "holdfast_tc";
 pub const PROGRAM_UNDERLAY: &str = "holdfast_ul";
+pub const PROGRAM_UNDERLAY_TC: &str = "holdfast_ul_tc";
 pub const PROGRAM_PASS: &str = "holdfast_pass";
 pub const MAP_BINDINGS: &str = "BINDINGS";
 pub const MAP_STATS: &str = "STATS";
@@ -97,25 +98,29 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataplaneError + '_ {
     }
 }
 
-/// The places holdfast attaches a program.
+/// The places holdfast attaches a program. Declared in attach order: on each interface the TC
+/// program that takes what XDP hands up is in place before the XDP program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
-    /// XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
-    VmXdp,
     /// TC ingress on a VM interface: the skb path.
     VmTc,
+    /// XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
+    VmXdp,
+    /// TC ingress on the underlay: decapsulated TCP, after GRO, into its VM.
+    UnderlayTc,
     /// XDP on the underlay: decapsulation.
     Underlay,
 }
 
 impl Hook {
-    const ALL: [Hook; 3] = [Hook::VmXdp, Hook::VmTc, Hook::Underlay];
+    const ALL: [Hook; 4] = [Hook::VmTc, Hook::VmXdp, Hook::UnderlayTc, Hook::Underlay];
 
     fn prefix(self) -> &'static str {
         match self {
             Hook::VmXdp => "vm",
             Hook::VmTc => "tc",
             Hook::Underlay => "ul",
+            Hook::UnderlayTc => "ult",
         }
     }
 
@@ -124,7 +129,12 @@ impl Hook {
             Hook::VmXdp => PROGRAM_VM,
             Hook::VmTc => PROGRAM_TC,
             Hook::Underlay => PROGRAM_UNDERLAY,
+            Hook::UnderlayTc => PROGRAM_UNDERLAY_TC,
         }
+    }
+
+    fn is_tc(self) -> bool {
+        matches!(self, Hook::VmTc | Hook::UnderlayTc)
     }
 }
 
@@ -351,11 +361,13 @@ impl Dataplane {
                 .try_into()?;
             program.load()?;
         }
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut(PROGRAM_TC)
-            .ok_or(DataplaneError::Missing(PROGRAM_TC))?
-            .try_into()?;
-        tc.load()?;
+        for name in [PROGRAM_TC, PROGRAM_UNDERLAY_TC] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            program.load()?;
+        }
 
         let bindings = Synced::open(&mut ebpf, MAP_BINDINGS)?;
         let fdb = Synced::open(&mut ebpf, MAP_FDB)?;
@@ -423,6 +435,7 @@ impl Dataplane {
 
         let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
         if let Some((ifindex, name)) = &desired.underlay {
+            wanted.insert((Hook::UnderlayTc, *ifindex), name);
             wanted.insert((Hook::Underlay, *ifindex), name);
         }
         for (ifindex, name) in &desired.interfaces {
@@ -503,29 +516,22 @@ impl Dataplane {
             let path = path.to_owned();
             move |source| DataplaneError::Link { path, source }
         };
-        let fd_link = match hook {
-            Hook::VmXdp | Hook::Underlay => {
-                let program: &mut Xdp = self
-                    .ebpf
-                    .program_mut(hook.program())
-                    .ok_or(DataplaneError::Missing(hook.program()))?
-                    .try_into()?;
-                let id = program.attach_to_if_index(ifindex, XdpMode::Default)?;
-                FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
-            }
-            Hook::VmTc => {
-                let program: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(PROGRAM_TC)
-                    .ok_or(DataplaneError::Missing(PROGRAM_TC))?
-                    .try_into()?;
-                let id = program.attach_with_options(
-                    name,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )?;
-                FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
-            }
+        let program = self
+            .ebpf
+            .program_mut(hook.program())
+            .ok_or(DataplaneError::Missing(hook.program()))?;
+        let fd_link = if hook.is_tc() {
+            let program: &mut SchedClassifier = program.try_into()?;
+            let id = program.attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?;
+            FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
+        } else {
+            let program: &mut Xdp = program.try_into()?;
+            let id = program.attach_to_if_index(ifindex, XdpMode::Default)?;
+            FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
         };
         fd_link
             .pin(&path)
@@ -539,27 +545,20 @@ impl Dataplane {
             source,
         };
         let fd_link = FdLink::from(PinnedLink::from_pin(path).map_err(link_err)?);
-        match hook {
-            Hook::VmXdp | Hook::Underlay => {
-                let program: &mut Xdp = self
-                    .ebpf
-                    .program_mut(hook.program())
-                    .ok_or(DataplaneError::Missing(hook.program()))?
-                    .try_into()?;
-                let id = program.attach_to_link(XdpLink::try_from(fd_link).map_err(link_err)?)?;
-                // The pin keeps the link; this process holds no reference of its own.
-                drop(program.take_link(id)?);
-            }
-            Hook::VmTc => {
-                let program: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(PROGRAM_TC)
-                    .ok_or(DataplaneError::Missing(PROGRAM_TC))?
-                    .try_into()?;
-                let link = SchedClassifierLink::try_from(fd_link).map_err(link_err)?;
-                let id = program.attach_to_link(link)?;
-                drop(program.take_link(id)?);
-            }
+        let program = self
+            .ebpf
+            .program_mut(hook.program())
+            .ok_or(DataplaneError::Missing(hook.program()))?;
+        // The pin keeps the link; this process holds no reference of its own.
+        if hook.is_tc() {
+            let program: &mut SchedClassifier = program.try_into()?;
+            let link = SchedClassifierLink::try_from(fd_link).map_err(link_err)?;
+            let id = program.attach_to_link(link)?;
+            drop(program.take_link(id)?);
+        } else {
+            let program: &mut Xdp = program.try_into()?;
+            let id = program.attach_to_link(XdpLink::try_from(fd_link).map_err(link_err)?)?;
+            drop(program.take_link(id)?);
         }
         Ok(())
     }

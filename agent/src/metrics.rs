@@ -219,6 +219,11 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::VxlanDecap,
     ),
     (
+        "holdfast_vxlan_decap_gro",
+        "Decapsulated TCP handed to the underlay's GRO, then into its VM by TC (part of decap)",
+        Stat::DecapGro,
+    ),
+    (
         "holdfast_to_router",
         "Frames from VMs to the router MAC, handed to the host stack",
         Stat::ToRouter,

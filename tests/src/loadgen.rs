@@ -213,6 +213,56 @@ pub fn parse(f: &[u8]) -> Option<Seen> {
     })
 }
 
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu set with one CPU.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// `sendmmsg`/`recvmmsg` headers, one per buffer. The buffers must outlive it and stay put.
+struct Mmsg {
+    _iov: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl Mmsg {
+    fn new<F: AsMut<[u8]>>(bufs: &mut [F]) -> Self {
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|f| {
+                let f = f.as_mut();
+                libc::iovec {
+                    iov_base: f.as_mut_ptr().cast(),
+                    iov_len: f.len(),
+                }
+            })
+            .collect();
+        let msgs = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: zeroed header, then pointed at one iovec (its heap slot does not move
+                // when the Vec does).
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        Self { _iov: iov, msgs }
+    }
+}
+
+/// One `sendmmsg` of `frames` on `fd`: how many were sent, or a negative error.
+fn send_batch<F: AsMut<[u8]>>(fd: &OwnedFd, frames: &mut [F]) -> i32 {
+    let mut m = Mmsg::new(frames);
+    // SAFETY: the headers and the buffers they point to live across the call.
+    unsafe { libc::sendmmsg(fd.as_raw_fd(), m.msgs.as_mut_ptr(), m.msgs.len() as u32, 0) }
+}
+
 struct Sender {
     frames: Vec<[u8; 342]>,
 }
@@ -222,25 +272,7 @@ impl Sender {
         let mut sent = 0;
         while !self.frames.is_empty() {
             let n = self.frames.len().min(BATCH);
-            let mut iov: Vec<libc::iovec> = self.frames[..n]
-                .iter_mut()
-                .map(|f| libc::iovec {
-                    iov_base: f.as_mut_ptr().cast(),
-                    iov_len: f.len(),
-                })
-                .collect();
-            let mut msgs: Vec<libc::mmsghdr> = iov
-                .iter_mut()
-                .map(|v| {
-                    // SAFETY: zeroed header, then pointed at one iovec.
-                    let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    h.msg_hdr.msg_iov = v;
-                    h.msg_hdr.msg_iovlen = 1;
-                    h
-                })
-                .collect();
-            // SAFETY: `msgs` and the buffers they point to live across the call.
-            let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), n as u32, 0) };
+            let rc = send_batch(fd, &mut self.frames[..n]);
             if rc <= 0 {
                 // ENOBUFS under pressure: drop the rest of this batch (they time out).
                 self.frames.clear();
@@ -255,12 +287,7 @@ impl Sender {
 
 fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
     if cfg.threads > 1 {
-        // SAFETY: a zeroed cpu set with one CPU.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(thread % num_cpus(), &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-        }
+        pin_to_cpu(thread % num_cpus());
     }
     let macs: Vec<[u8; 6]> = cfg
         .clients
@@ -304,28 +331,12 @@ fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
         }
         res.sent += out.flush(&fd);
 
-        let mut iov: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: FRAME,
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: zeroed header pointed at one iovec.
-                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = v;
-                h.msg_hdr.msg_iovlen = 1;
-                h
-            })
-            .collect();
+        let mut m = Mmsg::new(&mut bufs);
         // SAFETY: buffers outlive the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                m.msgs.as_mut_ptr(),
                 BATCH as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -340,9 +351,8 @@ fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
             // SAFETY: one pollfd.
             unsafe { libc::poll(&mut pfd, 1, 1) };
         }
-        for k in 0..n.max(0) as usize {
-            let len = msgs[k].msg_len as usize;
-            let Some(s) = parse(&bufs[k][..len]) else {
+        for (buf, msg) in bufs.iter().zip(&m.msgs).take(n.max(0) as usize) {
+            let Some(s) = parse(&buf[..msg.msg_len as usize]) else {
                 continue;
             };
             if s.xid >> 28 != thread as u32 {
@@ -429,12 +439,7 @@ pub fn blast(cfg: &LoadConfig) -> f64 {
             .enumerate()
             .map(|(t, fd)| {
                 s.spawn(move || {
-                    // SAFETY: a zeroed cpu set with one CPU.
-                    unsafe {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(t % num_cpus(), &mut set);
-                        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-                    }
+                    pin_to_cpu(t % num_cpus());
                     let frames: Vec<[u8; 342]> = cfg.clients.iter().map(|m| frame(*m, 1)).collect();
                     let mut out = Sender {
                         frames: Vec::with_capacity(BATCH),
@@ -472,4 +477,40 @@ pub fn client_macs(n: usize) -> Vec<[u8; 6]> {
 pub fn client_ip(i: usize) -> Ipv4Addr {
     let n = 10 + i as u32;
     Ipv4Addr::new(10, 20, (n >> 8) as u8, n as u8)
+}
+
+/// Sends `frames` round and round on `interface` from `threads` threads (one per core) for
+/// `duration`; returns how many were sent.
+pub fn flood(
+    netns: &Path,
+    interface: &str,
+    frames: &[Vec<u8>],
+    threads: usize,
+    duration: Duration,
+) -> u64 {
+    let fds: Vec<OwnedFd> = (0..threads)
+        .map(|_| open_socket(netns, interface))
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = fds
+            .into_iter()
+            .enumerate()
+            .map(|(t, fd)| {
+                s.spawn(move || {
+                    pin_to_cpu(t % num_cpus());
+                    let mut own: Vec<Vec<u8>> = frames.to_vec();
+                    let start = Instant::now();
+                    let mut sent = 0u64;
+                    while start.elapsed() < duration {
+                        let rc = send_batch(&fd, &mut own);
+                        if rc > 0 {
+                            sent += rc as u64;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("flood")).sum()
+    })
 }

@@ -389,10 +389,19 @@ impl Agent {
 
     /// `holdfast leases`, run in the hypervisor namespace.
     pub fn leases(&self) -> String {
+        self.cli("leases")
+    }
+
+    /// `holdfast vpc`, run in the hypervisor namespace.
+    pub fn vpc(&self) -> String {
+        self.cli("vpc")
+    }
+
+    fn cli(&self, command: &str) -> String {
         let out = run(Command::new("nsenter")
             .arg(format!("--net={}", self.ns_path.display()))
             .arg(workspace_bin("holdfast"))
-            .args(["leases", "--config"])
+            .args([command, "--config"])
             .arg(&self.config));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

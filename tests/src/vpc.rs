@@ -1,10 +1,10 @@
 //! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
 //! namespace tests, the demo and the benchmark build it.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, process::Stdio, time::Duration};
 
 use crate::{
-    netns::{Agent, Netns, Vm, mac_str, run, wait_for},
+    netns::{Agent, Netns, Proc, Vm, mac_str, run, wait_for},
     tap::TapVm,
 };
 
@@ -72,17 +72,24 @@ pub fn ipam(nets: &[Net], vms: &[VmSpec], lease_time: u32) -> String {
 }
 
 /// Makes an interface behave like a physical port on the wire: the frames it sends are
-/// MTU-sized with complete checksums (no TSO, GSO or checksum offload crossing it).
+/// MTU-sized with complete checksums (no TSO, GSO or checksum offload crossing it), and what
+/// it receives goes through GRO, as on a NIC.
 pub fn wire_like(ns: &Netns, interface: &str) {
-    run(ns
-        .exec("ethtool")
-        .args(["-K", interface, "tso", "off", "gso", "off", "tx", "off"]));
+    run(ns.exec("ethtool").args([
+        "-K", interface, "tso", "off", "gso", "off", "tx", "off", "gro", "on",
+    ]));
 }
 
 impl Cloud {
     /// Builds the hosts, the underlay and the VMs, starts both agents, and gives each VM its
     /// address statically (DHCP has its own tests), with the network's MTU.
     pub fn new(nets: &[Net], vms: &[VmSpec]) -> Self {
+        Self::build(nets, vms, 3600, true)
+    }
+
+    /// The same, with leases of `lease_time` seconds, and static addresses only if
+    /// `static_addresses` (otherwise the VMs are left for a DHCP client).
+    pub fn build(nets: &[Net], vms: &[VmSpec], lease_time: u32, static_addresses: bool) -> Self {
         let hosts = vec![Netns::new("hv1"), Netns::new("hv2")];
         hosts[0].ip(&[
             "link",
@@ -101,7 +108,7 @@ impl Cloud {
             h.ip(&["link", "set", "ul0", "up"]);
             wire_like(h, "ul0");
         }
-        let doc = ipam(nets, vms, 3600);
+        let doc = ipam(nets, vms, lease_time);
         let agents: Vec<Agent> = hosts
             .iter()
             .enumerate()
@@ -124,8 +131,10 @@ impl Cloud {
                 vm_ns.push(Vm::new(&hosts[v.host], v.tap, v.mac));
                 &vm_ns.last().expect("vm").ns
             };
-            ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
+            if static_addresses {
+                ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
+                ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
+            }
         }
         let cloud = Self {
             hosts,
@@ -162,6 +171,38 @@ impl Cloud {
 
     pub fn vm(&self, mac: [u8; 6]) -> &Vm {
         self.vms.iter().find(|v| v.mac == mac).expect("vm")
+    }
+
+    /// iperf3 TCP for `secs` from the VM `client` to the VM `server` (at `server_ip`): bits per
+    /// second received, 0 when the transfer failed.
+    pub fn iperf(&self, client: [u8; 6], server: [u8; 6], server_ip: Ipv4Addr, secs: u32) -> f64 {
+        let _server = Proc(
+            self.vm_ns(server)
+                .exec("iperf3")
+                .args(["-s", "-1", "-p", "5210"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("iperf3 -s"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let out = self
+            .vm_ns(client)
+            .exec("iperf3")
+            .args([
+                "-c",
+                &server_ip.to_string(),
+                "-p",
+                "5210",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ])
+            .output()
+            .expect("iperf3 -c");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
     }
 
     /// `ping` from the VM with `mac` to `ip`: how many of `count` replies came back.

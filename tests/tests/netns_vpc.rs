@@ -183,8 +183,15 @@ fn tcp_at_full_mtu_with_offloads_on() {
     // Full-size segments: MSS 1410 on a 1450 MTU.
     let mss = v["start"]["tcp_mss_default"].as_u64().unwrap_or(0);
     assert!(mss >= 1398, "MSS {mss}");
+    // The receiving host hands decapsulated TCP to the underlay's GRO; its TC program then
+    // delivers the aggregated segments.
+    let gro = cloud.agents[1].counters()[Stat::DecapGro as usize];
+    assert!(
+        gro > 1000,
+        "only {gro} decapsulated TCP frames went through GRO"
+    );
     eprintln!(
-        "iperf3 across hosts: {:.0} Mbit/s, {retrans} retransmits, MSS {mss}",
+        "iperf3 across hosts: {:.0} Mbit/s, {retrans} retransmits, MSS {mss}, {gro} frames via GRO",
         bps / 1e6
     );
 }
@@ -457,38 +464,6 @@ fn an_oversized_frame_gets_icmp_fragmentation_needed() {
 const T1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x21];
 const IP21: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 
-/// iperf3 from `client` to `server_ip` (a VM namespace each): received bits per second.
-fn iperf(cloud: &Cloud, server: [u8; 6], server_ip: Ipv4Addr, client: [u8; 6], secs: u32) -> f64 {
-    let _server = holdfast_tests::netns::Proc(
-        cloud
-            .vm_ns(server)
-            .exec("iperf3")
-            .args(["-s", "-1", "-p", "5203"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("iperf3 -s"),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let out = cloud
-        .vm_ns(client)
-        .exec("iperf3")
-        .args([
-            "-c",
-            &server_ip.to_string(),
-            "-p",
-            "5203",
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ])
-        .output()
-        .expect("iperf3 -c");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
     let mut s = specs();
@@ -506,7 +481,7 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
     assert_eq!(cloud.ping(T1, IP11, 3), 3, "tap VM to a VM on its host");
     // Guest TCP with TSO: 64 KiB segments reach the hypervisor and are encapsulated whole on
     // the skb path, then segmented by the kernel on the way out.
-    let bps = iperf(&cloud, A3, IP13, T1, 3);
+    let bps = cloud.iperf(T1, A3, IP13, 3);
     let c = cloud.agents[0].counters();
     assert!(
         bps > 100e6,
@@ -524,10 +499,71 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
         c[Stat::SkbEncap as usize]
     );
     // And the other way, into the tap.
-    let back = iperf(&cloud, T1, IP21, A3, 2);
+    let back = cloud.iperf(A3, T1, IP21, 2);
     assert!(
         back > 100e6,
         "remote VM to the tap VM at {:.0} Mbit/s",
         back / 1e6
     );
+}
+
+#[test]
+fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them() {
+    let s = specs();
+    let cloud = Cloud::new(&NETS, &s);
+    // A new VM in network a on hv-2, unknown to IPAM at first.
+    let a4_mac = [0x02, 0x0a, 0, 0, 0, 0x04];
+    let a4_ip = Ipv4Addr::new(10, 0, 0, 14);
+    let a4 = holdfast_tests::netns::Vm::new(&cloud.hosts[1], "tap-a4", a4_mac);
+    a4.ns.ip(&["addr", "add", "10.0.0.14/24", "dev", "eth0"]);
+    assert_eq!(
+        cloud.ping(A1, a4_ip, 2),
+        0,
+        "a VM IPAM does not know must not be reachable"
+    );
+    let mut more = s.clone();
+    more.push(VmSpec {
+        net: "a",
+        host: 1,
+        mac: a4_mac,
+        ip: a4_ip,
+        tap: "tap-a4",
+        real_tap: false,
+    });
+    let doc = holdfast_tests::vpc::ipam(&NETS, &more, 3600);
+    for a in &cloud.agents {
+        a.write_ipam(&doc);
+    }
+    let reachable = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(10), || {
+        (cloud.ping(A1, a4_ip, 1) == 1).then_some(())
+    });
+    assert!(reachable.is_some(), "{}", cloud.agents[0].logs());
+
+    // What hv-1's data plane holds, read from the pinned maps, with its agent down.
+    let mut cloud = cloud;
+    cloud.agents[0].stop();
+    let text = cloud.agents[0].vpc();
+    assert!(text.contains("VTEP 198.18.0.1 on ul0"), "{text}");
+    assert!(
+        text.contains("02:0a:00:00:00:04  10.0.0.14        remote VTEP 198.18.0.2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("02:0a:00:00:00:01  10.0.0.11        local tap-a1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("10.0.0.1         02:68:66:00:00:01"),
+        "{text}"
+    );
+
+    // Removed from IPAM (hv-2's agent applies it): unreachable again.
+    for a in &cloud.agents[1..] {
+        a.write_ipam(&holdfast_tests::vpc::ipam(&NETS, &s, 3600));
+    }
+    let gone = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(10), || {
+        (cloud.agents[1].metric("holdfast_leases") == 2.0).then_some(())
+    });
+    assert!(gone.is_some());
+    assert_eq!(cloud.ping(A1, a4_ip, 2), 0);
 }

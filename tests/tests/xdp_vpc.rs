@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, Stat, VniInfo,
+    ArpEntry, ArpKey, BindingKey, DataplaneConfig, DecapMeta, FdbEntry, FdbKey, Stat, VniInfo,
 };
 use holdfast::{dataplane::Desired, leases, model::Network};
 use holdfast_tests::{
@@ -394,6 +394,8 @@ fn a_learned_next_hop_keeps_serving_when_the_neighbour_goes() {
     let f = from_a1_to(A3, A3_IP, false);
     assert_eq!(fx.run(&f).0, XDP_REDIRECT);
     ul.ns.ip(&["neigh", "del", "198.18.0.2", "dev", "ul0"]);
+    // Past the time a learned next hop is used without asking the FIB again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (action, out) = fx.run(&f);
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out[0..6], NEIGH_MAC);
@@ -426,6 +428,33 @@ fn vxlan_from_a_known_vtep_is_decapsulated_into_the_local_nic() {
     assert_eq!(action, XDP_REDIRECT);
     assert_eq!(out, inner);
     assert_eq!(fx.counters()[Stat::VxlanDecap as usize], 1);
+}
+
+#[test]
+fn decapsulated_tcp_goes_up_for_gro_with_its_vm_in_the_metadata() {
+    let (fx, _ul) = fixture();
+    let mut inner = udp_frame(A3, A1, A3_IP, A1_IP, 5201, 40000, &[9; 64], false);
+    // TCP: the program looks at the protocol only.
+    inner[14 + 9] = 6;
+    let (action, out) = fx.run_underlay(&vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &inner));
+    assert_eq!(action, XDP_PASS);
+    // The test run's output starts at the metadata: magic, then the VM's ifindex.
+    let meta = size_of::<DecapMeta>();
+    assert_eq!(out.len(), meta + inner.len());
+    assert_eq!(
+        u32::from_ne_bytes(out[0..4].try_into().unwrap()),
+        DecapMeta::MAGIC
+    );
+    assert_eq!(
+        u32::from_ne_bytes(out[4..8].try_into().unwrap()),
+        TEST_IFINDEX
+    );
+    assert_eq!(out[meta..], inner);
+    let c = fx.counters();
+    assert_eq!(
+        (c[Stat::VxlanDecap as usize], c[Stat::DecapGro as usize]),
+        (1, 1)
+    );
 }
 
 #[test]

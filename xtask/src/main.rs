@@ -44,6 +44,8 @@ enum Task {
 enum Bench {
     /// XDP DHCP responder: ns per reply, and replies/s against dnsmasq and Kea.
     Dhcp,
+    /// VXLAN forwarding: packets/s and TCP against the kernel's vxlan + bridge, encap/decap ns.
+    Vxlan,
 }
 
 fn root() -> PathBuf {
@@ -143,6 +145,7 @@ fn bench(which: Bench) -> anyhow::Result<()> {
     run(cargo(None).args(["build", "--release", "--bins"]))?;
     let name = match which {
         Bench::Dhcp => "dhcp",
+        Bench::Vxlan => "vxlan",
     };
     run(Command::new(root().join("target/release/holdfast-bench")).arg(name))
 }

@@ -22,6 +22,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("tcpdump", "tcpdump"),
     ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
+    ("bridge", "iproute2"),
 ];
 
 /// The DHCP servers the benchmark compares against.

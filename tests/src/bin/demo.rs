@@ -1,4 +1,6 @@
-//! `cargo xtask demo`: one hypervisor, three VMs, DHCP answered by XDP, and the agent killed.
+//! `cargo xtask demo`: two hypervisors, two private networks with the same subnet, VMs that get
+//! DHCP from XDP and reach each other over VXLAN, tenants that never see each other, and both
+//! agents killed while traffic and renewals go on.
 //!
 //! Everything lives in network namespaces this process creates and removes (also on Ctrl-C:
 //! the guards run when the demo unwinds, and the next run sweeps what a kill left).
@@ -12,25 +14,53 @@ use std::{
 
 use agent_common::Stat;
 use holdfast_tests::{
-    clients,
-    netns::{Agent, Netns, VERBOSE, Vm, mac_str, run, wait_for},
+    clients::{self, Client},
+    netns::{VERBOSE, Vm, run, wait_for},
+    vpc::{Cloud, Net, VmSpec, ipam},
 };
 
-const VMS: [([u8; 6], &str, &str, &str); 3] = [
-    (
-        [0x02, 0, 0, 0, 0, 0x01],
-        "10.10.0.11",
-        "tap-vm1",
-        "dhclient (ISC)",
-    ),
-    ([0x02, 0, 0, 0, 0, 0x02], "10.10.0.12", "tap-vm2", "dhcpcd"),
-    (
-        [0x02, 0, 0, 0, 0, 0x03],
-        "10.10.0.13",
-        "tap-vm3",
-        "udhcpc (busybox)",
-    ),
+const NETS: [Net; 2] = [
+    Net {
+        id: "pn-blue",
+        vni: 1001,
+    },
+    Net {
+        id: "pn-red",
+        vni: 1002,
+    },
 ];
+
+/// Name, spec and DHCP client of each VM. blue-3 and red-1 share 10.0.0.13, on different hosts
+/// and networks.
+const VMS: [(&str, VmSpec, &str); 5] = [
+    (
+        "blue-1",
+        vm("pn-blue", 0, 0x0b, 1, 11, "tap-b1"),
+        "dhclient",
+    ),
+    ("blue-2", vm("pn-blue", 0, 0x0b, 2, 12, "tap-b2"), "dhcpcd"),
+    ("red-1", vm("pn-red", 0, 0x0c, 1, 13, "tap-r1"), "udhcpc"),
+    ("blue-3", vm("pn-blue", 1, 0x0b, 3, 13, "tap-b3"), "udhcpc"),
+    ("red-2", vm("pn-red", 1, 0x0c, 2, 21, "tap-r2"), "dhclient"),
+];
+
+const fn vm(
+    net: &'static str,
+    host: usize,
+    tenant: u8,
+    n: u8,
+    ip: u8,
+    tap: &'static str,
+) -> VmSpec {
+    VmSpec {
+        net,
+        host,
+        mac: [0x02, tenant, 0, 0, 0, n],
+        ip: Ipv4Addr::new(10, 0, 0, ip),
+        tap,
+        real_tap: false,
+    }
+}
 
 fn say(text: &str) {
     println!("\n\x1b[1;36m### {text}\x1b[0m");
@@ -41,167 +71,206 @@ fn show(cmd: &mut Command) {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
-fn ipam() -> String {
-    let nics: Vec<String> = VMS
-        .iter()
-        .enumerate()
-        .map(|(i, (mac, ip, tap, _))| {
-            format!(
-                "    {{ \"mac\": \"{}\", \"network\": \"pn-blue\", \"ip\": \"{ip}\", \
-                 \"hostname\": \"vm-{}\", \"node\": \"hv-1\", \"interface\": \"{tap}\" }}",
-                mac_str(*mac),
-                i + 1
-            )
-        })
-        .collect();
-    format!(
-        "{{ \"networks\": [ {{ \"id\": \"pn-blue\", \"vni\": 1001, \"subnet\": \"10.10.0.0/24\",\n\
-         \x20   \"gateway\": \"10.10.0.1\", \"dns\": [\"10.10.0.2\"], \"domain\": \"blue.internal\",\n\
-         \x20   \"search\": [\"blue.internal\"], \"mtu\": 1450,\n\
-         \x20   \"routes\": [ {{ \"to\": \"172.16.0.0/12\", \"via\": \"10.10.0.1\" }} ],\n\
-         \x20   \"ntp\": [], \"lease_time\": 20 }} ],\n\
-         \x20 \"nodes\": [ {{ \"name\": \"hv-1\", \"vtep\": \"198.18.0.1\" }} ],\n\
-         \x20 \"nics\": [\n{}\n  ] }}\n",
-        nics.join(",\n")
-    )
+fn named<'a>(cloud: &'a Cloud, name: &str) -> &'a Vm {
+    let (_, spec, _) = VMS.iter().find(|(n, _, _)| *n == name).expect("vm");
+    cloud.vm(spec.mac)
+}
+
+fn rx_packets(vm: &Vm) -> u64 {
+    let out = run(vm
+        .ns
+        .exec("cat")
+        .arg("/sys/class/net/eth0/statistics/rx_packets"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// `ping` from `from`, printing the summary; how many replies came back.
+fn ping(cloud: &Cloud, from: &str, to: Ipv4Addr, count: u32) -> u32 {
+    let spec = VMS.iter().find(|(n, _, _)| *n == from).expect("vm").1;
+    let got = cloud.ping(spec.mac, to, count);
+    println!("{from} ({}) -> {to}: {got}/{count} replies", spec.ip);
+    got
+}
+
+fn neighbour(vm: &Vm, ip: &str) -> String {
+    let out = run(vm.ns.exec("ip").args(["neigh", "show", ip, "dev", "eth0"]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn main() {
     VERBOSE.store(true, std::sync::atomic::Ordering::Relaxed);
+    holdfast_tests::sweep_stale();
     println!(
-        "holdfast demo: a hypervisor whose VMs get DHCP from XDP, with no DHCP server process \
-         anywhere,\nand keep renewing when the agent is killed. Every command is printed before \
-         it runs."
+        "holdfast demo: two hypervisors whose VMs get DHCP from XDP and reach each other over \
+         VXLAN,\ntwo tenants with the same subnet that never see each other, and both agents \
+         killed while\ntraffic and lease renewals go on. Every command is printed before it runs."
     );
 
-    say("1. A hypervisor (network namespace hv) with three VMs (namespaces), each on a veth pair");
-    let hv = Netns::new("hv");
-    let vms: Vec<Vm> = VMS
-        .iter()
-        .map(|(mac, _, tap, _)| Vm::new(&hv, tap, *mac))
-        .collect();
+    say("1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth pairs");
+    let specs: Vec<VmSpec> = VMS.iter().map(|(_, s, _)| *s).collect();
+    let cloud = Cloud::build(&NETS, &specs, 20, false);
+    for (name, s, _) in VMS {
+        println!(
+            "{name:<7} on hv-{}  {:<8} network {:<8} address {}",
+            s.host + 1,
+            s.tap,
+            s.net,
+            s.ip
+        );
+    }
     println!(
-        "(on a real hypervisor these are taps; on a veth, `holdfast veth-peer` puts a no-op XDP \
-         program on the VM side,\n because the kernel only delivers XDP_TX frames into a veth \
-         whose peer runs XDP)"
+        "(pn-blue is VNI 1001, pn-red VNI 1002, both 10.0.0.0/24; on a real hypervisor the VM \
+         interfaces are taps)"
     );
 
-    say("2. The IPAM document (the local-file source; etcd in production) and the agent's config");
-    let agent_ipam = ipam();
-    print!("{agent_ipam}");
+    say("2. The IPAM document both agents read (the local-file source; etcd in production)");
+    let doc: serde_json::Value = serde_json::from_str(&ipam(&NETS, &specs, 20)).expect("ipam");
+    println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
 
-    say("3. holdfast run: loads the XDP programs, pins maps and links, attaches to the taps");
-    let mut agent = Agent::start(&hv, "hv-1", &agent_ipam);
-    println!("--- {} ---", agent.config.display());
+    say("3. holdfast run on each host: programs on the VM interfaces and on the underlay");
+    println!("--- {} ---", cloud.agents[0].config.display());
     print!(
         "{}",
-        std::fs::read_to_string(&agent.config).unwrap_or_default()
+        std::fs::read_to_string(&cloud.agents[0].config).unwrap_or_default()
     );
-    wait_for(Duration::from_secs(10), || {
-        (agent.metric("holdfast_leases") == 3.0).then_some(())
-    })
-    .expect("leases applied");
-    show(Command::new("ip").args(["-n", &hv.name, "-br", "link", "show", "type", "veth"]));
     show(Command::new("sh").args([
         "-c",
         &format!(
-            "ip -n {} link show | grep -o 'tap-vm[0-9].*\\|prog/xdp.*'",
-            hv.name
+            "ip -n {} -d link show | grep -o '^[0-9]*: [^:]*\\|prog/xdp id [0-9]* name [a-z_]*'",
+            cloud.hosts[0].name
         ),
     ]));
 
-    say("4. A real DHCP client in each VM");
+    say("4. A real DHCP client in each VM; nothing listens on udp/67 on either host");
     let started = Instant::now();
-    let mut running = Vec::new();
-    for (vm, (_, _, _, which)) in vms.iter().zip(VMS) {
-        println!("# {} runs {which}", vm.tap);
-        running.push(match which {
-            w if w.starts_with("dhclient") => clients::dhclient(vm, None),
-            w if w.starts_with("dhcpcd") => clients::dhcpcd(vm),
+    let mut running: Vec<Client> = Vec::new();
+    for (name, spec, client) in VMS {
+        let vm = cloud.vm(spec.mac);
+        println!("# {name} runs {client}");
+        running.push(match client {
+            "dhclient" => clients::dhclient(vm, None),
+            "dhcpcd" => clients::dhcpcd(vm),
             _ => clients::udhcpc(vm, &[]),
         });
     }
-    for (vm, (_, ip, _, which)) in vms.iter().zip(VMS) {
-        let got = vm.wait_address(Duration::from_secs(30));
+    for (name, spec, client) in VMS {
+        let got = cloud.vm(spec.mac).wait_address(Duration::from_secs(30));
         println!(
-            "{} ({which}): {} after {:.1?}",
-            vm.tap,
+            "{name} ({client}): {}",
             got.map(|(a, p)| format!("{a}/{p}"))
                 .unwrap_or_else(|| "NO ADDRESS".into()),
-            started.elapsed()
         );
-        assert_eq!(got.map(|a| a.0), Some(ip.parse::<Ipv4Addr>().expect("ip")));
+        assert_eq!(got.map(|a| a.0), Some(spec.ip), "{name} got no lease");
     }
+    println!("all five leased within {:.1?}", started.elapsed());
     thread::sleep(Duration::from_secs(1));
-    for vm in &vms {
-        println!("\n# inside the VM on {}:", vm.tap);
-        show(vm.ns.exec("ip").args(["-4", "-br", "addr", "show", "eth0"]));
-        show(vm.ns.exec("ip").args(["-4", "route"]));
-        show(vm.ns.exec("ip").args(["-o", "link", "show", "eth0"]));
-        print!("resolv.conf: {}", vm.ns.resolv_conf().replace('\n', "; "));
-        println!();
+    let b1 = named(&cloud, "blue-1");
+    println!("\n# inside blue-1:");
+    show(b1.ns.exec("ip").args(["-4", "-br", "addr", "show", "eth0"]));
+    show(b1.ns.exec("ip").args(["-4", "route"]));
+    show(b1.ns.exec("ip").args(["-o", "link", "show", "eth0"]));
+    for h in &cloud.hosts {
+        show(h.exec("ss").args(["-uanp", "sport", "= :67"]));
     }
 
-    say("5. No DHCP server process anywhere: nothing listens on udp/67 on the hypervisor");
-    show(hv.exec("ss").args(["-uanp", "sport", "= :67"]));
+    say("5. What hv-1's data plane holds: holdfast vpc (read from the pinned maps)");
+    print!("{}", cloud.agents[0].vpc());
 
-    say("6. What the data plane holds: holdfast leases (read from the pinned maps)");
-    print!("{}", agent.leases());
+    say("6. VMs of pn-blue reach each other on the same host and across hosts");
+    let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+    assert_eq!(ping(&cloud, "blue-1", ip(12), 3), 3, "same host");
+    assert_eq!(ping(&cloud, "blue-1", ip(13), 3), 3, "across hosts");
+    assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red across hosts");
+    println!(
+        "# ARP was answered on each host, by XDP: blue-1 sees 10.0.0.13 at {}",
+        neighbour(b1, "10.0.0.13")
+    );
 
-    say("7. The DHCP metrics (Prometheus, /metrics)");
-    for line in agent.http("/metrics").1.lines() {
-        if line.starts_with("holdfast_dhcp_")
+    say("7. Tenants never see each other, even with the same addresses");
+    let red1 = named(&cloud, "red-1");
+    let red1_before = rx_packets(red1);
+    ping(&cloud, "blue-1", ip(13), 5);
+    println!(
+        "red-1 (10.0.0.13 in pn-red, on blue-1's own host) received {} frames meanwhile: \
+         blue-1 reached blue-3 ({})",
+        rx_packets(red1) - red1_before,
+        neighbour(b1, "10.0.0.13")
+    );
+    println!(
+        "red-2 reaches red-1 at the same address: {}",
+        neighbour(named(&cloud, "red-2"), "10.0.0.13")
+    );
+    let got = ping(&cloud, "blue-1", ip(21), 3);
+    assert_eq!(got, 0, "blue reached red");
+    println!("(10.0.0.21 is red-2's address: pn-blue has no such NIC, so nothing answers)");
+
+    say("8. The forwarding metrics of hv-1 (Prometheus, /metrics)");
+    for line in cloud.agents[0].http("/metrics").1.lines() {
+        if line.starts_with("holdfast_vxlan_")
+            || line.starts_with("holdfast_forward_local")
             || line.starts_with("holdfast_arp_")
+            || line.starts_with("holdfast_drops_total")
+            || line.starts_with("holdfast_fdb_entries")
             || line.starts_with("holdfast_leases")
         {
             println!("{line}");
         }
     }
 
-    say("8. kill -9 the agent: the XDP programs and maps stay, pinned under bpffs");
-    agent.kill();
-    show(Command::new("sh").args([
-        "-c",
-        &format!("ip -n {} link show tap-vm1 | grep -o 'prog/xdp.*'", hv.name),
-    ]));
-    println!(
-        "# leases are 20 s long: dhclient renews every ~10 s (RENEWING: unicast to 10.10.0.1)"
-    );
-    let before = agent.counters()[Stat::DhcpRequestRenewing as usize];
+    say("9. kill -9 both agents while blue-1 pings blue-3 every 100 ms");
+    let pinger = {
+        let mut cmd = b1.ns.exec("ping");
+        cmd.args(["-n", "-q", "-i", "0.1", "-c", "50", "10.0.0.13"]);
+        thread::spawn(move || cmd.output().expect("ping"))
+    };
+    thread::sleep(Duration::from_secs(1));
+    let mut cloud = cloud;
+    for agent in &mut cloud.agents {
+        agent.kill();
+    }
+    println!("both agents killed; the programs, maps and links stay, pinned under bpffs");
+    let out = pinger.join().expect("ping");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    for line in summary.lines().filter(|l| l.contains("transmitted")) {
+        println!("blue-1 -> blue-3 across the kill: {line}");
+    }
+    println!("# leases are 20 s long: the clients renew every ~10 s, answered by XDP alone");
+    let renewals = |c: &Cloud| -> u64 {
+        c.agents
+            .iter()
+            .map(|a| {
+                let n = a.counters();
+                n[Stat::DhcpRequestRenewing as usize] + n[Stat::DhcpRequestRebinding as usize]
+            })
+            .sum()
+    };
+    let before = renewals(&cloud);
     let killed = Instant::now();
-    let renewed = wait_for(Duration::from_secs(30), || {
-        let now = agent.counters()[Stat::DhcpRequestRenewing as usize];
-        (now > before).then_some(now)
-    });
-    match renewed {
+    match wait_for(Duration::from_secs(30), || {
+        let now = renewals(&cloud);
+        (now >= before + 3).then_some(now)
+    }) {
         Some(n) => println!(
-            "renewals answered with the agent dead: {} (first after {:.1?})",
+            "renewals answered with both agents dead: {} within {:.1?}",
             n - before,
             killed.elapsed()
         ),
-        None => println!("no renewal seen within 30 s"),
+        None => println!("fewer than 3 renewals seen within 30 s"),
     }
-    let log = running[0].log();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("DHCPREQUEST") || l.contains("DHCPACK"))
-        .rev()
-        .take(2)
-        .collect::<Vec<_>>()
-        .iter()
-        .rev()
-    {
-        println!("vm1 dhclient: {line}");
-    }
-    print!("{}", agent.leases());
+    assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red after the kill");
 
-    say("9. Restart the agent: it adopts the pinned state and replaces the program atomically");
-    agent.spawn(&hv);
-    for line in agent
+    say("10. Restart the agents: they adopt the pinned state and replace the programs atomically");
+    for (agent, host) in cloud.agents.iter_mut().zip(&cloud.hosts) {
+        agent.spawn(host);
+    }
+    for line in cloud.agents[0]
         .logs()
         .lines()
         .rev()
-        .take(8)
+        .take(12)
         .collect::<Vec<_>>()
         .iter()
         .rev()
@@ -211,14 +280,23 @@ fn main() {
         }
     }
     println!(
-        "holdfast_dhcp_replies_total{{type=\"ack\"}} {} (counters continued across the restart)",
-        agent.metric("holdfast_dhcp_replies_total{type=\"ack\"}")
+        "holdfast_vxlan_encap_total on hv-1: {} (counters continued across the restart)",
+        metric_sum(
+            &cloud.agents[0].http("/metrics").1,
+            "holdfast_vxlan_encap_total"
+        )
     );
 
-    say("10. Cleaning up: namespaces, pins and files are removed");
+    say("11. Cleaning up: namespaces, pins and files are removed");
     drop(running);
-    drop(agent);
-    drop(vms);
-    drop(hv);
+    drop(cloud);
     println!("done.");
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

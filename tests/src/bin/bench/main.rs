@@ -445,9 +445,12 @@ fn dhcp() {
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("dhcp") => dhcp(),
+        Some("vxlan") => vxlan::run(),
         other => {
-            eprintln!("usage: holdfast-bench dhcp (got {other:?})");
+            eprintln!("usage: holdfast-bench dhcp|vxlan (got {other:?})");
             std::process::exit(2);
         }
     }
 }
+
+mod vxlan;
