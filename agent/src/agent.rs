@@ -29,13 +29,15 @@ use crate::{
     anchor,
     config::{Config, IpamSource},
     dataplane::{self, Dataplane, Desired, Report},
-    ipam::{Update, file::FileSource},
+    fault,
+    ipam::{Update, etcd::EtcdSource, file::FileSource},
     leases::{self, Budget, Leases},
     links::{self, LinkEvent, LinkInfo, Links},
     metrics::{self, Health, Metrics},
     model::{self, Limits, MacAddr, Model, RawDocument},
     state,
     vpc::{self, Endpoint, Vpc},
+    watchdog,
 };
 
 /// How often links are dumped again and the data plane reconciled, in case a netlink message
@@ -129,6 +131,8 @@ struct Agent {
     limits: Limits,
     links: Links,
     links_tx: watch::Sender<Links>,
+    /// The latest adopted model, for the persister.
+    persist_tx: watch::Sender<Option<Arc<Model>>>,
 }
 
 impl Agent {
@@ -281,15 +285,9 @@ impl Agent {
         if new_vteps {
             self.warm_neighbours();
         }
-        self.metrics.synced_now();
         if persist {
-            let dir = self.config.state_dir.clone();
-            let node = self.config.node.clone();
-            match tokio::task::spawn_blocking(move || state::save(&dir, &node, &model)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "cannot persist the IPAM snapshot"),
-                Err(e) => warn!(error = %e, "persisting the IPAM snapshot panicked"),
-            }
+            self.metrics.synced_now();
+            self.persist_tx.send_replace(Some(model));
         }
     }
 
@@ -314,6 +312,11 @@ impl Agent {
     async fn on_ipam(&mut self, update: Update) {
         let doc = match update {
             Update::Document(doc) => Arc::new(doc),
+            Update::Alive => {
+                self.metrics.ipam_up.set(1);
+                self.metrics.in_sync_at(unix_now());
+                return;
+            }
             Update::Invalid(e) => {
                 self.metrics.ipam_up.set(1);
                 self.metrics.ipam_load_errors.inc();
@@ -400,6 +403,51 @@ impl Agent {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Persists each adopted model, atomically, off the runtime. When models come faster than
+/// the disk takes them, the ones in between are skipped: the snapshot is always the latest
+/// complete state.
+async fn persist(
+    mut models: watch::Receiver<Option<Arc<Model>>>,
+    state_dir: std::path::PathBuf,
+    node: String,
+) {
+    while models.changed().await.is_ok() {
+        let Some(model) = models.borrow_and_update().clone() else {
+            continue;
+        };
+        let (dir, node) = (state_dir.clone(), node.clone());
+        match tokio::task::spawn_blocking(move || state::save(&dir, &node, &model)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot persist the IPAM snapshot"),
+            Err(e) => warn!(error = %e, "persisting the IPAM snapshot panicked"),
+        }
+    }
+}
+
+/// Waits for the next IPAM update, then takes every one already queued behind it: statuses
+/// are handled in order, but of several documents only the latest is validated.
+async fn next_ipam(agent: &mut Agent, rx: &mut mpsc::Receiver<Update>) -> Option<Update> {
+    let mut latest = rx.recv().await?;
+    while let Ok(next) = rx.try_recv() {
+        match (&latest, next) {
+            (_, doc @ Update::Document(_)) => latest = doc,
+            (Update::Document(_), status) => agent.on_ipam(status).await,
+            (_, status) => {
+                let earlier = std::mem::replace(&mut latest, status);
+                agent.on_ipam(earlier).await;
+            }
+        }
+    }
+    Some(latest)
+}
+
 /// Logs RELEASE and DECLINE reported by the programs.
 async fn watch_events(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
@@ -474,8 +522,10 @@ async fn watch_logger(logger: Logger) {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    metrics.in_sync_at(unix_now());
     let health = Arc::new(Health::default());
     health.beat();
+    tokio::spawn(watchdog::run(metrics.clone(), health.clone()));
     let registry = Arc::new(metrics::registry(&metrics, config.bpffs_dir.clone()));
     let mut http = tokio::spawn(metrics::serve(
         config.metrics_addr,
@@ -509,6 +559,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(watch_logger(logger));
     }
 
+    let (persist_tx, persist_rx) = watch::channel(None);
+    tokio::spawn(persist(
+        persist_rx,
+        config.state_dir.clone(),
+        config.node.clone(),
+    ));
     let mut agent = Agent {
         config: config.clone(),
         dp,
@@ -521,23 +577,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limits: Limits::default(),
         links: initial_links,
         links_tx,
+        persist_tx,
     };
     agent.limits = agent.limits();
 
     // The snapshot serves before IPAM is reached.
     let dir = config.state_dir.clone();
-    match tokio::task::spawn_blocking(move || state::load(&dir)).await? {
-        Ok(Some(model)) => {
+    match tokio::task::spawn_blocking(move || state::load_dated(&dir)).await? {
+        Ok(Some((model, saved_at))) => {
             info!(
                 nics = model.nics.len(),
-                "serving the persisted IPAM snapshot"
+                saved_at, "serving the persisted IPAM snapshot"
             );
+            // The snapshot was IPAM's state when it was saved: staleness counts from then.
+            metrics.in_sync_at(saved_at as f64);
             agent.adopt(Arc::new(model), false).await;
         }
         Ok(None) => info!("no IPAM snapshot yet; the pinned state serves until IPAM answers"),
         Err(e) => warn!(error = %e, "ignoring the IPAM snapshot; the pinned state serves"),
     }
     health.ready.store(true, Ordering::Relaxed);
+    watchdog::ready();
 
     let (ipam_tx, mut ipam_rx) = mpsc::channel(4);
     match config.ipam.source {
@@ -553,7 +613,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             tokio::spawn(source.run(ipam_tx));
         }
+        IpamSource::Etcd => {
+            let source = EtcdSource {
+                config: config.ipam.clone(),
+                node: config.node.clone(),
+                reconnects: metrics.ipam_reconnects.clone(),
+            };
+            tokio::spawn(source.run(ipam_tx));
+        }
     }
+    let stall_at = fault::stall_loop_after().map(|d| tokio::time::Instant::now() + d);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -563,7 +632,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            Some(update) = ipam_rx.recv() => agent.on_ipam(update).await,
+            Some(update) = next_ipam(&mut agent, &mut ipam_rx) => agent.on_ipam(update).await,
             Some(event) = link_events.recv() => agent.on_link(event).await,
             _ = resync.tick() => {
                 match links::dump(&nl).await {
@@ -578,7 +647,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 agent.reconcile().await;
                 agent.warm_neighbours();
             }
-            _ = heartbeat.tick() => agent.health.beat(),
+            _ = heartbeat.tick() => {
+                agent.health.beat();
+                if stall_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    error!("fault injection: the main loop blocks for good");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             r = &mut http => {

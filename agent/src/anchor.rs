@@ -9,7 +9,8 @@
 //! as usual.
 
 use futures::TryStreamExt as _;
-use netlink_packet_route::link::InfoKind;
+use netlink_packet_core::DefaultNla;
+use netlink_packet_route::link::{InfoKind, LinkAttribute};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
 /// Device kinds that carry no traffic of their own, in order of preference (kernels differ in
@@ -71,17 +72,51 @@ pub async fn ensure(name: &str) -> Result<u32, AnchorError> {
                 .index
         }
     };
+    // Forwarding through netlink (CAP_NET_ADMIN is enough; in a container /proc/sys is
+    // read-only), else through the sysctl file.
+    let mut msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .index(ifindex)
+        .build();
+    msg.attributes.push(LinkAttribute::Other(DefaultNla::new(
+        IFLA_AF_SPEC,
+        forwarding_on(),
+    )));
+    let via_netlink = handle.link().set(msg).execute().await;
     conn.abort();
-    let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-    let owned = name.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::write(&path, "1"))
-        .await
-        .map_err(|e| AnchorError::Netlink(e.to_string()))?
-        .map_err(|source| AnchorError::Sysctl {
-            name: owned,
-            source,
-        })?;
+    if let Err(e) = via_netlink {
+        tracing::debug!(error = %e, "enabling forwarding through netlink; trying the sysctl file");
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+        let owned = name.to_owned();
+        tokio::task::spawn_blocking(move || std::fs::write(&path, "1"))
+            .await
+            .map_err(|e| AnchorError::Netlink(e.to_string()))?
+            .map_err(|source| AnchorError::Sysctl {
+                name: owned,
+                source,
+            })?;
+    }
     Ok(ifindex)
+}
+
+const IFLA_AF_SPEC: u16 = 26;
+const AF_INET: u16 = 2;
+const IFLA_INET_CONF: u16 = 1;
+const IPV4_DEVCONF_FORWARDING: u16 = 1;
+
+/// The `IFLA_AF_SPEC` payload that sets one IPv4 devconf value, forwarding = 1. Built by hand:
+/// netlink-packet-route only writes the whole devconf table, which would reset the rest.
+fn forwarding_on() -> Vec<u8> {
+    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 4 + payload.len();
+        let mut out = Vec::with_capacity(len.next_multiple_of(4));
+        out.extend_from_slice(&(len as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(payload);
+        out.resize(len.next_multiple_of(4), 0);
+        out
+    }
+    let value = nla(IPV4_DEVCONF_FORWARDING, &1u32.to_ne_bytes());
+    nla(AF_INET, &nla(IFLA_INET_CONF, &value))
 }
 
 /// [`ensure`] from a thread without a runtime (tests, tools).

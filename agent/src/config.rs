@@ -47,7 +47,10 @@ pub struct UnderlayConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpamSource {
+    /// A JSON document in a local file (the embedded default).
     File,
+    /// The central IPAM store.
+    Etcd,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -59,11 +62,46 @@ pub struct IpamConfig {
     /// How often the file is checked for changes, in milliseconds.
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// etcd client URLs (`source = "etcd"`), e.g. `https://etcd-0.ipam:2379`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The key prefix IPAM lives under.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Deadline of every etcd call (connect, read, write), in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// TLS to etcd: the CA that signed the servers' certificates, and a client certificate when
+/// etcd asks for one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// etcd user and password (read from a file, never written in the config).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password_file: PathBuf,
 }
 
 impl IpamConfig {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }
 
@@ -87,6 +125,17 @@ fn default_router_mac() -> MacAddr {
 fn default_poll_ms() -> u64 {
     1000
 }
+
+fn default_prefix() -> String {
+    "/holdfast".into()
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// Overrides `node` (a DaemonSet sets it from the Kubernetes node name).
+pub const NODE_ENV: &str = "HOLDFAST_NODE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -117,11 +166,23 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with_node(path, text, std::env::var(NODE_ENV).ok())
+    }
+
+    /// As [`Config::parse`], with `node` replaced when `node_override` is set.
+    pub fn parse_with_node(
+        path: &Path,
+        text: &str,
+        node_override: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             // toml names the key and shows the line; keep it on one line for logs.
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        if let Some(node) = node_override {
+            config.node = node;
+        }
         let invalid = |field, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             field,
@@ -147,6 +208,42 @@ impl Config {
                 ));
             }
             IpamSource::File => {}
+            IpamSource::Etcd => {
+                if config.ipam.endpoints.is_empty() {
+                    return Err(invalid(
+                        "ipam.endpoints",
+                        "at least one etcd URL is required with source = \"etcd\"".into(),
+                    ));
+                }
+                if let Some(bad) = config
+                    .ipam
+                    .endpoints
+                    .iter()
+                    .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+                {
+                    return Err(invalid(
+                        "ipam.endpoints",
+                        format!("{bad:?} is not an http:// or https:// URL"),
+                    ));
+                }
+                if !config.ipam.prefix.starts_with('/') || config.ipam.prefix.ends_with('/') {
+                    return Err(invalid(
+                        "ipam.prefix",
+                        format!(
+                            "{:?} must start with / and not end with one",
+                            config.ipam.prefix
+                        ),
+                    ));
+                }
+                if config.ipam.timeout_ms < 100 {
+                    return Err(invalid("ipam.timeout_ms", "must be at least 100".into()));
+                }
+                if let Some(t) = &config.ipam.tls
+                    && t.cert.is_some() != t.key.is_some()
+                {
+                    return Err(invalid("ipam.tls", "cert and key go together".into()));
+                }
+            }
         }
         if let Some(u) = &config.underlay {
             if u.interface.is_empty() || u.interface.len() > 15 {
@@ -202,6 +299,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.underlay.unwrap().interface, "eth1");
+    }
+
+    #[test]
+    fn etcd_source() {
+        let c = parse(
+            "node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\"]\n\
+             [ipam.tls]\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             [ipam.auth]\nusername = \"holdfast\"\npassword_file = \"/pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ipam.source, IpamSource::Etcd);
+        assert_eq!(c.ipam.prefix, "/holdfast");
+        assert_eq!(c.ipam.timeout(), Duration::from_secs(5));
+        assert_eq!(c.ipam.auth.unwrap().username, "holdfast");
+
+        let e = parse("node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ipam.endpoints"), "{e}");
+        let e =
+            parse("node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("not an http"), "{e}");
+        let e = parse(
+            "node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"http://a:1\"]\nprefix = \"x/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ipam.prefix"), "{e}");
+    }
+
+    #[test]
+    fn the_node_can_come_from_the_environment() {
+        let c = Config::parse_with_node(
+            Path::new("/c.toml"),
+            "node = \"placeholder\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n",
+            Some("hv-7".into()),
+        )
+        .unwrap();
+        assert_eq!(c.node, "hv-7");
     }
 
     #[test]

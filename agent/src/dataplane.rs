@@ -596,6 +596,11 @@ fn open_pinned<K: Pod, V: Pod>(
     Ok(HashMap::try_from(aya::maps::Map::HashMap(map))?)
 }
 
+/// The pinned forwarding map, for lookups of single entries (tests, tools).
+pub fn pinned_fdb(bpffs_dir: &Path) -> Result<HashMap<MapData, FdbKey, FdbEntry>, DataplaneError> {
+    open_pinned(bpffs_dir, MAP_FDB)
+}
+
 /// Reads the bindings the data plane holds, from the pinned map (works with the agent down).
 pub fn read_bindings(bpffs_dir: &Path) -> Result<Vec<(BindingKey, Binding)>, DataplaneError> {
     let map = open_pinned::<BindingKey, Binding>(bpffs_dir, MAP_BINDINGS)?;

@@ -45,6 +45,11 @@ enum Command {
         /// The VM-side interface.
         interface: String,
     },
+    /// Move the IPAM document into and out of the etcd the config names.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
     /// Validate the config and an IPAM document without touching the data plane.
     Check {
         #[arg(long, default_value = DEFAULT_CONFIG)]
@@ -52,6 +57,23 @@ enum Command {
         /// The IPAM document to check (default: the one the config names).
         #[arg(long)]
         ipam: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IpamCommand {
+    /// Validate a document, then make etcd hold exactly it (what differs is written, what is
+    /// absent deleted; each NIC's keys in one transaction).
+    Import {
+        /// The IPAM document (JSON).
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the document etcd holds (JSON, on stdout).
+    Export {
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
 }
 
@@ -75,6 +97,7 @@ fn main() -> ExitCode {
         Command::Vpc { config } => print_vpc(config),
         Command::Check { config, ipam } => check(config, ipam),
         Command::VethPeer { interface } => veth_peer(&interface),
+        Command::Ipam { command } => ipam(command),
     };
     match result {
         Ok(code) => code,
@@ -95,6 +118,65 @@ fn run(config: PathBuf) -> anyhow::Result<ExitCode> {
         .context("starting the runtime")?;
     runtime.block_on(agent::run(config))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn ipam(command: IpamCommand) -> anyhow::Result<ExitCode> {
+    let (IpamCommand::Import { config, .. } | IpamCommand::Export { config }) = &command;
+    let config = Config::load(config)?;
+    if config.ipam.source != holdfast::config::IpamSource::Etcd {
+        anyhow::bail!("the config's [ipam] source is not etcd");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let mut store = holdfast::ipam::etcd::Store::connect(&config.ipam).await?;
+        match command {
+            IpamCommand::Import { file, .. } => {
+                let bytes = std::fs::read(&file)
+                    .with_context(|| format!("ipam document {}", file.display()))?;
+                let limits = holdfast::model::Limits::default();
+                // Validated as no node in particular: every entry on its own merits.
+                let v = agent::check_document(&bytes, "", &limits)
+                    .with_context(|| format!("ipam document {}", file.display()))?;
+                if !v.rejections.is_empty() {
+                    for r in &v.rejections {
+                        eprintln!("rejected {r}");
+                    }
+                    eprintln!(
+                        "{}: {} entries rejected; nothing imported",
+                        file.display(),
+                        v.rejections.len()
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                let r = store.import(&v.model).await?;
+                println!(
+                    "imported {}: {} networks, {} nodes, {} NICs; {} keys written, {} deleted, \
+                     in {} transactions (revision {})",
+                    file.display(),
+                    v.model.networks.len(),
+                    v.model.nodes.len(),
+                    v.model.nics.len(),
+                    r.put,
+                    r.deleted,
+                    r.transactions,
+                    r.revision
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            IpamCommand::Export { .. } => {
+                let (doc, skipped) = store.export().await?;
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                if skipped > 0 {
+                    eprintln!("{skipped} entries are not JSON and were left out");
+                    return Ok(ExitCode::from(2));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
 }
 
 fn veth_peer(interface: &str) -> anyhow::Result<ExitCode> {

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub ipam_last_sync: Gauge<f64, AtomicU64>,
     pub ipam_up: Gauge,
     pub ipam_load_errors: Counter,
+    pub ipam_reconnects: Counter,
+    /// When the agent last knew it held IPAM's current state (Unix seconds, as f64 bits).
+    pub ipam_in_sync_at: Arc<AtomicU64>,
+    /// Event-loop lag the watchdog measured, in seconds (the worst of the last second).
+    pub runtime_lag: Gauge<f64, AtomicU64>,
     pub leases: Gauge,
     pub fdb: Gauge,
     pub interfaces: Gauge,
@@ -72,12 +77,44 @@ impl Metrics {
         }
     }
 
+    /// A state from IPAM was validated and applied.
     pub fn synced_now(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let now = unix_now();
         self.ipam_last_sync.set(now);
+        self.in_sync_at(now);
+    }
+
+    /// The agent holds IPAM's current state as of `at` (Unix seconds).
+    pub fn in_sync_at(&self, at: f64) {
+        self.ipam_in_sync_at.store(at.to_bits(), Ordering::Relaxed);
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `holdfast_ipam_stale_seconds`, computed at each scrape.
+#[derive(Debug)]
+struct StaleCollector {
+    in_sync_at: Arc<AtomicU64>,
+}
+
+impl Collector for StaleCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let at = f64::from_bits(self.in_sync_at.load(Ordering::Relaxed));
+        let stale = (unix_now() - at).max(0.0);
+        let g = prometheus_client::metrics::gauge::ConstGauge::new(stale);
+        let m = encoder.encode_descriptor(
+            "holdfast_ipam_stale_seconds",
+            "Seconds since the agent last knew it held IPAM's current state (the data plane serves it meanwhile)",
+            None,
+            g.metric_type(),
+        )?;
+        g.encode(m)
     }
 }
 
@@ -277,6 +314,12 @@ impl BpfCollector {
 
 impl Collector for BpfCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Fault injection for the stall tests: a collection that blocks for a long time, as
+        // the seed's slow periodic task did. It runs on the blocking pool, so it must not
+        // delay anything else.
+        if let Some(stall) = crate::fault::slow_collect() {
+            std::thread::sleep(stall);
+        }
         let Some(totals) = self.totals() else {
             return Ok(());
         };
@@ -327,6 +370,19 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "IPAM reads that failed or returned an invalid document",
         metrics.ipam_load_errors.clone(),
     );
+    r.register(
+        "holdfast_ipam_reconnects",
+        "Connection attempts to the IPAM store after the first",
+        metrics.ipam_reconnects.clone(),
+    );
+    r.register(
+        "holdfast_runtime_lag_seconds",
+        "How late the event loop ran the watchdog's timer (the worst of the last second)",
+        metrics.runtime_lag.clone(),
+    );
+    r.register_collector(Box::new(StaleCollector {
+        in_sync_at: metrics.ipam_in_sync_at.clone(),
+    }));
     r.register(
         "holdfast_leases",
         "DHCP bindings held by the data plane",
@@ -382,7 +438,8 @@ impl Health {
         self.heartbeat.store(now, Ordering::Relaxed);
     }
 
-    fn stale_for(&self) -> Duration {
+    /// How long since the main loop last beat.
+    pub fn stale_for(&self) -> Duration {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -9,6 +9,7 @@ use std::{
     fmt,
     net::Ipv4Addr,
     str::FromStr,
+    sync::Arc,
 };
 
 use ipnet::Ipv4Net;
@@ -165,18 +166,85 @@ pub struct Model {
 }
 
 /// An IPAM document as a source delivers it: entries still unparsed, so one bad entry cannot
-/// spoil the others.
-#[derive(Clone, Debug, Deserialize)]
+/// spoil the others. Cloning it is cheap (the entries are shared).
+#[derive(Clone, Debug, Default)]
 pub struct RawDocument {
-    pub networks: Vec<serde_json::Value>,
-    pub nodes: Vec<serde_json::Value>,
-    pub nics: Vec<serde_json::Value>,
+    pub networks: Vec<RawEntry>,
+    pub nodes: Vec<RawEntry>,
+    pub nics: Vec<RawEntry>,
+}
+
+/// One entry of a document, as its source holds it.
+#[derive(Clone, Debug)]
+pub struct RawEntry {
+    /// Where the entry comes from, for example an etcd key; `None` in a document, where its
+    /// position names it.
+    pub origin: Option<Arc<str>>,
+    /// The entry's id as its origin names it (the last part of an etcd key): it still names an
+    /// entry whose value is too broken to say its own id, so its last good version can serve.
+    pub id: Option<Arc<str>>,
+    /// The JSON value, or why the stored bytes are not JSON.
+    pub value: Result<Arc<serde_json::Value>, Arc<str>>,
+}
+
+impl RawEntry {
+    /// An entry of a document.
+    pub fn json(value: serde_json::Value) -> Self {
+        Self {
+            origin: None,
+            id: None,
+            value: Ok(Arc::new(value)),
+        }
+    }
+
+    /// How rejections name the entry: its origin, or its position in `list`.
+    fn label(&self, list: &str, index: usize) -> String {
+        match &self.origin {
+            Some(origin) => origin.to_string(),
+            None => format!("{list}[{index}]"),
+        }
+    }
+
+    fn parse<T: DeserializeOwned>(&self) -> Result<T, Reject> {
+        match &self.value {
+            Ok(v) => parse_entry(v),
+            Err(e) => Err(reject(Reason::InvalidJson, format!("not JSON: {e}"))),
+        }
+    }
+
+    /// The entry's key: the string `field` of its value, else the id its origin gives.
+    fn key(&self, field: &str) -> Option<String> {
+        self.value
+            .as_ref()
+            .ok()
+            .and_then(|v| raw_key(v, field))
+            .or_else(|| self.id.as_deref().map(str::to_owned))
+    }
+}
+
+impl<'de> Deserialize<'de> for RawDocument {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Plain {
+            networks: Vec<serde_json::Value>,
+            nodes: Vec<serde_json::Value>,
+            nics: Vec<serde_json::Value>,
+        }
+        let p = Plain::deserialize(d)?;
+        let wrap = |v: Vec<serde_json::Value>| v.into_iter().map(RawEntry::json).collect();
+        Ok(Self {
+            networks: wrap(p.networks),
+            nodes: wrap(p.nodes),
+            nics: wrap(p.nics),
+        })
+    }
 }
 
 /// Why an entry was rejected; the label of `holdfast_ipam_rejected_total{reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     InvalidDocument,
+    InvalidJson,
     InvalidField,
     InvalidMac,
     InvalidAddress,
@@ -199,8 +267,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::InvalidDocument,
+        Reason::InvalidJson,
         Reason::InvalidField,
         Reason::InvalidMac,
         Reason::InvalidAddress,
@@ -225,6 +294,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::InvalidDocument => "invalid_document",
+            Reason::InvalidJson => "invalid_json",
             Reason::InvalidField => "invalid_field",
             Reason::InvalidMac => "invalid_mac",
             Reason::InvalidAddress => "invalid_address",
@@ -555,15 +625,16 @@ pub fn validate(
     let mut nets: Accepted<String, Network> = Accepted::new();
     let mut failed_nets = BTreeSet::new();
     for (i, raw) in doc.networks.iter().enumerate() {
-        let entry = format!("networks[{i}]");
-        let parsed =
-            parse_entry::<Network>(raw).and_then(|n| check_network(&n, limits).map(|()| n));
+        let entry = raw.label("networks", i);
+        let parsed = raw
+            .parse::<Network>()
+            .and_then(|n| check_network(&n, limits).map(|()| n));
         match parsed {
             Ok(n) => {
                 let id = n.id.clone();
                 if let Some((lost, _)) = nets.insert(id.clone(), i, n, prev.networks.get(&id)) {
                     rejections.push(Rejection {
-                        entry: format!("networks[{lost}]"),
+                        entry: doc.networks[lost].label("networks", lost),
                         key: Some(id),
                         reason: Reason::DuplicateId,
                         detail: "another network has the same id".into(),
@@ -572,7 +643,7 @@ pub fn validate(
                 }
             }
             Err(r) => {
-                let key = raw_key(raw, "id");
+                let key = raw.key("id");
                 if let Some(k) = &key {
                     failed_nets.insert(k.clone());
                 }
@@ -632,8 +703,8 @@ pub fn validate(
     let mut nodes: Accepted<String, Node> = Accepted::new();
     let mut failed_nodes = BTreeSet::new();
     for (i, raw) in doc.nodes.iter().enumerate() {
-        let entry = format!("nodes[{i}]");
-        match parse_entry::<Node>(raw) {
+        let entry = raw.label("nodes", i);
+        match raw.parse::<Node>() {
             Ok(n) if n.name.is_empty() => rejections.push(Rejection {
                 entry,
                 key: None,
@@ -645,7 +716,7 @@ pub fn validate(
                 let name = n.name.clone();
                 if let Some((lost, _)) = nodes.insert(name.clone(), i, n, prev.nodes.get(&name)) {
                     rejections.push(Rejection {
-                        entry: format!("nodes[{lost}]"),
+                        entry: doc.nodes[lost].label("nodes", lost),
                         key: Some(name),
                         reason: Reason::DuplicateId,
                         detail: "another node has the same name".into(),
@@ -654,7 +725,7 @@ pub fn validate(
                 }
             }
             Err(r) => {
-                let key = raw_key(raw, "name");
+                let key = raw.key("name");
                 if let Some(k) = &key {
                     failed_nodes.insert(k.clone());
                 }
@@ -714,8 +785,8 @@ pub fn validate(
     let mut nics: Accepted<MacAddr, Nic> = Accepted::new();
     let mut failed_nics = BTreeSet::new();
     for (i, raw) in doc.nics.iter().enumerate() {
-        let entry = format!("nics[{i}]");
-        let parsed = parse_entry::<Nic>(raw).and_then(|nic| {
+        let entry = raw.label("nics", i);
+        let parsed = raw.parse::<Nic>().and_then(|nic| {
             let net = model.networks.get(&nic.network).ok_or_else(|| {
                 reject(
                     Reason::UnknownNetwork,
@@ -739,7 +810,7 @@ pub fn validate(
                 let mac = nic.mac;
                 if let Some((lost, _)) = nics.insert(mac, i, nic, prev.nics.get(&mac)) {
                     rejections.push(Rejection {
-                        entry: format!("nics[{lost}]"),
+                        entry: doc.nics[lost].label("nics", lost),
                         key: Some(mac.to_string()),
                         reason: Reason::DuplicateMac,
                         detail: "another NIC has the same MAC".into(),
@@ -748,7 +819,7 @@ pub fn validate(
                 }
             }
             Err(r) => {
-                let key = raw_key(raw, "mac");
+                let key = raw.key("mac");
                 if let Some(mac) = key.as_deref().and_then(|k| k.parse::<MacAddr>().ok()) {
                     failed_nics.insert(mac);
                 }
@@ -782,10 +853,9 @@ pub fn validate(
     for (i, nic) in &accepted_nics {
         match ips.get(&(nic.network.as_str(), nic.ip)) {
             Some(owner) => rejections.push(Rejection {
-                entry: if *i == usize::MAX {
-                    "nics".into()
-                } else {
-                    format!("nics[{i}]")
+                entry: match doc.nics.get(*i) {
+                    Some(raw) => raw.label("nics", *i),
+                    None => "nics".into(),
                 },
                 key: Some(nic.mac.to_string()),
                 reason: Reason::DuplicateIp,

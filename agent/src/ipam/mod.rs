@@ -1,6 +1,7 @@
 //! IPAM sources: where documents come from. Each source delivers [`Update`]s on a channel; the
 //! agent validates and applies them. Sources know nothing of the data plane.
 
+pub mod etcd;
 pub mod file;
 
 use crate::model::RawDocument;
@@ -14,4 +15,6 @@ pub enum Update {
     Invalid(String),
     /// The source cannot be reached or read; the last good state stays.
     Unavailable(String),
+    /// The source confirmed that nothing changed: the state serving is IPAM's current one.
+    Alive,
 }

@@ -446,6 +446,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("dhcp") => dhcp(),
         Some("vxlan") => vxlan::run(),
+        Some("sync") => sync::run(),
         other => {
             eprintln!("usage: holdfast-bench dhcp|vxlan (got {other:?})");
             std::process::exit(2);
@@ -453,4 +454,5 @@ fn main() {
     }
 }
 
+mod sync;
 mod vxlan;

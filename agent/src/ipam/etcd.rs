@@ -1,0 +1,1258 @@
+//! etcd as the IPAM store.
+//!
+//! Keys under the configured prefix `P`; every value is the JSON object of the IPAM document:
+//!
+//! ```text
+//! P/networks/<id>                 a network
+//! P/nodes/<name>                  a hypervisor and its VTEP
+//! P/nics/<mac>                    a NIC: the canonical record, one per MAC
+//! P/by-node/<node>/<mac>          the same NIC, indexed by the node it is on
+//! P/by-network/<network>/<mac>    the same NIC, indexed by its network
+//! ```
+//!
+//! A NIC's three keys are written in one transaction ([`Store::put_nic`], [`Store::import`]). An
+//! agent reads and watches only what its node needs: its own NICs (`by-node/<node>/`), the
+//! nodes (for their VTEPs), and for each network it has a NIC in, that network's key and its
+//! NICs (`by-network/<network>/`). A change in one network wakes only the agents with a NIC in
+//! it. `docs/scale.md` has the reasoning and the numbers.
+//!
+//! The source lists everything at one revision, then watches from the next one, all watches on
+//! one gRPC stream. A broken stream resumes each watch from the revision after the last one it
+//! saw. When that revision was compacted, the source lists again and derives the deletions
+//! that happened meanwhile by comparing the two views: it never loops on the same compacted
+//! revision. Reconnects back off exponentially with full jitter, capped.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::Update;
+use crate::{
+    config::IpamConfig,
+    model::{MacAddr, Model, RawDocument, RawEntry},
+};
+
+/// Keys per page when listing: bounded responses whatever the size of the cloud.
+const PAGE: i64 = 2_000;
+/// Operations per transaction (etcd's default `--max-txn-ops` is 128).
+const TXN_OPS: usize = 120;
+/// How often the watch stream is asked to prove it is alive and in sync.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// A session that lasted this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd {endpoints}: {op}: no answer within {timeout:?}")]
+    Timeout {
+        endpoints: String,
+        op: &'static str,
+        timeout: Duration,
+    },
+    #[error("etcd {endpoints}: {op}: {source}")]
+    Etcd {
+        endpoints: String,
+        op: &'static str,
+        source: etcd_client::Error,
+    },
+    #[error("etcd {endpoints}: revision {revision} was compacted")]
+    Compacted { endpoints: String, revision: i64 },
+    #[error("etcd {endpoints}: watch: {message}")]
+    Watch { endpoints: String, message: String },
+    #[error("reading {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{key:?}: {message}")]
+    Key { key: String, message: String },
+}
+
+impl EtcdError {
+    fn is_compacted(&self) -> bool {
+        matches!(self, EtcdError::Compacted { .. })
+    }
+}
+
+/// Where each kind of entry lives.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn networks(&self) -> String {
+        format!("{}/networks/", self.prefix)
+    }
+
+    pub fn network(&self, id: &str) -> String {
+        format!("{}{id}", self.networks())
+    }
+
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    pub fn node(&self, name: &str) -> String {
+        format!("{}{name}", self.nodes())
+    }
+
+    pub fn nics(&self) -> String {
+        format!("{}/nics/", self.prefix)
+    }
+
+    pub fn nic(&self, mac: MacAddr) -> String {
+        format!("{}{mac}", self.nics())
+    }
+
+    pub fn by_nodes(&self) -> String {
+        format!("{}/by-node/", self.prefix)
+    }
+
+    pub fn by_node(&self, node: &str) -> String {
+        format!("{}{node}/", self.by_nodes())
+    }
+
+    pub fn by_networks(&self) -> String {
+        format!("{}/by-network/", self.prefix)
+    }
+
+    pub fn by_network(&self, network: &str) -> String {
+        format!("{}{network}/", self.by_networks())
+    }
+
+    /// The keys holding one NIC.
+    fn nic_keys(&self, mac: MacAddr, node: &str, network: &str) -> [String; 3] {
+        [
+            self.nic(mac),
+            format!("{}{mac}", self.by_node(node)),
+            format!("{}{mac}", self.by_network(network)),
+        ]
+    }
+}
+
+/// The end of the key range of every key starting with `prefix` (etcd's `--prefix`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A name that can sit in a key: no separators, nothing empty.
+fn key_safe(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+}
+
+/// An etcd client with the deadline and the layout it works with.
+pub struct Store {
+    client: Client,
+    pub layout: Layout,
+    timeout: Duration,
+    endpoints: String,
+}
+
+impl Store {
+    /// Connects as `config` says (TLS and credentials included), within its timeout.
+    pub async fn connect(config: &IpamConfig) -> Result<Self, EtcdError> {
+        let endpoints = config.endpoints.join(",");
+        let timeout = config.timeout();
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout)
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = &config.tls {
+            let read = |path: &PathBuf| {
+                let path = path.clone();
+                async move {
+                    tokio::fs::read(&path)
+                        .await
+                        .map_err(|source| EtcdError::File { path, source })
+                }
+            };
+            let mut t =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca).await?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                t = t.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+            }
+            options = options.with_tls(t);
+        }
+        if let Some(auth) = &config.auth {
+            let password = tokio::fs::read_to_string(&auth.password_file)
+                .await
+                .map_err(|source| EtcdError::File {
+                    path: auth.password_file.clone(),
+                    source,
+                })?;
+            options = options.with_user(auth.username.clone(), password.trim_end().to_owned());
+        }
+        let client = deadline(
+            &endpoints,
+            "connect",
+            timeout,
+            Client::connect(&config.endpoints, Some(options)),
+        )
+        .await?;
+        Ok(Self {
+            client,
+            layout: Layout::new(&config.prefix),
+            timeout,
+            endpoints,
+        })
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, EtcdError> {
+        deadline(&self.endpoints, op, self.timeout, fut).await
+    }
+
+    /// Every key under `prefix` at `revision` (0: the newest), page by page; and the revision
+    /// read.
+    pub async fn list(
+        &mut self,
+        prefix: &str,
+        revision: i64,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), EtcdError> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = revision;
+        let mut out = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_revision(revision);
+            let mut kv = self.client.kv_client();
+            let mut resp = self
+                .call("list", kv.get(from.clone(), Some(options)))
+                .await
+                .map_err(|e| self.compacted(e, revision))?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last() else {
+                break;
+            };
+            from = last.key().to_vec();
+            from.push(0);
+            for kv in kvs {
+                let (k, v) = kv.into_key_value();
+                out.push((String::from_utf8_lossy(&k).into_owned(), v));
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok((out, revision))
+    }
+
+    /// One key at `revision`.
+    async fn get(&mut self, key: &str, revision: i64) -> Result<Option<Vec<u8>>, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let mut resp = self
+            .call(
+                "get",
+                kv.get(key, Some(GetOptions::new().with_revision(revision))),
+            )
+            .await
+            .map_err(|e| self.compacted(e, revision))?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.into_key_value().1))
+    }
+
+    fn compacted(&self, e: EtcdError, revision: i64) -> EtcdError {
+        match &e {
+            EtcdError::Etcd { source, .. } if source.to_string().contains("compacted") => {
+                EtcdError::Compacted {
+                    endpoints: self.endpoints.clone(),
+                    revision,
+                }
+            }
+            _ => e,
+        }
+    }
+
+    /// Writes raw bytes at a key (tests and repairs: no validation, no index upkeep).
+    pub async fn put_raw(
+        &mut self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<i64, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call("put", kv.put(key, value.into(), None)).await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Compacts the history up to `revision`.
+    pub async fn compact(&mut self, revision: i64) -> Result<(), EtcdError> {
+        let mut kv = self.client.kv_client();
+        self.call("compact", kv.compact(revision, None)).await?;
+        Ok(())
+    }
+
+    async fn txn(&mut self, ops: Vec<TxnOp>) -> Result<i64, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.call("txn", kv.txn(Txn::new().and_then(ops))).await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// Puts one NIC: its canonical key and both index keys in one transaction, removing the
+    /// index keys of where it was before. Returns the revision written.
+    pub async fn put_nic(&mut self, nic: &crate::model::Nic) -> Result<i64, EtcdError> {
+        for (what, name) in [("node", &nic.node), ("network", &nic.network)] {
+            if !key_safe(name) {
+                return Err(EtcdError::Key {
+                    key: self.layout.nic(nic.mac),
+                    message: format!("{what} {name:?} cannot be part of a key"),
+                });
+            }
+        }
+        let bytes = serde_json::to_vec(nic).map_err(|e| EtcdError::Key {
+            key: self.layout.nic(nic.mac),
+            message: e.to_string(),
+        })?;
+        let mut ops = self
+            .stale_index_ops(nic.mac, Some((&nic.node, &nic.network)))
+            .await?;
+        for key in self.layout.nic_keys(nic.mac, &nic.node, &nic.network) {
+            ops.push(TxnOp::put(key, bytes.clone(), None));
+        }
+        self.txn(ops).await
+    }
+
+    /// Deletes one NIC and its index keys.
+    pub async fn delete_nic(&mut self, mac: MacAddr) -> Result<i64, EtcdError> {
+        let mut ops = self.stale_index_ops(mac, None).await?;
+        ops.push(TxnOp::delete(self.layout.nic(mac), None));
+        self.txn(ops).await
+    }
+
+    /// Deletions of the index keys of `mac` that do not match `now` (node, network).
+    async fn stale_index_ops(
+        &mut self,
+        mac: MacAddr,
+        now: Option<(&str, &str)>,
+    ) -> Result<Vec<TxnOp>, EtcdError> {
+        let key = self.layout.nic(mac);
+        let mut ops = Vec::new();
+        if let Some(old) = self.get(&key, 0).await?
+            && let Ok(old) = serde_json::from_slice::<Value>(&old)
+        {
+            let field = |f: &str| old.get(f).and_then(Value::as_str).map(str::to_owned);
+            if let (Some(node), Some(network)) = (field("node"), field("network"))
+                && now != Some((node.as_str(), network.as_str()))
+            {
+                let [_, by_node, by_network] = self.layout.nic_keys(mac, &node, &network);
+                ops.push(TxnOp::delete(by_node, None));
+                ops.push(TxnOp::delete(by_network, None));
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Writes a network (no index).
+    pub async fn put_network(&mut self, network: &crate::model::Network) -> Result<i64, EtcdError> {
+        let key = self.layout.network(&network.id);
+        let bytes = serde_json::to_vec(network).map_err(|e| EtcdError::Key {
+            key: key.clone(),
+            message: e.to_string(),
+        })?;
+        self.put_raw(&key, bytes).await
+    }
+
+    /// Makes etcd hold exactly `model`: what differs is written, what is absent deleted; each
+    /// NIC's keys change in one transaction. Networks and nodes are written before the NICs that
+    /// name them, and deleted after.
+    pub async fn import(&mut self, model: &Model) -> Result<ImportReport, EtcdError> {
+        let l = self.layout.clone();
+        let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let json = |key: &str, v: &dyn erased::Json| {
+            v.to_json().map_err(|message| EtcdError::Key {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        for (id, n) in &model.networks {
+            check_key(&l.network(id), id)?;
+            want.insert(l.network(id), json(&l.network(id), n)?);
+        }
+        for (name, n) in &model.nodes {
+            check_key(&l.node(name), name)?;
+            want.insert(l.node(name), json(&l.node(name), n)?);
+        }
+        for (mac, n) in &model.nics {
+            let bytes = json(&l.nic(*mac), n)?;
+            for k in l.nic_keys(*mac, &n.node, &n.network) {
+                want.insert(k, bytes.clone());
+            }
+        }
+
+        let mut have: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for prefix in [
+            l.networks(),
+            l.nodes(),
+            l.nics(),
+            l.by_nodes(),
+            l.by_networks(),
+        ] {
+            let (kvs, _) = self.list(&prefix, 0).await?;
+            have.extend(kvs);
+        }
+
+        // Group the operations: entries first (networks, nodes), then each NIC's keys
+        // together, then deletions of NICs, then of networks and nodes.
+        let mac_of = |key: &str| key.rsplit('/').next().unwrap_or_default().to_owned();
+        let is_nic_key = |key: &str| {
+            key.starts_with(&l.nics())
+                || key.starts_with(&l.by_nodes())
+                || key.starts_with(&l.by_networks())
+        };
+        let mut first: Vec<TxnOp> = Vec::new();
+        let mut nic_groups: BTreeMap<String, Vec<TxnOp>> = BTreeMap::new();
+        let mut last: Vec<TxnOp> = Vec::new();
+        let mut report = ImportReport::default();
+        for (key, bytes) in &want {
+            if have.get(key) == Some(bytes) {
+                continue;
+            }
+            report.put += 1;
+            let op = TxnOp::put(key.clone(), bytes.clone(), None);
+            if is_nic_key(key) {
+                nic_groups.entry(mac_of(key)).or_default().push(op);
+            } else {
+                first.push(op);
+            }
+        }
+        for key in have.keys().filter(|k| !want.contains_key(*k)) {
+            report.deleted += 1;
+            let op = TxnOp::delete(key.clone(), None::<DeleteOptions>);
+            if is_nic_key(key) {
+                nic_groups.entry(mac_of(key)).or_default().push(op);
+            } else {
+                last.push(op);
+            }
+        }
+        let mut batches: Vec<Vec<TxnOp>> = Vec::new();
+        for ops in first.chunks(TXN_OPS) {
+            batches.push(ops.to_vec());
+        }
+        let mut batch: Vec<TxnOp> = Vec::new();
+        for ops in nic_groups.into_values() {
+            if batch.len() + ops.len() > TXN_OPS {
+                batches.push(std::mem::take(&mut batch));
+            }
+            batch.extend(ops);
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for ops in last.chunks(TXN_OPS) {
+            batches.push(ops.to_vec());
+        }
+        for ops in batches {
+            report.transactions += 1;
+            report.revision = self.txn(ops).await?;
+        }
+        Ok(report)
+    }
+
+    /// The IPAM document etcd holds, from the canonical keys. Entries that are not JSON are
+    /// left out and counted.
+    pub async fn export(&mut self) -> Result<(Value, usize), EtcdError> {
+        let l = self.layout.clone();
+        let mut skipped = 0;
+        let mut doc = serde_json::Map::new();
+        for (name, prefix) in [
+            ("networks", l.networks()),
+            ("nodes", l.nodes()),
+            ("nics", l.nics()),
+        ] {
+            let (kvs, _) = self.list(&prefix, 0).await?;
+            let mut entries = Vec::new();
+            for (key, v) in kvs {
+                match serde_json::from_slice::<Value>(&v) {
+                    Ok(v) => entries.push(v),
+                    Err(e) => {
+                        warn!(key, error = %e, "not JSON; left out of the export");
+                        skipped += 1;
+                    }
+                }
+            }
+            doc.insert(name.into(), Value::Array(entries));
+        }
+        Ok((Value::Object(doc), skipped))
+    }
+
+    /// Opens a watch stream with its first watch.
+    async fn watch(
+        &mut self,
+        key: String,
+        options: WatchOptions,
+    ) -> Result<WatchStream, EtcdError> {
+        let mut w = self.client.watch_client();
+        self.call("watch", w.watch(key, Some(options))).await
+    }
+}
+
+fn check_key(key: &str, name: &str) -> Result<(), EtcdError> {
+    if key_safe(name) {
+        Ok(())
+    } else {
+        Err(EtcdError::Key {
+            key: key.to_owned(),
+            message: format!("{name:?} cannot be part of a key"),
+        })
+    }
+}
+
+/// Serializes the model's entry types without naming each.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Result<Vec<u8>, String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<Vec<u8>, String> {
+            serde_json::to_vec(self).map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub put: usize,
+    pub deleted: usize,
+    pub transactions: usize,
+    pub revision: i64,
+}
+
+async fn deadline<T>(
+    endpoints: &str,
+    op: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(EtcdError::Etcd {
+            endpoints: endpoints.to_owned(),
+            op,
+            source,
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            endpoints: endpoints.to_owned(),
+            op,
+            timeout,
+        }),
+    }
+}
+
+/// What one watch covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Range {
+    /// This node's NICs: which networks it needs.
+    Own,
+    /// Every node (their VTEPs).
+    Nodes,
+    /// One network's own key.
+    Network(String),
+    /// One network's NICs.
+    NetworkNics(String),
+}
+
+impl Range {
+    /// The key and whether it is a prefix.
+    fn key(&self, l: &Layout, node: &str) -> (String, bool) {
+        match self {
+            Range::Own => (l.by_node(node), true),
+            Range::Nodes => (l.nodes(), true),
+            Range::Network(id) => (l.network(id), false),
+            Range::NetworkNics(id) => (l.by_network(id), true),
+        }
+    }
+}
+
+/// What this node knows of IPAM: only what it needs.
+#[derive(Clone, Debug, Default)]
+struct View {
+    own: BTreeMap<String, RawEntry>,
+    nodes: BTreeMap<String, RawEntry>,
+    networks: BTreeMap<String, RawEntry>,
+    nics: BTreeMap<String, BTreeMap<String, RawEntry>>,
+}
+
+fn entry(key: &str, bytes: &[u8]) -> RawEntry {
+    RawEntry {
+        origin: Some(Arc::from(key)),
+        id: key.rsplit('/').next().map(Arc::from),
+        value: serde_json::from_slice::<Value>(bytes)
+            .map(Arc::new)
+            .map_err(|e| Arc::from(e.to_string())),
+    }
+}
+
+impl View {
+    /// The networks this node has NICs in.
+    fn wanted(&self) -> BTreeSet<String> {
+        self.own
+            .values()
+            .filter_map(|e| {
+                e.value
+                    .as_ref()
+                    .ok()?
+                    .get("network")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .filter(|n| key_safe(n))
+            .collect()
+    }
+
+    fn map_mut(&mut self, range: &Range) -> Option<&mut BTreeMap<String, RawEntry>> {
+        match range {
+            Range::Own => Some(&mut self.own),
+            Range::Nodes => Some(&mut self.nodes),
+            Range::Network(_) => None,
+            Range::NetworkNics(id) => Some(self.nics.entry(id.clone()).or_default()),
+        }
+    }
+
+    /// Applies one put (`Some`) or delete (`None`); whether anything changed.
+    fn apply(&mut self, range: &Range, key: &str, value: Option<&[u8]>) -> bool {
+        self.set(range, key, value.map(|v| entry(key, v)))
+    }
+
+    fn set(&mut self, range: &Range, key: &str, entry: Option<RawEntry>) -> bool {
+        let name = key.rsplit('/').next().unwrap_or_default().to_owned();
+        if let Range::Network(id) = range {
+            return match entry {
+                Some(e) => {
+                    self.networks.insert(id.clone(), e);
+                    true
+                }
+                None => self.networks.remove(id).is_some(),
+            };
+        }
+        let Some(map) = self.map_mut(range) else {
+            return false;
+        };
+        match entry {
+            Some(e) => {
+                map.insert(name, e);
+                true
+            }
+            None => map.remove(&name).is_some(),
+        }
+    }
+
+    fn keys(&self) -> BTreeSet<String> {
+        let origin = |e: &RawEntry| e.origin.as_deref().unwrap_or_default().to_owned();
+        self.own
+            .values()
+            .chain(self.nodes.values())
+            .chain(self.networks.values())
+            .chain(self.nics.values().flat_map(BTreeMap::values))
+            .map(origin)
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.own.len()
+            + self.nodes.len()
+            + self.networks.len()
+            + self.nics.values().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// The document this view amounts to. A NIC of this node comes from its by-node key, the
+    /// authority for what runs here; the others from their network's index.
+    fn document(&self) -> RawDocument {
+        let wanted = self.wanted();
+        let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
+        for (network, entries) in &self.nics {
+            if wanted.contains(network) {
+                for (mac, e) in entries {
+                    nics.insert(mac, e);
+                }
+            }
+        }
+        for (mac, e) in &self.own {
+            nics.insert(mac, e);
+        }
+        RawDocument {
+            networks: self.networks.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
+            nics: nics.into_values().cloned().collect(),
+        }
+    }
+}
+
+/// Capped exponential backoff with full jitter: each wait is uniform in [0, min(cap, base·2ⁿ)],
+/// so thousands of agents losing etcd at once come back spread out, not in waves.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        ceiling.mul_f64(fastrand::f64())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Why a session ended.
+enum Stop {
+    /// The agent is gone.
+    Closed,
+    /// Something failed; reconnect after a backoff.
+    Failed(EtcdError),
+}
+
+impl From<EtcdError> for Stop {
+    fn from(e: EtcdError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// One watch on the stream.
+#[derive(Debug)]
+struct Slot {
+    /// The first revision not yet seen.
+    next: i64,
+    id: Option<i64>,
+}
+
+pub struct EtcdSource {
+    pub config: IpamConfig,
+    pub node: String,
+    /// Counts connection attempts after the first.
+    pub reconnects: Counter,
+}
+
+/// The source's state across sessions.
+struct Sync {
+    layout: Layout,
+    node: String,
+    view: Option<View>,
+    slots: BTreeMap<Range, Slot>,
+    /// A document the agent has not been sent yet.
+    dirty: bool,
+    /// In sync with nothing new to send: the agent may want to know.
+    alive: bool,
+}
+
+impl EtcdSource {
+    /// Lists, watches and reconnects until `tx` closes. Never gives up: while etcd is away the
+    /// agent keeps serving what it last applied.
+    pub async fn run(self, tx: mpsc::Sender<Update>) {
+        let mut sync = Sync {
+            layout: Layout::new(&self.config.prefix),
+            node: self.node.clone(),
+            view: None,
+            slots: BTreeMap::new(),
+            dirty: false,
+            alive: false,
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut first = true;
+        loop {
+            if !first {
+                self.reconnects.inc();
+            }
+            first = false;
+            let started = Instant::now();
+            let outcome = match Store::connect(&self.config).await {
+                Ok(mut store) => sync.session(&mut store, &tx).await,
+                Err(e) => Stop::Failed(e),
+            };
+            let e = match outcome {
+                Stop::Closed => return,
+                Stop::Failed(e) => e,
+            };
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff.reset();
+            }
+            if e.is_compacted() {
+                info!(error = %e, "watch revision compacted; listing again");
+                // Keep the view: the next list is compared with it to derive the deletions.
+                sync.slots.clear();
+            } else if tx.send(Update::Unavailable(e.to_string())).await.is_err() {
+                return;
+            }
+            let wait = backoff.next_delay();
+            debug!(?wait, "reconnecting to etcd");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Sync {
+    async fn session(&mut self, store: &mut Store, tx: &mpsc::Sender<Update>) -> Stop {
+        match self.run_session(store, tx).await {
+            Ok(stop) | Err(stop) => stop,
+        }
+    }
+
+    async fn run_session(
+        &mut self,
+        store: &mut Store,
+        tx: &mpsc::Sender<Update>,
+    ) -> Result<Stop, Stop> {
+        if self.slots.is_empty() {
+            self.relist(store).await?;
+        }
+        // All watches on one stream, each from the first revision it has not seen.
+        let ranges: Vec<Range> = self.slots.keys().cloned().collect();
+        let mut pending: VecDeque<Range> = VecDeque::new();
+        let mut stream: Option<WatchStream> = None;
+        for range in ranges {
+            let options = self.watch_options(&range);
+            let (key, _) = range.key(&self.layout, &self.node);
+            match &mut stream {
+                None => stream = Some(store.watch(key, options).await?),
+                Some(s) => send_watch(store, s, key, options).await?,
+            }
+            pending.push_back(range);
+        }
+        let Some(mut stream) = stream else {
+            return Err(Stop::Failed(EtcdError::Watch {
+                endpoints: store.endpoints.clone(),
+                message: "nothing to watch".into(),
+            }));
+        };
+        let mut by_id: HashMap<i64, Range> = HashMap::new();
+        let mut cancelled: BTreeSet<i64> = BTreeSet::new();
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence = store.timeout + PROGRESS_EVERY;
+        let mut heard = Instant::now();
+        loop {
+            let ready = self.dirty || self.alive;
+            tokio::select! {
+                biased;
+                permit = tx.reserve(), if ready => {
+                    let Ok(permit) = permit else { return Ok(Stop::Closed) };
+                    if self.dirty {
+                        let doc = self.view.as_ref().map(View::document).unwrap_or_default();
+                        permit.send(Update::Document(doc));
+                    } else {
+                        permit.send(Update::Alive);
+                    }
+                    self.dirty = false;
+                    self.alive = false;
+                }
+                msg = stream.message() => {
+                    let resp = match msg {
+                        Ok(Some(resp)) => resp,
+                        Ok(None) => return Err(watch_err(store, "the stream ended")),
+                        Err(e) => return Err(watch_err(store, &e.to_string())),
+                    };
+                    heard = Instant::now();
+                    self.on_response(store, &mut stream, resp, &mut pending, &mut by_id, &mut cancelled).await?;
+                }
+                _ = progress.tick() => {
+                    if heard.elapsed() > silence {
+                        return Err(watch_err(store, &format!("no answer for {silence:?}")));
+                    }
+                    let timeout = store.timeout;
+                    deadline(&store.endpoints, "request progress", timeout, stream.request_progress()).await?;
+                }
+            }
+        }
+    }
+
+    fn watch_options(&self, range: &Range) -> WatchOptions {
+        let start = self.slots.get(range).map_or(0, |s| s.next);
+        let options = WatchOptions::new()
+            .with_start_revision(start)
+            .with_progress_notify();
+        if range.key(&self.layout, &self.node).1 {
+            options.with_prefix()
+        } else {
+            options
+        }
+    }
+
+    /// Lists everything this node needs at one revision and replaces the view; the keys the
+    /// old view had and the new one lacks were deleted meanwhile.
+    async fn relist(&mut self, store: &mut Store) -> Result<(), Stop> {
+        let started = Instant::now();
+        let mut view = View::default();
+        let (own, revision) = store.list(&self.layout.by_node(&self.node), 0).await?;
+        for (key, e) in parse_entries(own).await {
+            view.set(&Range::Own, &key, Some(e));
+        }
+        let (nodes, _) = store.list(&self.layout.nodes(), revision).await?;
+        for (key, e) in parse_entries(nodes).await {
+            view.set(&Range::Nodes, &key, Some(e));
+        }
+        let mut slots = BTreeMap::new();
+        for r in [Range::Own, Range::Nodes] {
+            slots.insert(
+                r,
+                Slot {
+                    next: revision + 1,
+                    id: None,
+                },
+            );
+        }
+        for network in view.wanted() {
+            self.load_network(store, &mut view, &network, revision)
+                .await?;
+            for r in [Range::Network(network.clone()), Range::NetworkNics(network)] {
+                slots.insert(
+                    r,
+                    Slot {
+                        next: revision + 1,
+                        id: None,
+                    },
+                );
+            }
+        }
+        if let Some(old) = &self.view {
+            let now = view.keys();
+            let gone = old.keys().difference(&now).count();
+            if gone > 0 {
+                info!(
+                    deleted = gone,
+                    "entries deleted while the watch was away (derived from the new list)"
+                );
+            }
+        }
+        info!(
+            revision,
+            entries = view.len(),
+            networks = view.networks.len(),
+            elapsed = ?started.elapsed(),
+            "IPAM listed from etcd"
+        );
+        self.view = Some(view);
+        self.slots = slots;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Reads one network and its NICs at `revision` into `view`.
+    async fn load_network(
+        &self,
+        store: &mut Store,
+        view: &mut View,
+        network: &str,
+        revision: i64,
+    ) -> Result<(), Stop> {
+        let key = self.layout.network(network);
+        if let Some(bytes) = store.get(&key, revision).await? {
+            view.apply(&Range::Network(network.to_owned()), &key, Some(&bytes));
+        }
+        let (nics, _) = store
+            .list(&self.layout.by_network(network), revision)
+            .await?;
+        let range = Range::NetworkNics(network.to_owned());
+        view.nics.entry(network.to_owned()).or_default();
+        for (key, e) in parse_entries(nics).await {
+            view.set(&range, &key, Some(e));
+        }
+        Ok(())
+    }
+
+    async fn on_response(
+        &mut self,
+        store: &mut Store,
+        stream: &mut WatchStream,
+        resp: WatchResponse,
+        pending: &mut VecDeque<Range>,
+        by_id: &mut HashMap<i64, Range>,
+        cancelled: &mut BTreeSet<i64>,
+    ) -> Result<(), Stop> {
+        let id = resp.watch_id();
+        if resp.created()
+            && let Some(range) = pending.pop_front()
+        {
+            if let Some(slot) = self.slots.get_mut(&range) {
+                slot.id = Some(id);
+            }
+            by_id.insert(id, range);
+        }
+        if resp.canceled() {
+            if resp.compact_revision() > 0 {
+                return Err(Stop::Failed(EtcdError::Compacted {
+                    endpoints: store.endpoints.clone(),
+                    revision: resp.compact_revision(),
+                }));
+            }
+            if cancelled.remove(&id) {
+                return Ok(());
+            }
+            return Err(watch_err(
+                store,
+                &format!("watch cancelled: {}", resp.cancel_reason()),
+            ));
+        }
+        let Some(range) = by_id.get(&id).cloned() else {
+            // A progress report for the whole stream (watch id -1): alive and in sync.
+            if !resp.created() && resp.events().is_empty() {
+                self.alive = true;
+            }
+            return Ok(());
+        };
+        let Some(view) = self.view.as_mut() else {
+            return Ok(());
+        };
+        if resp.events().is_empty() {
+            // Per-watch progress: everything up to the header's revision was delivered.
+            if !resp.created()
+                && let (Some(h), Some(slot)) = (resp.header(), self.slots.get_mut(&range))
+            {
+                slot.next = slot.next.max(h.revision() + 1);
+            }
+            self.alive = true;
+            return Ok(());
+        }
+        let mut last = 0;
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let value = match ev.event_type() {
+                EventType::Put => Some(kv.value()),
+                EventType::Delete => None,
+            };
+            self.dirty |= view.apply(&range, &key, value);
+            last = last.max(kv.mod_revision());
+        }
+        if let Some(slot) = self.slots.get_mut(&range) {
+            slot.next = slot.next.max(last + 1);
+        }
+        if range == Range::Own {
+            self.follow_networks(store, stream, last, pending, cancelled)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// This node's NICs changed: watch the networks it now has NICs in, and stop watching the
+    /// ones it left. A new network is read at the revision of the change that brought it.
+    async fn follow_networks(
+        &mut self,
+        store: &mut Store,
+        stream: &mut WatchStream,
+        revision: i64,
+        pending: &mut VecDeque<Range>,
+        cancelled: &mut BTreeSet<i64>,
+    ) -> Result<(), Stop> {
+        let Some(mut view) = self.view.take() else {
+            return Ok(());
+        };
+        let wanted = view.wanted();
+        let have: BTreeSet<String> = self
+            .slots
+            .keys()
+            .filter_map(|r| match r {
+                Range::Network(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut result = Ok(());
+        for network in wanted.difference(&have) {
+            if let Err(e) = self.load_network(store, &mut view, network, revision).await {
+                result = Err(e);
+                break;
+            }
+            for range in [
+                Range::Network(network.clone()),
+                Range::NetworkNics(network.clone()),
+            ] {
+                self.slots.insert(
+                    range.clone(),
+                    Slot {
+                        next: revision + 1,
+                        id: None,
+                    },
+                );
+                let (key, _) = range.key(&self.layout, &self.node);
+                let options = self.watch_options(&range);
+                if let Err(e) = send_watch(store, stream, key, options).await {
+                    result = Err(Stop::Failed(e));
+                    break;
+                }
+                pending.push_back(range);
+            }
+            debug!(network, revision, "now following network");
+            self.dirty = true;
+        }
+        for network in have.difference(&wanted) {
+            for range in [
+                Range::Network(network.clone()),
+                Range::NetworkNics(network.clone()),
+            ] {
+                if let Some(Slot { id: Some(id), .. }) = self.slots.remove(&range) {
+                    cancelled.insert(id);
+                    let _ = deadline(
+                        &store.endpoints,
+                        "cancel watch",
+                        store.timeout,
+                        stream.cancel(id),
+                    )
+                    .await;
+                }
+            }
+            view.networks.remove(network);
+            view.nics.remove(network);
+            debug!(network, "no longer following network");
+            self.dirty = true;
+        }
+        self.view = Some(view);
+        result
+    }
+}
+
+async fn send_watch(
+    store: &Store,
+    stream: &mut WatchStream,
+    key: String,
+    options: WatchOptions,
+) -> Result<(), EtcdError> {
+    deadline(
+        &store.endpoints,
+        "watch",
+        store.timeout,
+        stream.watch(key, Some(options)),
+    )
+    .await
+}
+
+fn watch_err(store: &Store, message: &str) -> Stop {
+    Stop::Failed(EtcdError::Watch {
+        endpoints: store.endpoints.clone(),
+        message: message.to_owned(),
+    })
+}
+
+/// Parses listed keys into entries on the blocking pool: a list can hold 100,000 NICs.
+async fn parse_entries(kvs: Vec<(String, Vec<u8>)>) -> Vec<(String, RawEntry)> {
+    tokio::task::spawn_blocking(move || {
+        kvs.into_iter()
+            .map(|(k, v)| {
+                let e = entry(&k, &v);
+                (k, e)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end("/holdfast/nics/"), b"/holdfast/nics0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn layout() {
+        let l = Layout::new("/hf/");
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            l.nic_keys(mac, "hv-1", "blue"),
+            [
+                "/hf/nics/02:00:00:00:00:01".to_owned(),
+                "/hf/by-node/hv-1/02:00:00:00:00:01".to_owned(),
+                "/hf/by-network/blue/02:00:00:00:00:01".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..30).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
+        assert!(delays[20..].iter().any(|d| *d > Duration::from_millis(200)));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_view_follows_the_networks_of_this_nodes_nics() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let nic = br#"{"mac":"02:00:00:00:00:01","network":"blue","ip":"10.0.0.5","node":"hv-1"}"#;
+        v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            Some(nic),
+        );
+        assert_eq!(v.wanted(), BTreeSet::from(["blue".to_owned()]));
+        v.apply(
+            &Range::NetworkNics("blue".into()),
+            &format!("{}02:00:00:00:00:01", l.by_network("blue")),
+            Some(nic),
+        );
+        v.apply(
+            &Range::NetworkNics("blue".into()),
+            &format!("{}02:00:00:00:00:02", l.by_network("blue")),
+            Some(b"{not json"),
+        );
+        let doc = v.document();
+        assert_eq!(doc.nics.len(), 2);
+        let bad = doc.nics.iter().find(|e| e.value.is_err()).unwrap();
+        assert_eq!(bad.id.as_deref(), Some("02:00:00:00:00:02"));
+        assert!(v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            None
+        ));
+        assert!(v.wanted().is_empty());
+    }
+}

@@ -1,0 +1,653 @@
+//! IPAM in a real etcd (Debian's etcd-server, started by each test inside its own namespace):
+//! sync, put-to-map latency, outages, compaction behind a disconnected agent, restarts and a
+//! host reboot while etcd is down, poisoned records, scale, and a stalled agent.
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::net::UnixDatagram,
+    thread,
+    time::{Duration, Instant},
+};
+
+use agent_common::{FdbKey, Stat};
+use holdfast::model::{MacAddr, Nic};
+use holdfast_tests::{
+    TempDir, clients,
+    etcd::{Etcd, Proxy, ipam_section},
+    netns::{Agent, Netns, Vm, mac_str, wait_for},
+    packet::Request,
+    rawsock::RawSocket,
+};
+
+const VNI: u32 = 1001;
+const LOCAL: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+const REMOTE: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x01];
+
+/// One NIC of the test document: MAC, network, address, node, interface.
+struct N<'a>([u8; 6], &'a str, &'a str, &'a str, Option<&'a str>);
+
+/// A document with `networks` (id, vni, /16 or /24 subnet base), nodes hv-1..hv-20, `nics`.
+fn doc(networks: &[(&str, u32, &str)], nics: &[N<'_>], lease_time: u32) -> String {
+    let networks: Vec<String> = networks
+        .iter()
+        .map(|(id, vni, subnet)| {
+            let base = subnet.split('/').next().unwrap_or_default();
+            let gw = format!("{}.1", base.rsplit_once('.').map_or(base, |(a, _)| a));
+            format!(
+                r#"{{"id":"{id}","vni":{vni},"subnet":"{subnet}","gateway":"{gw}","mtu":1450,"lease_time":{lease_time}}}"#
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = (1..=20)
+        .map(|i| format!(r#"{{"name":"hv-{i}","vtep":"198.18.0.{i}"}}"#))
+        .collect();
+    let nics: Vec<String> = nics
+        .iter()
+        .map(|N(mac, net, ip, node, iface)| {
+            let iface = iface
+                .map(|i| format!(r#","interface":"{i}""#))
+                .unwrap_or_default();
+            format!(
+                r#"{{"mac":"{}","network":"{net}","ip":"{ip}","node":"{node}"{iface}}}"#,
+                mac_str(*mac)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"networks":[{}],"nodes":[{}],"nics":[{}]}}"#,
+        networks.join(","),
+        nodes.join(","),
+        nics.join(",")
+    )
+}
+
+fn blue(lease_time: u32, extra: &[N<'_>]) -> String {
+    let mut nics = vec![
+        N(LOCAL, "blue", "10.0.0.11", "hv-1", Some("tap-a")),
+        N(REMOTE, "blue", "10.0.0.21", "hv-2", None),
+    ];
+    nics.extend(extra.iter().map(|n| N(n.0, n.1, n.2, n.3, n.4)));
+    doc(&[("blue", VNI, "10.0.0.0/16")], &nics, lease_time)
+}
+
+fn remote_nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
+    Nic {
+        mac: MacAddr(mac),
+        network: "blue".into(),
+        ip,
+        hostname: None,
+        node: "hv-2".into(),
+        interface: None,
+    }
+}
+
+/// Whether the data plane forwards to `mac` (VNI 1001).
+fn in_fdb(agent: &Agent, mac: [u8; 6]) -> bool {
+    holdfast::dataplane::pinned_fdb(agent.bpffs.path())
+        .map(|m| m.get(&FdbKey::new(VNI, mac), 0).is_ok())
+        .unwrap_or(false)
+}
+
+fn wait_fdb(agent: &Agent, mac: [u8; 6], present: bool, timeout: Duration) -> bool {
+    wait_for(timeout, || (in_fdb(agent, mac) == present).then_some(())).is_some()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Put-to-map latencies of `count` new remote NICs, one after the other.
+fn put_to_map(etcd: &mut Etcd, agent: &Agent, count: u32, first: u32) -> Vec<Duration> {
+    let fdb = holdfast::dataplane::pinned_fdb(agent.bpffs.path()).expect("pinned fdb");
+    let client = etcd.client();
+    let mut lat = Vec::new();
+    for i in first..first + count {
+        let mac = [0x02, 0xcc, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let ip = Ipv4Addr::new(10, 0, 100 + (i / 250) as u8, (i % 250) as u8 + 2);
+        let t = Instant::now();
+        client.put_nic(remote_nic(mac, ip));
+        loop {
+            if fdb.get(&FdbKey::new(VNI, mac), 0).is_ok() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "NIC {i} never reached the map:\n{}",
+                agent.logs()
+            );
+            thread::sleep(Duration::from_micros(100));
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat
+}
+
+#[test]
+fn a_put_in_etcd_reaches_the_map_within_100_ms_at_p99() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(3600, &[]));
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    assert!(
+        wait_fdb(&agent, REMOTE, true, Duration::from_secs(10)),
+        "{}",
+        agent.logs()
+    );
+    let lat = put_to_map(&mut etcd, &agent, 1000, 0);
+    let (p50, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat[lat.len() - 1],
+    );
+    eprintln!("put-to-map over 1000 updates: p50 {p50:?}, p99 {p99:?}, max {max:?}");
+    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    assert_eq!(agent.metric("holdfast_ipam_up"), 1.0);
+    assert!(agent.metric("holdfast_ipam_stale_seconds") < 5.0);
+
+    // Deletions apply too.
+    etcd.client().delete_nic(REMOTE);
+    assert!(wait_fdb(&agent, REMOTE, false, Duration::from_secs(5)));
+}
+
+#[test]
+fn poisoned_records_are_rejected_one_by_one_while_the_rest_applies() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(3600, &[]));
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    assert!(wait_fdb(&agent, REMOTE, true, Duration::from_secs(10)));
+
+    let c = etcd.client();
+    let nic = |mac: &str, net: &str, ip: &str, node: &str| {
+        format!(r#"{{"mac":"{mac}","network":"{net}","ip":"{ip}","node":"{node}"}}"#)
+    };
+    c.put_raw(
+        "by-network/blue/zz:zz",
+        &nic("zz:zz:zz:zz:zz:zz", "blue", "10.0.0.30", "hv-2"),
+    );
+    // The address of REMOTE, which keeps it: the NIC serving now wins.
+    c.put_raw(
+        "by-network/blue/02:bb:00:00:00:02",
+        &nic("02:bb:00:00:00:02", "blue", "10.0.0.21", "hv-2"),
+    );
+    // A NIC of this node in a network nobody defined.
+    c.put_raw(
+        "by-node/hv-1/02:aa:00:00:00:02",
+        &nic("02:aa:00:00:00:02", "nope", "10.9.0.5", "hv-1"),
+    );
+    c.put_raw(
+        "networks/blue",
+        r#"{"id":"blue","vni":1001,"subnet":"10.0.0.0/16","gateway":"10.0.0.1","mtu":0}"#,
+    );
+    c.put_raw("by-network/blue/02:bb:00:00:00:03", "{this is not json");
+    // And a good one, which applies.
+    c.put_nic(remote_nic(
+        [0x02, 0xbb, 0, 0, 0, 0x04],
+        Ipv4Addr::new(10, 0, 0, 24),
+    ));
+    assert!(
+        wait_fdb(
+            &agent,
+            [0x02, 0xbb, 0, 0, 0, 0x04],
+            true,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        agent.logs()
+    );
+    let rejected = |reason: &str| {
+        agent.metric(&format!(
+            "holdfast_ipam_rejected_entries{{reason=\"{reason}\"}}"
+        ))
+    };
+    let ok = wait_for(Duration::from_secs(10), || {
+        [
+            "invalid_mac",
+            "duplicate_ip",
+            "unknown_network",
+            "mtu_out_of_range",
+            "invalid_json",
+        ]
+        .iter()
+        .all(|r| rejected(r) == 1.0)
+        .then_some(())
+    });
+    assert!(ok.is_some(), "{}", agent.http("/metrics").1);
+    assert!(
+        in_fdb(&agent, REMOTE),
+        "the NIC holding the address keeps serving"
+    );
+    // The network's last good version (MTU 1450) keeps serving.
+    let vpc = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
+    let mtu = vpc.vnis.iter().find(|(v, _)| *v == VNI).map(|(_, n)| n.mtu);
+    assert_eq!(mtu, Some(1450));
+    let logs = agent.logs();
+    assert!(
+        logs.contains("/holdfast/networks/blue"),
+        "rejections name their key:\n{logs}"
+    );
+    assert!(
+        logs.contains("its last good version keeps serving"),
+        "{logs}"
+    );
+}
+
+/// The outage length of the long test (seconds): several minutes by default.
+fn outage() -> Duration {
+    Duration::from_secs(
+        std::env::var("HOLDFAST_TEST_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    )
+}
+
+#[test]
+fn with_etcd_down_for_minutes_leases_keep_renewing_and_the_agent_catches_up_after() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(10, &[]));
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    let vm = Vm::new(&hv, "tap-a", LOCAL);
+    let client = clients::dhclient(&vm, None);
+    assert_eq!(
+        vm.wait_address(Duration::from_secs(30)).map(|a| a.0),
+        Some(Ipv4Addr::new(10, 0, 0, 11))
+    );
+
+    etcd.stop();
+    let down = Instant::now();
+    let renewals = || {
+        let c = agent.counters();
+        c[Stat::DhcpRequestRenewing as usize] + c[Stat::DhcpRequestRebinding as usize]
+    };
+    let before = renewals();
+    while down.elapsed() < outage() {
+        thread::sleep(Duration::from_secs(10));
+        assert_eq!(agent.http("/readyz").0, 200, "not ready during the outage");
+        assert_eq!(
+            agent.http("/healthz").0,
+            200,
+            "not healthy during the outage"
+        );
+        assert_eq!(
+            vm.address().map(|a| a.0),
+            Some(Ipv4Addr::new(10, 0, 0, 11)),
+            "lease lost during the outage: {}",
+            client.log()
+        );
+    }
+    let renewed = renewals() - before;
+    let expected = outage().as_secs() / 5;
+    assert!(
+        renewed * 10 >= expected * 7,
+        "{renewed} renewals in {:?}, expected about {expected}",
+        outage()
+    );
+    assert_eq!(agent.metric("holdfast_ipam_up"), 0.0);
+    let stale = agent.metric("holdfast_ipam_stale_seconds");
+    assert!(stale >= outage().as_secs_f64() - 10.0, "stale {stale}");
+    let reconnects = agent.metric("holdfast_ipam_reconnects_total");
+    assert!(reconnects >= 3.0, "{reconnects} reconnects");
+    // Backoff, not a hot loop: capped at 30 s with jitter, a few dozen tries at most.
+    assert!(
+        reconnects < outage().as_secs_f64(),
+        "{reconnects} reconnects in {:?}",
+        outage()
+    );
+    eprintln!(
+        "outage of {:?}: {renewed} renewals answered, {reconnects} reconnect attempts, stale {stale:.0} s",
+        outage()
+    );
+
+    // etcd back: a change made now reaches the data plane once the agent is back.
+    etcd.restart();
+    let back = Instant::now();
+    etcd.client().put_nic(remote_nic(
+        [0x02, 0xbb, 0, 0, 0, 0x09],
+        Ipv4Addr::new(10, 0, 0, 29),
+    ));
+    assert!(
+        wait_fdb(
+            &agent,
+            [0x02, 0xbb, 0, 0, 0, 0x09],
+            true,
+            Duration::from_secs(45)
+        ),
+        "{}",
+        agent.logs()
+    );
+    eprintln!("caught up {:?} after etcd came back", back.elapsed());
+    assert_eq!(agent.metric("holdfast_ipam_up"), 1.0);
+    assert!(agent.metric("holdfast_ipam_stale_seconds") < 5.0);
+}
+
+#[test]
+fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    let b2 = [0x02, 0xbb, 0, 0, 0, 0x02];
+    let b3 = [0x02, 0xbb, 0, 0, 0, 0x03];
+    etcd.client()
+        .import(&blue(3600, &[N(b2, "blue", "10.0.0.22", "hv-2", None)]));
+    let proxy = Proxy::start(&hv, 12379, 2379);
+    let agent = Agent::start_etcd(&hv, "hv-1", "http://127.0.0.1:12379", "");
+    assert!(wait_fdb(&agent, b2, true, Duration::from_secs(10)));
+
+    proxy.cut();
+    let cut_off = wait_for(Duration::from_secs(15), || {
+        (agent.metric("holdfast_ipam_up") == 0.0).then_some(())
+    });
+    assert!(
+        cut_off.is_some(),
+        "the agent did not notice:\n{}",
+        agent.logs()
+    );
+    // Behind its back: one NIC goes, one comes, and the history is compacted.
+    let c = etcd.client();
+    c.delete_nic(REMOTE);
+    c.delete_nic(b2);
+    let rev = c.put_nic(remote_nic(b3, Ipv4Addr::new(10, 0, 0, 23)));
+    c.compact(rev);
+    proxy.restore();
+
+    assert!(
+        wait_fdb(&agent, b3, true, Duration::from_secs(45)),
+        "{}",
+        agent.logs()
+    );
+    assert!(wait_fdb(&agent, REMOTE, false, Duration::from_secs(5)));
+    assert!(!in_fdb(&agent, b2));
+    let logs = agent.logs();
+    assert!(logs.contains("compacted; listing again"), "{logs}");
+    assert!(
+        logs.contains("deleted=2"),
+        "the deletions were derived:\n{logs}"
+    );
+    let reconnects = agent.metric("holdfast_ipam_reconnects_total");
+    assert!(reconnects < 15.0, "{reconnects} reconnects: a hot loop?");
+}
+
+#[test]
+fn a_killed_agent_and_a_rebooted_host_serve_from_the_snapshot_while_etcd_is_down() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(10, &[]));
+    let mut agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    let vm = Vm::new(&hv, "tap-a", LOCAL);
+    let client = clients::dhclient(&vm, None);
+    assert!(vm.wait_address(Duration::from_secs(30)).is_some());
+    assert!(wait_fdb(&agent, REMOTE, true, Duration::from_secs(10)));
+    etcd.stop();
+
+    // SIGKILL and restart during the outage.
+    agent.kill();
+    agent.spawn(&hv);
+    assert!(agent.logs().contains("serving the persisted IPAM snapshot"));
+    let renewals = || agent.counters()[Stat::DhcpRequestRenewing as usize];
+    let before = renewals();
+    let renewed = wait_for(Duration::from_secs(20), || {
+        (renewals() >= before + 2).then_some(())
+    });
+    assert!(renewed.is_some(), "{}", client.log());
+    drop(client);
+
+    // A reboot: every pin is gone (programs off the interfaces, maps freed), etcd still down.
+    agent.kill();
+    for entry in std::fs::read_dir(agent.bpffs.path()).expect("bpffs") {
+        let p = entry.expect("entry").path();
+        let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+    }
+    let sock = RawSocket::open(&vm.ns.path(), "eth0");
+    assert!(
+        sock.exchange(&Request::discover(LOCAL), Duration::from_millis(500))
+            .is_none(),
+        "still answering with no data plane"
+    );
+    agent.spawn(&hv);
+    let offer = wait_for(Duration::from_secs(10), || {
+        sock.exchange(&Request::discover(LOCAL), Duration::from_millis(500))
+    });
+    let offer = offer.expect("no OFFER after the reboot");
+    assert_eq!(offer.yiaddr, Ipv4Addr::new(10, 0, 0, 11));
+    assert!(
+        in_fdb(&agent, REMOTE),
+        "VPC forwarding state back from the snapshot"
+    );
+    assert_eq!(agent.metric("holdfast_ipam_up"), 0.0);
+    assert_eq!(agent.http("/readyz").0, 200);
+}
+
+#[test]
+fn ten_thousand_nics_across_500_networks() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    // hv-1 has a NIC in each network, so it needs all of them: 10,000 NICs.
+    let names: Vec<String> = (0..500).map(|i| format!("n{i}")).collect();
+    let subnets: Vec<String> = (0..500)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    let nets: Vec<(&str, u32, &str)> = (0..500)
+        .map(|i| (names[i].as_str(), 2000 + i as u32, subnets[i].as_str()))
+        .collect();
+    let ips: Vec<String> = (0..10_000)
+        .map(|k| {
+            format!(
+                "10.{}.{}.{}",
+                (k % 500) / 256,
+                (k % 500) % 256,
+                10 + k / 500
+            )
+        })
+        .collect();
+    let nodes: Vec<String> = (0..10_000)
+        .map(|k| format!("hv-{}", 1 + (k / 500) % 20))
+        .collect();
+    let ifaces: Vec<String> = (0..10_000).map(|k| format!("t{k}")).collect();
+    let nics: Vec<N<'_>> = (0..10_000usize)
+        .map(|k| {
+            let mac = [0x02, 0xdd, 0, (k >> 16) as u8, (k >> 8) as u8, k as u8];
+            let local = nodes[k] == "hv-1";
+            N(
+                mac,
+                names[k % 500].as_str(),
+                ips[k].as_str(),
+                nodes[k].as_str(),
+                local.then(|| ifaces[k].as_str()),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    etcd.client().import(&doc(&nets, &nics, 3600));
+    eprintln!("imported 10,000 NICs in 500 networks in {:?}", t.elapsed());
+    let start = Instant::now();
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    // Remote NICs only: the local ones have no interface here.
+    let done = wait_for(Duration::from_secs(60), || {
+        (agent.metric("holdfast_fdb_entries") == 9_500.0).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "fdb {}:\n{}",
+        agent.metric("holdfast_fdb_entries"),
+        agent.logs()
+    );
+    eprintln!(
+        "agent start to 9,500 forwarding entries: {:?}",
+        start.elapsed()
+    );
+    let listed = agent
+        .logs()
+        .lines()
+        .find(|l| l.contains("IPAM listed from etcd"))
+        .map(str::to_owned);
+    eprintln!("{}", listed.unwrap_or_default());
+    assert_eq!(
+        agent.metric("holdfast_ipam_rejected_entries{reason=\"duplicate_ip\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_slow_blocking_metrics_collection_does_not_stall_dhcp_watches_or_health() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(3600, &[]));
+    let url = Etcd::url(Ipv4Addr::LOCALHOST);
+    let mut agent = Agent::configure(&hv, "hv-1", |_| ipam_section(&url, 1000), "");
+    agent
+        .env
+        .push(("HOLDFAST_FAULT_SLOW_COLLECT_MS".into(), "3000".into()));
+    agent.spawn(&hv);
+    let vm = Vm::new(&hv, "tap-a", LOCAL);
+    assert!(wait_fdb(&agent, REMOTE, true, Duration::from_secs(10)));
+    assert!(
+        wait_for(Duration::from_secs(10), || (agent
+            .metric("holdfast_leases")
+            == 1.0)
+            .then_some(()))
+        .is_some()
+    );
+
+    // Scrapes in a loop, each blocked for 3 s, two at a time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scrapers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ns) = (stop.clone(), hv.path());
+            let cfg = agent.config.clone();
+            thread::spawn(move || {
+                let _ = cfg;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let _ = holdfast_tests::netns::in_netns(&ns, || {
+                        std::net::TcpStream::connect("127.0.0.1:9469").map(|mut s| {
+                            use std::io::{Read as _, Write as _};
+                            let _ = write!(
+                                s,
+                                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                            );
+                            let mut b = String::new();
+                            let _ = s.read_to_string(&mut b);
+                        })
+                    });
+                    if t.elapsed() >= Duration::from_secs(3) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+
+    let mut health = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert_eq!(agent.http("/healthz").0, 200);
+        health.push(t.elapsed());
+        thread::sleep(Duration::from_millis(50));
+    }
+    health.sort();
+    let lat = put_to_map(&mut etcd, &agent, 100, 5000);
+    let sock = RawSocket::open(&vm.ns.path(), "eth0");
+    let mut answered = 0;
+    for _ in 0..20 {
+        if sock
+            .exchange(&Request::discover(LOCAL), Duration::from_millis(200))
+            .is_some()
+        {
+            answered += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slow_scrapes: u32 = scrapers
+        .into_iter()
+        .map(|t| t.join().expect("scraper"))
+        .sum();
+    assert!(
+        slow_scrapes >= 2,
+        "the fault did not bite: {slow_scrapes} slow scrapes"
+    );
+    let (h_max, p99) = (health[health.len() - 1], percentile(&lat, 0.99));
+    eprintln!(
+        "with 3 s blocking collections: /healthz max {h_max:?}, put-to-map p99 {p99:?}, {answered}/20 DISCOVERs answered, {slow_scrapes} slow scrapes"
+    );
+    assert!(
+        h_max < Duration::from_millis(200),
+        "/healthz took {h_max:?}"
+    );
+    assert!(p99 < Duration::from_millis(100), "put-to-map p99 {p99:?}");
+    assert_eq!(answered, 20);
+}
+
+#[test]
+fn a_stuck_main_loop_stops_feeding_the_systemd_watchdog_while_dhcp_answers() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(3600, &[]));
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let url = Etcd::url(Ipv4Addr::LOCALHOST);
+    let mut agent = Agent::configure(&hv, "hv-1", |_| ipam_section(&url, 1000), "");
+    agent.env.extend([
+        ("NOTIFY_SOCKET".into(), path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "2000000".into()),
+        ("HOLDFAST_FAULT_STALL_LOOP_AFTER_S".into(), "6".into()),
+    ]);
+    let started = Instant::now();
+    agent.spawn(&hv);
+    let vm = Vm::new(&hv, "tap-a", LOCAL);
+
+    // Datagrams by arrival time.
+    let mut seen: Vec<(Duration, String)> = Vec::new();
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(18) {
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push((
+                started.elapsed(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    assert!(seen.iter().any(|(_, m)| m.contains("READY=1")), "{seen:?}");
+    let pings: Vec<Duration> = seen
+        .iter()
+        .filter(|(_, m)| m.contains("WATCHDOG=1"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings
+            .iter()
+            .filter(|t| **t < Duration::from_secs(5))
+            .count()
+            >= 3,
+        "fed while healthy: {pings:?}"
+    );
+    // The loop stalls at about 6.5 s; the watchdog notices within 5 to 7 s and stops feeding.
+    assert!(
+        !pings.iter().any(|t| *t > Duration::from_secs(15)),
+        "still fed while stuck: {pings:?}"
+    );
+    assert!(
+        agent
+            .logs()
+            .contains("no longer feeding the systemd watchdog")
+    );
+    // The data plane does not depend on the agent: DHCP still answers.
+    let sock = RawSocket::open(&vm.ns.path(), "eth0");
+    assert!(
+        sock.exchange(&Request::discover(LOCAL), Duration::from_millis(500))
+            .is_some()
+    );
+    // And /healthz turns unhealthy for a probe to act on.
+    let unhealthy = wait_for(Duration::from_secs(20), || {
+        (agent.http("/healthz").0 == 503).then_some(())
+    });
+    assert!(unhealthy.is_some());
+}
