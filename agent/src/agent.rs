@@ -5,7 +5,7 @@
 //! the runtime only moves messages.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::AsRawFd,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -21,9 +21,9 @@ use anyhow::{Context as _, anyhow};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot, watch},
+    sync::{Notify, mpsc, oneshot, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     anchor,
@@ -133,6 +133,15 @@ struct Agent {
     links_tx: watch::Sender<Links>,
     /// The latest adopted model, for the persister.
     persist_tx: watch::Sender<Option<Arc<Model>>>,
+    /// The MACs of each network's NICs in `model`.
+    nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    /// The state the data plane was last asked to converge to.
+    desired: Desired,
+    /// The rejections standing now (the last full load's, updated by partial ones).
+    rejections: Vec<model::Rejection>,
+    /// Asks the source for a complete document (the etcd source; the file source always
+    /// sends one).
+    resend: Arc<Notify>,
 }
 
 impl Agent {
@@ -153,87 +162,43 @@ impl Agent {
         }
     }
 
-    fn desired(&self) -> Desired {
-        let by_name: BTreeMap<&str, u32> = self
-            .links
-            .iter()
-            .map(|(i, l)| (l.name.as_str(), *i))
-            .collect();
-        let mut d = Desired {
+    /// What the desired state is built from: copies of persistent maps, cheap to take.
+    fn inputs(&self) -> Inputs {
+        Inputs {
+            vpc: self.vpc.clone(),
+            leases: self.leases.clone(),
+            links: self.links.clone(),
+            underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
             prune: self.model.is_some(),
-            ..Desired::default()
-        };
-        for lease in self.leases.values() {
-            if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
-                d.interfaces.insert(ifindex, lease.interface.clone());
-                d.bindings
-                    .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
-            }
         }
-        let ip = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-        for ((vni, mac), station) in &self.vpc.fdb {
-            let entry = match &station.endpoint {
-                Endpoint::Local { interface } => {
-                    let Some(&ifindex) = by_name.get(interface.as_str()) else {
-                        continue;
-                    };
-                    FdbEntry {
-                        ifindex,
-                        vtep: 0,
-                        ip: ip(station.ip),
-                    }
-                }
-                Endpoint::Remote { vtep } => FdbEntry {
-                    ifindex: 0,
-                    vtep: ip(*vtep),
-                    ip: ip(station.ip),
-                },
-            };
-            d.fdb.insert(FdbKey::new(*vni, mac.0), entry);
-        }
-        for ((vni, addr), mac) in &self.vpc.arp {
-            d.arp.insert(
-                ArpKey {
-                    vni: *vni,
-                    ip: ip(*addr),
-                },
-                ArpEntry {
-                    mac: mac.0,
-                    _pad: [0; 2],
-                },
-            );
-        }
-        for vtep in &self.vpc.vteps {
-            d.vteps.insert(ip(*vtep), 1);
-        }
-        for (vni, net) in &self.vpc.vnis {
-            d.vnis.insert(
-                *vni,
-                VniInfo {
-                    gateway: ip(net.gateway),
-                    mtu: net.mtu,
-                },
-            );
-        }
-        if let Some((ifindex, link)) = self.underlay() {
-            d.underlay = Some((ifindex, link.name.clone()));
-            let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
-            d.config = DataplaneConfig {
-                vtep: self.vpc.vtep.map(ip).unwrap_or(0),
-                underlay_ifindex: ifindex,
-                fib_ifindex,
-                _pad: 0,
-            };
-        }
-        d
     }
 
-    async fn reconcile(&self) {
+    /// Rebuilds the whole desired state (on the blocking pool) and converges the data plane
+    /// to it.
+    async fn reconcile(&mut self) {
         if self.model.is_none() {
             // Nothing validated yet: the pinned state keeps serving untouched.
             return;
         }
-        match self.dp.reconcile(self.desired()).await {
+        let inputs = self.inputs();
+        let Ok(desired) = tokio::task::spawn_blocking(move || build_desired(&inputs)).await else {
+            error!("building the desired state panicked; the data plane keeps its state");
+            return;
+        };
+        self.converge(desired).await;
+    }
+
+    /// Changes the desired state for some VNIs and NICs only, and converges to it: the
+    /// data plane finds what differs without looking at the rest.
+    async fn reconcile_partial(&mut self, vnis: &BTreeSet<u32>, macs: &BTreeSet<MacAddr>) {
+        let mut desired = self.desired.clone();
+        patch_desired(&mut desired, &self.inputs(), vnis, macs);
+        self.converge(desired).await;
+    }
+
+    async fn converge(&mut self, desired: Desired) {
+        self.desired = desired.clone();
+        match self.dp.reconcile(desired).await {
             Ok(r) => {
                 self.metrics.leases.set(r.bindings as i64);
                 self.metrics.fdb.set(r.fdb as i64);
@@ -267,13 +232,18 @@ impl Agent {
         let router = self.config.router_mac;
         let m = model.clone();
         let rendered = tokio::task::spawn_blocking(move || {
-            (leases::for_node(&m, &node), vpc::derive(&m, &node, router))
+            (
+                leases::for_node(&m, &node),
+                vpc::derive(&m, &node, router),
+                m.nics_by_network(),
+            )
         })
         .await;
-        let Ok((rendered, vpc)) = rendered else {
+        let Ok((rendered, vpc, nics_of)) = rendered else {
             error!("rendering leases panicked; keeping the current state");
             return;
         };
+        self.nics_of = nics_of;
         if self.config.underlay.is_some() && vpc.vtep.is_none() {
             warn!(node = %self.config.node, "this node is not in IPAM's nodes: no VTEP, VMs reach only VMs on this host");
         }
@@ -289,6 +259,51 @@ impl Agent {
             self.metrics.synced_now();
             self.persist_tx.send_replace(Some(model));
         }
+        // A complete load frees as much as it allocated (the previous model, parse buffers):
+        // hand it back to the system rather than keep the peak.
+        // SAFETY: malloc_trim only releases free memory.
+        tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
+    }
+
+    /// Adopts a model in which only `networks` changed: their leases and forwarding entries
+    /// are derived again, nothing else.
+    async fn adopt_partial(
+        &mut self,
+        model: Arc<Model>,
+        networks: &BTreeSet<String>,
+        nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    ) {
+        let prev = self.model.clone().unwrap_or_default();
+        let node = self.config.node.clone();
+        let router = self.config.router_mac;
+        let mut vnis = BTreeSet::new();
+        let mut macs = BTreeSet::new();
+        for id in networks {
+            for m in [&prev, &model] {
+                if let Some(n) = m.networks.get(id) {
+                    vnis.insert(n.vni);
+                }
+            }
+            macs.extend(self.nics_of.get(id).into_iter().flatten().copied());
+            macs.extend(nics_of.get(id).into_iter().flatten().copied());
+        }
+        self.leases.retain(|(_, mac), _| !macs.contains(mac));
+        leases::add_for_node(&model, &node, macs.iter(), &mut self.leases);
+        for vni in &vnis {
+            vpc::remove_vni(&mut self.vpc, *vni);
+        }
+        for (id, set) in nics_of {
+            vpc::derive_network(&model, &id, &set, &node, router, &mut self.vpc);
+            if set.is_empty() {
+                self.nics_of.remove(&id);
+            } else {
+                self.nics_of.insert(id, set);
+            }
+        }
+        self.model = Some(model.clone());
+        self.reconcile_partial(&vnis, &macs).await;
+        self.metrics.synced_now();
+        self.persist_tx.send_replace(Some(model));
     }
 
     /// Resolves the underlay neighbours of every known VTEP ahead of traffic, so that the first
@@ -317,11 +332,16 @@ impl Agent {
                 self.metrics.in_sync_at(unix_now());
                 return;
             }
+            Update::Partial { networks, sub } => {
+                self.metrics.ipam_up.set(1);
+                self.revalidate(networks, sub).await;
+                return;
+            }
             Update::Invalid(e) => {
                 self.metrics.ipam_up.set(1);
                 self.metrics.ipam_load_errors.inc();
                 self.metrics
-                    .record_rejections(std::iter::once(model::Reason::InvalidDocument));
+                    .count_rejections(std::iter::once(model::Reason::InvalidDocument));
                 error!(error = %e, "IPAM document rejected; the last good state keeps serving");
                 return;
             }
@@ -335,6 +355,57 @@ impl Agent {
         self.metrics.ipam_up.set(1);
         self.last_doc = Some(doc.clone());
         self.validate(doc).await;
+    }
+
+    /// Validates some networks again (a change in etcd) and adopts the result.
+    async fn revalidate(&mut self, networks: BTreeSet<String>, sub: RawDocument) {
+        let Some(prev) = self.model.clone() else {
+            // Nothing to merge into: a complete document first.
+            self.resend.notify_one();
+            return;
+        };
+        let old: BTreeSet<MacAddr> = networks
+            .iter()
+            .flat_map(|n| self.nics_of.get(n).into_iter().flatten().copied())
+            .collect();
+        let node = self.config.node.clone();
+        let limits = self.limits;
+        let scope = networks.clone();
+        let sub = Arc::new(sub);
+        let s = sub.clone();
+        let old_macs = old.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            model::revalidate(&s, &scope, &old_macs, &prev, &node, &limits, &Budget)
+        })
+        .await;
+        let Ok(r) = done else {
+            error!("validation panicked; keeping the current state");
+            return;
+        };
+        // The rejections of these networks replace the ones they had.
+        let mut keys: BTreeSet<String> = networks.clone();
+        keys.extend(old.iter().map(MacAddr::to_string));
+        for set in r.nics_of.values() {
+            keys.extend(set.iter().map(MacAddr::to_string));
+        }
+        // A NIC's rejection is keyed by the MAC its value states, else by its key's.
+        for e in &sub.nics {
+            keys.extend(e.id.as_deref().map(str::to_owned));
+            keys.extend(e.field("mac"));
+        }
+        self.rejections
+            .retain(|x| x.key.as_ref().is_none_or(|k| !keys.contains(k)));
+        for x in &r.validated.rejections {
+            warn!(rejected = %x, "IPAM entry rejected");
+        }
+        self.metrics
+            .count_rejections(r.validated.rejections.iter().map(|x| x.reason));
+        self.rejections.extend(r.validated.rejections);
+        self.metrics
+            .set_rejections(self.rejections.iter().map(|x| x.reason));
+        debug!(networks = ?networks, "IPAM change validated");
+        self.adopt_partial(Arc::new(r.validated.model), &networks, r.nics_of)
+            .await;
     }
 
     /// Validates a document against the serving model and this host's limits, and adopts it.
@@ -355,7 +426,10 @@ impl Agent {
             warn!(rejected = %r, "IPAM entry rejected");
         }
         self.metrics
-            .record_rejections(v.rejections.iter().map(|r| r.reason));
+            .count_rejections(v.rejections.iter().map(|r| r.reason));
+        self.metrics
+            .set_rejections(v.rejections.iter().map(|r| r.reason));
+        self.rejections = v.rejections.clone();
         let changed = self.model.as_deref() != Some(&v.model);
         info!(
             networks = v.model.networks.len(),
@@ -397,9 +471,172 @@ impl Agent {
             return;
         }
         info!(underlay_mtu = ?self.limits().underlay_mtu, "underlay changed; validating IPAM again");
-        if let Some(doc) = self.last_doc.clone() {
-            self.validate(doc).await;
+        match (&self.config.ipam.source, self.last_doc.clone()) {
+            (IpamSource::File, Some(doc)) => self.validate(doc).await,
+            // The etcd source holds the document: it sends it whole again.
+            _ => self.resend.notify_one(),
         }
+    }
+}
+
+/// What the desired state is built from.
+struct Inputs {
+    vpc: Vpc,
+    leases: Leases,
+    links: Links,
+    underlay: Option<(u32, String)>,
+    prune: bool,
+}
+
+fn ip_u32(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+fn by_name(links: &Links) -> BTreeMap<&str, u32> {
+    links.iter().map(|(i, l)| (l.name.as_str(), *i)).collect()
+}
+
+fn fdb_entry(station: &vpc::Station, by_name: &BTreeMap<&str, u32>) -> Option<FdbEntry> {
+    Some(match &station.endpoint {
+        Endpoint::Local { interface } => FdbEntry {
+            ifindex: *by_name.get(interface.as_str())?,
+            vtep: 0,
+            ip: ip_u32(station.ip),
+        },
+        Endpoint::Remote { vtep } => FdbEntry {
+            ifindex: 0,
+            vtep: ip_u32(*vtep),
+            ip: ip_u32(station.ip),
+        },
+    })
+}
+
+fn arp_entry(vni: u32, addr: Ipv4Addr, mac: MacAddr) -> (ArpKey, ArpEntry) {
+    (
+        ArpKey {
+            vni,
+            ip: ip_u32(addr),
+        },
+        ArpEntry {
+            mac: mac.0,
+            _pad: [0; 2],
+        },
+    )
+}
+
+fn vni_info(net: &vpc::LocalNetwork) -> VniInfo {
+    VniInfo {
+        gateway: ip_u32(net.gateway),
+        mtu: net.mtu,
+    }
+}
+
+/// The whole state the data plane must hold, from the leases and forwarding state of the
+/// model and the interfaces present now.
+fn build_desired(i: &Inputs) -> Desired {
+    let by_name = by_name(&i.links);
+    let mut d = Desired {
+        prune: i.prune,
+        ..Desired::default()
+    };
+    for lease in i.leases.values() {
+        if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
+            d.interfaces.insert(ifindex, lease.interface.clone());
+            d.bindings
+                .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
+        }
+    }
+    for ((vni, mac), station) in &i.vpc.fdb {
+        if let Some(entry) = fdb_entry(station, &by_name) {
+            d.fdb.insert(FdbKey::new(*vni, mac.0), entry);
+        }
+    }
+    for ((vni, addr), mac) in &i.vpc.arp {
+        let (k, v) = arp_entry(*vni, *addr, *mac);
+        d.arp.insert(k, v);
+    }
+    for vtep in &i.vpc.vteps {
+        d.vteps.insert(ip_u32(*vtep), 1);
+    }
+    for (vni, net) in &i.vpc.vnis {
+        d.vnis.insert(*vni, vni_info(net));
+    }
+    if let Some((ifindex, name)) = &i.underlay {
+        d.underlay = Some((*ifindex, name.clone()));
+        let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
+        d.config = DataplaneConfig {
+            vtep: i.vpc.vtep.map(ip_u32).unwrap_or(0),
+            underlay_ifindex: *ifindex,
+            fib_ifindex,
+            _pad: 0,
+        };
+    }
+    d
+}
+
+/// Brings the entries of `vnis` and the bindings of `macs` in `d` up to date with `i`.
+fn patch_desired(d: &mut Desired, i: &Inputs, vnis: &BTreeSet<u32>, macs: &BTreeSet<MacAddr>) {
+    let by_name = by_name(&i.links);
+    for &vni in vnis {
+        let fdb: Vec<FdbKey> = d
+            .fdb
+            .range(FdbKey::new(vni, [0; 6])..=FdbKey::new(vni, [0xff; 6]))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in fdb {
+            d.fdb.remove(&k);
+        }
+        let arp: Vec<ArpKey> = d
+            .arp
+            .range(ArpKey { vni, ip: 0 }..=ArpKey { vni, ip: u32::MAX })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in arp {
+            d.arp.remove(&k);
+        }
+        d.vnis.remove(&vni);
+        for ((v, mac), station) in i
+            .vpc
+            .fdb
+            .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
+        {
+            if let Some(entry) = fdb_entry(station, &by_name) {
+                d.fdb.insert(FdbKey::new(*v, mac.0), entry);
+            }
+        }
+        for ((v, addr), mac) in i
+            .vpc
+            .arp
+            .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
+        {
+            let (k, e) = arp_entry(*v, *addr, *mac);
+            d.arp.insert(k, e);
+        }
+        if let Some(net) = i.vpc.vnis.get(&vni) {
+            d.vnis.insert(vni, vni_info(net));
+        }
+    }
+    if !macs.is_empty() {
+        let stale: Vec<BindingKey> = d
+            .bindings
+            .keys()
+            .filter(|k| macs.contains(&MacAddr(k.mac)))
+            .copied()
+            .collect();
+        for k in stale {
+            d.bindings.remove(&k);
+        }
+        for lease in i.leases.values().filter(|l| macs.contains(&l.mac)) {
+            if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
+                d.bindings
+                    .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
+            }
+        }
+        d.interfaces = i
+            .leases
+            .values()
+            .filter_map(|l| Some((*by_name.get(l.interface.as_str())?, l.interface.clone())))
+            .collect();
     }
 }
 
@@ -578,6 +815,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         links: initial_links,
         links_tx,
         persist_tx,
+        nics_of: BTreeMap::new(),
+        desired: Desired::default(),
+        rejections: Vec::new(),
+        resend: Arc::new(Notify::new()),
     };
     agent.limits = agent.limits();
 
@@ -618,6 +859,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config: config.ipam.clone(),
                 node: config.node.clone(),
                 reconnects: metrics.ipam_reconnects.clone(),
+                events: metrics.ipam_watch_events.clone(),
+                resend: agent.resend.clone(),
             };
             tokio::spawn(source.run(ipam_tx));
         }

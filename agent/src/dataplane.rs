@@ -31,6 +31,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use imbl::{OrdMap, ordmap::DiffItem};
 use tracing::{debug, info, warn};
 
 /// The eBPF object, built from `agent-ebpf` by this crate's build script on every build.
@@ -138,6 +139,15 @@ impl Hook {
     }
 }
 
+/// The version of the map layout this build pins, in `maps-v<LAYOUT_VERSION>/`. The
+/// `layout-next` feature builds the same programs under the next version: the second build of
+/// the upgrade test, which proves that a layout change migrates without a gap.
+pub const LAYOUT_VERSION: u32 = if cfg!(feature = "layout-next") {
+    agent_common::LAYOUT_VERSION + 1
+} else {
+    agent_common::LAYOUT_VERSION
+};
+
 /// Where the data plane is pinned.
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -148,7 +158,7 @@ pub struct Pins {
 impl Pins {
     pub fn new(bpffs_dir: &Path) -> Self {
         Self {
-            maps: bpffs_dir.join(format!("maps-v{}", agent_common::LAYOUT_VERSION)),
+            maps: bpffs_dir.join(format!("maps-v{LAYOUT_VERSION}")),
             links: bpffs_dir.join("links"),
         }
     }
@@ -255,11 +265,11 @@ pub struct Desired {
     pub interfaces: BTreeMap<u32, String>,
     /// The underlay interface.
     pub underlay: Option<(u32, String)>,
-    pub bindings: BTreeMap<BindingKey, Binding>,
-    pub fdb: BTreeMap<FdbKey, FdbEntry>,
-    pub arp: BTreeMap<ArpKey, ArpEntry>,
-    pub vteps: BTreeMap<u32, u32>,
-    pub vnis: BTreeMap<u32, VniInfo>,
+    pub bindings: OrdMap<BindingKey, Binding>,
+    pub fdb: OrdMap<FdbKey, FdbEntry>,
+    pub arp: OrdMap<ArpKey, ArpEntry>,
+    pub vteps: OrdMap<u32, u32>,
+    pub vnis: OrdMap<u32, VniInfo>,
     pub config: DataplaneConfig,
     /// Remove links and entries that are not desired. Only after a complete, validated load.
     pub prune: bool,
@@ -275,18 +285,28 @@ pub struct Report {
     pub bindings: usize,
     pub fdb: usize,
     pub interfaces: usize,
+    /// Map directories of other layouts removed (every hook runs this build's programs).
+    pub retired: Vec<String>,
     pub errors: Vec<String>,
 }
 
 /// A pinned hash map and what it holds, kept in step with every write so that a reconcile
-/// writes only what differs.
-struct Synced<K, V> {
+/// writes only what differs. `held` shares its structure with the last desired state it was
+/// converged to, so finding what a small change to a large state differs in skips everything
+/// the two share.
+struct Synced<K: Clone, V: Clone> {
     name: &'static str,
     map: HashMap<MapData, K, V>,
-    held: BTreeMap<K, V>,
+    held: OrdMap<K, V>,
 }
 
-impl<K: Pod + Ord, V: Pod + PartialEq> Synced<K, V> {
+/// What a map needs to reach a desired state: entries to write, keys to delete.
+struct Plan<K, V> {
+    upserts: Vec<(K, V)>,
+    removals: Vec<K>,
+}
+
+impl<K: Pod + Ord + Clone, V: Pod + PartialEq + Clone> Synced<K, V> {
     fn open(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, DataplaneError> {
         let map = ebpf.take_map(name).ok_or(DataplaneError::Missing(name))?;
         let map: HashMap<MapData, K, V> = HashMap::try_from(map)?;
@@ -294,37 +314,56 @@ impl<K: Pod + Ord, V: Pod + PartialEq> Synced<K, V> {
         Ok(Self { name, map, held })
     }
 
-    fn upsert(&mut self, desired: &BTreeMap<K, V>, report: &mut Report) {
-        for (key, value) in desired {
-            if self.held.get(key) == Some(value) {
-                continue;
+    fn plan(&self, desired: &OrdMap<K, V>) -> Plan<K, V> {
+        let mut plan = Plan {
+            upserts: Vec::new(),
+            removals: Vec::new(),
+        };
+        for item in self.held.diff(desired) {
+            match item {
+                DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => {
+                    plan.upserts.push((*k, *v));
+                }
+                DiffItem::Remove(k, _) => plan.removals.push(*k),
             }
+        }
+        plan
+    }
+
+    /// Writes entries; whether every write succeeded.
+    fn write(&mut self, upserts: &[(K, V)], report: &mut Report) -> bool {
+        let mut ok = true;
+        for (key, value) in upserts {
             match self.map.insert(key, value, 0) {
                 Ok(()) => {
                     self.held.insert(*key, *value);
                     report.upserted += 1;
                 }
-                Err(e) => report.errors.push(format!("{}: write: {e}", self.name)),
+                Err(e) => {
+                    ok = false;
+                    report.errors.push(format!("{}: write: {e}", self.name));
+                }
             }
         }
+        ok
     }
 
-    fn prune(&mut self, desired: &BTreeMap<K, V>, report: &mut Report) {
-        let stale: Vec<K> = self
-            .held
-            .keys()
-            .filter(|k| !desired.contains_key(k))
-            .copied()
-            .collect();
-        for key in stale {
-            match self.map.remove(&key) {
+    /// Deletes entries; whether every delete succeeded.
+    fn remove(&mut self, keys: &[K], report: &mut Report) -> bool {
+        let mut ok = true;
+        for key in keys {
+            match self.map.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
-                    self.held.remove(&key);
+                    self.held.remove(key);
                     report.deleted += 1;
                 }
-                Err(e) => report.errors.push(format!("{}: delete: {e}", self.name)),
+                Err(e) => {
+                    ok = false;
+                    report.errors.push(format!("{}: delete: {e}", self.name));
+                }
             }
         }
+        ok
     }
 }
 
@@ -418,11 +457,19 @@ impl Dataplane {
     /// entry is in place before anything refers to it; removals come last.
     pub fn reconcile(&mut self, desired: &Desired) -> Report {
         let mut report = Report::default();
-        self.vnis.upsert(&desired.vnis, &mut report);
-        self.vteps.upsert(&desired.vteps, &mut report);
-        self.arp.upsert(&desired.arp, &mut report);
-        self.fdb.upsert(&desired.fdb, &mut report);
-        self.bindings.upsert(&desired.bindings, &mut report);
+        // What each map needs, found by diffing against what it holds.
+        let vnis = self.vnis.plan(&desired.vnis);
+        let vteps = self.vteps.plan(&desired.vteps);
+        let fdb = self.fdb.plan(&desired.fdb);
+        let arp = self.arp.plan(&desired.arp);
+        let bindings = self.bindings.plan(&desired.bindings);
+        // Referenced entries before the entries that refer to them: a NIC's forwarding entry
+        // before the ARP answer that sends traffic to it, both before its binding.
+        let mut ok = self.vnis.write(&vnis.upserts, &mut report);
+        ok &= self.vteps.write(&vteps.upserts, &mut report);
+        ok &= self.fdb.write(&fdb.upserts, &mut report);
+        ok &= self.arp.write(&arp.upserts, &mut report);
+        ok &= self.bindings.write(&bindings.upserts, &mut report);
         if self.held_config != Some(desired.config) {
             match self.config.set(0, desired.config, 0) {
                 Ok(()) => {
@@ -462,11 +509,21 @@ impl Dataplane {
         }
 
         if desired.prune {
-            self.bindings.prune(&desired.bindings, &mut report);
-            self.fdb.prune(&desired.fdb, &mut report);
-            self.arp.prune(&desired.arp, &mut report);
-            self.vteps.prune(&desired.vteps, &mut report);
-            self.vnis.prune(&desired.vnis, &mut report);
+            // Removals in the reverse order: nothing is left referring to what goes.
+            ok &= self.bindings.remove(&bindings.removals, &mut report);
+            ok &= self.arp.remove(&arp.removals, &mut report);
+            ok &= self.fdb.remove(&fdb.removals, &mut report);
+            ok &= self.vteps.remove(&vteps.removals, &mut report);
+            ok &= self.vnis.remove(&vnis.removals, &mut report);
+            if ok {
+                // Converged: share structure with the desired state again, so the next small
+                // change diffs in time proportional to the change.
+                self.bindings.held = desired.bindings.clone();
+                self.fdb.held = desired.fdb.clone();
+                self.arp.held = desired.arp.clone();
+                self.vteps.held = desired.vteps.clone();
+                self.vnis.held = desired.vnis.clone();
+            }
             for (hook, ifindex) in self.pins.pinned() {
                 if wanted.contains_key(&(hook, ifindex)) {
                     continue;
@@ -482,6 +539,9 @@ impl Dataplane {
                 }
             }
         }
+        if desired.prune && report.errors.is_empty() {
+            self.retire_other_layouts(&mut report);
+        }
         report.bindings = self.bindings.held.len();
         report.fdb = self.fdb.held.len();
         report.interfaces = self
@@ -491,6 +551,83 @@ impl Dataplane {
             .filter(|(h, _)| *h == Hook::VmXdp)
             .count();
         report
+    }
+
+    /// Once every pinned link runs this build's programs, nothing reads the maps of another
+    /// layout (a previous or later build's): their counters are added to this build's, and
+    /// their pins removed, which frees them. Until then the other build's programs keep
+    /// serving from them: an upgrade has no gap.
+    fn retire_other_layouts(&mut self, report: &mut Report) {
+        if !self.pins.pinned().is_subset(&self.current) {
+            return;
+        }
+        let Some(root) = self.pins.maps.parent() else {
+            return;
+        };
+        let Ok(dir) = fs::read_dir(root) else {
+            return;
+        };
+        for e in dir.filter_map(Result::ok) {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("maps-v") || path == self.pins.maps {
+                continue;
+            }
+            match self.carry_stats(&path.join(MAP_STATS)) {
+                Ok(true) => {
+                    info!(from = %path.display(), "counters carried over from the other layout")
+                }
+                Ok(false) => warn!(
+                    from = %path.display(),
+                    "the other layout's counters do not match this build's; they restart from zero"
+                ),
+                Err(e) => warn!(from = %path.display(), error = %e, "cannot carry counters over"),
+            }
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    info!(maps = %path.display(), "maps of another layout retired");
+                    report.retired.push(name);
+                }
+                Err(e) => report
+                    .errors
+                    .push(format!("retiring {}: {e}", path.display())),
+            }
+        }
+    }
+
+    /// Adds the per-CPU counters pinned at `old` to this build's; false when their layouts
+    /// differ (then they are not comparable).
+    fn carry_stats(&mut self, old: &Path) -> Result<bool, DataplaneError> {
+        if !old.exists() {
+            return Ok(true);
+        }
+        let info = MapInfo::from_pin(old)?;
+        let ours = MapInfo::from_pin(self.pins.maps.join(MAP_STATS))?;
+        if info.max_entries() != ours.max_entries() || info.value_size() != ours.value_size() {
+            return Ok(false);
+        }
+        let old =
+            PerCpuArray::<_, u64>::try_from(aya::maps::Map::PerCpuArray(MapData::from_pin(old)?))?;
+        let map = self
+            .ebpf
+            .map_mut(MAP_STATS)
+            .ok_or(DataplaneError::Missing(MAP_STATS))?;
+        let mut new = PerCpuArray::<_, u64>::try_from(map)?;
+        for i in 0..STATS_COUNT {
+            let (Ok(a), Ok(b)) = (old.get(&i, 0), new.get(&i, 0)) else {
+                continue;
+            };
+            let sum: Vec<u64> = a.iter().zip(b.iter()).map(|(x, y)| x + y).collect();
+            new.set(
+                i,
+                aya::maps::PerCpuValues::try_from(sum).map_err(|e| DataplaneError::Io {
+                    path: self.pins.maps.join(MAP_STATS),
+                    source: e,
+                })?,
+                0,
+            )?;
+        }
+        Ok(true)
     }
 
     /// Puts this build's program on a hook: atomically replaces the program of a pinned link,
@@ -563,7 +700,7 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn held_bindings(&self) -> &BTreeMap<BindingKey, Binding> {
+    pub fn held_bindings(&self) -> &OrdMap<BindingKey, Binding> {
         &self.bindings.held
     }
 

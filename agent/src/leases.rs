@@ -178,7 +178,21 @@ impl OptionsBudget for Budget {
 /// The leases `node` serves: its own NICs, each on its interface.
 pub fn for_node(model: &Model, node: &str) -> Leases {
     let mut out = Leases::new();
-    for nic in model.nics.values().filter(|n| n.node == node) {
+    add_for_node(model, node, model.nics.keys(), &mut out);
+    out
+}
+
+/// Adds to `out` the leases of the NICs `macs` that `node` serves.
+pub fn add_for_node<'a>(
+    model: &Model,
+    node: &str,
+    macs: impl Iterator<Item = &'a MacAddr>,
+    out: &mut Leases,
+) {
+    for nic in macs
+        .filter_map(|m| model.nics.get(m))
+        .filter(|n| n.node == node)
+    {
         let (Some(interface), Some(net)) = (&nic.interface, model.networks.get(&nic.network))
         else {
             continue;
@@ -195,7 +209,6 @@ pub fn for_node(model: &Model, node: &str) -> Leases {
             );
         }
     }
-    out
 }
 
 /// What an operator wants to see of a binding's options: lease time and hostname.

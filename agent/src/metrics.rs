@@ -50,6 +50,7 @@ pub struct Metrics {
     pub ipam_up: Gauge,
     pub ipam_load_errors: Counter,
     pub ipam_reconnects: Counter,
+    pub ipam_watch_events: Counter,
     /// When the agent last knew it held IPAM's current state (Unix seconds, as f64 bits).
     pub ipam_in_sync_at: Arc<AtomicU64>,
     /// Event-loop lag the watchdog measured, in seconds (the worst of the last second).
@@ -62,18 +63,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Records the rejections of one load: a counter of every rejection seen and a gauge of the
-    /// entries rejected right now.
-    pub fn record_rejections<'a>(&self, reasons: impl Iterator<Item = Reason> + 'a) {
-        for r in Reason::ALL {
+    /// Counts the rejections of one load (the counter of every rejection seen).
+    pub fn count_rejections(&self, reasons: impl Iterator<Item = Reason>) {
+        for r in reasons {
+            self.ipam_rejected
+                .get_or_create(&ReasonLabel { reason: r.label() })
+                .inc();
+        }
+    }
+
+    /// Sets the gauge of the entries rejected right now.
+    pub fn set_rejections(&self, reasons: impl Iterator<Item = Reason>) {
+        let mut counts: std::collections::BTreeMap<Reason, i64> =
+            Reason::ALL.iter().map(|r| (*r, 0)).collect();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        for (r, n) in counts {
             self.ipam_rejected_entries
                 .get_or_create(&ReasonLabel { reason: r.label() })
-                .set(0);
-        }
-        for r in reasons {
-            let label = ReasonLabel { reason: r.label() };
-            self.ipam_rejected.get_or_create(&label).inc();
-            self.ipam_rejected_entries.get_or_create(&label).inc();
+                .set(n);
         }
     }
 
@@ -374,6 +383,11 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "holdfast_ipam_reconnects",
         "Connection attempts to the IPAM store after the first",
         metrics.ipam_reconnects.clone(),
+    );
+    r.register(
+        "holdfast_ipam_watch_events",
+        "Changes the IPAM store's watches delivered to this agent",
+        metrics.ipam_watch_events.clone(),
     );
     r.register(
         "holdfast_runtime_lag_seconds",

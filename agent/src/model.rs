@@ -12,6 +12,7 @@ use std::{
     sync::Arc,
 };
 
+use imbl::OrdMap;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
@@ -157,12 +158,25 @@ pub struct Limits {
     pub underlay_mtu: Option<u32>,
 }
 
-/// A validated model: every entry consistent with every other.
+/// A validated model: every entry consistent with every other. Its maps are persistent
+/// (structure-sharing): a copy costs nothing, and a copy changed in one network shares the
+/// rest with the original.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
-    pub networks: BTreeMap<String, Network>,
-    pub nodes: BTreeMap<String, Node>,
-    pub nics: BTreeMap<MacAddr, Nic>,
+    pub networks: OrdMap<String, Network>,
+    pub nodes: OrdMap<String, Node>,
+    pub nics: OrdMap<MacAddr, Nic>,
+}
+
+impl Model {
+    /// The MACs of each network's NICs.
+    pub fn nics_by_network(&self) -> BTreeMap<String, BTreeSet<MacAddr>> {
+        let mut out: BTreeMap<String, BTreeSet<MacAddr>> = BTreeMap::new();
+        for (mac, nic) in &self.nics {
+            out.entry(nic.network.clone()).or_default().insert(*mac);
+        }
+        out
+    }
 }
 
 /// An IPAM document as a source delivers it: entries still unparsed, so one bad entry cannot
@@ -174,7 +188,7 @@ pub struct RawDocument {
     pub nics: Vec<RawEntry>,
 }
 
-/// One entry of a document, as its source holds it.
+/// One entry of a document, as its source holds it: its JSON text, parsed when validated.
 #[derive(Clone, Debug)]
 pub struct RawEntry {
     /// Where the entry comes from, for example an etcd key; `None` in a document, where its
@@ -183,17 +197,17 @@ pub struct RawEntry {
     /// The entry's id as its origin names it (the last part of an etcd key): it still names an
     /// entry whose value is too broken to say its own id, so its last good version can serve.
     pub id: Option<Arc<str>>,
-    /// The JSON value, or why the stored bytes are not JSON.
-    pub value: Result<Arc<serde_json::Value>, Arc<str>>,
+    /// The JSON text.
+    pub json: Arc<[u8]>,
 }
 
 impl RawEntry {
     /// An entry of a document.
-    pub fn json(value: serde_json::Value) -> Self {
+    pub fn json(text: &[u8]) -> Self {
         Self {
             origin: None,
             id: None,
-            value: Ok(Arc::new(value)),
+            json: Arc::from(text),
         }
     }
 
@@ -206,19 +220,22 @@ impl RawEntry {
     }
 
     fn parse<T: DeserializeOwned>(&self) -> Result<T, Reject> {
-        match &self.value {
-            Ok(v) => parse_entry(v),
-            Err(e) => Err(reject(Reason::InvalidJson, format!("not JSON: {e}"))),
-        }
+        parse_entry(&self.json)
     }
 
     /// The entry's key: the string `field` of its value, else the id its origin gives.
     fn key(&self, field: &str) -> Option<String> {
-        self.value
-            .as_ref()
+        serde_json::from_slice::<serde_json::Value>(&self.json)
             .ok()
-            .and_then(|v| raw_key(v, field))
+            .and_then(|v| raw_key(&v, field))
             .or_else(|| self.id.as_deref().map(str::to_owned))
+    }
+
+    /// The string `field` of the entry, read without parsing the rest (a NIC's network).
+    pub fn field(&self, field: &str) -> Option<String> {
+        serde_json::from_slice::<serde_json::Value>(&self.json)
+            .ok()
+            .and_then(|v| raw_key(&v, field))
     }
 }
 
@@ -226,12 +243,16 @@ impl<'de> Deserialize<'de> for RawDocument {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Plain {
-            networks: Vec<serde_json::Value>,
-            nodes: Vec<serde_json::Value>,
-            nics: Vec<serde_json::Value>,
+            networks: Vec<Box<serde_json::value::RawValue>>,
+            nodes: Vec<Box<serde_json::value::RawValue>>,
+            nics: Vec<Box<serde_json::value::RawValue>>,
         }
         let p = Plain::deserialize(d)?;
-        let wrap = |v: Vec<serde_json::Value>| v.into_iter().map(RawEntry::json).collect();
+        let wrap = |v: Vec<Box<serde_json::value::RawValue>>| {
+            v.iter()
+                .map(|r| RawEntry::json(r.get().as_bytes()))
+                .collect()
+        };
         Ok(Self {
             networks: wrap(p.networks),
             nodes: wrap(p.nodes),
@@ -372,10 +393,30 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Reject {
 }
 
 /// Deserializes one entry, naming the field that is wrong.
-fn parse_entry<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Reject> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
+fn parse_entry<T: DeserializeOwned>(json: &[u8]) -> Result<T, Reject> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    if parsed.is_ok()
+        && let Err(e) = de.end()
+    {
+        return Err(Reject {
+            reason: Reason::InvalidJson,
+            detail: format!("not JSON: {e}"),
+        });
+    }
+    parsed.map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner().to_string();
+        let inner = err.into_inner();
+        if matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ) {
+            return Reject {
+                reason: Reason::InvalidJson,
+                detail: format!("not JSON: {inner}"),
+            };
+        }
+        let inner = inner.to_string();
         let reason = if inner.contains("MAC address") {
             Reason::InvalidMac
         } else if inner.contains("IP address") || inner.contains("invalid IPv4") {
@@ -878,10 +919,122 @@ pub fn validate(
     Validated { model, rejections }
 }
 
+/// The outcome of validating some networks again.
+#[derive(Debug)]
+pub struct Revalidated {
+    pub validated: Validated,
+    /// The MACs each of those networks holds now.
+    pub nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+}
+
+/// Validates some networks again and merges the result into the model serving now: every
+/// other network and its NICs stay as they are. `sub` holds those networks' entries, all their
+/// NICs and every node; `old` the MACs the networks held before. A network or NIC that
+/// conflicts with an entry of another network (one VNI, one MAC) loses: the other serves now.
+/// The same rules as [`validate`], in time proportional to the networks, not to the cloud.
+pub fn revalidate(
+    sub: &RawDocument,
+    networks: &BTreeSet<String>,
+    old: &BTreeSet<MacAddr>,
+    prev: &Model,
+    this_node: &str,
+    limits: &Limits,
+    budget: &dyn OptionsBudget,
+) -> Revalidated {
+    let part = validate(sub, Some(prev), this_node, limits, budget);
+    let mut model = prev.clone();
+    for id in networks {
+        model.networks.remove(id);
+    }
+    for mac in old {
+        model.nics.remove(mac);
+    }
+    // Nodes are judged by complete documents only: what the sub-document says of them stands
+    // neither way.
+    let node_labels: BTreeSet<String> = sub
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.label("nodes", i))
+        .collect();
+    let mut rejections: Vec<Rejection> = part
+        .rejections
+        .into_iter()
+        .filter(|r| !node_labels.contains(&r.entry))
+        .collect();
+    let vnis: HashMap<u32, String> = model
+        .networks
+        .iter()
+        .map(|(id, n)| (n.vni, id.clone()))
+        .collect();
+    for (id, n) in part.model.networks {
+        if !networks.contains(&id) {
+            continue;
+        }
+        if let Some(other) = vnis.get(&n.vni) {
+            rejections.push(Rejection {
+                entry: "networks".into(),
+                key: Some(id),
+                reason: Reason::DuplicateVni,
+                detail: format!("vni {} is used by network {other}", n.vni),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        model.networks.insert(id, n);
+    }
+    let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = networks
+        .iter()
+        .map(|n| (n.clone(), BTreeSet::new()))
+        .collect();
+    for (mac, nic) in part.model.nics {
+        let Some(set) = nics_of.get_mut(&nic.network) else {
+            continue;
+        };
+        if !model.networks.contains_key(&nic.network) {
+            rejections.push(Rejection {
+                entry: "nics".into(),
+                key: Some(mac.to_string()),
+                reason: Reason::UnknownNetwork,
+                detail: format!("network {:?} was rejected", nic.network),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        // Nodes are validated with the complete document only: a NIC must be on one it kept.
+        if !model.nodes.contains_key(&nic.node) {
+            rejections.push(Rejection {
+                entry: "nics".into(),
+                key: Some(mac.to_string()),
+                reason: Reason::UnknownNode,
+                detail: format!("node {:?} is not a valid node", nic.node),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        if let Some(holder) = model.nics.get(&mac) {
+            rejections.push(Rejection {
+                entry: "nics".into(),
+                key: Some(mac.to_string()),
+                reason: Reason::DuplicateMac,
+                detail: format!("a NIC of network {} has the same MAC", holder.network),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        set.insert(mac);
+        model.nics.insert(mac, nic);
+    }
+    Revalidated {
+        validated: Validated { model, rejections },
+        nics_of,
+    }
+}
+
 /// Puts back the last good version of entries that failed to parse or check.
 fn keep_last_good<V: Clone>(
-    current: &mut BTreeMap<String, V>,
-    prev: &BTreeMap<String, V>,
+    current: &mut OrdMap<String, V>,
+    prev: &OrdMap<String, V>,
     failed: &BTreeSet<String>,
     rejections: &mut [Rejection],
 ) {
@@ -923,7 +1076,7 @@ mod tests {
     }
 
     fn doc(v: serde_json::Value) -> RawDocument {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap()
     }
 
     fn base() -> serde_json::Value {
@@ -989,6 +1142,80 @@ mod tests {
         assert_eq!(v.model.nics.len(), 3);
         let bad_ip = v.rejections.iter().find(|r| r.entry == "nics[8]").unwrap();
         assert!(bad_ip.detail.contains("field `ip`"), "{}", bad_ip.detail);
+    }
+
+    /// The sub-document of `networks` as the etcd source builds it: their entries, their NICs
+    /// and every node.
+    fn sub(d: &serde_json::Value, networks: &[&str]) -> RawDocument {
+        let keep = |v: &serde_json::Value, field: &str| {
+            networks.contains(&v[field].as_str().unwrap_or_default())
+        };
+        let pick = |list: &str, field: &str| -> Vec<serde_json::Value> {
+            d[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|v| keep(v, field))
+                .cloned()
+                .collect()
+        };
+        doc(
+            json!({"networks": pick("networks", "id"), "nodes": d["nodes"], "nics": pick("nics", "network")}),
+        )
+    }
+
+    #[test]
+    fn revalidating_changed_networks_matches_a_full_validation() {
+        let limits = Limits::default();
+        let prev = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        let mut d = base();
+        // blue: one NIC moves, one is added, one goes; its MTU changes. red untouched.
+        d["networks"][0]["mtu"] = json!(1400);
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics[0]["ip"] = json!("10.10.0.50");
+        nics.remove(2);
+        nics.push(json!({"mac": "02:00:00:00:00:04", "network": "blue", "ip": "10.10.0.13", "node": "hv-2"}));
+        // A MAC already held by red, and a NIC on a node that does not exist: both rejected.
+        nics.push(json!({"mac": "02:00:00:00:00:02", "network": "blue", "ip": "10.10.0.14", "node": "hv-2"}));
+        nics.push(json!({"mac": "02:00:00:00:00:05", "network": "blue", "ip": "10.10.0.15", "node": "hv-9"}));
+        let full = validate(&doc(d.clone()), Some(&prev), "hv-1", &limits, &NoBudget);
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = prev.nics_by_network().remove("blue").unwrap_or_default();
+        let part = revalidate(
+            &sub(&d, &["blue"]),
+            &networks,
+            &old,
+            &prev,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model, full.model);
+        let mut got: Vec<Reason> = part.validated.rejections.iter().map(|r| r.reason).collect();
+        got.sort();
+        assert_eq!(got, vec![Reason::DuplicateMac, Reason::UnknownNode]);
+        assert_eq!(part.nics_of["blue"], full.model.nics_by_network()["blue"]);
+
+        // A network taking another's VNI is rejected; the holder keeps serving.
+        let mut d2 = d.clone();
+        d2["networks"][0]["vni"] = json!(1002);
+        let part = revalidate(
+            &sub(&d2, &["blue"]),
+            &networks,
+            &part.nics_of["blue"],
+            &part.validated.model,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model.networks.len(), 1);
+        assert!(part.validated.model.networks.contains_key("red"));
+        assert!(
+            part.validated
+                .rejections
+                .iter()
+                .any(|r| r.reason == Reason::DuplicateVni)
+        );
     }
 
     #[test]

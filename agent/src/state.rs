@@ -6,7 +6,7 @@
 
 use std::{
     fs::{self, File},
-    io::{self, Write as _},
+    io,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -62,12 +62,16 @@ pub fn save(state_dir: &Path, node: &str, model: &Model) -> Result<(), StateErro
             .as_secs(),
         model: model.clone(),
     };
-    let bytes = serde_json::to_vec(&snapshot).map_err(|source| StateError::Parse {
+    // Streamed to the file: a snapshot of 100,000 NICs never sits whole in memory.
+    let mut w = std::io::BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
+    serde_json::to_writer(&mut w, &snapshot).map_err(|source| StateError::Parse {
         path: target.clone(),
         source,
     })?;
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&bytes).map_err(io_err(&tmp))?;
+    let f = w.into_inner().map_err(|e| StateError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
     fs::rename(&tmp, &target).map_err(io_err(&target))?;

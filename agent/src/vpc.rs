@@ -5,10 +5,9 @@
 //! networks (gateways resolve to the router MAC), and the VTEPs of all known nodes. Nothing of
 //! the networks it has no NIC in: a change there does not concern it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use imbl::OrdMap;
 
 use crate::model::{MacAddr, Model};
 
@@ -34,14 +33,16 @@ pub struct LocalNetwork {
     pub mtu: u32,
 }
 
+/// Persistent maps: a copy costs nothing, so the desired state is built from a copy on the
+/// blocking pool.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vpc {
     /// This node's VTEP, when the model knows this node.
     pub vtep: Option<Ipv4Addr>,
-    pub fdb: BTreeMap<(u32, MacAddr), Station>,
-    pub arp: BTreeMap<(u32, Ipv4Addr), MacAddr>,
+    pub fdb: OrdMap<(u32, MacAddr), Station>,
+    pub arp: OrdMap<(u32, Ipv4Addr), MacAddr>,
     pub vteps: BTreeSet<Ipv4Addr>,
-    pub vnis: BTreeMap<u32, LocalNetwork>,
+    pub vnis: OrdMap<u32, LocalNetwork>,
 }
 
 /// The forwarding state `node` needs.
@@ -50,32 +51,45 @@ pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
         vtep: model.nodes.get(node).map(|n| n.vtep),
         ..Vpc::default()
     };
-    let local: BTreeSet<&str> = model
-        .nics
-        .values()
-        .filter(|n| n.node == node)
-        .map(|n| n.network.as_str())
-        .collect();
-    for id in &local {
-        let Some(net) = model.networks.get(*id) else {
-            continue;
-        };
-        vpc.vnis.insert(
-            net.vni,
-            LocalNetwork {
-                gateway: net.gateway,
-                mtu: u32::from(net.effective_mtu()),
-            },
-        );
-        vpc.arp.insert((net.vni, net.gateway), router_mac);
+    for (id, macs) in model.nics_by_network() {
+        derive_network(model, &id, &macs, node, router_mac, &mut vpc);
     }
-    for nic in model.nics.values() {
-        let Some(net) = model.networks.get(&nic.network) else {
-            continue;
-        };
-        if !local.contains(nic.network.as_str()) {
-            continue;
-        }
+    vpc.vteps = model
+        .nodes
+        .values()
+        .filter(|n| n.name != node)
+        .map(|n| n.vtep)
+        .collect();
+    vpc
+}
+
+/// Adds the entries of network `id` (whose NICs are `macs`) to `vpc`, when `node` has a NIC
+/// in it: its gateway, every NIC (local ones on their interface, remote ones behind their
+/// node's VTEP) and an ARP answer for every address.
+pub fn derive_network(
+    model: &Model,
+    id: &str,
+    macs: &BTreeSet<MacAddr>,
+    node: &str,
+    router_mac: MacAddr,
+    vpc: &mut Vpc,
+) {
+    let Some(net) = model.networks.get(id) else {
+        return;
+    };
+    let nics = || macs.iter().filter_map(|m| model.nics.get(m));
+    if !nics().any(|n| n.node == node) {
+        return;
+    }
+    vpc.vnis.insert(
+        net.vni,
+        LocalNetwork {
+            gateway: net.gateway,
+            mtu: u32::from(net.effective_mtu()),
+        },
+    );
+    vpc.arp.insert((net.vni, net.gateway), router_mac);
+    for nic in nics() {
         let endpoint = if nic.node == node {
             let Some(interface) = &nic.interface else {
                 continue;
@@ -98,13 +112,27 @@ pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
         );
         vpc.arp.insert((net.vni, nic.ip), nic.mac);
     }
-    vpc.vteps = model
-        .nodes
-        .values()
-        .filter(|n| n.name != node)
-        .map(|n| n.vtep)
+}
+
+/// Removes every entry of `vni` from `vpc`.
+pub fn remove_vni(vpc: &mut Vpc, vni: u32) {
+    let fdb: Vec<(u32, MacAddr)> = vpc
+        .fdb
+        .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
+        .map(|(k, _)| *k)
         .collect();
-    vpc
+    for k in fdb {
+        vpc.fdb.remove(&k);
+    }
+    let arp: Vec<(u32, Ipv4Addr)> = vpc
+        .arp
+        .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
+        .map(|(k, _)| *k)
+        .collect();
+    for k in arp {
+        vpc.arp.remove(&k);
+    }
+    vpc.vnis.remove(&vni);
 }
 
 #[cfg(test)]

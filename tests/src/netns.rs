@@ -268,6 +268,8 @@ pub struct Agent {
     pub log: PathBuf,
     /// Extra environment for the process (fault injection, systemd's variables).
     pub env: Vec<(String, String)>,
+    /// The build to run: this workspace's `holdfast` unless a test swaps it (upgrades).
+    pub binary: PathBuf,
 }
 
 impl Agent {
@@ -332,6 +334,7 @@ impl Agent {
             ipam: ipam_path,
             log: dir.path().join("agent.log"),
             env: Vec::new(),
+            binary: workspace_bin("holdfast"),
             dir,
             bpffs,
         }
@@ -344,7 +347,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = hv.enter(&workspace_bin("holdfast"));
+        let mut cmd = hv.enter(&self.binary);
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,netlink_packet_route=error")

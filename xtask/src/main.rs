@@ -113,6 +113,20 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     run(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
     run(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
 
+    step("Building the agent with the next map layout: the upgrade test's second build");
+    run(cargo(None).args([
+        "build",
+        "-p",
+        "holdfast",
+        "--bin",
+        "holdfast",
+        "--features",
+        "layout-next",
+    ]))?;
+    let debug = root().join("target/debug");
+    std::fs::copy(debug.join("holdfast"), debug.join("holdfast-layout-next"))
+        .context("copying the layout-next build")?;
+
     step("Building (the agent's build script builds and embeds the XDP programs)");
     run(cargo(None).args(["build", "--bins"]))?;
 

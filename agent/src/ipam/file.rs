@@ -60,7 +60,7 @@ impl FileSource {
             };
             // Report an error once, not at every poll.
             let error = match &update {
-                Update::Document(_) | Update::Alive => None,
+                Update::Document(_) | Update::Partial { .. } | Update::Alive => None,
                 Update::Invalid(e) | Update::Unavailable(e) => Some(e.clone()),
             };
             if error.is_some() && error == last_error {

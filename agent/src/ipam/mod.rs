@@ -4,6 +4,8 @@
 pub mod etcd;
 pub mod file;
 
+use std::collections::BTreeSet;
+
 use crate::model::RawDocument;
 
 /// What a source reports.
@@ -17,4 +19,10 @@ pub enum Update {
     Unavailable(String),
     /// The source confirmed that nothing changed: the state serving is IPAM's current one.
     Alive,
+    /// Some networks changed: `sub` holds their entries, all their NICs and every node. The
+    /// rest of the last document stands.
+    Partial {
+        networks: BTreeSet<String>,
+        sub: RawDocument,
+    },
 }
