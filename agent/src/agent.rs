@@ -181,10 +181,12 @@ impl Agent {
             return;
         }
         let inputs = self.inputs();
+        let started = std::time::Instant::now();
         let Ok(desired) = tokio::task::spawn_blocking(move || build_desired(&inputs)).await else {
             error!("building the desired state panicked; the data plane keeps its state");
             return;
         };
+        debug!(elapsed = ?started.elapsed(), "desired state built");
         self.converge(desired).await;
     }
 
@@ -198,6 +200,7 @@ impl Agent {
 
     async fn converge(&mut self, desired: Desired) {
         self.desired = desired.clone();
+        let started = std::time::Instant::now();
         match self.dp.reconcile(desired).await {
             Ok(r) => {
                 self.metrics.leases.set(r.bindings as i64);
@@ -215,6 +218,8 @@ impl Agent {
                         detached = ?r.detached,
                         bindings = r.bindings,
                         fdb = r.fdb,
+                        retired = ?r.retired,
+                        elapsed = ?started.elapsed(),
                         "data plane reconciled"
                     );
                 }
@@ -353,7 +358,11 @@ impl Agent {
             }
         };
         self.metrics.ipam_up.set(1);
-        self.last_doc = Some(doc.clone());
+        if self.config.ipam.source == IpamSource::File {
+            // The etcd source keeps its own view and sends it again when asked: holding its
+            // documents here too would pin superseded entries.
+            self.last_doc = Some(doc.clone());
+        }
         self.validate(doc).await;
     }
 
@@ -410,6 +419,7 @@ impl Agent {
 
     /// Validates a document against the serving model and this host's limits, and adopts it.
     async fn validate(&mut self, doc: Arc<RawDocument>) {
+        let started = std::time::Instant::now();
         let prev = self.model.clone();
         let node = self.config.node.clone();
         let limits = self.limits();
@@ -437,10 +447,18 @@ impl Agent {
             nics = v.model.nics.len(),
             rejected = v.rejections.len(),
             changed,
+            elapsed = ?started.elapsed(),
+            rss_mib = crate::metrics::resident_mib(),
             "IPAM document validated"
         );
         if changed {
+            let started = std::time::Instant::now();
             self.adopt(Arc::new(v.model), true).await;
+            info!(
+                elapsed = ?started.elapsed(),
+                rss_mib = crate::metrics::resident_mib(),
+                "IPAM state applied"
+            );
         } else {
             self.metrics.synced_now();
         }

@@ -1084,6 +1084,7 @@ impl Sync {
             entries = view.len(),
             networks = view.networks.len(),
             elapsed = ?started.elapsed(),
+            rss_mib = crate::metrics::resident_mib(),
             "IPAM listed from etcd"
         );
         self.view = Some(view);

@@ -130,6 +130,10 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
         std::thread::sleep(Duration::from_millis(10));
     }
     let loaded = start.elapsed();
+    for l in agent.logs().lines().filter(|l| l.contains("elapsed=")) {
+        let l = l.split_once("holdfast::").map_or(l, |(_, r)| r);
+        println!("    agent: {l}");
+    }
     let listed = agent
         .logs()
         .lines()
@@ -195,7 +199,11 @@ pub fn run() {
     let hv = Netns::new("bench-sync");
     let mut etcd = Etcd::start(&hv, &[]);
     let mut all = Vec::new();
-    for total in [10_000, 100_000] {
+    let sizes: Vec<usize> = std::env::var("HOLDFAST_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 100_000]);
+    for total in sizes {
         let f = measure(&mut etcd, &hv, total);
         println!(
             "\n{} NICs ({} networks)\n  import into etcd (holdfast ipam import, {} keys)  {:>8.2?}\n  agent start -> ready (programs loaded)            {:>8.2?}\n  agent start -> every forwarding entry in the map {:>8.2?}   (etcd list and parse: {})\n  put-to-map over {PUTS} puts                       p50 {:.1?}  p99 {:.1?}  max {:.1?}\n  agent memory                                     RSS {:.1} MiB, peak {:.1} MiB",
