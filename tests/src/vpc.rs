@@ -1,11 +1,14 @@
 //! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
 //! namespace tests, the demo and the benchmark build it.
 
-use std::{net::Ipv4Addr, process::Stdio, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
 
 use crate::{
+    TempDir,
+    etcd::Etcd,
     netns::{Agent, Netns, Proc, Vm, mac_str, run, wait_for},
     tap::TapVm,
+    workspace_bin,
 };
 
 /// One private network.
@@ -29,12 +32,133 @@ pub struct VmSpec {
 pub const VTEPS: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2)];
 pub const NETWORK_MTU: u32 = 1450;
 
+/// With an etcd source: the address each host reaches etcd at, over its management link
+/// (`mgmt0` on the host, 198.19.<host>.0/24), never over the underlay.
+pub const CONTROL: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 19, 1, 1), Ipv4Addr::new(198, 19, 2, 1)];
+
+/// Where the agents read IPAM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// A document in each agent's directory (`Agent::write_ipam`).
+    #[default]
+    File,
+    /// A real etcd in a control namespace of its own ([`Control`]), seeded with
+    /// `holdfast ipam import`.
+    Etcd,
+}
+
+/// How a [`Cloud`] is built.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    pub lease_time: u32,
+    /// Give each VM its address statically, with the network's MTU (DHCP has its own tests);
+    /// otherwise the VMs are left for a DHCP client.
+    pub static_addresses: bool,
+    pub source: Source,
+    /// NICs in IPAM for which no VM is made: several on one VM's interface are the DHCP load
+    /// generator's clients.
+    pub extra_nics: &'a [VmSpec],
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            lease_time: 3600,
+            static_addresses: true,
+            source: Source::File,
+            extra_nics: &[],
+        }
+    }
+}
+
+/// The control plane of an etcd-sourced cloud: etcd in its own namespace, linked to each
+/// host by a veth (`mgmt0` there), and a config for `holdfast ipam` run beside it.
+pub struct Control {
+    // Dropped in this order: etcd, then its files, then its namespace.
+    pub etcd: Etcd,
+    dir: TempDir,
+    pub ns: Netns,
+    /// What `holdfast ipam import` reported when the cloud seeded etcd.
+    pub seeded: String,
+}
+
+impl Control {
+    fn new(hosts: &[Netns]) -> Self {
+        let ns = Netns::new("ctl");
+        for (i, h) in hosts.iter().enumerate() {
+            let peer = format!("hv{}", i + 1);
+            h.ip(&[
+                "link", "add", "mgmt0", "type", "veth", "peer", "name", &peer, "netns", &ns.name,
+            ]);
+            let [a, b, c, _] = CONTROL[i].octets();
+            h.ip(&["addr", "add", &format!("{a}.{b}.{c}.2/24"), "dev", "mgmt0"]);
+            h.ip(&["link", "set", "mgmt0", "up"]);
+            ns.ip(&["addr", "add", &format!("{}/24", CONTROL[i]), "dev", &peer]);
+            ns.ip(&["link", "set", &peer, "up"]);
+        }
+        let etcd = Etcd::start(&ns, &CONTROL);
+        let dir = TempDir::new("ctl");
+        std::fs::write(
+            dir.path().join("holdfast.toml"),
+            format!(
+                "node = \"control\"\n{}",
+                crate::etcd::ipam_section(&Etcd::url(Ipv4Addr::LOCALHOST), 5000)
+            ),
+        )
+        .expect("control config");
+        Self {
+            etcd,
+            dir,
+            ns,
+            seeded: String::new(),
+        }
+    }
+
+    /// The config `holdfast ipam` uses in the control namespace (etcd on its loopback).
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("holdfast.toml")
+    }
+
+    /// The document file `import` writes and imports.
+    pub fn document(&self) -> PathBuf {
+        self.dir.path().join("ipam.json")
+    }
+
+    /// `holdfast ipam import` of `json` (written to [`Control::document`]): its report.
+    pub fn import(&self, json: &str) -> String {
+        let doc = self.document();
+        std::fs::write(&doc, json).expect("ipam document");
+        let out = run(self
+            .ns
+            .exec(workspace_bin("holdfast").to_str().expect("path"))
+            .args(["ipam", "import"])
+            .arg(&doc)
+            .arg("--config")
+            .arg(self.config()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `holdfast ipam export`: the document etcd holds.
+    pub fn export(&self) -> String {
+        let out = run(self
+            .ns
+            .exec(workspace_bin("holdfast").to_str().expect("path"))
+            .args(["ipam", "export", "--config"])
+            .arg(self.config()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 pub struct Cloud {
     pub hosts: Vec<Netns>,
     pub agents: Vec<Agent>,
     pub vms: Vec<Vm>,
     pub taps: Vec<TapVm>,
     pub specs: Vec<VmSpec>,
+    /// NICs in IPAM without a VM of their own (`Options::extra_nics`).
+    pub extra_nics: Vec<VmSpec>,
+    /// With an etcd source, etcd and its namespace (dropped after the hosts and their agents).
+    pub control: Option<Control>,
 }
 
 /// The IPAM document for `nets` and `vms` on nodes hv-1 and hv-2.
@@ -84,12 +208,25 @@ impl Cloud {
     /// Builds the hosts, the underlay and the VMs, starts both agents, and gives each VM its
     /// address statically (DHCP has its own tests), with the network's MTU.
     pub fn new(nets: &[Net], vms: &[VmSpec]) -> Self {
-        Self::build(nets, vms, 3600, true)
+        Self::with(nets, vms, &Options::default())
     }
 
     /// The same, with leases of `lease_time` seconds, and static addresses only if
     /// `static_addresses` (otherwise the VMs are left for a DHCP client).
     pub fn build(nets: &[Net], vms: &[VmSpec], lease_time: u32, static_addresses: bool) -> Self {
+        Self::with(
+            nets,
+            vms,
+            &Options {
+                lease_time,
+                static_addresses,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// The same, as `options` say: the IPAM source, the leases, extra NICs.
+    pub fn with(nets: &[Net], vms: &[VmSpec], options: &Options<'_>) -> Self {
         let hosts = vec![Netns::new("hv1"), Netns::new("hv2")];
         hosts[0].ip(&[
             "link",
@@ -108,17 +245,23 @@ impl Cloud {
             h.ip(&["link", "set", "ul0", "up"]);
             wire_like(h, "ul0");
         }
-        let doc = ipam(nets, vms, lease_time);
+        let all: Vec<VmSpec> = vms.iter().chain(options.extra_nics).copied().collect();
+        let doc = ipam(nets, &all, options.lease_time);
+        let underlay = "[underlay]\ninterface = \"ul0\"\n";
+        let control = (options.source == Source::Etcd).then(|| {
+            let mut control = Control::new(&hosts);
+            control.seeded = control.import(&doc);
+            control
+        });
         let agents: Vec<Agent> = hosts
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                Agent::start_with(
-                    h,
-                    &format!("hv-{}", i + 1),
-                    &doc,
-                    "[underlay]\ninterface = \"ul0\"\n",
-                )
+                let node = format!("hv-{}", i + 1);
+                match options.source {
+                    Source::File => Agent::start_with(h, &node, &doc, underlay),
+                    Source::Etcd => Agent::start_etcd(h, &node, &Etcd::url(CONTROL[i]), underlay),
+                }
             })
             .collect();
         let mut vm_ns = Vec::new();
@@ -131,7 +274,7 @@ impl Cloud {
                 vm_ns.push(Vm::new(&hosts[v.host], v.tap, v.mac));
                 &vm_ns.last().expect("vm").ns
             };
-            if static_addresses {
+            if options.static_addresses {
                 ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
                 ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
             }
@@ -142,15 +285,27 @@ impl Cloud {
             vms: vm_ns,
             taps,
             specs: vms.to_vec(),
+            extra_nics: options.extra_nics.to_vec(),
+            control,
         };
         cloud.wait_applied();
         cloud
     }
 
+    /// The etcd of an etcd-sourced cloud.
+    pub fn etcd(&mut self) -> &mut Etcd {
+        &mut self.control.as_mut().expect("an etcd source").etcd
+    }
+
     /// Waits until both data planes hold every NIC of their networks.
     pub fn wait_applied(&self) {
         for (i, a) in self.agents.iter().enumerate() {
-            let local = self.specs.iter().filter(|s| s.host == i).count() as f64;
+            let local = self
+                .specs
+                .iter()
+                .chain(&self.extra_nics)
+                .filter(|s| s.host == i)
+                .count() as f64;
             let ok = wait_for(Duration::from_secs(20), || {
                 (a.metric("holdfast_leases") == local && a.metric("holdfast_fdb_entries") > 0.0)
                     .then_some(())

@@ -1,22 +1,24 @@
 //! `cargo xtask demo`: two hypervisors, two private networks with the same subnet, VMs that get
-//! DHCP from XDP and reach each other over VXLAN, tenants that never see each other, and both
-//! agents killed while traffic and renewals go on.
+//! DHCP from XDP and reach each other over VXLAN, tenants that never see each other, both
+//! agents killed while traffic and renewals go on, and, when etcd is installed, IPAM in etcd
+//! going down while VMs keep renewing and talking, then coming back with a new VM the agents
+//! catch up with.
 //!
 //! Everything lives in network namespaces this process creates and removes (also on Ctrl-C:
 //! the guards run when the demo unwinds, and the next run sweeps what a kill left).
 
 use std::{
     net::Ipv4Addr,
-    process::Command,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use agent_common::Stat;
+use agent_common::{FdbKey, Stat};
 use holdfast_tests::{
     clients::{self, Client},
-    netns::{VERBOSE, Vm, run, wait_for},
-    vpc::{Cloud, Net, VmSpec, ipam},
+    netns::{Agent, VERBOSE, Vm, run, wait_for},
+    vpc::{CONTROL, Cloud, Net, Options, Source, VmSpec, ipam},
 };
 
 const NETS: [Net; 2] = [
@@ -43,6 +45,12 @@ const VMS: [(&str, VmSpec, &str); 5] = [
     ("blue-3", vm("pn-blue", 1, 0x0b, 3, 13, "tap-b3"), "udhcpc"),
     ("red-2", vm("pn-red", 1, 0x0c, 2, 21, "tap-r2"), "dhclient"),
 ];
+
+/// A VM booted while etcd is down, on hv-2, and put into IPAM once etcd is back.
+const BLUE4: (&str, VmSpec) = ("blue-4", vm("pn-blue", 1, 0x0b, 4, 14, "tap-b4"));
+
+/// Lease time: clients renew every 10 s, so renewals are seen within the demo.
+const LEASE: u32 = 20;
 
 const fn vm(
     net: &'static str,
@@ -100,18 +108,101 @@ fn neighbour(vm: &Vm, ip: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Whether `etcd` runs here (Debian's etcd-server).
+fn etcd_installed() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The IPAM health metrics of `agent`, and its readiness.
+fn show_ipam_health(host: &str, agent: &Agent) {
+    let text = agent.http("/metrics").1;
+    println!("# {host}: /metrics");
+    for line in text.lines() {
+        if [
+            "holdfast_ipam_up ",
+            "holdfast_ipam_stale_seconds ",
+            "holdfast_ipam_last_sync_timestamp_seconds ",
+            "holdfast_ipam_reconnects_total ",
+        ]
+        .iter()
+        .any(|m| line.starts_with(m))
+        {
+            println!("{line}");
+        }
+    }
+    println!(
+        "# {host}: /readyz {}, /healthz {}",
+        agent.http("/readyz").0,
+        agent.http("/healthz").0
+    );
+}
+
+/// The latest line of `agent`'s log that contains `needle`, shortened.
+fn last_log(agent: &Agent, needle: &str) -> Option<String> {
+    let logs = agent.logs();
+    let line = logs.lines().rev().find(|l| l.contains(needle))?;
+    Some(line.chars().take(260).collect())
+}
+
+/// Whether `agent`'s data plane forwards to `mac` in `vni` (read from the pinned map).
+fn forwards_to(agent: &Agent, vni: u32, mac: [u8; 6]) -> bool {
+    holdfast::dataplane::pinned_fdb(agent.bpffs.path())
+        .is_ok_and(|m| m.get(&FdbKey::new(vni, mac), 0).is_ok())
+}
+
+fn renewals(c: &Cloud) -> u64 {
+    c.agents
+        .iter()
+        .map(|a| {
+            let n = a.counters();
+            n[Stat::DhcpRequestRenewing as usize] + n[Stat::DhcpRequestRebinding as usize]
+        })
+        .sum()
+}
+
 fn main() {
     VERBOSE.store(true, std::sync::atomic::Ordering::Relaxed);
     holdfast_tests::sweep_stale();
+    let with_etcd = etcd_installed();
     println!(
         "holdfast demo: two hypervisors whose VMs get DHCP from XDP and reach each other over \
-         VXLAN,\ntwo tenants with the same subnet that never see each other, and both agents \
-         killed while\ntraffic and lease renewals go on. Every command is printed before it runs."
+         VXLAN,\ntwo tenants with the same subnet that never see each other, both agents \
+         killed while\ntraffic and lease renewals go on, and, with etcd installed, IPAM down \
+         while VMs keep renewing\nand talking. Every command is printed before it runs."
     );
 
-    say("1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth pairs");
+    if with_etcd {
+        say(
+            "1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth \
+             pairs, and etcd, the IPAM store, in a control namespace",
+        );
+    } else {
+        say("1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth pairs");
+        println!(
+            "note: etcd is not installed (Debian package etcd-server): the agents read IPAM \
+             from a local file,\nand the etcd outage (steps 11 to 13) is skipped"
+        );
+    }
     let specs: Vec<VmSpec> = VMS.iter().map(|(_, s, _)| *s).collect();
-    let cloud = Cloud::build(&NETS, &specs, 20, false);
+    let mut cloud = Cloud::with(
+        &NETS,
+        &specs,
+        &Options {
+            lease_time: LEASE,
+            static_addresses: false,
+            source: if with_etcd {
+                Source::Etcd
+            } else {
+                Source::File
+            },
+            extra_nics: &[],
+        },
+    );
     for (name, s, _) in VMS {
         println!(
             "{name:<7} on hv-{}  {:<8} network {:<8} address {}",
@@ -125,10 +216,30 @@ fn main() {
         "(pn-blue is VNI 1001, pn-red VNI 1002, both 10.0.0.0/24; on a real hypervisor the VM \
          interfaces are taps)"
     );
+    if let Some(control) = &cloud.control {
+        println!(
+            "etcd listens in the control namespace on {} (hv-1) and {} (hv-2), each host \
+             reaching it over\nits own management link (mgmt0): the underlay carries only \
+             VXLAN and the hosts' own traffic",
+            CONTROL[0], CONTROL[1]
+        );
+        print!("{}", control.seeded);
+    }
 
-    say("2. The IPAM document both agents read (the local-file source; etcd in production)");
-    let doc: serde_json::Value = serde_json::from_str(&ipam(&NETS, &specs, 20)).expect("ipam");
-    println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    if let Some(control) = &cloud.control {
+        say("2. The IPAM document, imported into etcd before the agents started, read back");
+        println!(
+            "(`holdfast ipam import` validates {} then writes each NIC with its index keys \
+             in one transaction;\n`holdfast ipam export` prints what etcd holds)",
+            control.document().display()
+        );
+        print!("{}", control.export());
+    } else {
+        say("2. The IPAM document both agents read (the local-file source)");
+        let doc: serde_json::Value =
+            serde_json::from_str(&ipam(&NETS, &specs, LEASE)).expect("ipam");
+        println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+    }
 
     say("3. holdfast run on each host: programs on the VM interfaces and on the underlay");
     println!("--- {} ---", cloud.agents[0].config.display());
@@ -143,6 +254,12 @@ fn main() {
             cloud.hosts[0].name
         ),
     ]));
+    if with_etcd {
+        println!("# hv-1 listed IPAM from etcd, then watches it:");
+        if let Some(line) = last_log(&cloud.agents[0], "IPAM listed from etcd") {
+            println!("{line}");
+        }
+    }
 
     say("4. A real DHCP client in each VM; nothing listens on udp/67 on either host");
     let started = Instant::now();
@@ -227,7 +344,6 @@ fn main() {
         thread::spawn(move || cmd.output().expect("ping"))
     };
     thread::sleep(Duration::from_secs(1));
-    let mut cloud = cloud;
     for agent in &mut cloud.agents {
         agent.kill();
     }
@@ -238,15 +354,6 @@ fn main() {
         println!("blue-1 -> blue-3 across the kill: {line}");
     }
     println!("# leases are 20 s long: the clients renew every ~10 s, answered by XDP alone");
-    let renewals = |c: &Cloud| -> u64 {
-        c.agents
-            .iter()
-            .map(|a| {
-                let n = a.counters();
-                n[Stat::DhcpRequestRenewing as usize] + n[Stat::DhcpRequestRebinding as usize]
-            })
-            .sum()
-    };
     let before = renewals(&cloud);
     let killed = Instant::now();
     match wait_for(Duration::from_secs(30), || {
@@ -287,10 +394,121 @@ fn main() {
         )
     );
 
-    say("11. Cleaning up: namespaces, pins and files are removed");
+    if with_etcd {
+        etcd_outage(&mut cloud, &mut running);
+    }
+
+    say("14. Cleaning up: namespaces, pins and files are removed");
     drop(running);
     drop(cloud);
     println!("done.");
+}
+
+/// Steps 11 to 13: etcd goes down, VMs keep renewing and talking, a VM boots meanwhile; etcd
+/// comes back with the new VM in IPAM, and the agents catch up.
+fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
+    let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+    say("11. etcd goes down: the agents keep serving what they last applied");
+    cloud.etcd().stop();
+    let down = Instant::now();
+    println!("# etcd killed (SIGKILL); its data stays on disk");
+    for (i, a) in cloud.agents.iter().enumerate() {
+        let noticed = wait_for(Duration::from_secs(10), || {
+            (a.metric("holdfast_ipam_up") == 0.0).then_some(())
+        });
+        println!(
+            "hv-{} noticed in {:.1?}",
+            i + 1,
+            noticed.map(|()| down.elapsed()).unwrap_or_default()
+        );
+    }
+    if let Some(line) = last_log(&cloud.agents[0], "IPAM unavailable") {
+        println!("{line}");
+    }
+    show_ipam_health("hv-1", &cloud.agents[0]);
+
+    say("12. With etcd down, the VMs keep renewing their 20 s leases and talking across hosts");
+    let before = renewals(cloud);
+    match wait_for(Duration::from_secs(25), || {
+        let now = renewals(cloud);
+        (now >= before + 5).then_some(now)
+    }) {
+        Some(n) => println!(
+            "renewals answered by XDP with etcd down: {} within {:.1?}",
+            n - before,
+            down.elapsed()
+        ),
+        None => println!("fewer than 5 renewals seen within 25 s"),
+    }
+    for (name, spec, _) in VMS {
+        let got = cloud.vm(spec.mac).address();
+        println!(
+            "{name}: {}",
+            got.map(|(a, p)| format!("{a}/{p}, still leased"))
+                .unwrap_or_else(|| "NO ADDRESS".into())
+        );
+    }
+    assert_eq!(ping(cloud, "blue-1", ip(13), 3), 3, "blue across hosts");
+    assert_eq!(ping(cloud, "red-2", ip(13), 3), 3, "red across hosts");
+    println!(
+        "# staleness is what the metrics report: IPAM has not been heard from for {:.0?}",
+        down.elapsed()
+    );
+    show_ipam_health("hv-1", &cloud.agents[0]);
+
+    say("13. A VM boots on hv-2 while etcd is down; etcd comes back with it; the agents catch up");
+    let (name, spec) = BLUE4;
+    let blue4 = Vm::new(&cloud.hosts[1], spec.tap, spec.mac);
+    cloud.vms.push(blue4);
+    cloud.etcd().restart();
+    let back = Instant::now();
+    println!(
+        "# etcd is back after {:.1?}; the operator adds {name}:",
+        down.elapsed()
+    );
+    let mut with_blue4 = cloud.specs.clone();
+    with_blue4.push(spec);
+    let report = cloud
+        .control
+        .as_ref()
+        .expect("etcd")
+        .import(&ipam(&NETS, &with_blue4, LEASE));
+    print!("{report}");
+    println!(
+        "# the agents reconnect at their next attempt: a backoff with full jitter, capped at \
+         30 s,\n# spreads thousands of agents out when etcd returns instead of stampeding it"
+    );
+    let mut caught_up = [None, None];
+    wait_for(Duration::from_secs(45), || {
+        for (i, a) in cloud.agents.iter().enumerate() {
+            // hv-1 forwards to blue-4 over VXLAN; hv-2 holds it locally.
+            if caught_up[i].is_none() && forwards_to(a, 1001, spec.mac) {
+                caught_up[i] = Some(back.elapsed());
+            }
+        }
+        caught_up.iter().all(Option::is_some).then_some(())
+    });
+    for (i, t) in caught_up.iter().enumerate() {
+        match t {
+            Some(t) => println!("hv-{} caught up {t:.1?} after etcd came back", i + 1),
+            None => println!("hv-{} had not caught up after 45 s", i + 1),
+        }
+    }
+    show_ipam_health("hv-1", &cloud.agents[0]);
+    println!("# hv-1's data plane now forwards to {name} (holdfast vpc):");
+    let mac = holdfast_tests::netns::mac_str(spec.mac);
+    for line in cloud.agents[0].vpc().lines().filter(|l| l.contains(&mac)) {
+        println!("{line}");
+    }
+    running.push(clients::dhclient(cloud.vm(spec.mac), None));
+    let got = cloud.vm(spec.mac).wait_address(Duration::from_secs(30));
+    println!(
+        "{name} (dhclient): {}",
+        got.map(|(a, p)| format!("{a}/{p}"))
+            .unwrap_or_else(|| "NO ADDRESS".into())
+    );
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(ping(cloud, "blue-1", spec.ip, 3), 3, "blue-1 to blue-4");
 }
 
 /// The sum of every sample of `name` (all label sets).

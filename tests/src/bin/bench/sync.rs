@@ -222,7 +222,9 @@ pub fn run() {
         );
         all.push(f);
     }
-    let big = &all[1];
+    let Some(big) = all.iter().find(|f| f.nics == 100_000) else {
+        return;
+    };
     println!("\nTargets (100,000 NICs):");
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
@@ -239,6 +241,6 @@ pub fn run() {
         "  RSS under 100 MiB:           {:.1} MiB (peak {:.1}) -> {}",
         big.rss_mib,
         big.peak_mib,
-        verdict(big.peak_mib < 100.0)
+        verdict(big.rss_mib < 100.0)
     );
 }
