@@ -232,6 +232,25 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     Ok(())
 }
 
+/// `BPF_PROG_LOAD` can fail with EAGAIN after a successful verification when the kernel is
+/// short of memory for the program for a moment (a busy host loading many programs); libbpf
+/// retries it five times, and so does holdfast.
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                warn!(attempt, "loading a program: EAGAIN; trying again");
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Key and value sizes of the maps this build pins, to check adopted maps against.
 const LAYOUTS: &[(&str, usize, usize)] = &[
     (MAP_BINDINGS, size_of::<BindingKey>(), size_of::<Binding>()),
@@ -489,14 +508,14 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?
                 .try_into()?;
-            program.load()?;
+            retry_eagain(|| program.load())?;
         }
         for name in [PROGRAM_TC, PROGRAM_UNDERLAY_TC] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?
                 .try_into()?;
-            program.load()?;
+            retry_eagain(|| program.load())?;
         }
 
         let bindings = Synced::open(&mut ebpf, MAP_BINDINGS)?;
