@@ -48,6 +48,8 @@ enum Bench {
     Vxlan,
     /// IPAM from etcd into the maps: load time, put-to-map latency, memory, at 10k and 100k NICs.
     Sync,
+    /// Many agents against one etcd: watch events per agent against a naive design, etcd load.
+    Scale,
 }
 
 fn root() -> PathBuf {
@@ -164,6 +166,7 @@ fn bench(which: Bench) -> anyhow::Result<()> {
         Bench::Dhcp => "dhcp",
         Bench::Vxlan => "vxlan",
         Bench::Sync => "sync",
+        Bench::Scale => "scale",
     };
     run(Command::new(root().join("target/release/holdfast-bench")).arg(name))
 }

@@ -447,12 +447,14 @@ fn main() {
         Some("dhcp") => dhcp(),
         Some("vxlan") => vxlan::run(),
         Some("sync") => sync::run(),
+        Some("scale") => scale::run(),
         other => {
-            eprintln!("usage: holdfast-bench dhcp|vxlan (got {other:?})");
+            eprintln!("usage: holdfast-bench dhcp|vxlan|sync|scale (got {other:?})");
             std::process::exit(2);
         }
     }
 }
 
+mod scale;
 mod sync;
 mod vxlan;
