@@ -11,3 +11,15 @@ pub fn count(stat: Stat) {
         unsafe { *slot += 1 };
     }
 }
+
+/// The XDP verdict of a handler: its action, or a drop counted under the reason it failed with.
+#[inline(always)]
+pub fn xdp_verdict(result: Result<u32, Stat>) -> u32 {
+    match result {
+        Ok(action) => action,
+        Err(stat) => {
+            count(stat);
+            aya_ebpf::bindings::xdp_action::XDP_DROP
+        }
+    }
+}

@@ -14,24 +14,17 @@ use crate::{
     l4csum::IPPROTO_TCP,
     maps::{CONFIG, FDB, VNIS, VTEPS},
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, load},
-    stats::count,
+    stats::{count, xdp_verdict},
     vxlan::VXLAN_FLAG_VNI,
 };
 
 pub fn handle(ctx: &XdpContext) -> u32 {
-    match try_handle(ctx) {
-        Ok(action) => action,
-        Err(stat) => {
-            count(stat);
-            xdp_action::XDP_DROP
-        }
-    }
+    xdp_verdict(try_handle(ctx))
 }
 
 #[inline(always)]
 fn pass() -> Result<u32, Stat> {
-    count(Stat::UnderlayPass);
-    Ok(xdp_action::XDP_PASS)
+    crate::vm::pass(Stat::UnderlayPass)
 }
 
 #[inline(always)]

@@ -32,13 +32,7 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
 pub fn handle(ctx: &XdpContext) -> u32 {
-    match try_handle(ctx) {
-        Ok(action) => action,
-        Err(stat) => {
-            count(stat);
-            xdp_action::XDP_DROP
-        }
-    }
+    crate::stats::xdp_verdict(try_handle(ctx))
 }
 
 /// Hands the frame to the host stack untouched.

@@ -266,8 +266,11 @@ impl Agent {
         }
         // A complete load frees as much as it allocated (the previous model, parse buffers):
         // hand it back to the system rather than keep the peak.
-        // SAFETY: malloc_trim only releases free memory.
-        tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) });
+        tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+            debug!(rss_mib = crate::metrics::resident_mib(), "memory trimmed");
+        });
     }
 
     /// Adopts a model in which only `networks` changed: their leases and forwarding entries
@@ -425,10 +428,11 @@ impl Agent {
         let limits = self.limits();
         self.limits = limits;
         let validated = tokio::task::spawn_blocking(move || {
-            model::validate(&doc, prev.as_deref(), &node, &limits, &Budget)
+            let v = model::validate(&doc, prev.as_deref(), &node, &limits, &Budget);
+            (v, crate::metrics::resident_mib())
         })
         .await;
-        let Ok(v) = validated else {
+        let Ok((v, rss_mib)) = validated else {
             error!("validation panicked; keeping the current state");
             return;
         };
@@ -448,17 +452,13 @@ impl Agent {
             rejected = v.rejections.len(),
             changed,
             elapsed = ?started.elapsed(),
-            rss_mib = crate::metrics::resident_mib(),
+            rss_mib,
             "IPAM document validated"
         );
         if changed {
             let started = std::time::Instant::now();
             self.adopt(Arc::new(v.model), true).await;
-            info!(
-                elapsed = ?started.elapsed(),
-                rss_mib = crate::metrics::resident_mib(),
-                "IPAM state applied"
-            );
+            info!(elapsed = ?started.elapsed(), "IPAM state applied");
         } else {
             self.metrics.synced_now();
         }

@@ -430,36 +430,14 @@ pub fn run(cfg: &LoadConfig) -> LoadResult {
 /// The generator's ceiling: DISCOVERs pushed into the interface as fast as it can, with no
 /// replies awaited (frames per second).
 pub fn blast(cfg: &LoadConfig) -> f64 {
-    let fds: Vec<OwnedFd> = (0..cfg.threads)
-        .map(|_| open_socket(&cfg.netns, &cfg.interface))
-        .collect();
-    let sent: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = fds
-            .into_iter()
-            .enumerate()
-            .map(|(t, fd)| {
-                s.spawn(move || {
-                    pin_to_cpu(t % num_cpus());
-                    let frames: Vec<[u8; 342]> = cfg.clients.iter().map(|m| frame(*m, 1)).collect();
-                    let mut out = Sender {
-                        frames: Vec::with_capacity(BATCH),
-                    };
-                    let mut sent = 0;
-                    let start = Instant::now();
-                    let mut i = 0;
-                    while start.elapsed() < cfg.duration {
-                        for _ in 0..BATCH {
-                            out.frames.push(frames[i % frames.len()]);
-                            i += 1;
-                        }
-                        sent += out.flush(&fd);
-                    }
-                    sent
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("blast")).sum()
-    });
+    let frames: Vec<Vec<u8>> = cfg.clients.iter().map(|m| frame(*m, 1).to_vec()).collect();
+    let sent = flood(
+        &cfg.netns,
+        &cfg.interface,
+        &frames,
+        cfg.threads,
+        cfg.duration,
+    );
     sent as f64 / cfg.duration.as_secs_f64()
 }
 

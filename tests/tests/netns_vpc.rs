@@ -78,9 +78,8 @@ fn vms_reach_each_other_on_the_same_host_and_across_hosts() {
     assert!(hv1[Stat::ArpReply as usize] >= 1);
 }
 
-/// ICMP echo requests a VM's IP stack received so far (IPv6 neighbour discovery from the
-/// host's side of the veth does not count).
-fn echoes_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
+/// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
+fn snmp(cloud: &Cloud, mac: [u8; 6], table: &str, counter: &str) -> u64 {
     let out = cloud
         .vm(mac)
         .ns
@@ -89,32 +88,23 @@ fn echoes_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
         .output()
         .expect("snmp");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp:"));
-    let names: Vec<&str> = icmp.next().expect("names").split_whitespace().collect();
-    let values: Vec<&str> = icmp.next().expect("values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "InEchos").expect("InEchos");
+    let prefix = format!("{table}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let names: Vec<&str> = rows.next().expect("names").split_whitespace().collect();
+    let values: Vec<&str> = rows.next().expect("values").split_whitespace().collect();
+    let i = names.iter().position(|n| *n == counter).expect(counter);
     values[i].parse().expect("number")
+}
+
+/// ICMP echo requests a VM's IP stack received so far (IPv6 neighbour discovery from the
+/// host's side of the veth does not count).
+fn echoes_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
+    snmp(cloud, mac, "Icmp", "InEchos")
 }
 
 /// UDP datagrams a VM's IP stack received so far.
 fn udp_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
-    let out = cloud
-        .vm(mac)
-        .ns
-        .exec("cat")
-        .arg("/proc/net/snmp")
-        .output()
-        .expect("snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
-    let names: Vec<&str> = udp.next().expect("names").split_whitespace().collect();
-    let values: Vec<&str> = udp.next().expect("values").split_whitespace().collect();
-    let in_dg = names
-        .iter()
-        .position(|n| *n == "InDatagrams")
-        .expect("InDatagrams");
-    let no_ports = names.iter().position(|n| *n == "NoPorts").expect("NoPorts");
-    values[in_dg].parse::<u64>().expect("n") + values[no_ports].parse::<u64>().expect("n")
+    snmp(cloud, mac, "Udp", "InDatagrams") + snmp(cloud, mac, "Udp", "NoPorts")
 }
 
 #[test]

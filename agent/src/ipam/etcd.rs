@@ -1084,7 +1084,6 @@ impl Sync {
             entries = view.len(),
             networks = view.networks.len(),
             elapsed = ?started.elapsed(),
-            rss_mib = crate::metrics::resident_mib(),
             "IPAM listed from etcd"
         );
         self.view = Some(view);
@@ -1120,14 +1119,7 @@ impl Sync {
                 .into_iter()
                 .map(|(network, key, entry, nics)| {
                     let entry = entry.map(|bytes| (self::entry(&key, &bytes), key));
-                    let nics: Vec<(String, RawEntry)> = nics
-                        .into_iter()
-                        .map(|(k, v)| {
-                            let e = self::entry(&k, &v);
-                            (k, e)
-                        })
-                        .collect();
-                    (network, entry, nics)
+                    (network, entry, entries(nics))
                 })
                 .collect::<Vec<_>>()
         })
@@ -1329,18 +1321,21 @@ fn watch_err(store: &Store, message: &str) -> Stop {
     })
 }
 
-/// Parses listed keys into entries on the blocking pool: a list can hold 100,000 NICs.
+/// Listed keys as entries.
+fn entries(kvs: Vec<(String, Vec<u8>)>) -> Vec<(String, RawEntry)> {
+    kvs.into_iter()
+        .map(|(k, v)| {
+            let e = entry(&k, &v);
+            (k, e)
+        })
+        .collect()
+}
+
+/// [`entries`] on the blocking pool: a list can hold 100,000 NICs.
 async fn parse_entries(kvs: Vec<(String, Vec<u8>)>) -> Vec<(String, RawEntry)> {
-    tokio::task::spawn_blocking(move || {
-        kvs.into_iter()
-            .map(|(k, v)| {
-                let e = entry(&k, &v);
-                (k, e)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+    tokio::task::spawn_blocking(move || entries(kvs))
+        .await
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
