@@ -123,8 +123,10 @@ struct Agent {
     model: Option<Arc<Model>>,
     /// This node's leases rendered from `model`.
     leases: Leases,
-    /// The forwarding state this node needs, derived from `model`.
-    vpc: Vpc,
+    /// The VTEPs of the other nodes in `model`. The rest of the forwarding state is derived
+    /// from `model` when the desired state is built, not kept: at 100,000 NICs a copy costs
+    /// more memory than deriving it again costs time.
+    vteps: BTreeSet<Ipv4Addr>,
     /// The latest document IPAM delivered, validated again when the underlay MTU changes.
     last_doc: Option<Arc<RawDocument>>,
     /// The limits the model was validated with.
@@ -142,6 +144,8 @@ struct Agent {
     /// Asks the source for a complete document (the etcd source; the file source always
     /// sends one).
     resend: Arc<Notify>,
+    /// Tells [`trim_memory`] that an adoption freed memory.
+    trim: Arc<Notify>,
 }
 
 impl Agent {
@@ -165,7 +169,9 @@ impl Agent {
     /// What the desired state is built from: copies of persistent maps, cheap to take.
     fn inputs(&self) -> Inputs {
         Inputs {
-            vpc: self.vpc.clone(),
+            model: self.model.clone().unwrap_or_default(),
+            node: self.config.node.clone(),
+            router_mac: self.config.router_mac,
             leases: self.leases.clone(),
             links: self.links.clone(),
             underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
@@ -190,11 +196,17 @@ impl Agent {
         self.converge(desired).await;
     }
 
-    /// Changes the desired state for some VNIs and NICs only, and converges to it: the
-    /// data plane finds what differs without looking at the rest.
-    async fn reconcile_partial(&mut self, vnis: &BTreeSet<u32>, macs: &BTreeSet<MacAddr>) {
+    /// Changes the desired state for some VNIs and NICs only (`part` holds their forwarding
+    /// state), and converges to it: the data plane finds what differs without looking at the
+    /// rest.
+    async fn reconcile_partial(
+        &mut self,
+        part: &Vpc,
+        vnis: &BTreeSet<u32>,
+        macs: &BTreeSet<MacAddr>,
+    ) {
         let mut desired = self.desired.clone();
-        patch_desired(&mut desired, &self.inputs(), vnis, macs);
+        patch_desired(&mut desired, &self.inputs(), part, vnis, macs);
         self.converge(desired).await;
     }
 
@@ -234,27 +246,26 @@ impl Agent {
     /// Adopts a validated model: render, apply, persist.
     async fn adopt(&mut self, model: Arc<Model>, persist: bool) {
         let node = self.config.node.clone();
-        let router = self.config.router_mac;
         let m = model.clone();
         let rendered = tokio::task::spawn_blocking(move || {
             (
                 leases::for_node(&m, &node),
-                vpc::derive(&m, &node, router),
+                vpc::vteps(&m, &node),
                 m.nics_by_network(),
             )
         })
         .await;
-        let Ok((rendered, vpc, nics_of)) = rendered else {
+        let Ok((rendered, vteps, nics_of)) = rendered else {
             error!("rendering leases panicked; keeping the current state");
             return;
         };
         self.nics_of = nics_of;
-        if self.config.underlay.is_some() && vpc.vtep.is_none() {
+        if self.config.underlay.is_some() && !model.nodes.contains_key(&self.config.node) {
             warn!(node = %self.config.node, "this node is not in IPAM's nodes: no VTEP, VMs reach only VMs on this host");
         }
-        let new_vteps = vpc.vteps != self.vpc.vteps;
+        let new_vteps = vteps != self.vteps;
         self.leases = rendered;
-        self.vpc = vpc;
+        self.vteps = vteps;
         self.model = Some(model.clone());
         self.reconcile().await;
         if new_vteps {
@@ -264,13 +275,7 @@ impl Agent {
             self.metrics.synced_now();
             self.persist_tx.send_replace(Some(model));
         }
-        // A complete load frees as much as it allocated (the previous model, parse buffers):
-        // hand it back to the system rather than keep the peak.
-        tokio::task::spawn_blocking(|| {
-            // SAFETY: malloc_trim only releases free memory.
-            unsafe { libc::malloc_trim(0) };
-            debug!(rss_mib = crate::metrics::resident_mib(), "memory trimmed");
-        });
+        self.trim.notify_one();
     }
 
     /// Adopts a model in which only `networks` changed: their leases and forwarding entries
@@ -297,11 +302,9 @@ impl Agent {
         }
         self.leases.retain(|(_, mac), _| !macs.contains(mac));
         leases::add_for_node(&model, &node, macs.iter(), &mut self.leases);
-        for vni in &vnis {
-            vpc::remove_vni(&mut self.vpc, *vni);
-        }
+        let mut part = Vpc::default();
         for (id, set) in nics_of {
-            vpc::derive_network(&model, &id, &set, &node, router, &mut self.vpc);
+            vpc::derive_network(&model, &id, &set, &node, router, &mut part);
             if set.is_empty() {
                 self.nics_of.remove(&id);
             } else {
@@ -309,9 +312,10 @@ impl Agent {
             }
         }
         self.model = Some(model.clone());
-        self.reconcile_partial(&vnis, &macs).await;
+        self.reconcile_partial(&part, &vnis, &macs).await;
         self.metrics.synced_now();
         self.persist_tx.send_replace(Some(model));
+        self.trim.notify_one();
     }
 
     /// Resolves the underlay neighbours of every known VTEP ahead of traffic, so that the first
@@ -321,7 +325,7 @@ impl Agent {
         if self.underlay().is_none() {
             return;
         }
-        let vteps: Vec<Ipv4Addr> = self.vpc.vteps.iter().copied().collect();
+        let vteps: Vec<Ipv4Addr> = self.vteps.iter().copied().collect();
         tokio::spawn(async move {
             let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
                 return;
@@ -499,7 +503,9 @@ impl Agent {
 
 /// What the desired state is built from.
 struct Inputs {
-    vpc: Vpc,
+    model: Arc<Model>,
+    node: String,
+    router_mac: MacAddr,
     leases: Leases,
     links: Links,
     underlay: Option<(u32, String)>,
@@ -552,6 +558,7 @@ fn vni_info(net: &vpc::LocalNetwork) -> VniInfo {
 /// The whole state the data plane must hold, from the leases and forwarding state of the
 /// model and the interfaces present now.
 fn build_desired(i: &Inputs) -> Desired {
+    let vpc = vpc::derive(&i.model, &i.node, i.router_mac);
     let by_name = by_name(&i.links);
     let mut d = Desired {
         prune: i.prune,
@@ -564,26 +571,26 @@ fn build_desired(i: &Inputs) -> Desired {
                 .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
         }
     }
-    for ((vni, mac), station) in &i.vpc.fdb {
+    for ((vni, mac), station) in &vpc.fdb {
         if let Some(entry) = fdb_entry(station, &by_name) {
             d.fdb.insert(FdbKey::new(*vni, mac.0), entry);
         }
     }
-    for ((vni, addr), mac) in &i.vpc.arp {
+    for ((vni, addr), mac) in &vpc.arp {
         let (k, v) = arp_entry(*vni, *addr, *mac);
         d.arp.insert(k, v);
     }
-    for vtep in &i.vpc.vteps {
+    for vtep in &vpc.vteps {
         d.vteps.insert(ip_u32(*vtep), 1);
     }
-    for (vni, net) in &i.vpc.vnis {
+    for (vni, net) in &vpc.vnis {
         d.vnis.insert(*vni, vni_info(net));
     }
     if let Some((ifindex, name)) = &i.underlay {
         d.underlay = Some((*ifindex, name.clone()));
         let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
         d.config = DataplaneConfig {
-            vtep: i.vpc.vtep.map(ip_u32).unwrap_or(0),
+            vtep: vpc.vtep.map(ip_u32).unwrap_or(0),
             underlay_ifindex: *ifindex,
             fib_ifindex,
             _pad: 0,
@@ -592,8 +599,15 @@ fn build_desired(i: &Inputs) -> Desired {
     d
 }
 
-/// Brings the entries of `vnis` and the bindings of `macs` in `d` up to date with `i`.
-fn patch_desired(d: &mut Desired, i: &Inputs, vnis: &BTreeSet<u32>, macs: &BTreeSet<MacAddr>) {
+/// Brings the entries of `vnis` (whose forwarding state `part` holds) and the bindings of
+/// `macs` in `d` up to date with `i`.
+fn patch_desired(
+    d: &mut Desired,
+    i: &Inputs,
+    part: &Vpc,
+    vnis: &BTreeSet<u32>,
+    macs: &BTreeSet<MacAddr>,
+) {
     let by_name = by_name(&i.links);
     for &vni in vnis {
         let fdb: Vec<FdbKey> = d
@@ -613,8 +627,7 @@ fn patch_desired(d: &mut Desired, i: &Inputs, vnis: &BTreeSet<u32>, macs: &BTree
             d.arp.remove(&k);
         }
         d.vnis.remove(&vni);
-        for ((v, mac), station) in i
-            .vpc
+        for ((v, mac), station) in part
             .fdb
             .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
         {
@@ -622,15 +635,14 @@ fn patch_desired(d: &mut Desired, i: &Inputs, vnis: &BTreeSet<u32>, macs: &BTree
                 d.fdb.insert(FdbKey::new(*v, mac.0), entry);
             }
         }
-        for ((v, addr), mac) in i
-            .vpc
+        for ((v, addr), mac) in part
             .arp
             .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
         {
             let (k, e) = arp_entry(*v, *addr, *mac);
             d.arp.insert(k, e);
         }
-        if let Some(net) = i.vpc.vnis.get(&vni) {
+        if let Some(net) = part.vnis.get(&vni) {
             d.vnis.insert(vni, vni_info(net));
         }
     }
@@ -663,6 +675,25 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// How long after an adoption memory is handed back: a burst of changes is trimmed once.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// Hands freed memory back to the system after each burst of adoptions. An adoption frees
+/// about as much as it allocated (the previous model, parse buffers, the snapshot's stream),
+/// and glibc would otherwise keep the peak resident.
+async fn trim_memory(adopted: Arc<Notify>) {
+    loop {
+        adopted.notified().await;
+        tokio::time::sleep(TRIM_AFTER).await;
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+            debug!(rss_mib = crate::metrics::resident_mib(), "memory trimmed");
+        })
+        .await;
+    }
 }
 
 /// Persists each adopted model, atomically, off the runtime. When models come faster than
@@ -827,7 +858,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         health: health.clone(),
         model: None,
         leases: Leases::new(),
-        vpc: Vpc::default(),
+        vteps: BTreeSet::new(),
         last_doc: None,
         limits: Limits::default(),
         links: initial_links,
@@ -837,7 +868,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         desired: Desired::default(),
         rejections: Vec::new(),
         resend: Arc::new(Notify::new()),
+        trim: Arc::new(Notify::new()),
     };
+    tokio::spawn(trim_memory(agent.trim.clone()));
     agent.limits = agent.limits();
 
     // The snapshot serves before IPAM is reached.

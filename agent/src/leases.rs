@@ -191,9 +191,9 @@ pub fn add_for_node<'a>(
 ) {
     for nic in macs
         .filter_map(|m| model.nics.get(m))
-        .filter(|n| n.node == node)
+        .filter(|n| *n.node == *node)
     {
-        let (Some(interface), Some(net)) = (&nic.interface, model.networks.get(&nic.network))
+        let (Some(interface), Some(net)) = (&nic.interface, model.networks.get(&*nic.network))
         else {
             continue;
         };

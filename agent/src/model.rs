@@ -121,18 +121,36 @@ pub struct Node {
     pub vtep: Ipv4Addr,
 }
 
-/// A VM's network interface.
+/// A VM's network interface. Its network and node names are shared by all the NICs a
+/// validation accepts ([`Names`]): a host may hold 100,000 NICs of a few hundred networks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nic {
     pub mac: MacAddr,
-    pub network: String,
+    pub network: Arc<str>,
     pub ip: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    pub node: String,
+    pub node: Arc<str>,
     /// The tap (or veth) carrying this NIC on its node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+}
+
+/// One copy of each network and node name for the NICs that use it.
+#[derive(Default)]
+struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    fn share(&mut self, nic: &mut Nic) {
+        for name in [&mut nic.network, &mut nic.node] {
+            match self.0.get(&**name) {
+                Some(shared) => *name = shared.clone(),
+                None => {
+                    self.0.insert(name.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Limits a network must respect.
@@ -173,7 +191,14 @@ impl Model {
     pub fn nics_by_network(&self) -> BTreeMap<String, BTreeSet<MacAddr>> {
         let mut out: BTreeMap<String, BTreeSet<MacAddr>> = BTreeMap::new();
         for (mac, nic) in &self.nics {
-            out.entry(nic.network.clone()).or_default().insert(*mac);
+            match out.get_mut(&*nic.network) {
+                Some(set) => {
+                    set.insert(*mac);
+                }
+                None => {
+                    out.insert(nic.network.to_string(), BTreeSet::from([*mac]));
+                }
+            }
         }
         out
     }
@@ -191,9 +216,10 @@ pub struct RawDocument {
 /// One entry of a document, as its source holds it: its JSON text, parsed when validated.
 #[derive(Clone, Debug)]
 pub struct RawEntry {
-    /// Where the entry comes from, for example an etcd key; `None` in a document, where its
-    /// position names it.
-    pub origin: Option<Arc<str>>,
+    /// Where the entry comes from, which `id` completes: for example the directory of an
+    /// etcd key, shared by the entries under it. `None` in a document, where its position
+    /// names it.
+    pub dir: Option<Arc<str>>,
     /// The entry's id as its origin names it (the last part of an etcd key): it still names an
     /// entry whose value is too broken to say its own id, so its last good version can serve.
     pub id: Option<Arc<str>>,
@@ -205,18 +231,20 @@ impl RawEntry {
     /// An entry of a document.
     pub fn json(text: &[u8]) -> Self {
         Self {
-            origin: None,
+            dir: None,
             id: None,
             json: Arc::from(text),
         }
     }
 
+    /// Where the entry comes from (`dir` and `id`), for example an etcd key.
+    pub fn origin(&self) -> Option<String> {
+        Some(format!("{}{}", self.dir.as_deref()?, self.id.as_deref()?))
+    }
+
     /// How rejections name the entry: its origin, or its position in `list`.
     fn label(&self, list: &str, index: usize) -> String {
-        match &self.origin {
-            Some(origin) => origin.to_string(),
-            None => format!("{list}[{index}]"),
-        }
+        self.origin().unwrap_or_else(|| format!("{list}[{index}]"))
     }
 
     fn parse<T: DeserializeOwned>(&self) -> Result<T, Reject> {
@@ -609,7 +637,7 @@ fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(), Reject> {
                 format!("interface {i:?} is not a valid interface name"),
             ));
         }
-        None if nic.node == this_node => {
+        None if *nic.node == *this_node => {
             return Err(reject(
                 Reason::MissingInterface,
                 format!("NIC on this node ({this_node}) has no `interface`"),
@@ -825,16 +853,16 @@ pub fn validate(
     // NICs.
     let mut nics: Accepted<MacAddr, Nic> = Accepted::new();
     let mut failed_nics = BTreeSet::new();
+    let mut names = Names::default();
     for (i, raw) in doc.nics.iter().enumerate() {
-        let entry = raw.label("nics", i);
-        let parsed = raw.parse::<Nic>().and_then(|nic| {
-            let net = model.networks.get(&nic.network).ok_or_else(|| {
+        let parsed = raw.parse::<Nic>().and_then(|mut nic| {
+            let net = model.networks.get(&*nic.network).ok_or_else(|| {
                 reject(
                     Reason::UnknownNetwork,
                     format!("network {:?} does not exist", nic.network),
                 )
             })?;
-            if !model.nodes.contains_key(&nic.node) {
+            if !model.nodes.contains_key(&*nic.node) {
                 return Err(reject(
                     Reason::UnknownNode,
                     format!("node {:?} does not exist", nic.node),
@@ -844,6 +872,7 @@ pub fn validate(
             budget
                 .check(net, &nic)
                 .map_err(|d| reject(Reason::OptionsTooLong, d))?;
+            names.share(&mut nic);
             Ok(nic)
         });
         match parsed {
@@ -865,7 +894,7 @@ pub fn validate(
                     failed_nics.insert(mac);
                 }
                 rejections.push(Rejection {
-                    entry,
+                    entry: raw.label("nics", i),
                     key,
                     reason: r.reason,
                     detail: r.detail,
@@ -879,8 +908,8 @@ pub fn validate(
     for mac in &failed_nics {
         if let Some(old) = prev.nics.get(mac)
             && !accepted_nics.iter().any(|(_, n)| n.mac == *mac)
-            && let Some(net) = model.networks.get(&old.network)
-            && model.nodes.contains_key(&old.node)
+            && let Some(net) = model.networks.get(&*old.network)
+            && model.nodes.contains_key(&*old.node)
             && check_nic(old, net, this_node).is_ok()
         {
             accepted_nics.push((usize::MAX, old.clone()));
@@ -892,7 +921,7 @@ pub fn validate(
     let mut ips: HashMap<(&str, Ipv4Addr), MacAddr> = HashMap::new();
     let mut kept = Vec::new();
     for (i, nic) in &accepted_nics {
-        match ips.get(&(nic.network.as_str(), nic.ip)) {
+        match ips.get(&(&*nic.network, nic.ip)) {
             Some(owner) => rejections.push(Rejection {
                 entry: match doc.nics.get(*i) {
                     Some(raw) => raw.label("nics", *i),
@@ -907,7 +936,7 @@ pub fn validate(
                 kept_last_good: false,
             }),
             None => {
-                ips.insert((nic.network.as_str(), nic.ip), nic.mac);
+                ips.insert((&*nic.network, nic.ip), nic.mac);
                 kept.push(nic.clone());
             }
         }
@@ -988,10 +1017,10 @@ pub fn revalidate(
         .map(|n| (n.clone(), BTreeSet::new()))
         .collect();
     for (mac, nic) in part.model.nics {
-        let Some(set) = nics_of.get_mut(&nic.network) else {
+        let Some(set) = nics_of.get_mut(&*nic.network) else {
             continue;
         };
-        if !model.networks.contains_key(&nic.network) {
+        if !model.networks.contains_key(&*nic.network) {
             rejections.push(Rejection {
                 entry: "nics".into(),
                 key: Some(mac.to_string()),
@@ -1002,7 +1031,7 @@ pub fn revalidate(
             continue;
         }
         // Nodes are validated with the complete document only: a NIC must be on one it kept.
-        if !model.nodes.contains_key(&nic.node) {
+        if !model.nodes.contains_key(&*nic.node) {
             rejections.push(Rejection {
                 entry: "nics".into(),
                 key: Some(mac.to_string()),

@@ -5,9 +5,10 @@
 //! networks (gateways resolve to the router MAC), and the VTEPs of all known nodes. Nothing of
 //! the networks it has no NIC in: a change there does not concern it.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
-
-use imbl::OrdMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use crate::model::{MacAddr, Model};
 
@@ -33,16 +34,15 @@ pub struct LocalNetwork {
     pub mtu: u32,
 }
 
-/// Persistent maps: a copy costs nothing, so the desired state is built from a copy on the
-/// blocking pool.
+/// Derived when the desired state is built and dropped after: the model is what is kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vpc {
     /// This node's VTEP, when the model knows this node.
     pub vtep: Option<Ipv4Addr>,
-    pub fdb: OrdMap<(u32, MacAddr), Station>,
-    pub arp: OrdMap<(u32, Ipv4Addr), MacAddr>,
+    pub fdb: BTreeMap<(u32, MacAddr), Station>,
+    pub arp: BTreeMap<(u32, Ipv4Addr), MacAddr>,
     pub vteps: BTreeSet<Ipv4Addr>,
-    pub vnis: OrdMap<u32, LocalNetwork>,
+    pub vnis: BTreeMap<u32, LocalNetwork>,
 }
 
 /// The forwarding state `node` needs.
@@ -54,13 +54,18 @@ pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
     for (id, macs) in model.nics_by_network() {
         derive_network(model, &id, &macs, node, router_mac, &mut vpc);
     }
-    vpc.vteps = model
+    vpc.vteps = vteps(model, node);
+    vpc
+}
+
+/// The VTEPs of the nodes other than `node`.
+pub fn vteps(model: &Model, node: &str) -> BTreeSet<Ipv4Addr> {
+    model
         .nodes
         .values()
         .filter(|n| n.name != node)
         .map(|n| n.vtep)
-        .collect();
-    vpc
+        .collect()
 }
 
 /// Adds the entries of network `id` (whose NICs are `macs`) to `vpc`, when `node` has a NIC
@@ -78,7 +83,7 @@ pub fn derive_network(
         return;
     };
     let nics = || macs.iter().filter_map(|m| model.nics.get(m));
-    if !nics().any(|n| n.node == node) {
+    if !nics().any(|n| *n.node == *node) {
         return;
     }
     vpc.vnis.insert(
@@ -90,7 +95,7 @@ pub fn derive_network(
     );
     vpc.arp.insert((net.vni, net.gateway), router_mac);
     for nic in nics() {
-        let endpoint = if nic.node == node {
+        let endpoint = if *nic.node == *node {
             let Some(interface) = &nic.interface else {
                 continue;
             };
@@ -98,7 +103,7 @@ pub fn derive_network(
                 interface: interface.clone(),
             }
         } else {
-            let Some(owner) = model.nodes.get(&nic.node) else {
+            let Some(owner) = model.nodes.get(&*nic.node) else {
                 continue;
             };
             Endpoint::Remote { vtep: owner.vtep }
@@ -112,27 +117,6 @@ pub fn derive_network(
         );
         vpc.arp.insert((net.vni, nic.ip), nic.mac);
     }
-}
-
-/// Removes every entry of `vni` from `vpc`.
-pub fn remove_vni(vpc: &mut Vpc, vni: u32) {
-    let fdb: Vec<(u32, MacAddr)> = vpc
-        .fdb
-        .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
-        .map(|(k, _)| *k)
-        .collect();
-    for k in fdb {
-        vpc.fdb.remove(&k);
-    }
-    let arp: Vec<(u32, Ipv4Addr)> = vpc
-        .arp
-        .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
-        .map(|(k, _)| *k)
-        .collect();
-    for k in arp {
-        vpc.arp.remove(&k);
-    }
-    vpc.vnis.remove(&vni);
 }
 
 #[cfg(test)]

@@ -122,6 +122,11 @@ impl Etcd {
         self.spawn();
     }
 
+    /// The server's process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGSTOP: connections stay open and nothing answers.
     pub fn freeze(&self) {
         self.signal(libc::SIGSTOP);

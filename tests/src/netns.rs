@@ -347,7 +347,16 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = hv.enter(&self.binary);
+        // HOLDFAST_AGENT_WRAP runs the agent under a profiler: "heaptrack -o /tmp/hf".
+        let mut cmd = match std::env::var("HOLDFAST_AGENT_WRAP") {
+            Ok(wrap) if !wrap.trim().is_empty() => {
+                let mut words = wrap.split_whitespace();
+                let mut c = hv.enter(Path::new(words.next().unwrap_or_default()));
+                c.args(words).arg(&self.binary);
+                c
+            }
+            _ => hv.enter(&self.binary),
+        };
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,netlink_packet_route=error")

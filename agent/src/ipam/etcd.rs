@@ -23,7 +23,7 @@
 //! revision. Reconnects back off exponentially with full jitter, capped.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -31,7 +31,7 @@ use std::{
 
 use etcd_client::{
     Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use prometheus_client::metrics::counter::Counter;
@@ -49,10 +49,18 @@ use crate::{
 const PAGE: i64 = 2_000;
 /// Operations per transaction (etcd's default `--max-txn-ops` is 128).
 const TXN_OPS: usize = 120;
-/// Networks read at once when listing.
-const LOADS_IN_FLIGHT: usize = 32;
+/// Networks read in one transaction when listing: a thousand networks take 32 requests, not
+/// 2,000, and etcd spends its CPU on the keys rather than on requests.
+const NETWORKS_PER_TXN: usize = 32;
+/// NICs of one network read in that transaction (at most 32 × 250 keys, well under gRPC's
+/// 4 MiB message limit); a bigger network is read on by pages.
+const NICS_PER_TXN: i64 = 250;
+/// Listing transactions in flight at once.
+const LOADS_IN_FLIGHT: usize = 4;
 /// How often the watch stream is asked to prove it is alive and in sync.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Listed entries stored into the view between two yields to the runtime.
+const FILL_SLICE: usize = 1_000;
 /// A session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
@@ -87,6 +95,20 @@ impl EtcdError {
     fn is_compacted(&self) -> bool {
         matches!(self, EtcdError::Compacted { .. })
     }
+}
+
+/// A listed key and its value.
+fn key_value(kv: etcd_client::KeyValue) -> (String, Vec<u8>) {
+    let (k, v) = kv.into_key_value();
+    (String::from_utf8_lossy(&k).into_owned(), v)
+}
+
+/// A network as listed: its entry and its NICs' index keys.
+struct ListedNetwork {
+    id: String,
+    key: String,
+    entry: Option<Vec<u8>>,
+    nics: Vec<(String, Vec<u8>)>,
 }
 
 /// Where each kind of entry lives.
@@ -266,15 +288,63 @@ impl Store {
             };
             from = last.key().to_vec();
             from.push(0);
-            for kv in kvs {
-                let (k, v) = kv.into_key_value();
-                out.push((String::from_utf8_lossy(&k).into_owned(), v));
-            }
+            out.extend(kvs.into_iter().map(key_value));
             if !more {
                 break;
             }
         }
         Ok((out, revision))
+    }
+
+    /// Each network's entry and NICs (their by-network index keys) at `revision`, one
+    /// transaction for all of them.
+    async fn networks_at(
+        &self,
+        networks: &[String],
+        revision: i64,
+    ) -> Result<Vec<ListedNetwork>, EtcdError> {
+        let l = &self.layout;
+        let at = || GetOptions::new().with_revision(revision);
+        let mut ops = Vec::with_capacity(networks.len() * 2);
+        for n in networks {
+            let index = l.by_network(n);
+            let end = prefix_end(&index);
+            ops.push(TxnOp::get(l.network(n), Some(at())));
+            ops.push(TxnOp::get(
+                index,
+                Some(at().with_range(end).with_limit(NICS_PER_TXN)),
+            ));
+        }
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .call("list networks", kv.txn(Txn::new().and_then(ops)))
+            .await
+            .map_err(|e| self.compacted(e, revision))?;
+        let mut responses = resp.op_responses().into_iter();
+        let mut out = Vec::with_capacity(networks.len());
+        for n in networks {
+            let (Some(TxnOpResponse::Get(entry)), Some(TxnOpResponse::Get(mut nics))) =
+                (responses.next(), responses.next())
+            else {
+                return Err(EtcdError::Watch {
+                    endpoints: self.endpoints.clone(),
+                    message: format!("list networks: no answer for network {n:?}"),
+                });
+            };
+            let entry = entry.kvs().first().map(|kv| kv.value().to_vec());
+            let nics = if nics.more() {
+                self.list(&l.by_network(n), revision).await?.0
+            } else {
+                nics.take_kvs().into_iter().map(key_value).collect()
+            };
+            out.push(ListedNetwork {
+                id: n.clone(),
+                key: l.network(n),
+                entry,
+                nics,
+            });
+        }
+        Ok(out)
     }
 
     /// One key at `revision`.
@@ -605,78 +675,120 @@ impl Range {
     }
 }
 
-/// What this node knows of IPAM: only what it needs.
+/// What this node knows of IPAM: only what it needs. At 100,000 NICs the view is most of the
+/// agent's memory, so an entry is its JSON and two shared names: its key's directory (one per
+/// range) and its id, which is also its key here.
 #[derive(Clone, Debug, Default)]
 struct View {
-    own: BTreeMap<String, RawEntry>,
-    nodes: BTreeMap<String, RawEntry>,
+    own: BTreeMap<Arc<str>, RawEntry>,
+    nodes: BTreeMap<Arc<str>, RawEntry>,
     networks: BTreeMap<String, RawEntry>,
-    nics: BTreeMap<String, BTreeMap<String, RawEntry>>,
+    nics: BTreeMap<String, BTreeMap<Arc<str>, RawEntry>>,
+    /// The network each of this node's NICs names, read once when the NIC changes.
+    own_networks: BTreeMap<Arc<str>, Option<String>>,
+    /// The directories of the keys held, one copy each.
+    dirs: HashSet<Arc<str>>,
 }
 
-fn entry(key: &str, bytes: &[u8]) -> RawEntry {
-    RawEntry {
-        origin: Some(Arc::from(key)),
-        id: key.rsplit('/').next().map(Arc::from),
-        json: Arc::from(bytes),
+/// A key's directory (up to its last `/`, included) and its id (after it).
+fn split_key(key: &str) -> (&str, &str) {
+    match key.rfind('/') {
+        Some(i) => key.split_at(i + 1),
+        None => ("", key),
     }
 }
 
 impl View {
     /// The networks this node has NICs in.
     fn wanted(&self) -> BTreeSet<String> {
-        self.own
+        self.own_networks
             .values()
-            .filter_map(|e| e.field("network"))
+            .flatten()
             .filter(|n| key_safe(n))
+            .cloned()
             .collect()
     }
 
-    fn map_mut(&mut self, range: &Range) -> Option<&mut BTreeMap<String, RawEntry>> {
-        match range {
-            Range::Own => Some(&mut self.own),
-            Range::Nodes => Some(&mut self.nodes),
-            Range::Network(_) => None,
-            Range::NetworkNics(id) => Some(self.nics.entry(id.clone()).or_default()),
+    /// The entry for `key` with value `json`, its names shared with the view's.
+    fn entry(&mut self, key: &str, json: Arc<[u8]>) -> (Arc<str>, RawEntry) {
+        let (dir, id) = split_key(key);
+        let dir = match self.dirs.get(dir) {
+            Some(d) => d.clone(),
+            None => {
+                let d: Arc<str> = Arc::from(dir);
+                self.dirs.insert(d.clone());
+                d
+            }
+        };
+        let id: Arc<str> = Arc::from(id);
+        let entry = RawEntry {
+            dir: Some(dir),
+            id: Some(id.clone()),
+            json,
+        };
+        (id, entry)
+    }
+
+    /// Adds listed keys of `range`, a slice at a time: a list can hold 100,000 NICs, and the
+    /// runtime must not stall while they are stored.
+    async fn fill(&mut self, range: &Range, kvs: Vec<(String, Vec<u8>)>) {
+        for chunk in kvs.chunks(FILL_SLICE) {
+            for (key, json) in chunk {
+                self.set(range, key, Some(Arc::from(json.as_slice())));
+            }
+            tokio::task::yield_now().await;
         }
     }
 
     /// Applies one put (`Some`) or delete (`None`); whether anything changed.
     fn apply(&mut self, range: &Range, key: &str, value: Option<&[u8]>) -> bool {
-        self.set(range, key, value.map(|v| entry(key, v)))
+        self.set(range, key, value.map(Arc::from))
     }
 
-    fn set(&mut self, range: &Range, key: &str, entry: Option<RawEntry>) -> bool {
-        let name = key.rsplit('/').next().unwrap_or_default().to_owned();
-        if let Range::Network(id) = range {
-            return match entry {
-                Some(e) => {
-                    self.networks.insert(id.clone(), e);
-                    true
+    fn set(&mut self, range: &Range, key: &str, json: Option<Arc<[u8]>>) -> bool {
+        let entry = json.map(|j| self.entry(key, j));
+        let name = split_key(key).1;
+        let map = match range {
+            Range::Network(id) => {
+                return match entry {
+                    Some((_, e)) => {
+                        self.networks.insert(id.clone(), e);
+                        true
+                    }
+                    None => self.networks.remove(id).is_some(),
+                };
+            }
+            Range::Own => {
+                match &entry {
+                    Some((id, e)) => {
+                        self.own_networks.insert(id.clone(), e.field("network"));
+                    }
+                    None => {
+                        self.own_networks.remove(name);
+                    }
                 }
-                None => self.networks.remove(id).is_some(),
-            };
-        }
-        let Some(map) = self.map_mut(range) else {
-            return false;
+                &mut self.own
+            }
+            Range::Nodes => &mut self.nodes,
+            Range::NetworkNics(id) => self.nics.entry(id.clone()).or_default(),
         };
         match entry {
-            Some(e) => {
-                map.insert(name, e);
+            Some((id, e)) => {
+                map.insert(id, e);
                 true
             }
-            None => map.remove(&name).is_some(),
+            None => map.remove(name).is_some(),
         }
     }
 
+    /// The keys held.
     fn keys(&self) -> BTreeSet<String> {
-        let origin = |e: &RawEntry| e.origin.as_deref().unwrap_or_default().to_owned();
         self.own
             .values()
             .chain(self.nodes.values())
             .chain(self.networks.values())
             .chain(self.nics.values().flat_map(BTreeMap::values))
-            .map(origin)
+            .filter_map(RawEntry::origin)
             .collect()
     }
 
@@ -696,8 +808,9 @@ impl View {
         match range {
             Range::Nodes => return None,
             Range::Own => {
-                if let Some(e) = self.own.get(name) {
-                    out.insert(e.field("network").filter(|n| key_safe(n))?);
+                if self.own.contains_key(name) {
+                    let network = self.own_networks.get(name).cloned().flatten();
+                    out.insert(network.filter(|n| key_safe(n))?);
                 }
             }
             Range::Network(id) => {
@@ -740,7 +853,8 @@ impl View {
             }
         }
         for (mac, e) in &self.own {
-            if e.field("network").is_some_and(|n| networks.contains(&n)) {
+            let network = self.own_networks.get(mac).and_then(Option::as_ref);
+            if network.is_some_and(|n| networks.contains(n)) {
                 nics.insert(mac, e);
             }
         }
@@ -755,7 +869,7 @@ impl View {
             nodes: self
                 .nodes
                 .iter()
-                .filter(|(name, _)| on.contains(*name))
+                .filter(|(name, _)| on.contains(&***name))
                 .map(|(_, e)| e.clone())
                 .collect(),
             nics: nics.into_values().cloned().collect(),
@@ -1038,13 +1152,9 @@ impl Sync {
         let started = Instant::now();
         let mut view = View::default();
         let (own, revision) = store.list(&self.layout.by_node(&self.node), 0).await?;
-        for (key, e) in parse_entries(own).await {
-            view.set(&Range::Own, &key, Some(e));
-        }
+        view.fill(&Range::Own, own).await;
         let (nodes, _) = store.list(&self.layout.nodes(), revision).await?;
-        for (key, e) in parse_entries(nodes).await {
-            view.set(&Range::Nodes, &key, Some(e));
-        }
+        view.fill(&Range::Nodes, nodes).await;
         let mut slots = BTreeMap::new();
         for r in [Range::Own, Range::Nodes] {
             slots.insert(
@@ -1102,38 +1212,21 @@ impl Sync {
         networks: &BTreeSet<String>,
         revision: i64,
     ) -> Result<(), Stop> {
-        let layout = &self.layout;
-        let fetch = |network: String| async move {
-            let key = layout.network(&network);
-            let entry = store.get(&key, revision).await?;
-            let (nics, _) = store.list(&layout.by_network(&network), revision).await?;
-            Ok::<_, EtcdError>((network, key, entry, nics))
-        };
-        let fetched: Vec<_> = futures::stream::iter(networks.iter().cloned())
+        let names: Vec<String> = networks.iter().cloned().collect();
+        let chunks: Vec<Vec<String>> = names.chunks(NETWORKS_PER_TXN).map(<[_]>::to_vec).collect();
+        let fetch = |chunk: Vec<String>| async move { store.networks_at(&chunk, revision).await };
+        let fetched: Vec<Vec<ListedNetwork>> = futures::stream::iter(chunks)
             .map(fetch)
             .buffer_unordered(LOADS_IN_FLIGHT)
             .try_collect()
             .await?;
-        let parsed = tokio::task::spawn_blocking(move || {
-            fetched
-                .into_iter()
-                .map(|(network, key, entry, nics)| {
-                    let entry = entry.map(|bytes| (self::entry(&key, &bytes), key));
-                    (network, entry, entries(nics))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (network, entry, nics) in parsed {
-            if let Some((e, key)) = entry {
-                view.set(&Range::Network(network.clone()), &key, Some(e));
+        for n in fetched.into_iter().flatten() {
+            if let Some(json) = n.entry {
+                view.set(&Range::Network(n.id.clone()), &n.key, Some(json.into()));
             }
-            let range = Range::NetworkNics(network.clone());
-            view.nics.entry(network).or_default();
-            for (key, e) in nics {
-                view.set(&range, &key, Some(e));
-            }
+            let range = Range::NetworkNics(n.id.clone());
+            view.nics.entry(n.id).or_default();
+            view.fill(&range, n.nics).await;
         }
         Ok(())
     }
@@ -1321,23 +1414,6 @@ fn watch_err(store: &Store, message: &str) -> Stop {
     })
 }
 
-/// Listed keys as entries.
-fn entries(kvs: Vec<(String, Vec<u8>)>) -> Vec<(String, RawEntry)> {
-    kvs.into_iter()
-        .map(|(k, v)| {
-            let e = entry(&k, &v);
-            (k, e)
-        })
-        .collect()
-}
-
-/// [`entries`] on the blocking pool: a list can hold 100,000 NICs.
-async fn parse_entries(kvs: Vec<(String, Vec<u8>)>) -> Vec<(String, RawEntry)> {
-    tokio::task::spawn_blocking(move || entries(kvs))
-        .await
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1489,6 +1565,6 @@ mod tests {
         assert_eq!(sub.networks.len(), 1);
         assert_eq!(sub.nics.len(), 2);
         assert_eq!(sub.nodes.len(), 1);
-        assert_eq!(sub.nics[0].origin.as_deref(), Some(own(m1).as_str()));
+        assert_eq!(sub.nics[0].origin(), Some(own(m1)));
     }
 }

@@ -206,7 +206,7 @@ fn dhcp() {
         let net = network();
         let nic = Nic {
             mac: MacAddr(macs[0]),
-            network: net.id.clone(),
+            network: net.id.clone().into(),
             ip: loadgen::client_ip(0),
             hostname: Some("bench-vm".into()),
             node: "hv-1".into(),

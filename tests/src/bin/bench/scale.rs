@@ -83,10 +83,10 @@ impl Rng {
 fn nic(k: usize, network: usize, node: usize) -> Nic {
     Nic {
         mac: MacAddr([0x02, 0x5c, 0, (k >> 16) as u8, (k >> 8) as u8, k as u8]),
-        network: format!("n{network}"),
+        network: format!("n{network}").into(),
         ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + k as u32),
         hostname: None,
-        node: format!("hv-{node}"),
+        node: format!("hv-{node}").into(),
         interface: Some(format!("t{k}")),
     }
 }

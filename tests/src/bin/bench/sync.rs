@@ -94,16 +94,35 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time the process has used (user and system).
+fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which ends with the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 struct Figures {
     nics: usize,
     import: Duration,
     ready: Duration,
     loaded: Duration,
     listed: String,
+    agent_cpu: Duration,
+    etcd_cpu: Duration,
     p50: Duration,
     p99: Duration,
     max: Duration,
     rss_mib: f64,
+    busy_mib: f64,
     peak_mib: f64,
 }
 
@@ -114,6 +133,8 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
     let import = t.elapsed();
     drop(doc);
 
+    let etcd_pid = etcd.pid().expect("etcd pid");
+    let etcd_before = cpu(etcd_pid);
     let start = Instant::now();
     let agent = Agent::start_etcd(hv, "hv-0", &Etcd::url(Ipv4Addr::LOCALHOST), "");
     let ready = start.elapsed();
@@ -130,6 +151,8 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
         std::thread::sleep(Duration::from_millis(10));
     }
     let loaded = start.elapsed();
+    let agent_cpu = cpu(agent.pid().expect("pid"));
+    let etcd_cpu = cpu(etcd_pid) - etcd_before;
     for l in agent.logs().lines().filter(|l| l.contains("elapsed=")) {
         let l = l.split_once("holdfast::").map_or(l, |(_, r)| r);
         println!("    agent: {l}");
@@ -150,7 +173,7 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
         let n = i % networks;
         let nic = Nic {
             mac: MacAddr(mac),
-            network: format!("n{n}"),
+            network: format!("n{n}").into(),
             ip: Ipv4Addr::new(
                 10,
                 (n / 256) as u8,
@@ -175,17 +198,24 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
     }
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    let (rss, peak) = rss_kib(agent.pid().expect("pid"));
+    let pid = agent.pid().expect("pid");
+    let (busy, _) = rss_kib(pid);
+    // At rest: the agent hands freed memory back a second after the last change.
+    std::thread::sleep(Duration::from_secs(3));
+    let (rss, peak) = rss_kib(pid);
     Figures {
         nics: total,
         import,
         ready,
         loaded,
         listed,
+        agent_cpu,
+        etcd_cpu,
         p50: pct(0.5),
         p99: pct(0.99),
         max: lat[lat.len() - 1],
         rss_mib: rss as f64 / 1024.0,
+        busy_mib: busy as f64 / 1024.0,
         peak_mib: peak as f64 / 1024.0,
     }
 }
@@ -206,7 +236,7 @@ pub fn run() {
     for total in sizes {
         let f = measure(&mut etcd, &hv, total);
         println!(
-            "\n{} NICs ({} networks)\n  import into etcd (holdfast ipam import, {} keys)  {:>8.2?}\n  agent start -> ready (programs loaded)            {:>8.2?}\n  agent start -> every forwarding entry in the map {:>8.2?}   (etcd list and parse: {})\n  put-to-map over {PUTS} puts                       p50 {:.1?}  p99 {:.1?}  max {:.1?}\n  agent memory                                     RSS {:.1} MiB, peak {:.1} MiB",
+            "\n{} NICs ({} networks)\n  import into etcd (holdfast ipam import, {} keys)  {:>8.2?}\n  agent start -> ready (programs loaded)            {:>8.2?}\n  agent start -> every forwarding entry in the map {:>8.2?}   (etcd list and parse: {})\n  CPU used while loading                            agent {:.2?}, etcd {:.2?}\n  put-to-map over {PUTS} puts                       p50 {:.1?}  p99 {:.1?}  max {:.1?}\n  agent memory                                     RSS at rest {:.1} MiB, right after the puts {:.1} MiB, peak {:.1} MiB",
             f.nics,
             f.nics / PER_NETWORK,
             f.nics * 3,
@@ -214,10 +244,13 @@ pub fn run() {
             f.ready,
             f.loaded,
             f.listed,
+            f.agent_cpu,
+            f.etcd_cpu,
             f.p50,
             f.p99,
             f.max,
             f.rss_mib,
+            f.busy_mib,
             f.peak_mib
         );
         all.push(f);
