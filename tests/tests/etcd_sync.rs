@@ -370,6 +370,77 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
 }
 
 #[test]
+fn concurrent_moves_of_one_nic_leave_one_set_of_index_keys() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    let networks = [
+        ("blue", VNI, "10.0.0.0/16"),
+        ("red", 1002, "10.1.0.0/16"),
+        ("green", 1003, "10.2.0.0/16"),
+    ];
+    etcd.client().import(&doc(
+        &networks,
+        &[N(REMOTE, "blue", "10.0.0.21", "hv-2", None)],
+        3600,
+    ));
+    let mac = MacAddr(REMOTE);
+    let mut failed = 0;
+    for round in 0..15usize {
+        // Writers racing to put the same MAC on different nodes and networks.
+        let nics: Vec<Nic> = (0..8usize)
+            .map(|w| {
+                let (network, _, _) = networks[(round + w) % networks.len()];
+                Nic {
+                    node: format!("hv-{}", 1 + (round * 7 + w) % 20),
+                    network: network.into(),
+                    ..remote_nic(REMOTE, Ipv4Addr::new(10, 0, 0, 21))
+                }
+            })
+            .collect();
+        let results = etcd.client().put_nics_at_once(nics);
+        assert!(
+            results.iter().any(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            // Out of attempts: the error says which NIC was left as the other writers made it.
+            assert!(e.contains(&mac.to_string()), "{e}");
+            failed += 1;
+        }
+        // The canonical key and exactly one index key of each kind, holding the same value.
+        let c = etcd.client();
+        let canonical = c.list(&format!("nics/{mac}"));
+        assert_eq!(canonical.len(), 1, "round {round}: {canonical:?}");
+        let value = &canonical[0].1;
+        let now: serde_json::Value = serde_json::from_str(value).expect("canonical NIC");
+        let field = |f: &str| now[f].as_str().unwrap_or_default().to_owned();
+        let index = |range: &str| -> Vec<(String, String)> {
+            c.list(range)
+                .into_iter()
+                .filter(|(k, _)| k.ends_with(&format!("/{mac}")))
+                .collect()
+        };
+        assert_eq!(
+            index("by-node/"),
+            [(
+                format!("/holdfast/by-node/{}/{mac}", field("node")),
+                value.clone()
+            )],
+            "round {round}"
+        );
+        assert_eq!(
+            index("by-network/"),
+            [(
+                format!("/holdfast/by-network/{}/{mac}", field("network")),
+                value.clone()
+            )],
+            "round {round}"
+        );
+    }
+    eprintln!("15 rounds of 8 writers racing on one MAC: {failed} ran out of attempts");
+}
+
+#[test]
 fn a_killed_agent_and_a_rebooted_host_serve_from_the_snapshot_while_etcd_is_down() {
     let hv = Netns::new("hv");
     let mut etcd = Etcd::start(&hv, &[]);

@@ -30,8 +30,8 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, TlsOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use prometheus_client::metrics::counter::Counter;
@@ -55,6 +55,8 @@ const LOADS_IN_FLIGHT: usize = 32;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// Attempts at writing one NIC whose record other writers keep changing.
+const NIC_WRITE_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -72,6 +74,15 @@ pub enum EtcdError {
     },
     #[error("etcd {endpoints}: revision {revision} was compacted")]
     Compacted { endpoints: String, revision: i64 },
+    #[error(
+        "etcd {endpoints}: NIC {mac} changed under each of {attempts} attempts to write it; \
+         not written"
+    )]
+    Conflict {
+        endpoints: String,
+        mac: MacAddr,
+        attempts: u32,
+    },
     #[error("etcd {endpoints}: watch: {message}")]
     Watch { endpoints: String, message: String },
     #[error("reading {path}: {source}")]
@@ -294,6 +305,16 @@ impl Store {
             .map(|kv| kv.into_key_value().1))
     }
 
+    /// One key's newest value and the revision it was last written at.
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
+        let mut kv = self.client.kv_client();
+        let mut resp = self.call("get", kv.get(key, None)).await?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| {
+            let revision = kv.mod_revision();
+            (kv.into_key_value().1, revision)
+        }))
+    }
+
     fn compacted(&self, e: EtcdError, revision: i64) -> EtcdError {
         match &e {
             EtcdError::Etcd { source, .. } if source.to_string().contains("compacted") => {
@@ -332,6 +353,8 @@ impl Store {
 
     /// Puts one NIC: its canonical key and both index keys in one transaction, removing the
     /// index keys of where it was before. Returns the revision written.
+    ///
+    /// Safe against other writers of the same MAC (see [`Store::write_nic`]).
     pub async fn put_nic(&mut self, nic: &crate::model::Nic) -> Result<i64, EtcdError> {
         for (what, name) in [("node", &nic.node), ("network", &nic.network)] {
             if !key_safe(name) {
@@ -345,43 +368,99 @@ impl Store {
             key: self.layout.nic(nic.mac),
             message: e.to_string(),
         })?;
-        let mut ops = self
-            .stale_index_ops(nic.mac, Some((&nic.node, &nic.network)))
-            .await?;
-        for key in self.layout.nic_keys(nic.mac, &nic.node, &nic.network) {
-            ops.push(TxnOp::put(key, bytes.clone(), None));
-        }
-        self.txn(ops).await
+        self.write_nic(nic.mac, Some((&nic.node, &nic.network, &bytes)))
+            .await
     }
 
     /// Deletes one NIC and its index keys.
     pub async fn delete_nic(&mut self, mac: MacAddr) -> Result<i64, EtcdError> {
-        let mut ops = self.stale_index_ops(mac, None).await?;
-        ops.push(TxnOp::delete(self.layout.nic(mac), None));
-        self.txn(ops).await
+        self.write_nic(mac, None).await
     }
 
-    /// Deletions of the index keys of `mac` that do not match `now` (node, network).
-    async fn stale_index_ops(
+    /// Writes one NIC's three keys (`Some((node, network, value))`) or deletes them (`None`),
+    /// removing the index keys of where the NIC was. The transaction holds only if the
+    /// canonical key is still as it was read: two writers moving one MAC at once would
+    /// otherwise each remove the index keys of the place they read, and leave the other's
+    /// behind. A writer that loses reads again, a bounded number of times.
+    async fn write_nic(
         &mut self,
         mac: MacAddr,
-        now: Option<(&str, &str)>,
-    ) -> Result<Vec<TxnOp>, EtcdError> {
+        now: Option<(&str, &str, &[u8])>,
+    ) -> Result<i64, EtcdError> {
         let key = self.layout.nic(mac);
-        let mut ops = Vec::new();
-        if let Some(old) = self.get(&key, 0).await?
-            && let Ok(old) = serde_json::from_slice::<Value>(&old)
-        {
-            let field = |f: &str| old.get(f).and_then(Value::as_str).map(str::to_owned);
-            if let (Some(node), Some(network)) = (field("node"), field("network"))
-                && now != Some((node.as_str(), network.as_str()))
-            {
-                let [_, by_node, by_network] = self.layout.nic_keys(mac, &node, &network);
-                ops.push(TxnOp::delete(by_node, None));
-                ops.push(TxnOp::delete(by_network, None));
+        for _ in 0..NIC_WRITE_ATTEMPTS {
+            let (old, unchanged) = match self.get_versioned(&key).await? {
+                Some((bytes, rev)) => (
+                    Some(bytes),
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                ),
+                None => (
+                    None,
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ),
+            };
+            let mut ops = self.stale_index_ops(mac, old.as_deref(), now.map(|(n, w, _)| (n, w)));
+            match now {
+                Some((node, network, bytes)) => {
+                    for k in self.layout.nic_keys(mac, node, network) {
+                        ops.push(TxnOp::put(k, bytes.to_vec(), None));
+                    }
+                }
+                None => ops.push(TxnOp::delete(key.clone(), None)),
             }
+            let mut kv = self.client.kv_client();
+            let resp = self
+                .call("txn", kv.txn(Txn::new().when([unchanged]).and_then(ops)))
+                .await?;
+            if resp.succeeded() {
+                return Ok(resp.header().map_or(0, |h| h.revision()));
+            }
+            debug!(%mac, "the NIC changed since it was read; reading it again");
         }
-        Ok(ops)
+        Err(EtcdError::Conflict {
+            endpoints: self.endpoints.clone(),
+            mac,
+            attempts: NIC_WRITE_ATTEMPTS,
+        })
+    }
+
+    /// Deletions of the index keys of `old` (the NIC's record as read) that `now` (node,
+    /// network) does not keep. Only the keys that differ: a put and a delete of one key in a
+    /// transaction is an error to etcd ("duplicate key given in txn request").
+    fn stale_index_ops(
+        &self,
+        mac: MacAddr,
+        old: Option<&[u8]>,
+        now: Option<(&str, &str)>,
+    ) -> Vec<TxnOp> {
+        let Some(old) = old.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+            return Vec::new();
+        };
+        // Names that cannot be in a key were never written as index keys.
+        let field = |f: &str| {
+            old.get(f)
+                .and_then(Value::as_str)
+                .filter(|n| key_safe(n))
+                .map(str::to_owned)
+        };
+        let mut ops = Vec::new();
+        if let Some(node) = field("node")
+            && now.map(|(n, _)| n) != Some(node.as_str())
+        {
+            ops.push(TxnOp::delete(
+                format!("{}{mac}", self.layout.by_node(&node)),
+                None,
+            ));
+        }
+        if let Some(network) = field("network")
+            && now.map(|(_, w)| w) != Some(network.as_str())
+        {
+            ops.push(TxnOp::delete(
+                format!("{}{mac}", self.layout.by_network(&network)),
+                None,
+            ));
+        }
+        ops
     }
 
     /// Writes a network (no index).
