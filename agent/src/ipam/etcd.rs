@@ -51,8 +51,6 @@ const PAGE: i64 = 2_000;
 const TXN_OPS: usize = 120;
 /// Networks read at once when listing.
 const LOADS_IN_FLIGHT: usize = 32;
-/// How often the watch stream is asked to prove it is alive and in sync.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Attempts at writing one NIC whose record other writers keep changing.
@@ -951,6 +949,8 @@ struct Sync {
     dirty_nets: BTreeSet<String>,
     /// In sync with nothing new to send: the agent may want to know.
     alive: bool,
+    /// How often the watch stream is asked to prove it is alive and in sync.
+    progress_every: Duration,
 }
 
 impl EtcdSource {
@@ -966,6 +966,7 @@ impl EtcdSource {
             dirty_all: false,
             dirty_nets: BTreeSet::new(),
             alive: false,
+            progress_every: self.config.progress_interval(),
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first = true;
@@ -1042,9 +1043,9 @@ impl Sync {
         };
         let mut by_id: HashMap<i64, Range> = HashMap::new();
         let mut cancelled: BTreeSet<i64> = BTreeSet::new();
-        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let mut progress = tokio::time::interval(self.progress_every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let silence = store.timeout + PROGRESS_EVERY;
+        let silence = store.timeout + self.progress_every;
         let mut heard = Instant::now();
         loop {
             let ready = self.dirty_all || !self.dirty_nets.is_empty() || self.alive;
