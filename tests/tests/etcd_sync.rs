@@ -301,13 +301,16 @@ fn with_etcd_down_for_minutes_leases_keep_renewing_and_the_agent_catches_up_afte
         outage()
     );
 
-    // etcd back: a change made now reaches the data plane once the agent is back.
+    // etcd back: a change made now reaches the data plane once the agent is back. The write
+    // returns once etcd has a leader again, which a probe also waits for (the port opens about
+    // a second before that).
     etcd.restart();
-    let back = Instant::now();
+    let restarted = Instant::now();
     etcd.client().put_nic(remote_nic(
         [0x02, 0xbb, 0, 0, 0, 0x09],
         Ipv4Addr::new(10, 0, 0, 29),
     ));
+    let back = Instant::now();
     assert!(
         wait_fdb(
             &agent,
@@ -318,7 +321,18 @@ fn with_etcd_down_for_minutes_leases_keep_renewing_and_the_agent_catches_up_afte
         "{}",
         agent.logs()
     );
-    eprintln!("caught up {:?} after etcd came back", back.elapsed());
+    let caught_up = back.elapsed();
+    eprintln!(
+        "caught up {caught_up:?} after etcd served again ({:?} after it was restarted)",
+        restarted.elapsed()
+    );
+    // A probe notices etcd within 1.5 s and the agent reconnects within 2 s more: well under
+    // the 30 s backoff ceiling a long outage has reached.
+    assert!(
+        caught_up < Duration::from_secs(5),
+        "caught up {caught_up:?} after etcd served again:\n{}",
+        agent.logs()
+    );
     assert_eq!(agent.metric("holdfast_ipam_up"), 1.0);
     assert!(agent.metric("holdfast_ipam_stale_seconds") < 5.0);
 }
@@ -336,6 +350,7 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
     assert!(wait_fdb(&agent, b2, true, Duration::from_secs(10)));
 
     proxy.cut();
+    let cut = Instant::now();
     let cut_off = wait_for(Duration::from_secs(15), || {
         (agent.metric("holdfast_ipam_up") == 0.0).then_some(())
     });
@@ -350,13 +365,18 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
     c.delete_nic(b2);
     let rev = c.put_nic(remote_nic(b3, Ipv4Addr::new(10, 0, 0, 23)));
     c.compact(rev);
+    // Long enough for the reconnect backoff to grow (its ceiling doubles from 200 ms at each
+    // attempt), as after a real outage: the relist must not wait for it.
+    thread::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed()));
     proxy.restore();
+    let restored = Instant::now();
 
     assert!(
         wait_fdb(&agent, b3, true, Duration::from_secs(45)),
         "{}",
         agent.logs()
     );
+    let caught_up = restored.elapsed();
     assert!(wait_fdb(&agent, REMOTE, false, Duration::from_secs(5)));
     assert!(!in_fdb(&agent, b2));
     let logs = agent.logs();
@@ -365,8 +385,42 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
         logs.contains("deleted=2"),
         "the deletions were derived:\n{logs}"
     );
+    let relist = log_gap(&logs, "compacted; listing again", "IPAM listed from etcd");
+    eprintln!(
+        "compacted history: caught up {caught_up:?} after the connection came back, \
+         listed again {relist:?} after the watch found the compaction"
+    );
+    // The relist waits only its own jitter (under 1 s), not a reconnect backoff.
+    assert!(
+        relist.is_some_and(|d| d < Duration::from_millis(1500)),
+        "listed again {relist:?} after the compaction:\n{logs}"
+    );
+    assert!(
+        caught_up < Duration::from_secs(6),
+        "caught up {caught_up:?} after the connection came back:\n{logs}"
+    );
     let reconnects = agent.metric("holdfast_ipam_reconnects_total");
     assert!(reconnects < 15.0, "{reconnects} reconnects: a hot loop?");
+}
+
+/// The time between the first log line containing `from` and the first after it containing
+/// `to`, from their timestamps (tracing's `2026-11-24T20:33:23.328123Z`).
+fn log_gap(logs: &str, from: &str, to: &str) -> Option<Duration> {
+    let seconds = |line: &str| -> Option<f64> {
+        let time = line.split_whitespace().next()?.split('T').nth(1)?;
+        let mut parts = time.trim_end_matches('Z').split(':');
+        let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(
+            h.parse::<f64>().ok()? * 3600.0
+                + m.parse::<f64>().ok()? * 60.0
+                + s.parse::<f64>().ok()?,
+        )
+    };
+    let mut lines = logs.lines().skip_while(|l| !l.contains(from));
+    let start = seconds(lines.next()?)?;
+    let end = seconds(lines.find(|l| l.contains(to))?)?;
+    // Across midnight the clock starts again.
+    Some(Duration::from_secs_f64((end - start).rem_euclid(86_400.0)))
 }
 
 #[test]

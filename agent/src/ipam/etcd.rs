@@ -18,9 +18,10 @@
 //!
 //! The source lists everything at one revision, then watches from the next one, all watches on
 //! one gRPC stream. A broken stream resumes each watch from the revision after the last one it
-//! saw. When that revision was compacted, the source lists again and derives the deletions
-//! that happened meanwhile by comparing the two views: it never loops on the same compacted
-//! revision. Reconnects back off exponentially with full jitter, capped.
+//! saw. When that revision was compacted, the source lists again (after a short jitter, on the
+//! same connection) and derives the deletions that happened meanwhile by comparing the two
+//! views: it never loops on the same compacted revision. Reconnects back off exponentially with
+//! full jitter, capped; while disconnected, a cheap probe ends the wait soon after etcd is back.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
@@ -51,8 +52,19 @@ const PAGE: i64 = 2_000;
 const TXN_OPS: usize = 120;
 /// Networks read at once when listing.
 const LOADS_IN_FLIGHT: usize = 32;
-/// A session that lasted this long resets the reconnect backoff.
+/// A session that lasted this long resets the reconnect backoff. A compaction found sooner than
+/// this after the last prompt relist waits a backoff instead.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// A compacted watch lists again after a wait uniform in [0, this): enough to spread a fleet's
+/// relists after an outage, short enough to leave no agent behind.
+const RELIST_JITTER: Duration = Duration::from_secs(1);
+/// While disconnected, etcd is probed at intervals uniform in [1/2, 3/2] of this.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe's deadline (the call timeout when that is shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Once a probe finds etcd back, the agent reconnects after a wait uniform in [0, this): a
+/// fleet that lost etcd together does not come back in the same instant.
+const RECONNECT_JITTER: Duration = Duration::from_secs(2);
 /// Attempts at writing one NIC whose record other writers keep changing.
 const NIC_WRITE_ATTEMPTS: u32 = 10;
 
@@ -191,36 +203,7 @@ impl Store {
     pub async fn connect(config: &IpamConfig) -> Result<Self, EtcdError> {
         let endpoints = config.endpoints.join(",");
         let timeout = config.timeout();
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout)
-            .with_keep_alive_while_idle(true);
-        if let Some(tls) = &config.tls {
-            let read = |path: &PathBuf| {
-                let path = path.clone();
-                async move {
-                    tokio::fs::read(&path)
-                        .await
-                        .map_err(|source| EtcdError::File { path, source })
-                }
-            };
-            let mut t =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca).await?));
-            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                t = t.identity(Identity::from_pem(read(cert).await?, read(key).await?));
-            }
-            options = options.with_tls(t);
-        }
-        if let Some(auth) = &config.auth {
-            let password = tokio::fs::read_to_string(&auth.password_file)
-                .await
-                .map_err(|source| EtcdError::File {
-                    path: auth.password_file.clone(),
-                    source,
-                })?;
-            options = options.with_user(auth.username.clone(), password.trim_end().to_owned());
-        }
+        let options = connect_options(config, timeout, true).await?;
         let client = deadline(
             &endpoints,
             "connect",
@@ -605,6 +588,266 @@ impl Store {
     }
 }
 
+/// The client options `config` asks for, credentials included when `auth`.
+async fn connect_options(
+    config: &IpamConfig,
+    timeout: Duration,
+    auth: bool,
+) -> Result<ConnectOptions, EtcdError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(10), timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some(tls) = &config.tls {
+        let read = |path: &PathBuf| {
+            let path = path.clone();
+            async move {
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|source| EtcdError::File { path, source })
+            }
+        };
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca).await?));
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            t = t.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+        }
+        options = options.with_tls(t);
+    }
+    if auth && let Some(auth) = &config.auth {
+        let password = tokio::fs::read_to_string(&auth.password_file)
+            .await
+            .map_err(|source| EtcdError::File {
+                path: auth.password_file.clone(),
+                source,
+            })?;
+        options = options.with_user(auth.username.clone(), password.trim_end().to_owned());
+    }
+    Ok(options)
+}
+
+/// Asks etcd, cheaply, whether it is back while the agent is disconnected: a Status call,
+/// which etcd answers without authentication, so a probing fleet never costs etcd a password
+/// check (as a reconnect with credentials does). One client per outage: its connection is
+/// re-established by the call that finds etcd back, and TLS files are read again at the next.
+struct Probe {
+    config: IpamConfig,
+    client: Option<Client>,
+}
+
+/// Says whether etcd answers; a trait so that tests can script the answers.
+trait Answers {
+    async fn answers(&mut self) -> bool;
+}
+
+impl Answers for Probe {
+    /// Whether a member answers and knows a leader (without one, reconnecting would fail).
+    async fn answers(&mut self) -> bool {
+        let config = &self.config;
+        let timeout = PROBE_TIMEOUT.min(config.timeout());
+        if self.client.is_none() {
+            let Ok(options) = connect_options(config, timeout, false).await else {
+                return false;
+            };
+            let endpoints = config.endpoints.join(",");
+            let connect = Client::connect(&config.endpoints, Some(options));
+            self.client = deadline(&endpoints, "probe", timeout, connect).await.ok();
+        }
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let mut m = client.maintenance_client();
+        match tokio::time::timeout(timeout, m.status()).await {
+            Ok(Ok(status)) => {
+                debug!(leader = status.leader(), "etcd probe answered");
+                status.leader() != 0
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "etcd probe failed");
+                false
+            }
+            Err(_) => {
+                debug!(?timeout, "etcd probe: no answer");
+                false
+            }
+        }
+    }
+}
+
+/// How a wait before reconnecting ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The backoff delay ran out.
+    Backoff,
+    /// A probe found etcd back.
+    Probe,
+}
+
+/// Waits `delay` (the backoff's) before the next attempt, probing etcd meanwhile at a jittered
+/// interval. `away`: the last contact with etcd got no answer. When a probe answers and etcd
+/// was away (by `away` or an earlier probe), the wait ends after a short jitter instead: an
+/// agent whose backoff grew during a long outage is not left behind for up to a backoff
+/// ceiling once etcd is back. A probe that answers while etcd was not away means the failure
+/// lies elsewhere (auth, load, a stream broken midway): the backoff stands and probing stops.
+async fn wait_to_reconnect(delay: Duration, mut away: bool, probe: &mut impl Answers) -> Woken {
+    use tokio::time::{Instant, sleep_until};
+    let until = Instant::now() + delay;
+    loop {
+        let next = Instant::now() + PROBE_EVERY.mul_f64(0.5 + fastrand::f64());
+        if next >= until {
+            sleep_until(until).await;
+            return Woken::Backoff;
+        }
+        sleep_until(next).await;
+        if !probe.answers().await {
+            away = true;
+            continue;
+        }
+        if !away {
+            sleep_until(until).await;
+            return Woken::Backoff;
+        }
+        sleep_until(until.min(Instant::now() + RECONNECT_JITTER.mul_f64(fastrand::f64()))).await;
+        return Woken::Probe;
+    }
+}
+
+/// Lets a compaction relist at once, unless the last prompt relist was less than
+/// [`HEALTHY_SESSION`] ago: a store that keeps compacting under the agent then gets the
+/// reconnect backoff, never a loop (flannel once relisted on compaction in a hot loop and
+/// filled disks with its logs).
+#[derive(Debug, Default)]
+struct RelistGuard {
+    last: Option<Instant>,
+}
+
+impl RelistGuard {
+    fn prompt(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < HEALTHY_SESSION)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Answers as scripted, then `then` for ever.
+    struct Script {
+        answers: VecDeque<bool>,
+        then: bool,
+        asked: usize,
+    }
+
+    impl Script {
+        fn new(answers: &[bool], then: bool) -> Self {
+            Self {
+                answers: answers.iter().copied().collect(),
+                then,
+                asked: 0,
+            }
+        }
+    }
+
+    impl Answers for Script {
+        async fn answers(&mut self) -> bool {
+            self.asked += 1;
+            self.answers.pop_front().unwrap_or(self.then)
+        }
+    }
+
+    const DELAY: Duration = Duration::from_secs(30);
+
+    fn about(elapsed: Duration, expected: Duration) -> bool {
+        elapsed >= expected && elapsed < expected + Duration::from_millis(10)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_finds_etcd_back_ends_the_wait() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[false, false], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, false, &mut probe).await,
+            Woken::Probe
+        );
+        assert_eq!(probe.asked, 3);
+        // Three probes at most 1.5 s apart, then at most 2 s of jitter.
+        assert!(start.elapsed() <= Duration::from_millis(3 * 1500 + 2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_contact_without_answer_the_first_probe_answering_ends_the_wait() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, true, &mut probe).await,
+            Woken::Probe
+        );
+        assert_eq!(probe.asked, 1);
+        assert!(start.elapsed() <= Duration::from_millis(1500 + 2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_answering_all_along_leaves_the_backoff_as_it_is() {
+        // The failure was not etcd being away (credentials, load): no early reconnect, and
+        // one probe is enough to know.
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, false, &mut probe).await,
+            Woken::Backoff
+        );
+        assert_eq!(probe.asked, 1);
+        assert!(about(start.elapsed(), DELAY), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_away_throughout_waits_the_backoff_probing_about_every_second() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], false);
+        assert_eq!(
+            wait_to_reconnect(DELAY, true, &mut probe).await,
+            Woken::Backoff
+        );
+        assert!(about(start.elapsed(), DELAY), "{:?}", start.elapsed());
+        assert!((20..=60).contains(&probe.asked), "{} probes", probe.asked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_backoff_is_not_probed() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        let delay = Duration::from_millis(300);
+        assert_eq!(
+            wait_to_reconnect(delay, true, &mut probe).await,
+            Woken::Backoff
+        );
+        assert_eq!(probe.asked, 0);
+        assert!(about(start.elapsed(), delay), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn compactions_back_to_back_wait_a_backoff() {
+        let mut guard = RelistGuard::default();
+        let t = std::time::Instant::now();
+        assert!(guard.prompt(t));
+        assert!(!guard.prompt(t + Duration::from_secs(1)));
+        assert!(!guard.prompt(t + Duration::from_secs(29)));
+        // A refusal does not push the window on.
+        assert!(guard.prompt(t + Duration::from_secs(30)));
+        assert!(!guard.prompt(t + Duration::from_secs(45)));
+        assert!(guard.prompt(t + Duration::from_secs(61)));
+    }
+}
+
 fn check_key(key: &str, name: &str) -> Result<(), EtcdError> {
     if key_safe(name) {
         Ok(())
@@ -927,7 +1170,8 @@ struct Slot {
 pub struct EtcdSource {
     pub config: IpamConfig,
     pub node: String,
-    /// Counts connection attempts after the first.
+    /// Counts connection attempts after the first (not probes, not a relist on the same
+    /// connection after a compaction).
     pub reconnects: Counter,
     /// Counts the changes the watches delivered (what etcd sends this agent).
     pub events: Counter,
@@ -951,6 +1195,9 @@ struct Sync {
     alive: bool,
     /// How often the watch stream is asked to prove it is alive and in sync.
     progress_every: Duration,
+    /// etcd answered on the watch stream of this connection.
+    watching: bool,
+    relists: RelistGuard,
 }
 
 impl EtcdSource {
@@ -967,15 +1214,27 @@ impl EtcdSource {
             dirty_nets: BTreeSet::new(),
             alive: false,
             progress_every: self.config.progress_interval(),
+            watching: false,
+            relists: RelistGuard::default(),
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first = true;
+        let mut probe = Probe {
+            config: self.config.clone(),
+            client: None,
+        };
+        // Whether a probe may end the next wait early: once per outage, re-armed by a
+        // connection that got as far as its watch stream. A reconnect that a probe brought
+        // and that failed again waits its backoff in full (etcd answers but something else
+        // fails: credentials, load).
+        let mut may_shortcut = true;
         loop {
             if !first {
                 self.reconnects.inc();
             }
             first = false;
             let started = Instant::now();
+            sync.watching = false;
             let outcome = match Store::connect(&self.config).await {
                 Ok(mut store) => sync.session(&mut store, &tx, &self.resend).await,
                 Err(e) => Stop::Failed(e),
@@ -987,8 +1246,16 @@ impl EtcdSource {
             if started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
+            if sync.watching {
+                may_shortcut = true;
+                probe.client = None;
+            }
             if e.is_compacted() {
-                info!(error = %e, "watch revision compacted; listing again");
+                warn!(
+                    error = %e,
+                    "watch revision compacted again soon after the last relist; \
+                     listing again after a backoff"
+                );
                 // Keep the view: the next list is compared with it to derive the deletions.
                 sync.slots.clear();
             } else if tx.send(Update::Unavailable(e.to_string())).await.is_err() {
@@ -996,20 +1263,42 @@ impl EtcdSource {
             }
             let wait = backoff.next_delay();
             debug!(?wait, "reconnecting to etcd");
-            tokio::time::sleep(wait).await;
+            if !may_shortcut {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let woken = wait_to_reconnect(wait, !sync.watching, &mut probe).await;
+            if woken == Woken::Probe {
+                info!("etcd answers again; reconnecting");
+                may_shortcut = false;
+            }
         }
     }
 }
 
 impl Sync {
+    /// Runs sessions on one connection. A compacted watch lists again here after a short
+    /// jitter: not a failure, no reconnect, no backoff (unless compactions come back to back).
     async fn session(
         &mut self,
         store: &mut Store,
         tx: &mpsc::Sender<Update>,
         resend: &Notify,
     ) -> Stop {
-        match self.run_session(store, tx, resend).await {
-            Ok(stop) | Err(stop) => stop,
+        loop {
+            let stop = match self.run_session(store, tx, resend).await {
+                Ok(stop) | Err(stop) => stop,
+            };
+            match stop {
+                Stop::Failed(e) if e.is_compacted() && self.relists.prompt(Instant::now()) => {
+                    let wait = RELIST_JITTER.mul_f64(fastrand::f64());
+                    info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    // Keep the view: the next list is compared with it to derive the deletions.
+                    self.slots.clear();
+                    tokio::time::sleep(wait).await;
+                }
+                stop => return stop,
+            }
         }
     }
 
@@ -1069,6 +1358,7 @@ impl Sync {
                         Err(e) => return Err(watch_err(store, &e.to_string())),
                     };
                     heard = Instant::now();
+                    self.watching = true;
                     self.on_response(store, &mut stream, resp, &mut pending, &mut by_id, &mut cancelled).await?;
                 }
                 _ = progress.tick() => {
