@@ -71,6 +71,10 @@ pub struct IpamConfig {
     /// Deadline of every etcd call (connect, read, write), in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How often the watch stream is asked for progress (proof that etcd answers and nothing
+    /// was missed), in milliseconds. etcd serves agents / interval of these per second.
+    #[serde(default = "default_progress_interval_ms")]
+    pub progress_interval_ms: u64,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     #[serde(default)]
@@ -103,6 +107,10 @@ impl IpamConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -133,6 +141,15 @@ fn default_prefix() -> String {
 fn default_timeout_ms() -> u64 {
     5000
 }
+
+fn default_progress_interval_ms() -> u64 {
+    2000
+}
+
+/// Bounds of `ipam.progress_interval_ms`. Above a minute, a silent stream would go unnoticed
+/// for as long, and `holdfast_ipam_stale_seconds` would climb as high between progress reports
+/// of an idle cloud.
+const PROGRESS_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 /// Overrides `node` (a DaemonSet sets it from the Kubernetes node name).
 pub const NODE_ENV: &str = "HOLDFAST_NODE";
@@ -238,6 +255,17 @@ impl Config {
                 if config.ipam.timeout_ms < 100 {
                     return Err(invalid("ipam.timeout_ms", "must be at least 100".into()));
                 }
+                if !PROGRESS_INTERVAL_MS.contains(&config.ipam.progress_interval_ms) {
+                    return Err(invalid(
+                        "ipam.progress_interval_ms",
+                        format!(
+                            "{} is outside {}..={}",
+                            config.ipam.progress_interval_ms,
+                            PROGRESS_INTERVAL_MS.start(),
+                            PROGRESS_INTERVAL_MS.end()
+                        ),
+                    ));
+                }
                 if let Some(t) = &config.ipam.tls
                     && t.cert.is_some() != t.key.is_some()
                 {
@@ -312,6 +340,7 @@ mod tests {
         assert_eq!(c.ipam.source, IpamSource::Etcd);
         assert_eq!(c.ipam.prefix, "/holdfast");
         assert_eq!(c.ipam.timeout(), Duration::from_secs(5));
+        assert_eq!(c.ipam.progress_interval(), Duration::from_secs(2));
         assert_eq!(c.ipam.auth.unwrap().username, "holdfast");
 
         let e = parse("node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\n")
@@ -329,6 +358,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("ipam.prefix"), "{e}");
+    }
+
+    #[test]
+    fn the_progress_interval_is_configurable_within_bounds() {
+        let etcd = |extra: &str| {
+            parse(&format!(
+                "node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"http://a:1\"]\n{extra}"
+            ))
+        };
+        let c = etcd("progress_interval_ms = 10000\n").unwrap();
+        assert_eq!(c.ipam.progress_interval(), Duration::from_secs(10));
+        for bad in ["0", "99", "60001"] {
+            let e = etcd(&format!("progress_interval_ms = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("field `ipam.progress_interval_ms`"), "{e}");
+            assert!(e.contains(&format!("{bad} is outside 100..=60000")), "{e}");
+        }
+        let e = etcd("progress_interval_ms = \"2s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("progress_interval_ms"), "{e}");
     }
 
     #[test]

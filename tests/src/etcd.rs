@@ -171,13 +171,15 @@ type Job = Box<dyn FnOnce(&mut Store, &tokio::runtime::Runtime) + Send>;
 
 /// holdfast's etcd client, on a thread inside the namespace.
 pub struct EtcdClient {
+    config: IpamConfig,
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EtcdClient {
     fn connect(ns: &std::path::Path, url: &str) -> Self {
-        let config: IpamConfig = toml_ipam(url);
+        let config: IpamConfig = client_config(url);
+        let thread_config = config.clone();
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let ns = ns.to_owned();
@@ -196,7 +198,7 @@ impl EtcdClient {
                 .build()
                 .expect("runtime");
             let mut store = rt
-                .block_on(Store::connect(&config))
+                .block_on(Store::connect(&thread_config))
                 .expect("connect to etcd");
             let _ = ready_tx.send(());
             while let Ok(job) = rx.recv() {
@@ -205,6 +207,7 @@ impl EtcdClient {
         });
         ready_rx.recv().expect("etcd client thread");
         Self {
+            config,
             tx: Some(tx),
             thread: Some(thread),
         }
@@ -251,6 +254,47 @@ impl EtcdClient {
     pub fn compact(&self, revision: i64) {
         self.run(move |s, rt| rt.block_on(s.compact(revision)).expect("compact"));
     }
+
+    /// Every key under `prefix` (relative to the IPAM prefix), with its value.
+    pub fn list(&self, prefix: &str) -> Vec<(String, String)> {
+        let prefix = format!("/holdfast/{prefix}");
+        self.run(move |s, rt| {
+            let (kvs, _) = rt.block_on(s.list(&prefix, 0)).expect("list");
+            kvs.into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        })
+    }
+
+    /// Puts each NIC from a connection of its own, all at once: writers racing on one MAC as
+    /// `holdfast ipam` tools on several machines would. Each result is the revision written or
+    /// the error's text.
+    pub fn put_nics_at_once(&self, nics: Vec<Nic>) -> Vec<Result<i64, String>> {
+        let config = self.config.clone();
+        self.run(move |_, rt| {
+            rt.block_on(async move {
+                // Every connection first, so that the writers start together.
+                let mut stores = Vec::new();
+                for _ in &nics {
+                    stores.push(Store::connect(&config).await.expect("connect to etcd"));
+                }
+                let writers: Vec<_> = stores
+                    .into_iter()
+                    .zip(nics)
+                    .map(|(mut store, nic)| {
+                        tokio::spawn(
+                            async move { store.put_nic(&nic).await.map_err(|e| e.to_string()) },
+                        )
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for w in writers {
+                    out.push(w.await.expect("writer task"));
+                }
+                out
+            })
+        })
+    }
 }
 
 impl Drop for EtcdClient {
@@ -262,7 +306,8 @@ impl Drop for EtcdClient {
     }
 }
 
-fn toml_ipam(url: &str) -> IpamConfig {
+/// The `[ipam]` config of a client of the etcd at `url`.
+pub fn client_config(url: &str) -> IpamConfig {
     let text = format!("node = \"test\"\n{}", ipam_section(url, 5000));
     holdfast::config::Config::parse(std::path::Path::new("test.toml"), &text)
         .expect("config")

@@ -570,7 +570,8 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             interface: Some("tap-late".into()),
         });
     }
-    // Each agent reconnects on its own backoff (full jitter, capped at 30 s): one deadline.
+    // Each agent reconnects within seconds of its probes finding etcd back, at the latest at
+    // the end of its backoff (capped at 30 s): one deadline.
     let mut caught_up: Vec<Option<Duration>> = vec![None; 2];
     wait_for(Duration::from_secs(35), || {
         for ((a, (mac, _, _)), t) in cloud.agents.iter().zip(LATE).zip(&mut caught_up) {

@@ -301,13 +301,16 @@ fn with_etcd_down_for_minutes_leases_keep_renewing_and_the_agent_catches_up_afte
         outage()
     );
 
-    // etcd back: a change made now reaches the data plane once the agent is back.
+    // etcd back: a change made now reaches the data plane once the agent is back. The write
+    // returns once etcd has a leader again, which a probe also waits for (the port opens about
+    // a second before that).
     etcd.restart();
-    let back = Instant::now();
+    let restarted = Instant::now();
     etcd.client().put_nic(remote_nic(
         [0x02, 0xbb, 0, 0, 0, 0x09],
         Ipv4Addr::new(10, 0, 0, 29),
     ));
+    let back = Instant::now();
     assert!(
         wait_fdb(
             &agent,
@@ -318,7 +321,18 @@ fn with_etcd_down_for_minutes_leases_keep_renewing_and_the_agent_catches_up_afte
         "{}",
         agent.logs()
     );
-    eprintln!("caught up {:?} after etcd came back", back.elapsed());
+    let caught_up = back.elapsed();
+    eprintln!(
+        "caught up {caught_up:?} after etcd served again ({:?} after it was restarted)",
+        restarted.elapsed()
+    );
+    // A probe notices etcd within 1.5 s and the agent reconnects within 2 s more: well under
+    // the 30 s backoff ceiling a long outage has reached.
+    assert!(
+        caught_up < Duration::from_secs(5),
+        "caught up {caught_up:?} after etcd served again:\n{}",
+        agent.logs()
+    );
     assert_eq!(agent.metric("holdfast_ipam_up"), 1.0);
     assert!(agent.metric("holdfast_ipam_stale_seconds") < 5.0);
 }
@@ -336,6 +350,7 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
     assert!(wait_fdb(&agent, b2, true, Duration::from_secs(10)));
 
     proxy.cut();
+    let cut = Instant::now();
     let cut_off = wait_for(Duration::from_secs(15), || {
         (agent.metric("holdfast_ipam_up") == 0.0).then_some(())
     });
@@ -350,13 +365,18 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
     c.delete_nic(b2);
     let rev = c.put_nic(remote_nic(b3, Ipv4Addr::new(10, 0, 0, 23)));
     c.compact(rev);
+    // Long enough for the reconnect backoff to grow (its ceiling doubles from 200 ms at each
+    // attempt), as after a real outage: the relist must not wait for it.
+    thread::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed()));
     proxy.restore();
+    let restored = Instant::now();
 
     assert!(
         wait_fdb(&agent, b3, true, Duration::from_secs(45)),
         "{}",
         agent.logs()
     );
+    let caught_up = restored.elapsed();
     assert!(wait_fdb(&agent, REMOTE, false, Duration::from_secs(5)));
     assert!(!in_fdb(&agent, b2));
     let logs = agent.logs();
@@ -365,8 +385,113 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
         logs.contains("deleted=2"),
         "the deletions were derived:\n{logs}"
     );
+    let relist = log_gap(&logs, "compacted; listing again", "IPAM listed from etcd");
+    eprintln!(
+        "compacted history: caught up {caught_up:?} after the connection came back, \
+         listed again {relist:?} after the watch found the compaction"
+    );
+    // The relist waits only its own jitter (under 1 s), not a reconnect backoff.
+    assert!(
+        relist.is_some_and(|d| d < Duration::from_millis(1500)),
+        "listed again {relist:?} after the compaction:\n{logs}"
+    );
+    assert!(
+        caught_up < Duration::from_secs(6),
+        "caught up {caught_up:?} after the connection came back:\n{logs}"
+    );
     let reconnects = agent.metric("holdfast_ipam_reconnects_total");
     assert!(reconnects < 15.0, "{reconnects} reconnects: a hot loop?");
+}
+
+/// The time between the first log line containing `from` and the first after it containing
+/// `to`, from their timestamps (tracing's `2026-11-24T20:33:23.328123Z`).
+fn log_gap(logs: &str, from: &str, to: &str) -> Option<Duration> {
+    let seconds = |line: &str| -> Option<f64> {
+        let time = line.split_whitespace().next()?.split('T').nth(1)?;
+        let mut parts = time.trim_end_matches('Z').split(':');
+        let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(
+            h.parse::<f64>().ok()? * 3600.0
+                + m.parse::<f64>().ok()? * 60.0
+                + s.parse::<f64>().ok()?,
+        )
+    };
+    let mut lines = logs.lines().skip_while(|l| !l.contains(from));
+    let start = seconds(lines.next()?)?;
+    let end = seconds(lines.find(|l| l.contains(to))?)?;
+    // Across midnight the clock starts again.
+    Some(Duration::from_secs_f64((end - start).rem_euclid(86_400.0)))
+}
+
+#[test]
+fn concurrent_moves_of_one_nic_leave_one_set_of_index_keys() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    let networks = [
+        ("blue", VNI, "10.0.0.0/16"),
+        ("red", 1002, "10.1.0.0/16"),
+        ("green", 1003, "10.2.0.0/16"),
+    ];
+    etcd.client().import(&doc(
+        &networks,
+        &[N(REMOTE, "blue", "10.0.0.21", "hv-2", None)],
+        3600,
+    ));
+    let mac = MacAddr(REMOTE);
+    let mut failed = 0;
+    for round in 0..15usize {
+        // Writers racing to put the same MAC on different nodes and networks.
+        let nics: Vec<Nic> = (0..8usize)
+            .map(|w| {
+                let (network, _, _) = networks[(round + w) % networks.len()];
+                Nic {
+                    node: format!("hv-{}", 1 + (round * 7 + w) % 20).into(),
+                    network: network.into(),
+                    ..remote_nic(REMOTE, Ipv4Addr::new(10, 0, 0, 21))
+                }
+            })
+            .collect();
+        let results = etcd.client().put_nics_at_once(nics);
+        assert!(
+            results.iter().any(Result::is_ok),
+            "round {round}: {results:?}"
+        );
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            // Out of attempts: the error says which NIC was left as the other writers made it.
+            assert!(e.contains(&mac.to_string()), "{e}");
+            failed += 1;
+        }
+        // The canonical key and exactly one index key of each kind, holding the same value.
+        let c = etcd.client();
+        let canonical = c.list(&format!("nics/{mac}"));
+        assert_eq!(canonical.len(), 1, "round {round}: {canonical:?}");
+        let value = &canonical[0].1;
+        let now: serde_json::Value = serde_json::from_str(value).expect("canonical NIC");
+        let field = |f: &str| now[f].as_str().unwrap_or_default().to_owned();
+        let index = |range: &str| -> Vec<(String, String)> {
+            c.list(range)
+                .into_iter()
+                .filter(|(k, _)| k.ends_with(&format!("/{mac}")))
+                .collect()
+        };
+        assert_eq!(
+            index("by-node/"),
+            [(
+                format!("/holdfast/by-node/{}/{mac}", field("node")),
+                value.clone()
+            )],
+            "round {round}"
+        );
+        assert_eq!(
+            index("by-network/"),
+            [(
+                format!("/holdfast/by-network/{}/{mac}", field("network")),
+                value.clone()
+            )],
+            "round {round}"
+        );
+    }
+    eprintln!("15 rounds of 8 writers racing on one MAC: {failed} ran out of attempts");
 }
 
 #[test]

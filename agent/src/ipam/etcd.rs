@@ -18,9 +18,10 @@
 //!
 //! The source lists everything at one revision, then watches from the next one, all watches on
 //! one gRPC stream. A broken stream resumes each watch from the revision after the last one it
-//! saw. When that revision was compacted, the source lists again and derives the deletions
-//! that happened meanwhile by comparing the two views: it never loops on the same compacted
-//! revision. Reconnects back off exponentially with full jitter, capped.
+//! saw. When that revision was compacted, the source lists again (after a short jitter, on the
+//! same connection) and derives the deletions that happened meanwhile by comparing the two
+//! views: it never loops on the same compacted revision. Reconnects back off exponentially with
+//! full jitter, capped; while disconnected, a cheap probe ends the wait soon after etcd is back.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
@@ -30,8 +31,8 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use prometheus_client::metrics::counter::Counter;
@@ -57,12 +58,23 @@ const NETWORKS_PER_TXN: usize = 32;
 const NICS_PER_TXN: i64 = 250;
 /// Listing transactions in flight at once.
 const LOADS_IN_FLIGHT: usize = 4;
-/// How often the watch stream is asked to prove it is alive and in sync.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Listed entries stored into the view between two yields to the runtime.
 const FILL_SLICE: usize = 1_000;
-/// A session that lasted this long resets the reconnect backoff.
+/// A session that lasted this long resets the reconnect backoff. A compaction found sooner than
+/// this after the last prompt relist waits a backoff instead.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// A compacted watch lists again after a wait uniform in [0, this): enough to spread a fleet's
+/// relists after an outage, short enough to leave no agent behind.
+const RELIST_JITTER: Duration = Duration::from_secs(1);
+/// While disconnected, etcd is probed at intervals uniform in [1/2, 3/2] of this.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe's deadline (the call timeout when that is shorter).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Once a probe finds etcd back, the agent reconnects after a wait uniform in [0, this): a
+/// fleet that lost etcd together does not come back in the same instant.
+const RECONNECT_JITTER: Duration = Duration::from_secs(2);
+/// Attempts at writing one NIC whose record other writers keep changing.
+const NIC_WRITE_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -80,6 +92,15 @@ pub enum EtcdError {
     },
     #[error("etcd {endpoints}: revision {revision} was compacted")]
     Compacted { endpoints: String, revision: i64 },
+    #[error(
+        "etcd {endpoints}: NIC {mac} changed under each of {attempts} attempts to write it; \
+         not written"
+    )]
+    Conflict {
+        endpoints: String,
+        mac: MacAddr,
+        attempts: u32,
+    },
     #[error("etcd {endpoints}: watch: {message}")]
     Watch { endpoints: String, message: String },
     #[error("reading {path}: {source}")]
@@ -204,36 +225,7 @@ impl Store {
     pub async fn connect(config: &IpamConfig) -> Result<Self, EtcdError> {
         let endpoints = config.endpoints.join(",");
         let timeout = config.timeout();
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout)
-            .with_keep_alive_while_idle(true);
-        if let Some(tls) = &config.tls {
-            let read = |path: &PathBuf| {
-                let path = path.clone();
-                async move {
-                    tokio::fs::read(&path)
-                        .await
-                        .map_err(|source| EtcdError::File { path, source })
-                }
-            };
-            let mut t =
-                TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca).await?));
-            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-                t = t.identity(Identity::from_pem(read(cert).await?, read(key).await?));
-            }
-            options = options.with_tls(t);
-        }
-        if let Some(auth) = &config.auth {
-            let password = tokio::fs::read_to_string(&auth.password_file)
-                .await
-                .map_err(|source| EtcdError::File {
-                    path: auth.password_file.clone(),
-                    source,
-                })?;
-            options = options.with_user(auth.username.clone(), password.trim_end().to_owned());
-        }
+        let options = connect_options(config, timeout, true).await?;
         let client = deadline(
             &endpoints,
             "connect",
@@ -347,21 +339,14 @@ impl Store {
         Ok(out)
     }
 
-    /// One key at `revision`.
-    async fn get(&self, key: &str, revision: i64) -> Result<Option<Vec<u8>>, EtcdError> {
+    /// One key's newest value and the revision it was last written at.
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
         let mut kv = self.client.kv_client();
-        let mut resp = self
-            .call(
-                "get",
-                kv.get(key, Some(GetOptions::new().with_revision(revision))),
-            )
-            .await
-            .map_err(|e| self.compacted(e, revision))?;
-        Ok(resp
-            .take_kvs()
-            .into_iter()
-            .next()
-            .map(|kv| kv.into_key_value().1))
+        let mut resp = self.call("get", kv.get(key, None)).await?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| {
+            let revision = kv.mod_revision();
+            (kv.into_key_value().1, revision)
+        }))
     }
 
     fn compacted(&self, e: EtcdError, revision: i64) -> EtcdError {
@@ -402,6 +387,8 @@ impl Store {
 
     /// Puts one NIC: its canonical key and both index keys in one transaction, removing the
     /// index keys of where it was before. Returns the revision written.
+    ///
+    /// Safe against other writers of the same MAC (see [`Store::write_nic`]).
     pub async fn put_nic(&mut self, nic: &crate::model::Nic) -> Result<i64, EtcdError> {
         for (what, name) in [("node", &nic.node), ("network", &nic.network)] {
             if !key_safe(name) {
@@ -415,43 +402,99 @@ impl Store {
             key: self.layout.nic(nic.mac),
             message: e.to_string(),
         })?;
-        let mut ops = self
-            .stale_index_ops(nic.mac, Some((&nic.node, &nic.network)))
-            .await?;
-        for key in self.layout.nic_keys(nic.mac, &nic.node, &nic.network) {
-            ops.push(TxnOp::put(key, bytes.clone(), None));
-        }
-        self.txn(ops).await
+        self.write_nic(nic.mac, Some((&nic.node, &nic.network, &bytes)))
+            .await
     }
 
     /// Deletes one NIC and its index keys.
     pub async fn delete_nic(&mut self, mac: MacAddr) -> Result<i64, EtcdError> {
-        let mut ops = self.stale_index_ops(mac, None).await?;
-        ops.push(TxnOp::delete(self.layout.nic(mac), None));
-        self.txn(ops).await
+        self.write_nic(mac, None).await
     }
 
-    /// Deletions of the index keys of `mac` that do not match `now` (node, network).
-    async fn stale_index_ops(
+    /// Writes one NIC's three keys (`Some((node, network, value))`) or deletes them (`None`),
+    /// removing the index keys of where the NIC was. The transaction holds only if the
+    /// canonical key is still as it was read: two writers moving one MAC at once would
+    /// otherwise each remove the index keys of the place they read, and leave the other's
+    /// behind. A writer that loses reads again, a bounded number of times.
+    async fn write_nic(
         &mut self,
         mac: MacAddr,
-        now: Option<(&str, &str)>,
-    ) -> Result<Vec<TxnOp>, EtcdError> {
+        now: Option<(&str, &str, &[u8])>,
+    ) -> Result<i64, EtcdError> {
         let key = self.layout.nic(mac);
-        let mut ops = Vec::new();
-        if let Some(old) = self.get(&key, 0).await?
-            && let Ok(old) = serde_json::from_slice::<Value>(&old)
-        {
-            let field = |f: &str| old.get(f).and_then(Value::as_str).map(str::to_owned);
-            if let (Some(node), Some(network)) = (field("node"), field("network"))
-                && now != Some((node.as_str(), network.as_str()))
-            {
-                let [_, by_node, by_network] = self.layout.nic_keys(mac, &node, &network);
-                ops.push(TxnOp::delete(by_node, None));
-                ops.push(TxnOp::delete(by_network, None));
+        for _ in 0..NIC_WRITE_ATTEMPTS {
+            let (old, unchanged) = match self.get_versioned(&key).await? {
+                Some((bytes, rev)) => (
+                    Some(bytes),
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                ),
+                None => (
+                    None,
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ),
+            };
+            let mut ops = self.stale_index_ops(mac, old.as_deref(), now.map(|(n, w, _)| (n, w)));
+            match now {
+                Some((node, network, bytes)) => {
+                    for k in self.layout.nic_keys(mac, node, network) {
+                        ops.push(TxnOp::put(k, bytes.to_vec(), None));
+                    }
+                }
+                None => ops.push(TxnOp::delete(key.clone(), None)),
             }
+            let mut kv = self.client.kv_client();
+            let resp = self
+                .call("txn", kv.txn(Txn::new().when([unchanged]).and_then(ops)))
+                .await?;
+            if resp.succeeded() {
+                return Ok(resp.header().map_or(0, |h| h.revision()));
+            }
+            debug!(%mac, "the NIC changed since it was read; reading it again");
         }
-        Ok(ops)
+        Err(EtcdError::Conflict {
+            endpoints: self.endpoints.clone(),
+            mac,
+            attempts: NIC_WRITE_ATTEMPTS,
+        })
+    }
+
+    /// Deletions of the index keys of `old` (the NIC's record as read) that `now` (node,
+    /// network) does not keep. Only the keys that differ: a put and a delete of one key in a
+    /// transaction is an error to etcd ("duplicate key given in txn request").
+    fn stale_index_ops(
+        &self,
+        mac: MacAddr,
+        old: Option<&[u8]>,
+        now: Option<(&str, &str)>,
+    ) -> Vec<TxnOp> {
+        let Some(old) = old.and_then(|b| serde_json::from_slice::<Value>(b).ok()) else {
+            return Vec::new();
+        };
+        // Names that cannot be in a key were never written as index keys.
+        let field = |f: &str| {
+            old.get(f)
+                .and_then(Value::as_str)
+                .filter(|n| key_safe(n))
+                .map(str::to_owned)
+        };
+        let mut ops = Vec::new();
+        if let Some(node) = field("node")
+            && now.map(|(n, _)| n) != Some(node.as_str())
+        {
+            ops.push(TxnOp::delete(
+                format!("{}{mac}", self.layout.by_node(&node)),
+                None,
+            ));
+        }
+        if let Some(network) = field("network")
+            && now.map(|(_, w)| w) != Some(network.as_str())
+        {
+            ops.push(TxnOp::delete(
+                format!("{}{mac}", self.layout.by_network(&network)),
+                None,
+            ));
+        }
+        ops
     }
 
     /// Writes a network (no index).
@@ -595,6 +638,266 @@ impl Store {
     ) -> Result<WatchStream, EtcdError> {
         let mut w = self.client.watch_client();
         self.call("watch", w.watch(key, Some(options))).await
+    }
+}
+
+/// The client options `config` asks for, credentials included when `auth`.
+async fn connect_options(
+    config: &IpamConfig,
+    timeout: Duration,
+    auth: bool,
+) -> Result<ConnectOptions, EtcdError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(10), timeout)
+        .with_keep_alive_while_idle(true);
+    if let Some(tls) = &config.tls {
+        let read = |path: &PathBuf| {
+            let path = path.clone();
+            async move {
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|source| EtcdError::File { path, source })
+            }
+        };
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca).await?));
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            t = t.identity(Identity::from_pem(read(cert).await?, read(key).await?));
+        }
+        options = options.with_tls(t);
+    }
+    if auth && let Some(auth) = &config.auth {
+        let password = tokio::fs::read_to_string(&auth.password_file)
+            .await
+            .map_err(|source| EtcdError::File {
+                path: auth.password_file.clone(),
+                source,
+            })?;
+        options = options.with_user(auth.username.clone(), password.trim_end().to_owned());
+    }
+    Ok(options)
+}
+
+/// Asks etcd, cheaply, whether it is back while the agent is disconnected: a Status call,
+/// which etcd answers without authentication, so a probing fleet never costs etcd a password
+/// check (as a reconnect with credentials does). One client per outage: its connection is
+/// re-established by the call that finds etcd back, and TLS files are read again at the next.
+struct Probe {
+    config: IpamConfig,
+    client: Option<Client>,
+}
+
+/// Says whether etcd answers; a trait so that tests can script the answers.
+trait Answers {
+    async fn answers(&mut self) -> bool;
+}
+
+impl Answers for Probe {
+    /// Whether a member answers and knows a leader (without one, reconnecting would fail).
+    async fn answers(&mut self) -> bool {
+        let config = &self.config;
+        let timeout = PROBE_TIMEOUT.min(config.timeout());
+        if self.client.is_none() {
+            let Ok(options) = connect_options(config, timeout, false).await else {
+                return false;
+            };
+            let endpoints = config.endpoints.join(",");
+            let connect = Client::connect(&config.endpoints, Some(options));
+            self.client = deadline(&endpoints, "probe", timeout, connect).await.ok();
+        }
+        let Some(client) = &self.client else {
+            return false;
+        };
+        let mut m = client.maintenance_client();
+        match tokio::time::timeout(timeout, m.status()).await {
+            Ok(Ok(status)) => {
+                debug!(leader = status.leader(), "etcd probe answered");
+                status.leader() != 0
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "etcd probe failed");
+                false
+            }
+            Err(_) => {
+                debug!(?timeout, "etcd probe: no answer");
+                false
+            }
+        }
+    }
+}
+
+/// How a wait before reconnecting ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    /// The backoff delay ran out.
+    Backoff,
+    /// A probe found etcd back.
+    Probe,
+}
+
+/// Waits `delay` (the backoff's) before the next attempt, probing etcd meanwhile at a jittered
+/// interval. `away`: the last contact with etcd got no answer. When a probe answers and etcd
+/// was away (by `away` or an earlier probe), the wait ends after a short jitter instead: an
+/// agent whose backoff grew during a long outage is not left behind for up to a backoff
+/// ceiling once etcd is back. A probe that answers while etcd was not away means the failure
+/// lies elsewhere (auth, load, a stream broken midway): the backoff stands and probing stops.
+async fn wait_to_reconnect(delay: Duration, mut away: bool, probe: &mut impl Answers) -> Woken {
+    use tokio::time::{Instant, sleep_until};
+    let until = Instant::now() + delay;
+    loop {
+        let next = Instant::now() + PROBE_EVERY.mul_f64(0.5 + fastrand::f64());
+        if next >= until {
+            sleep_until(until).await;
+            return Woken::Backoff;
+        }
+        sleep_until(next).await;
+        if !probe.answers().await {
+            away = true;
+            continue;
+        }
+        if !away {
+            sleep_until(until).await;
+            return Woken::Backoff;
+        }
+        sleep_until(until.min(Instant::now() + RECONNECT_JITTER.mul_f64(fastrand::f64()))).await;
+        return Woken::Probe;
+    }
+}
+
+/// Lets a compaction relist at once, unless the last prompt relist was less than
+/// [`HEALTHY_SESSION`] ago: a store that keeps compacting under the agent then gets the
+/// reconnect backoff, never a loop (flannel once relisted on compaction in a hot loop and
+/// filled disks with its logs).
+#[derive(Debug, Default)]
+struct RelistGuard {
+    last: Option<Instant>,
+}
+
+impl RelistGuard {
+    fn prompt(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < HEALTHY_SESSION)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod reconnect_tests {
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Answers as scripted, then `then` for ever.
+    struct Script {
+        answers: VecDeque<bool>,
+        then: bool,
+        asked: usize,
+    }
+
+    impl Script {
+        fn new(answers: &[bool], then: bool) -> Self {
+            Self {
+                answers: answers.iter().copied().collect(),
+                then,
+                asked: 0,
+            }
+        }
+    }
+
+    impl Answers for Script {
+        async fn answers(&mut self) -> bool {
+            self.asked += 1;
+            self.answers.pop_front().unwrap_or(self.then)
+        }
+    }
+
+    const DELAY: Duration = Duration::from_secs(30);
+
+    fn about(elapsed: Duration, expected: Duration) -> bool {
+        elapsed >= expected && elapsed < expected + Duration::from_millis(10)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_finds_etcd_back_ends_the_wait() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[false, false], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, false, &mut probe).await,
+            Woken::Probe
+        );
+        assert_eq!(probe.asked, 3);
+        // Three probes at most 1.5 s apart, then at most 2 s of jitter.
+        assert!(start.elapsed() <= Duration::from_millis(3 * 1500 + 2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_contact_without_answer_the_first_probe_answering_ends_the_wait() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, true, &mut probe).await,
+            Woken::Probe
+        );
+        assert_eq!(probe.asked, 1);
+        assert!(start.elapsed() <= Duration::from_millis(1500 + 2000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_answering_all_along_leaves_the_backoff_as_it_is() {
+        // The failure was not etcd being away (credentials, load): no early reconnect, and
+        // one probe is enough to know.
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        assert_eq!(
+            wait_to_reconnect(DELAY, false, &mut probe).await,
+            Woken::Backoff
+        );
+        assert_eq!(probe.asked, 1);
+        assert!(about(start.elapsed(), DELAY), "{:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etcd_away_throughout_waits_the_backoff_probing_about_every_second() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], false);
+        assert_eq!(
+            wait_to_reconnect(DELAY, true, &mut probe).await,
+            Woken::Backoff
+        );
+        assert!(about(start.elapsed(), DELAY), "{:?}", start.elapsed());
+        assert!((20..=60).contains(&probe.asked), "{} probes", probe.asked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_backoff_is_not_probed() {
+        let start = Instant::now();
+        let mut probe = Script::new(&[], true);
+        let delay = Duration::from_millis(300);
+        assert_eq!(
+            wait_to_reconnect(delay, true, &mut probe).await,
+            Woken::Backoff
+        );
+        assert_eq!(probe.asked, 0);
+        assert!(about(start.elapsed(), delay), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn compactions_back_to_back_wait_a_backoff() {
+        let mut guard = RelistGuard::default();
+        let t = std::time::Instant::now();
+        assert!(guard.prompt(t));
+        assert!(!guard.prompt(t + Duration::from_secs(1)));
+        assert!(!guard.prompt(t + Duration::from_secs(29)));
+        // A refusal does not push the window on.
+        assert!(guard.prompt(t + Duration::from_secs(30)));
+        assert!(!guard.prompt(t + Duration::from_secs(45)));
+        assert!(guard.prompt(t + Duration::from_secs(61)));
     }
 }
 
@@ -964,7 +1267,8 @@ struct Slot {
 pub struct EtcdSource {
     pub config: IpamConfig,
     pub node: String,
-    /// Counts connection attempts after the first.
+    /// Counts connection attempts after the first (not probes, not a relist on the same
+    /// connection after a compaction).
     pub reconnects: Counter,
     /// Counts the changes the watches delivered (what etcd sends this agent).
     pub events: Counter,
@@ -986,6 +1290,11 @@ struct Sync {
     dirty_nets: BTreeSet<String>,
     /// In sync with nothing new to send: the agent may want to know.
     alive: bool,
+    /// How often the watch stream is asked to prove it is alive and in sync.
+    progress_every: Duration,
+    /// etcd answered on the watch stream of this connection.
+    watching: bool,
+    relists: RelistGuard,
 }
 
 impl EtcdSource {
@@ -1001,15 +1310,28 @@ impl EtcdSource {
             dirty_all: false,
             dirty_nets: BTreeSet::new(),
             alive: false,
+            progress_every: self.config.progress_interval(),
+            watching: false,
+            relists: RelistGuard::default(),
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first = true;
+        let mut probe = Probe {
+            config: self.config.clone(),
+            client: None,
+        };
+        // Whether a probe may end the next wait early: once per outage, re-armed by a
+        // connection that got as far as its watch stream. A reconnect that a probe brought
+        // and that failed again waits its backoff in full (etcd answers but something else
+        // fails: credentials, load).
+        let mut may_shortcut = true;
         loop {
             if !first {
                 self.reconnects.inc();
             }
             first = false;
             let started = Instant::now();
+            sync.watching = false;
             let outcome = match Store::connect(&self.config).await {
                 Ok(mut store) => sync.session(&mut store, &tx, &self.resend).await,
                 Err(e) => Stop::Failed(e),
@@ -1021,8 +1343,16 @@ impl EtcdSource {
             if started.elapsed() >= HEALTHY_SESSION {
                 backoff.reset();
             }
+            if sync.watching {
+                may_shortcut = true;
+                probe.client = None;
+            }
             if e.is_compacted() {
-                info!(error = %e, "watch revision compacted; listing again");
+                warn!(
+                    error = %e,
+                    "watch revision compacted again soon after the last relist; \
+                     listing again after a backoff"
+                );
                 // Keep the view: the next list is compared with it to derive the deletions.
                 sync.slots.clear();
             } else if tx.send(Update::Unavailable(e.to_string())).await.is_err() {
@@ -1030,20 +1360,42 @@ impl EtcdSource {
             }
             let wait = backoff.next_delay();
             debug!(?wait, "reconnecting to etcd");
-            tokio::time::sleep(wait).await;
+            if !may_shortcut {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let woken = wait_to_reconnect(wait, !sync.watching, &mut probe).await;
+            if woken == Woken::Probe {
+                info!("etcd answers again; reconnecting");
+                may_shortcut = false;
+            }
         }
     }
 }
 
 impl Sync {
+    /// Runs sessions on one connection. A compacted watch lists again here after a short
+    /// jitter: not a failure, no reconnect, no backoff (unless compactions come back to back).
     async fn session(
         &mut self,
         store: &mut Store,
         tx: &mpsc::Sender<Update>,
         resend: &Notify,
     ) -> Stop {
-        match self.run_session(store, tx, resend).await {
-            Ok(stop) | Err(stop) => stop,
+        loop {
+            let stop = match self.run_session(store, tx, resend).await {
+                Ok(stop) | Err(stop) => stop,
+            };
+            match stop {
+                Stop::Failed(e) if e.is_compacted() && self.relists.prompt(Instant::now()) => {
+                    let wait = RELIST_JITTER.mul_f64(fastrand::f64());
+                    info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    // Keep the view: the next list is compared with it to derive the deletions.
+                    self.slots.clear();
+                    tokio::time::sleep(wait).await;
+                }
+                stop => return stop,
+            }
         }
     }
 
@@ -1077,9 +1429,9 @@ impl Sync {
         };
         let mut by_id: HashMap<i64, Range> = HashMap::new();
         let mut cancelled: BTreeSet<i64> = BTreeSet::new();
-        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let mut progress = tokio::time::interval(self.progress_every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let silence = store.timeout + PROGRESS_EVERY;
+        let silence = store.timeout + self.progress_every;
         let mut heard = Instant::now();
         loop {
             let ready = self.dirty_all || !self.dirty_nets.is_empty() || self.alive;
@@ -1103,6 +1455,7 @@ impl Sync {
                         Err(e) => return Err(watch_err(store, &e.to_string())),
                     };
                     heard = Instant::now();
+                    self.watching = true;
                     self.on_response(store, &mut stream, resp, &mut pending, &mut by_id, &mut cancelled).await?;
                 }
                 _ = progress.tick() => {

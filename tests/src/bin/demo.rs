@@ -475,8 +475,9 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
         .import(&ipam(&NETS, &with_blue4, LEASE));
     print!("{report}");
     println!(
-        "# the agents reconnect at their next attempt: a backoff with full jitter, capped at \
-         30 s,\n# spreads thousands of agents out when etcd returns instead of stampeding it"
+        "# while they wait out their reconnect backoff, the agents probe etcd about every \
+         second;\n# once it answers, each reconnects within 0-2 s, a jitter that spreads \
+         thousands of agents out"
     );
     let mut caught_up = [None, None];
     wait_for(Duration::from_secs(45), || {
