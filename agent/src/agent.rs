@@ -196,17 +196,38 @@ impl Agent {
         self.converge(desired).await;
     }
 
-    /// Changes the desired state for some VNIs and NICs only (`part` holds their forwarding
-    /// state), and converges to it: the data plane finds what differs without looking at the
-    /// rest.
+    /// Changes the desired state for the networks of `nics_of` (VNIs `vnis`) and the bindings
+    /// of `macs` only, on the blocking pool, and converges to it: the data plane finds what
+    /// differs without looking at the rest.
     async fn reconcile_partial(
         &mut self,
-        part: &Vpc,
-        vnis: &BTreeSet<u32>,
-        macs: &BTreeSet<MacAddr>,
+        nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+        vnis: BTreeSet<u32>,
+        macs: BTreeSet<MacAddr>,
     ) {
+        let inputs = self.inputs();
         let mut desired = self.desired.clone();
-        patch_desired(&mut desired, &self.inputs(), part, vnis, macs);
+        let networks = nics_of.clone();
+        let patched = tokio::task::spawn_blocking(move || {
+            let mut part = Vpc::default();
+            for (id, set) in &networks {
+                vpc::derive_network(
+                    &inputs.model,
+                    id,
+                    set,
+                    &inputs.node,
+                    inputs.router_mac,
+                    &mut part,
+                );
+            }
+            patch_desired(&mut desired, &inputs, &part, &vnis, &macs);
+            desired
+        })
+        .await;
+        let Ok(desired) = patched else {
+            error!("patching the desired state panicked; the data plane keeps its state");
+            return;
+        };
         self.converge(desired).await;
     }
 
@@ -288,7 +309,6 @@ impl Agent {
     ) {
         let prev = self.model.clone().unwrap_or_default();
         let node = self.config.node.clone();
-        let router = self.config.router_mac;
         let mut vnis = BTreeSet::new();
         let mut macs = BTreeSet::new();
         for id in networks {
@@ -301,18 +321,17 @@ impl Agent {
             macs.extend(nics_of.get(id).into_iter().flatten().copied());
         }
         self.leases.retain(|(_, mac), _| !macs.contains(mac));
-        leases::add_for_node(&model, &node, macs.iter(), &mut self.leases);
-        let mut part = Vpc::default();
+        let nics = macs.iter().filter_map(|m| model.nics.get(m));
+        leases::add_for_node(&model, &node, nics, &mut self.leases);
+        self.model = Some(model.clone());
+        self.reconcile_partial(&nics_of, vnis, macs).await;
         for (id, set) in nics_of {
-            vpc::derive_network(&model, &id, &set, &node, router, &mut part);
             if set.is_empty() {
                 self.nics_of.remove(&id);
             } else {
                 self.nics_of.insert(id, set);
             }
         }
-        self.model = Some(model.clone());
-        self.reconcile_partial(&part, &vnis, &macs).await;
         self.metrics.synced_now();
         self.persist_tx.send_replace(Some(model));
         self.trim.notify_one();
@@ -387,28 +406,26 @@ impl Agent {
         let node = self.config.node.clone();
         let limits = self.limits;
         let scope = networks.clone();
-        let sub = Arc::new(sub);
-        let s = sub.clone();
-        let old_macs = old.clone();
         let done = tokio::task::spawn_blocking(move || {
-            model::revalidate(&s, &scope, &old_macs, &prev, &node, &limits, &Budget)
+            let r = model::revalidate(&sub, &scope, &old, &prev, &node, &limits, &Budget);
+            // The rejections of these networks replace the ones they had.
+            let mut keys: BTreeSet<String> = scope;
+            keys.extend(old.iter().map(MacAddr::to_string));
+            for set in r.nics_of.values() {
+                keys.extend(set.iter().map(MacAddr::to_string));
+            }
+            // A NIC's rejection is keyed by the MAC its value states, else by its key's.
+            for e in &sub.nics {
+                keys.extend(e.id.as_deref().map(str::to_owned));
+                keys.extend(e.field("mac"));
+            }
+            (r, keys)
         })
         .await;
-        let Ok(r) = done else {
+        let Ok((r, keys)) = done else {
             error!("validation panicked; keeping the current state");
             return;
         };
-        // The rejections of these networks replace the ones they had.
-        let mut keys: BTreeSet<String> = networks.clone();
-        keys.extend(old.iter().map(MacAddr::to_string));
-        for set in r.nics_of.values() {
-            keys.extend(set.iter().map(MacAddr::to_string));
-        }
-        // A NIC's rejection is keyed by the MAC its value states, else by its key's.
-        for e in &sub.nics {
-            keys.extend(e.id.as_deref().map(str::to_owned));
-            keys.extend(e.field("mac"));
-        }
         self.rejections
             .retain(|x| x.key.as_ref().is_none_or(|k| !keys.contains(k)));
         for x in &r.validated.rejections {
@@ -564,27 +581,13 @@ fn build_desired(i: &Inputs) -> Desired {
         prune: i.prune,
         ..Desired::default()
     };
-    for lease in i.leases.values() {
-        if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
-            d.interfaces.insert(ifindex, lease.interface.clone());
-            d.bindings
-                .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
-        }
-    }
-    for ((vni, mac), station) in &vpc.fdb {
-        if let Some(entry) = fdb_entry(station, &by_name) {
-            d.fdb.insert(FdbKey::new(*vni, mac.0), entry);
-        }
-    }
-    for ((vni, addr), mac) in &vpc.arp {
-        let (k, v) = arp_entry(*vni, *addr, *mac);
-        d.arp.insert(k, v);
+    add_bindings(&mut d, i.leases.values(), &by_name);
+    d.interfaces = interfaces(&i.leases, &by_name);
+    for &vni in vpc.vnis.keys() {
+        add_vni(&mut d, &vpc, vni, &by_name);
     }
     for vtep in &vpc.vteps {
         d.vteps.insert(ip_u32(*vtep), 1);
-    }
-    for (vni, net) in &vpc.vnis {
-        d.vnis.insert(*vni, vni_info(net));
     }
     if let Some((ifindex, name)) = &i.underlay {
         d.underlay = Some((*ifindex, name.clone()));
@@ -627,24 +630,7 @@ fn patch_desired(
             d.arp.remove(&k);
         }
         d.vnis.remove(&vni);
-        for ((v, mac), station) in part
-            .fdb
-            .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
-        {
-            if let Some(entry) = fdb_entry(station, &by_name) {
-                d.fdb.insert(FdbKey::new(*v, mac.0), entry);
-            }
-        }
-        for ((v, addr), mac) in part
-            .arp
-            .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
-        {
-            let (k, e) = arp_entry(*v, *addr, *mac);
-            d.arp.insert(k, e);
-        }
-        if let Some(net) = part.vnis.get(&vni) {
-            d.vnis.insert(vni, vni_info(net));
-        }
+        add_vni(d, part, vni, &by_name);
     }
     if !macs.is_empty() {
         let stale: Vec<BindingKey> = d
@@ -656,18 +642,55 @@ fn patch_desired(
         for k in stale {
             d.bindings.remove(&k);
         }
-        for lease in i.leases.values().filter(|l| macs.contains(&l.mac)) {
-            if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
-                d.bindings
-                    .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
-            }
-        }
-        d.interfaces = i
-            .leases
-            .values()
-            .filter_map(|l| Some((*by_name.get(l.interface.as_str())?, l.interface.clone())))
-            .collect();
+        let leases = i.leases.values().filter(|l| macs.contains(&l.mac));
+        add_bindings(d, leases, &by_name);
+        d.interfaces = interfaces(&i.leases, &by_name);
     }
+}
+
+/// Adds the forwarding entries of network `vni` that `vpc` holds.
+fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) {
+    let Some(net) = vpc.vnis.get(&vni) else {
+        return;
+    };
+    d.vnis.insert(vni, vni_info(net));
+    for ((v, mac), station) in vpc
+        .fdb
+        .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
+    {
+        if let Some(entry) = fdb_entry(station, by_name) {
+            d.fdb.insert(FdbKey::new(*v, mac.0), entry);
+        }
+    }
+    for ((v, addr), mac) in vpc
+        .arp
+        .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
+    {
+        let (k, e) = arp_entry(*v, *addr, *mac);
+        d.arp.insert(k, e);
+    }
+}
+
+/// Adds the bindings of `leases` whose interface is present.
+fn add_bindings<'a>(
+    d: &mut Desired,
+    leases: impl Iterator<Item = &'a leases::Lease>,
+    by_name: &BTreeMap<&str, u32>,
+) {
+    for lease in leases {
+        if let Some(&ifindex) = by_name.get(lease.interface.as_str()) {
+            d.bindings
+                .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
+        }
+    }
+}
+
+/// The interfaces carrying a lease, present now.
+fn interfaces(leases: &Leases, by_name: &BTreeMap<&str, u32>) -> BTreeMap<u32, String> {
+    leases
+        .values()
+        .filter_map(|l| Some((*by_name.get(l.interface.as_str())?, l.interface.clone())))
+        .collect()
 }
 
 fn unix_now() -> f64 {

@@ -178,21 +178,18 @@ impl OptionsBudget for Budget {
 /// The leases `node` serves: its own NICs, each on its interface.
 pub fn for_node(model: &Model, node: &str) -> Leases {
     let mut out = Leases::new();
-    add_for_node(model, node, model.nics.keys(), &mut out);
+    add_for_node(model, node, model.nics.values(), &mut out);
     out
 }
 
-/// Adds to `out` the leases of the NICs `macs` that `node` serves.
+/// Adds to `out` the leases of the NICs of `model` in `nics` that `node` serves.
 pub fn add_for_node<'a>(
     model: &Model,
     node: &str,
-    macs: impl Iterator<Item = &'a MacAddr>,
+    nics: impl Iterator<Item = &'a Nic>,
     out: &mut Leases,
 ) {
-    for nic in macs
-        .filter_map(|m| model.nics.get(m))
-        .filter(|n| *n.node == *node)
-    {
+    for nic in nics.filter(|n| *n.node == *node) {
         let (Some(interface), Some(net)) = (&nic.interface, model.networks.get(&*nic.network))
         else {
             continue;

@@ -1020,33 +1020,32 @@ pub fn revalidate(
         let Some(set) = nics_of.get_mut(&*nic.network) else {
             continue;
         };
-        if !model.networks.contains_key(&*nic.network) {
+        let refused = if !model.networks.contains_key(&*nic.network) {
+            Some((
+                Reason::UnknownNetwork,
+                format!("network {:?} was rejected", nic.network),
+            ))
+        } else if !model.nodes.contains_key(&*nic.node) {
+            // Nodes are validated with the complete document only: a NIC must be on one it
+            // kept.
+            Some((
+                Reason::UnknownNode,
+                format!("node {:?} is not a valid node", nic.node),
+            ))
+        } else {
+            model.nics.get(&mac).map(|holder| {
+                (
+                    Reason::DuplicateMac,
+                    format!("a NIC of network {} has the same MAC", holder.network),
+                )
+            })
+        };
+        if let Some((reason, detail)) = refused {
             rejections.push(Rejection {
                 entry: "nics".into(),
                 key: Some(mac.to_string()),
-                reason: Reason::UnknownNetwork,
-                detail: format!("network {:?} was rejected", nic.network),
-                kept_last_good: false,
-            });
-            continue;
-        }
-        // Nodes are validated with the complete document only: a NIC must be on one it kept.
-        if !model.nodes.contains_key(&*nic.node) {
-            rejections.push(Rejection {
-                entry: "nics".into(),
-                key: Some(mac.to_string()),
-                reason: Reason::UnknownNode,
-                detail: format!("node {:?} is not a valid node", nic.node),
-                kept_last_good: false,
-            });
-            continue;
-        }
-        if let Some(holder) = model.nics.get(&mac) {
-            rejections.push(Rejection {
-                entry: "nics".into(),
-                key: Some(mac.to_string()),
-                reason: Reason::DuplicateMac,
-                detail: format!("a NIC of network {} has the same MAC", holder.network),
+                reason,
+                detail,
                 kept_last_good: false,
             });
             continue;

@@ -10,7 +10,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use crate::model::{MacAddr, Model};
+use crate::model::{MacAddr, Model, Nic};
 
 /// Where a NIC is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,12 +49,23 @@ pub struct Vpc {
 pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
     let mut vpc = Vpc {
         vtep: model.nodes.get(node).map(|n| n.vtep),
+        vteps: vteps(model, node),
         ..Vpc::default()
     };
-    for (id, macs) in model.nics_by_network() {
-        derive_network(model, &id, &macs, node, router_mac, &mut vpc);
+    // The networks `node` has a NIC in, and their VNIs.
+    let mut here: BTreeMap<&str, u32> = BTreeMap::new();
+    for nic in model.nics.values().filter(|n| *n.node == *node) {
+        if !here.contains_key(&*nic.network)
+            && let Some(vni) = add_network(model, &nic.network, router_mac, &mut vpc)
+        {
+            here.insert(&nic.network, vni);
+        }
     }
-    vpc.vteps = vteps(model, node);
+    for nic in model.nics.values() {
+        if let Some(&vni) = here.get(&*nic.network) {
+            add_nic(model, vni, nic, node, &mut vpc);
+        }
+    }
     vpc
 }
 
@@ -79,13 +90,21 @@ pub fn derive_network(
     router_mac: MacAddr,
     vpc: &mut Vpc,
 ) {
-    let Some(net) = model.networks.get(id) else {
-        return;
-    };
     let nics = || macs.iter().filter_map(|m| model.nics.get(m));
     if !nics().any(|n| *n.node == *node) {
         return;
     }
+    let Some(vni) = add_network(model, id, router_mac, vpc) else {
+        return;
+    };
+    for nic in nics() {
+        add_nic(model, vni, nic, node, vpc);
+    }
+}
+
+/// Adds network `id` itself (its VNI and its gateway's ARP answer); its VNI, when it exists.
+fn add_network(model: &Model, id: &str, router_mac: MacAddr, vpc: &mut Vpc) -> Option<u32> {
+    let net = model.networks.get(id)?;
     vpc.vnis.insert(
         net.vni,
         LocalNetwork {
@@ -94,29 +113,33 @@ pub fn derive_network(
         },
     );
     vpc.arp.insert((net.vni, net.gateway), router_mac);
-    for nic in nics() {
-        let endpoint = if *nic.node == *node {
-            let Some(interface) = &nic.interface else {
-                continue;
-            };
-            Endpoint::Local {
-                interface: interface.clone(),
-            }
-        } else {
-            let Some(owner) = model.nodes.get(&*nic.node) else {
-                continue;
-            };
-            Endpoint::Remote { vtep: owner.vtep }
+    Some(net.vni)
+}
+
+/// Adds one NIC of network `vni`: local ones on their interface, remote ones behind their
+/// node's VTEP, and its ARP answer.
+fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
+    let endpoint = if *nic.node == *node {
+        let Some(interface) = &nic.interface else {
+            return;
         };
-        vpc.fdb.insert(
-            (net.vni, nic.mac),
-            Station {
-                ip: nic.ip,
-                endpoint,
-            },
-        );
-        vpc.arp.insert((net.vni, nic.ip), nic.mac);
-    }
+        Endpoint::Local {
+            interface: interface.clone(),
+        }
+    } else {
+        let Some(owner) = model.nodes.get(&*nic.node) else {
+            return;
+        };
+        Endpoint::Remote { vtep: owner.vtep }
+    };
+    vpc.fdb.insert(
+        (vni, nic.mac),
+        Station {
+            ip: nic.ip,
+            endpoint,
+        },
+    );
+    vpc.arp.insert((vni, nic.ip), nic.mac);
 }
 
 #[cfg(test)]

@@ -185,12 +185,22 @@ impl Layout {
         format!("{}{network}/", self.by_networks())
     }
 
+    /// A NIC's key in its node's index.
+    fn node_nic(&self, node: &str, mac: MacAddr) -> String {
+        format!("{}{mac}", self.by_node(node))
+    }
+
+    /// A NIC's key in its network's index.
+    fn network_nic(&self, network: &str, mac: MacAddr) -> String {
+        format!("{}{mac}", self.by_network(network))
+    }
+
     /// The keys holding one NIC.
     fn nic_keys(&self, mac: MacAddr, node: &str, network: &str) -> [String; 3] {
         [
             self.nic(mac),
-            format!("{}{mac}", self.by_node(node)),
-            format!("{}{mac}", self.by_network(network)),
+            self.node_nic(node, mac),
+            self.network_nic(network, mac),
         ]
     }
 }
@@ -481,18 +491,12 @@ impl Store {
         if let Some(node) = field("node")
             && now.map(|(n, _)| n) != Some(node.as_str())
         {
-            ops.push(TxnOp::delete(
-                format!("{}{mac}", self.layout.by_node(&node)),
-                None,
-            ));
+            ops.push(TxnOp::delete(self.layout.node_nic(&node, mac), None));
         }
         if let Some(network) = field("network")
             && now.map(|(_, w)| w) != Some(network.as_str())
         {
-            ops.push(TxnOp::delete(
-                format!("{}{mac}", self.layout.by_network(&network)),
-                None,
-            ));
+            ops.push(TxnOp::delete(self.layout.network_nic(&network, mac), None));
         }
         ops
     }
@@ -1084,14 +1088,14 @@ impl View {
         }
     }
 
-    /// The keys held.
-    fn keys(&self) -> BTreeSet<String> {
+    /// The keys held, as (directory, id): shared names, nothing copied.
+    fn keys(&self) -> BTreeSet<(Arc<str>, Arc<str>)> {
         self.own
             .values()
             .chain(self.nodes.values())
             .chain(self.networks.values())
             .chain(self.nics.values().flat_map(BTreeMap::values))
-            .filter_map(RawEntry::origin)
+            .filter_map(|e| Some((e.dir.clone()?, e.id.clone()?)))
             .collect()
     }
 
@@ -1106,7 +1110,7 @@ impl View {
     /// holds it now; `None` when only a complete document can say (a node changed, or one of
     /// this node's NICs does not name its network).
     fn affected(&self, range: &Range, key: &str) -> Option<BTreeSet<String>> {
-        let name = key.rsplit('/').next().unwrap_or_default();
+        let name = split_key(key).1;
         let mut out = BTreeSet::new();
         match range {
             Range::Nodes => return None,
