@@ -88,6 +88,10 @@ pub enum Stat {
     DropNoRoute,
     /// Frames the underlay program passed: not VXLAN to this VTEP (the host's own traffic).
     UnderlayPass,
+    /// Replies sent without the client identifier (option 61) the request carried, because
+    /// echoing it would have pushed the reply past 576 bytes (RFC 2131's guaranteed size).
+    /// Appended last: slots keep their index across versions, the counters are pinned.
+    DhcpClientIdNotEchoed,
     Count,
 }
 

@@ -9,21 +9,24 @@ use agent_common::{
     dhcp::{
         BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, CLIENT_PORT, DHCPACK, DHCPDECLINE, DHCPDISCOVER,
         DHCPINFORM, DHCPNAK, DHCPOFFER, DHCPRELEASE, DHCPREQUEST, FIXED_OPTS_LEN, HTYPE_ETHERNET,
-        MAGIC_COOKIE, OPT_END, OPT_MESSAGE_TYPE, OPT_OVERLOAD, OPT_PAD, OPT_RAPID_COMMIT,
-        OPT_REQUESTED_IP, OPT_SERVER_ID, OPTIONS_OFFSET, SERVER_PORT,
+        MAGIC_COOKIE, OPT_CLIENT_ID, OPT_END, OPT_MESSAGE_TYPE, OPT_OVERLOAD, OPT_PAD,
+        OPT_RAPID_COMMIT, OPT_REQUESTED_IP, OPT_SERVER_ID, OPTIONS_OFFSET, SERVER_PORT,
     },
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     programs::XdpContext,
 };
 
 use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add_mac, add16, add32, be16, fold},
-    maps::{BINDINGS, EVENTS, OPTIONS_SCRATCH, OPTIONS_WINDOW},
+    maps::{BINDINGS, CID_BUF, CID_TLV_MAX, EVENTS, OPTIONS_SCRATCH, OPTIONS_WINDOW, OptionsScan},
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, MAX_OFFSET, UDP_HLEN, load, mac_eq, ptr_at,
     },
@@ -73,6 +76,10 @@ struct RequestOpts {
     overload: bool,
     requested: u32,
     server_id: u32,
+    /// The client identifier (61) as a TLV in the request: packet offset, and length with code
+    /// and length bytes (0: none).
+    cid_off: u32,
+    cid_tlv: u32,
 }
 
 /// The reply to build.
@@ -181,7 +188,7 @@ pub fn handle_request(
         _ => return Err(Stat::DropDhcpUnknownType),
     };
 
-    write_reply(ctx, &hdr, &src_mac, b, binding, reply)?;
+    write_reply(ctx, &hdr, &opts, &src_mac, b, binding, reply)?;
     count(match reply.msg_type {
         DHCPOFFER => Stat::DhcpOffer,
         DHCPNAK => Stat::DhcpNak,
@@ -277,6 +284,8 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
         set(&raw mut (*scan).requested, 0);
         set(&raw mut (*scan).server_id, 0);
         set(&raw mut (*scan).flags, 0);
+        set(&raw mut (*scan).cid_off, 0);
+        set(&raw mut (*scan).cid_tlv, 0);
     }
     for _ in 0..MAX_OPTION_TLVS {
         let off = unsafe { get(&raw const (*scan).off) };
@@ -294,6 +303,8 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                     overload: get(&raw const (*scan).flags) & FLAG_OVERLOAD != 0,
                     requested: get(&raw const (*scan).requested),
                     server_id: get(&raw const (*scan).server_id),
+                    cid_off: get(&raw const (*scan).cid_off),
+                    cid_tlv: get(&raw const (*scan).cid_tlv),
                 }
             };
             if o.msg_type == 0 {
@@ -347,8 +358,12 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                     get(&raw const (*scan).flags) | FLAG_OVERLOAD,
                 )
             },
-            // 55 (parameter request list) and 61 (client identifier) are read past: every
-            // configured option is always sent, and the binding is keyed by MAC.
+            // Echoed in the reply (RFC 6842); the binding stays keyed by MAC.
+            OPT_CLIENT_ID => unsafe {
+                set(&raw mut (*scan).cid_off, start as u32 + off);
+                set(&raw mut (*scan).cid_tlv, len + 2);
+            },
+            // 55 (parameter request list) is read past: every configured option is sent.
             _ => {}
         }
         unsafe { set(&raw mut (*scan).off, val + len) };
@@ -405,6 +420,7 @@ unsafe fn put<T>(p: *mut u8, off: usize, v: T) {
 fn write_reply(
     ctx: &XdpContext,
     req: &BootpHdr,
+    opts: &RequestOpts,
     client_mac: &[u8; 6],
     b: &Binding,
     binding: *const Binding,
@@ -466,7 +482,32 @@ fn write_reply(
     let xid = req.xid;
     let flags = req.flags;
 
-    let frame_len = BLOB_OFF + blob_len;
+    // RFC 6842: the client identifier goes back unaltered, right after the fixed options. It is
+    // padded to an even length so the blob behind it keeps the word alignment its precomputed
+    // sum assumes. A reply it would push past 576 bytes goes without it (and is counted).
+    let scan = OPTIONS_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Stat::DropDhcpMalformed)?;
+    let mut cid_tlv = opts.cid_tlv as usize & 0x1ff;
+    if cid_tlv > CID_TLV_MAX {
+        cid_tlv = 0;
+    }
+    let mut cid_room = (cid_tlv + 1) & !1;
+    if cid_room + blob_len > OPTS_MAX {
+        count(Stat::DhcpClientIdNotEchoed);
+        cid_tlv = 0;
+        cid_room = 0;
+    }
+    // Copied before the request is overwritten.
+    let cid_sum = if cid_tlv > 0 {
+        // SAFETY: `scan` is this CPU's map value, alive for the program run.
+        unsafe { copy_tlv(ctx, scan, opts.cid_off, cid_tlv)? }
+    } else {
+        0
+    };
+    let blob_off = BLOB_OFF + cid_room;
+
+    let frame_len = blob_off + blob_len;
     resize(ctx, frame_len)?;
     let p = ptr_at::<[u8; BLOB_OFF]>(ctx, 0).ok_or(Stat::DropDhcpNoRoom)? as *mut u8;
 
@@ -498,6 +539,7 @@ fn write_reply(
     s = add_bytes(s, sid[1], sid[2]);
     s = add_bytes(s, sid[3], rapid);
     s += opts_csum as u64;
+    s += cid_sum;
     let mut udp_check = fold(s);
     if udp_check == 0 {
         // RFC 768: a computed zero is sent as all ones; zero means "no checksum".
@@ -540,10 +582,11 @@ fn write_reply(
         put(p, CHADDR_OFF, *client_mac);
         put(p, CHADDR_OFF + 6, 0u16);
         put(p, CHADDR_OFF + 8, 0u64);
-        // sname and file
+        // sname and file. Volatile stores: LLVM would otherwise turn the loop into a call to
+        // `memset`, a byte loop the verifier walks once per path into it.
         let mut i = 0;
         while i < 192 {
-            put(p, SNAME_OFF + i, 0u64);
+            p.add(SNAME_OFF + i).cast::<u64>().write_volatile(0);
             i += 8;
         }
         put(p, COOKIE_OFF, MAGIC_COOKIE);
@@ -557,26 +600,24 @@ fn write_reply(
         put(p, OPTS_OFF + 8, [sid[3], rapid, OPT_PAD, OPT_PAD]);
     }
 
-    if nak {
-        let tail = ptr_at::<[u8; NAK_BLOB_LEN]>(ctx, BLOB_OFF).ok_or(Stat::DropDhcpNoRoom)?;
-        // SAFETY: bounds checked just above.
-        unsafe { tail.write([0; NAK_BLOB_LEN]) };
-        // SAFETY: as above.
-        unsafe { put(tail.cast::<u8>(), 0, OPT_END) };
-        return Ok(());
-    }
-    // SAFETY: `binding` is a map value of `size_of::<Binding>()` bytes and `blob_len` was
-    // bounded by `OPTS_MAX` above; the helper checks the packet range itself.
-    let ret = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.as_ptr().cast(),
-            BLOB_OFF as u32,
-            (*binding).opts.as_ptr() as *mut _,
-            blob_len as u32,
-        )
-    };
-    if ret != 0 {
+    // SAFETY: `cid` holds `CID_BUF` bytes and `cid_room` is at most `CID_TLV_MAX + 1`, its
+    // bytes past the option zero (pads); the helper checks the packet range itself.
+    if unsafe { store(ctx, BLOB_OFF, (&raw const (*scan).cid).cast(), cid_room) } != 0 {
         return Err(Stat::DropDhcpNoRoom);
+    }
+    let (src, len) = if nak {
+        (NAK_BLOB.as_ptr(), NAK_BLOB_LEN)
+    } else {
+        // SAFETY: `binding` is a map value of `size_of::<Binding>()` bytes and `blob_len` was
+        // bounded by `OPTS_MAX` above.
+        (unsafe { (*binding).opts.as_ptr() }, blob_len)
+    };
+    // SAFETY: `src` holds `len` bytes (above); the helper checks the packet range itself.
+    if unsafe { store(ctx, blob_off, src, len) } != 0 {
+        return Err(Stat::DropDhcpNoRoom);
+    }
+    if nak {
+        return Ok(());
     }
     if reply.inform && lease_len > 0 {
         // RFC 2131 §4.3.5: no lease time in an ACK to an INFORM. Pads keep the layout.
@@ -584,7 +625,7 @@ fn write_reply(
         let ret = unsafe {
             bpf_xdp_store_bytes(
                 ctx.as_ptr().cast(),
-                BLOB_OFF as u32,
+                blob_off as u32,
                 INFORM_BLANK.as_ptr() as *mut _,
                 lease_len as u32,
             )
@@ -598,3 +639,64 @@ fn write_reply(
 
 /// Pads that overwrite the lease-time options (three 6-byte options) in an INFORM reply.
 static INFORM_BLANK: [u8; 24] = [OPT_PAD; 24];
+
+/// A NAK's options after the fixed ones: END, then zeros up to the BOOTP minimum.
+static NAK_BLOB: [u8; NAK_BLOB_LEN] = {
+    let mut b = [0u8; NAK_BLOB_LEN];
+    b[0] = OPT_END;
+    b
+};
+
+/// Copies `len` bytes from `src` into the packet at `off`; none when `len` is 0.
+///
+/// # Safety
+/// `src` must be readable for `len` bytes.
+#[inline(always)]
+unsafe fn store(ctx: &XdpContext, off: usize, src: *const u8, len: usize) -> i64 {
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: per the caller; the helper checks the packet range.
+    unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), off as u32, src as *mut _, len as u32) }
+}
+
+/// Copies the option TLV of `tlv` bytes (1..=CID_TLV_MAX) at packet offset `off` into `cid`,
+/// zero-padded to whole words, and returns the sum of its words.
+///
+/// # Safety
+/// `scan` must be this CPU's live map value.
+#[inline(always)]
+unsafe fn copy_tlv(
+    ctx: &XdpContext,
+    scan: *mut OptionsScan,
+    off: u32,
+    tlv: usize,
+) -> Result<u64, Stat> {
+    let words = (tlv + 3) & !3;
+    if tlv == 0 || words > CID_BUF {
+        return Err(Stat::DropDhcpMalformed);
+    }
+    // SAFETY: per the caller; the zeroed word is inside `cid` (words <= CID_BUF), and the
+    // load fills the first `tlv` bytes of it.
+    unsafe {
+        let dst = (&raw mut (*scan).cid).cast::<u8>();
+        // Checked again after a barrier, for the verifier (see `parse_options`).
+        let last = core::hint::black_box(words - 4);
+        if last > CID_BUF - 4 {
+            return Err(Stat::DropDhcpMalformed);
+        }
+        dst.add(last).cast::<u32>().write_unaligned(0);
+        let n = core::hint::black_box(tlv);
+        if n == 0 || n > CID_TLV_MAX {
+            return Err(Stat::DropDhcpMalformed);
+        }
+        if bpf_xdp_load_bytes(ctx.as_ptr().cast(), off, dst.cast(), n as u32) != 0 {
+            return Err(Stat::DropDhcpMalformed);
+        }
+        let sum = bpf_csum_diff(core::ptr::null_mut(), 0, dst.cast(), words as u32, 0);
+        if sum < 0 {
+            return Err(Stat::DropDhcpMalformed);
+        }
+        Ok(sum as u64)
+    }
+}

@@ -39,9 +39,21 @@ pub struct OptionsScan {
     pub requested: u32,
     pub server_id: u32,
     pub flags: u32,
+    /// Packet offset of the client identifier option (61), and its length with code and
+    /// length bytes; 0 when the request has none.
+    pub cid_off: u32,
+    pub cid_tlv: u32,
     pub _pad: u32,
     pub buf: [u8; OPTIONS_WINDOW],
+    /// The client identifier option copied for the reply, zero-padded to whole 32-bit words
+    /// (what `bpf_csum_diff` sums; the zero after an odd length is the reply's pad).
+    pub cid: [u8; CID_BUF],
 }
+
+/// The longest option TLV: code, length, 255 bytes of value.
+pub const CID_TLV_MAX: usize = 257;
+/// `CID_TLV_MAX` rounded up to whole words.
+pub const CID_BUF: usize = 260;
 
 #[map]
 pub static OPTIONS_SCRATCH: PerCpuArray<OptionsScan> = PerCpuArray::with_max_entries(1, 0);

@@ -250,6 +250,11 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::DhcpOverloadIgnored,
     ),
     (
+        "holdfast_dhcp_client_id_not_echoed",
+        "Replies sent without the request's client identifier (option 61): it did not fit in 576 bytes",
+        Stat::DhcpClientIdNotEchoed,
+    ),
+    (
         "holdfast_dhcp_events_lost",
         "RELEASE/DECLINE events lost because the ring buffer was full",
         Stat::DhcpEventsLost,

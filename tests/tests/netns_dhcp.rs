@@ -185,8 +185,21 @@ fn udhcpc_gets_its_lease_and_renews() {
     let hv = Netns::new("hv");
     let agent = Agent::start(&hv, "hv-1", &ipam(10, &[(MAC3, "10.10.0.13", "tap-vm3")]));
     let vm = Vm::new(&hv, "tap-vm3", MAC3);
+    // Sees the replies: udhcpc sends a client identifier by default (type 1 and its MAC), and
+    // every reply must carry it back unaltered (RFC 6842).
+    let capture = RawSocket::open(&vm.ns.path(), "eth0");
     let client = clients::udhcpc(&vm, &[]);
     assert_configured(&vm, "10.10.0.13", true);
+    let mut replies = 0;
+    while let Some(frame) = capture.recv(Duration::from_millis(200)) {
+        if let Ok(r) = holdfast_tests::packet::parse_reply(&frame) {
+            let mut id = vec![1];
+            id.extend_from_slice(&MAC3);
+            assert_eq!(r.option(61), Some(&id[..]), "reply {:?}", r.codes());
+            replies += 1;
+        }
+    }
+    assert!(replies >= 2, "saw {replies} replies");
     let events = client.log();
     assert!(
         events.contains("bound ip=10.10.0.13 mask=24 router=10.10.0.1 dns=10.10.0.2"),

@@ -309,6 +309,75 @@ fn options_are_found_anywhere_with_pads_and_overload() {
     assert_eq!(fx.counters()[Stat::DhcpOverloadIgnored as usize], 1);
 }
 
+/// RFC 6842: a client identifier comes back unaltered in every reply, whatever its length's
+/// parity, right after the fixed options; the rest of the options follow as before.
+#[test]
+fn client_identifier_is_echoed_in_every_reply() {
+    let fx = Fixture::new();
+    // Type 1 + MAC (udhcpc, odd TLV), RFC 4361 type 255 + IAID + DUID (even TLV), the minimum.
+    let ids: [&[u8]; 3] = [
+        &[1, 2, 0, 0, 0, 0, 1],
+        &[
+            0xff, 0, 0, 0, 1, 0, 4, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0x11,
+        ],
+        &[0, 0],
+    ];
+    for id in ids {
+        let requests = [
+            Request::discover(VM_MAC),
+            Request::discover(VM_MAC).with(80, &[]),
+            Request::selecting(VM_MAC, GATEWAY, VM_IP),
+            Request::selecting(VM_MAC, GATEWAY, WRONG_IP),
+            Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC),
+            Request::inform(VM_MAC, VM_IP),
+        ];
+        for req in requests {
+            let r = reply(&fx, &req.with(61, id));
+            assert_eq!(r.option(61), Some(id), "{:?}", r.codes());
+            assert!(r.ip_len <= 576);
+        }
+        let r = reply(&fx, &Request::discover(VM_MAC).with(61, id));
+        let mut codes = r.codes();
+        assert_eq!(codes.remove(2), 61);
+        assert_eq!(codes, FULL_OPTIONS);
+        let nak = reply(
+            &fx,
+            &Request::selecting(VM_MAC, GATEWAY, WRONG_IP).with(61, id),
+        );
+        assert_eq!(nak.codes(), [53, 54, 61]);
+    }
+    assert_eq!(fx.counters()[Stat::DhcpClientIdNotEchoed as usize], 0);
+    // Without one, none is made up.
+    assert_eq!(reply(&fx, &Request::discover(VM_MAC)).option(61), None);
+}
+
+/// A client identifier that would push the reply past 576 bytes is left out, counted; the
+/// reply itself still goes out. One that just fits is echoed.
+#[test]
+fn client_identifier_too_long_for_576_bytes_is_left_out() {
+    let fx = Fixture::new();
+    let plain = reply(&fx, &Request::discover(VM_MAC));
+    // What the options may still grow by: 576 minus the reply without an identifier.
+    let room = 576 - plain.ip_len;
+    let fits = vec![0x5a; room - 2];
+    let r = reply(&fx, &Request::discover(VM_MAC).with(61, &fits));
+    assert_eq!(r.option(61), Some(&fits[..]));
+    assert_eq!(r.ip_len, 576);
+    assert_eq!(fx.counters()[Stat::DhcpClientIdNotEchoed as usize], 0);
+    let too_long = vec![0x5a; room - 1];
+    let r = reply(&fx, &Request::discover(VM_MAC).with(61, &too_long));
+    assert_eq!(r.option(61), None);
+    assert_full_options(&r);
+    let max = vec![0x5a; 255];
+    let r = reply(
+        &fx,
+        &Request::selecting(VM_MAC, GATEWAY, VM_IP).with(61, &max),
+    );
+    assert_eq!(r.option(61), None);
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(fx.counters()[Stat::DhcpClientIdNotEchoed as usize], 2);
+}
+
 #[test]
 fn end_may_be_the_last_byte() {
     let fx = Fixture::new();
