@@ -480,12 +480,63 @@ fn static_neighbours(cloud: &Cloud, a: ([u8; 6], Ipv4Addr), b: ([u8; 6], Ipv4Add
     }
 }
 
-/// TCP between VMs on real taps, guests with TSO as on a hypervisor: holdfast's ratio to the
-/// kernel.
+/// One TCP run: holdfast, the kernel, and the kernel under the two controls, in bit/s.
+#[derive(Clone, Copy)]
+struct TcpRun {
+    holdfast: f64,
+    kernel: f64,
+    kernel_hooks: f64,
+    kernel_taps: f64,
+}
+
+/// TCP between VMs on real taps, over `HOLDFAST_BENCH_TCP_RUNS` runs (3 by default): single
+/// runs swing by about 10% on a shared 2-core machine, so the ratios are taken per run and
+/// their median is what counts. Returns holdfast's median ratio to the kernel.
 fn tcp_section() -> f64 {
+    let runs: usize = std::env::var("HOLDFAST_BENCH_TCP_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    println!(
+        "\n3. TCP (iperf3, {SECS} s) between VMs on taps (virtio-net headers, guest TSO on), {runs} runs"
+    );
+    let all: Vec<TcpRun> = (0..runs).map(|_| tcp_run()).collect();
+    let median = |f: &dyn Fn(&TcpRun) -> f64| {
+        let mut v: Vec<f64> = all.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let (lo, hi) = (v[0], v[v.len() - 1]);
+        let m = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        (m, lo, hi)
+    };
+    let show = |label: &str, f: &dyn Fn(&TcpRun) -> f64| {
+        let (m, lo, hi) = median(f);
+        println!("  {label:<58} median {m:.2}x ({lo:.2}-{hi:.2}x)");
+        m
+    };
+    println!("  over {runs} runs, ratios taken within each run:");
+    let ratio = show("holdfast / kernel", &|r| r.holdfast / r.kernel);
+    show(
+        "kernel with no-op XDP on the four interfaces / kernel",
+        &|r| r.kernel_hooks / r.kernel,
+    );
+    show(
+        "holdfast / kernel with no-op XDP on the four interfaces",
+        &|r| r.holdfast / r.kernel_hooks,
+    );
+    show("kernel with no-op XDP on the two taps / kernel", &|r| {
+        r.kernel_taps / r.kernel
+    });
+    ratio
+}
+
+/// One run of each TCP configuration on a fresh two-host topology.
+fn tcp_run() -> TcpRun {
     let net = [Net { id: "a", vni: VNI }];
-    // TCP, between VMs on real taps: guests with TSO, as on a hypervisor.
-    println!("\n3. TCP (iperf3, {SECS} s) between VMs on taps (virtio-net headers, guest TSO on)");
     let t1 = [0x02, 0x0a, 0, 0, 0, 0x21];
     let t3 = [0x02, 0x0a, 0, 0, 0, 0x23];
     let (ip21, ip23) = (Ipv4Addr::new(10, 0, 0, 21), Ipv4Addr::new(10, 0, 0, 23));
@@ -548,7 +599,12 @@ fn tcp_section() -> f64 {
         kt_tcp / 1e9,
         kt_tcp / k_tcp
     );
-    hf_tcp / k_tcp
+    TcpRun {
+        holdfast: hf_tcp,
+        kernel: k_tcp,
+        kernel_hooks: kx_tcp,
+        kernel_taps: kt_tcp,
+    }
 }
 
 pub fn run() {
@@ -658,7 +714,7 @@ pub fn run() {
         if pps_ratio >= 2.0 { "met" } else { "MISSED" }
     );
     println!(
-        "  TCP throughput not below the kernel's: {tcp_ratio:.2}x -> {}",
+        "  TCP throughput not below the kernel's (median): {tcp_ratio:.2}x -> {}",
         if tcp_ratio >= 1.0 { "met" } else { "MISSED" }
     );
 }
