@@ -26,7 +26,7 @@ use aya_ebpf::{
 use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add_mac, add16, add32, be16, fold},
-    maps::{BINDINGS, CID_BUF, CID_TLV_MAX, EVENTS, OPTIONS_SCRATCH, OPTIONS_WINDOW, OptionsScan},
+    maps::{BINDINGS, CID_BUF, CID_TLV_MAX, EVENTS, OPTIONS_SCRATCH, OPTIONS_WINDOW},
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, MAX_OFFSET, UDP_HLEN, load, mac_eq, ptr_at,
     },
@@ -485,9 +485,6 @@ fn write_reply(
     // RFC 6842: the client identifier goes back unaltered, right after the fixed options. It is
     // padded to an even length so the blob behind it keeps the word alignment its precomputed
     // sum assumes. A reply it would push past 576 bytes goes without it (and is counted).
-    let scan = OPTIONS_SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Stat::DropDhcpMalformed)?;
     let mut cid_tlv = opts.cid_tlv as usize & 0x1ff;
     if cid_tlv > CID_TLV_MAX {
         cid_tlv = 0;
@@ -499,11 +496,10 @@ fn write_reply(
         cid_room = 0;
     }
     // Copied before the request is overwritten.
-    let cid_sum = if cid_tlv > 0 {
-        // SAFETY: `scan` is this CPU's map value, alive for the program run.
-        unsafe { copy_tlv(ctx, scan, opts.cid_off, cid_tlv)? }
+    let cid = if cid_tlv > 0 {
+        Some(copy_tlv(ctx, opts.cid_off, cid_tlv)?)
     } else {
-        0
+        None
     };
     let blob_off = BLOB_OFF + cid_room;
 
@@ -539,7 +535,9 @@ fn write_reply(
     s = add_bytes(s, sid[1], sid[2]);
     s = add_bytes(s, sid[3], rapid);
     s += opts_csum as u64;
-    s += cid_sum;
+    if let Some((_, sum)) = cid {
+        s += sum;
+    }
     let mut udp_check = fold(s);
     if udp_check == 0 {
         // RFC 768: a computed zero is sent as all ones; zero means "no checksum".
@@ -600,10 +598,12 @@ fn write_reply(
         put(p, OPTS_OFF + 8, [sid[3], rapid, OPT_PAD, OPT_PAD]);
     }
 
-    // SAFETY: `cid` holds `CID_BUF` bytes and `cid_room` is at most `CID_TLV_MAX + 1`, its
-    // bytes past the option zero (pads); the helper checks the packet range itself.
-    if unsafe { store(ctx, BLOB_OFF, (&raw const (*scan).cid).cast(), cid_room) } != 0 {
-        return Err(Stat::DropDhcpNoRoom);
+    if let Some((src, _)) = cid {
+        // SAFETY: the copy holds `CID_BUF` bytes and `cid_room` is at most `CID_TLV_MAX + 1`,
+        // its bytes past the option zero (pads); the helper checks the packet range itself.
+        if unsafe { store(ctx, BLOB_OFF, src, cid_room) } != 0 {
+            return Err(Stat::DropDhcpNoRoom);
+        }
     }
     let (src, len) = if nak {
         (NAK_BLOB.as_ptr(), NAK_BLOB_LEN)
@@ -660,36 +660,29 @@ unsafe fn store(ctx: &XdpContext, off: usize, src: *const u8, len: usize) -> i64
     unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), off as u32, src as *mut _, len as u32) }
 }
 
-/// Copies the option TLV of `tlv` bytes (1..=CID_TLV_MAX) at packet offset `off` into `cid`,
-/// zero-padded to whole words, and returns the sum of its words.
-///
-/// # Safety
-/// `scan` must be this CPU's live map value.
+/// Copies the option TLV of `tlv` bytes (1..=CID_TLV_MAX) at packet offset `off` into this
+/// CPU's scratch, zero-padded to whole words. Returns the copy and the sum of its words.
 #[inline(always)]
-unsafe fn copy_tlv(
-    ctx: &XdpContext,
-    scan: *mut OptionsScan,
-    off: u32,
-    tlv: usize,
-) -> Result<u64, Stat> {
-    let words = (tlv + 3) & !3;
-    if tlv == 0 || words > CID_BUF {
+fn copy_tlv(ctx: &XdpContext, off: u32, tlv: usize) -> Result<(*const u8, u64), Stat> {
+    let scan = OPTIONS_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Stat::DropDhcpMalformed)?;
+    // Bounds checked after barriers, for the verifier (see `parse_options`).
+    let n = core::hint::black_box(tlv);
+    if n == 0 || n > CID_TLV_MAX {
         return Err(Stat::DropDhcpMalformed);
     }
-    // SAFETY: per the caller; the zeroed word is inside `cid` (words <= CID_BUF), and the
-    // load fills the first `tlv` bytes of it.
+    let words = (n + 3) & !3;
+    let last = core::hint::black_box(words - 4);
+    if last > CID_BUF - 4 {
+        return Err(Stat::DropDhcpMalformed);
+    }
+    // SAFETY: `scan` is this CPU's map value, alive for the program run. The zeroed word is
+    // inside `cid` (last <= CID_BUF - 4), the load fills its first `n` bytes, and the sum reads
+    // `words` <= CID_BUF of them.
     unsafe {
         let dst = (&raw mut (*scan).cid).cast::<u8>();
-        // Checked again after a barrier, for the verifier (see `parse_options`).
-        let last = core::hint::black_box(words - 4);
-        if last > CID_BUF - 4 {
-            return Err(Stat::DropDhcpMalformed);
-        }
         dst.add(last).cast::<u32>().write_unaligned(0);
-        let n = core::hint::black_box(tlv);
-        if n == 0 || n > CID_TLV_MAX {
-            return Err(Stat::DropDhcpMalformed);
-        }
         if bpf_xdp_load_bytes(ctx.as_ptr().cast(), off, dst.cast(), n as u32) != 0 {
             return Err(Stat::DropDhcpMalformed);
         }
@@ -697,6 +690,6 @@ unsafe fn copy_tlv(
         if sum < 0 {
             return Err(Stat::DropDhcpMalformed);
         }
-        Ok(sum as u64)
+        Ok((dst, sum as u64))
     }
 }

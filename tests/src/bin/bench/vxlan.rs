@@ -502,20 +502,20 @@ fn tcp_section() -> f64 {
         "\n3. TCP (iperf3, {SECS} s) between VMs on taps (virtio-net headers, guest TSO on), {runs} runs"
     );
     let all: Vec<TcpRun> = (0..runs).map(|_| tcp_run()).collect();
-    let median = |f: &dyn Fn(&TcpRun) -> f64| {
+    let show = |label: &str, f: &dyn Fn(&TcpRun) -> f64| {
         let mut v: Vec<f64> = all.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
-        let (lo, hi) = (v[0], v[v.len() - 1]);
+        let mid = v.len() / 2;
         let m = if v.len() % 2 == 1 {
-            v[v.len() / 2]
+            v[mid]
         } else {
-            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+            (v[mid - 1] + v[mid]) / 2.0
         };
-        (m, lo, hi)
-    };
-    let show = |label: &str, f: &dyn Fn(&TcpRun) -> f64| {
-        let (m, lo, hi) = median(f);
-        println!("  {label:<58} median {m:.2}x ({lo:.2}-{hi:.2}x)");
+        println!(
+            "  {label:<58} median {m:.2}x ({:.2}-{:.2}x)",
+            v[0],
+            v[v.len() - 1]
+        );
         m
     };
     println!("  over {runs} runs, ratios taken within each run:");
