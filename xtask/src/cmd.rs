@@ -1,9 +1,6 @@
 //! Running commands the way a newcomer can follow: each one is printed before it runs.
 
-use std::{
-    ffi::OsStr,
-    process::{Command, Output},
-};
+use std::process::{Command, Output};
 
 use anyhow::{Context as _, bail};
 
@@ -36,20 +33,8 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `cmd` quietly and returns its output (printed only with `verbose`).
+/// Runs `cmd` quietly and returns its output, whatever its exit status.
 pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
     cmd.output()
         .with_context(|| format!("starting {}", show(cmd)))
-}
-
-/// Whether `program args…` runs and succeeds.
-pub fn succeeds<I, S>(program: &str, args: I) -> bool
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
 }

@@ -13,7 +13,10 @@ use std::{
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::{run, step};
+use crate::{
+    cmd::{run, step},
+    setup::Scope,
+};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -37,6 +40,17 @@ enum Task {
     Bench {
         #[arg(value_enum)]
         which: Bench,
+    },
+    /// Install what the build, the tests, the demo and the benchmarks need (the other
+    /// commands install what they need themselves).
+    Setup {
+        /// List what is missing, checked by what the build and the tests use; install nothing.
+        #[arg(long, conflicts_with = "purge")]
+        check: bool,
+        /// Remove what set-up installs (its Debian packages, bpf-linker, rust-src, the venv):
+        /// the fresh-machine procedure in the README.
+        #[arg(long)]
+        purge: bool,
     },
 }
 
@@ -84,7 +98,7 @@ fn cargo(toolchain: Option<&str>) -> Command {
 }
 
 fn build_ebpf() -> anyhow::Result<()> {
-    setup::ebpf_toolchain()?;
+    setup::ensure(Scope::Build)?;
     step("Building the XDP programs (agent-ebpf) for bpfel-unknown-none");
     // Flags for the BPF target come from .cargo/config.toml, as for the agent's build script.
     run(cargo(Some("nightly"))
@@ -105,11 +119,7 @@ fn build_ebpf() -> anyhow::Result<()> {
 
 fn test(filter: Option<String>) -> anyhow::Result<()> {
     let started = Instant::now();
-    setup::require_root()?;
-    setup::ebpf_toolchain()?;
-    setup::packages(setup::TEST_PACKAGES)?;
-    let venv = setup::python_tools()?;
-    setup::bpffs()?;
+    let venv = setup::ensure(Scope::Test)?.unwrap_or_else(setup::venv);
 
     step("Formatting and lints");
     run(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
@@ -145,21 +155,14 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
-    setup::require_root()?;
-    setup::ebpf_toolchain()?;
-    setup::packages(setup::TEST_PACKAGES)?;
-    setup::bpffs()?;
+    setup::ensure(Scope::Test)?;
     step("Building holdfast and the demo");
     run(cargo(None).args(["build", "--bins"]))?;
     run(&mut Command::new(root().join("target/debug/holdfast-demo")))
 }
 
 fn bench(which: Bench) -> anyhow::Result<()> {
-    setup::require_root()?;
-    setup::ebpf_toolchain()?;
-    setup::packages(setup::TEST_PACKAGES)?;
-    setup::packages(setup::BENCH_PACKAGES)?;
-    setup::bpffs()?;
+    setup::ensure(Scope::Bench)?;
     step("Building in release mode");
     run(cargo(None).args(["build", "--release", "--bins"]))?;
     let name = match which {
@@ -178,6 +181,9 @@ fn main() -> ExitCode {
         Task::Test { filter } => test(filter),
         Task::Demo => demo(),
         Task::Bench { which } => bench(which),
+        Task::Setup { check: true, .. } => setup::check(),
+        Task::Setup { purge: true, .. } => setup::purge(),
+        Task::Setup { .. } => setup::ensure(Scope::Bench).map(drop),
     };
     match result.context("cargo xtask") {
         Ok(()) => ExitCode::SUCCESS,

