@@ -498,6 +498,16 @@ fn python_tools() -> anyhow::Result<PathBuf> {
 /// the packages, tools and bpffs for `Test`, the peers for `Bench`. Returns the deploy tests'
 /// venv once `Test` is set up.
 pub fn ensure(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
+    let started = std::time::Instant::now();
+    let venv = ensure_all(scope)?;
+    // Only a set-up that installed something takes seconds: say what it cost.
+    if started.elapsed() > std::time::Duration::from_secs(2) {
+        println!("set-up took {:.0?}", started.elapsed());
+    }
+    Ok(venv)
+}
+
+fn ensure_all(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
     if scope >= Scope::Test {
         check_root().map_err(anyhow::Error::msg)?;
     }
