@@ -22,7 +22,19 @@ pub const DEFAULT_NAME: &str = "holdfast0";
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorError {
     #[error("netlink: {0}")]
-    Netlink(String),
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("netlink: {name} vanished")]
+    Vanished { name: String },
+    /// The task that writes the sysctl file panicked or was cancelled.
+    #[error("enabling IPv4 forwarding on {name}: {source}")]
+    Join {
+        name: String,
+        source: tokio::task::JoinError,
+    },
+    #[error("starting a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("enabling IPv4 forwarding on {name}: {source}")]
     Sysctl {
         name: String,
@@ -32,9 +44,7 @@ pub enum AnchorError {
 
 /// Creates the anchor when missing and enables forwarding on it. Returns its ifindex.
 pub async fn ensure(name: &str) -> Result<u32, AnchorError> {
-    let nl = |e: rtnetlink::Error| AnchorError::Netlink(e.to_string());
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| AnchorError::Netlink(e.to_string()))?;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(AnchorError::Connect)?;
     let conn = tokio::spawn(conn);
     let find = || async {
         handle
@@ -62,12 +72,13 @@ pub async fn ensure(name: &str) -> Result<u32, AnchorError> {
                 }
             }
             if let Some(e) = last {
-                return Err(nl(e));
+                return Err(e.into());
             }
             find()
-                .await
-                .map_err(nl)?
-                .ok_or_else(|| AnchorError::Netlink(format!("{name} vanished")))?
+                .await?
+                .ok_or_else(|| AnchorError::Vanished {
+                    name: name.to_owned(),
+                })?
                 .header
                 .index
         }
@@ -86,12 +97,14 @@ pub async fn ensure(name: &str) -> Result<u32, AnchorError> {
     if let Err(e) = via_netlink {
         tracing::debug!(error = %e, "enabling forwarding through netlink; trying the sysctl file");
         let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-        let owned = name.to_owned();
         tokio::task::spawn_blocking(move || std::fs::write(&path, "1"))
             .await
-            .map_err(|e| AnchorError::Netlink(e.to_string()))?
+            .map_err(|source| AnchorError::Join {
+                name: name.to_owned(),
+                source,
+            })?
             .map_err(|source| AnchorError::Sysctl {
-                name: owned,
+                name: name.to_owned(),
                 source,
             })?;
     }
@@ -124,6 +137,6 @@ pub fn ensure_blocking(name: &str) -> Result<u32, AnchorError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| AnchorError::Netlink(e.to_string()))?
+        .map_err(AnchorError::Runtime)?
         .block_on(ensure(name))
 }

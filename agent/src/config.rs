@@ -294,17 +294,6 @@ impl Config {
         }
         Ok(config)
     }
-
-    /// Directory of the pinned maps of this build's layout.
-    pub fn maps_dir(&self) -> PathBuf {
-        self.bpffs_dir
-            .join(format!("maps-v{}", agent_common::LAYOUT_VERSION))
-    }
-
-    /// Directory of the pinned XDP links, one per VM interface.
-    pub fn links_dir(&self) -> PathBuf {
-        self.bpffs_dir.join("links")
-    }
 }
 
 #[cfg(test)]
@@ -320,7 +309,6 @@ mod tests {
         let c = parse("node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x.json\"\n").unwrap();
         assert_eq!(c.bpffs_dir, Path::new("/sys/fs/bpf/holdfast"));
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9469");
-        assert_eq!(c.maps_dir(), Path::new("/sys/fs/bpf/holdfast/maps-v3"));
         assert!(c.underlay.is_none());
         let c = parse(
             "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n[underlay]\ninterface = \"eth1\"\n",

@@ -1,0 +1,196 @@
+//! Putting this build's programs on their hooks: one pinned link per hook and interface, whose
+//! program is replaced atomically when the link exists, created and pinned when not, and
+//! unpinned when its interface is no longer wanted.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
+    xdp::XdpLink,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_TC, PROGRAM_VM, Report,
+    error::{DataplaneError, ReconcileError, io_err},
+};
+
+/// The places holdfast attaches a program. Declared in attach order: on each interface the TC
+/// program that takes what XDP hands up is in place before the XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// TC ingress on a VM interface: the skb path.
+    VmTc,
+    /// XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
+    VmXdp,
+    /// TC ingress on the underlay: decapsulated TCP, after GRO, into its VM.
+    UnderlayTc,
+    /// XDP on the underlay: decapsulation.
+    Underlay,
+}
+
+impl Hook {
+    pub(super) const ALL: [Hook; 4] = [Hook::VmTc, Hook::VmXdp, Hook::UnderlayTc, Hook::Underlay];
+
+    /// The start of the link's pin name, `<prefix>-<ifindex>`.
+    pub(super) fn prefix(self) -> &'static str {
+        match self {
+            Hook::VmXdp => "vm",
+            Hook::VmTc => "tc",
+            Hook::Underlay => "ul",
+            Hook::UnderlayTc => "ult",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::VmXdp => PROGRAM_VM,
+            Hook::VmTc => PROGRAM_TC,
+            Hook::Underlay => PROGRAM_UNDERLAY,
+            Hook::UnderlayTc => PROGRAM_UNDERLAY_TC,
+        }
+    }
+
+    fn is_tc(self) -> bool {
+        matches!(self, Hook::VmTc | Hook::UnderlayTc)
+    }
+}
+
+/// The hooks `desired` puts programs on, with the name of each one's interface.
+pub(super) fn wanted(desired: &Desired) -> BTreeMap<(Hook, u32), &str> {
+    let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
+    if let Some((ifindex, name)) = &desired.underlay {
+        wanted.insert((Hook::UnderlayTc, *ifindex), name);
+        wanted.insert((Hook::Underlay, *ifindex), name);
+    }
+    for (ifindex, name) in &desired.interfaces {
+        wanted.insert((Hook::VmXdp, *ifindex), name);
+        wanted.insert((Hook::VmTc, *ifindex), name);
+    }
+    wanted
+}
+
+impl Dataplane {
+    /// Puts this build's programs on the wanted hooks that do not run them yet.
+    pub(super) fn attach_wanted(
+        &mut self,
+        wanted: &BTreeMap<(Hook, u32), &str>,
+        report: &mut Report,
+    ) {
+        for (&(hook, ifindex), name) in wanted {
+            if self.current.contains(&(hook, ifindex)) {
+                continue;
+            }
+            match self.attach(hook, ifindex, name) {
+                Ok(how) => {
+                    info!(interface = %name, ifindex, ?hook, how, "program attached");
+                    self.current.insert((hook, ifindex));
+                    report.attached.push(format!("{name}/{}", hook.prefix()));
+                }
+                Err(e) => {
+                    warn!(interface = %name, ifindex, ?hook, error = %e, "cannot attach");
+                    report.errors.push(ReconcileError::Attach {
+                        hook,
+                        interface: (*name).to_owned(),
+                        ifindex,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Unpins the links of hooks no longer wanted, which detaches their programs.
+    pub(super) fn detach_unwanted(
+        &mut self,
+        wanted: &BTreeMap<(Hook, u32), &str>,
+        report: &mut Report,
+    ) {
+        for (hook, ifindex) in self.pins.pinned() {
+            if wanted.contains_key(&(hook, ifindex)) {
+                continue;
+            }
+            let path = self.pins.link(hook, ifindex);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    info!(ifindex, ?hook, "program detached");
+                    self.current.remove(&(hook, ifindex));
+                    report.detached.push(format!("{}-{ifindex}", hook.prefix()));
+                }
+                Err(source) => report.errors.push(ReconcileError::Unpin { path, source }),
+            }
+        }
+    }
+
+    /// Puts this build's program on a hook: atomically replaces the program of a pinned link,
+    /// or creates and pins a new link.
+    fn attach(
+        &mut self,
+        hook: Hook,
+        ifindex: u32,
+        name: &str,
+    ) -> Result<&'static str, DataplaneError> {
+        let path = self.pins.link(hook, ifindex);
+        if path.exists() {
+            match self.replace(hook, &path) {
+                Ok(()) => return Ok("replaced the program of the pinned link"),
+                Err(e) => {
+                    // The interface this link was for is gone (ENOLINK): start afresh.
+                    debug!(path = %path.display(), error = %e, "stale pinned link");
+                    fs::remove_file(&path).map_err(io_err(&path))?;
+                }
+            }
+        }
+        let link_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DataplaneError::Link { path, source }
+        };
+        let program = self
+            .ebpf
+            .program_mut(hook.program())
+            .ok_or(DataplaneError::Missing(hook.program()))?;
+        let fd_link = if hook.is_tc() {
+            let program: &mut SchedClassifier = program.try_into()?;
+            let id = program.attach_with_options(
+                name,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )?;
+            FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
+        } else {
+            let program: &mut Xdp = program.try_into()?;
+            let id = program.attach_to_if_index(ifindex, XdpMode::Default)?;
+            FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
+        };
+        fd_link
+            .pin(&path)
+            .map_err(|source| DataplaneError::Pin { path, source })?;
+        Ok("attached and pinned a new link")
+    }
+
+    fn replace(&mut self, hook: Hook, path: &Path) -> Result<(), DataplaneError> {
+        let link_err = |source| DataplaneError::Link {
+            path: path.to_owned(),
+            source,
+        };
+        let fd_link = FdLink::from(PinnedLink::from_pin(path).map_err(link_err)?);
+        let program = self
+            .ebpf
+            .program_mut(hook.program())
+            .ok_or(DataplaneError::Missing(hook.program()))?;
+        // The pin keeps the link; this process holds no reference of its own.
+        if hook.is_tc() {
+            let program: &mut SchedClassifier = program.try_into()?;
+            let link = SchedClassifierLink::try_from(fd_link).map_err(link_err)?;
+            let id = program.attach_to_link(link)?;
+            drop(program.take_link(id)?);
+        } else {
+            let program: &mut Xdp = program.try_into()?;
+            let id = program.attach_to_link(XdpLink::try_from(fd_link).map_err(link_err)?)?;
+            drop(program.take_link(id)?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! The data plane: the XDP and TC programs, their pinned maps and links.
+//!
+//! Everything lives under `bpffs_dir` so it outlives the agent: maps in `maps-v<layout>/`, one
+//! link per hook and interface in `links/` (`vm-<ifindex>` and `tc-<ifindex>` on VM interfaces,
+//! `ul-<ifindex>` on the underlay). Opening adopts what is pinned (the maps keep their entries,
+//! the links keep their interfaces served); attaching replaces the program of a pinned link
+//! atomically. Nothing is flushed: entries and links are removed only by
+//! [`Dataplane::reconcile`] when asked to prune after a complete, validated load.
+//!
+//! Here: loading and adopting ([`Dataplane::open`]) and converging ([`Dataplane::reconcile`]).
+//! Beside it: `pins` (paths, layout version and check, bpffs), `maps` and `diff` (what each map
+//! holds and what a reconcile writes), `batch` (batched updates), `attach` (hooks and links),
+//! `migrate` (retiring another layout's maps), `inspect` (reading the pins for the CLI and
+//! metrics), `veth` (the veth peer's no-op program), `error`.
+//!
+//! All calls here are blocking syscalls; the agent runs them on a dedicated thread.
+
+mod attach;
+mod batch;
+mod diff;
+mod error;
+mod inspect;
+mod maps;
+mod migrate;
+mod pins;
+mod veth;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::Path,
+};
+
+use agent_common::{
+    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, RingBuf},
+    programs::{ProgramError, SchedClassifier, Xdp},
+};
+use imbl::OrdMap;
+use tracing::{info, warn};
+
+pub use self::{
+    attach::Hook,
+    error::{BpffsError, DataplaneError, NetlinkError, ReconcileError, WriteError},
+    inspect::{StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_vpc},
+    pins::ensure_bpffs,
+    veth::{PASS_OBJECT, attach_veth_peer},
+};
+use self::{
+    error::io_err,
+    maps::Synced,
+    pins::{Pins, check_layout},
+};
+
+/// The eBPF object, built from `agent-ebpf` by this crate's build script on every build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/holdfast"));
+
+pub const PROGRAM_VM: &str = "holdfast_vm";
+pub const PROGRAM_TC: &str = "holdfast_tc";
+pub const PROGRAM_UNDERLAY: &str = "holdfast_ul";
+pub const PROGRAM_UNDERLAY_TC: &str = "holdfast_ul_tc";
+pub const PROGRAM_PASS: &str = "holdfast_pass";
+const MAP_BINDINGS: &str = "BINDINGS";
+const MAP_STATS: &str = "STATS";
+const MAP_EVENTS: &str = "EVENTS";
+const MAP_FDB: &str = "FDB";
+const MAP_ARP: &str = "ARP";
+const MAP_VTEPS: &str = "VTEPS";
+const MAP_VNIS: &str = "VNIS";
+const MAP_CONFIG: &str = "CONFIG";
+
+/// What [`Dataplane::reconcile`] is asked to converge to.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    /// VM interfaces to carry the programs, by ifindex (name for logs and TC attachment).
+    pub interfaces: BTreeMap<u32, String>,
+    /// The underlay interface.
+    pub underlay: Option<(u32, String)>,
+    pub bindings: OrdMap<BindingKey, Binding>,
+    pub fdb: OrdMap<FdbKey, FdbEntry>,
+    pub arp: OrdMap<ArpKey, ArpEntry>,
+    pub vteps: OrdMap<u32, u32>,
+    pub vnis: OrdMap<u32, VniInfo>,
+    pub config: DataplaneConfig,
+    /// Remove links and entries that are not desired. Only after a complete, validated load.
+    pub prune: bool,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+    pub upserted: usize,
+    pub deleted: usize,
+    pub bindings: usize,
+    pub fdb: usize,
+    pub interfaces: usize,
+    /// Map directories of other layouts removed (every hook runs this build's programs).
+    pub retired: Vec<String>,
+    pub errors: Vec<ReconcileError>,
+}
+
+/// `BPF_PROG_LOAD` can fail with EAGAIN after a successful verification when the kernel is
+/// short of memory for the program for a moment (a busy host loading many programs); libbpf
+/// retries it five times, and so does holdfast.
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                warn!(attempt, "loading a program: EAGAIN; trying again");
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pins: Pins,
+    bindings: Synced<BindingKey, Binding>,
+    fdb: Synced<FdbKey, FdbEntry>,
+    arp: Synced<ArpKey, ArpEntry>,
+    vteps: Synced<u32, u32>,
+    vnis: Synced<u32, VniInfo>,
+    config: Array<MapData, DataplaneConfig>,
+    held_config: Option<DataplaneConfig>,
+    /// Hooks whose pinned link carries this build's program.
+    current: BTreeSet<(Hook, u32)>,
+}
+
+impl Dataplane {
+    /// Loads the programs, adopting the pinned maps (their entries keep serving).
+    pub fn open(bpffs_dir: &Path, router_mac: [u8; 6]) -> Result<Self, DataplaneError> {
+        let pins = Pins::new(bpffs_dir);
+        ensure_bpffs(&pins.maps)?;
+        fs::create_dir_all(&pins.links).map_err(io_err(&pins.links))?;
+        check_layout(&pins.maps)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.maps)
+            .override_global("ROUTER_MAC", &router_mac, true)
+            .load(EBPF_OBJECT)?;
+        let load_failed = |name| move |source| DataplaneError::LoadProgram { name, source };
+        for name in [PROGRAM_VM, PROGRAM_UNDERLAY] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            retry_eagain(|| program.load()).map_err(load_failed(name))?;
+        }
+        for name in [PROGRAM_TC, PROGRAM_UNDERLAY_TC] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Missing(name))?
+                .try_into()?;
+            retry_eagain(|| program.load()).map_err(load_failed(name))?;
+        }
+
+        let bindings = Synced::open(&mut ebpf, MAP_BINDINGS)?;
+        let fdb = Synced::open(&mut ebpf, MAP_FDB)?;
+        let arp = Synced::open(&mut ebpf, MAP_ARP)?;
+        let vteps = Synced::open(&mut ebpf, MAP_VTEPS)?;
+        let vnis = Synced::open(&mut ebpf, MAP_VNIS)?;
+        let config = ebpf
+            .take_map(MAP_CONFIG)
+            .ok_or(DataplaneError::Missing(MAP_CONFIG))?;
+        let config: Array<MapData, DataplaneConfig> = Array::try_from(config)?;
+        let held_config = config.get(&0, 0).ok();
+        info!(
+            maps = %pins.maps.display(),
+            adopted_bindings = bindings.held.len(),
+            adopted_fdb = fdb.held.len(),
+            pinned_links = pins.pinned().len(),
+            "data plane loaded"
+        );
+        Ok(Self {
+            ebpf,
+            pins,
+            bindings,
+            fdb,
+            arp,
+            vteps,
+            vnis,
+            config,
+            held_config,
+            current: BTreeSet::new(),
+        })
+    }
+
+    /// The ring buffer of DHCP RELEASE and DECLINE events.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DataplaneError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(DataplaneError::Missing(MAP_EVENTS))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Records logged by the programs (aya-log).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Converges maps and links to `desired`. Additions and changes come first, so that a new
+    /// entry is in place before anything refers to it; removals come last.
+    pub fn reconcile(&mut self, desired: &Desired) -> Report {
+        let mut report = Report::default();
+        let prune = desired.prune;
+        // What each map needs, found by diffing against what it holds.
+        let vnis = self.vnis.plan(&desired.vnis, prune);
+        let vteps = self.vteps.plan(&desired.vteps, prune);
+        let fdb = self.fdb.plan(&desired.fdb, prune);
+        let arp = self.arp.plan(&desired.arp, prune);
+        let bindings = self.bindings.plan(&desired.bindings, prune);
+        // Referenced entries before the entries that refer to them: a NIC's forwarding entry
+        // before the ARP answer that sends traffic to it, both before its binding.
+        let written = [
+            self.vnis.write(&vnis.upserts, &mut report),
+            self.vteps.write(&vteps.upserts, &mut report),
+            self.fdb.write(&fdb.upserts, &mut report),
+            self.arp.write(&arp.upserts, &mut report),
+            self.bindings.write(&bindings.upserts, &mut report),
+        ];
+        let mut ok = written
+            == [
+                vnis.upserts.len(),
+                vteps.upserts.len(),
+                fdb.upserts.len(),
+                arp.upserts.len(),
+                bindings.upserts.len(),
+            ];
+        if self.held_config != Some(desired.config) {
+            match self.config.set(0, desired.config, 0) {
+                Ok(()) => {
+                    self.held_config = Some(desired.config);
+                    report.upserted += 1;
+                }
+                Err(e) => report.errors.push(ReconcileError::Write {
+                    map: MAP_CONFIG,
+                    source: WriteError::Entry(e),
+                }),
+            }
+        }
+
+        let wanted = attach::wanted(desired);
+        self.attach_wanted(&wanted, &mut report);
+
+        if prune {
+            // Removals in the reverse order: nothing is left referring to what goes.
+            ok &= self.bindings.remove(&bindings.removals, &mut report);
+            ok &= self.arp.remove(&arp.removals, &mut report);
+            ok &= self.fdb.remove(&fdb.removals, &mut report);
+            ok &= self.vteps.remove(&vteps.removals, &mut report);
+            ok &= self.vnis.remove(&vnis.removals, &mut report);
+            if ok {
+                // Converged: share structure with the desired state again, so the next small
+                // change diffs in time proportional to the change.
+                self.bindings.converged(&desired.bindings);
+                self.fdb.converged(&desired.fdb);
+                self.arp.converged(&desired.arp);
+                self.vteps.converged(&desired.vteps);
+                self.vnis.converged(&desired.vnis);
+            }
+            self.detach_unwanted(&wanted, &mut report);
+        }
+        if !(prune && ok) {
+            // Not converged: what was written is held, entry by entry.
+            self.vnis.record(&vnis.upserts[..written[0]]);
+            self.vteps.record(&vteps.upserts[..written[1]]);
+            self.fdb.record(&fdb.upserts[..written[2]]);
+            self.arp.record(&arp.upserts[..written[3]]);
+            self.bindings.record(&bindings.upserts[..written[4]]);
+        }
+        if prune && report.errors.is_empty() {
+            self.retire_other_layouts(&mut report);
+        }
+        report.bindings = self.bindings.held.len();
+        report.fdb = self.fdb.held.len();
+        report.interfaces = self
+            .pins
+            .pinned()
+            .iter()
+            .filter(|(h, _)| *h == Hook::VmXdp)
+            .count();
+        report
+    }
+
+    /// The VM program, for `BPF_PROG_TEST_RUN` (tests and benchmarks).
+    pub fn vm_program(&self) -> Result<&Xdp, DataplaneError> {
+        self.xdp_program(PROGRAM_VM)
+    }
+
+    /// The underlay program, for `BPF_PROG_TEST_RUN`.
+    pub fn underlay_program(&self) -> Result<&Xdp, DataplaneError> {
+        self.xdp_program(PROGRAM_UNDERLAY)
+    }
+
+    fn xdp_program(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::Missing(name))?
+            .try_into()?)
+    }
+}
