@@ -281,7 +281,7 @@ fn check_layout(maps_dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     /// VM interfaces to carry the programs, by ifindex (name for logs and TC attachment).
     pub interfaces: BTreeMap<u32, String>,
