@@ -231,7 +231,7 @@ impl EtcdClient {
 
     /// `holdfast ipam import`, in-process: the document validated then written.
     pub fn import(&self, json: &str) -> i64 {
-        let v = holdfast::agent::check_document(json.as_bytes(), "", &Default::default())
+        let v = holdfast::cli::check_document(json.as_bytes(), "", &Default::default())
             .expect("document");
         assert!(v.rejections.is_empty(), "{:?}", v.rejections);
         self.run(move |s, rt| rt.block_on(s.import(&v.model)).expect("import").revision)

@@ -6,8 +6,8 @@ use agent_common::{BindingKey, stats::STATS_COUNT};
 use aya::programs::{TestRun as _, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
-    leases,
     model::{Network, Nic, Route},
+    render::options,
 };
 
 use crate::TempDir;
@@ -71,7 +71,7 @@ impl Fixture {
             ..Desired::default()
         };
         for (mac, ip) in nics {
-            let b = leases::render(&net, &nic(*mac, *ip)).expect("render");
+            let b = options::render(&net, &nic(*mac, *ip)).expect("render");
             desired
                 .bindings
                 .insert(BindingKey::new(TEST_IFINDEX, *mac), b);

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use agent_common::{
     ArpEntry, ArpKey, BindingKey, DataplaneConfig, DecapMeta, FdbEntry, FdbKey, Stat, VniInfo,
 };
-use holdfast::{dataplane::Desired, leases, model::Network};
+use holdfast::{dataplane::Desired, model::Network, render::options};
 use holdfast_tests::{
     netns::Netns,
     packet::{self, Request, arp_request, checksum, udp_checksum_ok, udp_frame},
@@ -123,7 +123,7 @@ fn desired(ul: &Underlay) -> Desired {
         n.network = "a".into();
         d.bindings.insert(
             BindingKey::new(ifindex, mac),
-            leases::render(&a, &n).unwrap(),
+            options::render(&a, &n).unwrap(),
         );
         d.fdb.insert(
             FdbKey::new(VNI_A, mac),

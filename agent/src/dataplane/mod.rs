@@ -73,7 +73,7 @@ const MAP_VNIS: &str = "VNIS";
 const MAP_CONFIG: &str = "CONFIG";
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     /// VM interfaces to carry the programs, by ifindex (name for logs and TC attachment).
     pub interfaces: BTreeMap<u32, String>,

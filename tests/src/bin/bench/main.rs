@@ -19,8 +19,8 @@ use agent_common::{BindingKey, Stat};
 use aya::programs::{TestRun as _, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired},
-    leases,
     model::{MacAddr, Network, Nic},
+    render::options,
 };
 use holdfast_tests::{
     TempDir,
@@ -218,7 +218,7 @@ fn dhcp() {
         };
         d.bindings.insert(
             BindingKey::new(tap_ifindex, macs[0]),
-            leases::render(&net, &nic).expect("render"),
+            options::render(&net, &nic).expect("render"),
         );
         dp.reconcile(&d);
         let stats = holdfast::dataplane::StatsReader::open(bpffs.path()).expect("stats");

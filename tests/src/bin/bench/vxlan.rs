@@ -16,8 +16,8 @@ use agent_common::{BindingKey, DataplaneConfig, FdbEntry, FdbKey, Stat, VniInfo}
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
-    leases,
     model::{MacAddr, Network, Nic},
+    render::options,
 };
 use holdfast_tests::{
     TempDir, loadgen,
@@ -265,7 +265,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
     };
     d.bindings.insert(
         BindingKey::new(tap1, A1),
-        leases::render(&net, &nic).expect("render"),
+        options::render(&net, &nic).expect("render"),
     );
     d.fdb.insert(
         FdbKey::new(VNI, A3),

@@ -146,8 +146,8 @@ fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
 mod tests {
     use super::*;
     use crate::{
-        leases::Budget,
         model::{Limits, parse_document, validate},
+        render::options::Budget,
     };
 
     const ROUTER: MacAddr = MacAddr([2, 0x68, 0x66, 0, 0, 1]);

@@ -1,6 +1,7 @@
-//! The DHCP leases this host serves: rendered once per NIC into the bytes XDP copies.
+//! DHCP options, rendered once per NIC into the bytes XDP copies into every reply, with their
+//! checksum precomputed; and read back for `holdfast leases`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use agent_common::{
     Binding, OPTS_MAX, csum_partial,
@@ -12,7 +13,8 @@ use agent_common::{
 };
 use ipnet::Ipv4Net;
 
-use crate::model::{MacAddr, Model, Network, Nic, OptionsBudget};
+use super::ip_u32;
+use crate::model::{Network, Nic, OptionsBudget};
 
 /// Bytes the blob is padded to at least, so every reply is a 300-byte BOOTP message
 /// (RFC 1542 §2.1): 236 fixed + 4 cookie + 12 fixed options + 48.
@@ -21,27 +23,12 @@ const MIN_BLOB: usize = 48;
 /// Bytes of the lease-time options (51, 58, 59) at the start of every blob.
 pub const LEASE_OPTS_LEN: usize = 18;
 
-/// A binding to serve on this host, before its interface is resolved to an ifindex.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub interface: String,
-    pub mac: MacAddr,
-    pub binding: Binding,
-}
-
-/// Everything this host serves, keyed by (interface name, MAC).
-pub type Leases = BTreeMap<(String, MacAddr), Lease>;
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
     #[error("option {code} would be {len} bytes, over the 255 an option can carry")]
     OptionTooLong { code: u8, len: usize },
     #[error("options take {len} bytes, over the {OPTS_MAX} a reply can carry")]
     TooLong { len: usize },
-}
-
-fn ip_u32(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
 }
 
 struct Writer {
@@ -172,39 +159,6 @@ impl OptionsBudget for Budget {
         render_options(network, nic)
             .map(drop)
             .map_err(|e| e.to_string())
-    }
-}
-
-/// The leases `node` serves: its own NICs, each on its interface.
-pub fn for_node(model: &Model, node: &str) -> Leases {
-    let mut out = Leases::new();
-    add_for_node(model, node, model.nics.values(), &mut out);
-    out
-}
-
-/// Adds to `out` the leases of the NICs of `model` in `nics` that `node` serves.
-pub fn add_for_node<'a>(
-    model: &Model,
-    node: &str,
-    nics: impl Iterator<Item = &'a Nic>,
-    out: &mut Leases,
-) {
-    for nic in nics.filter(|n| *n.node == *node) {
-        let (Some(interface), Some(net)) = (&nic.interface, model.networks.get(&*nic.network))
-        else {
-            continue;
-        };
-        // Validation already rendered it once; a failure here cannot happen.
-        if let Ok(binding) = render(net, nic) {
-            out.insert(
-                (interface.clone(), nic.mac),
-                Lease {
-                    interface: interface.clone(),
-                    mac: nic.mac,
-                    binding,
-                },
-            );
-        }
     }
 }
 

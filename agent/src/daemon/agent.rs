@@ -1,0 +1,467 @@
+//! The agent's state machine: what serves now, and how each IPAM update or interface change
+//! moves it. Validation and rendering run on the blocking pool, the data plane on its own
+//! thread; these methods only move state and messages.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{Notify, watch};
+use tracing::{debug, error, info, warn};
+
+use super::handle::DataplaneHandle;
+use crate::{
+    config::{Config, IpamSource},
+    dataplane::Desired,
+    ipam::Update,
+    links::{LinkEvent, LinkInfo, Links},
+    metrics::{self, Metrics},
+    model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
+    render::{
+        desired::{self, Inputs, Touched},
+        options::Budget,
+        vpc,
+    },
+};
+
+/// What serves now: a validated model and what is derived from it, replaced together so that
+/// they never disagree.
+struct Serving {
+    model: Arc<Model>,
+    /// The limits `model` was validated with.
+    limits: Limits,
+    /// The MACs of each network's NICs in `model`: what a change of a network touches.
+    nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    /// The map state rendered from `model` and the links present when it was rendered. A
+    /// change in some networks patches it rather than rendering it whole.
+    desired: Desired,
+}
+
+/// The agent: owns the serving state, and the means to change it.
+pub struct Agent {
+    config: Config,
+    dp: DataplaneHandle,
+    metrics: Arc<Metrics>,
+    /// The interfaces present now.
+    links: Links,
+    /// The same, for the event watcher (interface names in logs).
+    links_tx: watch::Sender<Links>,
+    /// `None` until a model was validated (from IPAM or the snapshot): until then the pinned
+    /// state keeps serving untouched.
+    serving: Option<Serving>,
+    /// The rejections standing now (the last full load's, updated by partial ones).
+    rejections: Vec<Rejection>,
+    /// The latest document the file source delivered, validated again when the underlay MTU
+    /// changes.
+    last_doc: Option<Arc<RawDocument>>,
+    /// Asks the source for a complete document (the etcd source; the file source always
+    /// sends one).
+    resend: Arc<Notify>,
+    /// The latest adopted model, for the persister.
+    persist_tx: watch::Sender<Option<Arc<Model>>>,
+    /// Tells the memory trimmer that an adoption freed memory.
+    trim: Arc<Notify>,
+}
+
+/// What the agent is built from; see [`super::run`].
+pub struct Parts {
+    pub config: Config,
+    pub dp: DataplaneHandle,
+    pub metrics: Arc<Metrics>,
+    pub links: Links,
+    pub links_tx: watch::Sender<Links>,
+    pub resend: Arc<Notify>,
+    pub persist_tx: watch::Sender<Option<Arc<Model>>>,
+    pub trim: Arc<Notify>,
+}
+
+impl Agent {
+    pub fn new(p: Parts) -> Self {
+        Self {
+            config: p.config,
+            dp: p.dp,
+            metrics: p.metrics,
+            links: p.links,
+            links_tx: p.links_tx,
+            serving: None,
+            rejections: Vec::new(),
+            last_doc: None,
+            resend: p.resend,
+            persist_tx: p.persist_tx,
+            trim: p.trim,
+        }
+    }
+
+    /// The underlay interface, when configured and present.
+    fn underlay(&self) -> Option<(u32, &LinkInfo)> {
+        let want = &self.config.underlay.as_ref()?.interface;
+        self.links
+            .iter()
+            .find(|(_, l)| &l.name == want)
+            .map(|(i, l)| (*i, l))
+    }
+
+    /// What the model asks of the networks this host can carry, with the interfaces present.
+    fn limits(&self) -> Limits {
+        let configured = self.config.underlay.as_ref().and_then(|u| u.mtu);
+        Limits {
+            underlay_mtu: configured.or_else(|| self.underlay().map(|(_, l)| l.mtu)),
+        }
+    }
+
+    /// What the desired state of `model` is rendered from.
+    fn inputs(&self, model: Arc<Model>) -> Inputs {
+        Inputs {
+            model,
+            node: self.config.node.clone(),
+            router_mac: self.config.router_mac,
+            links: self.links.clone(),
+            underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
+            prune: true,
+        }
+    }
+
+    /// The VTEPs of the other nodes of `model`.
+    fn vteps(&self, model: Option<&Model>) -> BTreeSet<Ipv4Addr> {
+        model
+            .map(|m| vpc::vteps(m, &self.config.node))
+            .unwrap_or_default()
+    }
+
+    /// Renders the serving model's desired state whole (on the blocking pool) and converges
+    /// the data plane to it.
+    pub async fn reconcile(&mut self) {
+        let Some(model) = self.serving.as_ref().map(|s| s.model.clone()) else {
+            // Nothing validated yet: the pinned state keeps serving untouched.
+            return;
+        };
+        let inputs = self.inputs(model);
+        let started = Instant::now();
+        let Ok(built) = tokio::task::spawn_blocking(move || desired::build(&inputs)).await else {
+            error!("rendering the desired state panicked; the data plane keeps its state");
+            return;
+        };
+        debug!(elapsed = ?started.elapsed(), "desired state rendered");
+        if let Some(s) = &mut self.serving {
+            s.desired = built.clone();
+        }
+        self.converge(built).await;
+    }
+
+    async fn converge(&mut self, desired: Desired) {
+        let started = Instant::now();
+        match self.dp.reconcile(desired).await {
+            Ok(r) => {
+                self.metrics.leases.set(r.bindings as i64);
+                self.metrics.fdb.set(r.fdb as i64);
+                self.metrics.interfaces.set(r.interfaces as i64);
+                for e in &r.errors {
+                    self.metrics.dataplane_errors.inc();
+                    warn!(error = %e, "data plane");
+                }
+                if r.upserted + r.deleted > 0 || !r.attached.is_empty() || !r.detached.is_empty() {
+                    info!(
+                        upserted = r.upserted,
+                        deleted = r.deleted,
+                        attached = ?r.attached,
+                        detached = ?r.detached,
+                        bindings = r.bindings,
+                        fdb = r.fdb,
+                        retired = ?r.retired,
+                        elapsed = ?started.elapsed(),
+                        "data plane reconciled"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.dataplane_errors.inc();
+                error!(error = %e, "data plane");
+            }
+        }
+    }
+
+    /// Adopts a validated model: render, apply, persist (unless it is the snapshot itself).
+    pub async fn adopt(&mut self, model: Arc<Model>, limits: Limits, persist: bool) {
+        let m = model.clone();
+        let Ok(nics_of) = tokio::task::spawn_blocking(move || m.nics_by_network()).await else {
+            error!("indexing the model panicked; keeping the current state");
+            return;
+        };
+        if self.config.underlay.is_some() && !model.nodes.contains_key(&self.config.node) {
+            warn!(node = %self.config.node, "this node is not in IPAM's nodes: no VTEP, VMs reach only VMs on this host");
+        }
+        let new_vteps =
+            self.vteps(Some(&model)) != self.vteps(self.serving.as_ref().map(|s| &*s.model));
+        self.serving = Some(Serving {
+            model: model.clone(),
+            limits,
+            nics_of,
+            desired: Desired::default(),
+        });
+        self.reconcile().await;
+        if new_vteps {
+            self.warm_neighbours();
+        }
+        if persist {
+            self.metrics.synced_now();
+            self.persist_tx.send_replace(Some(model));
+        }
+        self.trim.notify_one();
+    }
+
+    /// Adopts a model in which only the networks of `nics_after` changed (their NICs in it):
+    /// their leases and forwarding entries are rendered again, nothing else.
+    async fn adopt_partial(
+        &mut self,
+        model: Arc<Model>,
+        nics_before: BTreeMap<String, BTreeSet<MacAddr>>,
+        nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
+    ) {
+        let Some(serving) = self.serving.as_mut() else {
+            return;
+        };
+        let prev = std::mem::replace(&mut serving.model, model.clone());
+        for (id, set) in &nics_after {
+            if set.is_empty() {
+                serving.nics_of.remove(id);
+            } else {
+                serving.nics_of.insert(id.clone(), set.clone());
+            }
+        }
+        let mut patched = serving.desired.clone();
+        let inputs = self.inputs(model.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let touched = Touched::new(&prev, &inputs.model, &nics_before, nics_after);
+            desired::patch(&mut patched, &inputs, &touched);
+            patched
+        })
+        .await;
+        let Ok(patched) = done else {
+            error!("patching the desired state panicked; the data plane keeps its state");
+            return;
+        };
+        if let Some(s) = &mut self.serving {
+            s.desired = patched.clone();
+        }
+        self.converge(patched).await;
+        self.metrics.synced_now();
+        self.persist_tx.send_replace(Some(model));
+        self.trim.notify_one();
+    }
+
+    /// Resolves the underlay neighbours of every known VTEP ahead of traffic, so that the first
+    /// frames take the XDP path rather than the skb path's `bpf_redirect_neigh`. A datagram to
+    /// the discard port makes the kernel resolve the next hop; the remote host drops it.
+    pub fn warm_neighbours(&self) {
+        if self.underlay().is_none() {
+            return;
+        }
+        let vteps: Vec<Ipv4Addr> = self
+            .vteps(self.serving.as_ref().map(|s| &*s.model))
+            .into_iter()
+            .collect();
+        tokio::spawn(async move {
+            let Ok(sock) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+                return;
+            };
+            for vtep in vteps {
+                let _ = sock.send_to(&[], (vtep, 9)).await;
+            }
+        });
+    }
+
+    pub async fn on_ipam(&mut self, update: Update) {
+        let doc = match update {
+            Update::Document(doc) => Arc::new(doc),
+            Update::Alive => {
+                self.metrics.ipam_up.set(1);
+                self.metrics.in_sync_at(metrics::unix_now());
+                return;
+            }
+            Update::Partial { networks, sub } => {
+                self.metrics.ipam_up.set(1);
+                self.revalidate(networks, sub).await;
+                return;
+            }
+            Update::Invalid(e) => {
+                self.metrics.ipam_up.set(1);
+                self.metrics.ipam_load_errors.inc();
+                self.metrics
+                    .count_rejections(std::iter::once(model::Reason::InvalidDocument));
+                error!(error = %e, "IPAM document rejected; the last good state keeps serving");
+                return;
+            }
+            Update::Unavailable(e) => {
+                self.metrics.ipam_up.set(0);
+                self.metrics.ipam_load_errors.inc();
+                warn!(error = %e, "IPAM unavailable; the last good state keeps serving");
+                return;
+            }
+        };
+        self.metrics.ipam_up.set(1);
+        if self.config.ipam.source == IpamSource::File {
+            // The etcd source keeps its own view and sends it again when asked: holding its
+            // documents here too would pin superseded entries.
+            self.last_doc = Some(doc.clone());
+        }
+        self.validate(doc).await;
+    }
+
+    /// Validates some networks again (a change in etcd) and adopts the result.
+    async fn revalidate(&mut self, networks: BTreeSet<String>, sub: RawDocument) {
+        let Some(serving) = &self.serving else {
+            // Nothing to merge into: a complete document first.
+            self.resend.notify_one();
+            return;
+        };
+        let prev = serving.model.clone();
+        let limits = serving.limits;
+        let nics_before: BTreeMap<String, BTreeSet<MacAddr>> = networks
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    serving.nics_of.get(n).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let old: BTreeSet<MacAddr> = nics_before.values().flatten().copied().collect();
+        let node = self.config.node.clone();
+        let scope = networks.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let r = model::revalidate(&sub, &scope, &old, &prev, &node, &limits, &Budget);
+            // The rejections of these networks replace the ones they had.
+            let mut keys: BTreeSet<String> = scope;
+            keys.extend(old.iter().map(MacAddr::to_string));
+            for set in r.nics_of.values() {
+                keys.extend(set.iter().map(MacAddr::to_string));
+            }
+            // A NIC's rejection is keyed by the MAC its value states, else by its key's.
+            for e in &sub.nics {
+                keys.extend(e.id.as_deref().map(str::to_owned));
+                keys.extend(e.field("mac"));
+            }
+            (r, keys)
+        })
+        .await;
+        let Ok((r, keys)) = done else {
+            error!("validation panicked; keeping the current state");
+            return;
+        };
+        self.rejections
+            .retain(|x| x.key.as_ref().is_none_or(|k| !keys.contains(k)));
+        for x in &r.validated.rejections {
+            warn!(rejected = %x, "IPAM entry rejected");
+        }
+        self.metrics
+            .count_rejections(r.validated.rejections.iter().map(|x| x.reason));
+        self.rejections.extend(r.validated.rejections);
+        self.metrics
+            .set_rejections(self.rejections.iter().map(|x| x.reason));
+        debug!(networks = ?networks, "IPAM change validated");
+        let mut nics_after = r.nics_of;
+        for id in &networks {
+            nics_after.entry(id.clone()).or_default();
+        }
+        self.adopt_partial(Arc::new(r.validated.model), nics_before, nics_after)
+            .await;
+    }
+
+    /// Validates a document against the serving model and this host's limits, and adopts it.
+    async fn validate(&mut self, doc: Arc<RawDocument>) {
+        let started = Instant::now();
+        let prev = self.serving.as_ref().map(|s| s.model.clone());
+        let node = self.config.node.clone();
+        let limits = self.limits();
+        let validated = tokio::task::spawn_blocking(move || {
+            let v = model::validate(&doc, prev.as_deref(), &node, &limits, &Budget);
+            (v, metrics::resident_mib())
+        })
+        .await;
+        let Ok((v, rss_mib)) = validated else {
+            error!("validation panicked; keeping the current state");
+            return;
+        };
+        for r in &v.rejections {
+            warn!(rejected = %r, "IPAM entry rejected");
+        }
+        self.metrics
+            .count_rejections(v.rejections.iter().map(|r| r.reason));
+        self.metrics
+            .set_rejections(v.rejections.iter().map(|r| r.reason));
+        self.rejections = v.rejections.clone();
+        let changed = self.serving.as_ref().map(|s| &*s.model) != Some(&v.model);
+        info!(
+            networks = v.model.networks.len(),
+            nodes = v.model.nodes.len(),
+            nics = v.model.nics.len(),
+            rejected = v.rejections.len(),
+            changed,
+            elapsed = ?started.elapsed(),
+            rss_mib,
+            "IPAM document validated"
+        );
+        if changed {
+            let started = Instant::now();
+            self.adopt(Arc::new(v.model), limits, true).await;
+            info!(elapsed = ?started.elapsed(), "IPAM state applied");
+        } else {
+            if let Some(s) = &mut self.serving {
+                s.limits = limits;
+            }
+            self.metrics.synced_now();
+        }
+    }
+
+    pub async fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { ifindex, info } => {
+                if self.links.get(&ifindex) == Some(&info) {
+                    return;
+                }
+                self.links.insert(ifindex, info);
+            }
+            LinkEvent::Gone { ifindex } => {
+                if self.links.remove(&ifindex).is_none() {
+                    return;
+                }
+            }
+        }
+        self.links_tx.send_replace(self.links.clone());
+        self.relimit().await;
+        self.reconcile().await;
+    }
+
+    /// Takes the interfaces listed again (a netlink message may have been lost).
+    pub fn relink(&mut self, now: Links) {
+        if now != self.links {
+            self.links = now;
+            self.links_tx.send_replace(self.links.clone());
+        }
+    }
+
+    /// The underlay appeared, went, or changed its MTU: what fits may have changed.
+    pub async fn relimit(&mut self) {
+        let Some(serving) = &self.serving else {
+            return;
+        };
+        if self.limits() == serving.limits {
+            return;
+        }
+        info!(underlay_mtu = ?self.limits().underlay_mtu, "underlay changed; validating IPAM again");
+        match (&self.config.ipam.source, self.last_doc.clone()) {
+            (IpamSource::File, Some(doc)) => self.validate(doc).await,
+            // The etcd source holds the document: it sends it whole again.
+            _ => self.resend.notify_one(),
+        }
+    }
+
+    /// Serves the persisted snapshot before IPAM is reached.
+    pub async fn adopt_snapshot(&mut self, model: Model) {
+        let limits = self.limits();
+        self.adopt(Arc::new(model), limits, false).await;
+    }
+}

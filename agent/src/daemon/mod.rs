@@ -1,0 +1,209 @@
+//! `holdfast run`: keeps the data plane serving the last good IPAM state.
+//!
+//! Data flows one way: source -> validated model -> rendered desired state -> maps. The data
+//! plane lives on its own thread ([`handle`]), validation and rendering run on the blocking
+//! pool, and the runtime only moves messages:
+//!
+//! - [`agent`]: the state machine (what serves, and how updates and interface changes move it);
+//! - [`handle`]: the data-plane thread;
+//! - [`events`]: what the programs report (DHCP events, their log records);
+//! - [`persist`]: the snapshot writer and the memory trimmer;
+//! - this file: the wiring, and the loop that receives what happens and hands it to the agent.
+
+pub mod agent;
+pub mod events;
+pub mod handle;
+pub mod persist;
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+use self::{
+    agent::{Agent, Parts},
+    handle::DataplaneHandle,
+};
+use crate::{
+    anchor,
+    config::{Config, IpamSource},
+    fault,
+    ipam::{Update, etcd::EtcdSource, file::FileSource},
+    links,
+    metrics::{self, Health, Metrics},
+    state, watchdog,
+};
+
+/// How often links are dumped again and the data plane reconciled, in case a netlink message
+/// was lost (the socket buffer can overflow when thousands of taps change at once).
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Waits for the next IPAM update, then takes every one already queued behind it: statuses
+/// are handled in order, but of several documents only the latest is validated.
+async fn next_ipam(agent: &mut Agent, rx: &mut mpsc::Receiver<Update>) -> Option<Update> {
+    let mut latest = rx.recv().await?;
+    while let Ok(next) = rx.try_recv() {
+        match (&latest, next) {
+            (_, doc @ Update::Document(_)) => latest = doc,
+            (Update::Document(_), status) => agent.on_ipam(status).await,
+            (_, status) => {
+                let earlier = std::mem::replace(&mut latest, status);
+                agent.on_ipam(earlier).await;
+            }
+        }
+    }
+    Some(latest)
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    metrics.in_sync_at(metrics::unix_now());
+    let health = Arc::new(Health::default());
+    health.beat();
+    tokio::spawn(watchdog::run(metrics.clone(), health.clone()));
+    let registry = Arc::new(metrics::registry(&metrics, config.bpffs_dir.clone()));
+    let mut http = tokio::spawn(metrics::serve(
+        config.metrics_addr,
+        registry,
+        health.clone(),
+    ));
+    info!(node = %config.node, bpffs = %config.bpffs_dir.display(), "holdfast starting");
+
+    let (dp, events, logger) = DataplaneHandle::spawn(&config).await?;
+    if config.underlay.is_some() {
+        match anchor::ensure(anchor::DEFAULT_NAME).await {
+            Ok(ifindex) => info!(
+                device = anchor::DEFAULT_NAME,
+                ifindex, "next-hop lookup anchor ready"
+            ),
+            Err(e) => {
+                warn!(error = %e, "no next-hop lookup anchor: remote traffic takes the skb path")
+            }
+        }
+    }
+
+    // The netlink subscription comes before the dump so no change falls between them.
+    let (nl, mut link_events) = links::watch().context("watching interfaces")?;
+    let initial_links = links::dump(&nl).await.context("listing interfaces")?;
+    let (links_tx, links_rx) = watch::channel(initial_links.clone());
+
+    if let Some(ring) = events {
+        tokio::spawn(events::watch_events(ring, links_rx, metrics.clone()));
+    }
+    if let Some(logger) = logger {
+        tokio::spawn(events::watch_logger(logger));
+    }
+
+    let (persist_tx, persist_rx) = watch::channel(None);
+    tokio::spawn(persist::persist(
+        persist_rx,
+        config.state_dir.clone(),
+        config.node.clone(),
+    ));
+    let trim = Arc::new(Notify::new());
+    tokio::spawn(persist::trim_memory(trim.clone()));
+    let resend = Arc::new(Notify::new());
+    let mut agent = Agent::new(Parts {
+        config: config.clone(),
+        dp,
+        metrics: metrics.clone(),
+        links: initial_links,
+        links_tx,
+        resend: resend.clone(),
+        persist_tx,
+        trim,
+    });
+
+    // The snapshot serves before IPAM is reached.
+    let dir = config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || state::load_dated(&dir)).await? {
+        Ok(Some((model, saved_at))) => {
+            info!(
+                nics = model.nics.len(),
+                saved_at, "serving the persisted IPAM snapshot"
+            );
+            // The snapshot was IPAM's state when it was saved: staleness counts from then.
+            metrics.in_sync_at(saved_at as f64);
+            agent.adopt_snapshot(model).await;
+        }
+        Ok(None) => info!("no IPAM snapshot yet; the pinned state serves until IPAM answers"),
+        Err(e) => warn!(error = %e, "ignoring the IPAM snapshot; the pinned state serves"),
+    }
+    health.ready.store(true, Ordering::Relaxed);
+    watchdog::ready();
+
+    let (ipam_tx, mut ipam_rx) = mpsc::channel(4);
+    match config.ipam.source {
+        IpamSource::File => {
+            let path = config
+                .ipam
+                .path
+                .clone()
+                .ok_or_else(|| anyhow!("ipam.path is required"))?;
+            let source = FileSource {
+                path,
+                interval: config.ipam.poll_interval(),
+            };
+            tokio::spawn(source.run(ipam_tx));
+        }
+        IpamSource::Etcd => {
+            let source = EtcdSource {
+                config: config.ipam.clone(),
+                node: config.node.clone(),
+                reconnects: metrics.ipam_reconnects.clone(),
+                events: metrics.ipam_watch_events.clone(),
+                resend,
+            };
+            tokio::spawn(source.run(ipam_tx));
+        }
+    }
+    let stall_at = fault::stall_loop_after().map(|d| tokio::time::Instant::now() + d);
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+
+    loop {
+        tokio::select! {
+            Some(update) = next_ipam(&mut agent, &mut ipam_rx) => agent.on_ipam(update).await,
+            Some(event) = link_events.recv() => agent.on_link(event).await,
+            _ = resync.tick() => {
+                match links::dump(&nl).await {
+                    Ok(now) => agent.relink(now),
+                    Err(e) => warn!(error = %e, "listing interfaces"),
+                }
+                agent.relimit().await;
+                agent.reconcile().await;
+                agent.warm_neighbours();
+            }
+            _ = heartbeat.tick() => {
+                health.beat();
+                if stall_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    error!("fault injection: the main loop blocks for good");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            r = &mut http => {
+                return match r {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(anyhow!("the metrics endpoint stopped")),
+                };
+            }
+        }
+    }
+    info!("stopping; the data plane keeps serving from its pinned state");
+    Ok(())
+}

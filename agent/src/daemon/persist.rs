@@ -1,0 +1,49 @@
+//! Persisting each adopted model as the snapshot the next start serves from, off the runtime,
+//! and handing back the memory each adoption freed.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::{Notify, watch};
+use tracing::{debug, warn};
+
+use crate::{model::Model, state};
+
+/// Persists each adopted model, atomically, off the runtime. When models come faster than
+/// the disk takes them, the ones in between are skipped: the snapshot is always the latest
+/// complete state.
+pub async fn persist(
+    mut models: watch::Receiver<Option<Arc<Model>>>,
+    state_dir: PathBuf,
+    node: String,
+) {
+    while models.changed().await.is_ok() {
+        let Some(model) = models.borrow_and_update().clone() else {
+            continue;
+        };
+        let (dir, node) = (state_dir.clone(), node.clone());
+        match tokio::task::spawn_blocking(move || state::save(&dir, &node, &model)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot persist the IPAM snapshot"),
+            Err(e) => warn!(error = %e, "persisting the IPAM snapshot panicked"),
+        }
+    }
+}
+
+/// How long after an adoption memory is handed back: a burst of changes is trimmed once.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// Hands freed memory back to the system after each burst of adoptions. An adoption frees
+/// about as much as it allocated (the previous model, parse buffers, the snapshot's stream),
+/// and glibc would otherwise keep the peak resident.
+pub async fn trim_memory(adopted: Arc<Notify>) {
+    loop {
+        adopted.notified().await;
+        tokio::time::sleep(TRIM_AFTER).await;
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+            debug!(rss_mib = crate::metrics::resident_mib(), "memory trimmed");
+        })
+        .await;
+    }
+}

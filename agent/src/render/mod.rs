@@ -1,0 +1,24 @@
+//! Rendering: from the validated model to the entries the data plane's maps must hold.
+//!
+//! Everything here is a pure function of the model, this node, the router MAC and the
+//! interfaces present: nothing touches BPF, the network or the clock. Data flows one way:
+//! the model ([`crate::model`]) is rendered here into a [`Desired`](crate::dataplane::Desired)
+//! state, which [`crate::dataplane`] writes into the maps.
+//!
+//! - [`options`]: a NIC's DHCP options as the bytes XDP copies into each reply.
+//! - [`leases`]: which NICs this host serves DHCP for, each on its interface.
+//! - [`vpc`]: the forwarding state (FDB, ARP answers, VTEPs) of the networks this host carries.
+//! - [`desired`]: all of it as map entries, built whole or patched for some networks.
+
+pub mod desired;
+pub mod leases;
+pub mod options;
+pub mod vpc;
+
+use std::net::Ipv4Addr;
+
+/// An IPv4 address as the programs hold it: the address's bytes in network order, read as a
+/// native `u32` (what a `__be32` field of a packet compares to).
+pub fn ip_u32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
