@@ -14,8 +14,10 @@
 //! - `checks`: the rules of one entry on its own;
 //! - `validate`: the rules between entries, and last good versions;
 //! - `revalidate`: some networks again, merged into the model serving now;
+//! - `coupling`: which networks validation judges together, for a source that revalidates.
 
 mod checks;
+mod coupling;
 mod document;
 #[cfg(test)]
 mod fixtures;
@@ -25,6 +27,7 @@ mod revalidate;
 mod types;
 mod validate;
 
+pub use coupling::{holding_mac, sharing_vni};
 pub use document::{RawDocument, RawEntry, parse_document};
 pub use mac::{MacAddr, MacParseError, MacProblem};
 pub use reasons::{Reason, Rejection};
