@@ -102,7 +102,7 @@ pub fn parse_document(bytes: &[u8]) -> Result<RawDocument, serde_json::Error> {
 
 /// One step of the way to a field of an entry: a field by name, or an element of a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Step<'a> {
+pub(super) enum PathStep<'a> {
     Field(&'a str),
     Index,
 }
@@ -119,7 +119,7 @@ pub(super) enum FieldKind {
 /// `invalid_field`.
 pub(super) trait FieldKinds {
     /// The kind of the field at `path`, when it is one of those.
-    fn kind_at(path: &[Step<'_>]) -> Option<FieldKind>;
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind>;
 }
 
 /// Deserializes one entry, naming the field that is wrong.
@@ -152,11 +152,11 @@ fn parse_entry<T: DeserializeOwned + FieldKinds>(json: &[u8]) -> Result<T, Rejec
 /// address or a MAC is not one; anything else (a number there, a bad value elsewhere, a missing
 /// field) is an invalid field.
 fn field_reason<T: FieldKinds>(json: &[u8], path: &Path) -> Reason {
-    let steps: Option<Vec<Step<'_>>> = path
+    let steps: Option<Vec<PathStep<'_>>> = path
         .iter()
         .map(|s| match s {
-            Segment::Map { key } => Some(Step::Field(key)),
-            Segment::Seq { .. } => Some(Step::Index),
+            Segment::Map { key } => Some(PathStep::Field(key)),
+            Segment::Seq { .. } => Some(PathStep::Index),
             Segment::Enum { .. } | Segment::Unknown => None,
         })
         .collect();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     MacAddr,
-    document::{FieldKind, FieldKinds, Step},
+    document::{FieldKind, FieldKinds, PathStep},
 };
 
 /// What a VM assumes without option 26.
@@ -54,8 +54,8 @@ impl Network {
 }
 
 impl FieldKinds for Network {
-    fn kind_at(path: &[Step<'_>]) -> Option<FieldKind> {
-        use Step::{Field, Index};
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
+        use PathStep::{Field, Index};
         match path {
             [Field("subnet" | "gateway")]
             | [Field("dns" | "ntp"), Index]
@@ -80,8 +80,8 @@ pub struct Node {
 }
 
 impl FieldKinds for Node {
-    fn kind_at(path: &[Step<'_>]) -> Option<FieldKind> {
-        matches!(path, [Step::Field("vtep")]).then_some(FieldKind::Address)
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
+        matches!(path, [PathStep::Field("vtep")]).then_some(FieldKind::Address)
     }
 }
 
@@ -101,10 +101,10 @@ pub struct Nic {
 }
 
 impl FieldKinds for Nic {
-    fn kind_at(path: &[Step<'_>]) -> Option<FieldKind> {
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         match path {
-            [Step::Field("mac")] => Some(FieldKind::Mac),
-            [Step::Field("ip")] => Some(FieldKind::Address),
+            [PathStep::Field("mac")] => Some(FieldKind::Mac),
+            [PathStep::Field("ip")] => Some(FieldKind::Address),
             _ => None,
         }
     }
