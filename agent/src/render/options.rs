@@ -155,10 +155,10 @@ pub fn render(net: &Network, nic: &Nic) -> Result<Binding, RenderError> {
 pub struct Budget;
 
 impl OptionsBudget for Budget {
-    fn check(&self, network: &Network, nic: &Nic) -> Result<(), String> {
-        render_options(network, nic)
-            .map(drop)
-            .map_err(|e| e.to_string())
+    type Error = RenderError;
+
+    fn check(&self, network: &Network, nic: &Nic) -> Result<(), RenderError> {
+        render_options(network, nic).map(drop)
     }
 }
 

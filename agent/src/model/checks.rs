@@ -1,0 +1,239 @@
+//! The rules an entry must follow on its own: a network within the host's limits, a NIC
+//! within its network. The rules between entries (duplicates, references) are
+//! [`validate`](super::validate())'s.
+
+use super::{
+    Limits, Network, Nic,
+    reasons::{Reason, Reject, reject},
+};
+
+const MTU_MIN: u16 = 576;
+const MTU_MAX: u16 = 9000;
+const VNI_MAX: u32 = (1 << 24) - 1;
+/// Bytes VXLAN adds on the underlay (outer Ethernet excluded from the IP MTU: 20 + 8 + 8 + 14).
+const VXLAN_MTU_OVERHEAD: u32 = 50;
+/// The shortest lease a network may hand out, in seconds.
+const LEASE_TIME_MIN: u32 = 10;
+
+/// A host or domain name as RFC 1123 §2.1 has it: dot-separated labels of letters, digits and
+/// inner hyphens, up to 63 bytes each and 253 in all; a trailing dot is allowed.
+fn valid_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn valid_interface_name(name: &str) -> bool {
+    // IFNAMSIZ is 16 with the terminating NUL.
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// A network on its own and within the host's `limits`; the first rule broken is the reason.
+pub(super) fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> {
+    if n.vni == 0 || n.vni > VNI_MAX {
+        return Err(reject(
+            Reason::VniOutOfRange,
+            format!("vni {} is outside 1..={VNI_MAX}", n.vni),
+        ));
+    }
+    if n.subnet.prefix_len() > 30 {
+        return Err(reject(
+            Reason::InvalidField,
+            format!(
+                "subnet {} leaves no room for hosts (prefix must be /30 or shorter)",
+                n.subnet
+            ),
+        ));
+    }
+    if n.subnet != n.subnet.trunc() {
+        return Err(reject(
+            Reason::InvalidField,
+            format!(
+                "subnet {} has host bits set (did you mean {}?)",
+                n.subnet,
+                n.subnet.trunc()
+            ),
+        ));
+    }
+    if !n.subnet.contains(&n.gateway) {
+        return Err(reject(
+            Reason::OutsideSubnet,
+            format!("gateway {} is outside subnet {}", n.gateway, n.subnet),
+        ));
+    }
+    if n.gateway == n.subnet.network() || n.gateway == n.subnet.broadcast() {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!(
+                "gateway {} is the network or broadcast address of {}",
+                n.gateway, n.subnet
+            ),
+        ));
+    }
+    if let Some(mtu) = n.mtu
+        && !(MTU_MIN..=MTU_MAX).contains(&mtu)
+    {
+        return Err(reject(
+            Reason::MtuOutOfRange,
+            format!("mtu {mtu} is outside {MTU_MIN}..={MTU_MAX}"),
+        ));
+    }
+    if let Some(underlay) = limits.underlay_mtu
+        && u32::from(n.effective_mtu()) + VXLAN_MTU_OVERHEAD > underlay
+    {
+        return Err(reject(
+            Reason::MtuExceedsUnderlay,
+            format!(
+                "mtu {}{} plus {VXLAN_MTU_OVERHEAD} bytes of VXLAN exceeds the underlay MTU {underlay}",
+                n.effective_mtu(),
+                if n.mtu.is_none() {
+                    " (not set: 1500)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if n.lease_time < LEASE_TIME_MIN {
+        return Err(reject(
+            Reason::InvalidLeaseTime,
+            format!(
+                "lease_time {} s is shorter than {LEASE_TIME_MIN} s",
+                n.lease_time
+            ),
+        ));
+    }
+    if let Some(domain) = &n.domain
+        && !valid_dns_name(domain)
+    {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("domain {domain:?} is not a DNS name"),
+        ));
+    }
+    if let Some(bad) = n.search.iter().find(|s| !valid_dns_name(s)) {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("search domain {bad:?} is not a DNS name"),
+        ));
+    }
+    for r in &n.routes {
+        if r.to != r.to.trunc() {
+            return Err(reject(
+                Reason::InvalidField,
+                format!("route to {} has host bits set", r.to),
+            ));
+        }
+        if !n.subnet.contains(&r.via) {
+            return Err(reject(
+                Reason::OutsideSubnet,
+                format!(
+                    "route to {} goes via {}, outside subnet {}",
+                    r.to, r.via, n.subnet
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A NIC within its network `net`; one on `this_node` must name its interface.
+pub(super) fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(), Reject> {
+    if !nic.mac.is_unicast() {
+        return Err(reject(
+            Reason::InvalidMac,
+            format!("{} is not a unicast MAC address", nic.mac),
+        ));
+    }
+    if !net.subnet.contains(&nic.ip) {
+        return Err(reject(
+            Reason::OutsideSubnet,
+            format!(
+                "ip {} is outside subnet {} of network {}",
+                nic.ip, net.subnet, net.id
+            ),
+        ));
+    }
+    if nic.ip == net.subnet.network() || nic.ip == net.subnet.broadcast() || nic.ip == net.gateway {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!(
+                "ip {} is the network, broadcast or gateway address of {}",
+                nic.ip, net.id
+            ),
+        ));
+    }
+    if let Some(h) = &nic.hostname
+        && !valid_dns_name(h)
+    {
+        return Err(reject(
+            Reason::InvalidName,
+            format!("hostname {h:?} is not a DNS name"),
+        ));
+    }
+    match &nic.interface {
+        Some(i) if !valid_interface_name(i) => {
+            return Err(reject(
+                Reason::InvalidName,
+                format!("interface {i:?} is not a valid interface name"),
+            ));
+        }
+        None if *nic.node == *this_node => {
+            return Err(reject(
+                Reason::MissingInterface,
+                format!("NIC on this node ({this_node}) has no `interface`"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        for good in ["a", "ex.org", "ex.org.", "a-b.c1", &"a".repeat(63)] {
+            assert!(valid_dns_name(good), "{good}");
+        }
+        let long = vec!["a".repeat(63); 4].join(".");
+        for bad in [
+            "",
+            ".",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            "a b",
+            &"a".repeat(64),
+            &long,
+        ] {
+            assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interface_names() {
+        for good in ["tap1", "vm-1.0", &"t".repeat(15)] {
+            assert!(valid_interface_name(good), "{good}");
+        }
+        for bad in ["", "a/b", "a:b", "a b", &"t".repeat(16)] {
+            assert!(!valid_interface_name(bad), "{bad}");
+        }
+    }
+}

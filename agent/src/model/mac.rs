@@ -1,0 +1,131 @@
+//! A NIC's Ethernet address: its text form (`02:00:0a:00:00:ff`), parsed and printed.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A NIC's Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A text that is not a MAC address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid MAC address {text:?}: expected six hex octets separated by ':'")]
+pub struct MacParseError {
+    /// The text as given.
+    pub text: String,
+    pub problem: MacProblem,
+}
+
+/// What is wrong with the text of a MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacProblem {
+    /// Fewer or more than six groups separated by `:`.
+    GroupCount,
+    /// The group at this position (from 0) is not two hex digits.
+    Group(usize),
+}
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |problem| MacParseError {
+            text: s.to_owned(),
+            problem,
+        };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for (i, byte) in out.iter_mut().enumerate() {
+            let part = parts.next().ok_or_else(|| fail(MacProblem::GroupCount))?;
+            if part.len() != 2 {
+                return Err(fail(MacProblem::Group(i)));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| fail(MacProblem::Group(i)))?;
+        }
+        if parts.next().is_some() {
+            return Err(fail(MacProblem::GroupCount));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            "02:00:0A:00:00:ff".parse::<MacAddr>().unwrap().to_string(),
+            "02:00:0a:00:00:ff"
+        );
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0200.0000.0000",
+            "2:0:0:0:0:0",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_parse_error_says_what_is_wrong() {
+        let problem = |s: &str| s.parse::<MacAddr>().unwrap_err().problem;
+        assert_eq!(problem("02:00:00:00:00"), MacProblem::GroupCount);
+        assert_eq!(problem("02:00:00:00:00:00:00"), MacProblem::GroupCount);
+        assert_eq!(problem("02:00:0:00:00:00"), MacProblem::Group(2));
+        assert_eq!(problem("02:00:00:00:00:zz"), MacProblem::Group(5));
+        let err = "zz".parse::<MacAddr>().unwrap_err();
+        assert_eq!(err.text, "zz");
+        assert_eq!(
+            err.to_string(),
+            r#"invalid MAC address "zz": expected six hex octets separated by ':'"#
+        );
+    }
+
+    #[test]
+    fn unicast() {
+        assert!(MacAddr([2, 0, 0, 0, 0, 1]).is_unicast());
+        assert!(!MacAddr([1, 0, 0, 0, 0, 1]).is_unicast());
+        assert!(!MacAddr([0; 6]).is_unicast());
+    }
+}

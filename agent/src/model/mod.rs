@@ -1,0 +1,36 @@
+//! The IPAM model: networks, nodes and NICs, and their validation.
+//!
+//! A source delivers a [`RawDocument`] (entries still unparsed, so one bad entry cannot spoil
+//! the others); [`validate()`] turns it into a [`Model`] and the [`Rejection`]s of the entries it
+//! refused; [`revalidate()`] does the same for a few networks against the model serving now.
+//! Validation rejects bad entries one by one and never costs what is already served: an entry
+//! that fails keeps its last good version (from the previously applied model) when it had one.
+//! The model knows nothing of BPF or of where documents come from.
+//!
+//! - `types`: networks, nodes, NICs, the [`Model`] and the host's [`Limits`];
+//! - `mac`: [`MacAddr`] and its text form;
+//! - `document`: [`RawDocument`], [`RawEntry`] and the parsing of one entry;
+//! - `reasons`: [`Reason`] and [`Rejection`];
+//! - `checks`: the rules of one entry on its own;
+//! - `validate`: the rules between entries, and last good versions;
+//! - `revalidate`: some networks again, merged into the model serving now;
+//! - `coupling`: which networks validation judges together, for a source that revalidates.
+
+mod checks;
+mod coupling;
+mod document;
+#[cfg(test)]
+mod fixtures;
+mod mac;
+mod reasons;
+mod revalidate;
+mod types;
+mod validate;
+
+pub use coupling::{holding_mac, sharing_vni};
+pub use document::{RawDocument, RawEntry, parse_document};
+pub use mac::{MacAddr, MacParseError, MacProblem};
+pub use reasons::{Reason, Rejection};
+pub use revalidate::{Revalidated, revalidate};
+pub use types::{Limits, Model, Network, Nic, Node, Route};
+pub use validate::{OptionsBudget, Validated, validate};

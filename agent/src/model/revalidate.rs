@@ -1,0 +1,237 @@
+//! Validation of some networks again, merged into the model serving now: what the etcd source
+//! asks for when entries of a few networks change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use imbl::OrdMap;
+
+use super::{
+    Limits, MacAddr, Model, Network, Nic, OptionsBudget, RawDocument, Validated,
+    reasons::{Reason, Rejection},
+    validate,
+};
+
+/// The outcome of validating some networks again.
+#[derive(Debug)]
+pub struct Revalidated {
+    pub validated: Validated,
+    /// The MACs each of those networks holds now.
+    pub nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+}
+
+/// Validates some networks again and merges the result into the model serving now: every
+/// other network and its NICs stay as they are. `sub` holds those networks' entries, all their
+/// NICs and every node; `old` the MACs the networks held before. A network or NIC that
+/// conflicts with an entry of another network (one VNI, one MAC) loses: the other serves now.
+/// The same rules as [`validate()`], in time proportional to the networks, not to the cloud.
+pub fn revalidate<B: OptionsBudget>(
+    sub: &RawDocument,
+    networks: &BTreeSet<String>,
+    old: &BTreeSet<MacAddr>,
+    prev: &Model,
+    this_node: &str,
+    limits: &Limits,
+    budget: &B,
+) -> Revalidated {
+    let part = validate(sub, Some(prev), this_node, limits, budget);
+    let mut model = prev.clone();
+    for id in networks {
+        model.networks.remove(id);
+    }
+    for mac in old {
+        model.nics.remove(mac);
+    }
+    let mut rejections = without_nodes(part.rejections, sub);
+    merge_networks(&mut model, part.model.networks, networks, &mut rejections);
+    let nics_of = merge_nics(&mut model, part.model.nics, networks, &mut rejections);
+    Revalidated {
+        validated: Validated { model, rejections },
+        nics_of,
+    }
+}
+
+/// Nodes are judged by complete documents only: what the sub-document says of them stands
+/// neither way.
+fn without_nodes(rejections: Vec<Rejection>, sub: &RawDocument) -> Vec<Rejection> {
+    let node_labels: BTreeSet<String> = sub
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.label("nodes", i))
+        .collect();
+    rejections
+        .into_iter()
+        .filter(|r| !node_labels.contains(&r.entry))
+        .collect()
+}
+
+/// Puts `validated`'s entries of `networks` into `model`, but for one whose VNI another network
+/// of `model` holds: that one serves now.
+fn merge_networks(
+    model: &mut Model,
+    validated: OrdMap<String, Network>,
+    networks: &BTreeSet<String>,
+    rejections: &mut Vec<Rejection>,
+) {
+    let vnis: HashMap<u32, String> = model
+        .networks
+        .iter()
+        .map(|(id, n)| (n.vni, id.clone()))
+        .collect();
+    for (id, n) in validated {
+        if !networks.contains(&id) {
+            continue;
+        }
+        if let Some(other) = vnis.get(&n.vni) {
+            rejections.push(Rejection {
+                entry: "networks".into(),
+                key: Some(id),
+                reason: Reason::DuplicateVni,
+                detail: format!("vni {} is used by network {other}", n.vni),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        model.networks.insert(id, n);
+    }
+}
+
+/// Puts `validated`'s NICs of `networks` into `model`, but for one whose network was rejected,
+/// whose node `model` does not hold, or whose MAC a NIC of another network holds; returns the
+/// MACs each of `networks` holds now.
+fn merge_nics(
+    model: &mut Model,
+    validated: OrdMap<MacAddr, Nic>,
+    networks: &BTreeSet<String>,
+    rejections: &mut Vec<Rejection>,
+) -> BTreeMap<String, BTreeSet<MacAddr>> {
+    let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = networks
+        .iter()
+        .map(|n| (n.clone(), BTreeSet::new()))
+        .collect();
+    for (mac, nic) in validated {
+        let Some(set) = nics_of.get_mut(&*nic.network) else {
+            continue;
+        };
+        let refused = if !model.networks.contains_key(&*nic.network) {
+            Some((
+                Reason::UnknownNetwork,
+                format!("network {:?} was rejected", nic.network),
+            ))
+        } else if !model.nodes.contains_key(&*nic.node) {
+            // Nodes are validated with the complete document only: a NIC must be on one it
+            // kept.
+            Some((
+                Reason::UnknownNode,
+                format!("node {:?} is not a valid node", nic.node),
+            ))
+        } else {
+            model.nics.get(&mac).map(|holder| {
+                (
+                    Reason::DuplicateMac,
+                    format!("a NIC of network {} has the same MAC", holder.network),
+                )
+            })
+        };
+        if let Some((reason, detail)) = refused {
+            rejections.push(Rejection {
+                entry: "nics".into(),
+                key: Some(mac.to_string()),
+                reason,
+                detail,
+                kept_last_good: false,
+            });
+            continue;
+        }
+        set.insert(mac);
+        model.nics.insert(mac, nic);
+    }
+    nics_of
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::fixtures::{NoBudget, base, doc, sub};
+
+    #[test]
+    fn revalidating_changed_networks_matches_a_full_validation() {
+        let limits = Limits::default();
+        let prev = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        let mut d = base();
+        // blue: one NIC moves, one is added, one goes; its MTU changes. red untouched.
+        d["networks"][0]["mtu"] = json!(1400);
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics[0]["ip"] = json!("10.10.0.50");
+        nics.remove(2);
+        nics.push(json!({"mac": "02:00:00:00:00:04", "network": "blue", "ip": "10.10.0.13", "node": "hv-2"}));
+        // A MAC already held by red, and a NIC on a node that does not exist: both rejected.
+        nics.push(json!({"mac": "02:00:00:00:00:02", "network": "blue", "ip": "10.10.0.14", "node": "hv-2"}));
+        nics.push(json!({"mac": "02:00:00:00:00:05", "network": "blue", "ip": "10.10.0.15", "node": "hv-9"}));
+        let full = validate(&doc(d.clone()), Some(&prev), "hv-1", &limits, &NoBudget);
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = prev.nics_by_network().remove("blue").unwrap_or_default();
+        let part = revalidate(
+            &sub(&d, &["blue"]),
+            &networks,
+            &old,
+            &prev,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model, full.model);
+        let mut got: Vec<Reason> = part.validated.rejections.iter().map(|r| r.reason).collect();
+        got.sort();
+        assert_eq!(got, vec![Reason::DuplicateMac, Reason::UnknownNode]);
+        assert_eq!(part.nics_of["blue"], full.model.nics_by_network()["blue"]);
+
+        // A network taking another's VNI is rejected; the holder keeps serving.
+        let mut d2 = d.clone();
+        d2["networks"][0]["vni"] = json!(1002);
+        let part = revalidate(
+            &sub(&d2, &["blue"]),
+            &networks,
+            &part.nics_of["blue"],
+            &part.validated.model,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model.networks.len(), 1);
+        assert!(part.validated.model.networks.contains_key("red"));
+        assert!(
+            part.validated
+                .rejections
+                .iter()
+                .any(|r| r.reason == Reason::DuplicateVni)
+        );
+    }
+
+    #[test]
+    fn a_sub_document_does_not_judge_nodes() {
+        let limits = Limits::default();
+        let prev = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        let mut d = base();
+        d["nodes"][1]["vtep"] = json!("x");
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = prev.nics_by_network().remove("blue").unwrap_or_default();
+        let part = revalidate(
+            &sub(&d, &["blue"]),
+            &networks,
+            &old,
+            &prev,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert!(
+            part.validated.rejections.is_empty(),
+            "{:?}",
+            part.validated.rejections
+        );
+        assert_eq!(part.validated.model, prev);
+    }
+}

@@ -1,0 +1,146 @@
+//! What the model holds: networks, nodes and NICs, the validated [`Model`] of them, and the
+//! [`Limits`] of the host that validates it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use imbl::OrdMap;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    MacAddr,
+    document::{FieldKind, FieldKinds, PathStep},
+};
+
+/// What a VM assumes without option 26.
+const DEFAULT_MTU: u16 = 1500;
+
+/// A private network: one subnet, one VNI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: u32,
+}
+
+fn default_lease_time() -> u32 {
+    3600
+}
+
+impl Network {
+    /// The IP MTU VMs on this network use: option 26, or Ethernet's 1500.
+    pub fn effective_mtu(&self) -> u16 {
+        self.mtu.unwrap_or(DEFAULT_MTU)
+    }
+}
+
+impl FieldKinds for Network {
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
+        use PathStep::{Field, Index};
+        match path {
+            [Field("subnet" | "gateway")]
+            | [Field("dns" | "ntp"), Index]
+            | [Field("routes"), Index, Field("to" | "via")] => Some(FieldKind::Address),
+            _ => None,
+        }
+    }
+}
+
+/// A classless static route handed out with option 121.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub to: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// A hypervisor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub vtep: Ipv4Addr,
+}
+
+impl FieldKinds for Node {
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
+        matches!(path, [PathStep::Field("vtep")]).then_some(FieldKind::Address)
+    }
+}
+
+/// A VM's network interface. Its network and node names are shared by all the NICs a
+/// validation accepts: a host may hold 100,000 NICs of a few hundred networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub mac: MacAddr,
+    pub network: Arc<str>,
+    pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub node: Arc<str>,
+    /// The tap (or veth) carrying this NIC on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl FieldKinds for Nic {
+    fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
+        match path {
+            [PathStep::Field("mac")] => Some(FieldKind::Mac),
+            [PathStep::Field("ip")] => Some(FieldKind::Address),
+            _ => None,
+        }
+    }
+}
+
+/// What this host can carry, for the checks that depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The underlay MTU, when VXLAN is configured: a network's MTU plus 50 must fit in it.
+    pub underlay_mtu: Option<u32>,
+}
+
+/// A validated model: every entry consistent with every other. Its maps are persistent
+/// (structure-sharing): a copy costs nothing, and a copy changed in one network shares the
+/// rest with the original.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Model {
+    pub networks: OrdMap<String, Network>,
+    pub nodes: OrdMap<String, Node>,
+    pub nics: OrdMap<MacAddr, Nic>,
+}
+
+impl Model {
+    /// The MACs of each network's NICs.
+    pub fn nics_by_network(&self) -> BTreeMap<String, BTreeSet<MacAddr>> {
+        let mut out: BTreeMap<String, BTreeSet<MacAddr>> = BTreeMap::new();
+        for (mac, nic) in &self.nics {
+            match out.get_mut(&*nic.network) {
+                Some(set) => {
+                    set.insert(*mac);
+                }
+                None => {
+                    out.insert(nic.network.to_string(), BTreeSet::from([*mac]));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,734 @@
+//! Validation of a whole document into a [`Model`]: each entry checked on its own, then against
+//! the others (one entry per key, one network per VNI, one node per VTEP, references, one NIC
+//! per address). A rejected entry keeps its last good version when it had one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fmt,
+    hash::Hash,
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use imbl::OrdMap;
+use serde::de::DeserializeOwned;
+
+use super::{
+    Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry,
+    checks::{check_network, check_nic},
+    document::FieldKinds,
+    reasons::{Reason, Reject, Rejection, reject},
+};
+
+/// The outcome of validating a document.
+#[derive(Debug)]
+pub struct Validated {
+    pub model: Model,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Checks that a NIC's DHCP options fit; supplied by the DHCP renderer so the model stays free
+/// of wire formats.
+pub trait OptionsBudget {
+    /// Why options do not fit; its text is the rejection's detail.
+    type Error: std::error::Error;
+
+    /// `Err` when the network's and NIC's options do not fit in a reply.
+    fn check(&self, network: &Network, nic: &Nic) -> Result<(), Self::Error>;
+}
+
+/// Validates `doc` for node `this_node`. `prev` is the model serving now: rejected entries keep
+/// their version from it, and it wins ties between duplicates.
+pub fn validate<B: OptionsBudget>(
+    doc: &RawDocument,
+    prev: Option<&Model>,
+    this_node: &str,
+    limits: &Limits,
+    budget: &B,
+) -> Validated {
+    let empty = Model::default();
+    let prev = prev.unwrap_or(&empty);
+    let mut rejections = Vec::new();
+    let mut model = Model {
+        networks: accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections),
+        nodes: accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections),
+        nics: OrdMap::new(),
+    };
+    let (nics, failed) = accept_nics(&doc.nics, prev, &model, this_node, budget, &mut rejections);
+    let nics = restore_nics(nics, &failed, prev, &model, this_node, &mut rejections);
+    model.nics = one_nic_per_address(nics, &doc.nics, prev, &mut rejections);
+    rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
+    Validated { model, rejections }
+}
+
+/// A network or a node: an entry with a unique key, checked on its own, and a claim (VNI,
+/// VTEP) no other entry of its kind may hold.
+trait Keyed: DeserializeOwned + FieldKinds + Clone + PartialEq {
+    /// The document's list of them, which names an entry by position (`networks[3]`).
+    const LIST: &'static str;
+    /// What one of them is called in a rejection's detail.
+    const NOUN: &'static str;
+    /// The field holding the key.
+    const KEY: &'static str;
+    /// The field holding the claim.
+    const CLAIM: &'static str;
+    /// The reason of an entry that loses its claim to another.
+    const CLAIMED: Reason;
+    type Claim: Copy + Eq + Hash + fmt::Display;
+
+    fn key(&self) -> &str;
+    fn claim(&self) -> Self::Claim;
+    /// The checks of the entry on its own.
+    fn check(&self, limits: &Limits) -> Result<(), Reject>;
+}
+
+impl Keyed for Network {
+    const LIST: &'static str = "networks";
+    const NOUN: &'static str = "network";
+    const KEY: &'static str = "id";
+    const CLAIM: &'static str = "vni";
+    const CLAIMED: Reason = Reason::DuplicateVni;
+    type Claim = u32;
+
+    fn key(&self) -> &str {
+        &self.id
+    }
+
+    fn claim(&self) -> u32 {
+        self.vni
+    }
+
+    fn check(&self, limits: &Limits) -> Result<(), Reject> {
+        check_network(self, limits)
+    }
+}
+
+impl Keyed for Node {
+    const LIST: &'static str = "nodes";
+    const NOUN: &'static str = "node";
+    const KEY: &'static str = "name";
+    const CLAIM: &'static str = "vtep";
+    const CLAIMED: Reason = Reason::DuplicateVtep;
+    type Claim = Ipv4Addr;
+
+    fn key(&self) -> &str {
+        &self.name
+    }
+
+    fn claim(&self) -> Ipv4Addr {
+        self.vtep
+    }
+
+    fn check(&self, _: &Limits) -> Result<(), Reject> {
+        Ok(())
+    }
+}
+
+/// The networks or nodes of a document: each parsed and checked, one per key (the one serving
+/// now, else the first), the last good version of one that fails, one per claim.
+fn accept_keyed<T: Keyed>(
+    raws: &[RawEntry],
+    prev: &OrdMap<String, T>,
+    limits: &Limits,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<String, T> {
+    let mut accepted: Accepted<String, T> = Accepted::new();
+    let mut failed = BTreeSet::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let entry = raw.label(T::LIST, i);
+        let parsed = raw.parse::<T>();
+        // Without a key an entry has no last good version, and nothing to be a duplicate of.
+        if let Ok(v) = &parsed
+            && v.key().is_empty()
+        {
+            let detail = format!("field `{}` is empty", T::KEY);
+            rejections.push(reject(Reason::InvalidField, detail).at(entry, None));
+            continue;
+        }
+        match parsed.and_then(|v| v.check(limits).map(|()| v)) {
+            Ok(v) => {
+                let key = v.key().to_owned();
+                if let Some((lost, _)) = accepted.insert(key.clone(), i, v, prev.get(&key)) {
+                    let detail = format!("another {} has the same {}", T::NOUN, T::KEY);
+                    rejections.push(
+                        reject(Reason::DuplicateId, detail)
+                            .at(raws[lost].label(T::LIST, lost), Some(key)),
+                    );
+                }
+            }
+            Err(r) => {
+                let key = raw.key(T::KEY);
+                failed.extend(key.clone());
+                rejections.push(r.at(entry, key));
+            }
+        }
+    }
+    let mut out: OrdMap<String, T> = accepted.map.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    keep_last_good(&mut out, prev, &failed, rejections);
+    one_per_claim(&mut out, prev, rejections);
+    out
+}
+
+/// Of entries with one claim (two networks with one VNI), the one serving now keeps it, else
+/// the first by key; the others are rejected.
+fn one_per_claim<T: Keyed>(
+    entries: &mut OrdMap<String, T>,
+    prev: &OrdMap<String, T>,
+    rejections: &mut Vec<Rejection>,
+) {
+    let mut holders: HashMap<T::Claim, String> = HashMap::new();
+    let mut losers = Vec::new();
+    for (key, v) in entries.iter() {
+        let claim = v.claim();
+        let Some(other) = holders.get(&claim) else {
+            holders.insert(claim, key.clone());
+            continue;
+        };
+        let this_serving = prev.get(key) == Some(v);
+        let other_serving = prev.get(other) == entries.get(other);
+        if other_serving || !this_serving {
+            losers.push((key.clone(), claim));
+        } else {
+            losers.push((other.clone(), claim));
+            holders.insert(claim, key.clone());
+        }
+    }
+    for (key, claim) in losers {
+        entries.remove(&key);
+        let detail = format!("{} {claim} is used by another {}", T::CLAIM, T::NOUN);
+        rejections.push(reject(T::CLAIMED, detail).at(T::LIST.into(), Some(key)));
+    }
+}
+
+/// The NICs of a document, each parsed and checked against the accepted networks and nodes
+/// of `model`, one per MAC (the one serving now, else the first), each with its document
+/// index; and the MACs of those that failed.
+fn accept_nics<B: OptionsBudget>(
+    raws: &[RawEntry],
+    prev: &Model,
+    model: &Model,
+    this_node: &str,
+    budget: &B,
+    rejections: &mut Vec<Rejection>,
+) -> (Vec<(usize, Nic)>, BTreeSet<MacAddr>) {
+    let mut accepted: Accepted<MacAddr, Nic> = Accepted::new();
+    let mut failed = BTreeSet::new();
+    let mut names = Names::default();
+    for (i, raw) in raws.iter().enumerate() {
+        match check_nic_in(raw, model, this_node, budget) {
+            Ok(mut nic) => {
+                names.share(&mut nic);
+                let mac = nic.mac;
+                if let Some((lost, _)) = accepted.insert(mac, i, nic, prev.nics.get(&mac)) {
+                    rejections.push(
+                        reject(Reason::DuplicateMac, "another NIC has the same MAC")
+                            .at(raws[lost].label("nics", lost), Some(mac.to_string())),
+                    );
+                }
+            }
+            Err(r) => {
+                let key = raw.key("mac");
+                failed.extend(key.as_deref().and_then(|k| k.parse::<MacAddr>().ok()));
+                rejections.push(r.at(raw.label("nics", i), key));
+            }
+        }
+    }
+    (accepted.map.into_values().collect(), failed)
+}
+
+/// A NIC parsed, checked on its own, against its network and node, and against the options
+/// budget.
+fn check_nic_in<B: OptionsBudget>(
+    raw: &RawEntry,
+    model: &Model,
+    this_node: &str,
+    budget: &B,
+) -> Result<Nic, Reject> {
+    let nic: Nic = raw.parse()?;
+    let net = model.networks.get(&*nic.network).ok_or_else(|| {
+        reject(
+            Reason::UnknownNetwork,
+            format!("network {:?} does not exist", nic.network),
+        )
+    })?;
+    if !model.nodes.contains_key(&*nic.node) {
+        return Err(reject(
+            Reason::UnknownNode,
+            format!("node {:?} does not exist", nic.node),
+        ));
+    }
+    check_nic(&nic, net, this_node)?;
+    budget
+        .check(net, &nic)
+        .map_err(|e| reject(Reason::OptionsTooLong, e.to_string()))?;
+    Ok(nic)
+}
+
+/// Adds to `nics` the last good version of each NIC of `failed` that no accepted NIC replaces
+/// and that still fits the accepted networks and nodes of `model`.
+fn restore_nics(
+    mut nics: Vec<(usize, Nic)>,
+    failed: &BTreeSet<MacAddr>,
+    prev: &Model,
+    model: &Model,
+    this_node: &str,
+    rejections: &mut [Rejection],
+) -> Vec<(usize, Nic)> {
+    for mac in failed {
+        if let Some(old) = prev.nics.get(mac)
+            && !nics.iter().any(|(_, n)| n.mac == *mac)
+            && let Some(net) = model.networks.get(&*old.network)
+            && model.nodes.contains_key(&*old.node)
+            && check_nic(old, net, this_node).is_ok()
+        {
+            // Not in the document: sorts after every NIC that is.
+            nics.push((usize::MAX, old.clone()));
+            mark_kept(rejections, &mac.to_string());
+        }
+    }
+    nics
+}
+
+/// One address per network: the NIC serving it now keeps it, else the first in the document.
+fn one_nic_per_address(
+    mut nics: Vec<(usize, Nic)>,
+    raws: &[RawEntry],
+    prev: &Model,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<MacAddr, Nic> {
+    nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
+    let mut holders: HashMap<(&str, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut out = OrdMap::new();
+    for (i, nic) in &nics {
+        let Some(holder) = holders.get(&(&*nic.network, nic.ip)) else {
+            holders.insert((&*nic.network, nic.ip), nic.mac);
+            out.insert(nic.mac, nic.clone());
+            continue;
+        };
+        let detail = format!(
+            "ip {} in network {} is already held by {holder}",
+            nic.ip, nic.network
+        );
+        let entry = match raws.get(*i) {
+            Some(raw) => raw.label("nics", *i),
+            None => "nics".into(),
+        };
+        rejections.push(reject(Reason::DuplicateIp, detail).at(entry, Some(nic.mac.to_string())));
+    }
+    out
+}
+
+/// Collects accepted entries of one kind, resolving duplicate keys in favour of the version
+/// already serving, else the first in the document.
+struct Accepted<K: Ord + Clone, V> {
+    map: BTreeMap<K, (usize, V)>,
+}
+
+impl<K: Ord + Clone, V: PartialEq> Accepted<K, V> {
+    fn new() -> Self {
+        Self {
+            map: BTreeMap::new(),
+        }
+    }
+
+    /// Returns the entry that lost (document index and value), if `key` was already taken.
+    fn insert(&mut self, key: K, idx: usize, value: V, prev: Option<&V>) -> Option<(usize, V)> {
+        match self.map.get(&key) {
+            None => {
+                self.map.insert(key, (idx, value));
+                None
+            }
+            Some((_, existing)) if prev != Some(existing) && prev == Some(&value) => {
+                self.map.insert(key, (idx, value))
+            }
+            Some(_) => Some((idx, value)),
+        }
+    }
+}
+
+/// One copy of each network and node name for the NICs that use it.
+#[derive(Default)]
+struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    fn share(&mut self, nic: &mut Nic) {
+        for name in [&mut nic.network, &mut nic.node] {
+            match self.0.get(&**name) {
+                Some(shared) => *name = shared.clone(),
+                None => {
+                    self.0.insert(name.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Puts back the last good version of entries that failed to parse or check.
+fn keep_last_good<V: Clone>(
+    current: &mut OrdMap<String, V>,
+    prev: &OrdMap<String, V>,
+    failed: &BTreeSet<String>,
+    rejections: &mut [Rejection],
+) {
+    for key in failed {
+        if !current.contains_key(key)
+            && let Some(old) = prev.get(key)
+        {
+            current.insert(key.clone(), old.clone());
+            mark_kept(rejections, key);
+        }
+    }
+}
+
+fn mark_kept(rejections: &mut [Rejection], key: &str) {
+    for r in rejections.iter_mut() {
+        if r.key.as_deref() == Some(key) {
+            r.kept_last_good = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::fixtures::{NoBudget, base, doc, reasons};
+
+    #[test]
+    fn accepts_a_good_document_and_same_ip_on_two_networks() {
+        let v = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        assert_eq!(v.model.nics.len(), 3);
+        assert_eq!(v.model.networks.len(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_entries_one_by_one() {
+        let mut d = base();
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics.push(json!({"mac": "zz:00:00:00:00:09", "network": "blue", "ip": "10.10.0.20", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0a", "network": "blue", "ip": "10.99.0.20", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0b", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:01", "network": "blue", "ip": "10.10.0.30", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0c", "network": "green", "ip": "10.10.0.31", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0d", "network": "blue", "ip": "10.10.0.x", "node": "hv-1", "interface": "t"}));
+        nics.push(json!({"mac": "02:00:00:00:00:0e", "network": "blue", "ip": "10.10.0.40", "node": "hv-1"}));
+        d["networks"].as_array_mut().unwrap().push(
+            json!({"id": "tiny", "vni": 7, "subnet": "10.7.0.0/24", "gateway": "10.7.0.1", "mtu": 0}),
+        );
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[2]".into(), Reason::MtuOutOfRange),
+                ("nics[3]".into(), Reason::InvalidMac),
+                ("nics[4]".into(), Reason::OutsideSubnet),
+                ("nics[5]".into(), Reason::DuplicateIp),
+                ("nics[6]".into(), Reason::DuplicateMac),
+                ("nics[7]".into(), Reason::UnknownNetwork),
+                ("nics[8]".into(), Reason::InvalidAddress),
+                ("nics[9]".into(), Reason::MissingInterface),
+            ]
+        );
+        // Everything good still applies.
+        assert_eq!(v.model.nics.len(), 3);
+        let bad_ip = v.rejections.iter().find(|r| r.entry == "nics[8]").unwrap();
+        assert!(bad_ip.detail.contains("field `ip`"), "{}", bad_ip.detail);
+    }
+
+    #[test]
+    fn a_rejected_entry_keeps_its_last_good_version() {
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = base();
+        d["nics"][0]["ip"] = json!("10.99.0.1");
+        d["networks"][1]["mtu"] = json!(0);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(v.model, good);
+        assert!(v.rejections.iter().all(|r| r.kept_last_good));
+        assert_eq!(v.rejections.len(), 2);
+    }
+
+    #[test]
+    fn the_serving_nic_wins_an_address_conflict() {
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = base();
+        // A newcomer listed first claims the address of a serving NIC.
+        d["nics"].as_array_mut().unwrap().insert(
+            0,
+            json!({"mac": "02:00:00:00:00:99", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "t9"}),
+        );
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(v.model, good);
+        assert_eq!(reasons(&v), vec![("nics[0]".into(), Reason::DuplicateIp)]);
+    }
+
+    #[test]
+    fn a_duplicate_vni_loses_to_the_first_or_the_serving_network() {
+        let mut d = base();
+        d["networks"][1]["vni"] = json!(1001);
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.model.networks.contains_key("blue"));
+        assert!(!v.model.networks.contains_key("red"));
+        // When red was serving with 1001 before, red keeps it and blue loses.
+        let mut red_only = base();
+        red_only["networks"].as_array_mut().unwrap().remove(0);
+        red_only["networks"][0]["vni"] = json!(1001);
+        red_only["nics"] = json!([]);
+        let prev = validate(&doc(red_only), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let v = validate(&doc(d), Some(&prev), "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.model.networks.contains_key("red"));
+        assert!(!v.model.networks.contains_key("blue"));
+    }
+
+    #[test]
+    fn deletions_apply() {
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = base();
+        d["nics"].as_array_mut().unwrap().remove(0);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(v.model.nics.len(), 2);
+    }
+
+    #[test]
+    fn networks_must_fit_the_underlay_and_vteps_are_unique() {
+        let limits = Limits {
+            underlay_mtu: Some(1500),
+        };
+        let v = validate(&doc(base()), None, "hv-1", &limits, &NoBudget);
+        // blue (1450) fits; red has no MTU: 1500 + 50 does not; its NIC goes with it.
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), Reason::MtuExceedsUnderlay),
+                ("nics[1]".into(), Reason::UnknownNetwork),
+            ]
+        );
+        let mut d = base();
+        d["nodes"][1]["vtep"] = json!("198.18.0.1");
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        let dup = v
+            .rejections
+            .iter()
+            .find(|r| r.reason == Reason::DuplicateVtep)
+            .unwrap();
+        assert_eq!(dup.key.as_deref(), Some("hv-2"), "the first node keeps it");
+        // hv-2's NIC goes with it.
+        assert!(v.rejections.iter().any(|r| r.reason == Reason::UnknownNode));
+    }
+
+    /// `base()` with `change` applied, validated with `budget`.
+    fn changed(
+        change: impl FnOnce(&mut serde_json::Value),
+        budget: &impl OptionsBudget,
+    ) -> Validated {
+        let mut d = base();
+        change(&mut d);
+        validate(&doc(d), None, "hv-1", &Limits::default(), budget)
+    }
+
+    /// The model of `base()` without the entries keyed `keys` (network ids, node names, MACs).
+    fn base_without(keys: &[&str]) -> Model {
+        let mut m = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        for key in keys {
+            m.networks.remove(*key);
+            m.nodes.remove(*key);
+            if let Ok(mac) = key.parse::<MacAddr>() {
+                m.nics.remove(&mac);
+            }
+        }
+        m
+    }
+
+    const RED_NIC: &str = "02:00:00:00:00:02";
+    const HV2_NIC: &str = "02:00:00:00:00:03";
+
+    #[test]
+    fn an_entry_that_is_not_json_is_invalid_json() {
+        let mut d = doc(base());
+        d.nodes.push(RawEntry::json(br#"{"name": "hv-3", "#));
+        let v = validate(&d, None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(reasons(&v), vec![("nodes[2]".into(), Reason::InvalidJson)]);
+        assert_eq!(v.model, base_without(&[]));
+    }
+
+    #[test]
+    fn invalid_fields() {
+        // A network: its NIC goes with it.
+        let red = |change: fn(&mut serde_json::Value)| {
+            let v = changed(change, &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![
+                    ("networks[1]".into(), Reason::InvalidField),
+                    ("nics[1]".into(), Reason::UnknownNetwork),
+                ]
+            );
+            assert_eq!(v.model, base_without(&["red", RED_NIC]));
+            v
+        };
+        let v = red(|d| d["networks"][1]["vni"] = json!("1002"));
+        assert_eq!(v.rejections[0].key.as_deref(), Some("red"));
+        red(|d| d["networks"][1]["subnet"] = json!("10.10.0.0/31"));
+        let v = red(|d| d["networks"][1]["subnet"] = json!("10.10.0.1/24"));
+        assert!(
+            v.rejections[0].detail.contains("host bits"),
+            "{}",
+            v.rejections[0].detail
+        );
+        red(|d| d["networks"][1]["routes"] = json!([{"to": "10.20.0.1/16", "via": "10.10.0.4"}]));
+        let v = red(|d| d["networks"][1]["id"] = json!(""));
+        assert_eq!(v.rejections[0].detail, "field `id` is empty");
+        assert_eq!(v.rejections[0].key, None, "an empty id is no key");
+        // A node: its NIC goes with it.
+        let v = changed(|d| d["nodes"][1]["name"] = json!(""), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("nics[2]".into(), Reason::UnknownNode),
+                ("nodes[1]".into(), Reason::InvalidField),
+            ]
+        );
+        assert_eq!(v.model, base_without(&["hv-2", HV2_NIC]));
+        // A NIC.
+        let v = changed(|d| d["nics"][2]["ip"] = json!(5), &NoBudget);
+        assert_eq!(reasons(&v), vec![("nics[2]".into(), Reason::InvalidField)]);
+        assert_eq!(v.model, base_without(&[HV2_NIC]));
+    }
+
+    #[test]
+    fn reserved_addresses() {
+        for ip in ["10.10.0.0", "10.10.0.1", "10.10.0.255"] {
+            let v = changed(|d| d["nics"][2]["ip"] = json!(ip), &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![("nics[2]".into(), Reason::ReservedAddress)]
+            );
+            assert_eq!(v.model, base_without(&[HV2_NIC]));
+        }
+        let v = changed(
+            |d| d["networks"][1]["gateway"] = json!("10.10.0.255"),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), Reason::ReservedAddress),
+                ("nics[1]".into(), Reason::UnknownNetwork),
+            ]
+        );
+        assert_eq!(v.model, base_without(&["red", RED_NIC]));
+    }
+
+    #[test]
+    fn a_duplicate_id_loses_to_the_first() {
+        let v = changed(
+            |d| {
+                let nodes = d["nodes"].as_array_mut().unwrap();
+                nodes.push(json!({"name": "hv-1", "vtep": "198.18.0.9"}));
+            },
+            &NoBudget,
+        );
+        assert_eq!(reasons(&v), vec![("nodes[2]".into(), Reason::DuplicateId)]);
+        assert_eq!(v.rejections[0].key.as_deref(), Some("hv-1"));
+        assert_eq!(v.model, base_without(&[]));
+        let v = changed(
+            |d| {
+                let networks = d["networks"].as_array_mut().unwrap();
+                networks.insert(
+                    0,
+                    json!({"id": "red", "vni": 9, "subnet": "10.9.0.0/24", "gateway": "10.9.0.1"}),
+                );
+            },
+            &NoBudget,
+        );
+        // The first in the document wins: red's NIC is outside its subnet now.
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[2]".into(), Reason::DuplicateId),
+                ("nics[1]".into(), Reason::OutsideSubnet),
+            ]
+        );
+        assert_eq!(v.model.networks["red"].vni, 9);
+        assert_eq!(v.model.nics, base_without(&[RED_NIC]).nics);
+    }
+
+    #[test]
+    fn a_vni_out_of_range() {
+        for vni in [0, 1 << 24] {
+            let v = changed(|d| d["networks"][1]["vni"] = json!(vni), &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![
+                    ("networks[1]".into(), Reason::VniOutOfRange),
+                    ("nics[1]".into(), Reason::UnknownNetwork),
+                ]
+            );
+            assert_eq!(v.model, base_without(&["red", RED_NIC]));
+        }
+    }
+
+    #[test]
+    fn a_lease_time_under_ten_seconds() {
+        let v = changed(|d| d["networks"][1]["lease_time"] = json!(9), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), Reason::InvalidLeaseTime),
+                ("nics[1]".into(), Reason::UnknownNetwork),
+            ]
+        );
+        assert_eq!(v.model, base_without(&["red", RED_NIC]));
+    }
+
+    #[test]
+    fn invalid_names() {
+        let v = changed(|d| d["nics"][2]["hostname"] = json!("-vm"), &NoBudget);
+        assert_eq!(reasons(&v), vec![("nics[2]".into(), Reason::InvalidName)]);
+        assert_eq!(v.model, base_without(&[HV2_NIC]));
+        let v = changed(|d| d["nics"][1]["interface"] = json!("tap/2"), &NoBudget);
+        assert_eq!(reasons(&v), vec![("nics[1]".into(), Reason::InvalidName)]);
+        assert_eq!(v.model, base_without(&[RED_NIC]));
+        for (field, value) in [("domain", json!("a..b")), ("search", json!(["ok", "no_t"]))] {
+            let v = changed(|d| d["networks"][1][field] = value, &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![
+                    ("networks[1]".into(), Reason::InvalidName),
+                    ("nics[1]".into(), Reason::UnknownNetwork),
+                ]
+            );
+            assert_eq!(v.model, base_without(&["red", RED_NIC]));
+        }
+    }
+
+    /// A budget that has no room for a hostname.
+    struct NoHostname;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no room for hostname {0:?}")]
+    struct NoRoom(String);
+
+    impl OptionsBudget for NoHostname {
+        type Error = NoRoom;
+
+        fn check(&self, _: &Network, nic: &Nic) -> Result<(), NoRoom> {
+            match &nic.hostname {
+                Some(h) => Err(NoRoom(h.clone())),
+                None => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn options_too_long() {
+        let v = changed(|d| d["nics"][2]["hostname"] = json!("vm3"), &NoHostname);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[2]".into(), Reason::OptionsTooLong)]
+        );
+        assert_eq!(v.rejections[0].detail, r#"no room for hostname "vm3""#);
+        assert_eq!(v.model, base_without(&[HV2_NIC]));
+    }
+}
