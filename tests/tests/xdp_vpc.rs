@@ -15,6 +15,7 @@ use holdfast::{dataplane::Desired, leases, model::Network};
 use holdfast_tests::{
     netns::Netns,
     packet::{self, Request, arp_request, checksum, udp_checksum_ok, udp_frame},
+    rng::Rng,
     xdp::*,
 };
 
@@ -35,10 +36,6 @@ const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SILENT_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const NEIGH_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x02];
 const A2_IFINDEX: u32 = 77;
-
-fn u(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
 
 fn net(id: &str, vni: u32) -> Network {
     Network {
@@ -130,7 +127,7 @@ fn desired(ul: &Underlay) -> Desired {
             FdbEntry {
                 ifindex,
                 vtep: 0,
-                ip: u(ip),
+                ip: ip_u32(ip),
             },
         );
     }
@@ -143,8 +140,8 @@ fn desired(ul: &Underlay) -> Desired {
             FdbKey::new(vni, mac),
             FdbEntry {
                 ifindex: 0,
-                vtep: u(vtep),
-                ip: u(ip),
+                vtep: ip_u32(vtep),
+                ip: ip_u32(ip),
             },
         );
     }
@@ -158,7 +155,7 @@ fn desired(ul: &Underlay) -> Desired {
         d.arp.insert(
             ArpKey {
                 vni: VNI_A,
-                ip: u(ip),
+                ip: ip_u32(ip),
             },
             ArpEntry { mac, _pad: [0; 2] },
         );
@@ -166,7 +163,7 @@ fn desired(ul: &Underlay) -> Desired {
     d.arp.insert(
         ArpKey {
             vni: VNI_B,
-            ip: u(A1_IP),
+            ip: ip_u32(A1_IP),
         },
         ArpEntry {
             mac: B3,
@@ -174,17 +171,17 @@ fn desired(ul: &Underlay) -> Desired {
         },
     );
     for vtep in [REMOTE_VTEP, SILENT_VTEP] {
-        d.vteps.insert(u(vtep), 1);
+        d.vteps.insert(ip_u32(vtep), 1);
     }
     d.vnis.insert(
         VNI_A,
         VniInfo {
-            gateway: u(GW),
+            gateway: ip_u32(GW),
             mtu: 1450,
         },
     );
     d.config = DataplaneConfig {
-        vtep: u(LOCAL_VTEP),
+        vtep: ip_u32(LOCAL_VTEP),
         underlay_ifindex: ul.ifindex,
         fib_ifindex: ul.anchor,
         _pad: 0,
@@ -196,13 +193,6 @@ fn fixture() -> (Fixture, Underlay) {
     let ul = underlay();
     let fx = Fixture::with(&desired(&ul), Some(ul.ns.path()));
     (fx, ul)
-}
-
-fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
-    let before = fx.counters()[stat as usize];
-    let (action, _) = fx.run(frame);
-    assert_eq!(action, XDP_DROP, "expected a drop for {stat:?}");
-    assert_eq!(fx.counters()[stat as usize], before + 1, "{stat:?}");
 }
 
 fn from_a1_to(mac: [u8; 6], ip: Ipv4Addr, partial: bool) -> Vec<u8> {
@@ -460,42 +450,43 @@ fn decapsulated_tcp_goes_up_for_gro_with_its_vm_in_the_metadata() {
 #[test]
 fn vxlan_that_is_not_for_a_local_nic_of_its_network_is_dropped() {
     let (fx, _ul) = fixture();
-    let run = |frame: &[u8], stat: Stat| {
-        let before = fx.counters()[stat as usize];
-        assert_eq!(fx.run_underlay(frame).0, XDP_DROP, "{stat:?}");
-        assert_eq!(fx.counters()[stat as usize], before + 1, "{stat:?}");
-    };
     let inner = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
     // From a host nobody knows.
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(Ipv4Addr::new(198, 18, 0, 66), LOCAL_VTEP, VNI_A, &inner),
         Stat::DropUnknownVtep,
     );
     // Another tenant's VNI (network B has no NIC here).
     let inner_b = udp_frame(B3, A1, A1_IP, A1_IP, 1, 2, &[9; 64], false);
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_B, &inner_b),
         Stat::DropUnknownVni,
     );
     // A VNI nobody uses.
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, 4242, &inner),
         Stat::DropUnknownVni,
     );
     // For a NIC that is not on this host, or a broadcast (no ARP crosses the underlay).
     let to_remote = udp_frame(A3, A4, A3_IP, A4_IP, 1, 2, &[9; 64], false);
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &to_remote),
         Stat::DropUnknownInnerDst,
     );
     let arp = arp_request(A3, A3_IP, A1_IP);
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &arp),
         Stat::DropUnknownInnerDst,
     );
     // A host speaking for a NIC that is not its own (A4 lives behind 198.18.0.3).
     let forged = udp_frame(A4, A1, A4_IP, A1_IP, 1, 2, &[9; 64], false);
-    run(
+    dropped_on_underlay(
+        &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &forged),
         Stat::DropInnerSpoof,
     );
@@ -547,7 +538,7 @@ fn randomized_frames_never_produce_malformed_vxlan() {
         from_a1_to(A2, A2_IP, false),
         arp_request(A1, A1_IP, A3_IP),
     ];
-    let mut rng = packet::Rng::new(0x00c0_ffee);
+    let mut rng = Rng::new(0x00c0_ffee);
     for _ in 0..5_000 {
         let mut f = seeds[rng.below(seeds.len())].clone();
         for _ in 0..=rng.below(4) {
