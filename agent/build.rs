@@ -1,9 +1,11 @@
 //! Builds the XDP programs (`agent-ebpf`) with the nightly toolchain for the BPF target and puts
 //! the objects in `OUT_DIR`, where `dataplane` embeds them. Cargo reruns this whenever the
-//! programs or the shared types change, so the agent never embeds a stale object.
+//! programs, the shared types or the settings of their build (the workspace manifest with their
+//! profile, Cargo.lock, .cargo/config.toml) change, so the agent never embeds a stale object.
 //!
-//! (aya-build does the same but sets its own rustflags, which cannot carry the target feature
-//! the programs are built with; see .cargo/config.toml.)
+//! (aya-build does much the same, but passes rustflags of its own, which override the BPF
+//! target's in .cargo/config.toml: there they are in one place for this script and
+//! `cargo xtask build-ebpf`.)
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -19,14 +21,9 @@ fn main() -> anyhow::Result<()> {
     for dir in [&ebpf, &common] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest.join("../.cargo/config.toml").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest.join("../Cargo.lock").display()
-    );
+    for file in ["../.cargo/config.toml", "../Cargo.lock", "../Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", manifest.join(file).display());
+    }
 
     // A clear failure instead of a linker error deep in the nested build.
     let linker_ok = Command::new("bpf-linker")

@@ -270,14 +270,20 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
     if rc != 0 {
         return Err(Stat::DropDhcpBadOptions);
     }
-    // SAFETY (all accesses below): fields of this CPU's map value, alive for the program run.
+    // `scan` is this CPU's map value: alive for the whole program run, and no one else writes it
+    // while the program runs. Every pointer to one of its fields is valid for reads and writes.
+    // SAFETY: only ever given a pointer to a `u32` field of `*scan`.
     let get = |f: *const u32| unsafe { f.read_volatile() };
+    // SAFETY: only ever given a pointer to a `u32` field of `*scan`.
     let set = |f: *mut u32, v: u32| unsafe { f.write_volatile(v) };
+    // SAFETY: the address of a field of `*scan`; nothing is read.
+    let buf = unsafe { (&raw const (*scan).buf).cast::<u8>() };
     // The mask must survive optimization: LLVM would drop it as redundant after the range
     // checks below, but the verifier checks the access, not LLVM's reasoning.
-    let buf = unsafe { (&raw const (*scan).buf).cast::<u8>() };
+    // SAFETY: the index is masked below `OPTIONS_WINDOW`, the length of `buf`.
     let at = |i: u32| unsafe { *buf.add(core::hint::black_box(i as usize) & (OPTIONS_WINDOW - 1)) };
     let n = n as u32;
+    // SAFETY: fields of `*scan`.
     unsafe {
         set(&raw mut (*scan).off, 0);
         set(&raw mut (*scan).msg_type, 0);
@@ -288,6 +294,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
         set(&raw mut (*scan).cid_tlv, 0);
     }
     for _ in 0..MAX_OPTION_TLVS {
+        // SAFETY: a field of `*scan`.
         let off = unsafe { get(&raw const (*scan).off) };
         if off >= n {
             // Ran off the end without END.
@@ -295,7 +302,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
         }
         let code = at(off);
         if code == OPT_END {
-            // SAFETY: as above.
+            // SAFETY: fields of `*scan`.
             let o = unsafe {
                 RequestOpts {
                     msg_type: get(&raw const (*scan).msg_type) as u8,
@@ -314,6 +321,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
             return Ok(o);
         }
         if code == OPT_PAD {
+            // SAFETY: a field of `*scan`.
             unsafe { set(&raw mut (*scan).off, off + 1) };
             continue;
         }
@@ -331,6 +339,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                 if len != 1 {
                     return Err(Stat::DropDhcpBadOptions);
                 }
+                // SAFETY: a field of `*scan`.
                 unsafe { set(&raw mut (*scan).msg_type, at(val) as u32) };
             }
             OPT_REQUESTED_IP | OPT_SERVER_ID => {
@@ -338,6 +347,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                     return Err(Stat::DropDhcpBadOptions);
                 }
                 let addr = u32::from_ne_bytes([at(val), at(val + 1), at(val + 2), at(val + 3)]);
+                // SAFETY: fields of `*scan`.
                 unsafe {
                     if code == OPT_REQUESTED_IP {
                         set(&raw mut (*scan).requested, addr);
@@ -346,12 +356,14 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                     }
                 }
             }
+            // SAFETY: a field of `*scan`.
             OPT_RAPID_COMMIT => unsafe {
                 set(
                     &raw mut (*scan).flags,
                     get(&raw const (*scan).flags) | FLAG_RAPID_COMMIT,
                 )
             },
+            // SAFETY: a field of `*scan`.
             OPT_OVERLOAD => unsafe {
                 set(
                     &raw mut (*scan).flags,
@@ -359,6 +371,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                 )
             },
             // Echoed in the reply (RFC 6842); the binding stays keyed by MAC.
+            // SAFETY: fields of `*scan`.
             OPT_CLIENT_ID => unsafe {
                 set(&raw mut (*scan).cid_off, start as u32 + off);
                 set(&raw mut (*scan).cid_tlv, len + 2);
@@ -366,6 +379,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
             // 55 (parameter request list) is read past: every configured option is sent.
             _ => {}
         }
+        // SAFETY: a field of `*scan`.
         unsafe { set(&raw mut (*scan).off, val + len) };
     }
     Err(Stat::DropDhcpBadOptions)
@@ -409,9 +423,14 @@ fn resize(ctx: &XdpContext, len: usize) -> Result<(), Stat> {
     Err(Stat::DropDhcpNoRoom)
 }
 
+/// Writes `v` at `p + off`, unaligned (packet memory has no alignment guarantee).
+///
+/// # Safety
+/// `p + off .. p + off + size_of::<T>()` must be writable: inside the packet, checked against
+/// its end.
 #[inline(always)]
 unsafe fn put<T>(p: *mut u8, off: usize, v: T) {
-    // SAFETY: the caller checked `off + size_of::<T>()` against the packet end.
+    // SAFETY: per the caller.
     unsafe { p.add(off).cast::<T>().write_unaligned(v) }
 }
 
@@ -432,6 +451,10 @@ fn write_reply(
     } else {
         b.opts_len as usize
     };
+    #[expect(
+        clippy::manual_range_contains,
+        reason = "`contains` compiles to other instructions: the verified program is kept as it is"
+    )]
     if blob_len < 2 || blob_len > OPTS_MAX || blob_len % 2 != 0 {
         // The agent never writes such a binding: say so loudly, it means a corrupted map.
         aya_log_ebpf::error!(

@@ -44,7 +44,7 @@ pub fn holdfast_sink(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn holdfast_sink_tc(_ctx: TcContext) -> i32 {
     sunk();
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[cfg(not(test))]

@@ -39,7 +39,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Ok(action) => action,
         Err(stat) => {
             count(stat);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -49,11 +49,11 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Stat> {
     // Headers the checks below read must be in the linear part.
     let _ = ctx.pull_data((ETH_HLEN + IPV4_HLEN + 20) as u32);
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     if eth.proto != be16(ETH_P_IP) || mac_eq(&eth.dst, &ROUTER_MAC.load()) {
         // ARP and DHCP never get here (XDP answers them); the router's frames go on.
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // SAFETY: reading fields of the program's own context.
     let (ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };

@@ -135,12 +135,12 @@ pub fn tc_handle(ctx: &TcContext) -> i32 {
         )
     };
     if meta + size_of::<DecapMeta>() > data {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: the metadata area holds a `DecapMeta`, bounds checked above.
     let m = unsafe { (meta as *const DecapMeta).read_unaligned() };
     if m.magic != DecapMeta::MAGIC {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(m.ifindex, 0) as i32 }

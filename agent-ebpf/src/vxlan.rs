@@ -109,6 +109,10 @@ pub fn source_port(hash: u32) -> u16 {
 ///
 /// # Safety
 /// `p` must point at 50 writable bytes.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per header field; inlined, so nothing is passed on the BPF stack"
+)]
 #[inline(always)]
 pub unsafe fn write_outer(
     p: *mut u8,

@@ -8,6 +8,7 @@ pub mod loadgen;
 pub mod netns;
 pub mod packet;
 pub mod rawsock;
+pub mod rng;
 pub mod tap;
 pub mod vpc;
 pub mod xdp;
@@ -15,6 +16,7 @@ pub mod xdp;
 use std::{
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -82,6 +84,14 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Seconds since the Unix epoch: the clock of the agent's timestamp metrics and `ping -D`.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// Path of a binary built by this workspace (`holdfast`), next to the test executable.

@@ -7,12 +7,12 @@
 use std::{
     collections::VecDeque,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use crate::{netns::in_netns, packet::Request};
+use crate::{packet::Request, rawsock::packet_socket};
 
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
@@ -58,64 +58,34 @@ impl LoadResult {
 const BATCH: usize = 64;
 const FRAME: usize = 2048;
 
+/// A packet socket with room for a burst, that does not see its own transmissions.
 fn open_socket(netns: &Path, interface: &str) -> OwnedFd {
-    in_netns(netns, || {
-        // SAFETY: plain socket(2); owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(0x0003u16.to_be()),
-            )
-        };
-        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fresh fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let name = std::ffi::CString::new(interface).expect("name");
-        // SAFETY: NUL-terminated.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex > 0, "no interface {interface}");
-        // SAFETY: zeroed, then filled.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = 0x0003u16.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: valid address of the right size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            let size: i32 = 16 << 20;
-            // SAFETY: an int option.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const size).cast(),
-                    4,
-                )
-            };
-        }
-        // Do not see our own transmissions.
-        let one: i32 = 1;
-        // SAFETY: an int option (PACKET_IGNORE_OUTGOING = 23).
+    let fd = packet_socket(netns, interface);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        let size: i32 = 16 << 20;
+        // SAFETY: an int option.
         unsafe {
             libc::setsockopt(
                 fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                23,
-                (&raw const one).cast(),
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const size).cast(),
                 4,
             )
         };
-        fd
-    })
+    }
+    let one: i32 = 1;
+    // SAFETY: an int option (PACKET_IGNORE_OUTGOING = 23).
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            23,
+            (&raw const one).cast(),
+            4,
+        )
+    };
+    fd
 }
 
 /// Frame templates for one client; xid, message type and options are patched in place.

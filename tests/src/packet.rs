@@ -342,30 +342,6 @@ pub fn arp_request(mac: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
     f
 }
 
-/// A tiny deterministic PRNG (xorshift64*) for randomized tests.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `0..n` (0 when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            return 0;
-        }
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
 /// An Ethernet/IPv4/UDP frame with `payload`, checksums complete (or, with `partial`, the UDP
 /// checksum left as checksum offload leaves it: the pseudo-header sum only).
 #[allow(clippy::too_many_arguments)]

@@ -1,5 +1,6 @@
 //! An AF_PACKET socket on a VM's interface: sends hand-made DHCP requests and collects replies,
-//! for tests that need to see every single exchange (and for the load generator).
+//! for tests that need to see every single exchange. The load generator opens its sockets with
+//! [`packet_socket`] too.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -15,42 +16,49 @@ pub struct RawSocket {
 
 const ETH_P_ALL: u16 = 0x0003;
 
+/// A raw AF_PACKET socket for every protocol, opened inside the namespace at `ns` and bound to
+/// `interface` there.
+pub fn packet_socket(ns: &Path, interface: &str) -> OwnedFd {
+    in_netns(ns, || {
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(ETH_P_ALL.to_be()),
+            )
+        };
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let name = std::ffi::CString::new(interface).expect("name");
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "no interface {interface}");
+        // SAFETY: zeroed sockaddr_ll filled below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = ETH_P_ALL.to_be();
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: valid sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const sll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        fd
+    })
+}
+
 impl RawSocket {
     /// Opens the socket inside the namespace at `ns`, bound to `interface`.
     pub fn open(ns: &Path, interface: &str) -> Self {
-        let fd = in_netns(ns, || {
-            // SAFETY: plain socket(2); the fd is owned right away.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    i32::from(ETH_P_ALL.to_be()),
-                )
-            };
-            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-            // SAFETY: `raw` is a fresh fd we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let name = std::ffi::CString::new(interface).expect("name");
-            // SAFETY: NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert!(ifindex > 0, "no interface {interface}");
-            // SAFETY: zeroed sockaddr_ll filled below.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = ETH_P_ALL.to_be();
-            sll.sll_ifindex = ifindex as i32;
-            // SAFETY: valid sockaddr_ll of the right size.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const sll).cast(),
-                    size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            fd
-        });
-        Self { fd }
+        Self {
+            fd: packet_socket(ns, interface),
+        }
     }
 
     pub fn send(&self, frame: &[u8]) {

@@ -1,8 +1,9 @@
-//! The XDP programs loaded for `BPF_PROG_TEST_RUN`, with bindings for a small test network.
+//! The XDP programs loaded for `BPF_PROG_TEST_RUN`, with bindings for a small test network, and
+//! the assertions the fixture tests share.
 
 use std::net::Ipv4Addr;
 
-use agent_common::{BindingKey, stats::STATS_COUNT};
+use agent_common::{BindingKey, Stat, stats::STATS_COUNT};
 use aya::programs::{TestRun as _, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
@@ -18,6 +19,11 @@ pub const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 /// `BPF_PROG_TEST_RUN` runs XDP as if received on the loopback device of the caller's netns.
 pub const TEST_IFINDEX: u32 = 1;
+
+/// An address as the maps hold it: its bytes in network order, read as a native `u32`.
+pub fn ip_u32(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
 
 pub fn network() -> Network {
     Network {
@@ -136,6 +142,27 @@ impl Default for Fixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Runs the VM program on `frame` and asserts that it drops it, counted under `stat`.
+pub fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
+    dropped_by(fx, stat, || fx.run(frame));
+}
+
+/// Runs the underlay program on `frame` and asserts that it drops it, counted under `stat`.
+pub fn dropped_on_underlay(fx: &Fixture, frame: &[u8], stat: Stat) {
+    dropped_by(fx, stat, || fx.run_underlay(frame));
+}
+
+fn dropped_by(fx: &Fixture, stat: Stat, run: impl FnOnce() -> (u32, Vec<u8>)) {
+    let before = fx.counters()[stat as usize];
+    let (action, _) = run();
+    assert_eq!(action, XDP_DROP, "expected a drop for {stat:?}");
+    assert_eq!(
+        fx.counters()[stat as usize],
+        before + 1,
+        "counter {stat:?} did not move"
+    );
 }
 
 pub const XDP_DROP: u32 = 1;

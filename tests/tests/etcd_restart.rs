@@ -20,7 +20,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use agent_common::{FdbKey, Stat};
@@ -29,6 +29,7 @@ use holdfast_tests::{
     clients,
     loadgen::{self, LoadConfig},
     netns::{Agent, wait_for},
+    unix_now,
     vpc::{Cloud, Net, Options, Source, VmSpec},
 };
 
@@ -90,13 +91,6 @@ fn load_nics() -> Vec<VmSpec> {
             )
         })
         .collect()
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 /// Entry counts of one host's pinned maps.

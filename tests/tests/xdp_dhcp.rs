@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use agent_common::Stat;
-use holdfast_tests::{packet::*, xdp::*};
+use holdfast_tests::{packet::*, rng::Rng, xdp::*};
 
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const WRONG_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 99);
@@ -16,17 +16,6 @@ fn reply(fx: &Fixture, req: &Request) -> Reply {
     let (action, out) = fx.run(&req.frame());
     assert_eq!(action, XDP_TX, "expected a reply to {req:?}");
     parse_reply(&out).unwrap_or_else(|e| panic!("malformed reply: {e}\n{out:02x?}"))
-}
-
-fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
-    let before = fx.counters()[stat as usize];
-    let (action, _) = fx.run(frame);
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(
-        fx.counters()[stat as usize],
-        before + 1,
-        "counter {stat:?} did not move"
-    );
 }
 
 fn chaddr16(mac: [u8; 6]) -> [u8; 16] {

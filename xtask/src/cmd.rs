@@ -1,4 +1,5 @@
-//! Running commands the way a newcomer can follow: each one is printed before it runs.
+//! Running commands the way a newcomer can follow: each command that builds, tests or installs
+//! (`run`) is printed before it runs; a probe that only asks (`output`) runs quietly.
 
 use std::process::{Command, Output};
 
@@ -9,6 +10,8 @@ pub fn step(text: &str) {
     println!("\n\x1b[1m==> {text}\x1b[0m");
 }
 
+/// `cmd` as one line: the variables it sets, the program, its arguments (unquoted). Variables
+/// it removes from the environment (`cargo` in main.rs removes the outer cargo's) are not shown.
 fn show(cmd: &Command) -> String {
     let mut parts = Vec::new();
     for (k, v) in cmd.get_envs() {

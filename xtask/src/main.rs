@@ -124,6 +124,11 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     step("Formatting and lints");
     run(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
     run(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The programs are no default member: clippy checks them as they are built.
+    run(cargo(Some("nightly"))
+        .args(["clippy", "--package", "agent-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))?;
 
     step("Building the agent with the next map layout: the upgrade test's second build");
     run(cargo(None).args([

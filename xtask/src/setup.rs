@@ -1,8 +1,8 @@
 //! What building and testing need, checked by what the build and the tests actually use (a
 //! file, a binary that runs from a plain shell), and installed when missing
-//! (../shared/TOOLCHAIN.md): nightly's rust-src, bpf-linker linked against the toolchain's own
-//! LLVM, protoc with its well-known types, Debian packages, the deploy tests' Python tools and
-//! a mounted bpffs.
+//! (../shared/TOOLCHAIN.md): nightly's rust-src and clippy, bpf-linker linked against the
+//! toolchain's own LLVM, protoc with its well-known types, Debian packages, the deploy tests'
+//! Python tools and a mounted bpffs.
 //!
 //! `cargo xtask setup --check` lists what is missing without installing anything;
 //! `cargo xtask setup --purge` removes what set-up installs, so that a machine can be made
@@ -175,6 +175,20 @@ fn check_rust_src() -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask test` runs clippy on the programs with the toolchain that builds them.
+fn check_nightly_clippy() -> Result<(), String> {
+    let clippy =
+        runs(Command::new("rustup").args(["run", "nightly", "cargo", "clippy", "--version"]));
+    if clippy.is_none() {
+        return Err(
+            "nightly clippy: `cargo clippy` does not run with the nightly toolchain \
+                    (`cargo xtask test` lints the eBPF programs with it)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// LLVM major version of the nightly toolchain, from `rustc -vV`.
 fn nightly_llvm_major() -> anyhow::Result<u32> {
     let out = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
@@ -297,6 +311,7 @@ fn report(scope: Scope) -> Vec<String> {
         }
     }
     if scope >= Scope::Test {
+        add(check_nightly_clippy());
         add(check_bpffs());
         let tools = missing_python_tools();
         if !tools.is_empty() {
@@ -344,6 +359,17 @@ fn rust_src() -> anyhow::Result<()> {
     step("Installing rust-src for the nightly toolchain (the eBPF build uses -Z build-std=core)");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     check_rust_src().map_err(anyhow::Error::msg)
+}
+
+/// Clippy for the nightly toolchain, which lints the eBPF programs. Part of rustup's default
+/// profile, which the image's nightly has: installed when missing, never purged.
+fn nightly_clippy() -> anyhow::Result<()> {
+    if check_nightly_clippy().is_ok() {
+        return Ok(());
+    }
+    step("Installing clippy for the nightly toolchain (it lints the eBPF programs)");
+    run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
+    check_nightly_clippy().map_err(anyhow::Error::msg)
 }
 
 /// bpf-linker, linked against the LLVM shared library the nightly toolchain ships (Debian's
@@ -495,7 +521,7 @@ fn python_tools() -> anyhow::Result<PathBuf> {
 }
 
 /// What a command needs, installed when missing: the eBPF toolchain and protoc for `Build`,
-/// the packages, tools and bpffs for `Test`, the peers for `Bench`. Returns the deploy tests'
+/// the packages, nightly's clippy, tools and bpffs for `Test`, the peers for `Bench`. Returns the deploy tests'
 /// venv once `Test` is set up.
 pub fn ensure(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
     let started = std::time::Instant::now();
@@ -519,6 +545,7 @@ fn ensure_all(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
     if scope < Scope::Test {
         return Ok(None);
     }
+    nightly_clippy()?;
     bpffs()?;
     python_tools().map(Some)
 }
