@@ -11,6 +11,18 @@ pub mod stats;
 
 pub use stats::Stat;
 
+/// An IPv4 address as the programs hold it: its bytes in network order, read as a native `u32`
+/// (what a packet's `__be32` field compares to).
+pub const fn be32(ip: core::net::Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+/// The address a [`be32`] value holds.
+pub const fn ipv4(be32: u32) -> core::net::Ipv4Addr {
+    let [a, b, c, d] = be32.to_ne_bytes();
+    core::net::Ipv4Addr::new(a, b, c, d)
+}
+
 /// Version of the pinned map layout. Bump it when a map's key or value changes shape; the agent
 /// pins each layout in its own directory (`maps-v<N>`) so a new build never reads an old layout.
 pub const LAYOUT_VERSION: u32 = 3;

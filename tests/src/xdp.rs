@@ -20,10 +20,7 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 /// `BPF_PROG_TEST_RUN` runs XDP as if received on the loopback device of the caller's netns.
 pub const TEST_IFINDEX: u32 = 1;
 
-/// An address as the maps hold it: its bytes in network order, read as a native `u32`.
-pub fn ip_u32(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}
+pub use agent_common::be32;
 
 pub fn network() -> Network {
     Network {

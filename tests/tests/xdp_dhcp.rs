@@ -232,7 +232,7 @@ fn release_and_decline_get_no_reply_and_are_reported() {
         events.push(holdfast::dataplane::parse_event(&item).expect("event"));
     }
     assert_eq!(events.len(), 2);
-    let vm_ip = u32::from_ne_bytes(VM_IP.octets());
+    let vm_ip = agent_common::be32(VM_IP);
     assert_eq!(
         (
             events[0].kind,

@@ -127,7 +127,7 @@ fn desired(ul: &Underlay) -> Desired {
             FdbEntry {
                 ifindex,
                 vtep: 0,
-                ip: ip_u32(ip),
+                ip: be32(ip),
             },
         );
     }
@@ -140,8 +140,8 @@ fn desired(ul: &Underlay) -> Desired {
             FdbKey::new(vni, mac),
             FdbEntry {
                 ifindex: 0,
-                vtep: ip_u32(vtep),
-                ip: ip_u32(ip),
+                vtep: be32(vtep),
+                ip: be32(ip),
             },
         );
     }
@@ -155,7 +155,7 @@ fn desired(ul: &Underlay) -> Desired {
         d.arp.insert(
             ArpKey {
                 vni: VNI_A,
-                ip: ip_u32(ip),
+                ip: be32(ip),
             },
             ArpEntry { mac, _pad: [0; 2] },
         );
@@ -163,7 +163,7 @@ fn desired(ul: &Underlay) -> Desired {
     d.arp.insert(
         ArpKey {
             vni: VNI_B,
-            ip: ip_u32(A1_IP),
+            ip: be32(A1_IP),
         },
         ArpEntry {
             mac: B3,
@@ -171,17 +171,17 @@ fn desired(ul: &Underlay) -> Desired {
         },
     );
     for vtep in [REMOTE_VTEP, SILENT_VTEP] {
-        d.vteps.insert(ip_u32(vtep), 1);
+        d.vteps.insert(be32(vtep), 1);
     }
     d.vnis.insert(
         VNI_A,
         VniInfo {
-            gateway: ip_u32(GW),
+            gateway: be32(GW),
             mtu: 1450,
         },
     );
     d.config = DataplaneConfig {
-        vtep: ip_u32(LOCAL_VTEP),
+        vtep: be32(LOCAL_VTEP),
         underlay_ifindex: ul.ifindex,
         fib_ifindex: ul.anchor,
         _pad: 0,

@@ -1,10 +1,12 @@
 //! `holdfast leases`: the DHCP bindings the data plane holds, read from the pinned maps.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
 use super::ifname;
+use agent_common::ipv4;
+
 use crate::{config::Config, dataplane, model::MacAddr, render::options};
 
 pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
@@ -22,7 +24,7 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
     );
     for (key, b) in &bindings {
         let s = options::summarize(b);
-        let ip = Ipv4Addr::from(b.ip.to_ne_bytes());
+        let ip = ipv4(b.ip);
         let prefix = s
             .prefix_len
             .map(|p| format!("{ip}/{p}"))
@@ -33,7 +35,7 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
             key.ifindex,
             MacAddr(key.mac).to_string(),
             prefix,
-            Ipv4Addr::from(b.server_id.to_ne_bytes()).to_string(),
+            ipv4(b.server_id).to_string(),
             b.vni,
             s.lease_time.map(|t| format!("{t}s")).unwrap_or_default(),
             s.hostname.unwrap_or_default(),

@@ -1,6 +1,6 @@
 //! `holdfast vpc`: the forwarding state the data plane holds, read from the pinned maps.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
@@ -15,7 +15,7 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
             config.bpffs_dir.display()
         )
     })?;
-    let ip = |v: u32| Ipv4Addr::from(v.to_ne_bytes());
+    let ip = agent_common::ipv4;
     match s.config {
         Some(c) if c.vtep != 0 => println!(
             "VTEP {} on {} (ifindex {})",

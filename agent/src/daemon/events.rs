@@ -1,7 +1,7 @@
 //! What the programs report to the agent: DHCP client events (RELEASE, DECLINE) on a ring
 //! buffer, logged and counted; and the programs' own log records (aya-log), forwarded.
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd, sync::Arc};
+use std::{os::fd::AsRawFd, sync::Arc};
 
 use agent_common::dhcp::{DHCPDECLINE, DHCPRELEASE};
 use tokio::{
@@ -42,7 +42,7 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
                 .get(&ev.ifindex)
                 .map(|l| l.name.clone())
                 .unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
-            let addr = Ipv4Addr::from(ev.addr.to_ne_bytes());
+            let addr = agent_common::ipv4(ev.addr);
             metrics
                 .dhcp_events
                 .get_or_create(&vec![("type", kind)])

@@ -11,10 +11,11 @@ use std::{
     sync::Arc,
 };
 
-use agent_common::{ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo};
+use agent_common::{
+    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo, be32,
+};
 
 use super::{
-    ip_u32,
     leases::{self, Lease},
     vpc::{self, Endpoint, LocalNetwork, Station, Vpc},
 };
@@ -92,13 +93,13 @@ pub fn build(i: &Inputs) -> Desired {
         add_vni(&mut d, &vpc, vni, &by_name);
     }
     for vtep in &vpc.vteps {
-        d.vteps.insert(ip_u32(*vtep), 1);
+        d.vteps.insert(be32(*vtep), 1);
     }
     if let Some((ifindex, name)) = &i.underlay {
         d.underlay = Some((*ifindex, name.clone()));
         let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
         d.config = DataplaneConfig {
-            vtep: vpc.vtep.map(ip_u32).unwrap_or(0),
+            vtep: vpc.vtep.map(be32).unwrap_or(0),
             underlay_ifindex: *ifindex,
             fib_ifindex,
             _pad: 0,
@@ -210,12 +211,12 @@ fn fdb_entry(station: &Station, by_name: &BTreeMap<&str, u32>) -> Option<FdbEntr
         Endpoint::Local { interface } => FdbEntry {
             ifindex: *by_name.get(interface.as_str())?,
             vtep: 0,
-            ip: ip_u32(station.ip),
+            ip: be32(station.ip),
         },
         Endpoint::Remote { vtep } => FdbEntry {
             ifindex: 0,
-            vtep: ip_u32(*vtep),
-            ip: ip_u32(station.ip),
+            vtep: be32(*vtep),
+            ip: be32(station.ip),
         },
     })
 }
@@ -224,7 +225,7 @@ fn arp_entry(vni: u32, addr: Ipv4Addr, mac: MacAddr) -> (ArpKey, ArpEntry) {
     (
         ArpKey {
             vni,
-            ip: ip_u32(addr),
+            ip: be32(addr),
         },
         ArpEntry {
             mac: mac.0,
@@ -235,7 +236,7 @@ fn arp_entry(vni: u32, addr: Ipv4Addr, mac: MacAddr) -> (ArpKey, ArpEntry) {
 
 fn vni_info(net: &LocalNetwork) -> VniInfo {
     VniInfo {
-        gateway: ip_u32(net.gateway),
+        gateway: be32(net.gateway),
         mtu: net.mtu,
     }
 }
@@ -469,6 +470,6 @@ mod tests {
         // both NICs' are there.
         assert_eq!(d.fdb.len(), 1);
         assert_eq!(d.arp.len(), 3);
-        assert_eq!(d.config.vtep, ip_u32("198.18.0.1".parse().unwrap()));
+        assert_eq!(d.config.vtep, be32("198.18.0.1".parse().unwrap()));
     }
 }

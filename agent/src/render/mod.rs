@@ -14,11 +14,3 @@ pub mod desired;
 pub mod leases;
 pub mod options;
 pub mod vpc;
-
-use std::net::Ipv4Addr;
-
-/// An IPv4 address as the programs hold it: the address's bytes in network order, read as a
-/// native `u32` (what a `__be32` field of a packet compares to).
-pub fn ip_u32(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
-}

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use agent_common::{
-    Binding, OPTS_MAX, csum_partial,
+    Binding, OPTS_MAX, be32, csum_partial,
     dhcp::{
         OPT_CLASSLESS_ROUTES, OPT_DNS, OPT_DOMAIN_NAME, OPT_DOMAIN_SEARCH, OPT_END, OPT_HOSTNAME,
         OPT_INTERFACE_MTU, OPT_LEASE_TIME, OPT_NTP, OPT_REBINDING_TIME, OPT_RENEWAL_TIME,
@@ -13,7 +13,6 @@ use agent_common::{
 };
 use ipnet::Ipv4Net;
 
-use super::ip_u32;
 use crate::model::{Network, Nic, OptionsBudget};
 
 /// Bytes the blob is padded to at least, so every reply is a 300-byte BOOTP message
@@ -139,8 +138,8 @@ pub fn render(net: &Network, nic: &Nic) -> Result<Binding, RenderError> {
     let mut inform = blob.clone();
     inform[..LEASE_OPTS_LEN].fill(0);
     Ok(Binding {
-        ip: ip_u32(nic.ip),
-        server_id: ip_u32(net.gateway),
+        ip: be32(nic.ip),
+        server_id: be32(net.gateway),
         vni: net.vni,
         mtu: u32::from(net.effective_mtu()),
         opts_len: blob.len() as u16,

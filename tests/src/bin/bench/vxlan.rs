@@ -24,7 +24,7 @@ use holdfast_tests::{
     netns::{self, Netns, Proc, in_netns, mac_str},
     packet::udp_frame,
     vpc::{Cloud, NETWORK_MTU, Net, VTEPS, VmSpec},
-    xdp::{ROUTER_MAC, ip_u32},
+    xdp::{ROUTER_MAC, be32},
 };
 
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
@@ -267,20 +267,20 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         FdbKey::new(VNI, A3),
         FdbEntry {
             ifindex: 0,
-            vtep: ip_u32(VTEPS[1]),
-            ip: ip_u32(IP3),
+            vtep: be32(VTEPS[1]),
+            ip: be32(IP3),
         },
     );
     d.vnis.insert(
         VNI,
         VniInfo {
-            gateway: ip_u32(net.gateway),
+            gateway: be32(net.gateway),
             mtu: NETWORK_MTU,
         },
     );
-    d.vteps.insert(ip_u32(VTEPS[1]), 1);
+    d.vteps.insert(be32(VTEPS[1]), 1);
     d.config = DataplaneConfig {
-        vtep: ip_u32(VTEPS[0]),
+        vtep: be32(VTEPS[0]),
         underlay_ifindex: hv1.ifindex("ul0"),
         fib_ifindex: hv1.ifindex(holdfast::anchor::DEFAULT_NAME),
         _pad: 0,
@@ -338,28 +338,28 @@ fn program_costs(cloud: &Cloud) -> (f64, f64) {
         FdbEntry {
             ifindex: hv2.ifindex("tap-a3"),
             vtep: 0,
-            ip: ip_u32(IP3),
+            ip: be32(IP3),
         },
     );
     d.fdb.insert(
         FdbKey::new(VNI, A1),
         FdbEntry {
             ifindex: 0,
-            vtep: ip_u32(VTEPS[0]),
-            ip: ip_u32(IP1),
+            vtep: be32(VTEPS[0]),
+            ip: be32(IP1),
         },
     );
     d.vnis.insert(
         VNI,
         VniInfo {
-            gateway: ip_u32(net.gateway),
+            gateway: be32(net.gateway),
             mtu: NETWORK_MTU,
         },
     );
-    d.vteps.insert(ip_u32(VTEPS[0]), 1);
+    d.vteps.insert(be32(VTEPS[0]), 1);
     let ul2 = hv2.ifindex("ul0");
     d.config = DataplaneConfig {
-        vtep: ip_u32(VTEPS[1]),
+        vtep: be32(VTEPS[1]),
         underlay_ifindex: ul2,
         fib_ifindex: hv2.ifindex(holdfast::anchor::DEFAULT_NAME),
         _pad: 0,
