@@ -2,15 +2,20 @@
 //! reads every slot, sums the CPUs and encodes the sums as Prometheus counters. The map is
 //! pinned, so the counters continue across agent restarts.
 
-use std::{path::PathBuf, sync::Mutex};
+use std::{
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+};
 
-use crate::dataplane::StatsReader;
 use agent_common::Stat;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::counter::ConstCounter,
 };
+use tracing::{info, warn};
+
+use crate::dataplane::StatsReader;
 
 /// A data-plane metric family: one Prometheus counter, each label value the sum of some stats.
 struct BpfFamily {
@@ -189,14 +194,38 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
 #[derive(Debug)]
 pub(super) struct BpfCollector {
     bpffs_dir: PathBuf,
-    reader: Mutex<Option<ReaderCell>>,
+    stats: Mutex<Stats>,
 }
 
-struct ReaderCell(StatsReader);
+/// The STATS map once opened, and whether opening it failed at the last try.
+#[derive(Default)]
+struct Stats {
+    reader: Option<StatsReader>,
+    streak: FailureStreak,
+}
 
-impl std::fmt::Debug for ReaderCell {
+impl std::fmt::Debug for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StatsReader")
+        f.debug_struct("Stats")
+            .field("open", &self.reader.is_some())
+            .field("streak", &self.streak)
+            .finish()
+    }
+}
+
+/// Whether the last try to open the STATS pin failed: a failure is logged when a streak
+/// begins, not at every scrape.
+#[derive(Debug, Default)]
+struct FailureStreak {
+    failing: bool,
+}
+
+impl FailureStreak {
+    /// Records one try; true when it begins a streak of failures or ends one.
+    fn record(&mut self, ok: bool) -> bool {
+        let changed = self.failing == ok;
+        self.failing = !ok;
+        changed
     }
 }
 
@@ -204,16 +233,41 @@ impl BpfCollector {
     pub(super) fn new(bpffs_dir: PathBuf) -> Self {
         Self {
             bpffs_dir,
-            reader: Mutex::new(None),
+            stats: Mutex::new(Stats::default()),
         }
     }
 
+    /// One total per `Stat`, or none while the pin cannot be opened (tried again at each
+    /// scrape: the data plane may not have pinned it yet).
     fn totals(&self) -> Option<Vec<u64>> {
-        let mut guard = self.reader.lock().ok()?;
-        if guard.is_none() {
-            *guard = StatsReader::open(&self.bpffs_dir).ok().map(ReaderCell);
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        if stats.reader.is_none() {
+            let opened = StatsReader::open(&self.bpffs_dir);
+            let changed = stats.streak.record(opened.is_ok());
+            match opened {
+                Ok(reader) => {
+                    if changed {
+                        info!(
+                            bpffs = %self.bpffs_dir.display(),
+                            "pinned STATS map opened: data-plane counters are back in /metrics"
+                        );
+                    }
+                    stats.reader = Some(reader);
+                }
+                Err(e) => {
+                    if changed {
+                        warn!(
+                            error = %e,
+                            bpffs = %self.bpffs_dir.display(),
+                            "cannot open the pinned STATS map: /metrics leaves out every \
+                             data-plane counter until it opens (tried again at each scrape)"
+                        );
+                    }
+                    return None;
+                }
+            }
         }
-        guard.as_ref().map(|r| r.0.read())
+        stats.reader.as_ref().map(StatsReader::read)
     }
 }
 
@@ -244,5 +298,34 @@ impl Collector for BpfCollector {
             c.encode(m)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_streak_is_reported_when_it_begins_and_when_it_ends() {
+        let mut s = FailureStreak::default();
+        assert!(!s.record(true), "success after success");
+        assert!(s.record(false), "the first failure");
+        assert!(!s.record(false), "the same streak");
+        assert!(!s.record(false), "the same streak");
+        assert!(s.record(true), "back");
+        assert!(!s.record(true), "still fine");
+        assert!(s.record(false), "a new streak");
+    }
+
+    #[test]
+    fn an_unopenable_pin_leaves_every_counter_out() {
+        let dir = std::env::temp_dir().join(format!("holdfast-no-bpffs-{}", std::process::id()));
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register_collector(Box::new(BpfCollector::new(dir)));
+        for _ in 0..2 {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+            assert_eq!(out, "# EOF\n");
+        }
     }
 }
