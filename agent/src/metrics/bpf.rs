@@ -274,8 +274,8 @@ impl BpfCollector {
 impl Collector for BpfCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Fault injection for the stall tests: a collection that blocks for a long time, as
-        // the seed's slow periodic task did. It runs on the blocking pool, so it must not
-        // delay anything else.
+        // the seed's slow periodic task did. Collections run on their own thread, so it must
+        // not delay anything but scrapes.
         if let Some(stall) = crate::fault::slow_collect() {
             std::thread::sleep(stall);
         }

@@ -1,5 +1,6 @@
-//! The HTTP endpoint: `/metrics`, `/healthz` (the main loop beats) and `/readyz` (the first
-//! state serves).
+//! The HTTP endpoint: `/metrics` (served by the collection thread), `/healthz` (the main loop
+//! beats) and `/readyz` (the first state serves). The probes read atomics: nothing a scrape
+//! does can delay them.
 
 use std::{
     net::SocketAddr,
@@ -15,10 +16,13 @@ use axum::{
     Router,
     extract::State,
     http::{StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use prometheus_client::registry::Registry;
+use tracing::warn;
+
+use super::scrape::Scraper;
 
 /// Liveness and readiness as the HTTP endpoint reports them.
 #[derive(Debug, Default)]
@@ -53,20 +57,13 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 struct HttpState {
-    registry: Arc<Registry>,
+    scraper: Arc<Scraper>,
     health: Arc<Health>,
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    // Reading the pinned counters is a syscall per slot: keep it off the runtime.
-    let registry = s.registry.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).map(|()| out)
-    })
-    .await;
-    match body {
-        Ok(Ok(text)) => (
+async fn metrics(State(s): State<HttpState>) -> Response {
+    match s.scraper.scrape().await {
+        Ok(text) => (
             StatusCode::OK,
             [(
                 header::CONTENT_TYPE,
@@ -75,7 +72,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             text,
         )
             .into_response(),
-        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(e) => {
+            warn!(error = %e, "metrics collection");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 
@@ -99,7 +99,8 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// Serves the endpoint until the task is dropped.
+/// Serves the endpoint until the task is dropped; collections of `registry` run on a thread
+/// of their own, which ends with it.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
@@ -108,11 +109,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
+    let scraper = Scraper::spawn(registry).context("starting the metrics collection thread")?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(HttpState { registry, health });
+        .with_state(HttpState {
+            scraper: Arc::new(scraper),
+            health,
+        });
     axum::serve(listener, app)
         .await
         .context("serving the metrics endpoint")
