@@ -318,16 +318,6 @@ impl Store {
         ops
     }
 
-    /// Writes a network (no index).
-    pub async fn put_network(&mut self, network: &crate::model::Network) -> Result<i64, EtcdError> {
-        let key = self.layout.network(&network.id);
-        let bytes = serde_json::to_vec(network).map_err(|e| EtcdError::Key {
-            key: key.clone(),
-            message: e.to_string(),
-        })?;
-        self.put_raw(&key, bytes).await
-    }
-
     /// Opens a watch stream with its first watch.
     pub(super) async fn watch(
         &mut self,
