@@ -7,7 +7,10 @@ use etcd_client::{DeleteOptions, TxnOp};
 use serde_json::Value;
 use tracing::warn;
 
-use super::{EtcdError, Store, keys::check_key};
+use super::{
+    EtcdError, Store,
+    keys::{check_key, json_at},
+};
 use crate::model::Model;
 
 /// Operations per transaction (etcd's default `--max-txn-ops` is 128).
@@ -29,22 +32,16 @@ impl Store {
     pub async fn import(&mut self, model: &Model) -> Result<ImportReport, EtcdError> {
         let l = self.layout.clone();
         let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        let json = |key: &str, v: &dyn erased::Json| {
-            v.to_json().map_err(|message| EtcdError::Key {
-                key: key.to_owned(),
-                message,
-            })
-        };
         for (id, n) in &model.networks {
             check_key(&l.network(id), id)?;
-            want.insert(l.network(id), json(&l.network(id), n)?);
+            want.insert(l.network(id), json_at(&l.network(id), n)?);
         }
         for (name, n) in &model.nodes {
             check_key(&l.node(name), name)?;
-            want.insert(l.node(name), json(&l.node(name), n)?);
+            want.insert(l.node(name), json_at(&l.node(name), n)?);
         }
         for (mac, n) in &model.nics {
-            let bytes = json(&l.nic(*mac), n)?;
+            let bytes = json_at(&l.nic(*mac), n)?;
             for k in l.nic_keys(*mac, &n.node, &n.network) {
                 want.insert(k, bytes.clone());
             }
@@ -144,17 +141,5 @@ impl Store {
             doc.insert(name.into(), Value::Array(entries));
         }
         Ok((Value::Object(doc), skipped))
-    }
-}
-
-/// Serializes the model's entry types without naming each.
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> Result<Vec<u8>, String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Result<Vec<u8>, String> {
-            serde_json::to_vec(self).map_err(|e| e.to_string())
-        }
     }
 }

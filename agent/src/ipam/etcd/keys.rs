@@ -1,7 +1,7 @@
 //! The etcd key schema: where each kind of entry lives under the configured prefix, and what
 //! may be part of a key.
 
-use super::EtcdError;
+use super::{EtcdError, KeyError};
 use crate::model::MacAddr;
 
 /// Where each kind of entry lives.
@@ -94,15 +94,26 @@ pub(super) fn key_safe(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name != "." && name != ".."
 }
 
+/// Whether an entry's own `name` can be part of its `key`.
 pub(super) fn check_key(key: &str, name: &str) -> Result<(), EtcdError> {
     if key_safe(name) {
         Ok(())
     } else {
         Err(EtcdError::Key {
             key: key.to_owned(),
-            message: format!("{name:?} cannot be part of a key"),
+            error: KeyError::Name {
+                name: name.to_owned(),
+            },
         })
     }
+}
+
+/// The value written at `key`: the entry's JSON.
+pub(super) fn json_at(key: &str, entry: &impl serde::Serialize) -> Result<Vec<u8>, EtcdError> {
+    serde_json::to_vec(entry).map_err(|e| EtcdError::Key {
+        key: key.to_owned(),
+        error: KeyError::Json(e),
+    })
 }
 
 /// A key's directory (up to its last `/`, included) and its id (after it).

@@ -51,7 +51,11 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 pub use self::{
-    error::EtcdError, import_export::ImportReport, keys::Layout, reconnect::Backoff, store::Store,
+    error::{EtcdError, KeyError, WatchFailure},
+    import_export::ImportReport,
+    keys::Layout,
+    reconnect::Backoff,
+    store::Store,
 };
 use self::{
     reconnect::{HEALTHY_SESSION, Probe, Woken, wait_to_reconnect},

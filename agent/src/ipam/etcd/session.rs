@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info};
 
 use super::{
-    EtcdError, Store,
+    EtcdError, Store, WatchFailure,
     keys::Layout,
     reconnect::RelistGuard,
     store::{ListedNetwork, deadline},
@@ -144,10 +144,7 @@ impl Session {
             pending.push_back(range);
         }
         let Some(mut stream) = stream else {
-            return Err(Stop::Failed(EtcdError::Watch {
-                endpoints: store.endpoints.clone(),
-                message: "nothing to watch".into(),
-            }));
+            return Err(watch_err(store, WatchFailure::Empty));
         };
         let mut by_id: HashMap<i64, Range> = HashMap::new();
         let mut cancelled: BTreeSet<i64> = BTreeSet::new();
@@ -173,8 +170,8 @@ impl Session {
                 msg = stream.message() => {
                     let resp = match msg {
                         Ok(Some(resp)) => resp,
-                        Ok(None) => return Err(watch_err(store, "the stream ended")),
-                        Err(e) => return Err(watch_err(store, &e.to_string())),
+                        Ok(None) => return Err(watch_err(store, WatchFailure::Ended)),
+                        Err(e) => return Err(watch_err(store, WatchFailure::Stream(e))),
                     };
                     heard = Instant::now();
                     self.watching = true;
@@ -182,7 +179,7 @@ impl Session {
                 }
                 _ = progress.tick() => {
                     if heard.elapsed() > silence {
-                        return Err(watch_err(store, &format!("no answer for {silence:?}")));
+                        return Err(watch_err(store, WatchFailure::Silent(silence)));
                     }
                     let timeout = store.timeout;
                     deadline(&store.endpoints, "request progress", timeout, stream.request_progress()).await?;
@@ -334,10 +331,8 @@ impl Session {
             if cancelled.remove(&id) {
                 return Ok(());
             }
-            return Err(watch_err(
-                store,
-                &format!("watch cancelled: {}", resp.cancel_reason()),
-            ));
+            let reason = resp.cancel_reason().to_owned();
+            return Err(watch_err(store, WatchFailure::Cancelled { reason }));
         }
         let Some(range) = by_id.get(&id).cloned() else {
             // A progress report for the whole stream (watch id -1): alive and in sync.
@@ -482,9 +477,9 @@ async fn send_watch(
     .await
 }
 
-fn watch_err(store: &Store, message: &str) -> Stop {
+fn watch_err(store: &Store, failure: WatchFailure) -> Stop {
     Stop::Failed(EtcdError::Watch {
         endpoints: store.endpoints.clone(),
-        message: message.to_owned(),
+        failure,
     })
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::{
-    EtcdError,
-    keys::{Layout, key_safe, prefix_end},
+    EtcdError, KeyError,
+    keys::{Layout, json_at, key_safe, prefix_end},
 };
 use crate::{config::IpamConfig, model::MacAddr};
 
@@ -96,7 +96,7 @@ impl Store {
             let mut resp = self
                 .call("list", kv.get(from.clone(), Some(options)))
                 .await
-                .map_err(|e| self.compacted(e, revision))?;
+                .map_err(|e| e.at_revision(revision))?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
@@ -138,16 +138,16 @@ impl Store {
         let resp = self
             .call("list networks", kv.txn(Txn::new().and_then(ops)))
             .await
-            .map_err(|e| self.compacted(e, revision))?;
+            .map_err(|e| e.at_revision(revision))?;
         let mut responses = resp.op_responses().into_iter();
         let mut out = Vec::with_capacity(networks.len());
         for n in networks {
             let (Some(TxnOpResponse::Get(entry)), Some(TxnOpResponse::Get(mut nics))) =
                 (responses.next(), responses.next())
             else {
-                return Err(EtcdError::Watch {
+                return Err(EtcdError::Unanswered {
                     endpoints: self.endpoints.clone(),
-                    message: format!("list networks: no answer for network {n:?}"),
+                    network: n.clone(),
                 });
             };
             let entry = entry.kvs().first().map(|kv| kv.value().to_vec());
@@ -174,18 +174,6 @@ impl Store {
             let revision = kv.mod_revision();
             (kv.into_key_value().1, revision)
         }))
-    }
-
-    fn compacted(&self, e: EtcdError, revision: i64) -> EtcdError {
-        match &e {
-            EtcdError::Etcd { source, .. } if source.to_string().contains("compacted") => {
-                EtcdError::Compacted {
-                    endpoints: self.endpoints.clone(),
-                    revision,
-                }
-            }
-            _ => e,
-        }
     }
 
     /// Writes raw bytes at a key (tests and repairs: no validation, no index upkeep).
@@ -217,18 +205,21 @@ impl Store {
     ///
     /// Safe against other writers of the same MAC (see [`Store::write_nic`]).
     pub async fn put_nic(&mut self, nic: &crate::model::Nic) -> Result<i64, EtcdError> {
-        for (what, name) in [("node", &nic.node), ("network", &nic.network)] {
-            if !key_safe(name) {
-                return Err(EtcdError::Key {
-                    key: self.layout.nic(nic.mac),
-                    message: format!("{what} {name:?} cannot be part of a key"),
-                });
-            }
+        let key = self.layout.nic(nic.mac);
+        // Its index keys name them.
+        if !key_safe(&nic.node) {
+            let error = KeyError::Node {
+                name: nic.node.to_string(),
+            };
+            return Err(EtcdError::Key { key, error });
         }
-        let bytes = serde_json::to_vec(nic).map_err(|e| EtcdError::Key {
-            key: self.layout.nic(nic.mac),
-            message: e.to_string(),
-        })?;
+        if !key_safe(&nic.network) {
+            let error = KeyError::Network {
+                name: nic.network.to_string(),
+            };
+            return Err(EtcdError::Key { key, error });
+        }
+        let bytes = json_at(&key, nic)?;
         self.write_nic(nic.mac, Some((&nic.node, &nic.network, &bytes)))
             .await
     }
