@@ -121,7 +121,7 @@ impl EtcdSource {
                      listing again after a backoff"
                 );
                 session.relist_next();
-            } else if tx.send(Update::Unavailable(e.to_string())).await.is_err() {
+            } else if tx.send(Update::Unavailable(e.into())).await.is_err() {
                 return;
             }
             let wait = backoff.next_delay();
