@@ -10,7 +10,10 @@ use std::{
 };
 
 use agent_common::{FdbKey, Stat};
-use holdfast::model::{MacAddr, Nic};
+use holdfast::{
+    ipam::etcd::EtcdError,
+    model::{MacAddr, Nic},
+};
 use holdfast_tests::{
     TempDir, clients,
     etcd::{Etcd, Proxy, ipam_section},
@@ -407,6 +410,23 @@ fn a_compaction_while_the_agent_is_cut_off_is_recovered_by_listing_again() {
     );
     let reconnects = agent.metric("holdfast_ipam_reconnects_total");
     assert!(reconnects < 15.0, "{reconnects} reconnects: a hot loop?");
+}
+
+/// A read at a compacted revision (a relist racing a compaction) is told by etcd's gRPC code,
+/// not its wording: the source lists again instead of reconnecting.
+#[test]
+fn a_list_at_a_compacted_revision_is_reported_as_compacted() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    let c = etcd.client();
+    let old = c.put_raw("networks/a", "1");
+    let now = c.put_raw("networks/a", "2");
+    c.compact(now);
+    let error = c.run(move |s, rt| rt.block_on(s.list("/holdfast/networks/", old)).err());
+    assert!(
+        matches!(error, Some(EtcdError::Compacted { revision, .. }) if revision == old),
+        "{error:?}"
+    );
 }
 
 /// The time between the first log line containing `from` and the first after it containing

@@ -8,7 +8,7 @@ use std::{os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::Update;
+use super::{DocumentError, SourceError, Update};
 use crate::model::parse_document;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +53,20 @@ impl FileSource {
                     last = Some(stamp);
                     self.read().await
                 }
-                Err(e) => {
+                Err(source) => {
                     last = None;
-                    Update::Unavailable(format!("ipam document {}: {e}", self.path.display()))
+                    Update::Unavailable(SourceError::File {
+                        path: self.path.clone(),
+                        source,
+                    })
                 }
             };
-            // Report an error once, not at every poll.
+            // Report an error once, not at every poll: an error that reads as the last one
+            // is the same error.
             let error = match &update {
                 Update::Document(_) | Update::Partial { .. } | Update::Alive => None,
-                Update::Invalid(e) | Update::Unavailable(e) => Some(e.clone()),
+                Update::Invalid(e) => Some(e.to_string()),
+                Update::Unavailable(e) => Some(e.to_string()),
             };
             if error.is_some() && error == last_error {
                 continue;
@@ -76,17 +81,16 @@ impl FileSource {
     async fn read(&self) -> Update {
         let path = self.path.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| {
-                Update::Unavailable(format!("ipam document {}: {e}", path.display()))
-            })?;
-            parse_document(&bytes)
-                .map_err(|e| Update::Invalid(format!("ipam document {}: {e}", path.display())))
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(source) => return Update::Unavailable(SourceError::File { path, source }),
+            };
+            match parse_document(&bytes) {
+                Ok(doc) => Update::Document(doc),
+                Err(source) => Update::Invalid(DocumentError::File { path, source }),
+            }
         })
         .await;
-        match parsed {
-            Ok(Ok(doc)) => Update::Document(doc),
-            Ok(Err(update)) => update,
-            Err(e) => Update::Unavailable(format!("reading the ipam document: {e}")),
-        }
+        parsed.unwrap_or_else(|e| Update::Unavailable(SourceError::Reader(e)))
     }
 }

@@ -1,0 +1,390 @@
+//! What this node knows of IPAM: the ranges it watches, the entries they hold, and the
+//! partitions (networks) a change touches, from which the sub-document of those networks or
+//! the whole document is cut.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use serde_json::Value;
+
+use super::keys::{Layout, key_safe, split_key};
+use crate::model::{RawDocument, RawEntry};
+
+/// Listed entries stored into the view between two yields to the runtime.
+const FILL_SLICE: usize = 1_000;
+
+/// What one watch covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) enum Range {
+    /// This node's NICs: which networks it needs.
+    Own,
+    /// Every node (their VTEPs).
+    Nodes,
+    /// One network's own key.
+    Network(String),
+    /// One network's NICs.
+    NetworkNics(String),
+}
+
+impl Range {
+    /// The key and whether it is a prefix.
+    pub(super) fn key(&self, l: &Layout, node: &str) -> (String, bool) {
+        match self {
+            Range::Own => (l.by_node(node), true),
+            Range::Nodes => (l.nodes(), true),
+            Range::Network(id) => (l.network(id), false),
+            Range::NetworkNics(id) => (l.by_network(id), true),
+        }
+    }
+}
+
+/// What this node knows of IPAM: only what it needs. At 100,000 NICs the view is most of the
+/// agent's memory, so an entry is its JSON and two shared names: its key's directory (one per
+/// range) and its id, which is also its key here.
+#[derive(Clone, Debug, Default)]
+pub(super) struct View {
+    own: BTreeMap<Arc<str>, RawEntry>,
+    nodes: BTreeMap<Arc<str>, RawEntry>,
+    pub(super) networks: BTreeMap<String, RawEntry>,
+    pub(super) nics: BTreeMap<String, BTreeMap<Arc<str>, RawEntry>>,
+    /// The network each of this node's NICs names, read once when the NIC changes.
+    own_networks: BTreeMap<Arc<str>, Option<String>>,
+    /// The directories of the keys held, one copy each.
+    dirs: HashSet<Arc<str>>,
+}
+
+impl View {
+    /// The networks this node has NICs in.
+    pub(super) fn wanted(&self) -> BTreeSet<String> {
+        self.own_networks
+            .values()
+            .flatten()
+            .filter(|n| key_safe(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The entry for `key` with value `json`, its names shared with the view's.
+    fn entry(&mut self, key: &str, json: Arc<[u8]>) -> (Arc<str>, RawEntry) {
+        let (dir, id) = split_key(key);
+        let dir = match self.dirs.get(dir) {
+            Some(d) => d.clone(),
+            None => {
+                let d: Arc<str> = Arc::from(dir);
+                self.dirs.insert(d.clone());
+                d
+            }
+        };
+        let id: Arc<str> = Arc::from(id);
+        let entry = RawEntry {
+            dir: Some(dir),
+            id: Some(id.clone()),
+            json,
+        };
+        (id, entry)
+    }
+
+    /// Adds listed keys of `range`, a slice at a time: a list can hold 100,000 NICs, and the
+    /// runtime must not stall while they are stored.
+    pub(super) async fn fill(&mut self, range: &Range, kvs: Vec<(String, Vec<u8>)>) {
+        for chunk in kvs.chunks(FILL_SLICE) {
+            for (key, json) in chunk {
+                self.set(range, key, Some(Arc::from(json.as_slice())));
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Applies one put (`Some`) or delete (`None`); whether anything changed.
+    pub(super) fn apply(&mut self, range: &Range, key: &str, value: Option<&[u8]>) -> bool {
+        self.set(range, key, value.map(Arc::from))
+    }
+
+    pub(super) fn set(&mut self, range: &Range, key: &str, json: Option<Arc<[u8]>>) -> bool {
+        let entry = json.map(|j| self.entry(key, j));
+        let name = split_key(key).1;
+        let map = match range {
+            Range::Network(id) => {
+                return match entry {
+                    Some((_, e)) => {
+                        self.networks.insert(id.clone(), e);
+                        true
+                    }
+                    None => self.networks.remove(id).is_some(),
+                };
+            }
+            Range::Own => {
+                match &entry {
+                    Some((id, e)) => {
+                        self.own_networks.insert(id.clone(), e.field("network"));
+                    }
+                    None => {
+                        self.own_networks.remove(name);
+                    }
+                }
+                &mut self.own
+            }
+            Range::Nodes => &mut self.nodes,
+            Range::NetworkNics(id) => self.nics.entry(id.clone()).or_default(),
+        };
+        match entry {
+            Some((id, e)) => {
+                map.insert(id, e);
+                true
+            }
+            None => map.remove(name).is_some(),
+        }
+    }
+
+    /// The keys held, as (directory, id): shared names, nothing copied.
+    pub(super) fn keys(&self) -> BTreeSet<(Arc<str>, Arc<str>)> {
+        self.own
+            .values()
+            .chain(self.nodes.values())
+            .chain(self.networks.values())
+            .chain(self.nics.values().flat_map(BTreeMap::values))
+            .filter_map(|e| Some((e.dir.clone()?, e.id.clone()?)))
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.own.len()
+            + self.nodes.len()
+            + self.networks.len()
+            + self.nics.values().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// The networks (partitions) whose validation depends on the entry at `key` as the view
+    /// holds it now; `None` when only a complete document can say (a node changed, or one of
+    /// this node's NICs does not name its network).
+    pub(super) fn affected(&self, range: &Range, key: &str) -> Option<BTreeSet<String>> {
+        let name = split_key(key).1;
+        let mut out = BTreeSet::new();
+        match range {
+            Range::Nodes => return None,
+            Range::Own => {
+                if self.own.contains_key(name) {
+                    let network = self.own_networks.get(name).cloned().flatten();
+                    out.insert(network.filter(|n| key_safe(n))?);
+                }
+            }
+            Range::Network(id) => {
+                out.insert(id.clone());
+                // Networks sharing its VNI: which one holds it may change.
+                if let Some(vni) = self.networks.get(id).and_then(vni_of) {
+                    out.extend(
+                        self.networks
+                            .iter()
+                            .filter(|(_, e)| vni_of(e) == Some(vni))
+                            .map(|(k, _)| k.clone()),
+                    );
+                }
+                return Some(out);
+            }
+            Range::NetworkNics(id) => {
+                out.insert(id.clone());
+            }
+        }
+        // Networks holding the same MAC: which one gets it may change.
+        out.extend(
+            self.nics
+                .iter()
+                .filter(|(_, m)| m.contains_key(name))
+                .map(|(k, _)| k.clone()),
+        );
+        Some(out)
+    }
+
+    /// The part of [`View::document`] that `networks` depend on: their entries, their NICs,
+    /// and the nodes those NICs and this node are on.
+    pub(super) fn sub_document(&self, networks: &BTreeSet<String>, this_node: &str) -> RawDocument {
+        let wanted = self.wanted();
+        let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
+        for id in networks.intersection(&wanted) {
+            for (mac, e) in self.nics.get(id).into_iter().flatten() {
+                if !self.own.contains_key(mac) {
+                    nics.insert(mac, e);
+                }
+            }
+        }
+        for (mac, e) in &self.own {
+            let network = self.own_networks.get(mac).and_then(Option::as_ref);
+            if network.is_some_and(|n| networks.contains(n)) {
+                nics.insert(mac, e);
+            }
+        }
+        let mut on: BTreeSet<String> = nics.values().filter_map(|e| e.field("node")).collect();
+        on.insert(this_node.to_owned());
+        RawDocument {
+            networks: networks
+                .iter()
+                .filter(|id| wanted.contains(*id))
+                .filter_map(|id| self.networks.get(id).cloned())
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .filter(|(name, _)| on.contains(&***name))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            nics: nics.into_values().cloned().collect(),
+        }
+    }
+
+    /// The document this view amounts to. A NIC of this node comes from its by-node key, the
+    /// authority for what runs here; the others from their network's index.
+    pub(super) fn document(&self) -> RawDocument {
+        let wanted = self.wanted();
+        let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
+        for (network, entries) in &self.nics {
+            if wanted.contains(network) {
+                for (mac, e) in entries {
+                    nics.insert(mac, e);
+                }
+            }
+        }
+        for (mac, e) in &self.own {
+            nics.insert(mac, e);
+        }
+        RawDocument {
+            networks: self.networks.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
+            nics: nics.into_values().cloned().collect(),
+        }
+    }
+}
+
+/// A network entry's VNI, when it has one.
+fn vni_of(e: &RawEntry) -> Option<u64> {
+    serde_json::from_slice::<Value>(&e.json)
+        .ok()?
+        .get("vni")?
+        .as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_follows_the_networks_of_this_nodes_nics() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let nic = br#"{"mac":"02:00:00:00:00:01","network":"blue","ip":"10.0.0.5","node":"hv-1"}"#;
+        v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            Some(nic),
+        );
+        assert_eq!(v.wanted(), BTreeSet::from(["blue".to_owned()]));
+        v.apply(
+            &Range::NetworkNics("blue".into()),
+            &format!("{}02:00:00:00:00:01", l.by_network("blue")),
+            Some(nic),
+        );
+        v.apply(
+            &Range::NetworkNics("blue".into()),
+            &format!("{}02:00:00:00:00:02", l.by_network("blue")),
+            Some(b"{not json"),
+        );
+        let doc = v.document();
+        assert_eq!(doc.nics.len(), 2);
+        let bad = doc
+            .nics
+            .iter()
+            .find(|e| serde_json::from_slice::<Value>(&e.json).is_err())
+            .unwrap();
+        assert_eq!(bad.id.as_deref(), Some("02:00:00:00:00:02"));
+        assert!(v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            None
+        ));
+        assert!(v.wanted().is_empty());
+    }
+
+    #[test]
+    fn a_change_dirties_only_the_networks_it_touches() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let own = |mac: &str| format!("{}{mac}", l.by_node("hv-1"));
+        let idx = |net: &str, mac: &str| format!("{}{mac}", l.by_network(net));
+        let nic = |mac: &str, net: &str, node: &str| {
+            format!(r#"{{"mac":"{mac}","network":"{net}","ip":"10.0.0.5","node":"{node}"}}"#)
+        };
+        let net = |id: &str, vni: u32| {
+            format!(r#"{{"id":"{id}","vni":{vni},"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}}"#)
+        };
+        let (m1, m2, m3) = (
+            "02:00:00:00:00:01",
+            "02:00:00:00:00:02",
+            "02:00:00:00:00:03",
+        );
+        v.apply(
+            &Range::Own,
+            &own(m1),
+            Some(nic(m1, "blue", "hv-1").as_bytes()),
+        );
+        v.apply(
+            &Range::Own,
+            &own(m2),
+            Some(nic(m2, "red", "hv-1").as_bytes()),
+        );
+        for (n, vni) in [("blue", 1), ("red", 2)] {
+            v.apply(
+                &Range::Network(n.into()),
+                &l.network(n),
+                Some(net(n, vni).as_bytes()),
+            );
+        }
+        let blue = Range::NetworkNics("blue".into());
+        v.apply(
+            &blue,
+            &idx("blue", m1),
+            Some(nic(m1, "blue", "hv-1").as_bytes()),
+        );
+        v.apply(
+            &blue,
+            &idx("blue", m3),
+            Some(nic(m3, "blue", "hv-2").as_bytes()),
+        );
+        v.apply(
+            &Range::Nodes,
+            &l.node("hv-2"),
+            Some(br#"{"name":"hv-2","vtep":"198.18.0.2"}"#),
+        );
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        // A remote NIC of blue: blue only.
+        assert_eq!(v.affected(&blue, &idx("blue", m3)), Some(set(&["blue"])));
+        // A network's entry: it and the networks sharing its VNI.
+        assert_eq!(
+            v.affected(&Range::Network("red".into()), &l.network("red")),
+            Some(set(&["red"]))
+        );
+        v.apply(
+            &Range::Network("red".into()),
+            &l.network("red"),
+            Some(net("red", 1).as_bytes()),
+        );
+        assert_eq!(
+            v.affected(&Range::Network("red".into()), &l.network("red")),
+            Some(set(&["blue", "red"]))
+        );
+        // One of this node's NICs: its network, and the networks indexing the same MAC.
+        assert_eq!(v.affected(&Range::Own, &own(m1)), Some(set(&["blue"])));
+        // A node: only a complete document can say.
+        assert_eq!(v.affected(&Range::Nodes, &l.node("hv-2")), None);
+        v.apply(&Range::Own, &own(m2), Some(b"{broken"));
+        assert_eq!(v.affected(&Range::Own, &own(m2)), None);
+
+        // The sub-document of blue: its network, its NICs (this node's from by-node), the
+        // nodes they are on.
+        let sub = v.sub_document(&set(&["blue"]), "hv-1");
+        assert_eq!(sub.networks.len(), 1);
+        assert_eq!(sub.nics.len(), 2);
+        assert_eq!(sub.nodes.len(), 1);
+        assert_eq!(sub.nics[0].origin(), Some(own(m1)));
+    }
+}
