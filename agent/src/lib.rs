@@ -7,6 +7,7 @@
 
 pub mod anchor;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

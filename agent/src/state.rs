@@ -8,12 +8,11 @@ use std::{
     fs::{self, File},
     io,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Model;
+use crate::{clock::unix_now, model::Model};
 
 const FILE: &str = "ipam-snapshot.json";
 /// Version of the snapshot format.
@@ -56,10 +55,7 @@ pub fn save(state_dir: &Path, node: &str, model: &Model) -> Result<(), StateErro
     let snapshot = Snapshot {
         format: FORMAT,
         node: node.to_owned(),
-        saved_at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
+        saved_at: unix_now().as_secs(),
         model: model.clone(),
     };
     // Streamed to the file: a snapshot of 100,000 NICs never sits whole in memory.
@@ -81,13 +77,8 @@ pub fn save(state_dir: &Path, node: &str, model: &Model) -> Result<(), StateErro
     Ok(())
 }
 
-/// Reads the snapshot, if there is one.
-pub fn load(state_dir: &Path) -> Result<Option<Model>, StateError> {
-    Ok(load_dated(state_dir)?.map(|(m, _)| m))
-}
-
 /// Reads the snapshot and when it was saved (Unix seconds).
-pub fn load_dated(state_dir: &Path) -> Result<Option<(Model, u64)>, StateError> {
+pub fn load(state_dir: &Path) -> Result<Option<(Model, u64)>, StateError> {
     let path = path(state_dir);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -125,7 +116,7 @@ mod tests {
             },
         );
         save(&dir, "hv-1", &m).unwrap();
-        assert_eq!(load(&dir).unwrap(), Some(m));
+        assert_eq!(load(&dir).unwrap().map(|(m, _)| m), Some(m));
         fs::write(path(&dir), b"garbage").unwrap();
         assert!(matches!(load(&dir), Err(StateError::Parse { .. })));
         fs::remove_dir_all(&dir).unwrap();

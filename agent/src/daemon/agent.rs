@@ -14,9 +14,9 @@ use tracing::{debug, error, info, warn};
 
 use super::handle::DataplaneHandle;
 use crate::{
-    config::{Config, IpamSource},
+    config::Config,
     dataplane::Desired,
-    ipam::Update,
+    ipam::{Resend, Update},
     links::{LinkEvent, LinkInfo, Links},
     metrics::{self, Metrics},
     model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
@@ -54,12 +54,8 @@ pub struct Agent {
     serving: Option<Serving>,
     /// The rejections standing now (the last full load's, updated by partial ones).
     rejections: Vec<Rejection>,
-    /// The latest document the file source delivered, validated again when the underlay MTU
-    /// changes.
-    last_doc: Option<Arc<RawDocument>>,
-    /// Asks the source for a complete document (the etcd source; the file source always
-    /// sends one).
-    resend: Arc<Notify>,
+    /// Asks the source for a complete document.
+    resend: Resend,
     /// The latest adopted model, for the persister.
     persist_tx: watch::Sender<Option<Arc<Model>>>,
     /// Tells the memory trimmer that an adoption freed memory.
@@ -73,7 +69,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub links: Links,
     pub links_tx: watch::Sender<Links>,
-    pub resend: Arc<Notify>,
+    pub resend: Resend,
     pub persist_tx: watch::Sender<Option<Arc<Model>>>,
     pub trim: Arc<Notify>,
 }
@@ -88,7 +84,6 @@ impl Agent {
             links_tx: p.links_tx,
             serving: None,
             rejections: Vec::new(),
-            last_doc: None,
             resend: p.resend,
             persist_tx: p.persist_tx,
             trim: p.trim,
@@ -275,10 +270,10 @@ impl Agent {
 
     pub async fn on_ipam(&mut self, update: Update) {
         let doc = match update {
-            Update::Document(doc) => Arc::new(doc),
+            Update::Document(doc) => doc,
             Update::Alive => {
                 self.metrics.ipam_up.set(1);
-                self.metrics.in_sync_at(metrics::unix_now());
+                self.metrics.in_sync_now();
                 return;
             }
             Update::Partial { networks, sub } => {
@@ -302,11 +297,6 @@ impl Agent {
             }
         };
         self.metrics.ipam_up.set(1);
-        if self.config.ipam.source == IpamSource::File {
-            // The etcd source keeps its own view and sends it again when asked: holding its
-            // documents here too would pin superseded entries.
-            self.last_doc = Some(doc.clone());
-        }
         self.validate(doc).await;
     }
 
@@ -314,7 +304,7 @@ impl Agent {
     async fn revalidate(&mut self, networks: BTreeSet<String>, sub: RawDocument) {
         let Some(serving) = &self.serving else {
             // Nothing to merge into: a complete document first.
-            self.resend.notify_one();
+            self.resend.request();
             return;
         };
         let prev = serving.model.clone();
@@ -371,7 +361,7 @@ impl Agent {
     }
 
     /// Validates a document against the serving model and this host's limits, and adopts it.
-    async fn validate(&mut self, doc: Arc<RawDocument>) {
+    async fn validate(&mut self, doc: RawDocument) {
         let started = Instant::now();
         let prev = self.serving.as_ref().map(|s| s.model.clone());
         let node = self.config.node.clone();
@@ -452,11 +442,8 @@ impl Agent {
             return;
         }
         info!(underlay_mtu = ?self.limits().underlay_mtu, "underlay changed; validating IPAM again");
-        match (&self.config.ipam.source, self.last_doc.clone()) {
-            (IpamSource::File, Some(doc)) => self.validate(doc).await,
-            // The etcd source holds the document: it sends it whole again.
-            _ => self.resend.notify_one(),
-        }
+        // The source holds the document, not the agent: it sends it whole again.
+        self.resend.request();
     }
 
     /// Serves the persisted snapshot before IPAM is reached.

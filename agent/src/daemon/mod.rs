@@ -35,7 +35,7 @@ use crate::{
     anchor,
     config::{Config, IpamSource},
     fault,
-    ipam::{Update, etcd::EtcdSource, file::FileSource},
+    ipam::{Source, Update, etcd::EtcdSource, file::FileSource},
     links,
     metrics::{self, Health, Metrics},
     state, watchdog,
@@ -64,11 +64,31 @@ async fn next_ipam(agent: &mut Agent, rx: &mut mpsc::Receiver<Update>) -> Option
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    metrics.in_sync_at(metrics::unix_now());
+    metrics.in_sync_now();
     let health = Arc::new(Health::default());
     health.beat();
     tokio::spawn(watchdog::run(metrics.clone(), health.clone()));
-    let registry = Arc::new(metrics::registry(&metrics, config.bpffs_dir.clone()));
+    // The source is made first, and runs once the snapshot serves: the metrics read what it
+    // counts, the agent holds how to ask it for a complete document.
+    let source = match config.ipam.source {
+        IpamSource::File => {
+            let path = config
+                .ipam
+                .path
+                .clone()
+                .ok_or_else(|| anyhow!("ipam.path is required"))?;
+            Source::File(FileSource::new(path, config.ipam.poll_interval()))
+        }
+        IpamSource::Etcd => Source::Etcd(Box::new(EtcdSource::new(
+            config.ipam.clone(),
+            config.node.clone(),
+        ))),
+    };
+    let registry = Arc::new(metrics::registry(
+        &metrics,
+        source.stats(),
+        config.bpffs_dir.clone(),
+    ));
     let mut http = tokio::spawn(metrics::serve(
         config.metrics_addr,
         registry,
@@ -109,21 +129,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let trim = Arc::new(Notify::new());
     tokio::spawn(persist::trim_memory(trim.clone()));
-    let resend = Arc::new(Notify::new());
     let mut agent = Agent::new(Parts {
         config: config.clone(),
         dp,
         metrics: metrics.clone(),
         links: initial_links,
         links_tx,
-        resend: resend.clone(),
+        resend: source.resend(),
         persist_tx,
         trim,
     });
 
     // The snapshot serves before IPAM is reached.
     let dir = config.state_dir.clone();
-    match tokio::task::spawn_blocking(move || state::load_dated(&dir)).await? {
+    match tokio::task::spawn_blocking(move || state::load(&dir)).await? {
         Ok(Some((model, saved_at))) => {
             info!(
                 nics = model.nics.len(),
@@ -140,30 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     watchdog::ready();
 
     let (ipam_tx, mut ipam_rx) = mpsc::channel(4);
-    match config.ipam.source {
-        IpamSource::File => {
-            let path = config
-                .ipam
-                .path
-                .clone()
-                .ok_or_else(|| anyhow!("ipam.path is required"))?;
-            let source = FileSource {
-                path,
-                interval: config.ipam.poll_interval(),
-            };
-            tokio::spawn(source.run(ipam_tx));
-        }
-        IpamSource::Etcd => {
-            let source = EtcdSource {
-                config: config.ipam.clone(),
-                node: config.node.clone(),
-                reconnects: metrics.ipam_reconnects.clone(),
-                events: metrics.ipam_watch_events.clone(),
-                resend,
-            };
-            tokio::spawn(source.run(ipam_tx));
-        }
-    }
+    tokio::spawn(source.run(ipam_tx));
     let stall_at = fault::stall_loop_after().map(|d| tokio::time::Instant::now() + d);
 
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -8,7 +8,7 @@ use std::{os::unix::fs::MetadataExt, path::PathBuf, time::Duration};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::{DocumentError, SourceError, Update};
+use super::{DocumentError, Resend, SourceError, Update};
 use crate::model::parse_document;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,11 +21,26 @@ struct Stamp {
 }
 
 pub struct FileSource {
-    pub path: PathBuf,
-    pub interval: Duration,
+    path: PathBuf,
+    interval: Duration,
+    resend: Resend,
 }
 
 impl FileSource {
+    /// The document at `path`, looked at every `interval`.
+    pub fn new(path: PathBuf, interval: Duration) -> Self {
+        Self {
+            path,
+            interval,
+            resend: Resend::default(),
+        }
+    }
+
+    /// How to ask it for the document again, changed or not.
+    pub fn resend(&self) -> Resend {
+        self.resend.clone()
+    }
+
     /// Polls the file until `tx` is closed. Every read goes through tokio's blocking pool and
     /// JSON parsing runs on it too, so a huge document never stalls the runtime.
     pub async fn run(self, tx: mpsc::Sender<Update>) {
@@ -34,7 +49,10 @@ impl FileSource {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let asked = tokio::select! {
+                _ = tick.tick() => false,
+                () = self.resend.requested() => true,
+            };
             let update = match tokio::fs::metadata(&self.path).await {
                 Ok(meta) => {
                     let stamp = Stamp {
@@ -46,7 +64,7 @@ impl FileSource {
                         ctime_ns: i128::from(meta.ctime()) * 1_000_000_000
                             + i128::from(meta.ctime_nsec()),
                     };
-                    if last.as_ref() == Some(&stamp) && last_error.is_none() {
+                    if !asked && last.as_ref() == Some(&stamp) && last_error.is_none() {
                         continue;
                     }
                     debug!(path = %self.path.display(), "IPAM file changed; reading");

@@ -1,12 +1,56 @@
 //! IPAM sources: where documents come from. Each source delivers [`Update`]s on a channel; the
-//! agent validates and applies them. Sources know nothing of the data plane.
+//! agent validates and applies them. Sources know nothing of the data plane, of the agent or
+//! of its metrics: what they count ([`SourceStats`]) and what they can be asked ([`Resend`])
+//! are their own types, which the agent reads and uses.
 
 pub mod etcd;
 pub mod file;
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::Notify;
 
 use crate::model::RawDocument;
+
+/// The configured source, made before it runs so that the agent and the metrics can hold
+/// what it hands out.
+pub enum Source {
+    File(file::FileSource),
+    Etcd(Box<etcd::EtcdSource>),
+}
+
+impl Source {
+    /// What it counts, for the metrics (a file source counts nothing).
+    pub fn stats(&self) -> Arc<SourceStats> {
+        match self {
+            Source::File(_) => Arc::default(),
+            Source::Etcd(s) => s.stats(),
+        }
+    }
+
+    /// How to ask it for a complete document.
+    pub fn resend(&self) -> Resend {
+        match self {
+            Source::File(s) => s.resend(),
+            Source::Etcd(s) => s.resend(),
+        }
+    }
+
+    /// Delivers updates on `tx` until it closes.
+    pub async fn run(self, tx: tokio::sync::mpsc::Sender<Update>) {
+        match self {
+            Source::File(s) => s.run(tx).await,
+            Source::Etcd(s) => (*s).run(tx).await,
+        }
+    }
+}
 
 /// What a source reports.
 #[derive(Debug)]
@@ -25,6 +69,51 @@ pub enum Update {
         networks: BTreeSet<String>,
         sub: RawDocument,
     },
+}
+
+/// What a source counts of its own work; the metrics read it.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    reconnects: AtomicU64,
+    watch_events: AtomicU64,
+}
+
+impl SourceStats {
+    /// Connection attempts after the first (not probes, not a relist on the same connection
+    /// after a compaction).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Changes the store's watches delivered (what the store sends this agent).
+    pub fn watch_events(&self) -> u64 {
+        self.watch_events.load(Ordering::Relaxed)
+    }
+
+    fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn watched(&self, events: usize) {
+        self.watch_events
+            .fetch_add(events as u64, Ordering::Relaxed);
+    }
+}
+
+/// Asks a source for a complete document again: the agent has nothing to merge a partial
+/// change into, or the host's limits changed and everything must be validated again. Requests
+/// made while one is pending are one request; waiting for one is cancel-safe.
+#[derive(Clone, Debug, Default)]
+pub struct Resend(Arc<Notify>);
+
+impl Resend {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+
+    async fn requested(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// Why what a source holds is not a document.

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use super::scrape::Scraper;
+use crate::clock::unix_now;
 
 /// Liveness and readiness as the HTTP endpoint reports them.
 #[derive(Debug, Default)]
@@ -35,20 +36,14 @@ pub struct Health {
 
 impl Health {
     pub fn beat(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        self.heartbeat.store(now, Ordering::Relaxed);
+        self.heartbeat
+            .store(unix_now().as_secs(), Ordering::Relaxed);
     }
 
     /// How long since the main loop last beat.
     pub fn stale_for(&self) -> Duration {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        Duration::from_secs(now.saturating_sub(self.heartbeat.load(Ordering::Relaxed)))
+        let beat = self.heartbeat.load(Ordering::Relaxed);
+        Duration::from_secs(unix_now().as_secs().saturating_sub(beat))
     }
 }
 

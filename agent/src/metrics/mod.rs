@@ -17,4 +17,4 @@ mod scrape;
 
 pub use http::{HEARTBEAT_TIMEOUT, Health, serve};
 pub use process::resident_mib;
-pub use registry::{Metrics, ReasonLabel, registry, unix_now};
+pub use registry::{Metrics, ReasonLabel, registry};

@@ -7,18 +7,22 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        info::Info,
+    },
     registry::Registry,
 };
 
 use super::bpf::BpfCollector;
-use crate::model::Reason;
+use crate::{clock, ipam::SourceStats, model::Reason};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -33,8 +37,6 @@ pub struct Metrics {
     pub ipam_last_sync: Gauge<f64, AtomicU64>,
     pub ipam_up: Gauge,
     pub ipam_load_errors: Counter,
-    pub ipam_reconnects: Counter,
-    pub ipam_watch_events: Counter,
     /// When the agent last knew it held IPAM's current state (Unix seconds, as f64 bits).
     pub ipam_in_sync_at: Arc<AtomicU64>,
     /// Event-loop lag the watchdog measured, in seconds (the worst of the last second).
@@ -81,14 +83,16 @@ impl Metrics {
     pub fn in_sync_at(&self, at: f64) {
         self.ipam_in_sync_at.store(at.to_bits(), Ordering::Relaxed);
     }
+
+    /// The agent holds IPAM's current state now.
+    pub fn in_sync_now(&self) {
+        self.in_sync_at(unix_now());
+    }
 }
 
 /// Now, in seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+fn unix_now() -> f64 {
+    clock::unix_now().as_secs_f64()
 }
 
 /// `holdfast_ipam_stale_seconds`, computed at each scrape.
@@ -112,8 +116,34 @@ impl Collector for StaleCollector {
     }
 }
 
+/// What the IPAM source counts of its own work.
+#[derive(Debug)]
+struct SourceCollector(Arc<SourceStats>);
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "holdfast_ipam_reconnects",
+                "Connection attempts to the IPAM store after the first",
+                self.0.reconnects(),
+            ),
+            (
+                "holdfast_ipam_watch_events",
+                "Changes the IPAM store's watches delivered to this agent",
+                self.0.watch_events(),
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
 /// Builds the registry: the agent's metrics and the data-plane collector.
-pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
+pub fn registry(metrics: &Arc<Metrics>, source: Arc<SourceStats>, bpffs_dir: PathBuf) -> Registry {
     let mut r = Registry::default();
     r.register(
         "holdfast_ipam_rejected",
@@ -140,16 +170,7 @@ pub fn registry(metrics: &Arc<Metrics>, bpffs_dir: PathBuf) -> Registry {
         "IPAM reads that failed or returned an invalid document",
         metrics.ipam_load_errors.clone(),
     );
-    r.register(
-        "holdfast_ipam_reconnects",
-        "Connection attempts to the IPAM store after the first",
-        metrics.ipam_reconnects.clone(),
-    );
-    r.register(
-        "holdfast_ipam_watch_events",
-        "Changes the IPAM store's watches delivered to this agent",
-        metrics.ipam_watch_events.clone(),
-    );
+    r.register_collector(Box::new(SourceCollector(source)));
     r.register(
         "holdfast_runtime_lag_seconds",
         "How late the event loop ran the watchdog's timer (the worst of the last second)",

@@ -46,8 +46,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 pub use self::{
@@ -61,29 +60,43 @@ use self::{
     reconnect::{HEALTHY_SESSION, Probe, Woken, wait_to_reconnect},
     session::{Session, Stop},
 };
-use super::Update;
+use super::{Resend, SourceStats, Update};
 use crate::config::IpamConfig;
 
 /// The etcd IPAM source: lists and watches what this node needs, and reconnects when etcd is
 /// away.
 pub struct EtcdSource {
-    pub config: IpamConfig,
-    pub node: String,
-    /// Counts connection attempts after the first (not probes, not a relist on the same
-    /// connection after a compaction).
-    pub reconnects: Counter,
-    /// Counts the changes the watches delivered (what etcd sends this agent).
-    pub events: Counter,
-    /// The agent asks for a complete document (it has nothing to merge a change into, or the
-    /// host's limits changed).
-    pub resend: Arc<Notify>,
+    config: IpamConfig,
+    node: String,
+    stats: Arc<SourceStats>,
+    resend: Resend,
 }
 
 impl EtcdSource {
+    /// The source of `node`'s IPAM in the etcd `config` names.
+    pub fn new(config: IpamConfig, node: String) -> Self {
+        Self {
+            config,
+            node,
+            stats: Arc::default(),
+            resend: Resend::default(),
+        }
+    }
+
+    /// What it counts, for the metrics.
+    pub fn stats(&self) -> Arc<SourceStats> {
+        self.stats.clone()
+    }
+
+    /// How to ask it for a complete document.
+    pub fn resend(&self) -> Resend {
+        self.resend.clone()
+    }
+
     /// Lists, watches and reconnects until `tx` closes. Never gives up: while etcd is away the
     /// agent keeps serving what it last applied.
     pub async fn run(self, tx: mpsc::Sender<Update>) {
-        let mut session = Session::new(&self.config, self.node.clone(), self.events.clone());
+        let mut session = Session::new(&self.config, self.node.clone(), self.stats.clone());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first = true;
         let mut probe = Probe::new(self.config.clone());
@@ -94,7 +107,7 @@ impl EtcdSource {
         let mut may_shortcut = true;
         loop {
             if !first {
-                self.reconnects.inc();
+                self.stats.reconnected();
             }
             first = false;
             let started = Instant::now();

@@ -4,13 +4,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use futures::{StreamExt as _, TryStreamExt as _};
-use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::{
@@ -20,7 +20,10 @@ use super::{
     store::{ListedNetwork, deadline},
     view::{Range, View},
 };
-use crate::{config::IpamConfig, ipam::Update};
+use crate::{
+    config::IpamConfig,
+    ipam::{Resend, SourceStats, Update},
+};
 
 /// Networks read in one transaction when listing: a thousand networks take 32 requests, not
 /// 2,000, and etcd spends its CPU on the keys rather than on requests.
@@ -60,7 +63,7 @@ pub(super) struct Session {
     node: String,
     view: Option<View>,
     slots: BTreeMap<Range, Slot>,
-    events: Counter,
+    stats: Arc<SourceStats>,
     /// The agent needs a complete document.
     dirty_all: bool,
     /// The networks whose entries changed since the last update sent.
@@ -75,13 +78,13 @@ pub(super) struct Session {
 }
 
 impl Session {
-    pub(super) fn new(config: &IpamConfig, node: String, events: Counter) -> Self {
+    pub(super) fn new(config: &IpamConfig, node: String, stats: Arc<SourceStats>) -> Self {
         Self {
             layout: Layout::new(&config.prefix),
             node,
             view: None,
             slots: BTreeMap::new(),
-            events,
+            stats,
             dirty_all: false,
             dirty_nets: BTreeSet::new(),
             alive: false,
@@ -103,7 +106,7 @@ impl Session {
         &mut self,
         store: &mut Store,
         tx: &mpsc::Sender<Update>,
-        resend: &Notify,
+        resend: &Resend,
     ) -> Stop {
         loop {
             let stop = match self.list_and_watch(store, tx, resend).await {
@@ -125,7 +128,7 @@ impl Session {
         &mut self,
         store: &mut Store,
         tx: &mpsc::Sender<Update>,
-        resend: &Notify,
+        resend: &Resend,
     ) -> Result<Stop, Stop> {
         if self.slots.is_empty() {
             self.relist(store).await?;
@@ -163,7 +166,7 @@ impl Session {
                     self.dirty_nets.clear();
                     self.alive = false;
                 }
-                () = resend.notified() => {
+                () = resend.requested() => {
                     debug!("the agent asks for a complete document");
                     self.dirty_all = true;
                 }
@@ -355,7 +358,7 @@ impl Session {
             return Ok(());
         }
         let mut last = 0;
-        self.events.inc_by(resp.events().len() as u64);
+        self.stats.watched(resp.events().len());
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();

@@ -7,10 +7,8 @@ use std::{
     sync::Arc,
 };
 
-use serde_json::Value;
-
 use super::keys::{Layout, key_safe, split_key};
-use crate::model::{RawDocument, RawEntry};
+use crate::model::{self, RawDocument, RawEntry};
 
 /// Listed entries stored into the view between two yields to the runtime.
 const FILL_SLICE: usize = 1_000;
@@ -173,13 +171,8 @@ impl View {
             Range::Network(id) => {
                 out.insert(id.clone());
                 // Networks sharing its VNI: which one holds it may change.
-                if let Some(vni) = self.networks.get(id).and_then(vni_of) {
-                    out.extend(
-                        self.networks
-                            .iter()
-                            .filter(|(_, e)| vni_of(e) == Some(vni))
-                            .map(|(k, _)| k.clone()),
-                    );
+                if let Some(entry) = self.networks.get(id) {
+                    out.extend(model::sharing_vni(entry, &self.networks).cloned());
                 }
                 return Some(out);
             }
@@ -188,12 +181,7 @@ impl View {
             }
         }
         // Networks holding the same MAC: which one gets it may change.
-        out.extend(
-            self.nics
-                .iter()
-                .filter(|(_, m)| m.contains_key(name))
-                .map(|(k, _)| k.clone()),
-        );
+        out.extend(model::holding_mac(name, &self.nics).cloned());
         Some(out)
     }
 
@@ -256,14 +244,6 @@ impl View {
     }
 }
 
-/// A network entry's VNI, when it has one.
-fn vni_of(e: &RawEntry) -> Option<u64> {
-    serde_json::from_slice::<Value>(&e.json)
-        .ok()?
-        .get("vni")?
-        .as_u64()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +274,7 @@ mod tests {
         let bad = doc
             .nics
             .iter()
-            .find(|e| serde_json::from_slice::<Value>(&e.json).is_err())
+            .find(|e| serde_json::from_slice::<serde_json::Value>(&e.json).is_err())
             .unwrap();
         assert_eq!(bad.id.as_deref(), Some("02:00:00:00:00:02"));
         assert!(v.apply(

@@ -23,7 +23,7 @@ use holdfast_tests::{
     etcd::{Etcd, ipam_section},
     netns::Netns,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::{QUIET, TIMEOUT_MS, naive::Naive};
 
@@ -171,14 +171,8 @@ pub(super) fn start_agents(rt: &tokio::runtime::Runtime, agents: usize) -> Vec<S
         .map(|i| {
             // The agent's own channel depth.
             let (tx, mut rx) = mpsc::channel(4);
-            let source = EtcdSource {
-                config: config.clone(),
-                node: format!("hv-{i}"),
-                reconnects: Default::default(),
-                events: Default::default(),
-                resend: Arc::new(Notify::new()),
-            };
-            let (events, reconnects) = (source.events.clone(), source.reconnects.clone());
+            let source = EtcdSource::new(config.clone(), format!("hv-{i}"));
+            let stats = source.stats();
             rt.spawn(source.run(tx));
             let seen = Arc::new(Seen::default());
             let s = seen.clone();
@@ -189,8 +183,11 @@ pub(super) fn start_agents(rt: &tokio::runtime::Runtime, agents: usize) -> Vec<S
             });
             SimAgent {
                 seen,
-                events: Box::new(move || events.get()),
-                reconnects: Box::new(move || reconnects.get()),
+                events: Box::new({
+                    let stats = stats.clone();
+                    move || stats.watch_events()
+                }),
+                reconnects: Box::new(move || stats.reconnects()),
             }
         })
         .collect()
