@@ -122,7 +122,7 @@ fn test(filter: Option<String>) -> anyhow::Result<()> {
     let venv = setup::ensure(Scope::Test)?.unwrap_or_else(setup::venv);
 
     step("Formatting and lints");
-    run(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo(Some("nightly")).args(["fmt", "--all", "--", "--check"]))?;
     run(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The programs are no default member: clippy checks them as they are built.
     run(cargo(Some("nightly"))

@@ -1,6 +1,6 @@
 //! What building and testing need, checked by what the build and the tests actually use (a
 //! file, a binary that runs from a plain shell), and installed when missing
-//! (../shared/TOOLCHAIN.md): nightly's rust-src and clippy, bpf-linker linked against the
+//! (../shared/TOOLCHAIN.md): nightly's rust-src, clippy and rustfmt, bpf-linker linked against the
 //! toolchain's own LLVM, protoc with its well-known types, Debian packages, the deploy tests'
 //! Python tools and a mounted bpffs.
 //!
@@ -175,16 +175,24 @@ fn check_rust_src() -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask test` runs clippy on the programs with the toolchain that builds them.
-fn check_nightly_clippy() -> Result<(), String> {
-    let clippy =
-        runs(Command::new("rustup").args(["run", "nightly", "cargo", "clippy", "--version"]));
-    if clippy.is_none() {
-        return Err(
-            "nightly clippy: `cargo clippy` does not run with the nightly toolchain \
-                    (`cargo xtask test` lints the eBPF programs with it)"
-                .into(),
-        );
+/// Nightly components `cargo xtask test` runs, by the cargo subcommand and what it is for:
+/// clippy lints the programs with the toolchain that builds them, and rustfmt's import
+/// grouping (rustfmt.toml) is a nightly option.
+const NIGHTLY_TOOLS: &[(&str, &str)] = &[
+    ("clippy", "it lints the eBPF programs"),
+    ("rustfmt", "rustfmt.toml groups imports, a nightly option"),
+];
+
+fn check_nightly_tool(component: &str, why: &str) -> Result<(), String> {
+    let sub = if component == "rustfmt" {
+        "fmt"
+    } else {
+        component
+    };
+    if runs(Command::new("rustup").args(["run", "nightly", "cargo", sub, "--version"])).is_none() {
+        return Err(format!(
+            "nightly {component}: `cargo {sub}` does not run with the nightly toolchain ({why})"
+        ));
     }
     Ok(())
 }
@@ -311,7 +319,9 @@ fn report(scope: Scope) -> Vec<String> {
         }
     }
     if scope >= Scope::Test {
-        add(check_nightly_clippy());
+        for (component, why) in NIGHTLY_TOOLS {
+            add(check_nightly_tool(component, why));
+        }
         add(check_bpffs());
         let tools = missing_python_tools();
         if !tools.is_empty() {
@@ -361,15 +371,26 @@ fn rust_src() -> anyhow::Result<()> {
     check_rust_src().map_err(anyhow::Error::msg)
 }
 
-/// Clippy for the nightly toolchain, which lints the eBPF programs. Part of rustup's default
-/// profile, which the image's nightly has: installed when missing, never purged.
-fn nightly_clippy() -> anyhow::Result<()> {
-    if check_nightly_clippy().is_ok() {
-        return Ok(());
+/// Clippy and rustfmt for the nightly toolchain. Part of rustup's default profile, which the
+/// image's nightly has: installed when missing, never purged.
+fn nightly_tools() -> anyhow::Result<()> {
+    for (component, why) in NIGHTLY_TOOLS {
+        if check_nightly_tool(component, why).is_ok() {
+            continue;
+        }
+        step(&format!(
+            "Installing {component} for the nightly toolchain ({why})"
+        ));
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
+        check_nightly_tool(component, why).map_err(anyhow::Error::msg)?;
     }
-    step("Installing clippy for the nightly toolchain (it lints the eBPF programs)");
-    run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
-    check_nightly_clippy().map_err(anyhow::Error::msg)
+    Ok(())
 }
 
 /// bpf-linker, linked against the LLVM shared library the nightly toolchain ships (Debian's
@@ -545,7 +566,7 @@ fn ensure_all(scope: Scope) -> anyhow::Result<Option<PathBuf>> {
     if scope < Scope::Test {
         return Ok(None);
     }
-    nightly_clippy()?;
+    nightly_tools()?;
     bpffs()?;
     python_tools().map(Some)
 }

@@ -2,11 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use agent_common::ipv4;
 use anyhow::Context as _;
 
 use super::ifname;
-use agent_common::ipv4;
-
 use crate::{config::Config, dataplane, model::MacAddr, render::options};
 
 pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
