@@ -17,5 +17,5 @@ pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod render;
-pub mod state;
+pub mod snapshot;
 pub mod watchdog;

@@ -38,7 +38,7 @@ use crate::{
     ipam::{Source, Update, etcd::EtcdSource, file::FileSource},
     links,
     metrics::{self, Health, Metrics},
-    state, watchdog,
+    snapshot, watchdog,
 };
 
 /// How often links are dumped again and the data plane reconciled, in case a netlink message
@@ -142,7 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // The snapshot serves before IPAM is reached.
     let dir = config.state_dir.clone();
-    match tokio::task::spawn_blocking(move || state::load(&dir)).await? {
+    match tokio::task::spawn_blocking(move || snapshot::load(&dir)).await? {
         Ok(Some((model, saved_at))) => {
             info!(
                 nics = model.nics.len(),

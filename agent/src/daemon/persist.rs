@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, warn};
 
-use crate::{model::Model, state};
+use crate::{model::Model, snapshot};
 
 /// Persists each adopted model, atomically, off the runtime. When models come faster than
 /// the disk takes them, the ones in between are skipped: the snapshot is always the latest
@@ -21,7 +21,7 @@ pub async fn persist(
             continue;
         };
         let (dir, node) = (state_dir.clone(), node.clone());
-        match tokio::task::spawn_blocking(move || state::save(&dir, &node, &model)).await {
+        match tokio::task::spawn_blocking(move || snapshot::save(&dir, &node, &model)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "cannot persist the IPAM snapshot"),
             Err(e) => warn!(error = %e, "persisting the IPAM snapshot panicked"),
