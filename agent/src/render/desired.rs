@@ -256,21 +256,6 @@ mod tests {
     const NODES: [&str; 3] = ["hv-1", "hv-2", "hv-3"];
     const NETWORKS: usize = 5;
 
-    /// A small deterministic PRNG (xorshift64*): the property test is reproducible by seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     #[derive(Clone)]
     struct Net {
         vni: u32,
@@ -353,12 +338,12 @@ mod tests {
         l
     }
 
-    fn random_nic(rng: &mut Rng) -> NicSpec {
+    fn random_nic(rng: &mut fastrand::Rng) -> NicSpec {
         NicSpec {
-            network: rng.below(NETWORKS as u64) as usize,
-            host: 10 + rng.below(40) as u8,
-            node: rng.below(NODES.len() as u64) as usize,
-            tap: rng.below(12) as u8,
+            network: rng.usize(..NETWORKS),
+            host: rng.u8(10..50),
+            node: rng.usize(..NODES.len()),
+            tap: rng.u8(..12),
         }
     }
 
@@ -368,7 +353,7 @@ mod tests {
     #[test]
     fn patching_the_touched_networks_equals_building_whole() {
         for seed in 1..=200u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = fastrand::Rng::with_seed(seed);
             let mut nets: Vec<Net> = (0..NETWORKS)
                 .map(|i| Net {
                     vni: 1000 + i as u32,
@@ -380,17 +365,17 @@ mod tests {
             for id in 0..20 {
                 nics.insert(id, random_nic(&mut rng));
             }
-            let present: BTreeSet<u8> = (0..12).filter(|_| rng.below(4) != 0).collect();
+            let present: BTreeSet<u8> = (0..12).filter(|_| rng.u64(..4) != 0).collect();
             let links = links(&present);
             let before = model(&nets, &nics);
             let mut d = build(&inputs(before.clone(), &links));
 
             // A change confined to some networks.
             let mut changed: BTreeSet<usize> = BTreeSet::new();
-            for _ in 0..1 + rng.below(4) {
-                match rng.below(4) {
+            for _ in 0..1 + rng.u64(..4) {
+                match rng.u64(..4) {
                     0 => {
-                        let id = 20 + rng.below(30) as u8;
+                        let id = rng.u8(20..50);
                         let spec = random_nic(&mut rng);
                         if let Some(old) = nics.get(&id) {
                             changed.insert(old.network);
@@ -399,26 +384,26 @@ mod tests {
                         nics.insert(id, spec);
                     }
                     1 => {
-                        let id = rng.below(50) as u8;
+                        let id = rng.u8(..50);
                         if let Some(old) = nics.remove(&id) {
                             changed.insert(old.network);
                         }
                     }
                     2 => {
-                        let id = rng.below(20) as u8;
+                        let id = rng.u8(..20);
                         if let Some(s) = nics.get_mut(&id) {
                             changed.insert(s.network);
-                            s.node = rng.below(NODES.len() as u64) as usize;
-                            s.tap = rng.below(12) as u8;
-                            if rng.below(2) == 0 {
-                                s.network = rng.below(NETWORKS as u64) as usize;
+                            s.node = rng.usize(..NODES.len());
+                            s.tap = rng.u8(..12);
+                            if rng.u64(..2) == 0 {
+                                s.network = rng.usize(..NETWORKS);
                                 changed.insert(s.network);
                             }
                         }
                     }
                     _ => {
-                        let n = rng.below(NETWORKS as u64) as usize;
-                        nets[n].mtu = 1300 + rng.below(100) as u16;
+                        let n = rng.usize(..NETWORKS);
+                        nets[n].mtu = rng.u16(1300..1400);
                         changed.insert(n);
                     }
                 }
