@@ -124,11 +124,7 @@ fn desired(ul: &Underlay) -> Desired {
         );
         d.fdb.insert(
             FdbKey::new(VNI_A, mac),
-            FdbEntry {
-                ifindex,
-                vtep: 0,
-                ip: be32(ip),
-            },
+            FdbEntry::local(ifindex, be32(ip)),
         );
     }
     for (vni, mac, ip, vtep) in [
@@ -138,11 +134,7 @@ fn desired(ul: &Underlay) -> Desired {
     ] {
         d.fdb.insert(
             FdbKey::new(vni, mac),
-            FdbEntry {
-                ifindex: 0,
-                vtep: be32(vtep),
-                ip: be32(ip),
-            },
+            FdbEntry::remote(be32(vtep), be32(ip)),
         );
     }
     for (ip, mac) in [
