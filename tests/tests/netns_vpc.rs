@@ -565,8 +565,9 @@ fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them() {
 /// NIC of any VTEP. None of the 40 is delivered, each is counted.
 #[test]
 fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
-    use holdfast_tests::netns::wait_for;
     use std::time::Duration;
+
+    use holdfast_tests::netns::wait_for;
 
     let cloud = Cloud::new(&NETS, &specs());
     let doc = holdfast_tests::vpc::ipam(&NETS, &specs(), 3600).replace(
@@ -578,16 +579,18 @@ fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
     }
     let hv1 = &cloud.agents[0];
     let rejected = wait_for(Duration::from_secs(10), || {
-        (hv1.metric("holdfast_ipam_rejected_entries{reason=\"invalid_vtep\"}") == 1.0)
-            .then_some(())
+        (hv1.metric("holdfast_ipam_rejected_entries{reason=\"invalid_vtep\"}") == 1.0).then_some(())
     });
     assert!(rejected.is_some(), "{}", hv1.logs());
-    assert!(hv1.logs().contains("vtep 0.0.0.0 is in 0.0.0.0/8"), "{}", hv1.logs());
+    assert!(
+        hv1.logs().contains("vtep 0.0.0.0 is in 0.0.0.0/8"),
+        "{}",
+        hv1.logs()
+    );
     // A1 and A2 know each other (and the VMs still talk).
     assert_eq!(cloud.ping(A1, IP12, 1), 1);
 
-    let inner =
-        holdfast_tests::packet::udp_frame(A1, A2, IP11, IP12, 1, 2, &[7; 64], false);
+    let inner = holdfast_tests::packet::udp_frame(A1, A2, IP11, IP12, 1, 2, &[7; 64], false);
     let forged = |src: Ipv4Addr| {
         let mut payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0]; // VNI 1001
         payload.extend_from_slice(&inner);
@@ -638,8 +641,9 @@ fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
 /// route brings them back.
 #[test]
 fn a_blackhole_route_to_a_vtep_quarantines_it() {
-    use holdfast_tests::netns::wait_for;
     use std::time::Duration;
+
+    use holdfast_tests::netns::wait_for;
 
     let cloud = Cloud::new(&NETS, &specs());
     let hv1 = &cloud.hosts[0];
@@ -649,7 +653,11 @@ fn a_blackhole_route_to_a_vtep_quarantines_it() {
     std::thread::sleep(Duration::from_millis(1100));
     let sample = "holdfast_drops_total{reason=\"route_blackhole\"}";
     let before = agent.metric(sample);
-    assert_eq!(cloud.ping(A1, IP13, 5), 0, "pings crossed a blackhole route");
+    assert_eq!(
+        cloud.ping(A1, IP13, 5),
+        0,
+        "pings crossed a blackhole route"
+    );
     assert!(
         agent.metric(sample) >= before + 5.0,
         "{}",

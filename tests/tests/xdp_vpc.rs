@@ -122,10 +122,8 @@ fn desired(ul: &Underlay) -> Desired {
             BindingKey::new(ifindex, mac),
             options::render(&a, &n).unwrap(),
         );
-        d.fdb.insert(
-            FdbKey::new(VNI_A, mac),
-            FdbEntry::local(ifindex, be32(ip)),
-        );
+        d.fdb
+            .insert(FdbKey::new(VNI_A, mac), FdbEntry::local(ifindex, be32(ip)));
     }
     for (vni, mac, ip, vtep) in [
         (VNI_A, A3, A3_IP, REMOTE_VTEP),
@@ -799,9 +797,21 @@ fn outer_ip_options_and_fragments_to_the_vtep_are_dropped_not_passed() {
     let inner = udp_frame(A3, A1, A3_IP, A1_IP, 5201, 40000, &[9; 64], false);
     let good = vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &inner);
     refused(&fx, &with_ip_options(&good), Stat::DropUnderlayIpOptions);
-    refused(&fx, &as_fragment(&good, true, 0), Stat::DropUnderlayFragment);
-    refused(&fx, &as_fragment(&good, true, 8), Stat::DropUnderlayFragment);
-    refused(&fx, &as_fragment(&good, false, 185), Stat::DropUnderlayFragment);
+    refused(
+        &fx,
+        &as_fragment(&good, true, 0),
+        Stat::DropUnderlayFragment,
+    );
+    refused(
+        &fx,
+        &as_fragment(&good, true, 8),
+        Stat::DropUnderlayFragment,
+    );
+    refused(
+        &fx,
+        &as_fragment(&good, false, 185),
+        Stat::DropUnderlayFragment,
+    );
     refused(
         &fx,
         &as_fragment(&with_ip_options(&good), false, 185),
@@ -809,7 +819,11 @@ fn outer_ip_options_and_fragments_to_the_vtep_are_dropped_not_passed() {
     );
     // From a host nobody knows: the same, before anything else is looked at.
     let stranger = vxlan(Ipv4Addr::new(198, 18, 0, 66), LOCAL_VTEP, VNI_A, &inner);
-    refused(&fx, &with_ip_options(&stranger), Stat::DropUnderlayIpOptions);
+    refused(
+        &fx,
+        &with_ip_options(&stranger),
+        Stat::DropUnderlayIpOptions,
+    );
     refused(
         &fx,
         &as_fragment(&stranger, true, 0),
@@ -844,10 +858,7 @@ fn outer_ip_options_and_fragments_to_the_vtep_are_dropped_not_passed() {
         assert_eq!(action, XDP_PASS);
         assert_eq!(&out, frame);
     }
-    assert_eq!(
-        fx.counters()[Stat::UnderlayPass as usize],
-        own.len() as u64
-    );
+    assert_eq!(fx.counters()[Stat::UnderlayPass as usize], own.len() as u64);
     // And VXLAN as holdfast sends it is still delivered.
     let (action, out) = fx.run_underlay(&good);
     assert_eq!(action, XDP_REDIRECT);

@@ -284,11 +284,23 @@ mod tests {
             ("240.0.0.1", "class E"),
             ("254.1.2.3", "class E"),
         ] {
-            let r = check_node(&node(bad)).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            let r = check_node(&node(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
             assert_eq!(r.reason, Reason::InvalidVtep, "{bad}");
-            assert!(r.detail.contains(bad) && r.detail.contains(why), "{}", r.detail);
+            assert!(
+                r.detail.contains(bad) && r.detail.contains(why),
+                "{}",
+                r.detail
+            );
         }
-        for good in ["198.18.0.1", "10.0.0.1", "1.0.0.1", "223.255.255.254", "172.16.0.1"] {
+        for good in [
+            "198.18.0.1",
+            "10.0.0.1",
+            "1.0.0.1",
+            "223.255.255.254",
+            "172.16.0.1",
+        ] {
             assert!(check_node(&node(good)).is_ok(), "{good}");
         }
     }
