@@ -25,7 +25,7 @@ pub const fn ipv4(be32: u32) -> core::net::Ipv4Addr {
 
 /// Version of the pinned map layout. Bump it when a map's key or value changes shape; the agent
 /// pins each layout in its own directory (`maps-v<N>`) so a new build never reads an old layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Upper bound on DHCP bindings (VM NICs) one hypervisor serves.
 pub const MAX_BINDINGS: u32 = 16_384;
@@ -137,15 +137,46 @@ impl FdbKey {
 }
 
 /// Where a NIC is: on a local interface (`ifindex`), or behind a remote VTEP (`vtep`).
+///
+/// Which one is said by `kind`, never by a zero address or ifindex: a value a packet can carry
+/// (an outer source of 0.0.0.0) must not be able to match a local NIC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
-    /// The local VM interface, 0 for a remote NIC.
+    /// [`FdbEntry::LOCAL`] or [`FdbEntry::REMOTE`]; any other value is no usable entry (the
+    /// programs drop what it would forward).
+    pub kind: u32,
+    /// The local VM interface, for a local NIC (0 for a remote one).
     pub ifindex: u32,
-    /// The remote hypervisor's VTEP address, 0 for a local NIC.
+    /// The remote hypervisor's VTEP address, for a remote NIC (0 for a local one).
     pub vtep: u32,
     /// The NIC's address.
     pub ip: u32,
+}
+
+impl FdbEntry {
+    /// A NIC on this host, on a VM interface.
+    pub const LOCAL: u32 = 1;
+    /// A NIC behind another hypervisor's VTEP.
+    pub const REMOTE: u32 = 2;
+
+    pub const fn local(ifindex: u32, ip: u32) -> Self {
+        Self {
+            kind: Self::LOCAL,
+            ifindex,
+            vtep: 0,
+            ip,
+        }
+    }
+
+    pub const fn remote(vtep: u32, ip: u32) -> Self {
+        Self {
+            kind: Self::REMOTE,
+            ifindex: 0,
+            vtep,
+            ip,
+        }
+    }
 }
 
 /// Key of an ARP answer: an address within a network.
@@ -274,7 +305,7 @@ mod tests {
         assert_eq!(size_of::<BindingKey>(), 12);
         assert_eq!(size_of::<Binding>(), 28 + OPTS_MAX);
         assert_eq!(size_of::<FdbKey>(), 12);
-        assert_eq!(size_of::<FdbEntry>(), 12);
+        assert_eq!(size_of::<FdbEntry>(), 16);
         assert_eq!(size_of::<ArpKey>(), 8);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<VniInfo>(), 8);

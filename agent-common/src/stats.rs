@@ -92,6 +92,23 @@ pub enum Stat {
     /// echoing it would have pushed the reply past 576 bytes (RFC 2131's guaranteed size).
     /// Appended last: slots keep their index across versions, the counters are pinned.
     DhcpClientIdNotEchoed,
+    /// ARP inside VXLAN: ARP is answered locally on both sides, so none ever crosses the
+    /// underlay; any is forged.
+    DropDecapArp,
+    /// Inside VXLAN, an ethertype holdfast does not forward (only IPv4 is delivered).
+    DropDecapNotIpv4,
+    /// Inside VXLAN, an IPv4 source that is not the address of the NIC the source MAC names.
+    DropInnerSpoofedIp,
+    /// UDP to this VTEP's VXLAN port with IPv4 options: holdfast's peers never send them.
+    DropUnderlayIpOptions,
+    /// A fragment of UDP to this VTEP: VXLAN is sent with DF, and a later fragment carries no
+    /// port to tell VXLAN from anything else.
+    DropUnderlayFragment,
+    /// The kernel's route to a VTEP is a blackhole, unreachable or prohibit route: an
+    /// operator's quarantine, obeyed (the cached next hop is not used).
+    DropRouteBlackhole,
+    DropRouteUnreachable,
+    DropRouteProhibit,
     Count,
 }
 

@@ -10,6 +10,9 @@ pub const ETH_P_ARP: u16 = 0x0806;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
+/// IPv4 `frag_off` (host order): more fragments, and the fragment offset mask.
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET: u16 = 0x1fff;
 
 /// Upper bound on any offset a program reads at. Keeps variable offsets verifier-friendly and is
 /// well past the largest legitimate DHCP or ARP frame.

@@ -10,7 +10,7 @@
 //!
 //! The kernel keeps the skb's checksum state here, so nothing is recomputed.
 
-use agent_common::{Binding, BindingKey, FdbKey, Stat, VXLAN_OVERHEAD};
+use agent_common::{Binding, BindingKey, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD};
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
@@ -27,7 +27,7 @@ use crate::{
     maps::{BINDINGS, CONFIG, FDB},
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, mac_eq},
     stats::count,
-    vxlan::{flow_hash, source_port, write_outer},
+    vxlan::{flow_hash, next_hop, source_port, write_outer},
 };
 
 /// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
@@ -73,7 +73,10 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Stat> {
         .get_ptr(&FdbKey::new(b.vni, eth.dst))
         .ok_or(Stat::DropUnknownUnicast)?;
     // SAFETY: as above.
-    let (dst_ifindex, vtep) = unsafe { ((*fdb).ifindex, (*fdb).vtep) };
+    let (kind, dst_ifindex, vtep) = unsafe { ((*fdb).kind, (*fdb).ifindex, (*fdb).vtep) };
+    if kind != FdbEntry::LOCAL && kind != FdbEntry::REMOTE {
+        return Err(Stat::DropUnknownUnicast);
+    }
 
     // The size of what will be on the wire: each segment of a GSO frame, or the frame.
     let ihl = ((ip.ver_ihl & 0x0f) as u32) * 4;
@@ -94,7 +97,7 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Stat> {
         return frag_needed(ctx, &eth, &b, ifindex);
     }
 
-    if dst_ifindex != 0 {
+    if kind == FdbEntry::LOCAL {
         count(Stat::SkbForwardLocal);
         // SAFETY: plain helper call.
         return Ok(unsafe { bpf_redirect(dst_ifindex, 0) } as i32);
@@ -103,6 +106,9 @@ fn try_handle(ctx: &TcContext) -> Result<i32, Stat> {
     if cfg.vtep == 0 || cfg.underlay_ifindex == 0 {
         return Err(Stat::DropNoUnderlay);
     }
+    // The route to the VTEP is obeyed here too (a quarantine drops, counted); the kernel's
+    // neighbour output below picks the next hop itself.
+    next_hop(ctx, cfg, vtep)?;
     let ports: u32 = ctx.load(ETH_HLEN + ihl as usize).unwrap_or(0);
     let hash = flow_hash(ip.saddr, ip.daddr, ports, ip.protocol);
     let inner_len = ctx.len() as u16;

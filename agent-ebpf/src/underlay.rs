@@ -1,7 +1,7 @@
 //! The program on the underlay interface: VXLAN to this host's VTEP is decapsulated into the
 //! local NIC it is for, after checking who sent it; everything else passes untouched.
 
-use agent_common::{DecapMeta, FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
+use agent_common::{DecapMeta, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, xdp_action},
@@ -13,7 +13,10 @@ use crate::{
     csum::be16,
     l4csum::IPPROTO_TCP,
     maps::{CONFIG, FDB, VNIS, VTEPS},
-    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_UDP, Ipv4Hdr, UdpHdr, load},
+    parse::{
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr,
+        UdpHdr, load,
+    },
     stats::{count, xdp_verdict},
     vxlan::VXLAN_FLAG_VNI,
 };
@@ -38,7 +41,9 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
     let Some(ip) = load::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return pass();
     };
-    if ip.ver_ihl != 0x45 || ip.protocol != IPPROTO_UDP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
+    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
+    if ip.ver_ihl >> 4 != 4 || ihl < IPV4_HLEN || ip.protocol != IPPROTO_UDP {
+        // Not UDP, or not IPv4 the kernel would accept: not ours.
         return pass();
     }
     let Some(cfg) = CONFIG.get(0) else {
@@ -47,13 +52,25 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
     if cfg.vtep == 0 || ip.daddr != cfg.vtep {
         return pass();
     }
-    let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + 20) else {
+    // UDP to this VTEP. A fragment is dropped whatever its port: a later fragment has no UDP
+    // header to tell VXLAN from the host's own traffic, and reassembled VXLAN would reach the
+    // host's stack (a kernel VXLAN socket there) past every check below. The first fragment
+    // goes too: its datagram can never be completed, and holdfast's peers set DF on VXLAN
+    // (RFC 7348 §4.3: VTEPs must not fragment).
+    if u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0 {
+        return Err(Stat::DropUnderlayFragment);
+    }
+    let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ihl) else {
         return pass();
     };
     if udp.dest != be16(VXLAN_PORT) {
         return pass();
     }
     // VXLAN to this VTEP: from here on it is delivered to a VM or dropped, never passed.
+    if ihl != IPV4_HLEN {
+        // Options: holdfast's peers send none, and the headers below sit at fixed offsets.
+        return Err(Stat::DropUnderlayIpOptions);
+    }
     if VTEPS.get_ptr(&ip.saddr).is_none() {
         return Err(Stat::DropUnknownVtep);
     }
@@ -66,28 +83,43 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
         return Err(Stat::DropUnknownVni);
     }
     let inner: EthHdr = load(ctx, VXLAN_OVERHEAD as usize).ok_or(Stat::DropMalformed)?;
+    if inner.proto == be16(ETH_P_ARP) {
+        // ARP is answered on the sender's host; none crosses the underlay.
+        return Err(Stat::DropDecapArp);
+    }
+    if inner.proto != be16(ETH_P_IP) {
+        return Err(Stat::DropDecapNotIpv4);
+    }
     let dst = FDB
         .get_ptr(&FdbKey::new(vni, inner.dst))
         .ok_or(Stat::DropUnknownInnerDst)?;
     // SAFETY: map value pointers stay valid for the program run.
-    let ifindex = unsafe { (*dst).ifindex };
-    if ifindex == 0 {
+    let (dst_kind, ifindex) = unsafe { ((*dst).kind, (*dst).ifindex) };
+    if dst_kind != FdbEntry::LOCAL {
         // A remote NIC: not ours to deliver.
         return Err(Stat::DropUnknownInnerDst);
     }
-    // The inner source must be a NIC of that network behind the VTEP that sent it: a host can
-    // only speak for its own VMs.
+    // The inner source must be a NIC of that network behind the VTEP that sent it, with its
+    // own address: a host can only speak for its own VMs.
     let src = FDB
         .get_ptr(&FdbKey::new(vni, inner.src))
         .ok_or(Stat::DropInnerSpoof)?;
     // SAFETY: as above.
-    if unsafe { (*src).vtep } != ip.saddr {
+    let (src_kind, src_vtep, src_ip) = unsafe { ((*src).kind, (*src).vtep, (*src).ip) };
+    if src_kind != FdbEntry::REMOTE || src_vtep != ip.saddr {
         return Err(Stat::DropInnerSpoof);
+    }
+    let inner_ip: Ipv4Hdr =
+        load(ctx, VXLAN_OVERHEAD as usize + ETH_HLEN).ok_or(Stat::DropMalformed)?;
+    if inner_ip.ver_ihl >> 4 != 4 || ((inner_ip.ver_ihl & 0x0f) as usize) * 4 < IPV4_HLEN {
+        return Err(Stat::DropMalformed);
+    }
+    if inner_ip.saddr != src_ip {
+        return Err(Stat::DropInnerSpoofedIp);
     }
     // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
     // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
-    let inner_tcp = inner.proto == be16(ETH_P_IP)
-        && load::<u8>(ctx, VXLAN_OVERHEAD as usize + ETH_HLEN + 9) == Some(IPPROTO_TCP);
+    let inner_tcp = inner_ip.protocol == IPPROTO_TCP;
     // SAFETY: our own context; packet pointers are re-derived afterwards.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
         return Err(Stat::DropMalformed);

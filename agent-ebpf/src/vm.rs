@@ -6,7 +6,7 @@
 //! What XDP cannot carry whole (GSO super-frames, oversized frames, next hops the kernel has not
 //! resolved yet) goes to the skb path (`tc.rs`) untouched.
 
-use agent_common::{BindingKey, FdbKey, Stat, dhcp::SERVER_PORT};
+use agent_common::{BindingKey, FdbEntry, FdbKey, Stat, dhcp::SERVER_PORT};
 use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
@@ -100,7 +100,10 @@ fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
         .get_ptr(&FdbKey::new(vni, eth.dst))
         .ok_or(Stat::DropUnknownUnicast)?;
     // SAFETY: as above.
-    let (dst_ifindex, vtep) = unsafe { ((*fdb).ifindex, (*fdb).vtep) };
+    let (kind, dst_ifindex, vtep) = unsafe { ((*fdb).kind, (*fdb).ifindex, (*fdb).vtep) };
+    if kind != FdbEntry::LOCAL && kind != FdbEntry::REMOTE {
+        return Err(Stat::DropUnknownUnicast);
+    }
 
     // What XDP cannot carry whole goes to the skb path, untouched.
     let len = ctx.data_end() - ctx.data();
@@ -114,7 +117,7 @@ fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
         return pass(Stat::ToSkbPath);
     }
 
-    if dst_ifindex != 0 {
+    if kind == FdbEntry::LOCAL {
         l4csum::complete(ctx, &ip)?;
         count(Stat::ForwardLocal);
         // SAFETY: plain helper call.

@@ -3,7 +3,11 @@
 use agent_common::{DataplaneConfig, NEXTHOP_TTL_NS, NextHop, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    bindings::{
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_UNSUPP_LWT, bpf_fib_lookup as FibParams,
+    },
     helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -24,14 +28,18 @@ const IP_DF: u16 = 0x4000;
 /// Outcome of resolving the underlay next hop toward a VTEP.
 pub enum Hop {
     Ready(NextHop),
-    /// The kernel has no neighbour entry yet and none is cached: the skb path hands the frame
-    /// to the kernel, which resolves it (`bpf_redirect_neigh`).
+    /// The kernel has no neighbour entry yet and none is cached, or the FIB cannot be asked
+    /// from the anchor: the skb path hands the frame to the kernel, which looks the route up
+    /// and resolves the neighbour itself (`bpf_redirect_neigh`).
     Unresolved,
 }
 
-/// The next hop toward `vtep`: one learned less than a second ago as is; otherwise the kernel's
-/// FIB and neighbour table; otherwise the last one learned (a neighbour entry being refreshed
-/// or flushed must not stop traffic).
+/// The next hop toward `vtep`: one the FIB confirmed less than [`NEXTHOP_TTL_NS`] ago, as is;
+/// otherwise what the kernel's FIB and neighbour table say. The last one learned stands in only
+/// when the kernel has a route but no neighbour entry, out of the same interface (a neighbour
+/// being refreshed or flushed must not stop traffic). Every other verdict is obeyed: a
+/// blackhole, unreachable or prohibit route (an operator quarantining a VTEP) drops, counted
+/// under its own reason, within [`NEXTHOP_TTL_NS`] of being installed.
 #[inline(always)]
 pub fn next_hop<C: EbpfContext>(ctx: &C, cfg: &DataplaneConfig, vtep: u32) -> Result<Hop, Stat> {
     let cached = NEXTHOPS.get_ptr(&vtep);
@@ -58,25 +66,41 @@ pub fn next_hop<C: EbpfContext>(ctx: &C, cfg: &DataplaneConfig, vtep: u32) -> Re
     p.__bindgen_anon_4.ipv4_dst = vtep;
     // SAFETY: valid context and parameter struct of the size given.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        let hop = NextHop {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-            confirmed_ns: now,
-        };
-        let _ = NEXTHOPS.insert(&vtep, &hop, 0);
-        return Ok(Hop::Ready(hop));
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let hop = NextHop {
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+                confirmed_ns: now,
+            };
+            let _ = NEXTHOPS.insert(&vtep, &hop, 0);
+            Ok(Hop::Ready(hop))
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            // The route stands (the kernel filled in its interface); only the neighbour is
+            // missing.
+            if let Some(c) = cached {
+                // SAFETY: as above.
+                let hop = unsafe { *c };
+                if hop.ifindex == p.ifindex {
+                    count(Stat::NextHopCached);
+                    return Ok(Hop::Ready(hop));
+                }
+            }
+            Ok(Hop::Unresolved)
+        }
+        BPF_FIB_LKUP_RET_BLACKHOLE => Err(Stat::DropRouteBlackhole),
+        BPF_FIB_LKUP_RET_UNREACHABLE => Err(Stat::DropRouteUnreachable),
+        BPF_FIB_LKUP_RET_PROHIBIT => Err(Stat::DropRouteProhibit),
+        // Forwarding was turned off on the anchor (a host-wide `ip_forward=0` does that), or
+        // the route needs an encapsulation XDP cannot do: the kernel's own output path, on the
+        // skb path, still obeys the routes.
+        BPF_FIB_LKUP_RET_FWD_DISABLED | BPF_FIB_LKUP_RET_UNSUPP_LWT => Ok(Hop::Unresolved),
+        // No route at all, a route that is not unicast (the VTEP is a local address), or
+        // anything a newer kernel adds.
+        _ => Err(Stat::DropNoRoute),
     }
-    if let Some(c) = cached {
-        count(Stat::NextHopCached);
-        // SAFETY: as above.
-        return Ok(Hop::Ready(unsafe { *c }));
-    }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return Ok(Hop::Unresolved);
-    }
-    Err(Stat::DropNoRoute)
 }
 
 /// A hash of the inner flow, for the outer UDP source port (RFC 7348 §5: so underlay ECMP

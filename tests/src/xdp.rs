@@ -108,6 +108,28 @@ impl Fixture {
         self.run_prog(self.dp.underlay_program().expect("program"), frame)
     }
 
+    /// Runs the VM interfaces' TC program (the skb path) on `frame`, as received on the test
+    /// ifindex; returns its action (`TC_ACT_*`) and the frame it left.
+    pub fn run_tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
+        let prog = self.dp.tc_program().expect("program");
+        let go = || {
+            let mut out = vec![0u8; 4096];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value as i32, out)
+        };
+        match &self.netns {
+            Some(ns) => crate::netns::in_netns(ns, go),
+            None => go(),
+        }
+    }
+
     fn run_prog(&self, prog: &aya::programs::Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
         let go = || {
             let mut out = vec![0u8; 4096];
@@ -161,6 +183,22 @@ fn dropped_by(fx: &Fixture, stat: Stat, run: impl FnOnce() -> (u32, Vec<u8>)) {
         "counter {stat:?} did not move"
     );
 }
+
+/// Runs the TC program on `frame` and asserts that it drops it, counted under `stat`.
+pub fn dropped_on_skb_path(fx: &Fixture, frame: &[u8], stat: Stat) {
+    let before = fx.counters()[stat as usize];
+    let (action, _) = fx.run_tc(frame);
+    assert_eq!(action, TC_ACT_SHOT, "expected a drop for {stat:?}");
+    assert_eq!(
+        fx.counters()[stat as usize],
+        before + 1,
+        "counter {stat:?} did not move"
+    );
+}
+
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

@@ -557,3 +557,115 @@ fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them() {
     assert!(gone.is_some());
     assert_eq!(cloud.ping(A1, a4_ip, 2), 0);
 }
+
+/// Issue 12 A2, the scenario as reported: IPAM names a third node with VTEP 0.0.0.0, and hv-2's
+/// underlay sends 20 forged VXLAN frames with outer source 0.0.0.0 whose inner frame goes from
+/// A1 to A2, both VMs of hv-1. The node is rejected (`invalid_vtep`), so 0.0.0.0 is no known
+/// VTEP; and a known VTEP's address as outer source does no better, since a local NIC is no
+/// NIC of any VTEP. None of the 40 is delivered, each is counted.
+#[test]
+fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
+    use std::time::Duration;
+
+    use holdfast_tests::netns::wait_for;
+
+    let cloud = Cloud::new(&NETS, &specs());
+    let doc = holdfast_tests::vpc::ipam(&NETS, &specs(), 3600).replace(
+        r#""nodes":["#,
+        r#""nodes":[{"name":"hv-3","vtep":"0.0.0.0"},"#,
+    );
+    for a in &cloud.agents {
+        a.write_ipam(&doc);
+    }
+    let hv1 = &cloud.agents[0];
+    let rejected = wait_for(Duration::from_secs(10), || {
+        (hv1.metric("holdfast_ipam_rejected_entries{reason=\"invalid_vtep\"}") == 1.0).then_some(())
+    });
+    assert!(rejected.is_some(), "{}", hv1.logs());
+    assert!(
+        hv1.logs().contains("vtep 0.0.0.0 is in 0.0.0.0/8"),
+        "{}",
+        hv1.logs()
+    );
+    // A1 and A2 know each other (and the VMs still talk).
+    assert_eq!(cloud.ping(A1, IP12, 1), 1);
+
+    let inner = holdfast_tests::packet::udp_frame(A1, A2, IP11, IP12, 1, 2, &[7; 64], false);
+    let forged = |src: Ipv4Addr| {
+        let mut payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0]; // VNI 1001
+        payload.extend_from_slice(&inner);
+        holdfast_tests::packet::udp_frame(
+            [0x02, 0x99, 0, 0, 0, 2],
+            [0xff; 6],
+            src,
+            Ipv4Addr::new(198, 18, 0, 1),
+            50000,
+            4789,
+            &payload,
+            false,
+        )
+    };
+    let a2_before = udp_in(&cloud, A2);
+    let sock = holdfast_tests::rawsock::RawSocket::open(&cloud.hosts[1].path(), "ul0");
+    for (src, stat) in [
+        (Ipv4Addr::UNSPECIFIED, Stat::DropUnknownVtep),
+        (Ipv4Addr::new(198, 18, 0, 2), Stat::DropInnerSpoof),
+    ] {
+        let before = hv1.counters();
+        for _ in 0..20 {
+            sock.send(&forged(src));
+        }
+        let counted = wait_for(Duration::from_secs(5), || {
+            (hv1.counters()[stat as usize] >= before[stat as usize] + 20).then_some(())
+        });
+        let after = hv1.counters();
+        assert!(
+            counted.is_some(),
+            "from {src}: {stat:?} counted {} of 20",
+            after[stat as usize] - before[stat as usize]
+        );
+        assert_eq!(
+            after[Stat::VxlanDecap as usize],
+            before[Stat::VxlanDecap as usize],
+            "from {src}: a forged frame was decapsulated"
+        );
+    }
+    // Give a delivered frame time to arrive before looking.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(udp_in(&cloud, A2), a2_before, "a forged frame reached A2");
+}
+
+/// Issue 12 B9 on a live host: A1 pings A3 across the underlay; hv-1's operator installs a
+/// blackhole route to hv-2's VTEP. Pings stop within the next-hop TTL (1 s), counted as
+/// `route_blackhole` in `/metrics`, though the cached next hop is still there; removing the
+/// route brings them back.
+#[test]
+fn a_blackhole_route_to_a_vtep_quarantines_it() {
+    use std::time::Duration;
+
+    use holdfast_tests::netns::wait_for;
+
+    let cloud = Cloud::new(&NETS, &specs());
+    let hv1 = &cloud.hosts[0];
+    let agent = &cloud.agents[0];
+    assert_eq!(cloud.ping(A1, IP13, 3), 3, "before");
+    hv1.ip(&["route", "add", "blackhole", "198.18.0.2/32"]);
+    std::thread::sleep(Duration::from_millis(1100));
+    let sample = "holdfast_drops_total{reason=\"route_blackhole\"}";
+    let before = agent.metric(sample);
+    assert_eq!(
+        cloud.ping(A1, IP13, 5),
+        0,
+        "pings crossed a blackhole route"
+    );
+    assert!(
+        agent.metric(sample) >= before + 5.0,
+        "{}",
+        agent.http("/metrics").1
+    );
+    hv1.ip(&["route", "del", "blackhole", "198.18.0.2/32"]);
+    let back = wait_for(Duration::from_secs(5), || {
+        (cloud.ping(A1, IP13, 1) == 1).then_some(())
+    });
+    assert!(back.is_some(), "forwarding did not come back");
+}

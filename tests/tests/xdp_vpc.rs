@@ -122,14 +122,8 @@ fn desired(ul: &Underlay) -> Desired {
             BindingKey::new(ifindex, mac),
             options::render(&a, &n).unwrap(),
         );
-        d.fdb.insert(
-            FdbKey::new(VNI_A, mac),
-            FdbEntry {
-                ifindex,
-                vtep: 0,
-                ip: be32(ip),
-            },
-        );
+        d.fdb
+            .insert(FdbKey::new(VNI_A, mac), FdbEntry::local(ifindex, be32(ip)));
     }
     for (vni, mac, ip, vtep) in [
         (VNI_A, A3, A3_IP, REMOTE_VTEP),
@@ -138,11 +132,7 @@ fn desired(ul: &Underlay) -> Desired {
     ] {
         d.fdb.insert(
             FdbKey::new(vni, mac),
-            FdbEntry {
-                ifindex: 0,
-                vtep: be32(vtep),
-                ip: be32(ip),
-            },
+            FdbEntry::remote(be32(vtep), be32(ip)),
         );
     }
     for (ip, mac) in [
@@ -521,7 +511,7 @@ fn vxlan_that_is_not_for_a_local_nic_of_its_network_is_dropped() {
     dropped_on_underlay(
         &fx,
         &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &arp),
-        Stat::DropUnknownInnerDst,
+        Stat::DropDecapArp,
     );
     // A host speaking for a NIC that is not its own (A4 lives behind 198.18.0.3).
     let forged = udp_frame(A4, A1, A4_IP, A1_IP, 1, 2, &[9; 64], false);
@@ -629,4 +619,297 @@ fn randomized_frames_never_produce_malformed_vxlan() {
         encapsulated >= 1_000,
         "only {encapsulated} of 5,000 mutated frames encapsulated ({local} forwarded locally)"
     );
+}
+
+/// Runs the underlay program on `frame` and asserts that it drops it, counted under `stat`,
+/// and that nothing was decapsulated.
+fn refused(fx: &Fixture, frame: &[u8], stat: Stat) {
+    let decap = fx.counters()[Stat::VxlanDecap as usize];
+    dropped_on_underlay(fx, frame, stat);
+    assert_eq!(
+        fx.counters()[Stat::VxlanDecap as usize],
+        decap,
+        "{stat:?}: a refused frame was decapsulated"
+    );
+}
+
+/// Makes the IPv4 header checksum of the Ethernet frame `f` right again.
+fn fix_ip_checksum(f: &mut [u8]) {
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    f[24..26].fill(0);
+    let c = checksum(&f[14..14 + ihl]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// `frame` with four bytes of IPv4 options in its (outer) header: Router Alert (RFC 2113).
+fn with_ip_options(frame: &[u8]) -> Vec<u8> {
+    let mut f = frame[..34].to_vec();
+    f.extend_from_slice(&[0x94, 0x04, 0, 0]);
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x46;
+    let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    fix_ip_checksum(&mut f);
+    f
+}
+
+/// `frame` as an IPv4 fragment at `offset` (in 8-byte units), more to follow if `more`.
+fn as_fragment(frame: &[u8], more: bool, offset: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let field = (u16::from(more) << 13) | offset;
+    f[20..22].copy_from_slice(&field.to_be_bytes());
+    fix_ip_checksum(&mut f);
+    f
+}
+
+/// `frame` with another IP protocol number.
+fn with_protocol(frame: &[u8], protocol: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[23] = protocol;
+    fix_ip_checksum(&mut f);
+    f
+}
+
+/// Issue 12 A2. A host whose model accepted a node with VTEP 0.0.0.0 (as before VTEPs were
+/// validated) holds 0.0.0.0 among its known VTEPs. A frame with that outer source, or any known
+/// VTEP's, whose inner frame goes from one VM of this host to another must still not be
+/// delivered: an FDB entry says "local" by its kind, never by a VTEP address of 0 that a
+/// packet can carry.
+#[test]
+fn forged_vxlan_between_two_local_vms_is_dropped_whatever_its_outer_source() {
+    let ul = underlay();
+    let mut d = desired(&ul);
+    d.vteps.insert(0, 1);
+    let fx = Fixture::with(&d, Some(ul.ns.path()));
+    // A2 (on ifindex 77) to A1 (on the test interface), both of this host.
+    let inner = udp_frame(A2, A1, A2_IP, A1_IP, 1, 2, &[7; 64], false);
+    for src in [Ipv4Addr::UNSPECIFIED, REMOTE_VTEP, SILENT_VTEP] {
+        refused(
+            &fx,
+            &vxlan(src, LOCAL_VTEP, VNI_A, &inner),
+            Stat::DropInnerSpoof,
+        );
+    }
+    // This host's own VTEP address is no known VTEP.
+    refused(
+        &fx,
+        &vxlan(LOCAL_VTEP, LOCAL_VTEP, VNI_A, &inner),
+        Stat::DropUnknownVtep,
+    );
+    // The genuine frame from A3's host still goes.
+    let genuine = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[7; 64], false);
+    let (action, out) = fx.run_underlay(&vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &genuine));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, genuine);
+}
+
+/// An FDB entry of no kind this build writes (an all-zero one, a future kind) forwards
+/// nothing, on either path, and is no source or destination for decapsulation.
+#[test]
+fn an_fdb_entry_of_no_known_kind_forwards_nothing() {
+    const A5: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x05];
+    const A6: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x06];
+    let a5_ip = Ipv4Addr::new(10, 0, 0, 15);
+    let a6_ip = Ipv4Addr::new(10, 0, 0, 16);
+    let ul = underlay();
+    let mut d = desired(&ul);
+    d.fdb.insert(
+        FdbKey::new(VNI_A, A5),
+        FdbEntry {
+            kind: 0,
+            ifindex: A2_IFINDEX,
+            vtep: 0,
+            ip: be32(a5_ip),
+        },
+    );
+    d.fdb.insert(
+        FdbKey::new(VNI_A, A6),
+        FdbEntry {
+            kind: 7,
+            ifindex: 0,
+            vtep: be32(REMOTE_VTEP),
+            ip: be32(a6_ip),
+        },
+    );
+    let fx = Fixture::with(&d, Some(ul.ns.path()));
+    for (mac, ip) in [(A5, a5_ip), (A6, a6_ip)] {
+        dropped(&fx, &from_a1_to(mac, ip, false), Stat::DropUnknownUnicast);
+        dropped_on_skb_path(&fx, &from_a1_to(mac, ip, false), Stat::DropUnknownUnicast);
+    }
+    let to_a5 = udp_frame(A3, A5, A3_IP, a5_ip, 1, 2, &[7; 64], false);
+    refused(
+        &fx,
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &to_a5),
+        Stat::DropUnknownInnerDst,
+    );
+    let from_a6 = udp_frame(A6, A1, a6_ip, A1_IP, 1, 2, &[7; 64], false);
+    refused(
+        &fx,
+        &vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &from_a6),
+        Stat::DropInnerSpoof,
+    );
+}
+
+/// Issue 12 B7: a host can only deliver frames its own NICs sent, as IPv4 from their own
+/// addresses; ARP never crosses the underlay (both sides answer it locally), and nothing but
+/// IPv4 is forwarded.
+#[test]
+fn decapsulation_delivers_only_ipv4_from_the_sending_nics_own_address() {
+    let (fx, _ul) = fixture();
+    let vx = |inner: &[u8]| vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, inner);
+    // A3's MAC, another address: A4's (behind another VTEP), a local VM's, one nobody has.
+    for ip in [A4_IP, A1_IP, Ipv4Addr::new(10, 0, 0, 99)] {
+        let forged = udp_frame(A3, A1, ip, A1_IP, 1, 2, &[9; 64], false);
+        refused(&fx, &vx(&forged), Stat::DropInnerSpoofedIp);
+    }
+    // ARP: a request, the same sent to a local NIC's MAC, a reply.
+    let mut arp = arp_request(A3, A3_IP, A1_IP);
+    refused(&fx, &vx(&arp), Stat::DropDecapArp);
+    arp[0..6].copy_from_slice(&A1);
+    refused(&fx, &vx(&arp), Stat::DropDecapArp);
+    arp[21] = 2;
+    refused(&fx, &vx(&arp), Stat::DropDecapArp);
+    // IPv6, VLAN-tagged, anything but IPv4, from a genuine sender to a local NIC.
+    for ethertype in [[0x86, 0xdd], [0x81, 0x00], [0x88, 0xcc]] {
+        let mut other = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+        other[12..14].copy_from_slice(&ethertype);
+        refused(&fx, &vx(&other), Stat::DropDecapNotIpv4);
+    }
+    // An inner header that is no IPv4 header.
+    let mut bad = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+    bad[14] = 0x65;
+    refused(&fx, &vx(&bad), Stat::DropMalformed);
+    // The genuine frame is delivered.
+    let genuine = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+    let (action, out) = fx.run_underlay(&vx(&genuine));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, genuine);
+    assert_eq!(fx.counters()[Stat::VxlanDecap as usize], 1);
+}
+
+/// Issue 12 B7: UDP to this VTEP with IPv4 options, or fragmented, is dropped, not passed to
+/// the host (where a kernel VXLAN socket would take it past every check). A later fragment
+/// has no UDP header to tell VXLAN by; the first fragment of any UDP datagram goes with it,
+/// as its datagram could never be completed. The host's own other traffic still passes.
+#[test]
+fn outer_ip_options_and_fragments_to_the_vtep_are_dropped_not_passed() {
+    let (fx, _ul) = fixture();
+    let inner = udp_frame(A3, A1, A3_IP, A1_IP, 5201, 40000, &[9; 64], false);
+    let good = vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &inner);
+    refused(&fx, &with_ip_options(&good), Stat::DropUnderlayIpOptions);
+    refused(
+        &fx,
+        &as_fragment(&good, true, 0),
+        Stat::DropUnderlayFragment,
+    );
+    refused(
+        &fx,
+        &as_fragment(&good, true, 8),
+        Stat::DropUnderlayFragment,
+    );
+    refused(
+        &fx,
+        &as_fragment(&good, false, 185),
+        Stat::DropUnderlayFragment,
+    );
+    refused(
+        &fx,
+        &as_fragment(&with_ip_options(&good), false, 185),
+        Stat::DropUnderlayFragment,
+    );
+    // From a host nobody knows: the same, before anything else is looked at.
+    let stranger = vxlan(Ipv4Addr::new(198, 18, 0, 66), LOCAL_VTEP, VNI_A, &inner);
+    refused(
+        &fx,
+        &with_ip_options(&stranger),
+        Stat::DropUnderlayIpOptions,
+    );
+    refused(
+        &fx,
+        &as_fragment(&stranger, true, 0),
+        Stat::DropUnderlayFragment,
+    );
+    // The first fragment of the host's own UDP to the VTEP address.
+    let dns = udp_frame(
+        NEIGH_MAC,
+        [2, 0x11, 0, 0, 0, 1],
+        REMOTE_VTEP,
+        LOCAL_VTEP,
+        5000,
+        53,
+        &[1; 40],
+        false,
+    );
+    refused(&fx, &as_fragment(&dns, true, 0), Stat::DropUnderlayFragment);
+
+    // The host's own traffic passes untouched: UDP to another port with options; TCP and ICMP
+    // to the VTEP, options or fragments; UDP to another address, options or fragments.
+    let elsewhere = vxlan(REMOTE_VTEP, Ipv4Addr::new(198, 18, 0, 9), VNI_A, &inner);
+    let own = [
+        with_ip_options(&dns),
+        with_protocol(&with_ip_options(&dns), 6),
+        as_fragment(&with_protocol(&dns, 6), true, 0),
+        as_fragment(&with_protocol(&dns, 1), false, 185),
+        as_fragment(&elsewhere, false, 185),
+        with_ip_options(&elsewhere),
+    ];
+    for frame in &own {
+        let (action, out) = fx.run_underlay(frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(&out, frame);
+    }
+    assert_eq!(fx.counters()[Stat::UnderlayPass as usize], own.len() as u64);
+    // And VXLAN as holdfast sends it is still delivered.
+    let (action, out) = fx.run_underlay(&good);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, inner);
+}
+
+/// Issue 12 B9: an operator quarantines a VTEP with a blackhole, unreachable or prohibit route
+/// after traffic to it flowed (its next hop learned and cached). Frames to it stop within the
+/// time a learned next hop is used without asking the FIB (`NEXTHOP_TTL_NS`, 1 s), on the XDP
+/// and the skb path, each counted under its route's reason; removing the route restores
+/// forwarding at the next frame.
+#[test]
+fn a_route_that_quarantines_a_vtep_is_obeyed_within_the_next_hop_ttl() {
+    use std::time::{Duration, Instant};
+
+    let (fx, ul) = fixture();
+    let f = from_a1_to(A3, A3_IP, false);
+    let ttl = Duration::from_nanos(agent_common::NEXTHOP_TTL_NS);
+    for (kind, stat) in [
+        ("blackhole", Stat::DropRouteBlackhole),
+        ("unreachable", Stat::DropRouteUnreachable),
+        ("prohibit", Stat::DropRouteProhibit),
+    ] {
+        // Traffic flows; the next hop is learned (again) from the FIB.
+        assert_eq!(fx.run(&f).0, XDP_REDIRECT, "{kind}: before");
+        assert_eq!(fx.run_tc(&f).0, TC_ACT_REDIRECT, "{kind}: before, skb path");
+        ul.ns.ip(&["route", "add", kind, "198.18.0.2/32"]);
+        let installed = Instant::now();
+        // Frames every 10 ms until one is dropped. The bound catches a cache that outlives
+        // the route (that never stops); the figure is the TTL's.
+        let took = holdfast_tests::netns::wait_for(Duration::from_secs(5), || {
+            (fx.run(&f).0 == XDP_DROP).then(|| installed.elapsed())
+        })
+        .unwrap_or_else(|| panic!("{kind}: frames still sent 5 s after the route"));
+        eprintln!("{kind} route obeyed after {took:?} (TTL {ttl:?})");
+        assert!(took < ttl + Duration::from_secs(2), "{kind}: {took:?}");
+        // From then on every frame is dropped and counted, on both paths; the cached next
+        // hop does not stand in.
+        for _ in 0..3 {
+            dropped(&fx, &f, stat);
+            dropped_on_skb_path(&fx, &f, stat);
+        }
+        assert_eq!(fx.counters()[Stat::NextHopCached as usize], 0);
+        ul.ns.ip(&["route", "del", kind, "198.18.0.2/32"]);
+        let (action, out) = fx.run(&f);
+        assert_eq!(action, XDP_REDIRECT, "{kind}: after the route is removed");
+        assert_eq!(out[0..6], NEIGH_MAC);
+    }
+    // A VTEP with no route at all: dropped as no_route, not sent to a cached next hop.
+    ul.ns.ip(&["route", "del", "198.18.0.0/24", "dev", "ul0"]);
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    dropped(&fx, &f, Stat::DropNoRoute);
+    dropped_on_skb_path(&fx, &f, Stat::DropNoRoute);
 }

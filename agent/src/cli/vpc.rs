@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use agent_common::FdbEntry;
 use anyhow::Context as _;
 
 use super::ifname;
@@ -31,14 +32,15 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
     }
     println!("\nFORWARDING (VNI, MAC, address, where)");
     for (k, e) in &s.fdb {
-        let at = if e.ifindex != 0 {
-            format!(
+        let at = match e.kind {
+            FdbEntry::LOCAL => format!(
                 "local {} ({})",
                 ifname(e.ifindex).unwrap_or_else(|| "?".into()),
                 e.ifindex
-            )
-        } else {
-            format!("remote VTEP {}", ip(e.vtep))
+            ),
+            FdbEntry::REMOTE => format!("remote VTEP {}", ip(e.vtep)),
+            // Never written by this build: the programs drop what it would forward.
+            other => format!("unusable (kind {other})"),
         };
         println!("  {:>8}  {}  {:<15}  {at}", k.vni, MacAddr(k.mac), ip(e.ip));
     }

@@ -304,6 +304,15 @@ impl Dataplane {
         self.xdp_program(PROGRAM_UNDERLAY)
     }
 
+    /// The VM interfaces' TC program (the skb path), for `BPF_PROG_TEST_RUN`.
+    pub fn tc_program(&self) -> Result<&SchedClassifier, DataplaneError> {
+        Ok(self
+            .ebpf
+            .program(PROGRAM_TC)
+            .ok_or(DataplaneError::Missing(PROGRAM_TC))?
+            .try_into()?)
+    }
+
     fn xdp_program(&self, name: &'static str) -> Result<&Xdp, DataplaneError> {
         Ok(self
             .ebpf

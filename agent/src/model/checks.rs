@@ -2,8 +2,10 @@
 //! within its network. The rules between entries (duplicates, references) are
 //! [`validate`](super::validate())'s.
 
+use std::net::Ipv4Addr;
+
 use super::{
-    Limits, Network, Nic,
+    Limits, Network, Nic, Node,
     reasons::{Reason, Reject, reject},
 };
 
@@ -150,6 +152,40 @@ pub(super) fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> 
     Ok(())
 }
 
+/// Why `a` cannot be a VTEP: it must be a unicast address one host can own, since VXLAN is
+/// accepted from a VTEP by its outer source address.
+fn vtep_unfit(a: Ipv4Addr) -> Option<&'static str> {
+    let [first, ..] = a.octets();
+    Some(if first == 0 {
+        // RFC 1122 §3.2.1.3: "this host on this network", never a source to trust.
+        "in 0.0.0.0/8 (this network)"
+    } else if a.is_loopback() {
+        "a loopback address"
+    } else if a.is_link_local() {
+        "a link-local address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.is_broadcast() {
+        "the broadcast address"
+    } else if first >= 240 {
+        // RFC 1112 §4: class E, reserved.
+        "in 240.0.0.0/4 (class E, reserved)"
+    } else {
+        return None;
+    })
+}
+
+/// A node on its own: its VTEP a unicast host address.
+pub(super) fn check_node(n: &Node) -> Result<(), Reject> {
+    match vtep_unfit(n.vtep) {
+        Some(why) => Err(reject(
+            Reason::InvalidVtep,
+            format!("vtep {} is {why}, not a unicast host address", n.vtep),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A NIC within its network `net`; one on `this_node` must name its interface.
 pub(super) fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(), Reject> {
     if !nic.mac.is_unicast() {
@@ -224,6 +260,48 @@ mod tests {
             &long,
         ] {
             assert!(!valid_dns_name(bad), "{bad}");
+        }
+    }
+
+    fn node(vtep: &str) -> Node {
+        Node {
+            name: "hv-1".into(),
+            vtep: vtep.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_vtep_is_a_unicast_host_address() {
+        for (bad, why) in [
+            ("0.0.0.0", "this network"),
+            ("0.1.2.3", "this network"),
+            ("127.0.0.1", "loopback"),
+            ("127.255.0.9", "loopback"),
+            ("169.254.0.1", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("239.255.255.250", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("240.0.0.1", "class E"),
+            ("254.1.2.3", "class E"),
+        ] {
+            let r = check_node(&node(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, Reason::InvalidVtep, "{bad}");
+            assert!(
+                r.detail.contains(bad) && r.detail.contains(why),
+                "{}",
+                r.detail
+            );
+        }
+        for good in [
+            "198.18.0.1",
+            "10.0.0.1",
+            "1.0.0.1",
+            "223.255.255.254",
+            "172.16.0.1",
+        ] {
+            assert!(check_node(&node(good)).is_ok(), "{good}");
         }
     }
 

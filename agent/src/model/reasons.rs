@@ -27,10 +27,11 @@ pub enum Reason {
     InvalidLeaseTime,
     InvalidName,
     OptionsTooLong,
+    InvalidVtep,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -52,6 +53,7 @@ impl Reason {
         Reason::InvalidLeaseTime,
         Reason::InvalidName,
         Reason::OptionsTooLong,
+        Reason::InvalidVtep,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,6 +79,7 @@ impl Reason {
             Reason::InvalidLeaseTime => "invalid_lease_time",
             Reason::InvalidName => "invalid_name",
             Reason::OptionsTooLong => "options_too_long",
+            Reason::InvalidVtep => "invalid_vtep",
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry,
-    checks::{check_network, check_nic},
+    checks::{check_network, check_nic, check_node},
     document::FieldKinds,
     reasons::{Reason, Reject, Rejection, reject},
 };
@@ -120,7 +120,7 @@ impl Keyed for Node {
     }
 
     fn check(&self, _: &Limits) -> Result<(), Reject> {
-        Ok(())
+        check_node(self)
     }
 }
 
@@ -515,6 +515,28 @@ mod tests {
         assert_eq!(dup.key.as_deref(), Some("hv-2"), "the first node keeps it");
         // hv-2's NIC goes with it.
         assert!(v.rejections.iter().any(|r| r.reason == Reason::UnknownNode));
+    }
+
+    #[test]
+    fn a_node_with_an_unfit_vtep_is_rejected_alone() {
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = base();
+        d["nodes"][1]["vtep"] = json!("0.0.0.0");
+        // New: hv-2 is rejected, and its NIC with it; hv-1 and its NICs serve.
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("nics[2]".into(), Reason::UnknownNode),
+                ("nodes[1]".into(), Reason::InvalidVtep),
+            ]
+        );
+        assert_eq!(v.model, base_without(&["hv-2", HV2_NIC]));
+        // Serving before: its last good version keeps serving.
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(v.model, good);
+        assert_eq!(reasons(&v), vec![("nodes[1]".into(), Reason::InvalidVtep)]);
+        assert!(v.rejections[0].kept_last_good);
     }
 
     /// `base()` with `change` applied, validated with `budget`.

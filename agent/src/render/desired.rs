@@ -207,17 +207,10 @@ fn interfaces(d: &Desired, links: &Links) -> BTreeMap<u32, String> {
 }
 
 fn fdb_entry(station: &Station, by_name: &BTreeMap<&str, u32>) -> Option<FdbEntry> {
+    let ip = be32(station.ip);
     Some(match &station.endpoint {
-        Endpoint::Local { interface } => FdbEntry {
-            ifindex: *by_name.get(interface.as_str())?,
-            vtep: 0,
-            ip: be32(station.ip),
-        },
-        Endpoint::Remote { vtep } => FdbEntry {
-            ifindex: 0,
-            vtep: be32(*vtep),
-            ip: be32(station.ip),
-        },
+        Endpoint::Local { interface } => FdbEntry::local(*by_name.get(interface.as_str())?, ip),
+        Endpoint::Remote { vtep } => FdbEntry::remote(be32(*vtep), ip),
     })
 }
 

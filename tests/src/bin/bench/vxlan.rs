@@ -265,11 +265,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
     );
     d.fdb.insert(
         FdbKey::new(VNI, A3),
-        FdbEntry {
-            ifindex: 0,
-            vtep: be32(VTEPS[1]),
-            ip: be32(IP3),
-        },
+        FdbEntry::remote(be32(VTEPS[1]), be32(IP3)),
     );
     d.vnis.insert(
         VNI,
@@ -335,19 +331,11 @@ fn program_costs(cloud: &Cloud) -> (f64, f64) {
     };
     d.fdb.insert(
         FdbKey::new(VNI, A3),
-        FdbEntry {
-            ifindex: hv2.ifindex("tap-a3"),
-            vtep: 0,
-            ip: be32(IP3),
-        },
+        FdbEntry::local(hv2.ifindex("tap-a3"), be32(IP3)),
     );
     d.fdb.insert(
         FdbKey::new(VNI, A1),
-        FdbEntry {
-            ifindex: 0,
-            vtep: be32(VTEPS[0]),
-            ip: be32(IP1),
-        },
+        FdbEntry::remote(be32(VTEPS[0]), be32(IP1)),
     );
     d.vnis.insert(
         VNI,
