@@ -246,6 +246,109 @@ impl DecapMeta {
     pub const MAGIC: u32 = 0x4846_0001;
 }
 
+/// A rate limit as the programs apply it: GCRA (the virtual-scheduling form of a token bucket),
+/// one message per `interval_ns` on average and up to `tolerance_ns / interval_ns` more at once.
+/// An `interval_ns` of 0 turns the limit off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+impl RateLimit {
+    pub const OFF: Self = Self {
+        interval_ns: 0,
+        tolerance_ns: 0,
+    };
+
+    /// `per_sec` messages a second on average, `burst` of them back to back (at least one);
+    /// `per_sec` 0 is no limit. `per_sec` above a billion is taken as a billion.
+    pub const fn per_sec(per_sec: u32, burst: u32) -> Self {
+        if per_sec == 0 {
+            return Self::OFF;
+        }
+        let per_sec = if per_sec > 1_000_000_000 {
+            1_000_000_000
+        } else {
+            per_sec
+        };
+        let interval_ns = 1_000_000_000 / per_sec as u64;
+        let burst = if burst == 0 { 1 } else { burst };
+        Self {
+            interval_ns,
+            tolerance_ns: interval_ns * (burst as u64 - 1),
+        }
+    }
+
+    pub const fn is_off(&self) -> bool {
+        self.interval_ns == 0
+    }
+}
+
+/// What one VM interface may send to the host's slow paths, per kind; set at load time (the
+/// programs' `RATE_DHCP`, `RATE_ARP` and `RATE_EVENTS` globals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// DHCP messages answered (or dropped after parsing): 5/s, bursts of 40.
+    pub dhcp: RateLimit,
+    /// ARP requests answered: 200/s, bursts of 1,000.
+    pub arp: RateLimit,
+    /// RELEASE and DECLINE events sent to the agent: 1/s, bursts of 10.
+    pub events: RateLimit,
+}
+
+impl RateLimits {
+    /// Far above what a real client sends, far below what a flooding VM can (about a million
+    /// frames a second): a DORA is two messages and retries back off from 4 s (RFC 2131
+    /// §4.1); Linux resolves at most `gc_thresh3` (1,024) neighbours and re-probes each at most
+    /// every few seconds; a client releases once when it stops, declines once per conflict.
+    pub const DEFAULT: Self = Self {
+        dhcp: RateLimit::per_sec(Self::DEFAULT_DHCP.0, Self::DEFAULT_DHCP.1),
+        arp: RateLimit::per_sec(Self::DEFAULT_ARP.0, Self::DEFAULT_ARP.1),
+        events: RateLimit::per_sec(Self::DEFAULT_EVENTS.0, Self::DEFAULT_EVENTS.1),
+    };
+    /// The defaults as (per second, burst).
+    pub const DEFAULT_DHCP: (u32, u32) = (5, 40);
+    pub const DEFAULT_ARP: (u32, u32) = (200, 1000);
+    pub const DEFAULT_EVENTS: (u32, u32) = (1, 10);
+
+    pub const OFF: Self = Self {
+        dhcp: RateLimit::OFF,
+        arp: RateLimit::OFF,
+        events: RateLimit::OFF,
+    };
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What a rate limiter's state counts, in [`RateKey::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateKind {
+    Dhcp = 1,
+    Arp = 2,
+    Event = 3,
+}
+
+/// Key of a rate limiter's state (its theoretical arrival time, a `u64` of
+/// `bpf_ktime_get_ns`): the VM interface the frames come in on, and what is limited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RateKey {
+    pub ifindex: u32,
+    pub kind: u32,
+}
+
+/// States of the rate limiters: three kinds for each VM interface, with room to spare. Least
+/// recently used states go first; a state evicted or lost at a restart starts afresh (a full
+/// burst), which only ever lets a burst more through.
+pub const MAX_RATE_STATES: u32 = 65_536;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with every byte covered by a field (no implicit padding).
@@ -268,6 +371,10 @@ mod pod {
     unsafe impl aya::Pod for super::Binding {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DhcpEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateLimit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateKey {}
 }
 
 /// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd
@@ -312,6 +419,22 @@ mod tests {
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<DhcpEvent>(), 20);
+        assert_eq!(size_of::<RateLimit>(), 16);
+        assert_eq!(size_of::<RateKey>(), 8);
+    }
+
+    #[test]
+    fn rate_limits_allow_their_burst_back_to_back() {
+        let l = RateLimit::per_sec(5, 40);
+        assert_eq!(l.interval_ns, 200_000_000);
+        assert_eq!(
+            l.tolerance_ns / l.interval_ns,
+            39,
+            "40 at once: the first and 39 more"
+        );
+        assert!(RateLimit::per_sec(0, 10).is_off());
+        assert_eq!(RateLimit::per_sec(10, 0).tolerance_ns, 0, "a burst of one");
+        assert_eq!(RateLimit::per_sec(u32::MAX, 1).interval_ns, 1);
     }
 
     #[test]

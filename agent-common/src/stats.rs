@@ -51,7 +51,9 @@ pub enum Stat {
     DecapGro,
     /// Frames from a VM redirected to another VM on this host.
     ForwardLocal,
-    /// Frames to the router MAC, handed to the host stack.
+    /// Frames to the router MAC, dropped: nothing is routed until the data plane routes, and
+    /// the host stack must never see a VM's frames (a host socket, the host's forwarding).
+    /// Counted among the drops (`to_router`) too.
     ToRouter,
     /// Frames XDP handed to the skb (TC) path: GSO super-frames, oversized frames, next hops
     /// not resolved yet.
@@ -109,6 +111,18 @@ pub enum Stat {
     DropRouteBlackhole,
     DropRouteUnreachable,
     DropRouteProhibit,
+    /// ARP on the skb path: only XDP answers ARP, so the port's XDP program is not running.
+    /// Dropped, never handed to the host.
+    DropArpSkbPath,
+    /// DHCP to the server port on the skb path: as for ARP.
+    DropDhcpSkbPath,
+    /// DHCP messages over the port's rate limit (`rate_limits.dhcp_*`), dropped unparsed.
+    DropDhcpRateLimited,
+    /// ARP requests over the port's rate limit (`rate_limits.arp_*`), dropped unanswered.
+    DropArpRateLimited,
+    /// RELEASE/DECLINE events over the port's rate limit (`rate_limits.events_*`): counted in
+    /// `DhcpRelease`/`DhcpDecline`, not sent to the agent.
+    DhcpEventsRateLimited,
     Count,
 }
 

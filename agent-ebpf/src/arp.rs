@@ -1,7 +1,7 @@
 //! ARP answered in XDP (RFC 826): every address of a VM's network resolves here, so no ARP
 //! ever crosses the underlay; and no VM can claim an address that is not its own.
 
-use agent_common::{ArpKey, BindingKey, Stat};
+use agent_common::{ArpKey, BindingKey, RateKind, Stat};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
@@ -9,6 +9,7 @@ use crate::{
     csum::be16,
     maps::{ARP, BINDINGS},
     parse::{ArpHdr, ETH_HLEN, ETH_P_IP, EthHdr, ip_from, mac_eq, ptr_at},
+    ratelimit,
     stats::count,
 };
 
@@ -18,6 +19,11 @@ const ARPOP_REPLY: u16 = 2;
 
 #[inline(always)]
 pub fn from_vm(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // Each answer costs the host a transmission: a flooding VM gets its port's share, no more.
+    if !ratelimit::allow(ifindex, RateKind::Arp) {
+        return Err(Stat::DropArpRateLimited);
+    }
     let arp = ptr_at::<ArpHdr>(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
     // SAFETY: `ptr_at` checked the header is inside the packet.
     let req = unsafe { arp.read_unaligned() };
@@ -28,7 +34,7 @@ pub fn from_vm(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
     {
         return Err(Stat::DropMalformed);
     }
-    let key = BindingKey::new(ctx.ingress_ifindex() as u32, eth.src);
+    let key = BindingKey::new(ifindex, eth.src);
     let binding = BINDINGS.get_ptr(&key).ok_or(Stat::DropSpoofedMac)?;
     // SAFETY: map value pointers stay valid for the program run.
     let (nic_ip, gateway, vni) = unsafe { ((*binding).ip, (*binding).server_id, (*binding).vni) };

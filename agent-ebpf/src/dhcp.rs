@@ -5,7 +5,7 @@
 //! `sname`/`file`) leaks into the reply.
 
 use agent_common::{
-    Binding, BindingKey, DhcpEvent, OPTS_MAX, Stat,
+    Binding, BindingKey, DhcpEvent, OPTS_MAX, RateKind, Stat,
     dhcp::{
         BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, CLIENT_PORT, DHCPACK, DHCPDECLINE, DHCPDISCOVER,
         DHCPINFORM, DHCPNAK, DHCPOFFER, DHCPRELEASE, DHCPREQUEST, FIXED_OPTS_LEN, HTYPE_ETHERNET,
@@ -30,6 +30,7 @@ use crate::{
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, MAX_OFFSET, UDP_HLEN, load, mac_eq, ptr_at,
     },
+    ratelimit,
     stats::count,
 };
 
@@ -116,6 +117,10 @@ pub fn handle_request(
     src_mac: [u8; 6],
     ip_daddr: u32,
 ) -> Result<u32, Stat> {
+    // Before any parsing: a flooding VM gets its port's share of the responder, no more.
+    if !ratelimit::allow(ctx.ingress_ifindex() as u32, RateKind::Dhcp) {
+        return Err(Stat::DropDhcpRateLimited);
+    }
     if bootp > MAX_OFFSET {
         return Err(Stat::DropDhcpMalformed);
     }
@@ -391,6 +396,11 @@ const FLAG_OVERLOAD: u32 = 2;
 /// Tells the agent about a RELEASE or DECLINE; no reply is sent for either.
 #[inline(always)]
 fn report(kind: u8, key: &BindingKey, addr: u32) {
+    // Each event costs the agent a wakeup and a log line.
+    if !ratelimit::allow(key.ifindex, RateKind::Event) {
+        count(Stat::DhcpEventsRateLimited);
+        return;
+    }
     let ev = DhcpEvent {
         kind: kind as u32,
         ifindex: key.ifindex,

@@ -13,6 +13,8 @@ mod dhcp;
 mod l4csum;
 mod maps;
 mod parse;
+mod port;
+mod ratelimit;
 mod stats;
 mod tc;
 mod underlay;

@@ -3,7 +3,7 @@
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
-    MAX_BINDINGS, MAX_FDB, MAX_VNIS, MAX_VTEPS, NextHop, VniInfo,
+    MAX_BINDINGS, MAX_FDB, MAX_RATE_STATES, MAX_VNIS, MAX_VTEPS, NextHop, RateKey, VniInfo,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -88,3 +88,8 @@ pub const CSUM_WINDOW: usize = 2048;
 /// Per-CPU copy of an L4 segment being checksummed (plus room for zero padding).
 #[map]
 pub static CSUM_SCRATCH: PerCpuArray<[u8; CSUM_WINDOW + 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Rate limiter states by (VM interface, kind): see `ratelimit`. Not pinned: a new load starts
+/// with full buckets, so an agent restart grants each port one more burst, nothing more.
+#[map]
+pub static RATE: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(MAX_RATE_STATES, 0);

@@ -6,15 +6,20 @@
 //!   silent drop.
 //! - Next hops the kernel has not resolved yet: `bpf_redirect_neigh` hands the frame to the
 //!   neighbour subsystem, which resolves it and sends.
-//! - Frames for the router MAC go on to the host stack.
+//!
+//! This program also sees everything the VM sends when the port has no XDP program (its
+//! attachment failed, or its link was removed), so it makes every frame meet the same checks
+//! as XDP (`port`), in the same order and with the same reasons, and hands nothing to the host
+//! stack. ARP and DHCP, which only XDP answers, are dropped and counted (`DropArpSkbPath`,
+//! `DropDhcpSkbPath`): when they show up here, the port's XDP program is not running.
 //!
 //! The kernel keeps the skb's checksum state here, so nothing is recomputed.
 
-use agent_common::{Binding, BindingKey, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD};
+use agent_common::{Binding, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD};
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::{bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
@@ -24,8 +29,9 @@ use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add16, add32, be16, fold},
     l4csum::IPPROTO_TCP,
-    maps::{BINDINGS, CONFIG, FDB},
-    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, mac_eq},
+    maps::{CONFIG, FDB},
+    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_HLEN, Ipv4Hdr, UdpHdr},
+    port::{self, L3},
     stats::count,
     vxlan::{flow_hash, next_hop, source_port, write_outer},
 };
@@ -48,24 +54,29 @@ pub fn handle(ctx: &TcContext) -> i32 {
 fn try_handle(ctx: &TcContext) -> Result<i32, Stat> {
     // Headers the checks below read must be in the linear part.
     let _ = ctx.pull_data((ETH_HLEN + IPV4_HLEN + 20) as u32);
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
-        return Ok(TC_ACT_OK);
-    };
-    if eth.proto != be16(ETH_P_IP) || mac_eq(&eth.dst, &ROUTER_MAC.load()) {
-        // ARP and DHCP never get here (XDP answers them); the router's frames go on.
-        return Ok(TC_ACT_OK);
-    }
+    let eth: EthHdr = ctx.load(0).map_err(|_| Stat::DropMalformed)?;
     // SAFETY: reading fields of the program's own context.
-    let (ifindex, gso_size) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_size) };
-    let binding = BINDINGS
-        .get_ptr(&BindingKey::new(ifindex, eth.src))
-        .ok_or(Stat::DropSpoofedMac)?;
+    let (ifindex, gso_size, tagged) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).ifindex, (*skb).gso_size, (*skb).vlan_present != 0)
+    };
+    // The kernel moved a VLAN tag out of the frame before TC: `tagged` says it had one.
+    match port::l3(&eth, tagged)? {
+        L3::Arp => return Err(Stat::DropArpSkbPath),
+        L3::Ipv4 => {}
+    }
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Stat::DropMalformed)?;
+    let ihl = port::ipv4_ihl(&ip)?;
+    if port::has_udp_ports(&ip)
+        && let Ok(udp) = ctx.load::<UdpHdr>(ETH_HLEN + ihl)
+        && port::dhcp_request(&ip, &udp)?
+    {
+        return Err(Stat::DropDhcpSkbPath);
+    }
+    let binding = port::sender(ifindex, &eth, ip.saddr)?;
     // SAFETY: map value pointers stay valid for the program run.
     let b: Binding = unsafe { *binding };
-    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).map_err(|_| Stat::DropMalformed)?;
-    if ip.saddr != b.ip {
-        return Err(Stat::DropSpoofedIp);
-    }
+    port::not_to_router(&eth)?;
     if eth.dst[0] & 1 != 0 {
         return Err(Stat::DropBcastMcast);
     }

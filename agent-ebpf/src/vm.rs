@@ -1,12 +1,14 @@
 //! The program on each VM interface: everything a VM sends meets it first.
 //!
 //! DHCP and ARP are answered here. Every other frame must come from the NIC bound to this
-//! interface with its own MAC and address; it is then forwarded by destination MAC within the
-//! NIC's network: to another VM on this host, or encapsulated toward the VTEP of a remote one.
-//! What XDP cannot carry whole (GSO super-frames, oversized frames, next hops the kernel has not
-//! resolved yet) goes to the skb path (`tc.rs`) untouched.
+//! interface with its own MAC and address (`port`: the checks TC repeats on the skb path); it
+//! is then forwarded by destination MAC within the NIC's network: to another VM on this host,
+//! or encapsulated toward the VTEP of a remote one. Nothing goes to the host stack: frames to
+//! the router MAC are dropped until the data plane routes. What XDP cannot carry whole (GSO
+//! super-frames, oversized frames, next hops the kernel has not resolved yet) goes to the skb
+//! path (`tc.rs`) untouched.
 
-use agent_common::{BindingKey, FdbEntry, FdbKey, Stat, dhcp::SERVER_PORT};
+use agent_common::{FdbEntry, FdbKey, Stat};
 use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
@@ -15,21 +17,13 @@ use aya_ebpf::{
 };
 
 use crate::{
-    ROUTER_MAC, arp,
-    csum::be16,
-    dhcp, l4csum,
-    maps::{BINDINGS, CONFIG, CSUM_WINDOW, FDB},
-    parse::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, UDP_HLEN, UdpHdr,
-        load, mac_eq,
-    },
+    arp, dhcp, l4csum,
+    maps::{CONFIG, CSUM_WINDOW, FDB},
+    parse::{ETH_HLEN, EthHdr, IPV4_HLEN, Ipv4Hdr, UDP_HLEN, UdpHdr, load},
+    port::{self, L3},
     stats::count,
     vxlan::{self, Hop},
 };
-
-/// IPv4 flags: more fragments, and the fragment offset mask.
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
 
 pub fn handle(ctx: &XdpContext) -> u32 {
     crate::stats::xdp_verdict(try_handle(ctx))
@@ -45,53 +39,29 @@ pub fn pass(stat: Stat) -> Result<u32, Stat> {
 #[inline(always)]
 fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
     let eth: EthHdr = load(ctx, 0).ok_or(Stat::DropMalformed)?;
-    if eth.proto == be16(ETH_P_ARP) {
-        return arp::from_vm(ctx, &eth);
+    // A VLAN tag is in the frame here: its ethertype is refused.
+    match port::l3(&eth, false)? {
+        L3::Arp => arp::from_vm(ctx, &eth),
+        L3::Ipv4 => ipv4(ctx, &eth),
     }
-    if eth.proto != be16(ETH_P_IP) {
-        return Err(Stat::DropNotIpv4);
-    }
-    ipv4(ctx, &eth)
 }
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
     let ip: Ipv4Hdr = load(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
-    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
-    if ip.ver_ihl >> 4 != 4 || ihl < IPV4_HLEN {
-        return Err(Stat::DropMalformed);
-    }
-    let frag = u16::from_be(ip.frag_off);
-    if ip.protocol == IPPROTO_UDP
-        && frag & IP_OFFSET == 0
+    let ihl = port::ipv4_ihl(&ip)?;
+    if port::has_udp_ports(&ip)
         && let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ihl)
+        && port::dhcp_request(&ip, &udp)?
     {
-        if udp.source == be16(SERVER_PORT) {
-            // Only holdfast answers DHCP on a VM's network.
-            return Err(Stat::DropDhcpRogueServer);
-        }
-        if udp.dest == be16(SERVER_PORT) {
-            if frag & IP_MF != 0 {
-                return Err(Stat::DropDhcpMalformed);
-            }
-            return dhcp::handle_request(ctx, ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
-        }
+        return dhcp::handle_request(ctx, ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
     }
 
     // Anti-spoofing: the frame must come from the NIC bound here, with its own address.
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let binding = BINDINGS
-        .get_ptr(&BindingKey::new(ifindex, eth.src))
-        .ok_or(Stat::DropSpoofedMac)?;
+    let binding = port::sender(ctx.ingress_ifindex() as u32, eth, ip.saddr)?;
     // SAFETY: map value pointers stay valid for the program run.
-    let (nic_ip, vni, mtu) = unsafe { ((*binding).ip, (*binding).vni, (*binding).mtu) };
-    if ip.saddr != nic_ip {
-        return Err(Stat::DropSpoofedIp);
-    }
-    if mac_eq(&eth.dst, &ROUTER_MAC.load()) {
-        // Off the network: routing is the host's business for now.
-        return pass(Stat::ToRouter);
-    }
+    let (vni, mtu) = unsafe { ((*binding).vni, (*binding).mtu) };
+    port::not_to_router(eth)?;
     if eth.dst[0] & 1 != 0 {
         // Broadcast and multicast are never flooded.
         return Err(Stat::DropBcastMcast);

@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use agent_common::{RateLimit, RateLimits};
 use serde::Deserialize;
 
 use crate::model::MacAddr;
@@ -32,7 +33,83 @@ pub struct Config {
     /// Where VXLAN leaves and arrives; without it, VMs only reach VMs on this host.
     #[serde(default)]
     pub underlay: Option<UnderlayConfig>,
+    /// What one VM interface may make the host do: answer DHCP and ARP, report DHCP events.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
 }
+
+/// Per-VM-interface rate limits, applied by the programs (counted drops beyond them). A limit
+/// allows `*_per_sec` messages a second on average and `*_burst` back to back; a `*_per_sec`
+/// of 0 turns it off. The defaults are far above what real clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    #[serde(default = "default_dhcp_per_sec")]
+    pub dhcp_per_sec: u32,
+    #[serde(default = "default_dhcp_burst")]
+    pub dhcp_burst: u32,
+    #[serde(default = "default_arp_per_sec")]
+    pub arp_per_sec: u32,
+    #[serde(default = "default_arp_burst")]
+    pub arp_burst: u32,
+    #[serde(default = "default_events_per_sec")]
+    pub events_per_sec: u32,
+    #[serde(default = "default_events_burst")]
+    pub events_burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            dhcp_per_sec: default_dhcp_per_sec(),
+            dhcp_burst: default_dhcp_burst(),
+            arp_per_sec: default_arp_per_sec(),
+            arp_burst: default_arp_burst(),
+            events_per_sec: default_events_per_sec(),
+            events_burst: default_events_burst(),
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    /// The limits as the programs take them.
+    pub fn limits(&self) -> RateLimits {
+        RateLimits {
+            dhcp: RateLimit::per_sec(self.dhcp_per_sec, self.dhcp_burst),
+            arp: RateLimit::per_sec(self.arp_per_sec, self.arp_burst),
+            events: RateLimit::per_sec(self.events_per_sec, self.events_burst),
+        }
+    }
+
+    /// Each limit's (name, per second, burst).
+    fn each(&self) -> [(&'static str, &'static str, u32, u32); 3] {
+        [
+            (
+                "rate_limits.dhcp_per_sec",
+                "rate_limits.dhcp_burst",
+                self.dhcp_per_sec,
+                self.dhcp_burst,
+            ),
+            (
+                "rate_limits.arp_per_sec",
+                "rate_limits.arp_burst",
+                self.arp_per_sec,
+                self.arp_burst,
+            ),
+            (
+                "rate_limits.events_per_sec",
+                "rate_limits.events_burst",
+                self.events_per_sec,
+                self.events_burst,
+            ),
+        ]
+    }
+}
+
+/// Bounds of a rate limit's `*_per_sec` (0 is off) and `*_burst`: beyond a million a second a
+/// limit limits nothing a VM can send.
+const RATE_PER_SEC_MAX: u32 = 1_000_000;
+const RATE_BURST: std::ops::RangeInclusive<u32> = 1..=1_000_000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +205,30 @@ fn default_metrics_addr() -> SocketAddr {
 fn default_router_mac() -> MacAddr {
     // Locally administered, unicast; "hf" in the middle.
     MacAddr([0x02, 0x68, 0x66, 0x00, 0x00, 0x01])
+}
+
+fn default_dhcp_per_sec() -> u32 {
+    RateLimits::DEFAULT_DHCP.0
+}
+
+fn default_dhcp_burst() -> u32 {
+    RateLimits::DEFAULT_DHCP.1
+}
+
+fn default_arp_per_sec() -> u32 {
+    RateLimits::DEFAULT_ARP.0
+}
+
+fn default_arp_burst() -> u32 {
+    RateLimits::DEFAULT_ARP.1
+}
+
+fn default_events_per_sec() -> u32 {
+    RateLimits::DEFAULT_EVENTS.0
+}
+
+fn default_events_burst() -> u32 {
+    RateLimits::DEFAULT_EVENTS.1
 }
 
 fn default_poll_ms() -> u64 {
@@ -292,6 +393,24 @@ impl Config {
         if config.ipam.poll_interval_ms == 0 {
             return Err(invalid("ipam.poll_interval_ms", "must be positive".into()));
         }
+        for (rate, burst, per_sec, n) in config.rate_limits.each() {
+            if per_sec > RATE_PER_SEC_MAX {
+                return Err(invalid(
+                    rate,
+                    format!("{per_sec} is above {RATE_PER_SEC_MAX} (0 turns the limit off)"),
+                ));
+            }
+            if per_sec > 0 && !RATE_BURST.contains(&n) {
+                return Err(invalid(
+                    burst,
+                    format!(
+                        "{n} is outside {}..={}",
+                        RATE_BURST.start(),
+                        RATE_BURST.end()
+                    ),
+                ));
+            }
+        }
         Ok(config)
     }
 }
@@ -315,6 +434,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.underlay.unwrap().interface, "eth1");
+    }
+
+    #[test]
+    fn rate_limits_default_to_what_no_real_client_meets_and_can_be_turned_off() {
+        let base = "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.rate_limits.limits(), RateLimits::DEFAULT);
+        let c = parse(&format!(
+            "{base}[rate_limits]\ndhcp_per_sec = 0\narp_per_sec = 50\narp_burst = 60\n"
+        ))
+        .unwrap();
+        let l = c.rate_limits.limits();
+        assert!(l.dhcp.is_off());
+        assert_eq!(l.arp, RateLimit::per_sec(50, 60));
+        assert_eq!(l.events, RateLimits::DEFAULT.events);
+        for (bad, field) in [
+            ("dhcp_per_sec = 2000000", "rate_limits.dhcp_per_sec"),
+            ("arp_burst = 0", "rate_limits.arp_burst"),
+            ("events_burst = 2000000", "rate_limits.events_burst"),
+        ] {
+            match parse(&format!("{base}[rate_limits]\n{bad}\n")) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&format!("{base}[rate_limits]\ndhcp = 5\n")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

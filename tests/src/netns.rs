@@ -257,6 +257,12 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Config for an agent whose VM interfaces carry many clients each (the load generator's, a
+/// prober asking 50 times a second): the per-port rate limits, sized for one real client,
+/// turned off. Appended to the config (`Agent::start_with`).
+pub const NO_RATE_LIMITS: &str =
+    "[rate_limits]\ndhcp_per_sec = 0\narp_per_sec = 0\nevents_per_sec = 0\n";
+
 /// A `holdfast run` process in a hypervisor namespace.
 pub struct Agent {
     child: Option<Child>,

@@ -247,7 +247,13 @@ impl Cloud {
         }
         let all: Vec<VmSpec> = vms.iter().chain(options.extra_nics).copied().collect();
         let doc = ipam(nets, &all, options.lease_time);
-        let underlay = "[underlay]\ninterface = \"ul0\"\n";
+        let mut underlay = String::from("[underlay]\ninterface = \"ul0\"\n");
+        if !options.extra_nics.is_empty() {
+            // The load generator's clients share one interface: limits sized for one real
+            // client would throttle them.
+            underlay.push_str(crate::netns::NO_RATE_LIMITS);
+        }
+        let underlay = underlay.as_str();
         let control = (options.source == Source::Etcd).then(|| {
             let mut control = Control::new(&hosts);
             control.seeded = control.import(&doc);

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use agent_common::{BindingKey, Stat, stats::STATS_COUNT};
+use agent_common::{BindingKey, RateLimits, Stat, stats::STATS_COUNT};
 use aya::programs::{TestRun as _, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
@@ -82,11 +82,23 @@ impl Fixture {
         Self::with(&desired, None)
     }
 
-    /// The programs with `desired` written into their maps (no interface attached).
+    /// The programs with `desired` written into their maps (no interface attached), and no
+    /// rate limits: fixtures send thousands of frames from one interface. The limits have their
+    /// own tests (`xdp_vmport`), with [`Fixture::with_limits`].
     pub fn with(desired: &Desired, netns: Option<std::path::PathBuf>) -> Self {
+        Self::with_limits(desired, netns, &RateLimits::OFF)
+    }
+
+    /// [`Fixture::with`], the programs loaded with `limits`.
+    pub fn with_limits(
+        desired: &Desired,
+        netns: Option<std::path::PathBuf>,
+        limits: &RateLimits,
+    ) -> Self {
         crate::sweep_stale();
         let dir = TempDir::bpffs("xdp");
-        let mut dp = Dataplane::open(dir.path(), ROUTER_MAC).expect("load programs");
+        let mut dp =
+            Dataplane::open_limited(dir.path(), ROUTER_MAC, limits).expect("load programs");
         let report = dp.reconcile(desired);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         let stats = StatsReader::open(dir.path()).expect("stats");
@@ -101,6 +113,35 @@ impl Fixture {
     /// Runs the VM program on `frame`; returns the action and the frame it left.
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_prog(self.dp.vm_program().expect("program"), frame)
+    }
+
+    /// Runs the VM program on `frame` as received on `ifindex` (an interface of the fixture's
+    /// namespace).
+    pub fn run_on(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.vm_program().expect("program");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let go = || {
+            let mut out = vec![0u8; 4096];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&md),
+                    ..TestRunOptions::default()
+                })
+                .expect("test_run");
+            out.truncate(r.data_size_out as usize);
+            (r.return_value, out)
+        };
+        match &self.netns {
+            Some(ns) => crate::netns::in_netns(ns, go),
+            None => go(),
+        }
     }
 
     /// Runs the underlay program on `frame`.

@@ -42,10 +42,11 @@ impl DataplaneHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let bpffs = config.bpffs_dir.clone();
         let router_mac = config.router_mac.0;
+        let limits = config.rate_limits.limits();
         std::thread::Builder::new()
             .name("dataplane".into())
             .spawn(move || {
-                let mut dp = match Dataplane::open(&bpffs, router_mac) {
+                let mut dp = match Dataplane::open_limited(&bpffs, router_mac, &limits) {
                     Ok(mut dp) => {
                         let events = dp
                             .take_events()

@@ -32,7 +32,7 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo,
+    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, RateLimits, VniInfo,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -138,8 +138,18 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the programs, adopting the pinned maps (their entries keep serving).
+    /// Loads the programs, adopting the pinned maps (their entries keep serving), with the
+    /// default rate limits.
     pub fn open(bpffs_dir: &Path, router_mac: [u8; 6]) -> Result<Self, DataplaneError> {
+        Self::open_limited(bpffs_dir, router_mac, &RateLimits::DEFAULT)
+    }
+
+    /// [`Dataplane::open`] with the given per-port rate limits.
+    pub fn open_limited(
+        bpffs_dir: &Path,
+        router_mac: [u8; 6],
+        limits: &RateLimits,
+    ) -> Result<Self, DataplaneError> {
         let pins = Pins::new(bpffs_dir);
         ensure_bpffs(&pins.maps)?;
         fs::create_dir_all(&pins.links).map_err(io_err(&pins.links))?;
@@ -148,6 +158,9 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pins.maps)
             .override_global("ROUTER_MAC", &router_mac, true)
+            .override_global("RATE_DHCP", &limits.dhcp, true)
+            .override_global("RATE_ARP", &limits.arp, true)
+            .override_global("RATE_EVENTS", &limits.events, true)
             .load(EBPF_OBJECT)?;
         let load_failed = |name| move |source| DataplaneError::LoadProgram { name, source };
         for name in [PROGRAM_VM, PROGRAM_UNDERLAY] {

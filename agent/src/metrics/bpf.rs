@@ -81,6 +81,8 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("bad_request", &[Stat::DropDhcpBadRequest]),
             ("no_room", &[Stat::DropDhcpNoRoom]),
             ("other_server", &[Stat::DhcpOtherServer]),
+            ("rate_limited", &[Stat::DropDhcpRateLimited]),
+            ("skb_path", &[Stat::DropDhcpSkbPath]),
         ],
     },
     BpfFamily {
@@ -126,6 +128,9 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("route_blackhole", &[Stat::DropRouteBlackhole]),
             ("route_unreachable", &[Stat::DropRouteUnreachable]),
             ("route_prohibit", &[Stat::DropRouteProhibit]),
+            ("to_router", &[Stat::ToRouter]),
+            ("arp_rate_limited", &[Stat::DropArpRateLimited]),
+            ("arp_skb_path", &[Stat::DropArpSkbPath]),
         ],
     },
 ];
@@ -158,6 +163,11 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::DhcpEventsLost,
     ),
     (
+        "holdfast_dhcp_events_rate_limited",
+        "RELEASE/DECLINE events over their VM interface's rate limit, not sent to the agent",
+        Stat::DhcpEventsRateLimited,
+    ),
+    (
         "holdfast_arp_replies",
         "ARP requests answered in XDP",
         Stat::ArpReply,
@@ -174,7 +184,7 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
     ),
     (
         "holdfast_to_router",
-        "Frames from VMs to the router MAC, handed to the host stack",
+        "Frames from VMs to the router MAC, dropped until the data plane routes (also in holdfast_drops, reason to_router)",
         Stat::ToRouter,
     ),
     (

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{BindingKey, Stat};
+use agent_common::{BindingKey, RateLimit, RateLimits, Stat};
 use aya::programs::{TestRun as _, TestRunOptions};
 use holdfast::{
     dataplane::{Dataplane, Desired},
@@ -26,7 +26,7 @@ use holdfast::{
 use holdfast_tests::{
     TempDir,
     loadgen::{self, LoadConfig, LoadResult},
-    netns::{Agent, Netns, Proc, Vm, in_netns, mac_str, wait_for},
+    netns::{Agent, NO_RATE_LIMITS, Netns, Proc, Vm, in_netns, mac_str, wait_for},
     packet::Request,
     rawsock::RawSocket,
     xdp::ROUTER_MAC,
@@ -203,7 +203,12 @@ pub fn run() {
     let bpffs = TempDir::bpffs("bench");
     let (discover, request) = requests(macs[0], loadgen::client_ip(0));
     let (offer_cost, ack_cost, baseline) = {
-        let mut dp = Dataplane::open(bpffs.path(), ROUTER_MAC).expect("load");
+        // Limits that never bite: the figure includes the rate limiter's cost.
+        let limits = RateLimits {
+            dhcp: RateLimit::per_sec(1_000_000, 1_000_000),
+            ..RateLimits::DEFAULT
+        };
+        let mut dp = Dataplane::open_limited(bpffs.path(), ROUTER_MAC, &limits).expect("load");
         let net = network();
         let nic = Nic {
             mac: MacAddr(macs[0]),
@@ -275,7 +280,8 @@ pub fn run() {
 
     // 2. Replies per second over the veth.
     println!("\n2. Replies per second over one veth (load generator: 2 threads, full DORA)");
-    let mut agent = Agent::start(&hv, "hv-1", &ipam(&macs));
+    // 500 clients behind one interface: the per-port limits are for one real client.
+    let mut agent = Agent::start_with(&hv, "hv-1", &ipam(&macs), NO_RATE_LIMITS);
     wait_for(Duration::from_secs(30), || {
         (agent.metric("holdfast_leases") == CLIENTS as f64).then_some(())
     })
