@@ -1,19 +1,31 @@
 //! What the programs report to the agent: DHCP client events (RELEASE, DECLINE) on a ring
-//! buffer, logged and counted; and the programs' own log records (aya-log), forwarded.
+//! buffer, counted and logged; and the programs' own log records (aya-log), forwarded.
+//!
+//! A VM can send RELEASEs as fast as its link allows. The programs limit the events each VM
+//! interface may report (`rate_limits.events_*`); here the ring is drained in batches with a
+//! yield between them, so a full ring never holds a runtime worker, and the log is summarised:
+//! the first event of each (interface, kind) in an interval gets its own line, the others one
+//! line with their count when the interval ends.
 
-use std::{os::fd::AsRawFd, sync::Arc};
+use std::{collections::BTreeMap, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use agent_common::dhcp::{DHCPDECLINE, DHCPRELEASE};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::watch,
+    time::MissedTickBehavior,
 };
 use tracing::{info, warn};
 
 use super::handle::{Events, Logger};
 use crate::{dataplane, links::Links, metrics::Metrics, model::MacAddr};
 
-/// Logs and counts RELEASE and DECLINE reported by the programs.
+/// Events handled before the task yields to the runtime.
+const BATCH: usize = 256;
+/// How often the events not logged one by one are summarised.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts and logs RELEASE and DECLINE reported by the programs.
 pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: Arc<Metrics>) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
@@ -23,39 +35,121 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
             return;
         }
     };
+    let name = |ifindex: u32| {
+        links
+            .borrow()
+            .get(&ifindex)
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| format!("ifindex {ifindex}"))
+    };
+    let mut log = EventLog::default();
+    let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
+    summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let Ok(mut guard) = fd.readable_mut().await else {
-            return;
+        // Both branches are cancel-safe: readiness and a tick; the work is done in the handlers.
+        let more = tokio::select! {
+            ready = fd.readable_mut() => {
+                let Ok(mut guard) = ready else {
+                    return;
+                };
+                let ring = guard.get_inner_mut();
+                let mut handled = 0;
+                while handled < BATCH
+                    && let Some(item) = ring.next()
+                {
+                    handled += 1;
+                    if let Some(ev) = dataplane::parse_event(&item) {
+                        on_event(&ev, &mut log, &metrics, &name);
+                    }
+                }
+                let more = handled == BATCH;
+                if !more {
+                    // Drained: wait for the next wakeup. (A record committed meanwhile set
+                    // readiness again after the guard was taken; clearing keeps it.)
+                    guard.clear_ready();
+                }
+                more
+            }
+            _ = summary.tick() => {
+                for s in log.summarise() {
+                    info!(
+                        interface = %name(s.ifindex),
+                        event = %s.kind,
+                        count = s.unlogged,
+                        over = ?SUMMARY_INTERVAL,
+                        "DHCP client events not logged one by one"
+                    );
+                }
+                false
+            }
         };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            let Some(ev) = dataplane::parse_event(&item) else {
-                continue;
-            };
-            let kind = match u8::try_from(ev.kind) {
-                Ok(DHCPRELEASE) => "release",
-                Ok(DHCPDECLINE) => "decline",
-                _ => "unknown",
-            };
-            let interface = links
-                .borrow()
-                .get(&ev.ifindex)
-                .map(|l| l.name.clone())
-                .unwrap_or_else(|| format!("ifindex {}", ev.ifindex));
-            let addr = agent_common::ipv4(ev.addr);
-            metrics
-                .dhcp_events
-                .get_or_create(&vec![("type", kind)])
-                .inc();
-            info!(
-                event = %kind,
-                mac = %MacAddr(ev.mac),
-                interface = %interface,
-                address = %addr,
-                "DHCP client event"
-            );
+        if more {
+            tokio::task::yield_now().await;
         }
-        guard.clear_ready();
+    }
+}
+
+fn on_event(
+    ev: &agent_common::DhcpEvent,
+    log: &mut EventLog,
+    metrics: &Metrics,
+    name: &impl Fn(u32) -> String,
+) {
+    let kind = match u8::try_from(ev.kind) {
+        Ok(DHCPRELEASE) => "release",
+        Ok(DHCPDECLINE) => "decline",
+        _ => "unknown",
+    };
+    metrics
+        .dhcp_events
+        .get_or_create(&vec![("type", kind)])
+        .inc();
+    if log.first(ev.ifindex, kind) {
+        info!(
+            event = %kind,
+            mac = %MacAddr(ev.mac),
+            interface = %name(ev.ifindex),
+            address = %agent_common::ipv4(ev.addr),
+            "DHCP client event"
+        );
+    }
+}
+
+/// Events seen in the current interval, by (ifindex, kind). Its size is bounded by the VM
+/// interfaces (the programs report the ingress interface, which no VM chooses) times the kinds.
+#[derive(Debug, Default)]
+struct EventLog {
+    seen: BTreeMap<(u32, &'static str), u64>,
+}
+
+/// Events of one (interface, kind) not logged one by one in an interval.
+#[derive(Debug, PartialEq, Eq)]
+struct Unlogged {
+    ifindex: u32,
+    kind: &'static str,
+    unlogged: u64,
+}
+
+impl EventLog {
+    /// Records an event; whether it is the first of its (interface, kind) in the interval,
+    /// the one logged on its own.
+    fn first(&mut self, ifindex: u32, kind: &'static str) -> bool {
+        let n = self.seen.entry((ifindex, kind)).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Ends the interval: the events that were not logged, per (interface, kind).
+    fn summarise(&mut self) -> Vec<Unlogged> {
+        std::mem::take(&mut self.seen)
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|((ifindex, kind), n)| Unlogged {
+                ifindex,
+                kind,
+                unlogged: n - 1,
+            })
+            .collect()
     }
 }
 
@@ -78,5 +172,33 @@ pub async fn watch_logger(logger: Logger) {
         };
         guard.get_inner_mut().0.flush();
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_one_line_per_interface_and_kind_and_one_summary() {
+        let mut log = EventLog::default();
+        let mut lines = 0;
+        for _ in 0..10_000 {
+            lines += usize::from(log.first(7, "release"));
+        }
+        lines += usize::from(log.first(7, "decline"));
+        lines += usize::from(log.first(8, "release"));
+        assert_eq!(lines, 3, "the first of each (interface, kind)");
+        assert_eq!(
+            log.summarise(),
+            vec![Unlogged {
+                ifindex: 7,
+                kind: "release",
+                unlogged: 9_999
+            }]
+        );
+        // A new interval logs the first one again, and has nothing to summarise yet.
+        assert!(log.first(7, "release"));
+        assert!(log.summarise().is_empty());
     }
 }
