@@ -222,10 +222,18 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, Stat)> {
 fn the_skb_path_drops_what_xdp_drops_for_the_same_reasons() {
     let fx = Fixture::with(&desired(TEST_IFINDEX), None);
     for (what, frame, stat) in hostile() {
-        dropped(&fx, &frame, stat);
+        let before = fx.counters()[stat as usize];
+        assert_eq!(fx.run(&frame).0, XDP_DROP, "XDP, {what}");
+        let mut expected = before + 1;
         if test_run_takes(&frame) {
-            dropped_on_skb_path(&fx, &frame, stat);
+            assert_eq!(fx.run_tc(&frame).0, TC_ACT_SHOT, "TC, {what}");
+            expected += 1;
         }
+        assert_eq!(
+            fx.counters()[stat as usize],
+            expected,
+            "{what}: not counted as {stat:?} by each hook"
+        );
     }
     // Nothing was handed to the host stack, by either hook.
     let c = fx.counters();

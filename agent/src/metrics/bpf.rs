@@ -324,6 +324,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_counter_of_the_programs_is_in_a_metric() {
+        for i in 0..agent_common::stats::STATS_COUNT {
+            let in_family = BPF_FAMILIES.iter().any(|f| {
+                f.members
+                    .iter()
+                    .any(|(_, stats)| stats.iter().any(|s| *s as u32 == i))
+            });
+            let alone = BPF_COUNTERS.iter().any(|(_, _, s)| *s as u32 == i);
+            assert!(in_family || alone, "Stat {i} is in no metric");
+        }
+    }
+
+    #[test]
     fn a_failure_streak_is_reported_when_it_begins_and_when_it_ends() {
         let mut s = FailureStreak::default();
         assert!(!s.record(true), "success after success");
