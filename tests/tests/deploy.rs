@@ -65,6 +65,9 @@ const DROP_REASONS: &[&str] = &[
     "route_blackhole",
     "route_unreachable",
     "route_prohibit",
+    "to_router",
+    "arp_rate_limited",
+    "arp_skb_path",
     "bad_options",
     "chaddr_mismatch",
     "rogue_server",
@@ -73,6 +76,8 @@ const DROP_REASONS: &[&str] = &[
     "bad_request",
     "no_room",
     "other_server",
+    "rate_limited",
+    "skb_path",
 ];
 
 const NAMESPACE: &str = "holdfast";
