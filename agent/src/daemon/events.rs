@@ -54,12 +54,21 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
                 };
                 let ring = guard.get_inner_mut();
                 let mut handled = 0;
+                let mut kinds = Tally::default();
                 while handled < BATCH
                     && let Some(item) = ring.next()
                 {
                     handled += 1;
                     if let Some(ev) = dataplane::parse_event(&item) {
-                        on_event(&ev, &mut log, &metrics, &name);
+                        on_event(&ev, &mut log, &mut kinds, &name);
+                    }
+                }
+                for (kind, n) in kinds.0 {
+                    if n > 0 {
+                        metrics
+                            .dhcp_events
+                            .get_or_create(&vec![("type", kind)])
+                            .inc_by(n);
                     }
                 }
                 let more = handled == BATCH;
@@ -89,21 +98,29 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
     }
 }
 
+/// Events of a batch by kind, counted into the metric once per batch.
+struct Tally([(&'static str, u64); 3]);
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self([("release", 0), ("decline", 0), ("unknown", 0)])
+    }
+}
+
 fn on_event(
     ev: &agent_common::DhcpEvent,
     log: &mut EventLog,
-    metrics: &Metrics,
+    kinds: &mut Tally,
     name: &impl Fn(u32) -> String,
 ) {
-    let kind = match u8::try_from(ev.kind) {
-        Ok(DHCPRELEASE) => "release",
-        Ok(DHCPDECLINE) => "decline",
-        _ => "unknown",
+    let i = match u8::try_from(ev.kind) {
+        Ok(DHCPRELEASE) => 0,
+        Ok(DHCPDECLINE) => 1,
+        _ => 2,
     };
-    metrics
-        .dhcp_events
-        .get_or_create(&vec![("type", kind)])
-        .inc();
+    let (kind, n) = &mut kinds.0[i];
+    *n += 1;
+    let kind = *kind;
     if log.first(ev.ifindex, kind) {
         info!(
             event = %kind,
