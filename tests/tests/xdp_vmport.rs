@@ -68,14 +68,8 @@ fn desired(a1_ifindex: u32) -> Desired {
         n.network = net.id.clone().into();
         let b = options::render(&net, &n).expect("render");
         d.bindings.insert(BindingKey::new(ifindex, mac), b);
-        d.fdb.insert(
-            FdbKey::new(VNI, mac),
-            FdbEntry {
-                ifindex,
-                vtep: 0,
-                ip: be32(ip),
-            },
-        );
+        d.fdb
+            .insert(FdbKey::new(VNI, mac), FdbEntry::local(ifindex, be32(ip)));
         d.arp.insert(
             ArpKey {
                 vni: VNI,
