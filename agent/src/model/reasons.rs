@@ -27,10 +27,14 @@ pub enum Reason {
     InvalidLeaseTime,
     InvalidName,
     OptionsTooLong,
+    InterfaceNotVmPort,
+    InterfaceShared,
+    EntryTooLarge,
+    OverCapacity,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -52,6 +56,10 @@ impl Reason {
         Reason::InvalidLeaseTime,
         Reason::InvalidName,
         Reason::OptionsTooLong,
+        Reason::InterfaceNotVmPort,
+        Reason::InterfaceShared,
+        Reason::EntryTooLarge,
+        Reason::OverCapacity,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,6 +85,10 @@ impl Reason {
             Reason::InvalidLeaseTime => "invalid_lease_time",
             Reason::InvalidName => "invalid_name",
             Reason::OptionsTooLong => "options_too_long",
+            Reason::InterfaceNotVmPort => "interface_not_vm_port",
+            Reason::InterfaceShared => "interface_shared",
+            Reason::EntryTooLarge => "entry_too_large",
+            Reason::OverCapacity => "over_capacity",
         }
     }
 }

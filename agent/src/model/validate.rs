@@ -14,7 +14,7 @@ use imbl::OrdMap;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry,
+    Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry, capacity,
     checks::{check_network, check_nic},
     document::FieldKinds,
     reasons::{Reason, Reject, Rejection, reject},
@@ -49,16 +49,146 @@ pub fn validate<B: OptionsBudget>(
     let empty = Model::default();
     let prev = prev.unwrap_or(&empty);
     let mut rejections = Vec::new();
+    let networks = accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections);
+    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections);
+    capacity::fit_nodes(
+        &mut nodes,
+        prev,
+        this_node,
+        &limits.capacity,
+        &mut rejections,
+    );
     let mut model = Model {
-        networks: accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections),
-        nodes: accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections),
+        networks,
+        nodes,
         nics: OrdMap::new(),
     };
-    let (nics, failed) = accept_nics(&doc.nics, prev, &model, this_node, budget, &mut rejections);
-    let nics = restore_nics(nics, &failed, prev, &model, this_node, &mut rejections);
-    model.nics = one_nic_per_address(nics, &doc.nics, prev, &mut rejections);
+    model.nics = accept_all_nics(
+        doc,
+        prev,
+        &mut model,
+        this_node,
+        limits,
+        budget,
+        &mut rejections,
+    );
+    capacity::fit_networks(
+        &mut model,
+        prev,
+        this_node,
+        &limits.capacity,
+        &mut rejections,
+    );
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
     Validated { model, rejections }
+}
+
+/// The NICs of `doc` against the networks and nodes of `model`. A network whose version in
+/// `doc` leaves a NIC's options over budget that fit the version serving now is the one at
+/// fault: it is rejected and its serving version kept, with every NIC on it, and the NICs are
+/// judged again.
+fn accept_all_nics<B: OptionsBudget>(
+    doc: &RawDocument,
+    prev: &Model,
+    model: &mut Model,
+    this_node: &str,
+    limits: &Limits,
+    budget: &B,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<MacAddr, Nic> {
+    loop {
+        let mut round = Vec::new();
+        let mut outgrown = Outgrown::new();
+        let j = Judge {
+            prev,
+            model,
+            this_node,
+            limits,
+            budget,
+        };
+        let (nics, failed) = accept_nics(&doc.nics, &j, &mut outgrown, &mut round);
+        let nics = restore_nics(nics, &failed, &j, &mut outgrown, &mut round);
+        let reverted = revert_outgrown(doc, prev, model, outgrown, rejections);
+        if reverted == 0 {
+            // Each round reverts a network to its serving version, which cannot outgrow again:
+            // this ends.
+            rejections.extend(round);
+            let nics = one_nic_per_address(nics, &doc.nics, prev, rejections);
+            return one_network_per_interface(nics, &doc.nics, prev, this_node, rejections);
+        }
+    }
+}
+
+/// The networks whose new version outgrew a NIC's options budget: for each, a NIC and why.
+type Outgrown = BTreeMap<String, (MacAddr, String)>;
+
+/// What NICs are judged against.
+struct Judge<'a, B> {
+    prev: &'a Model,
+    model: &'a Model,
+    this_node: &'a str,
+    limits: &'a Limits,
+    budget: &'a B,
+}
+
+impl<B: OptionsBudget> Judge<'_, B> {
+    /// The options of `nic` on `net`; when they do not fit but fit the serving version of the
+    /// network, the network is noted in `outgrown`.
+    fn options(&self, net: &Network, nic: &Nic, outgrown: &mut Outgrown) -> Result<(), Reject> {
+        let Err(e) = self.budget.check(net, nic) else {
+            return Ok(());
+        };
+        if let Some(serving) = self.prev.networks.get(&net.id)
+            && serving != net
+            && self.budget.check(serving, nic).is_ok()
+        {
+            outgrown
+                .entry(net.id.clone())
+                .or_insert_with(|| (nic.mac, e.to_string()));
+        }
+        Err(reject(Reason::OptionsTooLong, e.to_string()))
+    }
+}
+
+/// Puts back the serving version of each network of `outgrown`, unless another network holds
+/// its VNI now; rejects the new version. Returns how many were put back.
+fn revert_outgrown(
+    doc: &RawDocument,
+    prev: &Model,
+    model: &mut Model,
+    outgrown: Outgrown,
+    rejections: &mut Vec<Rejection>,
+) -> usize {
+    let mut reverted = 0;
+    for (id, (mac, why)) in outgrown {
+        let Some(serving) = prev.networks.get(&id) else {
+            continue;
+        };
+        if model
+            .networks
+            .iter()
+            .any(|(other, n)| *other != id && n.vni == serving.vni)
+        {
+            // Its NICs that do not fit are rejected one by one instead.
+            continue;
+        }
+        model.networks.insert(id.clone(), serving.clone());
+        let entry = doc
+            .networks
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.key("id").as_deref() == Some(id.as_str()))
+            .map_or_else(|| "networks".into(), |(i, e)| e.label("networks", i));
+        let detail = format!(
+            "with this version's DHCP options, NIC {mac} (served with the version serving now) \
+             would not fit a reply: {why}"
+        );
+        let mut r = reject(Reason::OptionsTooLong, detail).at(entry, Some(id));
+        r.kept_last_good = true;
+        rejections.push(r);
+        reverted += 1;
+    }
+    reverted
 }
 
 /// A network or a node: an entry with a unique key, checked on its own, and a claim (VNI,
@@ -201,25 +331,23 @@ fn one_per_claim<T: Keyed>(
 }
 
 /// The NICs of a document, each parsed and checked against the accepted networks and nodes
-/// of `model`, one per MAC (the one serving now, else the first), each with its document
-/// index; and the MACs of those that failed.
+/// of the judge's model, one per MAC (the one serving now, else the first), each with its
+/// document index; and the MACs of those that failed.
 fn accept_nics<B: OptionsBudget>(
     raws: &[RawEntry],
-    prev: &Model,
-    model: &Model,
-    this_node: &str,
-    budget: &B,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
     rejections: &mut Vec<Rejection>,
 ) -> (Vec<(usize, Nic)>, BTreeSet<MacAddr>) {
     let mut accepted: Accepted<MacAddr, Nic> = Accepted::new();
     let mut failed = BTreeSet::new();
     let mut names = Names::default();
     for (i, raw) in raws.iter().enumerate() {
-        match check_nic_in(raw, model, this_node, budget) {
+        match check_nic_in(raw, j, outgrown) {
             Ok(mut nic) => {
                 names.share(&mut nic);
                 let mac = nic.mac;
-                if let Some((lost, _)) = accepted.insert(mac, i, nic, prev.nics.get(&mac)) {
+                if let Some((lost, _)) = accepted.insert(mac, i, nic, j.prev.nics.get(&mac)) {
                     rejections.push(
                         reject(Reason::DuplicateMac, "another NIC has the same MAC")
                             .at(raws[lost].label("nics", lost), Some(mac.to_string())),
@@ -240,46 +368,44 @@ fn accept_nics<B: OptionsBudget>(
 /// budget.
 fn check_nic_in<B: OptionsBudget>(
     raw: &RawEntry,
-    model: &Model,
-    this_node: &str,
-    budget: &B,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
 ) -> Result<Nic, Reject> {
     let nic: Nic = raw.parse()?;
-    let net = model.networks.get(&*nic.network).ok_or_else(|| {
+    let net = j.model.networks.get(&*nic.network).ok_or_else(|| {
         reject(
             Reason::UnknownNetwork,
             format!("network {:?} does not exist", nic.network),
         )
     })?;
-    if !model.nodes.contains_key(&*nic.node) {
+    if !j.model.nodes.contains_key(&*nic.node) {
         return Err(reject(
             Reason::UnknownNode,
             format!("node {:?} does not exist", nic.node),
         ));
     }
-    check_nic(&nic, net, this_node)?;
-    budget
-        .check(net, &nic)
-        .map_err(|e| reject(Reason::OptionsTooLong, e.to_string()))?;
+    check_nic(&nic, net, j.this_node, &j.limits.ports)?;
+    j.options(net, &nic, outgrown)?;
     Ok(nic)
 }
 
 /// Adds to `nics` the last good version of each NIC of `failed` that no accepted NIC replaces
-/// and that still fits the accepted networks and nodes of `model`.
-fn restore_nics(
+/// and that still fits the accepted networks and nodes of the judge's model, and the options
+/// budget.
+fn restore_nics<B: OptionsBudget>(
     mut nics: Vec<(usize, Nic)>,
     failed: &BTreeSet<MacAddr>,
-    prev: &Model,
-    model: &Model,
-    this_node: &str,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
     rejections: &mut [Rejection],
 ) -> Vec<(usize, Nic)> {
     for mac in failed {
-        if let Some(old) = prev.nics.get(mac)
+        if let Some(old) = j.prev.nics.get(mac)
             && !nics.iter().any(|(_, n)| n.mac == *mac)
-            && let Some(net) = model.networks.get(&*old.network)
-            && model.nodes.contains_key(&*old.node)
-            && check_nic(old, net, this_node).is_ok()
+            && let Some(net) = j.model.networks.get(&*old.network)
+            && j.model.nodes.contains_key(&*old.node)
+            && check_nic(old, net, j.this_node, &j.limits.ports).is_ok()
+            && j.options(net, old, outgrown).is_ok()
         {
             // Not in the document: sorts after every NIC that is.
             nics.push((usize::MAX, old.clone()));
@@ -295,27 +421,78 @@ fn one_nic_per_address(
     raws: &[RawEntry],
     prev: &Model,
     rejections: &mut Vec<Rejection>,
-) -> OrdMap<MacAddr, Nic> {
+) -> Vec<(usize, Nic)> {
     nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
-    let mut holders: HashMap<(&str, Ipv4Addr), MacAddr> = HashMap::new();
-    let mut out = OrdMap::new();
-    for (i, nic) in &nics {
-        let Some(holder) = holders.get(&(&*nic.network, nic.ip)) else {
-            holders.insert((&*nic.network, nic.ip), nic.mac);
-            out.insert(nic.mac, nic.clone());
+    let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut out = Vec::with_capacity(nics.len());
+    for (i, nic) in nics {
+        let Some(holder) = holders.get(&(nic.network.clone(), nic.ip)) else {
+            holders.insert((nic.network.clone(), nic.ip), nic.mac);
+            out.push((i, nic));
             continue;
         };
         let detail = format!(
             "ip {} in network {} is already held by {holder}",
             nic.ip, nic.network
         );
-        let entry = match raws.get(*i) {
-            Some(raw) => raw.label("nics", *i),
-            None => "nics".into(),
-        };
-        rejections.push(reject(Reason::DuplicateIp, detail).at(entry, Some(nic.mac.to_string())));
+        rejections.push(
+            reject(Reason::DuplicateIp, detail).at(nic_entry(raws, i), Some(nic.mac.to_string())),
+        );
     }
     out
+}
+
+/// One network per interface of this node (a VM on two networks would bridge their VNIs): the
+/// network that holds the interface now keeps it, else the one of the first NIC in the
+/// document naming it.
+fn one_network_per_interface(
+    mut nics: Vec<(usize, Nic)>,
+    raws: &[RawEntry],
+    prev: &Model,
+    this_node: &str,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<MacAddr, Nic> {
+    let held_before = |n: &Nic| {
+        prev.nics.get(&n.mac).is_some_and(|p| {
+            p.network == n.network && p.interface == n.interface && p.node == n.node
+        })
+    };
+    nics.sort_by_key(|(i, n)| (!held_before(n), *i));
+    let mut holders: HashMap<String, Arc<str>> = HashMap::new();
+    let mut out = OrdMap::new();
+    for (i, nic) in nics {
+        if *nic.node == *this_node
+            && let Some(iface) = &nic.interface
+        {
+            match holders.get(iface) {
+                None => {
+                    holders.insert(iface.clone(), nic.network.clone());
+                }
+                Some(net) if *net == nic.network => {}
+                Some(net) => {
+                    let detail = format!(
+                        "interface {iface} carries NICs of network {net}: one interface, one \
+                         network"
+                    );
+                    rejections.push(
+                        reject(Reason::InterfaceShared, detail)
+                            .at(nic_entry(raws, i), Some(nic.mac.to_string())),
+                    );
+                    continue;
+                }
+            }
+        }
+        out.insert(nic.mac, nic);
+    }
+    out
+}
+
+/// How a rejection names the NIC at document index `i` (`usize::MAX`: a last good version).
+fn nic_entry(raws: &[RawEntry], i: usize) -> String {
+    match raws.get(i) {
+        Some(raw) => raw.label("nics", i),
+        None => "nics".into(),
+    }
 }
 
 /// Collects accepted entries of one kind, resolving duplicate keys in favour of the version
@@ -494,6 +671,7 @@ mod tests {
     fn networks_must_fit_the_underlay_and_vteps_are_unique() {
         let limits = Limits {
             underlay_mtu: Some(1500),
+            ..Limits::default()
         };
         let v = validate(&doc(base()), None, "hv-1", &limits, &NoBudget);
         // blue (1450) fits; red has no MTU: 1500 + 50 does not; its NIC goes with it.

@@ -297,7 +297,7 @@ impl Session {
             .await?;
         for n in fetched.into_iter().flatten() {
             if let Some(json) = n.entry {
-                view.set(&Range::Network(n.id.clone()), &n.key, Some(json.into()));
+                view.set(&Range::Network(n.id.clone()), &n.key, Some(&json));
             }
             let range = Range::NetworkNics(n.id.clone());
             view.nics.entry(n.id).or_default();

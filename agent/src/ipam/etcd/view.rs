@@ -65,7 +65,7 @@ impl View {
     }
 
     /// The entry for `key` with value `json`, its names shared with the view's.
-    fn entry(&mut self, key: &str, json: Arc<[u8]>) -> (Arc<str>, RawEntry) {
+    fn entry(&mut self, key: &str, json: &[u8]) -> (Arc<str>, RawEntry) {
         let (dir, id) = split_key(key);
         let dir = match self.dirs.get(dir) {
             Some(d) => d.clone(),
@@ -76,12 +76,8 @@ impl View {
             }
         };
         let id: Arc<str> = Arc::from(id);
-        let entry = RawEntry {
-            dir: Some(dir),
-            id: Some(id.clone()),
-            json,
-        };
-        (id, entry)
+        // A value over the entry bound is not kept, only its size.
+        (id.clone(), RawEntry::at(dir, id, json))
     }
 
     /// Adds listed keys of `range`, a slice at a time: a list can hold 100,000 NICs, and the
@@ -89,7 +85,7 @@ impl View {
     pub(super) async fn fill(&mut self, range: &Range, kvs: Vec<(String, Vec<u8>)>) {
         for chunk in kvs.chunks(FILL_SLICE) {
             for (key, json) in chunk {
-                self.set(range, key, Some(Arc::from(json.as_slice())));
+                self.set(range, key, Some(json));
             }
             tokio::task::yield_now().await;
         }
@@ -97,10 +93,10 @@ impl View {
 
     /// Applies one put (`Some`) or delete (`None`); whether anything changed.
     pub(super) fn apply(&mut self, range: &Range, key: &str, value: Option<&[u8]>) -> bool {
-        self.set(range, key, value.map(Arc::from))
+        self.set(range, key, value)
     }
 
-    pub(super) fn set(&mut self, range: &Range, key: &str, json: Option<Arc<[u8]>>) -> bool {
+    pub(super) fn set(&mut self, range: &Range, key: &str, json: Option<&[u8]>) -> bool {
         let entry = json.map(|j| self.entry(key, j));
         let name = split_key(key).1;
         let map = match range {
