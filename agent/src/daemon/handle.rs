@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::{
     config::Config,
     dataplane::{Dataplane, Desired, Report},
+    ports::VmPorts,
 };
 
 /// The programs' log records (aya-log).
@@ -42,11 +43,17 @@ impl DataplaneHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let bpffs = config.bpffs_dir.clone();
         let router_mac = config.router_mac.0;
+        let vm_ports = VmPorts::new(
+            &config.vm.interfaces,
+            config.underlay.as_ref().map(|u| u.interface.as_str()),
+            crate::anchor::DEFAULT_NAME,
+        );
         std::thread::Builder::new()
             .name("dataplane".into())
             .spawn(move || {
                 let mut dp = match Dataplane::open(&bpffs, router_mac) {
                     Ok(mut dp) => {
+                        dp.set_vm_ports(vm_ports);
                         let events = dp
                             .take_events()
                             .inspect_err(|e| warn!(error = %e, "no DHCP event ring buffer"))

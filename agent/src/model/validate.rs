@@ -909,4 +909,274 @@ mod tests {
         assert_eq!(v.rejections[0].detail, r#"no room for hostname "vm3""#);
         assert_eq!(v.model, base_without(&[HV2_NIC]));
     }
+
+    fn on_taps(extra_excluded: &[(&str, &str)]) -> Limits {
+        let mut links = crate::links::Links::new();
+        for (i, (name, addr)) in extra_excluded.iter().enumerate() {
+            links.insert(
+                i as u32 + 10,
+                crate::links::LinkInfo {
+                    name: (*name).into(),
+                    addresses: [addr.parse().unwrap()].into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let patterns = [crate::ports::Pattern::parse("tap*").unwrap()];
+        Limits {
+            ports: crate::ports::VmPorts::new(&patterns, Some("tap-ul"), "holdfast0")
+                .with_links(&links),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_nic_of_this_node_names_a_vm_port_only() {
+        for (iface, why) in [
+            ("eth0", "matches none of [vm] interfaces (tap*)"),
+            ("lo", "it is the loopback interface"),
+            ("holdfast0", "it is holdfast's next-hop lookup anchor"),
+            ("tap-ul", "it is the underlay"),
+            ("tap-host", "it carries the host address 10.1.2.3"),
+        ] {
+            let v = validate(
+                &doc({
+                    let mut d = base();
+                    d["nics"][1]["interface"] = json!(iface);
+                    d
+                }),
+                None,
+                "hv-1",
+                &on_taps(&[("tap-host", "10.1.2.3")]),
+                &NoBudget,
+            );
+            assert_eq!(
+                reasons(&v),
+                vec![("nics[1]".into(), Reason::InterfaceNotVmPort)],
+                "{iface}"
+            );
+            assert!(
+                v.rejections[0].detail.contains(why),
+                "{}",
+                v.rejections[0].detail
+            );
+            assert_eq!(v.model, base_without(&[RED_NIC]), "the others serve");
+        }
+        // Another node's interfaces are its business.
+        let mut d = base();
+        d["nics"][2]["interface"] = json!("eth0");
+        let v = validate(&doc(d), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_nic_whose_tap_gains_a_host_address_is_rejected_at_the_next_validation() {
+        let serving = validate(&doc(base()), None, "hv-1", &on_taps(&[]), &NoBudget).model;
+        let v = validate(
+            &doc(base()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[("tap2", "2001:db8::2")]),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceNotVmPort)]
+        );
+        assert!(
+            !v.rejections[0].kept_last_good,
+            "its last good version names the same tap"
+        );
+        assert_eq!(v.model, base_without(&[RED_NIC]));
+    }
+
+    #[test]
+    fn one_interface_carries_one_network() {
+        // red's NIC moves onto blue's tap: the second by document order is rejected.
+        let mut d = base();
+        d["nics"][1]["interface"] = json!("tap1");
+        let v = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceShared)]
+        );
+        assert!(
+            v.rejections[0]
+                .detail
+                .contains("carries NICs of network blue")
+        );
+        assert_eq!(v.model, base_without(&[RED_NIC]));
+        // Listed first, it still loses to the network serving on that tap.
+        let serving = base_without(&[RED_NIC]);
+        let nics = d["nics"].as_array_mut().unwrap();
+        let red = nics.remove(1);
+        nics.insert(0, red);
+        let v = validate(
+            &doc(d.clone()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[]),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[0]".into(), Reason::InterfaceShared)]
+        );
+        assert_eq!(v.model, serving);
+        // With nothing serving, the first in the document wins.
+        let v = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceShared)]
+        );
+        assert!(v.model.networks["red"].vni == 1002 && v.model.nics.len() == 2);
+        // A second NIC of the same network on one tap is fine; so is another node's tap1.
+        let mut d = base();
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics.push(json!({"mac": "02:00:00:00:00:04", "network": "blue", "ip": "10.10.0.14", "node": "hv-1", "interface": "tap1"}));
+        nics.push(json!({"mac": "02:00:00:00:00:05", "network": "red", "ip": "10.10.0.15", "node": "hv-2", "interface": "tap1"}));
+        let v = validate(&doc(d), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn revalidating_one_network_never_puts_two_on_one_interface() {
+        let limits = on_taps(&[]);
+        let serving = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        // red alone is validated again, its NIC now on blue's tap.
+        let mut d = base();
+        d["nics"][1]["interface"] = json!("tap1");
+        let networks = BTreeSet::from(["red".to_owned()]);
+        let old = serving.nics_by_network().remove("red").unwrap();
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["red"]),
+            &networks,
+            &old,
+            &serving,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(
+            part.validated
+                .rejections
+                .iter()
+                .map(|r| r.reason)
+                .collect::<Vec<_>>(),
+            [Reason::InterfaceShared]
+        );
+        assert_eq!(part.validated.model, base_without(&[RED_NIC]));
+        assert!(part.nics_of["red"].is_empty());
+        // Both validated together (as the etcd source couples them): the same outcome.
+        let both = BTreeSet::from(["blue".to_owned(), "red".to_owned()]);
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["blue", "red"]),
+            &both,
+            &serving.nics.keys().copied().collect(),
+            &serving,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model, base_without(&[RED_NIC]));
+    }
+
+    /// A budget of `n` routes: what option 121 holds in a 296-byte reply, roughly.
+    struct Routes(usize);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("option 121 would carry {0} routes, over the {1} that fit")]
+    struct TooMany(usize, usize);
+
+    impl OptionsBudget for Routes {
+        type Error = TooMany;
+
+        fn check(&self, net: &Network, nic: &Nic) -> Result<(), TooMany> {
+            let n = net.routes.len() + usize::from(nic.hostname.is_some());
+            if n > self.0 {
+                Err(TooMany(n, self.0))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn routes(n: usize) -> serde_json::Value {
+        json!(
+            (0..n)
+                .map(|i| json!({"to": format!("172.{i}.0.0/16"), "via": "10.10.0.1"}))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    #[test]
+    fn a_network_outgrowing_the_options_of_its_nics_keeps_its_last_good_version() {
+        let budget = Routes(30);
+        let mut d = base();
+        d["networks"][0]["routes"] = routes(2);
+        let serving = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &budget).model;
+        assert_eq!(serving.nics.len(), 3);
+        // 40 routes: no NIC of blue would fit any more. The network is at fault, not its NICs.
+        d["networks"][0]["routes"] = routes(40);
+        let v = validate(
+            &doc(d.clone()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[]),
+            &budget,
+        );
+        assert_eq!(
+            v.model, serving,
+            "blue and every NIC on it keep serving as they were"
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("networks[0]".into(), Reason::OptionsTooLong)]
+        );
+        let r = &v.rejections[0];
+        assert!(r.kept_last_good);
+        assert_eq!(r.key.as_deref(), Some("blue"));
+        assert!(
+            r.detail.contains("option 121 would carry 40 routes"),
+            "{}",
+            r.detail
+        );
+        // The same as a partial revalidation of blue.
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = serving.nics_by_network().remove("blue").unwrap();
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["blue"]),
+            &networks,
+            &old,
+            &serving,
+            "hv-1",
+            &on_taps(&[]),
+            &budget,
+        );
+        assert_eq!(part.validated.model, serving);
+        assert_eq!(part.nics_of["blue"], old);
+        // A new network has no last good version: its NICs are rejected one by one. And a NIC
+        // whose own hostname tips it over is the NIC's fault.
+        let mut fresh = base();
+        fresh["networks"][0]["routes"] = routes(40);
+        let v = validate(&doc(fresh), None, "hv-1", &on_taps(&[]), &budget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("nics[0]".into(), Reason::OptionsTooLong),
+                ("nics[2]".into(), Reason::OptionsTooLong)
+            ]
+        );
+        let mut d = base();
+        d["networks"][0]["routes"] = routes(30);
+        let serving = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &budget).model;
+        d["nics"][0]["hostname"] = json!("vm1");
+        let v = validate(&doc(d), Some(&serving), "hv-1", &on_taps(&[]), &budget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[0]".into(), Reason::OptionsTooLong)]
+        );
+        assert!(v.rejections[0].kept_last_good);
+        assert_eq!(v.model, serving);
+    }
 }

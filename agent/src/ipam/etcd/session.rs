@@ -113,9 +113,14 @@ impl Session {
                 Ok(stop) | Err(stop) => stop,
             };
             match stop {
-                Stop::Failed(e) if e.is_compacted() && self.relists.prompt(Instant::now()) => {
+                // A watch answer over the message limit (a batch of large values): listing
+                // takes them in parts, and the watch starts again from the listed revision.
+                Stop::Failed(e)
+                    if (e.is_compacted() || e.is_too_large())
+                        && self.relists.prompt(Instant::now()) =>
+                {
                     let wait = RELIST_JITTER.mul_f64(fastrand::f64());
-                    info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    info!(error = %e, ?wait, "watch cannot go on from where it was; listing again");
                     self.relist_next();
                     tokio::time::sleep(wait).await;
                 }
