@@ -120,7 +120,11 @@ impl Session {
                         && self.relists.prompt(Instant::now()) =>
                 {
                     let wait = RELIST_JITTER.mul_f64(fastrand::f64());
-                    info!(error = %e, ?wait, "watch cannot go on from where it was; listing again");
+                    if e.is_compacted() {
+                        info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    } else {
+                        info!(error = %e, ?wait, "watch answer over the message limit; listing again");
+                    }
                     self.relist_next();
                     tokio::time::sleep(wait).await;
                 }
