@@ -542,3 +542,66 @@ fn a_tampered_snapshot_serves_only_its_good_entries() {
         .and_then(|r| r.msg_type());
     assert_eq!(offer, Some(2));
 }
+
+/// An IPAM larger than the bindings map (16,384 NICs on one host): whole networks are cut, in
+/// a stable order, so that the maps take every write and no network is half-present.
+#[test]
+fn an_ipam_larger_than_the_maps_is_cut_by_whole_networks() {
+    let hv = Netns::new("hv");
+    // n0: 16,000 NICs on tap-c0; n1: 1,000 more on tap-c1. Together over 16,384.
+    let mut nics = Vec::new();
+    for (net, count, tap) in [(0u32, 16_000u32, "tap-c0"), (1, 1_000, "tap-c1")] {
+        for k in 0..count {
+            let host = 10 + k;
+            nics.push(json!({
+                "mac": mac_str([0x02, 0xcc, net as u8, 0, (k >> 8) as u8, k as u8]),
+                "network": format!("n{net}"),
+                "ip": format!("10.{}.{}.{}", net, host / 256, host % 256),
+                "node": "hv-1", "interface": tap}));
+        }
+    }
+    let networks: Vec<Value> = (0..2)
+        .map(|n| {
+            json!({"id": format!("n{n}"), "vni": 2000 + n, "subnet": format!("10.{n}.0.0/16"),
+            "gateway": format!("10.{n}.0.1")})
+        })
+        .collect();
+    let doc = json!({"networks": networks, "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}],
+        "nics": nics});
+    let agent = Agent::start(&hv, "hv-1", &doc.to_string());
+    for tap in ["tap-c0", "tap-c1"] {
+        hv.ip(&[
+            "link",
+            "add",
+            tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{tap}p"),
+        ]);
+        hv.ip(&["link", "set", tap, "up"]);
+    }
+    let applied = wait_for(Duration::from_secs(60), || {
+        (agent.metric("holdfast_leases") == 16_000.0).then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "leases {}:\n{}",
+        agent.metric("holdfast_leases"),
+        agent.logs()
+    );
+    assert_eq!(rejected_now(&agent, "over_capacity"), 1.0);
+    assert_eq!(
+        agent.metric("holdfast_dataplane_errors_total"),
+        0.0,
+        "{}",
+        agent.logs()
+    );
+    assert_eq!(agent.metric("holdfast_fdb_entries"), 16_000.0);
+    let logs = agent.logs();
+    assert!(
+        logs.contains("(n1): over_capacity: its 1000 NICs (1000 on this node) do not fit: the bindings map holds 16384 entries and 16000 are taken"),
+        "{logs}"
+    );
+}

@@ -53,14 +53,22 @@ pub fn revalidate<B: OptionsBudget>(
         this_node,
         &mut rejections,
     );
-    // What serves unchanged keeps its place: only these networks can be cut.
-    for id in capacity::fit_networks(
+    // What serves unchanged keeps its place: only these networks can be cut. This node's NICs
+    // are counted again only when these networks hold more of them than before.
+    let local = |m: &Model, macs: &mut dyn Iterator<Item = &MacAddr>| {
+        macs.filter(|mac| m.nics.get(*mac).is_some_and(|n| *n.node == *this_node))
+            .count()
+    };
+    let grew = local(&model, &mut nics_of.values().flatten()) > local(prev, &mut old.iter());
+    let cut = capacity::fit_networks(
         &mut model,
         prev,
         this_node,
         &limits.capacity,
+        grew,
         &mut rejections,
-    ) {
+    );
+    for id in cut {
         if let Some(set) = nics_of.get_mut(&id) {
             set.clear();
         }

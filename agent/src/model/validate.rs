@@ -77,6 +77,7 @@ pub fn validate<B: OptionsBudget>(
         prev,
         this_node,
         &limits.capacity,
+        true,
         &mut rejections,
     );
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
