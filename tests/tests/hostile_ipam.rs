@@ -425,6 +425,10 @@ fn oversized_values_in_etcd_are_rejected_alone_and_the_rest_syncs() {
     assert!(!in_fdb(&agent, [0x02, 0xdd, 0, 0, 0, 0x01]));
     let logs = agent.logs();
     assert!(
+        logs.contains("a page is over the message limit; smaller pages"),
+        "the nodes were listed in smaller pages:\n{logs}"
+    );
+    assert!(
         logs.contains("/holdfast/nodes/big-00") && logs.contains("entry_too_large"),
         "{logs}"
     );

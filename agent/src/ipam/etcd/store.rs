@@ -9,7 +9,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     EtcdError, KeyError,
@@ -147,7 +147,7 @@ impl Store {
                 Ok(resp) => resp,
                 Err(e) if e.is_too_large() && limit > 1 => {
                     limit = (limit / 4).max(1);
-                    debug!(error = %e, limit, "a page is over the message limit; smaller pages");
+                    info!(error = %e, limit, "a page is over the message limit; smaller pages");
                     continue;
                 }
                 Err(e) if e.is_too_large() => {
