@@ -15,6 +15,9 @@ use crate::{
 
 pub fn check(config: PathBuf, ipam: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = Config::load(&config)?;
+    for w in config.warnings() {
+        println!("warning: {w}");
+    }
     let Some(path) = ipam.or(config.ipam.path.clone()) else {
         println!("config ok");
         return Ok(ExitCode::SUCCESS);
