@@ -609,3 +609,77 @@ fn an_ipam_larger_than_the_maps_is_cut_by_whole_networks() {
         "{logs}"
     );
 }
+
+/// Defence in depth: asked to put the VM programs on `lo`, on the underlay, on an interface
+/// with a host address or on one no pattern names, the data plane refuses each, naming why,
+/// and attaches to the VM port alone.
+#[test]
+fn the_data_plane_attaches_to_vm_ports_only_even_if_asked() {
+    use holdfast::dataplane::{Dataplane, Desired, ReconcileError};
+    let hv = Netns::new("hv");
+    for (name, addr) in [
+        ("tap-g1", None),
+        ("tap-g2", Some("192.0.2.7/24")),
+        ("eth-x", None),
+        ("ul0", None),
+    ] {
+        hv.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}p"),
+        ]);
+        if let Some(a) = addr {
+            hv.ip(&["addr", "add", a, "dev", name]);
+        }
+        hv.ip(&["link", "set", name, "up"]);
+    }
+    let bpffs = holdfast_tests::TempDir::bpffs("guard");
+    let names = ["lo", "tap-g1", "tap-g2", "eth-x", "ul0"];
+    let desired = Desired {
+        interfaces: names
+            .iter()
+            .map(|n| (hv.ifindex(n), (*n).to_owned()))
+            .collect(),
+        underlay: Some((hv.ifindex("ul0"), "ul0".into())),
+        prune: true,
+        ..Desired::default()
+    };
+    let report = holdfast_tests::netns::in_netns(&hv.path(), || {
+        let mut dp = Dataplane::open(bpffs.path(), ROUTER_MAC).expect("load programs");
+        dp.reconcile(&desired)
+    });
+    let refused: Vec<String> = report
+        .errors
+        .iter()
+        .filter(|e| matches!(e, ReconcileError::NotVmPort { .. }))
+        .map(ToString::to_string)
+        .collect();
+    for why in [
+        "\"lo\" is not a VM port: it is the loopback interface",
+        "\"tap-g2\" is not a VM port: it carries the host address 192.0.2.7",
+        "\"eth-x\" is not a VM port: it matches none of [vm] interfaces (tap*, vnet*)",
+        "\"ul0\" is not a VM port: it is the underlay",
+    ] {
+        assert!(
+            refused.iter().any(|r| r.contains(why)),
+            "{why}: {refused:?}"
+        );
+    }
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    let vm_links: Vec<&String> = report
+        .attached
+        .iter()
+        .filter(|a| a.ends_with("/vm") || a.ends_with("/tc"))
+        .collect();
+    assert_eq!(
+        vm_links,
+        ["tap-g1/tc", "tap-g1/vm"],
+        "{:?}",
+        report.attached
+    );
+}
