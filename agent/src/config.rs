@@ -9,7 +9,10 @@ use std::{
 use agent_common::{RateLimit, RateLimits};
 use serde::Deserialize;
 
-use crate::model::MacAddr;
+use crate::{
+    model::MacAddr,
+    ports::{self, Pattern},
+};
 
 pub const DEFAULT_CONFIG: &str = "/etc/holdfast/holdfast.toml";
 
@@ -36,6 +39,34 @@ pub struct Config {
     /// What one VM interface may make the host do: answer DHCP and ARP, report DHCP events.
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Which interfaces are VM ports.
+    #[serde(default)]
+    pub vm: VmConfig,
+}
+
+/// The VM ports: the only interfaces a NIC may name and the programs may go on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Interface name patterns (`*` any run of characters, `?` one). The underlay, `lo`, the
+    /// lookup anchor and any interface with a host address are never VM ports.
+    #[serde(default = "default_vm_interfaces")]
+    pub interfaces: Vec<Pattern>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: default_vm_interfaces(),
+        }
+    }
+}
+
+fn default_vm_interfaces() -> Vec<Pattern> {
+    ports::DEFAULT_PATTERNS
+        .iter()
+        .filter_map(|p| Pattern::parse(p).ok())
+        .collect()
 }
 
 /// Per-VM-interface rate limits, applied by the programs (counted drops beyond them). A limit
@@ -174,6 +205,9 @@ pub struct TlsConfig {
 pub struct AuthConfig {
     pub username: String,
     pub password_file: PathBuf,
+    /// Sends the credentials to `http://` endpoints, in clear text. Refused unless set.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 impl IpamConfig {
@@ -272,6 +306,27 @@ pub enum ConfigError {
     },
 }
 
+/// Something in the config that works but should not be so.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigWarning {
+    #[error(
+        "ipam.auth.password_file {path}: readable by others than its owner (mode {mode:04o}); \
+         chmod 0600 it"
+    )]
+    PasswordFileExposed { path: PathBuf, mode: u32 },
+}
+
+/// The password file's permissions: it should be its owner's alone. Nothing when it cannot be
+/// read (connecting reports that).
+pub fn check_password_file(path: &Path) -> Option<ConfigWarning> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then(|| ConfigWarning::PasswordFileExposed {
+        path: path.to_owned(),
+        mode,
+    })
+}
+
 impl Config {
     /// Reads and checks a config file. Blocking: call it before the runtime starts or on the
     /// blocking pool.
@@ -280,7 +335,23 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        for w in config.warnings() {
+            tracing::warn!(config = %path.display(), "{w}");
+        }
+        Ok(config)
+    }
+
+    /// What works in this config but should not be so (reads the files it names).
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let auth = self
+            .ipam
+            .auth
+            .as_ref()
+            .filter(|_| self.ipam.source == IpamSource::Etcd);
+        auth.and_then(|a| check_password_file(&a.password_file))
+            .into_iter()
+            .collect()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -372,6 +443,23 @@ impl Config {
                 {
                     return Err(invalid("ipam.tls", "cert and key go together".into()));
                 }
+                if let Some(auth) = &config.ipam.auth
+                    && !auth.allow_insecure_http
+                    && let Some(plain) = config
+                        .ipam
+                        .endpoints
+                        .iter()
+                        .find(|e| e.starts_with("http://"))
+                {
+                    return Err(invalid(
+                        "ipam.auth",
+                        format!(
+                            "the password would cross the network in clear text to {plain:?}: \
+                             use https:// endpoints (with [ipam.tls]), or set \
+                             ipam.auth.allow_insecure_http = true"
+                        ),
+                    ));
+                }
             }
         }
         if let Some(u) = &config.underlay {
@@ -389,6 +477,12 @@ impl Config {
                     format!("{mtu} is outside 1280..=65535"),
                 ));
             }
+        }
+        if config.vm.interfaces.is_empty() {
+            return Err(invalid(
+                "vm.interfaces",
+                "names no pattern: no interface could be a VM port".into(),
+            ));
         }
         if config.ipam.poll_interval_ms == 0 {
             return Err(invalid("ipam.poll_interval_ms", "must be positive".into()));
@@ -554,5 +648,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("zookeeper"), "{e}");
+    }
+
+    #[test]
+    fn vm_ports_are_taps_unless_configured() {
+        let base = "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n";
+        let names = |c: &Config| -> Vec<String> {
+            c.vm.interfaces
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&parse(base).unwrap()), ["tap*", "vnet*"]);
+        let c = parse(&format!("{base}[vm]\ninterfaces = [\"vm-*\", \"tap?\"]\n")).unwrap();
+        assert_eq!(names(&c), ["vm-*", "tap?"]);
+        let e = parse(&format!("{base}[vm]\ninterfaces = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field `vm.interfaces`"), "{e}");
+        let e = parse(&format!("{base}[vm]\ninterfaces = [\"tap/*\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interfaces") && e.contains("has no '/'"), "{e}");
+        let e = parse(&format!("{base}[vm]\ninterface = [\"tap*\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interface"), "{e}");
+    }
+
+    #[test]
+    fn credentials_never_go_over_plain_http_unless_allowed() {
+        let etcd = |endpoint: &str, extra: &str| {
+            parse(&format!(
+                "node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"https://a:1\", \"{endpoint}\"]\n\
+                 [ipam.auth]\nusername = \"u\"\npassword_file = \"/pw\"\n{extra}"
+            ))
+        };
+        let e = etcd("http://b:2379", "").unwrap_err().to_string();
+        assert!(e.contains("field `ipam.auth`"), "{e}");
+        assert!(e.contains("clear text to \"http://b:2379\""), "{e}");
+        assert!(e.contains("ipam.auth.allow_insecure_http = true"), "{e}");
+        let c = etcd("http://b:2379", "allow_insecure_http = true\n").unwrap();
+        assert!(c.ipam.auth.unwrap().allow_insecure_http);
+        assert!(etcd("https://b:2379", "").is_ok());
+        // Without credentials, plain http is the operator's choice.
+        assert!(
+            parse("node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"http://a:1\"]\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_password_file_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("holdfast-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("password");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let text = format!(
+            "node = \"hv-1\"\n[ipam]\nsource = \"etcd\"\nendpoints = [\"https://a:1\"]\n\
+             [ipam.auth]\nusername = \"u\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let c = parse(&text).unwrap();
+        for (mode, warned) in [
+            (0o644, true),
+            (0o640, true),
+            (0o604, true),
+            (0o600, false),
+            (0o400, false),
+        ] {
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = c.warnings();
+            assert_eq!(!w.is_empty(), warned, "mode {mode:o}: {w:?}");
+            if warned {
+                let text = w[0].to_string();
+                assert!(text.contains(&format!("mode {mode:04o}")), "{text}");
+                assert!(text.contains("chmod 0600"), "{text}");
+            }
+        }
+        // A file that is not there: connecting says so, not a warning.
+        std::fs::remove_file(&pw).unwrap();
+        assert!(c.warnings().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

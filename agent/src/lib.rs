@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod links;
 pub mod metrics;
 pub mod model;
+pub mod ports;
 pub mod render;
 pub mod snapshot;
 pub mod watchdog;

@@ -261,7 +261,10 @@ impl EtcdClient {
         self.run(move |s, rt| {
             let (kvs, _) = rt.block_on(s.list(&prefix, 0)).expect("list");
             kvs.into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .map(|(k, v)| {
+                    let v = v.bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                    (k, v.into_owned())
+                })
                 .collect()
         })
     }

@@ -604,7 +604,7 @@ fn ten_thousand_nics_across_500_networks() {
     let nodes: Vec<String> = (0..10_000)
         .map(|k| format!("hv-{}", 1 + (k / 500) % 20))
         .collect();
-    let ifaces: Vec<String> = (0..10_000).map(|k| format!("t{k}")).collect();
+    let ifaces: Vec<String> = (0..10_000).map(|k| format!("tap{k}")).collect();
     let nics: Vec<N<'_>> = (0..10_000usize)
         .map(|k| {
             let mac = [0x02, 0xdd, 0, (k >> 16) as u8, (k >> 8) as u8, k as u8];

@@ -14,12 +14,14 @@ use tracing::{debug, error, info, warn};
 
 use super::handle::DataplaneHandle;
 use crate::{
+    anchor,
     config::Config,
     dataplane::Desired,
     ipam::{Resend, Update},
     links::{LinkEvent, LinkInfo, Links},
     metrics::{self, Metrics},
     model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
+    ports::VmPorts,
     render::{
         desired::{self, Inputs, Touched},
         options::Budget,
@@ -43,6 +45,9 @@ struct Serving {
 /// The agent: owns the serving state, and the means to change it.
 pub struct Agent {
     config: Config,
+    /// The VM ports the config allows, before the interfaces with host addresses are
+    /// excluded.
+    ports: VmPorts,
     dp: DataplaneHandle,
     metrics: Arc<Metrics>,
     /// The interfaces present now.
@@ -77,6 +82,11 @@ pub struct Parts {
 impl Agent {
     pub fn new(p: Parts) -> Self {
         Self {
+            ports: VmPorts::new(
+                &p.config.vm.interfaces,
+                p.config.underlay.as_ref().map(|u| u.interface.as_str()),
+                anchor::DEFAULT_NAME,
+            ),
             config: p.config,
             dp: p.dp,
             metrics: p.metrics,
@@ -104,7 +114,14 @@ impl Agent {
         let configured = self.config.underlay.as_ref().and_then(|u| u.mtu);
         Limits {
             underlay_mtu: configured.or_else(|| self.underlay().map(|(_, l)| l.mtu)),
+            ports: self.vm_ports(),
+            capacity: desired::CAPACITY,
         }
+    }
+
+    /// The VM ports now: the interfaces with a host address are not.
+    fn vm_ports(&self) -> VmPorts {
+        self.ports.clone().with_links(&self.links)
     }
 
     /// What the desired state of `model` is rendered from.
@@ -115,6 +132,7 @@ impl Agent {
             router_mac: self.config.router_mac,
             links: self.links.clone(),
             underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
+            ports: self.vm_ports(),
             prune: true,
         }
     }
@@ -308,7 +326,7 @@ impl Agent {
             return;
         };
         let prev = serving.model.clone();
-        let limits = serving.limits;
+        let limits = serving.limits.clone();
         let nics_before: BTreeMap<String, BTreeSet<MacAddr>> = networks
             .iter()
             .map(|n| {
@@ -366,8 +384,9 @@ impl Agent {
         let prev = self.serving.as_ref().map(|s| s.model.clone());
         let node = self.config.node.clone();
         let limits = self.limits();
+        let judged = limits.clone();
         let validated = tokio::task::spawn_blocking(move || {
-            let v = model::validate(&doc, prev.as_deref(), &node, &limits, &Budget);
+            let v = model::validate(&doc, prev.as_deref(), &node, &judged, &Budget);
             (v, metrics::resident_mib())
         })
         .await;
@@ -408,7 +427,11 @@ impl Agent {
 
     pub async fn on_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Up { ifindex, info } => {
+            LinkEvent::Up { ifindex, mut info } => {
+                // A link message carries no addresses: the interface keeps those it had.
+                if let Some(known) = self.links.get(&ifindex) {
+                    info.addresses = known.addresses.clone();
+                }
                 if self.links.get(&ifindex) == Some(&info) {
                     return;
                 }
@@ -418,6 +441,25 @@ impl Agent {
                 if self.links.remove(&ifindex).is_none() {
                     return;
                 }
+            }
+            LinkEvent::Address {
+                ifindex,
+                address,
+                present,
+            } => {
+                let Some(link) = self.links.get_mut(&ifindex) else {
+                    // Its link comes next, or the next listing has it.
+                    return;
+                };
+                let changed = if present {
+                    link.addresses.insert(address)
+                } else {
+                    link.addresses.remove(&address)
+                };
+                if !changed {
+                    return;
+                }
+                debug!(interface = %link.name, %address, present, "host address");
             }
         }
         self.links_tx.send_replace(self.links.clone());
@@ -433,22 +475,47 @@ impl Agent {
         }
     }
 
-    /// The underlay appeared, went, or changed its MTU: what fits may have changed.
+    /// The underlay appeared, went, or changed its MTU, or a VM port gained or lost a host
+    /// address: what fits may have changed.
     pub async fn relimit(&mut self) {
         let Some(serving) = &self.serving else {
             return;
         };
-        if self.limits() == serving.limits {
+        let now = self.limits();
+        if now == serving.limits {
             return;
         }
-        info!(underlay_mtu = ?self.limits().underlay_mtu, "underlay changed; validating IPAM again");
+        if now.underlay_mtu != serving.limits.underlay_mtu {
+            info!(underlay_mtu = ?now.underlay_mtu, "underlay changed; validating IPAM again");
+        } else {
+            info!("the VM ports changed (a host address came or went); validating IPAM again");
+        }
         // The source holds the document, not the agent: it sends it whole again.
         self.resend.request();
     }
 
-    /// Serves the persisted snapshot before IPAM is reached.
-    pub async fn adopt_snapshot(&mut self, model: Model) {
+    /// Serves the persisted snapshot before IPAM is reached, validated like any document: a
+    /// bad entry is rejected (logged, counted) and never served.
+    pub async fn adopt_snapshot(&mut self, doc: RawDocument) {
         let limits = self.limits();
-        self.adopt(Arc::new(model), limits, false).await;
+        let judged = limits.clone();
+        let node = self.config.node.clone();
+        let Ok(v) = tokio::task::spawn_blocking(move || {
+            model::validate(&doc, None, &node, &judged, &Budget)
+        })
+        .await
+        else {
+            error!("validating the snapshot panicked; the pinned state serves");
+            return;
+        };
+        for r in &v.rejections {
+            warn!(rejected = %r, "snapshot entry rejected");
+        }
+        self.metrics
+            .count_rejections(v.rejections.iter().map(|r| r.reason));
+        self.metrics
+            .set_rejections(v.rejections.iter().map(|r| r.reason));
+        self.rejections = v.rejections;
+        self.adopt(Arc::new(v.model), limits, false).await;
     }
 }

@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::{
     config::Config,
     dataplane::{Dataplane, Desired, Report},
+    ports::VmPorts,
 };
 
 /// The programs' log records (aya-log).
@@ -43,11 +44,17 @@ impl DataplaneHandle {
         let bpffs = config.bpffs_dir.clone();
         let router_mac = config.router_mac.0;
         let limits = config.rate_limits.limits();
+        let vm_ports = VmPorts::new(
+            &config.vm.interfaces,
+            config.underlay.as_ref().map(|u| u.interface.as_str()),
+            crate::anchor::DEFAULT_NAME,
+        );
         std::thread::Builder::new()
             .name("dataplane".into())
             .spawn(move || {
                 let mut dp = match Dataplane::open_limited(&bpffs, router_mac, &limits) {
                     Ok(mut dp) => {
+                        dp.set_vm_ports(vm_ports);
                         let events = dp
                             .take_events()
                             .inspect_err(|e| warn!(error = %e, "no DHCP event ring buffer"))

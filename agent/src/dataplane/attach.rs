@@ -2,7 +2,13 @@
 //! program is replaced atomically when the link exists, created and pinned when not, and
 //! unpinned when its interface is no longer wanted.
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
@@ -16,6 +22,7 @@ use super::{
     Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_TC, PROGRAM_VM, Report,
     error::{DataplaneError, ReconcileError, io_err},
 };
+use crate::ports::{Excluded, NotVmPort};
 
 /// The places holdfast attaches a program. Declared in attach order: on each interface the TC
 /// program that takes what XDP hands up is in place before the XDP program.
@@ -58,21 +65,111 @@ impl Hook {
     }
 }
 
-/// The hooks `desired` puts programs on, with the name of each one's interface.
-pub(super) fn wanted(desired: &Desired) -> BTreeMap<(Hook, u32), &str> {
-    let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
-    if let Some((ifindex, name)) = &desired.underlay {
-        wanted.insert((Hook::UnderlayTc, *ifindex), name);
-        wanted.insert((Hook::Underlay, *ifindex), name);
+/// The interfaces carrying a host address now, as the kernel lists them: every IPv4 address,
+/// every IPv6 address but link-local ones (what `links` counts).
+fn host_addresses() -> io::Result<BTreeMap<String, IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that is freed below, once.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
     }
-    for (ifindex, name) in &desired.interfaces {
-        wanted.insert((Hook::VmXdp, *ifindex), name);
-        wanted.insert((Hook::VmTc, *ifindex), name);
+    let mut out = BTreeMap::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, alive until freeifaddrs.
+        let ifa = unsafe { &*p };
+        p = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_addr` points to a sockaddr of the family it states.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        let address = match family {
+            libc::AF_INET => {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                let a = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if a.is_unicast_link_local() {
+                    continue;
+                }
+                IpAddr::V6(a)
+            }
+            _ => continue,
+        };
+        // SAFETY: `ifa_name` is a NUL-terminated string of the same list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.entry(name).or_insert(address);
     }
-    wanted
+    // SAFETY: the list getifaddrs returned, freed once; nothing refers to it any more.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
 }
 
 impl Dataplane {
+    /// The hooks `desired` puts programs on, with the name of each one's interface. The VM
+    /// programs go on VM ports only, whatever `desired` asks: the rules validation and
+    /// rendering follow are checked again here, host addresses as the kernel lists them.
+    /// An interface refused is reported, and loses the programs it carries.
+    pub(super) fn wanted<'a>(
+        &self,
+        desired: &'a Desired,
+        report: &mut Report,
+    ) -> BTreeMap<(Hook, u32), &'a str> {
+        let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
+        if let Some((ifindex, name)) = &desired.underlay {
+            wanted.insert((Hook::UnderlayTc, *ifindex), name);
+            wanted.insert((Hook::Underlay, *ifindex), name);
+        }
+        // Listed once, and only when a VM port is to get programs it does not carry yet.
+        let mut addressed: Option<BTreeMap<String, IpAddr>> = None;
+        for (ifindex, name) in &desired.interfaces {
+            let refused = if desired
+                .underlay
+                .as_ref()
+                .is_some_and(|(i, n)| i == ifindex || n == name)
+            {
+                Err(NotVmPort::Excluded {
+                    name: name.clone(),
+                    why: Excluded::Underlay,
+                })
+            } else {
+                self.vm_ports.check(name)
+            };
+            let refused = refused.err().or_else(|| {
+                if self.current.contains(&(Hook::VmXdp, *ifindex)) {
+                    return None;
+                }
+                let addressed = addressed.get_or_insert_with(|| {
+                    host_addresses()
+                        .inspect_err(|e| warn!(error = %e, "listing host addresses"))
+                        .unwrap_or_default()
+                });
+                addressed.get(name).map(|a| NotVmPort::Excluded {
+                    name: name.clone(),
+                    why: Excluded::HostAddress(*a),
+                })
+            });
+            if let Some(why) = refused {
+                warn!(error = %why, ifindex, "not attaching the VM programs");
+                report.errors.push(ReconcileError::NotVmPort {
+                    ifindex: *ifindex,
+                    source: why,
+                });
+                continue;
+            }
+            wanted.insert((Hook::VmXdp, *ifindex), name);
+            wanted.insert((Hook::VmTc, *ifindex), name);
+        }
+        wanted
+    }
+
     /// Puts this build's programs on the wanted hooks that do not run them yet.
     pub(super) fn attach_wanted(
         &mut self,

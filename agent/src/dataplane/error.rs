@@ -101,6 +101,12 @@ pub enum ReconcileError {
     /// Removing the maps of another layout.
     #[error("retiring {path}: {source}")]
     Retire { path: PathBuf, source: io::Error },
+    /// Asked to put the VM programs on an interface that is no VM port: refused.
+    #[error("refused to attach the VM programs ({ifindex}): {source}")]
+    NotVmPort {
+        ifindex: u32,
+        source: crate::ports::NotVmPort,
+    },
 }
 
 /// A failed map write: the batch, or one entry where batches are not supported.

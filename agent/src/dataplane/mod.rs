@@ -54,6 +54,14 @@ use self::{
     maps::Synced,
     pins::{Pins, check_layout},
 };
+use crate::ports::{DEFAULT_PATTERNS, Pattern, VmPorts};
+
+fn default_patterns() -> Vec<Pattern> {
+    DEFAULT_PATTERNS
+        .iter()
+        .filter_map(|p| Pattern::parse(p).ok())
+        .collect()
+}
 
 /// The eBPF object, built from `agent-ebpf` by this crate's build script on every build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/holdfast"));
@@ -135,6 +143,8 @@ pub struct Dataplane {
     held_config: Option<DataplaneConfig>,
     /// Hooks whose pinned link carries this build's program.
     current: BTreeSet<(Hook, u32)>,
+    /// The only interfaces the VM programs may go on (host addresses are checked as well).
+    vm_ports: VmPorts,
 }
 
 impl Dataplane {
@@ -206,7 +216,14 @@ impl Dataplane {
             config,
             held_config,
             current: BTreeSet::new(),
+            vm_ports: VmPorts::new(&default_patterns(), None, crate::anchor::DEFAULT_NAME),
         })
+    }
+
+    /// The only interfaces the VM programs may go on (the config's `[vm] interfaces`, not the
+    /// underlay): whatever a desired state asks, they go nowhere else.
+    pub fn set_vm_ports(&mut self, ports: VmPorts) {
+        self.vm_ports = ports;
     }
 
     /// The ring buffer of DHCP RELEASE and DECLINE events.
@@ -264,7 +281,7 @@ impl Dataplane {
             }
         }
 
-        let wanted = attach::wanted(desired);
+        let wanted = self.wanted(desired, &mut report);
         self.attach_wanted(&wanted, &mut report);
 
         if prune {

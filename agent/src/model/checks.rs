@@ -8,6 +8,7 @@ use super::{
     Limits, Network, Nic, Node,
     reasons::{Reason, Reject, reject},
 };
+use crate::ports::VmPorts;
 
 const MTU_MIN: u16 = 576;
 const MTU_MAX: u16 = 9000;
@@ -186,8 +187,14 @@ pub(super) fn check_node(n: &Node) -> Result<(), Reject> {
     }
 }
 
-/// A NIC within its network `net`; one on `this_node` must name its interface.
-pub(super) fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(), Reject> {
+/// A NIC within its network `net`; one on `this_node` must name its interface, a VM port of
+/// `ports`.
+pub(super) fn check_nic(
+    nic: &Nic,
+    net: &Network,
+    this_node: &str,
+    ports: &VmPorts,
+) -> Result<(), Reject> {
     if !nic.mac.is_unicast() {
         return Err(reject(
             Reason::InvalidMac,
@@ -226,6 +233,12 @@ pub(super) fn check_nic(nic: &Nic, net: &Network, this_node: &str) -> Result<(),
                 Reason::InvalidName,
                 format!("interface {i:?} is not a valid interface name"),
             ));
+        }
+        // Another host's interfaces are its business.
+        Some(i) if *nic.node == *this_node => {
+            if let Err(e) = ports.check(i) {
+                return Err(reject(Reason::InterfaceNotVmPort, e.to_string()));
+            }
         }
         None if *nic.node == *this_node => {
             return Err(reject(

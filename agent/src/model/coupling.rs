@@ -6,7 +6,11 @@
 //! - one VNI belongs to one network ([`Reason::DuplicateVni`](super::Reason::DuplicateVni)):
 //!   of the networks claiming a VNI, which one holds it depends on all of them;
 //! - one MAC is one NIC ([`Reason::DuplicateMac`](super::Reason::DuplicateMac)): of the
-//!   networks listing a NIC with one MAC, which one gets it depends on all of them.
+//!   networks listing a NIC with one MAC, which one gets it depends on all of them;
+//! - one interface of this node carries one network
+//!   ([`Reason::InterfaceShared`](super::Reason::InterfaceShared)): of the networks whose
+//!   NICs on this node name one interface, which one holds it depends on all of them (the etcd
+//!   view knows this node's NICs and their interfaces, and names those networks itself).
 //!
 //! Nodes couple every network with a NIC on them: only a complete document judges them.
 

@@ -9,6 +9,12 @@ use serde_path_to_error::{Path, Segment};
 
 use super::reasons::{Reason, Reject, reject};
 
+/// The largest entry (one network, node or NIC as JSON) the model takes. A legitimate network
+/// is under 3 KiB (its DHCP options must fit 296 bytes, and each byte of them is a few bytes of
+/// JSON), a NIC under 1 KiB; the rest leaves room for fields a newer IPAM may add. A bigger one
+/// is rejected alone (`entry_too_large`), and sources do not keep its value.
+pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
+
 /// An IPAM document as a source delivers it: entries still unparsed, so one bad entry cannot
 /// spoil the others. Cloning it is cheap (the entries are shared).
 #[derive(Clone, Debug, Default)]
@@ -28,8 +34,11 @@ pub struct RawEntry {
     /// The entry's id as its origin names it (the last part of an etcd key): it still names an
     /// entry whose value is too broken to say its own id, so its last good version can serve.
     pub id: Option<Arc<str>>,
-    /// The JSON text.
+    /// The JSON text; empty when the value was too large to keep.
     pub json: Arc<[u8]>,
+    /// The size of a value over [`MAX_ENTRY_BYTES`] (at least this many bytes), which is not
+    /// kept.
+    pub oversize: Option<usize>,
 }
 
 impl RawEntry {
@@ -39,6 +48,33 @@ impl RawEntry {
             dir: None,
             id: None,
             json: Arc::from(text),
+            oversize: None,
+        }
+    }
+
+    /// The entry with id `id` under `dir` (an etcd key), holding `json`, or only its size when
+    /// it is over [`MAX_ENTRY_BYTES`].
+    pub fn at(dir: Arc<str>, id: Arc<str>, json: &[u8]) -> Self {
+        let (json, oversize) = if json.len() > MAX_ENTRY_BYTES {
+            (Arc::from(&[][..]), Some(json.len()))
+        } else {
+            (Arc::from(json), None)
+        };
+        Self {
+            dir: Some(dir),
+            id: Some(id),
+            json,
+            oversize,
+        }
+    }
+
+    /// An entry under `dir` whose value is at least `size` bytes, known only by its key.
+    pub fn oversized(dir: Arc<str>, id: Arc<str>, size: usize) -> Self {
+        Self {
+            dir: Some(dir),
+            id: Some(id),
+            json: Arc::from(&[][..]),
+            oversize: Some(size.max(MAX_ENTRY_BYTES + 1)),
         }
     }
 
@@ -53,6 +89,13 @@ impl RawEntry {
     }
 
     pub(super) fn parse<T: DeserializeOwned + FieldKinds>(&self) -> Result<T, Reject> {
+        let size = self.oversize.unwrap_or(self.json.len());
+        if size > MAX_ENTRY_BYTES {
+            return Err(reject(
+                Reason::EntryTooLarge,
+                format!("{size} bytes or more, over the {MAX_ENTRY_BYTES} an entry may take"),
+            ));
+        }
         parse_entry(&self.json)
     }
 
@@ -64,6 +107,9 @@ impl RawEntry {
 
     /// The string `field` of the entry, read without parsing the rest (a NIC's network).
     pub fn field(&self, field: &str) -> Option<String> {
+        if self.json.len() > MAX_ENTRY_BYTES {
+            return None;
+        }
         serde_json::from_slice::<Value>(&self.json)
             .ok()?
             .get(field)?
@@ -287,6 +333,38 @@ mod tests {
             assert_eq!(r.reason, Reason::InvalidJson);
             assert!(r.detail.starts_with("not JSON: "), "{}", r.detail);
         }
+    }
+
+    #[test]
+    fn an_entry_over_the_bound_is_too_large_and_not_kept() {
+        let pad = "x".repeat(MAX_ENTRY_BYTES);
+        let big = format!(r#"{{"name": "hv-1", "vtep": "198.18.0.1", "pad": "{pad}"}}"#);
+        for e in [
+            RawEntry::json(big.as_bytes()),
+            RawEntry::at("/hf/nodes/".into(), "hv-1".into(), big.as_bytes()),
+        ] {
+            let r = e.parse::<Node>().err().unwrap();
+            assert_eq!(r.reason, Reason::EntryTooLarge);
+            assert!(
+                r.detail.starts_with(&format!("{} bytes", big.len())),
+                "{}",
+                r.detail
+            );
+            assert_eq!(e.field("name"), None);
+        }
+        let kept = RawEntry::at("/hf/nodes/".into(), "hv-1".into(), big.as_bytes());
+        assert!(kept.json.is_empty());
+        assert_eq!(kept.key("name").as_deref(), Some("hv-1"));
+        // Just under the bound: parsed as usual.
+        let pad = "x".repeat(MAX_ENTRY_BYTES - 60);
+        let fits = format!(r#"{{"name": "hv-1", "vtep": "198.18.0.1", "pad": "{pad}"}}"#);
+        assert!(fits.len() <= MAX_ENTRY_BYTES);
+        assert!(RawEntry::json(fits.as_bytes()).parse::<Node>().is_ok());
+        let r = RawEntry::oversized("/hf/nodes/".into(), "hv-2".into(), 16 << 20)
+            .parse::<Node>()
+            .err()
+            .unwrap();
+        assert_eq!(r.reason, Reason::EntryTooLarge);
     }
 
     #[test]

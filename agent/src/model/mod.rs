@@ -7,15 +7,18 @@
 //! that fails keeps its last good version (from the previously applied model) when it had one.
 //! The model knows nothing of BPF or of where documents come from.
 //!
-//! - `types`: networks, nodes, NICs, the [`Model`] and the host's [`Limits`];
+//! - `types`: networks, nodes, NICs, the [`Model`] and the host's [`Limits`] ([`Capacity`],
+//!   the VM ports);
 //! - `mac`: [`MacAddr`] and its text form;
 //! - `document`: [`RawDocument`], [`RawEntry`] and the parsing of one entry;
 //! - `reasons`: [`Reason`] and [`Rejection`];
 //! - `checks`: the rules of one entry on its own;
+//! - `capacity`: the model cut to what the data plane holds, whole networks and nodes;
 //! - `validate`: the rules between entries, and last good versions;
 //! - `revalidate`: some networks again, merged into the model serving now;
 //! - `coupling`: which networks validation judges together, for a source that revalidates.
 
+mod capacity;
 mod checks;
 mod coupling;
 mod document;
@@ -28,9 +31,9 @@ mod types;
 mod validate;
 
 pub use coupling::{holding_mac, sharing_vni};
-pub use document::{RawDocument, RawEntry, parse_document};
+pub use document::{MAX_ENTRY_BYTES, RawDocument, RawEntry, parse_document};
 pub use mac::{MacAddr, MacParseError, MacProblem};
 pub use reasons::{Reason, Rejection};
 pub use revalidate::{Revalidated, revalidate};
-pub use types::{Limits, Model, Network, Nic, Node, Route};
+pub use types::{Capacity, Limits, Model, Network, Nic, Node, Route};
 pub use validate::{OptionsBudget, Validated, validate};

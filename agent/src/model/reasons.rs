@@ -28,10 +28,14 @@ pub enum Reason {
     InvalidName,
     OptionsTooLong,
     InvalidVtep,
+    InterfaceNotVmPort,
+    InterfaceShared,
+    EntryTooLarge,
+    OverCapacity,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -54,6 +58,10 @@ impl Reason {
         Reason::InvalidName,
         Reason::OptionsTooLong,
         Reason::InvalidVtep,
+        Reason::InterfaceNotVmPort,
+        Reason::InterfaceShared,
+        Reason::EntryTooLarge,
+        Reason::OverCapacity,
     ];
 
     pub fn label(self) -> &'static str {
@@ -80,6 +88,10 @@ impl Reason {
             Reason::InvalidName => "invalid_name",
             Reason::OptionsTooLong => "options_too_long",
             Reason::InvalidVtep => "invalid_vtep",
+            Reason::InterfaceNotVmPort => "interface_not_vm_port",
+            Reason::InterfaceShared => "interface_shared",
+            Reason::EntryTooLarge => "entry_too_large",
+            Reason::OverCapacity => "over_capacity",
         }
     }
 }

@@ -1,12 +1,15 @@
 //! Validation of some networks again, merged into the model serving now: what the etcd source
 //! asks for when entries of a few networks change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use imbl::OrdMap;
 
 use super::{
-    Limits, MacAddr, Model, Network, Nic, OptionsBudget, RawDocument, Validated,
+    Limits, MacAddr, Model, Network, Nic, OptionsBudget, RawDocument, Validated, capacity,
     reasons::{Reason, Rejection},
     validate,
 };
@@ -43,7 +46,33 @@ pub fn revalidate<B: OptionsBudget>(
     }
     let mut rejections = without_nodes(part.rejections, sub);
     merge_networks(&mut model, part.model.networks, networks, &mut rejections);
-    let nics_of = merge_nics(&mut model, part.model.nics, networks, &mut rejections);
+    let mut nics_of = merge_nics(
+        &mut model,
+        part.model.nics,
+        networks,
+        this_node,
+        &mut rejections,
+    );
+    // What serves unchanged keeps its place: only these networks can be cut. This node's NICs
+    // are counted again only when these networks hold more of them than before.
+    let local = |m: &Model, macs: &mut dyn Iterator<Item = &MacAddr>| {
+        macs.filter(|mac| m.nics.get(*mac).is_some_and(|n| *n.node == *this_node))
+            .count()
+    };
+    let grew = local(&model, &mut nics_of.values().flatten()) > local(prev, &mut old.iter());
+    let cut = capacity::fit_networks(
+        &mut model,
+        prev,
+        this_node,
+        &limits.capacity,
+        grew,
+        &mut rejections,
+    );
+    for id in cut {
+        if let Some(set) = nics_of.get_mut(&id) {
+            set.clear();
+        }
+    }
     Revalidated {
         validated: Validated { model, rejections },
         nics_of,
@@ -97,14 +126,19 @@ fn merge_networks(
 }
 
 /// Puts `validated`'s NICs of `networks` into `model`, but for one whose network was rejected,
-/// whose node `model` does not hold, or whose MAC a NIC of another network holds; returns the
-/// MACs each of `networks` holds now.
+/// whose node `model` does not hold, whose MAC a NIC of another network holds, or whose
+/// interface on this node a NIC of another network is on; returns the MACs each of `networks`
+/// holds now.
 fn merge_nics(
     model: &mut Model,
     validated: OrdMap<MacAddr, Nic>,
     networks: &BTreeSet<String>,
+    this_node: &str,
     rejections: &mut Vec<Rejection>,
 ) -> BTreeMap<String, BTreeSet<MacAddr>> {
+    // The interfaces of this node the other networks' NICs are on; listed only when some NIC
+    // here is on one (most changes are to other nodes' NICs).
+    let mut interfaces: Option<HashMap<String, Arc<str>>> = None;
     let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = networks
         .iter()
         .map(|n| (n.clone(), BTreeSet::new()))
@@ -125,13 +159,27 @@ fn merge_nics(
                 Reason::UnknownNode,
                 format!("node {:?} is not a valid node", nic.node),
             ))
+        } else if let Some(holder) = model.nics.get(&mac) {
+            Some((
+                Reason::DuplicateMac,
+                format!("a NIC of network {} has the same MAC", holder.network),
+            ))
+        } else if *nic.node == *this_node
+            && let Some(iface) = &nic.interface
+            && let Some(other) = interfaces
+                .get_or_insert_with(|| interfaces_of(model, this_node))
+                .get(iface)
+            && *other != nic.network
+        {
+            // Validated together with that network, it would have lost to it too.
+            Some((
+                Reason::InterfaceShared,
+                format!(
+                    "interface {iface} carries NICs of network {other}: one interface, one network"
+                ),
+            ))
         } else {
-            model.nics.get(&mac).map(|holder| {
-                (
-                    Reason::DuplicateMac,
-                    format!("a NIC of network {} has the same MAC", holder.network),
-                )
-            })
+            None
         };
         if let Some((reason, detail)) = refused {
             rejections.push(Rejection {
@@ -147,6 +195,16 @@ fn merge_nics(
         model.nics.insert(mac, nic);
     }
     nics_of
+}
+
+/// The interfaces of `node` and the network of the NICs on each.
+fn interfaces_of(model: &Model, node: &str) -> HashMap<String, Arc<str>> {
+    model
+        .nics
+        .values()
+        .filter(|n| *n.node == *node)
+        .filter_map(|n| Some((n.interface.clone()?, n.network.clone())))
+        .collect()
 }
 
 #[cfg(test)]

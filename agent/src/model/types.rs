@@ -15,6 +15,7 @@ use super::{
     MacAddr,
     document::{FieldKind, FieldKinds, PathStep},
 };
+use crate::ports::VmPorts;
 
 /// What a VM assumes without option 26.
 const DEFAULT_MTU: u16 = 1500;
@@ -111,10 +112,47 @@ impl FieldKinds for Nic {
 }
 
 /// What this host can carry, for the checks that depend on it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     /// The underlay MTU, when VXLAN is configured: a network's MTU plus 50 must fit in it.
     pub underlay_mtu: Option<u32>,
+    /// The interfaces a NIC of this node may name.
+    pub ports: VmPorts,
+    /// How many entries of each kind the data plane holds.
+    pub capacity: Capacity,
+}
+
+/// How many entries of each kind the data plane holds (its maps' sizes). A model that needs
+/// more is cut to fit by validation, whole networks and nodes at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// DHCP bindings: the NICs of this node.
+    pub bindings: usize,
+    /// Forwarding entries: every NIC of the networks this node has NICs in.
+    pub fdb: usize,
+    /// ARP answers: those NICs and each network's gateway.
+    pub arp: usize,
+    /// The networks this node has NICs in.
+    pub vnis: usize,
+    /// The other nodes.
+    pub vteps: usize,
+}
+
+impl Capacity {
+    /// No limit: a document judged without a host.
+    pub const UNBOUNDED: Capacity = Capacity {
+        bindings: usize::MAX,
+        fdb: usize::MAX,
+        arp: usize::MAX,
+        vnis: usize::MAX,
+        vteps: usize::MAX,
+    };
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self::UNBOUNDED
+    }
 }
 
 /// A validated model: every entry consistent with every other. Its maps are persistent

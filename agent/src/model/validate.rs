@@ -14,7 +14,7 @@ use imbl::OrdMap;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry,
+    Limits, MacAddr, Model, Network, Nic, Node, RawDocument, RawEntry, capacity,
     checks::{check_network, check_nic, check_node},
     document::FieldKinds,
     reasons::{Reason, Reject, Rejection, reject},
@@ -49,16 +49,147 @@ pub fn validate<B: OptionsBudget>(
     let empty = Model::default();
     let prev = prev.unwrap_or(&empty);
     let mut rejections = Vec::new();
+    let networks = accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections);
+    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections);
+    capacity::fit_nodes(
+        &mut nodes,
+        prev,
+        this_node,
+        &limits.capacity,
+        &mut rejections,
+    );
     let mut model = Model {
-        networks: accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections),
-        nodes: accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections),
+        networks,
+        nodes,
         nics: OrdMap::new(),
     };
-    let (nics, failed) = accept_nics(&doc.nics, prev, &model, this_node, budget, &mut rejections);
-    let nics = restore_nics(nics, &failed, prev, &model, this_node, &mut rejections);
-    model.nics = one_nic_per_address(nics, &doc.nics, prev, &mut rejections);
+    model.nics = accept_all_nics(
+        doc,
+        prev,
+        &mut model,
+        this_node,
+        limits,
+        budget,
+        &mut rejections,
+    );
+    capacity::fit_networks(
+        &mut model,
+        prev,
+        this_node,
+        &limits.capacity,
+        true,
+        &mut rejections,
+    );
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
     Validated { model, rejections }
+}
+
+/// The NICs of `doc` against the networks and nodes of `model`. A network whose version in
+/// `doc` leaves a NIC's options over budget that fit the version serving now is the one at
+/// fault: it is rejected and its serving version kept, with every NIC on it, and the NICs are
+/// judged again.
+fn accept_all_nics<B: OptionsBudget>(
+    doc: &RawDocument,
+    prev: &Model,
+    model: &mut Model,
+    this_node: &str,
+    limits: &Limits,
+    budget: &B,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<MacAddr, Nic> {
+    loop {
+        let mut round = Vec::new();
+        let mut outgrown = Outgrown::new();
+        let j = Judge {
+            prev,
+            model,
+            this_node,
+            limits,
+            budget,
+        };
+        let (nics, failed) = accept_nics(&doc.nics, &j, &mut outgrown, &mut round);
+        let nics = restore_nics(nics, &failed, &j, &mut outgrown, &mut round);
+        let reverted = revert_outgrown(doc, prev, model, outgrown, rejections);
+        if reverted == 0 {
+            // Each round reverts a network to its serving version, which cannot outgrow again:
+            // this ends.
+            rejections.extend(round);
+            let nics = one_nic_per_address(nics, &doc.nics, prev, rejections);
+            return one_network_per_interface(nics, &doc.nics, prev, this_node, rejections);
+        }
+    }
+}
+
+/// The networks whose new version outgrew a NIC's options budget: for each, a NIC and why.
+type Outgrown = BTreeMap<String, (MacAddr, String)>;
+
+/// What NICs are judged against.
+struct Judge<'a, B> {
+    prev: &'a Model,
+    model: &'a Model,
+    this_node: &'a str,
+    limits: &'a Limits,
+    budget: &'a B,
+}
+
+impl<B: OptionsBudget> Judge<'_, B> {
+    /// The options of `nic` on `net`; when they do not fit but fit the serving version of the
+    /// network, the network is noted in `outgrown`.
+    fn options(&self, net: &Network, nic: &Nic, outgrown: &mut Outgrown) -> Result<(), Reject> {
+        let Err(e) = self.budget.check(net, nic) else {
+            return Ok(());
+        };
+        if let Some(serving) = self.prev.networks.get(&net.id)
+            && serving != net
+            && self.budget.check(serving, nic).is_ok()
+        {
+            outgrown
+                .entry(net.id.clone())
+                .or_insert_with(|| (nic.mac, e.to_string()));
+        }
+        Err(reject(Reason::OptionsTooLong, e.to_string()))
+    }
+}
+
+/// Puts back the serving version of each network of `outgrown`, unless another network holds
+/// its VNI now; rejects the new version. Returns how many were put back.
+fn revert_outgrown(
+    doc: &RawDocument,
+    prev: &Model,
+    model: &mut Model,
+    outgrown: Outgrown,
+    rejections: &mut Vec<Rejection>,
+) -> usize {
+    let mut reverted = 0;
+    for (id, (mac, why)) in outgrown {
+        let Some(serving) = prev.networks.get(&id) else {
+            continue;
+        };
+        if model
+            .networks
+            .iter()
+            .any(|(other, n)| *other != id && n.vni == serving.vni)
+        {
+            // Its NICs that do not fit are rejected one by one instead.
+            continue;
+        }
+        model.networks.insert(id.clone(), serving.clone());
+        let entry = doc
+            .networks
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.key("id").as_deref() == Some(id.as_str()))
+            .map_or_else(|| "networks".into(), |(i, e)| e.label("networks", i));
+        let detail = format!(
+            "with this version's DHCP options, NIC {mac} (served with the version serving now) \
+             would not fit a reply: {why}"
+        );
+        let mut r = reject(Reason::OptionsTooLong, detail).at(entry, Some(id));
+        r.kept_last_good = true;
+        rejections.push(r);
+        reverted += 1;
+    }
+    reverted
 }
 
 /// A network or a node: an entry with a unique key, checked on its own, and a claim (VNI,
@@ -201,25 +332,23 @@ fn one_per_claim<T: Keyed>(
 }
 
 /// The NICs of a document, each parsed and checked against the accepted networks and nodes
-/// of `model`, one per MAC (the one serving now, else the first), each with its document
-/// index; and the MACs of those that failed.
+/// of the judge's model, one per MAC (the one serving now, else the first), each with its
+/// document index; and the MACs of those that failed.
 fn accept_nics<B: OptionsBudget>(
     raws: &[RawEntry],
-    prev: &Model,
-    model: &Model,
-    this_node: &str,
-    budget: &B,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
     rejections: &mut Vec<Rejection>,
 ) -> (Vec<(usize, Nic)>, BTreeSet<MacAddr>) {
     let mut accepted: Accepted<MacAddr, Nic> = Accepted::new();
     let mut failed = BTreeSet::new();
     let mut names = Names::default();
     for (i, raw) in raws.iter().enumerate() {
-        match check_nic_in(raw, model, this_node, budget) {
+        match check_nic_in(raw, j, outgrown) {
             Ok(mut nic) => {
                 names.share(&mut nic);
                 let mac = nic.mac;
-                if let Some((lost, _)) = accepted.insert(mac, i, nic, prev.nics.get(&mac)) {
+                if let Some((lost, _)) = accepted.insert(mac, i, nic, j.prev.nics.get(&mac)) {
                     rejections.push(
                         reject(Reason::DuplicateMac, "another NIC has the same MAC")
                             .at(raws[lost].label("nics", lost), Some(mac.to_string())),
@@ -240,46 +369,44 @@ fn accept_nics<B: OptionsBudget>(
 /// budget.
 fn check_nic_in<B: OptionsBudget>(
     raw: &RawEntry,
-    model: &Model,
-    this_node: &str,
-    budget: &B,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
 ) -> Result<Nic, Reject> {
     let nic: Nic = raw.parse()?;
-    let net = model.networks.get(&*nic.network).ok_or_else(|| {
+    let net = j.model.networks.get(&*nic.network).ok_or_else(|| {
         reject(
             Reason::UnknownNetwork,
             format!("network {:?} does not exist", nic.network),
         )
     })?;
-    if !model.nodes.contains_key(&*nic.node) {
+    if !j.model.nodes.contains_key(&*nic.node) {
         return Err(reject(
             Reason::UnknownNode,
             format!("node {:?} does not exist", nic.node),
         ));
     }
-    check_nic(&nic, net, this_node)?;
-    budget
-        .check(net, &nic)
-        .map_err(|e| reject(Reason::OptionsTooLong, e.to_string()))?;
+    check_nic(&nic, net, j.this_node, &j.limits.ports)?;
+    j.options(net, &nic, outgrown)?;
     Ok(nic)
 }
 
 /// Adds to `nics` the last good version of each NIC of `failed` that no accepted NIC replaces
-/// and that still fits the accepted networks and nodes of `model`.
-fn restore_nics(
+/// and that still fits the accepted networks and nodes of the judge's model, and the options
+/// budget.
+fn restore_nics<B: OptionsBudget>(
     mut nics: Vec<(usize, Nic)>,
     failed: &BTreeSet<MacAddr>,
-    prev: &Model,
-    model: &Model,
-    this_node: &str,
+    j: &Judge<'_, B>,
+    outgrown: &mut Outgrown,
     rejections: &mut [Rejection],
 ) -> Vec<(usize, Nic)> {
     for mac in failed {
-        if let Some(old) = prev.nics.get(mac)
+        if let Some(old) = j.prev.nics.get(mac)
             && !nics.iter().any(|(_, n)| n.mac == *mac)
-            && let Some(net) = model.networks.get(&*old.network)
-            && model.nodes.contains_key(&*old.node)
-            && check_nic(old, net, this_node).is_ok()
+            && let Some(net) = j.model.networks.get(&*old.network)
+            && j.model.nodes.contains_key(&*old.node)
+            && check_nic(old, net, j.this_node, &j.limits.ports).is_ok()
+            && j.options(net, old, outgrown).is_ok()
         {
             // Not in the document: sorts after every NIC that is.
             nics.push((usize::MAX, old.clone()));
@@ -295,27 +422,78 @@ fn one_nic_per_address(
     raws: &[RawEntry],
     prev: &Model,
     rejections: &mut Vec<Rejection>,
-) -> OrdMap<MacAddr, Nic> {
+) -> Vec<(usize, Nic)> {
     nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
-    let mut holders: HashMap<(&str, Ipv4Addr), MacAddr> = HashMap::new();
-    let mut out = OrdMap::new();
-    for (i, nic) in &nics {
-        let Some(holder) = holders.get(&(&*nic.network, nic.ip)) else {
-            holders.insert((&*nic.network, nic.ip), nic.mac);
-            out.insert(nic.mac, nic.clone());
+    let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut out = Vec::with_capacity(nics.len());
+    for (i, nic) in nics {
+        let Some(holder) = holders.get(&(nic.network.clone(), nic.ip)) else {
+            holders.insert((nic.network.clone(), nic.ip), nic.mac);
+            out.push((i, nic));
             continue;
         };
         let detail = format!(
             "ip {} in network {} is already held by {holder}",
             nic.ip, nic.network
         );
-        let entry = match raws.get(*i) {
-            Some(raw) => raw.label("nics", *i),
-            None => "nics".into(),
-        };
-        rejections.push(reject(Reason::DuplicateIp, detail).at(entry, Some(nic.mac.to_string())));
+        rejections.push(
+            reject(Reason::DuplicateIp, detail).at(nic_entry(raws, i), Some(nic.mac.to_string())),
+        );
     }
     out
+}
+
+/// One network per interface of this node (a VM on two networks would bridge their VNIs): the
+/// network that holds the interface now keeps it, else the one of the first NIC in the
+/// document naming it.
+fn one_network_per_interface(
+    mut nics: Vec<(usize, Nic)>,
+    raws: &[RawEntry],
+    prev: &Model,
+    this_node: &str,
+    rejections: &mut Vec<Rejection>,
+) -> OrdMap<MacAddr, Nic> {
+    let held_before = |n: &Nic| {
+        prev.nics.get(&n.mac).is_some_and(|p| {
+            p.network == n.network && p.interface == n.interface && p.node == n.node
+        })
+    };
+    nics.sort_by_key(|(i, n)| (!held_before(n), *i));
+    let mut holders: HashMap<String, Arc<str>> = HashMap::new();
+    let mut out = OrdMap::new();
+    for (i, nic) in nics {
+        if *nic.node == *this_node
+            && let Some(iface) = &nic.interface
+        {
+            match holders.get(iface) {
+                None => {
+                    holders.insert(iface.clone(), nic.network.clone());
+                }
+                Some(net) if *net == nic.network => {}
+                Some(net) => {
+                    let detail = format!(
+                        "interface {iface} carries NICs of network {net}: one interface, one \
+                         network"
+                    );
+                    rejections.push(
+                        reject(Reason::InterfaceShared, detail)
+                            .at(nic_entry(raws, i), Some(nic.mac.to_string())),
+                    );
+                    continue;
+                }
+            }
+        }
+        out.insert(nic.mac, nic);
+    }
+    out
+}
+
+/// How a rejection names the NIC at document index `i` (`usize::MAX`: a last good version).
+fn nic_entry(raws: &[RawEntry], i: usize) -> String {
+    match raws.get(i) {
+        Some(raw) => raw.label("nics", i),
+        None => "nics".into(),
+    }
 }
 
 /// Collects accepted entries of one kind, resolving duplicate keys in favour of the version
@@ -494,6 +672,7 @@ mod tests {
     fn networks_must_fit_the_underlay_and_vteps_are_unique() {
         let limits = Limits {
             underlay_mtu: Some(1500),
+            ..Limits::default()
         };
         let v = validate(&doc(base()), None, "hv-1", &limits, &NoBudget);
         // blue (1450) fits; red has no MTU: 1500 + 50 does not; its NIC goes with it.
@@ -752,5 +931,275 @@ mod tests {
         );
         assert_eq!(v.rejections[0].detail, r#"no room for hostname "vm3""#);
         assert_eq!(v.model, base_without(&[HV2_NIC]));
+    }
+
+    fn on_taps(extra_excluded: &[(&str, &str)]) -> Limits {
+        let mut links = crate::links::Links::new();
+        for (i, (name, addr)) in extra_excluded.iter().enumerate() {
+            links.insert(
+                i as u32 + 10,
+                crate::links::LinkInfo {
+                    name: (*name).into(),
+                    addresses: [addr.parse().unwrap()].into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let patterns = [crate::ports::Pattern::parse("tap*").unwrap()];
+        Limits {
+            ports: crate::ports::VmPorts::new(&patterns, Some("tap-ul"), "holdfast0")
+                .with_links(&links),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_nic_of_this_node_names_a_vm_port_only() {
+        for (iface, why) in [
+            ("eth0", "matches none of [vm] interfaces (tap*)"),
+            ("lo", "it is the loopback interface"),
+            ("holdfast0", "it is holdfast's next-hop lookup anchor"),
+            ("tap-ul", "it is the underlay"),
+            ("tap-host", "it carries the host address 10.1.2.3"),
+        ] {
+            let v = validate(
+                &doc({
+                    let mut d = base();
+                    d["nics"][1]["interface"] = json!(iface);
+                    d
+                }),
+                None,
+                "hv-1",
+                &on_taps(&[("tap-host", "10.1.2.3")]),
+                &NoBudget,
+            );
+            assert_eq!(
+                reasons(&v),
+                vec![("nics[1]".into(), Reason::InterfaceNotVmPort)],
+                "{iface}"
+            );
+            assert!(
+                v.rejections[0].detail.contains(why),
+                "{}",
+                v.rejections[0].detail
+            );
+            assert_eq!(v.model, base_without(&[RED_NIC]), "the others serve");
+        }
+        // Another node's interfaces are its business.
+        let mut d = base();
+        d["nics"][2]["interface"] = json!("eth0");
+        let v = validate(&doc(d), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_nic_whose_tap_gains_a_host_address_is_rejected_at_the_next_validation() {
+        let serving = validate(&doc(base()), None, "hv-1", &on_taps(&[]), &NoBudget).model;
+        let v = validate(
+            &doc(base()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[("tap2", "2001:db8::2")]),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceNotVmPort)]
+        );
+        assert!(
+            !v.rejections[0].kept_last_good,
+            "its last good version names the same tap"
+        );
+        assert_eq!(v.model, base_without(&[RED_NIC]));
+    }
+
+    #[test]
+    fn one_interface_carries_one_network() {
+        // red's NIC moves onto blue's tap: the second by document order is rejected.
+        let mut d = base();
+        d["nics"][1]["interface"] = json!("tap1");
+        let v = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceShared)]
+        );
+        assert!(
+            v.rejections[0]
+                .detail
+                .contains("carries NICs of network blue")
+        );
+        assert_eq!(v.model, base_without(&[RED_NIC]));
+        // Listed first, it still loses to the network serving on that tap.
+        let serving = base_without(&[RED_NIC]);
+        let nics = d["nics"].as_array_mut().unwrap();
+        let red = nics.remove(1);
+        nics.insert(0, red);
+        let v = validate(
+            &doc(d.clone()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[]),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[0]".into(), Reason::InterfaceShared)]
+        );
+        assert_eq!(v.model, serving);
+        // With nothing serving, the first in the document wins.
+        let v = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[1]".into(), Reason::InterfaceShared)]
+        );
+        assert!(v.model.networks["red"].vni == 1002 && v.model.nics.len() == 2);
+        // A second NIC of the same network on one tap is fine; so is another node's tap1.
+        let mut d = base();
+        let nics = d["nics"].as_array_mut().unwrap();
+        nics.push(json!({"mac": "02:00:00:00:00:04", "network": "blue", "ip": "10.10.0.14", "node": "hv-1", "interface": "tap1"}));
+        nics.push(json!({"mac": "02:00:00:00:00:05", "network": "red", "ip": "10.10.0.15", "node": "hv-2", "interface": "tap1"}));
+        let v = validate(&doc(d), None, "hv-1", &on_taps(&[]), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn revalidating_one_network_never_puts_two_on_one_interface() {
+        let limits = on_taps(&[]);
+        let serving = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        // red alone is validated again, its NIC now on blue's tap.
+        let mut d = base();
+        d["nics"][1]["interface"] = json!("tap1");
+        let networks = BTreeSet::from(["red".to_owned()]);
+        let old = serving.nics_by_network().remove("red").unwrap();
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["red"]),
+            &networks,
+            &old,
+            &serving,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(
+            part.validated
+                .rejections
+                .iter()
+                .map(|r| r.reason)
+                .collect::<Vec<_>>(),
+            [Reason::InterfaceShared]
+        );
+        assert_eq!(part.validated.model, base_without(&[RED_NIC]));
+        assert!(part.nics_of["red"].is_empty());
+        // Both validated together (as the etcd source couples them): the same outcome.
+        let both = BTreeSet::from(["blue".to_owned(), "red".to_owned()]);
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["blue", "red"]),
+            &both,
+            &serving.nics.keys().copied().collect(),
+            &serving,
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model, base_without(&[RED_NIC]));
+    }
+
+    /// A budget of `n` routes: what option 121 holds in a 296-byte reply, roughly.
+    struct Routes(usize);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("option 121 would carry {0} routes, over the {1} that fit")]
+    struct TooMany(usize, usize);
+
+    impl OptionsBudget for Routes {
+        type Error = TooMany;
+
+        fn check(&self, net: &Network, nic: &Nic) -> Result<(), TooMany> {
+            let n = net.routes.len() + usize::from(nic.hostname.is_some());
+            if n > self.0 {
+                Err(TooMany(n, self.0))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn routes(n: usize) -> serde_json::Value {
+        json!(
+            (0..n)
+                .map(|i| json!({"to": format!("172.{i}.0.0/16"), "via": "10.10.0.1"}))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    #[test]
+    fn a_network_outgrowing_the_options_of_its_nics_keeps_its_last_good_version() {
+        let budget = Routes(30);
+        let mut d = base();
+        d["networks"][0]["routes"] = routes(2);
+        let serving = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &budget).model;
+        assert_eq!(serving.nics.len(), 3);
+        // 40 routes: no NIC of blue would fit any more. The network is at fault, not its NICs.
+        d["networks"][0]["routes"] = routes(40);
+        let v = validate(
+            &doc(d.clone()),
+            Some(&serving),
+            "hv-1",
+            &on_taps(&[]),
+            &budget,
+        );
+        assert_eq!(
+            v.model, serving,
+            "blue and every NIC on it keep serving as they were"
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("networks[0]".into(), Reason::OptionsTooLong)]
+        );
+        let r = &v.rejections[0];
+        assert!(r.kept_last_good);
+        assert_eq!(r.key.as_deref(), Some("blue"));
+        assert!(
+            r.detail.contains("option 121 would carry 40 routes"),
+            "{}",
+            r.detail
+        );
+        // The same as a partial revalidation of blue.
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = serving.nics_by_network().remove("blue").unwrap();
+        let part = crate::model::revalidate(
+            &crate::model::fixtures::sub(&d, &["blue"]),
+            &networks,
+            &old,
+            &serving,
+            "hv-1",
+            &on_taps(&[]),
+            &budget,
+        );
+        assert_eq!(part.validated.model, serving);
+        assert_eq!(part.nics_of["blue"], old);
+        // A new network has no last good version: its NICs are rejected one by one. And a NIC
+        // whose own hostname tips it over is the NIC's fault.
+        let mut fresh = base();
+        fresh["networks"][0]["routes"] = routes(40);
+        let v = validate(&doc(fresh), None, "hv-1", &on_taps(&[]), &budget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("nics[0]".into(), Reason::OptionsTooLong),
+                ("nics[2]".into(), Reason::OptionsTooLong)
+            ]
+        );
+        let mut d = base();
+        d["networks"][0]["routes"] = routes(30);
+        let serving = validate(&doc(d.clone()), None, "hv-1", &on_taps(&[]), &budget).model;
+        d["nics"][0]["hostname"] = json!("vm1");
+        let v = validate(&doc(d), Some(&serving), "hv-1", &on_taps(&[]), &budget);
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[0]".into(), Reason::OptionsTooLong)]
+        );
+        assert!(v.rejections[0].kept_last_good);
+        assert_eq!(v.model, serving);
     }
 }

@@ -12,7 +12,8 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo, be32,
+    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS,
+    MAX_FDB, MAX_VNIS, MAX_VTEPS, VniInfo, be32,
 };
 
 use super::{
@@ -23,7 +24,17 @@ use crate::{
     anchor,
     dataplane::Desired,
     links::Links,
-    model::{MacAddr, Model},
+    model::{Capacity, MacAddr, Model},
+    ports::VmPorts,
+};
+
+/// What the data plane's maps hold, for validation to cut a model to.
+pub const CAPACITY: Capacity = Capacity {
+    bindings: MAX_BINDINGS as usize,
+    fdb: MAX_FDB as usize,
+    arp: MAX_ARP as usize,
+    vnis: MAX_VNIS as usize,
+    vteps: MAX_VTEPS as usize,
 };
 
 /// What the desired state is rendered from.
@@ -36,6 +47,9 @@ pub struct Inputs {
     pub links: Links,
     /// The underlay interface, when configured and present.
     pub underlay: Option<(u32, String)>,
+    /// Which interfaces are VM ports: each one present carries the programs, bound or not,
+    /// and no binding or forwarding entry names another.
+    pub ports: VmPorts,
     /// Whether entries and links not desired are removed: only once a model was validated.
     pub prune: bool,
 }
@@ -78,7 +92,7 @@ impl Touched {
 /// The whole state the data plane must hold.
 pub fn build(i: &Inputs) -> Desired {
     let vpc = vpc::derive(&i.model, &i.node, i.router_mac);
-    let by_name = by_name(&i.links);
+    let by_name = ports_by_name(i);
     let mut d = Desired {
         prune: i.prune,
         ..Desired::default()
@@ -88,7 +102,7 @@ pub fn build(i: &Inputs) -> Desired {
         leases::served(&i.model, &i.node, i.model.nics.values()),
         &by_name,
     );
-    d.interfaces = interfaces(&d, &i.links);
+    d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
     for &vni in vpc.vnis.keys() {
         add_vni(&mut d, &vpc, vni, &by_name);
     }
@@ -97,7 +111,11 @@ pub fn build(i: &Inputs) -> Desired {
     }
     if let Some((ifindex, name)) = &i.underlay {
         d.underlay = Some((*ifindex, name.clone()));
-        let fib_ifindex = by_name.get(anchor::DEFAULT_NAME).copied().unwrap_or(0);
+        let fib_ifindex = i
+            .links
+            .iter()
+            .find(|(_, l)| l.name == anchor::DEFAULT_NAME)
+            .map_or(0, |(i, _)| *i);
         d.config = DataplaneConfig {
             vtep: vpc.vtep.map(be32).unwrap_or(0),
             underlay_ifindex: *ifindex,
@@ -111,7 +129,7 @@ pub fn build(i: &Inputs) -> Desired {
 /// Brings the entries of the networks and NICs `t` names in `d` (built from an earlier model
 /// in which only those changed) up to date with `i`.
 pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
-    let by_name = by_name(&i.links);
+    let by_name = ports_by_name(i);
     let mut part = Vpc::default();
     for (id, macs) in &t.networks {
         vpc::derive_network(&i.model, id, macs, &i.node, i.router_mac, &mut part);
@@ -148,12 +166,19 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         }
         let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
         add_bindings(d, leases::served(&i.model, &i.node, nics), &by_name);
-        d.interfaces = interfaces(d, &i.links);
     }
+    d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
 }
 
-fn by_name(links: &Links) -> BTreeMap<&str, u32> {
-    links.iter().map(|(i, l)| (l.name.as_str(), *i)).collect()
+/// The VM ports present, by name: the only interfaces bindings and local forwarding entries
+/// may name, and every one of them carries the programs (a port with no binding drops what
+/// its VM sends rather than hand it to the host unchecked).
+fn ports_by_name(i: &Inputs) -> BTreeMap<&str, u32> {
+    i.links
+        .iter()
+        .filter(|(_, l)| i.ports.is_port(&l.name))
+        .map(|(ifindex, l)| (l.name.as_str(), *ifindex))
+        .collect()
 }
 
 /// Adds the forwarding entries of network `vni` that `vpc` holds.
@@ -179,7 +204,7 @@ fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) 
     }
 }
 
-/// Adds the bindings of `leases` whose interface is present.
+/// Adds the bindings of `leases` whose interface is a VM port present.
 fn add_bindings<'a>(
     d: &mut Desired,
     leases: impl Iterator<Item = Lease<'a>>,
@@ -191,19 +216,6 @@ fn add_bindings<'a>(
                 .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
         }
     }
-}
-
-/// The interfaces carrying a binding: the VM ports the programs go on.
-fn interfaces(d: &Desired, links: &Links) -> BTreeMap<u32, String> {
-    let mut out = BTreeMap::new();
-    for k in d.bindings.keys() {
-        if !out.contains_key(&k.ifindex)
-            && let Some(l) = links.get(&k.ifindex)
-        {
-            out.insert(k.ifindex, l.name.clone());
-        }
-    }
-    out
 }
 
 fn fdb_entry(station: &Station, by_name: &BTreeMap<&str, u32>) -> Option<FdbEntry> {
@@ -242,6 +254,7 @@ mod tests {
     use crate::{
         links::LinkInfo,
         model::{Limits, Model, parse_document, validate},
+        ports::Pattern,
         render::options::Budget,
     };
 
@@ -306,8 +319,13 @@ mod tests {
             router_mac: ROUTER,
             links: links.clone(),
             underlay: Some((1, "ul0".into())),
+            ports: ports(),
             prune: true,
         }
+    }
+
+    fn ports() -> VmPorts {
+        VmPorts::new(&[Pattern::parse("tap*").unwrap()], Some("ul0"), "holdfast0")
     }
 
     fn links(present: &BTreeSet<u8>) -> Links {
@@ -317,6 +335,7 @@ mod tests {
             LinkInfo {
                 name: "ul0".into(),
                 mtu: 1600,
+                ..LinkInfo::default()
             },
         );
         for tap in present {
@@ -325,18 +344,28 @@ mod tests {
                 LinkInfo {
                     name: format!("tap{tap}"),
                     mtu: 1500,
+                    ..LinkInfo::default()
                 },
             );
         }
         l
     }
 
+    /// Taps per network: a tap carries one network's NICs (validation couples networks that
+    /// share one, which the etcd source's view accounts for; not this test's subject).
+    const TAPS: u8 = 12;
+
+    fn tap_in(network: usize, rng: &mut fastrand::Rng) -> u8 {
+        network as u8 * TAPS + rng.u8(..TAPS)
+    }
+
     fn random_nic(rng: &mut fastrand::Rng) -> NicSpec {
+        let network = rng.usize(..NETWORKS);
         NicSpec {
-            network: rng.usize(..NETWORKS),
+            network,
             host: rng.u8(10..50),
             node: rng.usize(..NODES.len()),
-            tap: rng.u8(..12),
+            tap: tap_in(network, rng),
         }
     }
 
@@ -358,7 +387,9 @@ mod tests {
             for id in 0..20 {
                 nics.insert(id, random_nic(&mut rng));
             }
-            let present: BTreeSet<u8> = (0..12).filter(|_| rng.u64(..4) != 0).collect();
+            let present: BTreeSet<u8> = (0..NETWORKS as u8 * TAPS)
+                .filter(|_| rng.u64(..4) != 0)
+                .collect();
             let links = links(&present);
             let before = model(&nets, &nics);
             let mut d = build(&inputs(before.clone(), &links));
@@ -387,11 +418,11 @@ mod tests {
                         if let Some(s) = nics.get_mut(&id) {
                             changed.insert(s.network);
                             s.node = rng.usize(..NODES.len());
-                            s.tap = rng.u8(..12);
                             if rng.u64(..2) == 0 {
                                 s.network = rng.usize(..NETWORKS);
                                 changed.insert(s.network);
                             }
+                            s.tap = tap_in(s.network, &mut rng);
                         }
                     }
                     _ => {
@@ -449,5 +480,61 @@ mod tests {
         assert_eq!(d.fdb.len(), 1);
         assert_eq!(d.arp.len(), 3);
         assert_eq!(d.config.vtep, be32("198.18.0.1".parse().unwrap()));
+    }
+
+    /// Every VM port present carries the programs, bound or not; nothing of the host's own
+    /// interfaces does, even for a model validated without the host (as a snapshot of an
+    /// older build could be).
+    #[test]
+    fn every_vm_port_and_only_vm_ports_carry_programs() {
+        let nets = vec![Net {
+            vni: 1001,
+            third: 0,
+            mtu: 1450,
+        }];
+        let mut nics = BTreeMap::new();
+        nics.insert(
+            1,
+            NicSpec {
+                network: 0,
+                host: 11,
+                node: 0,
+                tap: 1,
+            },
+        );
+        let mut m = model(&nets, &nics);
+        // NICs naming the underlay and a tap with a host address, accepted by a validation
+        // that knew nothing of this host.
+        let v = m.nics.values().next().unwrap().clone();
+        for (last, iface) in [(0x21, "ul0"), (0x22, "tap3")] {
+            let mut n = v.clone();
+            n.mac = MacAddr([2, 0, 0, 0, 0, last]);
+            n.ip = format!("10.0.0.{last}").parse().unwrap();
+            n.interface = Some(iface.into());
+            m.nics.insert(n.mac, n);
+        }
+        let mut l = links(&BTreeSet::from([1, 2, 3]));
+        l.get_mut(&103)
+            .unwrap()
+            .addresses
+            .insert("192.0.2.1".parse().unwrap());
+        let mut i = inputs(m, &l);
+        i.ports = i.ports.with_links(&l);
+        let d = build(&i);
+        // tap2 has no binding and carries the programs; tap3 and ul0 carry none.
+        assert_eq!(
+            d.interfaces,
+            BTreeMap::from([(101, "tap1".to_owned()), (102, "tap2".to_owned())])
+        );
+        assert_eq!(
+            d.bindings.keys().map(|k| k.ifindex).collect::<Vec<_>>(),
+            [101]
+        );
+        assert!(
+            d.fdb.values().all(|e| e.ifindex == 101),
+            "no forwarding entry leads to ul0 or tap3: {:?}",
+            d.fdb
+        );
+        assert_eq!(d.underlay, Some((1, "ul0".into())));
     }
 }

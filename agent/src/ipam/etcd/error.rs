@@ -109,13 +109,38 @@ impl EtcdError {
                 endpoints,
                 source: etcd_client::Error::GRpcStatus(status),
                 ..
-            } if status.code() == tonic::Code::OutOfRange => EtcdError::Compacted {
-                endpoints,
-                revision,
-            },
+            } if status.code() == tonic::Code::OutOfRange && !too_large(&status) => {
+                EtcdError::Compacted {
+                    endpoints,
+                    revision,
+                }
+            }
             e => e,
         }
     }
+
+    /// An answer over the gRPC message limit ([`MAX_MESSAGE`](super::store::MAX_MESSAGE)),
+    /// which tonic refused to read: ask for less.
+    pub(super) fn is_too_large(&self) -> bool {
+        match self {
+            EtcdError::Etcd {
+                source: etcd_client::Error::GRpcStatus(s),
+                ..
+            }
+            | EtcdError::Watch {
+                failure: WatchFailure::Stream(etcd_client::Error::GRpcStatus(s)),
+                ..
+            } => too_large(s),
+            _ => false,
+        }
+    }
+}
+
+/// tonic's own answer to a message over its decoding limit (`OUT_OF_RANGE`, like etcd's
+/// compacted revision, so told by its wording: it never comes from etcd).
+fn too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
 }
 
 #[cfg(test)]
@@ -144,6 +169,26 @@ mod tests {
         // Another failure that mentions compaction is not one.
         let other = tonic::Status::unavailable("compacted: no leader");
         assert!(!etcd(other).at_revision(7).is_compacted());
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_no_compacted_revision() {
+        let big = || {
+            tonic::Status::out_of_range(
+                "Error, decoded message length too large: found 17000000 bytes, the limit is: \
+                 16777216 bytes",
+            )
+        };
+        let e = etcd(big()).at_revision(7);
+        assert!(e.is_too_large() && !e.is_compacted());
+        let watch = EtcdError::Watch {
+            endpoints: "e".into(),
+            failure: WatchFailure::Stream(etcd_client::Error::GRpcStatus(big())),
+        };
+        assert!(watch.is_too_large());
+        let compacted =
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted");
+        assert!(!etcd(compacted).is_too_large());
     }
 
     #[test]

@@ -56,7 +56,11 @@ impl Store {
             l.by_networks(),
         ] {
             let (kvs, _) = self.list(&prefix, 0).await?;
-            have.extend(kvs);
+            // A value over the entry bound is never what is wanted: it is written over.
+            have.extend(
+                kvs.into_iter()
+                    .map(|(k, v)| (k, v.bytes().map(<[u8]>::to_vec).unwrap_or_default())),
+            );
         }
 
         // Group the operations: entries first (networks, nodes), then each NIC's keys
@@ -130,7 +134,12 @@ impl Store {
             let (kvs, _) = self.list(&prefix, 0).await?;
             let mut entries = Vec::new();
             for (key, v) in kvs {
-                match serde_json::from_slice::<Value>(&v) {
+                let Some(v) = v.bytes() else {
+                    warn!(key, "over the entry bound; left out of the export");
+                    skipped += 1;
+                    continue;
+                };
+                match serde_json::from_slice::<Value>(v) {
                     Ok(v) => entries.push(v),
                     Err(e) => {
                         warn!(key, error = %e, "not JSON; left out of the export");

@@ -127,10 +127,10 @@ impl EtcdSource {
                 may_shortcut = true;
                 probe.reset();
             }
-            if e.is_compacted() {
+            if e.is_compacted() || e.is_too_large() {
                 warn!(
                     error = %e,
-                    "watch revision compacted again soon after the last relist; \
+                    "the watch broke again soon after the last relist; \
                      listing again after a backoff"
                 );
                 session.relist_next();

@@ -113,9 +113,18 @@ impl Session {
                 Ok(stop) | Err(stop) => stop,
             };
             match stop {
-                Stop::Failed(e) if e.is_compacted() && self.relists.prompt(Instant::now()) => {
+                // A watch answer over the message limit (a batch of large values): listing
+                // takes them in parts, and the watch starts again from the listed revision.
+                Stop::Failed(e)
+                    if (e.is_compacted() || e.is_too_large())
+                        && self.relists.prompt(Instant::now()) =>
+                {
                     let wait = RELIST_JITTER.mul_f64(fastrand::f64());
-                    info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    if e.is_compacted() {
+                        info!(error = %e, ?wait, "watch revision compacted; listing again");
+                    } else {
+                        info!(error = %e, ?wait, "watch answer over the message limit; listing again");
+                    }
                     self.relist_next();
                     tokio::time::sleep(wait).await;
                 }
@@ -297,7 +306,7 @@ impl Session {
             .await?;
         for n in fetched.into_iter().flatten() {
             if let Some(json) = n.entry {
-                view.set(&Range::Network(n.id.clone()), &n.key, Some(json.into()));
+                view.set(&Range::Network(n.id.clone()), &n.key, Some(&json));
             }
             let range = Range::NetworkNics(n.id.clone());
             view.nics.entry(n.id).or_default();

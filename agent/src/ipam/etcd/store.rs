@@ -9,34 +9,72 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::{
     EtcdError, KeyError,
     keys::{Layout, json_at, key_safe, prefix_end},
 };
-use crate::{config::IpamConfig, model::MacAddr};
+use crate::{
+    config::IpamConfig,
+    model::{MAX_ENTRY_BYTES, MacAddr},
+};
 
+/// The largest gRPC message the agent decodes (tonic's default is 4 MiB). A page of entries
+/// within the entry bound fits in it by construction; a response that would not (values over
+/// the bound, which etcd takes up to its `--max-request-bytes`, 1.5 MiB by default) is asked
+/// for again in parts until it does, and a value alone over it is read by its key only.
+/// tonic refuses a message over the limit from its length prefix, before reading it.
+pub const MAX_MESSAGE: usize = 16 << 20;
 /// Keys per page when listing: bounded responses whatever the size of the cloud.
-const PAGE: i64 = 2_000;
-/// NICs of one network read in the transaction that lists it (at most 32 × 250 keys, well
-/// under gRPC's 4 MiB message limit); a bigger network is read on by pages.
+const PAGE: i64 = 1_000;
+/// The longest key of a well-formed entry (the prefix, a name and a MAC): a few hundred bytes.
+const MAX_KEY_BYTES: usize = 1024;
+/// What a key-value adds to its key and value in a response (revisions, version, framing).
+const KV_OVERHEAD: usize = 64;
+const _: () =
+    assert!(PAGE as usize * (MAX_ENTRY_BYTES + MAX_KEY_BYTES + KV_OVERHEAD) <= MAX_MESSAGE);
+/// NICs of one network read in the transaction that lists it; a bigger network is read on by
+/// pages. 32 networks of 250 NICs of up to 2 KiB each fit a message; a transaction whose
+/// answer would not is split.
 const NICS_PER_TXN: i64 = 250;
 /// Attempts at writing one NIC whose record other writers keep changing.
 const NIC_WRITE_ATTEMPTS: u32 = 10;
 
-/// A listed key and its value.
-fn key_value(kv: etcd_client::KeyValue) -> (String, Vec<u8>) {
+/// A listed value: its bytes, or only its size (at least) when it is over the entry bound
+/// ([`MAX_ENTRY_BYTES`]), which is not kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listed {
+    Value(Vec<u8>),
+    Oversize(usize),
+}
+
+impl Listed {
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Listed::Value(v) => Some(v),
+            Listed::Oversize(_) => None,
+        }
+    }
+}
+
+/// A listed key and its value, not kept when it is over the entry bound.
+fn key_value(kv: etcd_client::KeyValue) -> (String, Listed) {
     let (k, v) = kv.into_key_value();
-    (String::from_utf8_lossy(&k).into_owned(), v)
+    let value = if v.len() > MAX_ENTRY_BYTES {
+        Listed::Oversize(v.len())
+    } else {
+        Listed::Value(v)
+    };
+    (String::from_utf8_lossy(&k).into_owned(), value)
 }
 
 /// A network as listed: its entry and its NICs' index keys.
 pub(super) struct ListedNetwork {
     pub(super) id: String,
     pub(super) key: String,
-    pub(super) entry: Option<Vec<u8>>,
-    pub(super) nics: Vec<(String, Vec<u8>)>,
+    pub(super) entry: Option<Listed>,
+    pub(super) nics: Vec<(String, Listed)>,
 }
 
 /// An etcd client with the deadline and the layout it works with.
@@ -76,27 +114,58 @@ impl Store {
         deadline(&self.endpoints, op, self.timeout, fut).await
     }
 
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
     /// Every key under `prefix` at `revision` (0: the newest), page by page; and the revision
-    /// read.
+    /// read. A page whose answer is over [`MAX_MESSAGE`] is asked for again in smaller pages;
+    /// a value alone over it is listed by its key only.
     pub async fn list(
         &self,
         prefix: &str,
         revision: i64,
-    ) -> Result<(Vec<(String, Vec<u8>)>, i64), EtcdError> {
+    ) -> Result<(Vec<(String, Listed)>, i64), EtcdError> {
         let end = prefix_end(prefix);
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = revision;
+        let mut limit = PAGE;
         let mut out = Vec::new();
         loop {
             let options = GetOptions::new()
                 .with_range(end.clone())
-                .with_limit(PAGE)
+                .with_limit(limit)
                 .with_revision(revision);
-            let mut kv = self.client.kv_client();
-            let mut resp = self
+            let mut kv = self.kv();
+            let got = self
                 .call("list", kv.get(from.clone(), Some(options)))
                 .await
-                .map_err(|e| e.at_revision(revision))?;
+                .map_err(|e| e.at_revision(revision));
+            let mut resp = match got {
+                Ok(resp) => resp,
+                Err(e) if e.is_too_large() && limit > 1 => {
+                    limit = (limit / 4).max(1);
+                    info!(error = %e, limit, "a page is over the message limit; smaller pages");
+                    continue;
+                }
+                Err(e) if e.is_too_large() => {
+                    let Some((key, at)) = self.next_key(&from, &end, revision).await? else {
+                        break;
+                    };
+                    warn!(key, "a value is over the gRPC message limit: not read");
+                    if revision == 0 {
+                        revision = at;
+                    }
+                    from = key.as_bytes().to_vec();
+                    from.push(0);
+                    out.push((key, Listed::Oversize(MAX_MESSAGE)));
+                    limit = PAGE;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
@@ -111,13 +180,110 @@ impl Store {
             if !more {
                 break;
             }
+            limit = PAGE;
         }
         Ok((out, revision))
     }
 
+    /// The first key in `[from, end)` at `revision`, without its value, and the revision read.
+    async fn next_key(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        revision: i64,
+    ) -> Result<Option<(String, i64)>, EtcdError> {
+        let options = GetOptions::new()
+            .with_range(end.to_vec())
+            .with_limit(1)
+            .with_keys_only()
+            .with_revision(revision);
+        let mut kv = self.kv();
+        let mut resp = self
+            .call("list keys", kv.get(from.to_vec(), Some(options)))
+            .await
+            .map_err(|e| e.at_revision(revision))?;
+        let at = resp.header().map_or(0, |h| h.revision());
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), at)))
+    }
+
     /// Each network's entry and NICs (their by-network index keys) at `revision`, one
-    /// transaction for all of them.
+    /// transaction for all of them; a transaction whose answer is over [`MAX_MESSAGE`] is
+    /// split, down to one network read on its own.
     pub(super) async fn networks_at(
+        &self,
+        networks: &[String],
+        revision: i64,
+    ) -> Result<Vec<ListedNetwork>, EtcdError> {
+        let mut out = Vec::with_capacity(networks.len());
+        let mut todo: Vec<&[String]> = vec![networks];
+        while let Some(chunk) = todo.pop() {
+            match self.networks_txn(chunk, revision).await {
+                Ok(got) => out.extend(got),
+                Err(e) if e.is_too_large() && chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                }
+                Err(e) if e.is_too_large() => {
+                    out.push(self.network_alone(&chunk[0], revision).await?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One network whose entry and NICs are too large for one answer: by pages.
+    async fn network_alone(&self, n: &str, revision: i64) -> Result<ListedNetwork, EtcdError> {
+        let l = &self.layout;
+        let key = l.network(n);
+        // The network's own key is a range of one: its value, or its size.
+        let (mut entry, _) = self.list_key(&key, revision).await?;
+        Ok(ListedNetwork {
+            id: n.to_owned(),
+            key,
+            entry: entry.pop().map(|(_, v)| v),
+            nics: self.list(&l.by_network(n), revision).await?.0,
+        })
+    }
+
+    /// One key as a list: its value, or its size when over the bound.
+    async fn list_key(
+        &self,
+        key: &str,
+        revision: i64,
+    ) -> Result<(Vec<(String, Listed)>, i64), EtcdError> {
+        let mut end = key.as_bytes().to_vec();
+        end.push(0);
+        let mut kv = self.kv();
+        let options = GetOptions::new().with_revision(revision);
+        match self
+            .call("get", kv.get(key, Some(options)))
+            .await
+            .map_err(|e| e.at_revision(revision))
+        {
+            Ok(mut resp) => Ok((
+                resp.take_kvs().into_iter().map(key_value).collect(),
+                revision,
+            )),
+            Err(e) if e.is_too_large() => {
+                let got = self.next_key(key.as_bytes(), &end, revision).await?;
+                Ok((
+                    got.into_iter()
+                        .map(|(k, _)| (k, Listed::Oversize(MAX_MESSAGE)))
+                        .collect(),
+                    revision,
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn networks_txn(
         &self,
         networks: &[String],
         revision: i64,
@@ -134,7 +300,7 @@ impl Store {
                 Some(at().with_range(end).with_limit(NICS_PER_TXN)),
             ));
         }
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self
             .call("list networks", kv.txn(Txn::new().and_then(ops)))
             .await
@@ -142,7 +308,7 @@ impl Store {
         let mut responses = resp.op_responses().into_iter();
         let mut out = Vec::with_capacity(networks.len());
         for n in networks {
-            let (Some(TxnOpResponse::Get(entry)), Some(TxnOpResponse::Get(mut nics))) =
+            let (Some(TxnOpResponse::Get(mut entry)), Some(TxnOpResponse::Get(mut nics))) =
                 (responses.next(), responses.next())
             else {
                 return Err(EtcdError::Unanswered {
@@ -150,7 +316,11 @@ impl Store {
                     network: n.clone(),
                 });
             };
-            let entry = entry.kvs().first().map(|kv| kv.value().to_vec());
+            let entry = entry
+                .take_kvs()
+                .into_iter()
+                .next()
+                .map(|kv| key_value(kv).1);
             let nics = if nics.more() {
                 self.list(&l.by_network(n), revision).await?.0
             } else {
@@ -168,7 +338,7 @@ impl Store {
 
     /// One key's newest value and the revision it was last written at.
     async fn get_versioned(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, EtcdError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let mut resp = self.call("get", kv.get(key, None)).await?;
         Ok(resp.take_kvs().into_iter().next().map(|kv| {
             let revision = kv.mod_revision();
@@ -315,7 +485,11 @@ impl Store {
         key: String,
         options: WatchOptions,
     ) -> Result<WatchStream, EtcdError> {
-        let mut w = self.client.watch_client();
+        // A response over the limit breaks the stream; the session lists again then.
+        let mut w = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         self.call("watch", w.watch(key, Some(options))).await
     }
 }

@@ -7,7 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use super::keys::{Layout, key_safe, split_key};
+use super::{
+    keys::{Layout, key_safe, split_key},
+    store::Listed,
+};
 use crate::model::{self, RawDocument, RawEntry};
 
 /// Listed entries stored into the view between two yields to the runtime.
@@ -49,6 +52,9 @@ pub(super) struct View {
     pub(super) nics: BTreeMap<String, BTreeMap<Arc<str>, RawEntry>>,
     /// The network each of this node's NICs names, read once when the NIC changes.
     own_networks: BTreeMap<Arc<str>, Option<String>>,
+    /// The interface each of this node's NICs names, likewise: one interface carries one
+    /// network, which couples the networks of the NICs naming it.
+    own_interfaces: BTreeMap<Arc<str>, String>,
     /// The directories of the keys held, one copy each.
     dirs: HashSet<Arc<str>>,
 }
@@ -64,8 +70,13 @@ impl View {
             .collect()
     }
 
-    /// The entry for `key` with value `json`, its names shared with the view's.
-    fn entry(&mut self, key: &str, json: Arc<[u8]>) -> (Arc<str>, RawEntry) {
+    /// The entry for `key` that `make` makes of its directory and id, its names shared with
+    /// the view's.
+    fn entry(
+        &mut self,
+        key: &str,
+        make: impl FnOnce(Arc<str>, Arc<str>) -> RawEntry,
+    ) -> (Arc<str>, RawEntry) {
         let (dir, id) = split_key(key);
         let dir = match self.dirs.get(dir) {
             Some(d) => d.clone(),
@@ -76,20 +87,15 @@ impl View {
             }
         };
         let id: Arc<str> = Arc::from(id);
-        let entry = RawEntry {
-            dir: Some(dir),
-            id: Some(id.clone()),
-            json,
-        };
-        (id, entry)
+        (id.clone(), make(dir, id))
     }
 
     /// Adds listed keys of `range`, a slice at a time: a list can hold 100,000 NICs, and the
     /// runtime must not stall while they are stored.
-    pub(super) async fn fill(&mut self, range: &Range, kvs: Vec<(String, Vec<u8>)>) {
+    pub(super) async fn fill(&mut self, range: &Range, kvs: Vec<(String, Listed)>) {
         for chunk in kvs.chunks(FILL_SLICE) {
-            for (key, json) in chunk {
-                self.set(range, key, Some(Arc::from(json.as_slice())));
+            for (key, value) in chunk {
+                self.set(range, key, Some(value));
             }
             tokio::task::yield_now().await;
         }
@@ -97,11 +103,23 @@ impl View {
 
     /// Applies one put (`Some`) or delete (`None`); whether anything changed.
     pub(super) fn apply(&mut self, range: &Range, key: &str, value: Option<&[u8]>) -> bool {
-        self.set(range, key, value.map(Arc::from))
+        // A value over the entry bound is not kept, only its size.
+        let entry = value.map(|v| self.entry(key, |dir, id| RawEntry::at(dir, id, v)));
+        self.put(range, key, entry)
     }
 
-    pub(super) fn set(&mut self, range: &Range, key: &str, json: Option<Arc<[u8]>>) -> bool {
-        let entry = json.map(|j| self.entry(key, j));
+    /// Stores one listed key (`Some`) or forgets it (`None`); whether anything changed.
+    pub(super) fn set(&mut self, range: &Range, key: &str, value: Option<&Listed>) -> bool {
+        let entry = value.map(|v| {
+            self.entry(key, |dir, id| match v {
+                Listed::Value(json) => RawEntry::at(dir, id, json),
+                Listed::Oversize(size) => RawEntry::oversized(dir, id, *size),
+            })
+        });
+        self.put(range, key, entry)
+    }
+
+    fn put(&mut self, range: &Range, key: &str, entry: Option<(Arc<str>, RawEntry)>) -> bool {
         let name = split_key(key).1;
         let map = match range {
             Range::Network(id) => {
@@ -117,9 +135,14 @@ impl View {
                 match &entry {
                     Some((id, e)) => {
                         self.own_networks.insert(id.clone(), e.field("network"));
+                        match e.field("interface") {
+                            Some(i) => self.own_interfaces.insert(id.clone(), i),
+                            None => self.own_interfaces.remove(name),
+                        };
                     }
                     None => {
                         self.own_networks.remove(name);
+                        self.own_interfaces.remove(name);
                     }
                 }
                 &mut self.own
@@ -166,6 +189,18 @@ impl View {
                 if self.own.contains_key(name) {
                     let network = self.own_networks.get(name).cloned().flatten();
                     out.insert(network.filter(|n| key_safe(n))?);
+                }
+                // The networks of this node's NICs on the same interface: which one holds it
+                // may change.
+                if let Some(iface) = self.own_interfaces.get(name) {
+                    for (mac, i) in &self.own_interfaces {
+                        if i == iface
+                            && let Some(Some(n)) = self.own_networks.get(mac)
+                            && key_safe(n)
+                        {
+                            out.insert(n.clone());
+                        }
+                    }
                 }
             }
             Range::Network(id) => {
@@ -354,6 +389,37 @@ mod tests {
         );
         // One of this node's NICs: its network, and the networks indexing the same MAC.
         assert_eq!(v.affected(&Range::Own, &own(m1)), Some(set(&["blue"])));
+        // Another of this node's NICs, on m1's interface: both networks.
+        let on = |mac: &str, net: &str, iface: &str| {
+            format!(
+                r#"{{"mac":"{mac}","network":"{net}","ip":"10.0.0.6","node":"hv-1","interface":"{iface}"}}"#
+            )
+        };
+        v.apply(
+            &Range::Own,
+            &own(m1),
+            Some(on(m1, "blue", "tap1").as_bytes()),
+        );
+        v.apply(
+            &Range::Own,
+            &own(m2),
+            Some(on(m2, "red", "tap1").as_bytes()),
+        );
+        assert_eq!(
+            v.affected(&Range::Own, &own(m2)),
+            Some(set(&["blue", "red"]))
+        );
+        v.apply(
+            &Range::Own,
+            &own(m2),
+            Some(on(m2, "red", "tap2").as_bytes()),
+        );
+        assert_eq!(v.affected(&Range::Own, &own(m2)), Some(set(&["red"])));
+        v.apply(
+            &Range::Own,
+            &own(m2),
+            Some(nic(m2, "red", "hv-1").as_bytes()),
+        );
         // A node: only a complete document can say.
         assert_eq!(v.affected(&Range::Nodes, &l.node("hv-2")), None);
         v.apply(&Range::Own, &own(m2), Some(b"{broken"));

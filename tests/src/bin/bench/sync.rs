@@ -63,7 +63,7 @@ fn cloud(total: usize) -> (String, usize) {
             1 + (k % (NODES - 1))
         };
         let iface = if node == 0 {
-            format!(r#","interface":"t{n}""#)
+            format!(r#","interface":"tap{n}""#)
         } else {
             String::new()
         };

@@ -18,7 +18,7 @@ fn nic(k: usize, network: usize, node: usize) -> Nic {
         ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + k as u32),
         hostname: None,
         node: format!("hv-{node}").into(),
-        interface: Some(format!("t{k}")),
+        interface: Some(format!("tap{k}")),
     }
 }
 
