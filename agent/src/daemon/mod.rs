@@ -14,6 +14,7 @@ pub mod agent;
 pub mod events;
 pub mod handle;
 pub mod persist;
+pub mod queue;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -30,6 +31,7 @@ use tracing::{error, info, warn};
 use self::{
     agent::{Agent, Parts},
     handle::DataplaneHandle,
+    queue::Queue,
 };
 use crate::{
     anchor,
@@ -45,21 +47,16 @@ use crate::{
 /// was lost (the socket buffer can overflow when thousands of taps change at once).
 const RESYNC: Duration = Duration::from_secs(60);
 
-/// Waits for the next IPAM update, then takes every one already queued behind it: statuses
-/// are handled in order, but of several documents only the latest is validated.
-async fn next_ipam(agent: &mut Agent, rx: &mut mpsc::Receiver<Update>) -> Option<Update> {
-    let mut latest = rx.recv().await?;
-    while let Ok(next) = rx.try_recv() {
-        match (&latest, next) {
-            (_, doc @ Update::Document(_)) => latest = doc,
-            (Update::Document(_), status) => agent.on_ipam(status).await,
-            (_, status) => {
-                let earlier = std::mem::replace(&mut latest, status);
-                agent.on_ipam(earlier).await;
-            }
-        }
+/// Applies the oldest IPAM update received, after queueing what the source sent meanwhile (a
+/// document supersedes what came before it). One update per turn of the loop: interface
+/// changes and the heartbeat are served between them.
+async fn apply_next(agent: &mut Agent, queue: &mut Queue, rx: &mut mpsc::Receiver<Update>) {
+    while let Ok(update) = rx.try_recv() {
+        queue.push(update);
     }
-    Some(latest)
+    if let Some(update) = queue.pop() {
+        agent.on_ipam(update).await;
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -167,10 +164,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut ipam = Queue::default();
 
     loop {
+        // Branch futures only receive (cancel-safe): what a branch takes is handled by it.
         tokio::select! {
-            Some(update) = next_ipam(&mut agent, &mut ipam_rx) => agent.on_ipam(update).await,
+            Some(update) = ipam_rx.recv() => {
+                ipam.push(update);
+                apply_next(&mut agent, &mut ipam, &mut ipam_rx).await;
+            }
+            () = std::future::ready(()), if !ipam.is_empty() => {
+                apply_next(&mut agent, &mut ipam, &mut ipam_rx).await;
+            }
             Some(event) = link_events.recv() => agent.on_link(event).await,
             _ = resync.tick() => {
                 match links::dump(&nl).await {
