@@ -416,7 +416,10 @@ fn daemonset_mounts_bpffs_state_and_config_as_the_agent_needs() {
         .map(str_of)
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(script.contains("mount -t bpf bpf /sys/fs/bpf"), "{script}");
+    assert!(
+        script.contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
+        "{script}"
+    );
     let (m, v) = mount_at(&pod, &agent, "/sys/fs/bpf");
     assert_eq!(m["mountPropagation"], "HostToContainer");
     assert_eq!(v["hostPath"]["path"], "/sys/fs/bpf");
@@ -856,7 +859,8 @@ fn systemd_unit_verifies_with_notify_and_watchdog() {
     );
     // bpffs is mounted on the host before the agent, outside its mount namespace.
     assert!(
-        one("ExecStartPre").starts_with("+") && one("ExecStartPre").contains("mount -t bpf"),
+        one("ExecStartPre").starts_with("+")
+            && one("ExecStartPre").contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
         "{:?}",
         one("ExecStartPre")
     );
