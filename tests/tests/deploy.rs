@@ -857,6 +857,10 @@ fn systemd_unit_verifies_with_notify_and_watchdog() {
         rw.contains("/sys/fs/bpf") && rw.contains("/var/lib/holdfast"),
         "{rw:?}"
     );
+    // Files: far above the metrics port's connection limit (at most 1,024), so that its
+    // connections cannot starve netlink, maps or etcd.
+    let nofile: u64 = one("LimitNOFILE").parse().expect("LimitNOFILE: a number");
+    assert!(nofile >= 65536, "LimitNOFILE={nofile}");
     // bpffs is mounted on the host before the agent, outside its mount namespace.
     assert!(
         one("ExecStartPre").starts_with("+")

@@ -4,13 +4,18 @@
 
 use std::{
     ffi::CString,
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
     os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use holdfast_tests::netns::{Agent, Netns, mac_str};
+use holdfast_tests::{
+    clients,
+    netns::{Agent, Netns, Vm, in_netns, mac_str, wait_for},
+};
 
 const MAC: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x01];
 
@@ -162,5 +167,202 @@ fn the_agent_refuses_a_bpffs_dir_another_user_could_write_to_and_starts_on_a_fre
             .any(|e| e.starts_with("maps-v")),
         "{:?}",
         entries(agent.bpffs.path())
+    );
+}
+
+/// The connections of the attack: as many as systemd's default soft limit, twice over.
+const IDLE: usize = 2000;
+/// The agent's file limit in this test: systemd's default soft limit.
+const NOFILE: u64 = 1024;
+/// How much later than the agent's header timeout the test looks.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// Raises this process's soft file limit to its hard one: the test holds the attack's sockets.
+fn raise_own_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    assert!(
+        l.rlim_cur as usize > IDLE + 200,
+        "this test needs {} files, the hard limit is {}",
+        IDLE + 200,
+        l.rlim_cur
+    );
+}
+
+/// Connections to the metrics port the agent still holds open (a closed one reads EOF or a
+/// reset; an open, idle one would block).
+fn still_open(conns: &[TcpStream]) -> usize {
+    let mut buf = [0u8; 1];
+    conns
+        .iter()
+        .filter(|c| {
+            c.set_nonblocking(true).expect("nonblocking");
+            matches!(c.peek(&mut buf), Err(e) if e.kind() == ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+/// One GET on a new connection: status and how long the answer took.
+fn timed_get(agent: &Agent, path: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let (status, _) = agent.http(path);
+    (status, t.elapsed())
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_cannot_starve_the_agent() {
+    raise_own_nofile();
+    let hv = Netns::new("hv");
+    let mut agent = configure(&hv);
+    agent.nofile = Some(NOFILE);
+    agent.spawn(&hv);
+    let limit = agent.metric("holdfast_http_connections_limit");
+    assert!(
+        limit >= 16.0 && limit <= NOFILE as f64 / 2.0,
+        "connection limit {limit} at a file limit of {NOFILE}"
+    );
+    let limit = limit as usize;
+
+    // The attack: connections that never send a byte, and one that sends half a request.
+    let t = Instant::now();
+    let (idle, refused, slow) = in_netns(&hv.path(), || {
+        let addr = (Ipv4Addr::LOCALHOST, 9469).into();
+        let mut idle = Vec::new();
+        let mut refused = 0;
+        for _ in 0..IDLE {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(c) => idle.push(c),
+                Err(_) => refused += 1,
+            }
+        }
+        let slow = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut c| {
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")?;
+            Ok(c)
+        });
+        (idle, refused, slow)
+    });
+    let connected_in = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = still_open(&idle);
+    eprintln!(
+        "{} connections made ({refused} not) in {connected_in:?}; the agent holds {held} open \
+         (its limit: {limit} at a file limit of {NOFILE})",
+        idle.len()
+    );
+    // Connections made faster than the agent accepts them may find the listen backlog full
+    // (their SYN is dropped): refused by the kernel, which is fine. Most must get through to
+    // the agent, which closes what is over its limit.
+    assert!(refused < IDLE / 10, "{refused} connections never accepted");
+    let slow = slow.expect("the slow client's connection");
+    assert!(
+        held <= limit,
+        "the agent holds {held} idle connections, more than its limit of {limit}"
+    );
+
+    // Probes and scrapes get through, each closing the oldest idle connection if need be.
+    let mut healthz: Vec<Duration> = (0..20)
+        .map(|_| {
+            let (status, took) = timed_get(&agent, "/healthz");
+            assert_eq!(status, 200, "/healthz under the attack:\n{}", agent.logs());
+            took
+        })
+        .collect();
+    healthz.sort();
+    let (status, scrape) = timed_get(&agent, "/metrics");
+    assert_eq!(status, 200, "/metrics under the attack:\n{}", agent.logs());
+    eprintln!(
+        "/healthz under the attack: median {:?}, max {:?}; /metrics {scrape:?}",
+        healthz[healthz.len() / 2],
+        healthz[healthz.len() - 1]
+    );
+
+    // A VM port appears: it gets its programs, and its VM a lease from XDP.
+    let t = Instant::now();
+    let vm = Vm::new(&hv, "tap-h1", MAC);
+    let ifindex = hv.ifindex("tap-h1");
+    let pin = agent.bpffs.path().join(format!("links/vm-{ifindex}"));
+    let attached = wait_for(Duration::from_secs(10), || pin.exists().then_some(()));
+    assert!(
+        attached.is_some(),
+        "tap-h1 never got its program:\n{}",
+        agent.logs()
+    );
+    let attached_in = t.elapsed();
+    let t = Instant::now();
+    let client = clients::udhcpc(&vm, &[]);
+    let lease = vm.wait_address(Duration::from_secs(20));
+    assert_eq!(
+        lease.map(|(a, _)| a),
+        Some(Ipv4Addr::new(10, 11, 0, 11)),
+        "no lease under the attack:\n{}\n{}",
+        client.log(),
+        agent.logs()
+    );
+    eprintln!(
+        "the new tap carried the program {attached_in:?} after it appeared; its VM had its \
+         lease {:?} after its client started",
+        t.elapsed()
+    );
+
+    // A keep-alive connection, as a Prometheus keeps between scrapes: answered, then idle.
+    let mut keepalive = in_netns(&hv.path(), || {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, 9469)).expect("connect")
+    });
+    keepalive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    keepalive
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    while !answer.ends_with(b"ok\n") {
+        match keepalive.read(&mut buf) {
+            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => panic!("no answer on a keep-alive connection: {answer:?}"),
+        }
+    }
+    assert_eq!(still_open(std::slice::from_ref(&keepalive)), 1);
+
+    // Idle and slow clients are closed once the header timeout passes.
+    std::thread::sleep(holdfast::metrics::HEADER_TIMEOUT + SLACK);
+    let held = still_open(&idle);
+    let slow_open = still_open(std::slice::from_ref(&slow));
+    assert_eq!(held, 0, "idle connections outlived the header timeout");
+    assert_eq!(slow_open, 0, "half a request outlived the header timeout");
+    assert_eq!(
+        still_open(std::slice::from_ref(&keepalive)),
+        0,
+        "an idle keep-alive connection outlived the header timeout"
+    );
+
+    let (status, _) = agent.http("/healthz");
+    assert_eq!(status, 200);
+    let logs = agent.logs();
+    assert!(
+        !logs.contains("Too many open files") && !logs.contains("os error 24"),
+        "the agent ran out of files:\n{logs}"
+    );
+    let dropped = agent.metric("holdfast_http_connections_closed_total{reason=\"evicted\"}")
+        + agent.metric("holdfast_http_connections_closed_total{reason=\"refused\"}");
+    eprintln!("connections the agent closed to stay under its limit: {dropped}");
+    // Every connection of the attack over the limit was closed for a newer one.
+    let made = idle.len() + 1;
+    assert!(
+        dropped >= (made - limit) as f64,
+        "{dropped} closed of {made}"
+    );
+    let timed_out = agent.metric("holdfast_http_connections_closed_total{reason=\"timeout\"}");
+    assert!(
+        timed_out >= 1.0,
+        "no connection closed by the header timeout"
     );
 }

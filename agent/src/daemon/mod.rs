@@ -59,7 +59,37 @@ async fn apply_next(agent: &mut Agent, queue: &mut Queue, rx: &mut mpsc::Receive
     }
 }
 
+/// Raises the soft file limit to the hard one: systemd's default soft limit (1,024) is kept
+/// low for programs that use select(2), which this one does not. The metrics port's
+/// connection limit is derived from what this leaves (`metrics::connection_limit`).
+fn raise_file_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) on a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return;
+    }
+    let was = l.rlim_cur;
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: setrlimit(2) on a valid struct, within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            l.rlim_cur = was;
+        }
+    }
+    info!(
+        soft = l.rlim_cur,
+        hard = l.rlim_max,
+        raised_from = was,
+        metrics_connections = metrics::connection_limit(),
+        "file limit"
+    );
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_file_limit();
     let metrics = Arc::new(Metrics::default());
     metrics.in_sync_now();
     let health = Arc::new(Health::default());
@@ -81,11 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.node.clone(),
         ))),
     };
-    let registry = Arc::new(metrics::registry(
-        &metrics,
-        source.stats(),
-        config.bpffs_dir.clone(),
-    ));
+    let registry = metrics::registry(&metrics, source.stats(), config.bpffs_dir.clone());
     let mut http = tokio::spawn(metrics::serve(
         config.metrics_addr,
         registry,
