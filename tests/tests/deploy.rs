@@ -38,7 +38,12 @@ const METRICS: &[&str] = &[
     "holdfast_leases",
     "holdfast_interfaces",
     "holdfast_build_info",
+    "holdfast_http_accept_errors_total",
+    "holdfast_http_connections_closed_total",
 ];
+
+/// `reason` values of `holdfast_http_connections_closed_total`.
+const HTTP_CLOSE_REASONS: &[&str] = &["evicted", "refused", "timeout"];
 
 /// `reason` values of `holdfast_drops_total` and `holdfast_dhcp_drops_total`.
 const DROP_REASONS: &[&str] = &[
@@ -740,7 +745,7 @@ fn every_alert_is_actionable() {
         }
         for reason in reasons(expr) {
             assert!(
-                DROP_REASONS.contains(&reason),
+                DROP_REASONS.contains(&reason) || HTTP_CLOSE_REASONS.contains(&reason),
                 "{name}: unknown reason {reason}"
             );
         }
