@@ -276,6 +276,8 @@ pub struct Agent {
     pub env: Vec<(String, String)>,
     /// The build to run: this workspace's `holdfast` unless a test swaps it (upgrades).
     pub binary: PathBuf,
+    /// RLIMIT_NOFILE (soft and hard) of the process, as `prlimit --nofile=N` would set it.
+    pub nofile: Option<u64>,
 }
 
 impl Agent {
@@ -341,6 +343,7 @@ impl Agent {
             log: dir.path().join("agent.log"),
             env: Vec::new(),
             binary: workspace_bin("holdfast"),
+            nofile: None,
             dir,
             bpffs,
         }
@@ -369,6 +372,23 @@ impl Agent {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit(2) only, between fork and exec; nsenter execs the agent with it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         echo(&cmd);
         let child = cmd.spawn().expect("spawn holdfast");
         self.child = Some(child);

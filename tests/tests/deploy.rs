@@ -38,7 +38,12 @@ const METRICS: &[&str] = &[
     "holdfast_leases",
     "holdfast_interfaces",
     "holdfast_build_info",
+    "holdfast_http_accept_errors_total",
+    "holdfast_http_connections_closed_total",
 ];
+
+/// `reason` values of `holdfast_http_connections_closed_total`.
+const HTTP_CLOSE_REASONS: &[&str] = &["evicted", "refused", "timeout"];
 
 /// `reason` values of `holdfast_drops_total` and `holdfast_dhcp_drops_total`.
 const DROP_REASONS: &[&str] = &[
@@ -429,7 +434,10 @@ fn daemonset_mounts_bpffs_state_and_config_as_the_agent_needs() {
         .map(str_of)
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(script.contains("mount -t bpf bpf /sys/fs/bpf"), "{script}");
+    assert!(
+        script.contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
+        "{script}"
+    );
     let (m, v) = mount_at(&pod, &agent, "/sys/fs/bpf");
     assert_eq!(m["mountPropagation"], "HostToContainer");
     assert_eq!(v["hostPath"]["path"], "/sys/fs/bpf");
@@ -756,7 +764,7 @@ fn every_alert_is_actionable() {
                     .iter()
                     .any(|r| r.label() == reason)
             } else {
-                DROP_REASONS.contains(&reason)
+                DROP_REASONS.contains(&reason) || HTTP_CLOSE_REASONS.contains(&reason)
             };
             assert!(known, "{name}: unknown reason {reason}");
         }
@@ -873,9 +881,14 @@ fn systemd_unit_verifies_with_notify_and_watchdog() {
         rw.contains("/sys/fs/bpf") && rw.contains("/var/lib/holdfast"),
         "{rw:?}"
     );
+    // Files: far above the metrics port's connection limit (at most 1,024), so that its
+    // connections cannot starve netlink, maps or etcd.
+    let nofile: u64 = one("LimitNOFILE").parse().expect("LimitNOFILE: a number");
+    assert!(nofile >= 65536, "LimitNOFILE={nofile}");
     // bpffs is mounted on the host before the agent, outside its mount namespace.
     assert!(
-        one("ExecStartPre").starts_with("+") && one("ExecStartPre").contains("mount -t bpf"),
+        one("ExecStartPre").starts_with("+")
+            && one("ExecStartPre").contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
         "{:?}",
         one("ExecStartPre")
     );

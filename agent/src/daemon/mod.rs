@@ -14,6 +14,7 @@ pub mod agent;
 pub mod events;
 pub mod handle;
 pub mod persist;
+pub mod queue;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -30,6 +31,7 @@ use tracing::{error, info, warn};
 use self::{
     agent::{Agent, Parts},
     handle::DataplaneHandle,
+    queue::Queue,
 };
 use crate::{
     anchor,
@@ -45,24 +47,49 @@ use crate::{
 /// was lost (the socket buffer can overflow when thousands of taps change at once).
 const RESYNC: Duration = Duration::from_secs(60);
 
-/// Waits for the next IPAM update, then takes every one already queued behind it: statuses
-/// are handled in order, but of several documents only the latest is validated.
-async fn next_ipam(agent: &mut Agent, rx: &mut mpsc::Receiver<Update>) -> Option<Update> {
-    let mut latest = rx.recv().await?;
-    while let Ok(next) = rx.try_recv() {
-        match (&latest, next) {
-            (_, doc @ Update::Document(_)) => latest = doc,
-            (Update::Document(_), status) => agent.on_ipam(status).await,
-            (_, status) => {
-                let earlier = std::mem::replace(&mut latest, status);
-                agent.on_ipam(earlier).await;
-            }
+/// Applies the oldest IPAM update received, after queueing what the source sent meanwhile (a
+/// document supersedes what came before it). One update per turn of the loop: interface
+/// changes and the heartbeat are served between them.
+async fn apply_next(agent: &mut Agent, queue: &mut Queue, rx: &mut mpsc::Receiver<Update>) {
+    while let Ok(update) = rx.try_recv() {
+        queue.push(update);
+    }
+    if let Some(update) = queue.pop() {
+        agent.on_ipam(update).await;
+    }
+}
+
+/// Raises the soft file limit to the hard one: systemd's default soft limit (1,024) is kept
+/// low for programs that use select(2), which this one does not. The metrics port's
+/// connection limit is derived from what this leaves (`metrics::connection_limit`).
+fn raise_file_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) on a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return;
+    }
+    let was = l.rlim_cur;
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: setrlimit(2) on a valid struct, within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            l.rlim_cur = was;
         }
     }
-    Some(latest)
+    info!(
+        soft = l.rlim_cur,
+        hard = l.rlim_max,
+        raised_from = was,
+        metrics_connections = metrics::connection_limit(),
+        "file limit"
+    );
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_file_limit();
     let metrics = Arc::new(Metrics::default());
     metrics.in_sync_now();
     let health = Arc::new(Health::default());
@@ -84,11 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.node.clone(),
         ))),
     };
-    let registry = Arc::new(metrics::registry(
-        &metrics,
-        source.stats(),
-        config.bpffs_dir.clone(),
-    ));
+    let registry = metrics::registry(&metrics, source.stats(), config.bpffs_dir.clone());
     let mut http = tokio::spawn(metrics::serve(
         config.metrics_addr,
         registry,
@@ -167,10 +190,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    let mut ipam = Queue::default();
 
     loop {
+        // Branch futures only receive (cancel-safe): what a branch takes is handled by it.
         tokio::select! {
-            Some(update) = next_ipam(&mut agent, &mut ipam_rx) => agent.on_ipam(update).await,
+            Some(update) = ipam_rx.recv() => {
+                ipam.push(update);
+                apply_next(&mut agent, &mut ipam, &mut ipam_rx).await;
+            }
+            () = std::future::ready(()), if !ipam.is_empty() => {
+                apply_next(&mut agent, &mut ipam, &mut ipam_rx).await;
+            }
             Some(event) = link_events.recv() => agent.on_link(event).await,
             _ = resync.tick() => {
                 match links::dump(&nl).await {

@@ -13,7 +13,8 @@ use super::Hook;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("bpffs: {0}")]
+    /// Its text names the path: the chain (`{:#}`) would say it twice under a prefix.
+    #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -63,6 +64,39 @@ pub enum BpffsError {
     Mount { path: PathBuf, source: io::Error },
     #[error("{path} is not on a bpf filesystem; pins there would not outlive the agent")]
     NotBpffs { path: PathBuf },
+    #[error("creating {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Inspect { path: PathBuf, source: io::Error },
+    /// A pin directory another user could write to.
+    #[error(
+        "{path} is {problem}: another user could unlink the pinned links there and detach the \
+         programs; remove it (the agent creates it root's, mode 0700) or fix its owner and mode"
+    )]
+    Unsafe { path: PathBuf, problem: DirProblem },
+    /// A directory above the pin directory another user could write to.
+    #[error(
+        "{parent}, above {path}, is {problem}: another user could move {path} away and put \
+         their own in its place; make {parent} root's and not writable by others"
+    )]
+    UnsafeParent {
+        path: PathBuf,
+        parent: PathBuf,
+        problem: DirProblem,
+    },
+}
+
+/// Why a directory is no place for pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DirProblem {
+    #[error("a symbolic link")]
+    Symlink,
+    #[error("not a directory")]
+    NotDirectory,
+    #[error("owned by uid {uid}, not root")]
+    Owner { uid: u32 },
+    #[error("writable by group or others (mode {mode:04o})")]
+    Writable { mode: u32 },
 }
 
 /// Attaching the veth peer's program through rtnetlink.

@@ -27,7 +27,6 @@ mod veth;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
     path::Path,
 };
 
@@ -44,13 +43,12 @@ use tracing::{info, warn};
 
 pub use self::{
     attach::Hook,
-    error::{BpffsError, DataplaneError, NetlinkError, ReconcileError, WriteError},
+    error::{BpffsError, DataplaneError, DirProblem, NetlinkError, ReconcileError, WriteError},
     inspect::{StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_vpc},
-    pins::ensure_bpffs,
+    pins::{ensure_bpffs, private_dir_problem},
     veth::{PASS_OBJECT, attach_veth_peer},
 };
 use self::{
-    error::io_err,
     maps::Synced,
     pins::{Pins, check_layout},
 };
@@ -161,8 +159,8 @@ impl Dataplane {
         limits: &RateLimits,
     ) -> Result<Self, DataplaneError> {
         let pins = Pins::new(bpffs_dir);
-        ensure_bpffs(&pins.maps)?;
-        fs::create_dir_all(&pins.links).map_err(io_err(&pins.links))?;
+        ensure_bpffs(bpffs_dir)?;
+        pins.secure()?;
         check_layout(&pins.maps)?;
 
         let mut ebpf = EbpfLoader::new()

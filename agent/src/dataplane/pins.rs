@@ -1,12 +1,20 @@
 //! Where the data plane lives on bpffs and whether what is pinned there fits this build: the
 //! pin paths ([`Pins`]), the map layout version and the check of adopted maps against it, and
-//! the bpffs itself (mounted when the host has none).
+//! the bpffs itself (mounted when the host has none, mode 0700).
+//!
+//! Whoever can write to `bpffs_dir` or its `links/` can unlink the link pins, which detaches
+//! the programs from the VM ports, or plant names before the agent pins there. So the agent
+//! creates what is missing 0700 and refuses ([`BpffsError::Unsafe`]) a directory, or a parent
+//! of it, that another user owns or may write to.
 
 use std::{
     collections::BTreeSet,
     ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{DirBuilderExt as _, MetadataExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -18,7 +26,7 @@ use tracing::info;
 
 use super::{
     Hook, MAP_ARP, MAP_BINDINGS, MAP_CONFIG, MAP_FDB, MAP_STATS, MAP_VNIS, MAP_VTEPS,
-    error::{BpffsError, DataplaneError, io_err},
+    error::{BpffsError, DataplaneError, DirProblem},
 };
 
 /// The version of the map layout this build pins, in `maps-v<LAYOUT_VERSION>/`. The
@@ -43,6 +51,28 @@ impl Pins {
             maps: bpffs_dir.join(format!("maps-v{LAYOUT_VERSION}")),
             links: bpffs_dir.join("links"),
         }
+    }
+
+    /// Creates the pin directories that are missing (0700) and checks that no other user can
+    /// write to them, or to a directory above them. What exists is checked before anything is
+    /// created in it: a refused directory is left as it was found.
+    pub(super) fn secure(&self) -> Result<(), BpffsError> {
+        let root = self.maps.parent().unwrap_or(&self.maps);
+        if fs::symlink_metadata(root).is_err() {
+            create_private(root)?;
+        }
+        check_parents(root)?;
+        let dirs = [root, &self.maps, &self.links];
+        for dir in dirs {
+            if fs::symlink_metadata(dir).is_ok() {
+                check_private(dir)?;
+            }
+        }
+        for dir in dirs {
+            create_private(dir)?;
+            check_private(dir)?;
+        }
+        Ok(())
     }
 
     pub(super) fn link(&self, hook: Hook, ifindex: u32) -> PathBuf {
@@ -79,20 +109,23 @@ fn statfs_type(path: &Path) -> Option<i64> {
 }
 
 /// Makes sure `dir` can be created on a bpffs, mounting one at `/sys/fs/bpf` when the host has
-/// none there (containers and `ip netns exec` often start without it).
+/// none there (containers and `ip netns exec` often start without it), and creates it (0700)
+/// when missing.
 pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let root = Path::new("/sys/fs/bpf");
     if dir.starts_with(root) && statfs_type(root) != Some(BPF_FS_MAGIC) {
-        info!(path = %root.display(), "no bpffs mounted; mounting one");
+        info!(path = %root.display(), "no bpffs mounted; mounting one (mode 0700)");
         let fstype = c"bpf";
-        // SAFETY: valid NUL-terminated strings; no data argument.
+        // Without `mode=`, the root of a bpffs is world-writable (1777).
+        let options = c"mode=0700";
+        // SAFETY: valid NUL-terminated strings; bpffs reads its options as a C string.
         let rc = unsafe {
             libc::mount(
                 fstype.as_ptr(),
                 c"/sys/fs/bpf".as_ptr(),
                 fstype.as_ptr(),
                 0,
-                std::ptr::null(),
+                options.as_ptr().cast(),
             )
         };
         if rc != 0 {
@@ -103,12 +136,98 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
             .into());
         }
     }
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_private(dir)?;
     if statfs_type(dir) != Some(BPF_FS_MAGIC) {
         return Err(BpffsError::NotBpffs {
             path: dir.to_owned(),
         }
         .into());
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, each 0700.
+fn create_private(dir: &Path) -> Result<(), BpffsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| BpffsError::Create {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Whether `uid` may own a directory the agent pins in: root, or the user the agent runs as.
+fn trusted_owner(uid: u32) -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
+/// What is wrong with `dir` as a directory the agent pins in, if anything: it must be a real
+/// directory (not a symbolic link), owned by root (or the agent's user), and writable by its
+/// owner only.
+pub fn private_dir_problem(dir: &Path) -> Result<Option<DirProblem>, io::Error> {
+    let meta = fs::symlink_metadata(dir)?;
+    Ok(if meta.file_type().is_symlink() {
+        Some(DirProblem::Symlink)
+    } else if !meta.is_dir() {
+        Some(DirProblem::NotDirectory)
+    } else if !trusted_owner(meta.uid()) {
+        Some(DirProblem::Owner { uid: meta.uid() })
+    } else if meta.mode() & 0o022 != 0 {
+        Some(DirProblem::Writable {
+            mode: meta.mode() & 0o7777,
+        })
+    } else {
+        None
+    })
+}
+
+/// Refuses `dir` when [`private_dir_problem`] finds something wrong with it.
+pub(super) fn check_private(dir: &Path) -> Result<(), BpffsError> {
+    match private_dir_problem(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(BpffsError::Unsafe {
+            path: dir.to_owned(),
+            problem,
+        }),
+        Err(source) => Err(BpffsError::Inspect {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Refuses a parent of `dir` (symbolic links resolved) that another user owns, or that others
+/// may write to without the sticky bit: they could rename `dir` away and put their own in its
+/// place. bpffs mounted without `mode=` is 1777: sticky, so it passes.
+fn check_parents(dir: &Path) -> Result<(), BpffsError> {
+    let real = fs::canonicalize(dir).map_err(|source| BpffsError::Inspect {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for parent in real.ancestors().skip(1) {
+        let meta = fs::metadata(parent).map_err(|source| BpffsError::Inspect {
+            path: parent.to_owned(),
+            source,
+        })?;
+        let problem = if !trusted_owner(meta.uid()) {
+            Some(DirProblem::Owner { uid: meta.uid() })
+        } else if meta.mode() & 0o022 != 0 && meta.mode() & libc::S_ISVTX == 0 {
+            Some(DirProblem::Writable {
+                mode: meta.mode() & 0o7777,
+            })
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(BpffsError::UnsafeParent {
+                path: dir.to_owned(),
+                parent: parent.to_owned(),
+                problem,
+            });
+        }
     }
     Ok(())
 }
@@ -142,4 +261,146 @@ pub(super) fn check_layout(maps_dir: &Path) -> Result<(), DataplaneError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+    use super::*;
+
+    /// A directory under the temp dir (root's, 1777, sticky), removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(role: &str) -> Self {
+            let p =
+                std::env::temp_dir().join(format!("holdfast-pins-{}-{role}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            create_private(&p).expect("scratch dir");
+            Self(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// Gives `path` to `nobody`; false when this process may not (not root).
+    fn give_away(path: &Path) -> bool {
+        let c = CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: chown(2) on a NUL-terminated path.
+        unsafe { libc::chown(c.as_ptr(), 65534, 65534) == 0 }
+    }
+
+    #[test]
+    fn a_fresh_directory_is_private() {
+        let s = Scratch::new("fresh");
+        let dir = s.0.join("bpffs/holdfast");
+        let pins = Pins::new(&dir);
+        pins.secure().expect("a fresh directory passes");
+        for d in [&dir, &pins.maps, &pins.links] {
+            let mode = fs::metadata(d).expect("created").mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        // And again: what exists and is right passes as it is.
+        pins.secure().expect("an existing private directory passes");
+    }
+
+    #[test]
+    fn a_directory_others_may_write_to_is_refused_with_its_path_and_mode() {
+        let s = Scratch::new("writable");
+        let dir = s.0.join("holdfast");
+        let pins = Pins::new(&dir);
+        pins.secure().expect("fresh");
+        for (path, mode) in [(&dir, 0o777), (&pins.links, 0o770), (&pins.maps, 0o1777)] {
+            chmod(path, mode);
+            let e = pins.secure().expect_err("refused");
+            assert!(
+                matches!(&e, BpffsError::Unsafe { path: p, problem: DirProblem::Writable { mode: m } }
+                    if p == path && *m == mode),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains(&path.display().to_string())
+                    && text.contains(&format!("mode {mode:04o}"))
+                    && text.contains("detach"),
+                "{text}"
+            );
+            chmod(path, 0o700);
+        }
+        // 0755 (what an agent created under umask 022 before) is not writable by others.
+        chmod(&pins.links, 0o755);
+        pins.secure().expect("0755 passes");
+    }
+
+    #[test]
+    fn a_directory_another_user_owns_is_refused() {
+        let s = Scratch::new("owner");
+        let dir = s.0.join("holdfast");
+        let pins = Pins::new(&dir);
+        pins.secure().expect("fresh");
+        if !give_away(&pins.links) {
+            eprintln!("not root: cannot give a directory away; skipped");
+            return;
+        }
+        let e = pins.secure().expect_err("refused");
+        assert!(
+            matches!(&e, BpffsError::Unsafe { path, problem: DirProblem::Owner { uid: 65534 } }
+                if *path == pins.links),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("owned by uid 65534, not root"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused() {
+        let s = Scratch::new("symlink");
+        let elsewhere = s.0.join("elsewhere");
+        create_private(&elsewhere).expect("dir");
+        let dir = s.0.join("holdfast");
+        symlink(&elsewhere, &dir).expect("symlink");
+        let e = Pins::new(&dir).secure().expect_err("refused");
+        assert!(
+            matches!(
+                &e,
+                BpffsError::Unsafe {
+                    problem: DirProblem::Symlink,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_parent_others_may_write_to_is_refused_unless_sticky() {
+        let s = Scratch::new("parent");
+        let parent = s.0.join("shared");
+        let dir = parent.join("holdfast");
+        let pins = Pins::new(&dir);
+        pins.secure().expect("fresh");
+        chmod(&parent, 0o777);
+        let e = pins.secure().expect_err("refused");
+        assert!(
+            matches!(&e, BpffsError::UnsafeParent { parent: p, problem: DirProblem::Writable { mode: 0o777 }, .. }
+                if *p == parent),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&parent.display().to_string()), "{e}");
+        // The sticky bit keeps others from renaming what they do not own (bpffs without
+        // `mode=` is 1777).
+        chmod(&parent, 0o1777);
+        pins.secure().expect("a sticky parent passes");
+    }
 }

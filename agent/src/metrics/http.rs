@@ -1,6 +1,6 @@
 //! The HTTP endpoint: `/metrics` (served by the collection thread), `/healthz` (the main loop
 //! beats) and `/readyz` (the first state serves). The probes read atomics: nothing a scrape
-//! does can delay them.
+//! does can delay them. Its connections are bounded and timed out (`conns`).
 
 use std::{
     net::SocketAddr,
@@ -22,7 +22,10 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
-use super::scrape::Scraper;
+use super::{
+    conns::{self, ConnStats},
+    scrape::Scraper,
+};
 use crate::clock::unix_now;
 
 /// Liveness and readiness as the HTTP endpoint reports them.
@@ -98,13 +101,25 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 /// of their own, which ends with it.
 pub async fn serve(
     addr: SocketAddr,
-    registry: Arc<Registry>,
+    registry: Registry,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-    let scraper = Scraper::spawn(registry).context("starting the metrics collection thread")?;
+    serve_on(listener, registry, health).await
+}
+
+/// As [`serve`], on a bound listener.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    mut registry: Registry,
+    health: Arc<Health>,
+) -> anyhow::Result<()> {
+    let stats = Arc::new(ConnStats::default());
+    conns::register(&mut registry, stats.clone());
+    let scraper =
+        Scraper::spawn(Arc::new(registry)).context("starting the metrics collection thread")?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -113,7 +128,6 @@ pub async fn serve(
             scraper: Arc::new(scraper),
             health,
         });
-    axum::serve(listener, app)
-        .await
-        .context("serving the metrics endpoint")
+    conns::accept(listener, app, stats).await;
+    Err(anyhow::anyhow!("the metrics endpoint stopped accepting"))
 }
