@@ -138,9 +138,12 @@ impl Lab {
         });
         assert!(attached.is_some(), "{}", agent.logs());
 
-        // The host-routed design: the VM's port carries the router MAC and the gateway.
+        // The host-routed design: the VM's port carries the router MAC, and the gateway's
+        // address is the host's. Not on the port itself: a port with a host address is no VM
+        // port (it gets no programs), so the address sits on `lo`, and the host's weak-host
+        // model delivers it whatever interface a packet arrives on.
         hv.ip(&["link", "set", "tap-x", "address", &mac_str(ROUTER_MAC)]);
-        hv.ip(&["addr", "add", "10.10.0.1/24", "dev", "tap-x"]);
+        hv.ip(&["addr", "add", "10.10.0.1/32", "dev", "lo"]);
         let out = Netns::new("out");
         hv.ip(&[
             "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &out.name,
