@@ -107,7 +107,8 @@ fn udp(src: [u8; 6], dst: [u8; 6], ip_src: Ipv4Addr, ip_dst: Ipv4Addr) -> Vec<u8
     udp_frame(src, dst, ip_src, ip_dst, 40000, PORT, b"from a VM", false)
 }
 
-/// A hypervisor whose VM port for X carries the router MAC and the gateway's address, which
+/// A hypervisor whose VM port for X carries the router MAC (the gateway's address is the
+/// host's, on `lo`), which
 /// forwards (`ip_forward=1`, `rp_filter=0`: a Kubernetes node's settings) to a network behind
 /// it; VMs X and Y; a UDP listener on the hypervisor, on Y and behind the hypervisor.
 struct Lab {
