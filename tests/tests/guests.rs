@@ -1,0 +1,45 @@
+//! Real guests against holdfast: a VM under QEMU with virtio-net on a real tap, booting
+//! Debian's cloud kernel, gets its lease from XDP and keeps it.
+
+use std::time::Duration;
+
+use holdfast_tests::{
+    guest::qemu::{Boot, GuestNic, QemuVm},
+    netns::{Agent, Netns, mac_str},
+};
+
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+
+fn ipam(lease_time: u32) -> String {
+    format!(
+        r#"{{ "networks": [ {{ "id": "pn-blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                 "gateway": "10.10.0.1", "dns": ["10.10.0.2"], "domain": "blue.internal",
+                 "mtu": 1450, "routes": [ {{ "to": "172.16.0.0/12", "via": "10.10.0.1" }} ],
+                 "lease_time": {lease_time} }} ],
+             "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
+             "nics": [ {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.51",
+                          "hostname": "vm-q1", "node": "hv-1", "interface": "tap-q1" }} ] }}"#,
+        mac_str(MAC)
+    )
+}
+
+#[test]
+fn a_qemu_vm_on_a_tap_gets_its_lease_from_xdp() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let mut vm = QemuVm::boot(
+        &hv,
+        &[GuestNic {
+            tap: "tap-q1".into(),
+            mac: MAC,
+        }],
+        Boot::Kernel,
+    );
+    let out = vm.sh_ok(
+        "udhcpc -i eth0 -s /bin/udhcpc.sh -q -n -t 10 -T 2",
+        Duration::from_secs(60),
+    );
+    assert!(out.contains("UDHCPC bound"), "{out}\n{}", agent.logs());
+    let addr = vm.sh_ok("ip -4 addr show eth0", Duration::from_secs(10));
+    assert!(addr.contains("10.10.0.51/24"), "{addr}");
+}
