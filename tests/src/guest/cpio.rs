@@ -43,7 +43,7 @@ impl Archive {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -88,7 +88,7 @@ mod tests {
         a.file("bin/x", 0o755, b"abc");
         let out = a.finish();
         assert_eq!(&out[..6], b"070701");
-        assert_eq!(out.len() % 4, 0);
+        assert!(out.len().is_multiple_of(4));
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("bin/x\0"));
         assert!(text.contains("TRAILER!!!\0"));
