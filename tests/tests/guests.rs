@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use holdfast_tests::{
-    guest::qemu::{Boot, GuestNic, QemuVm},
-    netns::{Agent, Netns, mac_str},
+    guest::{
+        networkd::Networkd,
+        qemu::{Boot, GuestNic, QemuVm},
+    },
+    netns::{Agent, Netns, Vm, mac_str},
 };
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+const MAC_ND: [u8; 6] = [0x02, 0, 0, 0, 0, 0x52];
 
 fn ipam(lease_time: u32) -> String {
     format!(
@@ -18,8 +22,11 @@ fn ipam(lease_time: u32) -> String {
                  "lease_time": {lease_time} }} ],
              "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
              "nics": [ {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.51",
-                          "hostname": "vm-q1", "node": "hv-1", "interface": "tap-q1" }} ] }}"#,
-        mac_str(MAC)
+                          "hostname": "vm-q1", "node": "hv-1", "interface": "tap-q1" }},
+                       {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.52",
+                          "hostname": "vm-n1", "node": "hv-1", "interface": "tap-n1" }} ] }}"#,
+        mac_str(MAC),
+        mac_str(MAC_ND)
     )
 }
 
@@ -42,4 +49,41 @@ fn a_qemu_vm_on_a_tap_gets_its_lease_from_xdp() {
     assert!(out.contains("UDHCPC bound"), "{out}\n{}", agent.logs());
     let addr = vm.sh_ok("ip -4 addr show eth0", Duration::from_secs(10));
     assert!(addr.contains("10.10.0.51/24"), "{addr}");
+}
+
+const NETWORK: &str = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nUseHostname=no\n";
+
+#[test]
+fn systemd_networkd_gets_and_applies_its_lease_from_xdp() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let vm = Vm::new(&hv, "tap-n1", MAC_ND);
+    let nd = Networkd::start(&vm.ns, &[("50-eth0.network", NETWORK)]);
+    let ifindex = vm.ns.ifindex("eth0");
+    let lease = nd
+        .wait_lease(ifindex, Duration::from_secs(60), |l| {
+            l.contains_key("ADDRESS")
+        })
+        .unwrap_or_else(|| panic!("no lease:\n{}\n{}", nd.logs(), agent.logs()));
+    for (key, want) in [
+        ("ADDRESS", "10.10.0.52"),
+        ("NETMASK", "255.255.255.0"),
+        ("SERVER_ADDRESS", "10.10.0.1"),
+        ("DNS", "10.10.0.2"),
+        ("DOMAINNAME", "blue.internal"),
+        ("HOSTNAME", "vm-n1"),
+        ("MTU", "1450"),
+    ] {
+        assert_eq!(
+            lease.get(key).map(String::as_str),
+            Some(want),
+            "{key}: {lease:?}"
+        );
+    }
+    let routes = lease.get("CLASSLESS_ROUTES").cloned().unwrap_or_default();
+    assert!(routes.contains("172.16.0.0/12,10.10.0.1"), "{lease:?}");
+    let (addr, prefix) = vm
+        .wait_address(Duration::from_secs(10))
+        .expect("networkd configured no address");
+    assert_eq!((addr.to_string(), prefix), ("10.10.0.52".to_owned(), 24));
 }

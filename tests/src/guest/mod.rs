@@ -4,4 +4,5 @@
 
 pub mod cpio;
 pub mod images;
+pub mod networkd;
 pub mod qemu;
