@@ -6,6 +6,7 @@ use std::time::Duration;
 use holdfast_tests::{
     guest::{
         networkd::Networkd,
+        nm::{NetworkManager, dhcp_connection},
         qemu::{Boot, GuestNic, QemuVm},
     },
     netns::{Agent, Netns, Vm, mac_str},
@@ -13,6 +14,7 @@ use holdfast_tests::{
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
 const MAC_ND: [u8; 6] = [0x02, 0, 0, 0, 0, 0x52];
+const MAC_NM: [u8; 6] = [0x02, 0, 0, 0, 0, 0x53];
 
 fn ipam(lease_time: u32) -> String {
     format!(
@@ -24,9 +26,12 @@ fn ipam(lease_time: u32) -> String {
              "nics": [ {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.51",
                           "hostname": "vm-q1", "node": "hv-1", "interface": "tap-q1" }},
                        {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.52",
-                          "hostname": "vm-n1", "node": "hv-1", "interface": "tap-n1" }} ] }}"#,
+                          "hostname": "vm-n1", "node": "hv-1", "interface": "tap-n1" }},
+                       {{ "mac": "{}", "network": "pn-blue", "ip": "10.10.0.53",
+                          "hostname": "vm-m1", "node": "hv-1", "interface": "tap-m1" }} ] }}"#,
         mac_str(MAC),
-        mac_str(MAC_ND)
+        mac_str(MAC_ND),
+        mac_str(MAC_NM)
     )
 }
 
@@ -86,4 +91,45 @@ fn systemd_networkd_gets_and_applies_its_lease_from_xdp() {
         .wait_address(Duration::from_secs(10))
         .expect("networkd configured no address");
     assert_eq!((addr.to_string(), prefix), ("10.10.0.52".to_owned(), 24));
+}
+
+#[test]
+fn network_manager_gets_and_applies_its_lease_from_xdp() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let vm = Vm::new(&hv, "tap-m1", MAC_NM);
+    let nm = NetworkManager::start(
+        &vm.ns,
+        &[("eth0.nmconnection", &dhcp_connection("eth0", ""))],
+    );
+    let options = nm
+        .wait_dhcp4("eth0", Duration::from_secs(90), |o| {
+            o.contains_key("ip_address")
+        })
+        .unwrap_or_else(|| panic!("no lease:\n{}\n{}", nm.logs(), agent.logs()));
+    for (key, want) in [
+        ("ip_address", "10.10.0.53"),
+        ("subnet_mask", "255.255.255.0"),
+        ("dhcp_server_identifier", "10.10.0.1"),
+        ("domain_name_servers", "10.10.0.2"),
+        ("domain_name", "blue.internal"),
+        ("host_name", "vm-m1"),
+        ("interface_mtu", "1450"),
+        ("dhcp_lease_time", "3600"),
+    ] {
+        assert_eq!(
+            options.get(key).map(String::as_str),
+            Some(want),
+            "{key}: {options:?}"
+        );
+    }
+    let routes = options
+        .get("rfc3442_classless_static_routes")
+        .cloned()
+        .unwrap_or_default();
+    assert!(routes.contains("172.16.0.0/12 10.10.0.1"), "{options:?}");
+    let (addr, prefix) = vm
+        .wait_address(Duration::from_secs(10))
+        .expect("NetworkManager configured no address");
+    assert_eq!((addr.to_string(), prefix), ("10.10.0.53".to_owned(), 24));
 }

@@ -5,4 +5,5 @@
 pub mod cpio;
 pub mod images;
 pub mod networkd;
+pub mod nm;
 pub mod qemu;
