@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod etcd;
+pub mod guest;
 pub mod loadgen;
 pub mod netns;
 pub mod packet;

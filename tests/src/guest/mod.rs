@@ -1,0 +1,9 @@
+//! Real guests, for the DHCP clients that clouds actually boot: a VM under QEMU on a real tap
+//! ([`qemu`]), booting from Debian's cloud kernel and a small busybox initramfs or from the
+//! network, with its images made once and cached ([`images`], [`cpio`]).
+
+pub mod cpio;
+pub mod images;
+pub mod networkd;
+pub mod nm;
+pub mod qemu;
