@@ -35,6 +35,8 @@ pub struct Package {
     pub scope: Scope,
     /// Part of the machine's image: checked, installed when missing, never purged.
     pub in_image: bool,
+    /// Installed from bookworm-backports rather than bookworm.
+    pub backports: bool,
 }
 
 const fn pkg(command: &'static str, package: &'static str, scope: Scope) -> Package {
@@ -43,17 +45,29 @@ const fn pkg(command: &'static str, package: &'static str, scope: Scope) -> Pack
         package,
         scope,
         in_image: false,
+        backports: false,
     }
 }
 
 const fn image(command: &'static str, package: &'static str, scope: Scope) -> Package {
     Package {
-        command,
-        package,
-        scope,
         in_image: true,
+        ..pkg(command, package, scope)
     }
 }
+
+/// A package of bookworm-backports: the image's qemu-utils is the backports' 10.x, with which
+/// bookworm's own QEMU (7.2) cannot be installed.
+const fn backports(command: &'static str, package: &'static str, scope: Scope) -> Package {
+    Package {
+        backports: true,
+        ..pkg(command, package, scope)
+    }
+}
+
+/// The apt source set-up adds for [`backports`] packages (and `--purge` removes).
+const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/holdfast-backports.list";
+const BACKPORTS_SOURCE: &str = "deb http://deb.debian.org/debian bookworm-backports main\n";
 
 /// Every Debian package set-up installs, by the command that proves it is there. The build's
 /// protoc is not only a command: `protoc_works` checks the files it reads too.
@@ -80,6 +94,11 @@ pub const PACKAGES: &[Package] = &[
     // tests/tests/deploy.rs: the alert rules and the systemd unit.
     pkg("promtool", "prometheus", Scope::Test),
     image("systemd-analyze", "systemd", Scope::Test),
+    // Real guests (tests/tests/guests.rs): a VM under QEMU with its iPXE ROMs (the kernel and
+    // busybox it boots are taken from Debian's packages by the tests, not installed), and a
+    // Debian root for NetworkManager.
+    backports("qemu-system-x86_64", "qemu-system-x86", Scope::Test),
+    pkg("debootstrap", "debootstrap", Scope::Test),
     // The DHCP servers the benchmark compares against.
     pkg("dnsmasq", "dnsmasq-base", Scope::Bench),
     pkg("kea-dhcp4", "kea-dhcp4-server", Scope::Bench),
@@ -489,7 +508,25 @@ fn packages(scope: Scope) -> anyhow::Result<()> {
         "Installing Debian packages: {}",
         missing.join(" ")
     ));
-    apt_get_install(&missing)?;
+    let (from_backports, from_bookworm): (Vec<&str>, Vec<&str>) = missing
+        .iter()
+        .partition(|name| PACKAGES.iter().any(|p| p.package == **name && p.backports));
+    if !from_bookworm.is_empty() {
+        apt_get_install(&from_bookworm)?;
+    }
+    if !from_backports.is_empty() {
+        if std::fs::read_to_string(BACKPORTS_LIST).ok().as_deref() != Some(BACKPORTS_SOURCE) {
+            println!("$ echo '{}' > {BACKPORTS_LIST}", BACKPORTS_SOURCE.trim());
+            std::fs::write(BACKPORTS_LIST, BACKPORTS_SOURCE)
+                .with_context(|| format!("writing {BACKPORTS_LIST}"))?;
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(["-t", "bookworm-backports"])
+            .args(&from_backports))?;
+    }
     let still: Vec<&str> = missing_packages(scope).iter().map(|p| p.command).collect();
     if !still.is_empty() {
         bail!(
@@ -594,6 +631,11 @@ pub fn purge() -> anyhow::Result<()> {
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["autoremove", "--purge", "-y", "-qq"]))?;
+    if std::path::Path::new(BACKPORTS_LIST).exists() {
+        println!("$ rm {BACKPORTS_LIST}");
+        std::fs::remove_file(BACKPORTS_LIST).with_context(|| format!("removing {BACKPORTS_LIST}"))?;
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
     step("Removing bpf-linker, its LLVM links, nightly's rust-src and the deploy tests' venv");
     if have("bpf-linker") {
         run(Command::new("cargo").args(["uninstall", "bpf-linker"]))?;
