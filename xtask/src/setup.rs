@@ -633,7 +633,8 @@ pub fn purge() -> anyhow::Result<()> {
         .args(["autoremove", "--purge", "-y", "-qq"]))?;
     if std::path::Path::new(BACKPORTS_LIST).exists() {
         println!("$ rm {BACKPORTS_LIST}");
-        std::fs::remove_file(BACKPORTS_LIST).with_context(|| format!("removing {BACKPORTS_LIST}"))?;
+        std::fs::remove_file(BACKPORTS_LIST)
+            .with_context(|| format!("removing {BACKPORTS_LIST}"))?;
         run(Command::new("apt-get").args(["update", "-qq"]))?;
     }
     step("Removing bpf-linker, its LLVM links, nightly's rust-src and the deploy tests' venv");
