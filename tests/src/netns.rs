@@ -154,6 +154,14 @@ impl Netns {
         out
     }
 
+    /// Whether interface `name` exists here.
+    pub fn has_link(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.name, "link", "show", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
     /// The resolv.conf DHCP clients in this namespace write.
     pub fn resolv_conf(&self) -> String {
         std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", self.name)).unwrap_or_default()

@@ -303,14 +303,15 @@ impl Cloud {
         &mut self.control.as_mut().expect("an etcd source").etcd
     }
 
-    /// Waits until both data planes hold every NIC of their networks.
+    /// Waits until both data planes hold every NIC of their networks whose interface exists
+    /// (a VM's NIC whose tap is not made yet, by QEMU for example, is bound once it is).
     pub fn wait_applied(&self) {
         for (i, a) in self.agents.iter().enumerate() {
             let local = self
                 .specs
                 .iter()
                 .chain(&self.extra_nics)
-                .filter(|s| s.host == i)
+                .filter(|s| s.host == i && self.hosts[i].has_link(s.tap))
                 .count() as f64;
             let ok = wait_for(Duration::from_secs(20), || {
                 (a.metric("holdfast_leases") == local && a.metric("holdfast_fdb_entries") > 0.0)

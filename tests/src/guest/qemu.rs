@@ -119,13 +119,7 @@ impl QemuVm {
     /// Waits for QEMU to create `tap`, then brings it up (QEMU leaves it down without a script).
     fn wait_tap(&mut self, hv: &Netns, tap: &str) {
         let started = Instant::now();
-        let exists = || {
-            std::process::Command::new("ip")
-                .args(["-n", &hv.name, "link", "show", tap])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        while !exists() {
+        while !hv.has_link(tap) {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("qemu exited ({status}):\n{}", self.console());
             }
