@@ -38,6 +38,8 @@ pub fn network() -> Network {
         }],
         ntp: vec![],
         lease_time: 3600,
+        default_route: true,
+        options: Default::default(),
     }
 }
 
@@ -49,6 +51,8 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         hostname: Some("vm-1".into()),
         node: "hv-1".into(),
         interface: Some("lo".into()),
+        default_route: None,
+        options: None,
     }
 }
 
