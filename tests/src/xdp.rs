@@ -86,6 +86,32 @@ impl Fixture {
         Self::with(&desired, None)
     }
 
+    /// The programs with `nics` of `net` bound on the test ifindex.
+    pub fn with_bindings(net: &Network, nics: &[Nic]) -> Self {
+        let mut desired = Desired {
+            prune: true,
+            ..Desired::default()
+        };
+        for nic in nics {
+            let b = options::render(net, nic).expect("render");
+            desired
+                .bindings
+                .insert(BindingKey::new(TEST_IFINDEX, nic.mac.0), b);
+        }
+        Self::with(&desired, None)
+    }
+
+    /// Instructions the kernel's verifier walked to load the VM program.
+    pub fn verified_instructions(&self) -> u32 {
+        self.dp
+            .vm_program()
+            .expect("program")
+            .info()
+            .expect("info")
+            .verified_instruction_count()
+            .unwrap_or(0)
+    }
+
     /// The programs with `desired` written into their maps (no interface attached), and no
     /// rate limits: fixtures send thousands of frames from one interface. The limits have their
     /// own tests (`xdp_vmport`), with [`Fixture::with_limits`].
