@@ -508,9 +508,23 @@ fn resize(ctx: &XdpContext, len: usize) -> Result<(), Stat> {
         if delta > 0 && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -delta) == 0 {
             return Ok(());
         }
+        // Neither alone (a reply near `OPTS_MAX` grows a short request by about 250 bytes):
+        // part into the headroom, the rest into the tailroom. A veth hands XDP the sender's
+        // own buffer when it has `XDP_PACKET_HEADROOM` (256 bytes) in front, of which the
+        // kernel keeps its `xdp_frame`, and whatever tailroom the allocation rounded up to.
+        if delta > HEAD_PART
+            && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -HEAD_PART) == 0
+            && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta - HEAD_PART) == 0
+        {
+            return Ok(());
+        }
     }
     Err(Stat::DropDhcpNoRoom)
 }
+
+/// What [`resize`] takes from the headroom when neither end alone has room: the 216
+/// bytes `XDP_PACKET_HEADROOM` leaves once the kernel's `xdp_frame` (40 bytes) is kept.
+const HEAD_PART: i32 = 216;
 
 /// Writes `v` at `p + off`, unaligned (packet memory has no alignment guarantee).
 ///

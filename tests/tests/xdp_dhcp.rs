@@ -612,8 +612,6 @@ fn other_traffic_is_dropped_the_routers_included() {
     dropped(&fx, &v6, Stat::DropNotIpv4);
 }
 
-/// Mutates valid requests at random; whatever the program does, a reply it sends must be
-/// well-formed and addressed from the router to the bound NIC.
 /// `req` with its parameter request list (55) replaced by `list`.
 fn asking(mut req: Request, list: &[u8]) -> Request {
     req.options.retain(|(c, _)| *c != 55);
@@ -721,6 +719,8 @@ fn a_121_over_255_bytes_reaches_the_client_whole() {
     }
 }
 
+/// Mutates valid requests at random; whatever the program does, a reply it sends must be
+/// well-formed and addressed from the router to the bound NIC.
 #[test]
 fn randomized_mutations_never_produce_a_malformed_reply() {
     let fx = Fixture::new();
