@@ -168,32 +168,89 @@ fn two_networks() -> String {
 
 const BOTH: &str = "[Match]\nName=eth*\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nUseHostname=no\n";
 
+/// The two-network IPAM running, a VM with `eth0` in blue and `eth1` in green, and a peer VM
+/// (with its address) in each network. Fields drop in order: the VMs, the agent, then the
+/// hypervisor's namespace.
+struct TwoNetworks {
+    peers: [Vm; 2],
+    vm: Vm,
+    agent: Agent,
+    _hv: Netns,
+}
+
+impl TwoNetworks {
+    fn new() -> Self {
+        let hv = Netns::new("hv");
+        let agent = Agent::start(&hv, "hv-1", &two_networks());
+        let vm = Vm::new(&hv, "tap-x0", MAC_X0);
+        vm.add_nic(&hv, "tap-x1", MAC_X1, "eth1");
+        let peers = [
+            Vm::new(&hv, "tap-pb", MAC_PEER_BLUE),
+            Vm::new(&hv, "tap-pg", MAC_PEER_GREEN),
+        ];
+        for (peer, addr) in peers.iter().zip(["10.10.0.62/24", "10.20.0.62/24"]) {
+            peer.ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        }
+        Self {
+            peers,
+            vm,
+            agent,
+            _hv: hv,
+        }
+    }
+
+    /// The VM ends with one default route, via blue's gateway on eth0, and green's classless
+    /// route on eth1; each network's peer and the VM reach each other (a reply leaving by the
+    /// other NIC would be dropped as spoofed). `logs` is the client's, for a failure.
+    fn assert_one_default_route(&self, logs: impl Fn() -> String) {
+        let vm = &self.vm;
+        let routes = wait_for(Duration::from_secs(20), || {
+            let r = vm.routes();
+            (r.contains("172.20.0.0/16 via 10.20.0.1 dev eth1")
+                && r.contains("172.16.0.0/12 via 10.10.0.1 dev eth0")
+                && r.contains("default"))
+            .then_some(r)
+        })
+        .unwrap_or_else(|| panic!("routes: {}\n{}", vm.routes(), logs()));
+        let defaults: Vec<&str> = routes
+            .lines()
+            .filter(|l| l.starts_with("default"))
+            .collect();
+        assert_eq!(defaults.len(), 1, "{routes}");
+        assert!(
+            defaults[0].starts_with("default via 10.10.0.1 dev eth0"),
+            "{routes}"
+        );
+        let get = vm.ns.query(&["-4", "route", "get", "192.0.2.1"]);
+        let get = String::from_utf8_lossy(&get.stdout);
+        assert!(get.contains("via 10.10.0.1 dev eth0"), "{get}");
+        let [blue, green] = &self.peers;
+        assert_eq!(blue.ns.ping("10.10.0.61".parse().unwrap(), 5), 5);
+        assert_eq!(green.ns.ping("10.20.0.61".parse().unwrap(), 5), 5);
+        assert_eq!(vm.ns.ping("10.10.0.62".parse().unwrap(), 5), 5);
+        assert_eq!(vm.ns.ping("10.20.0.62".parse().unwrap(), 5), 5);
+        let c = self.agent.counters();
+        assert_eq!(c[Stat::DropSpoofedIp as usize], 0);
+        assert_eq!(c[Stat::DropSpoofedMac as usize], 0);
+    }
+}
+
 /// A VM with NICs in two networks gets the default route through the one IPAM names (green says
 /// `default_route: false`): one default route, the other network's classless route kept, and
 /// traffic with a VM of each network flows both ways, nothing dropped as spoofed.
 #[test]
 fn a_vm_on_two_networks_gets_one_default_route_via_the_nic_ipam_names() {
     let start = Instant::now();
-    let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &two_networks());
-    let vm = Vm::new(&hv, "tap-x0", MAC_X0);
-    vm.add_nic(&hv, "tap-x1", MAC_X1, "eth1");
-    let peers = [
-        (Vm::new(&hv, "tap-pb", MAC_PEER_BLUE), "10.10.0.62/24"),
-        (Vm::new(&hv, "tap-pg", MAC_PEER_GREEN), "10.20.0.62/24"),
-    ];
-    for (peer, addr) in &peers {
-        peer.ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-    }
-    let nd = Networkd::start(&vm.ns, &[("50-eth.network", BOTH)]);
-    let (eth0, eth1) = (vm.ns.ifindex("eth0"), vm.ns.ifindex("eth1"));
+    let t = TwoNetworks::new();
+    let nd = Networkd::start(&t.vm.ns, &[("50-eth.network", BOTH)]);
+    let (eth0, eth1) = (t.vm.ns.ifindex("eth0"), t.vm.ns.ifindex("eth1"));
     let mut leases = Vec::new();
     for ifindex in [eth0, eth1] {
         leases.push(
             nd.wait_lease(ifindex, Duration::from_secs(60), |l| {
                 l.contains_key("ADDRESS")
             })
-            .unwrap_or_else(|| panic!("no lease on {ifindex}:\n{}\n{}", nd.logs(), agent.logs())),
+            .unwrap_or_else(|| panic!("no lease on {ifindex}:\n{}\n{}", nd.logs(), t.agent.logs())),
         );
     }
     assert_eq!(leases[1].get("ROUTER"), None, "green sends no option 3");
@@ -203,36 +260,46 @@ fn a_vm_on_two_networks_gets_one_default_route_via_the_nic_ipam_names() {
         "green's classless route stays, without 0.0.0.0/0: {:?}",
         leases[1]
     );
-    let routes = wait_for(Duration::from_secs(20), || {
-        let r = vm.routes();
-        (r.contains("172.20.0.0/16 via 10.20.0.1 dev eth1")
-            && r.contains("172.16.0.0/12 via 10.10.0.1 dev eth0")
-            && r.contains("default"))
-        .then_some(r)
-    })
-    .unwrap_or_else(|| panic!("routes: {}\n{}", vm.routes(), nd.logs()));
-    let defaults: Vec<&str> = routes
-        .lines()
-        .filter(|l| l.starts_with("default"))
-        .collect();
-    assert_eq!(defaults.len(), 1, "{routes}");
-    assert!(
-        defaults[0].starts_with("default via 10.10.0.1 dev eth0"),
-        "{routes}"
-    );
-    let get = vm.ns.query(&["-4", "route", "get", "192.0.2.1"]);
-    let get = String::from_utf8_lossy(&get.stdout);
-    assert!(get.contains("via 10.10.0.1 dev eth0"), "{get}");
-    // Each network's peer reaches the VM's address there, and the VM reaches each peer: the
-    // replies leave by the NIC of that network (a reply by the other would be dropped as
-    // spoofed).
-    let (blue, green) = (&peers[0].0, &peers[1].0);
-    assert_eq!(blue.ns.ping("10.10.0.61".parse().unwrap(), 5), 5);
-    assert_eq!(green.ns.ping("10.20.0.61".parse().unwrap(), 5), 5);
-    assert_eq!(vm.ns.ping("10.10.0.62".parse().unwrap(), 5), 5);
-    assert_eq!(vm.ns.ping("10.20.0.62".parse().unwrap(), 5), 5);
-    let c = agent.counters();
-    assert_eq!(c[Stat::DropSpoofedIp as usize], 0);
-    assert_eq!(c[Stat::DropSpoofedMac as usize], 0);
+    t.assert_one_default_route(|| nd.logs());
     eprintln!("two-NIC VM with systemd-networkd: {:?}", start.elapsed());
+}
+
+/// The same VM with NetworkManager (n-dhcp4) on both NICs.
+#[test]
+fn network_manager_on_two_networks_gets_one_default_route() {
+    let start = Instant::now();
+    let t = TwoNetworks::new();
+    let nm = NetworkManager::start(
+        &t.vm.ns,
+        &[
+            ("eth0.nmconnection", &dhcp_connection("eth0", "")),
+            ("eth1.nmconnection", &dhcp_connection("eth1", "")),
+        ],
+    );
+    let mut leases = Vec::new();
+    for eth in ["eth0", "eth1"] {
+        leases.push(
+            nm.wait_dhcp4(eth, Duration::from_secs(90), |o| {
+                o.contains_key("ip_address")
+            })
+            .unwrap_or_else(|| panic!("no lease on {eth}:\n{}\n{}", nm.logs(), t.agent.logs())),
+        );
+    }
+    assert_eq!(
+        leases[0].get("routers").map(String::as_str),
+        Some("10.10.0.1"),
+        "{:?}",
+        leases[0]
+    );
+    assert_eq!(leases[1].get("routers"), None, "green sends no option 3");
+    assert_eq!(
+        leases[1]
+            .get("rfc3442_classless_static_routes")
+            .map(String::as_str),
+        Some("172.20.0.0/16 10.20.0.1"),
+        "green's classless route stays, without 0.0.0.0/0: {:?}",
+        leases[1]
+    );
+    t.assert_one_default_route(|| nm.logs());
+    eprintln!("two-NIC VM with NetworkManager: {:?}", start.elapsed());
 }
