@@ -171,7 +171,8 @@ fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
                 return Err(reject(
                     Reason::DefaultRouteNotGateway,
                     format!(
-                        "route to {} goes via {}: the default route is the gateway {} (set                          `default_route` to say which NICs get it)",
+                        "route to {} goes via {}: the default route is the gateway {} (set \
+                         `default_route` to say which NICs get it)",
                         r.to, r.via, n.gateway
                     ),
                 ));
@@ -206,14 +207,17 @@ fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
             Some(mac) => reject(
                 Reason::RouteViaNic,
                 format!(
-                    "route to {} goes via {}, NIC {mac}: a VM cannot route (what it forwards                      carries another source address than its own, and is dropped as spoofed);                      route via the gateway {}",
+                    "route to {} goes via {}, NIC {mac}: a VM cannot route (what it forwards \
+                     carries another source address than its own, and is dropped as spoofed); \
+                     route via the gateway {}",
                     r.to, r.via, n.gateway
                 ),
             ),
             None => reject(
                 Reason::RouteViaUnowned,
                 format!(
-                    "route to {} goes via {}, which neither the gateway ({}) nor a NIC of the                      network holds: a black hole",
+                    "route to {} goes via {}, which neither the gateway ({}) nor a NIC of the \
+                     network holds: a black hole",
                     r.to, r.via, n.gateway
                 ),
             ),

@@ -958,7 +958,10 @@ mod tests {
             ]
         );
         assert_eq!(v.model, base_without(&["red", RED_NIC]), "the rest serves");
-        v.rejections[0].detail.clone()
+        let detail = v.rejections[0].detail.clone();
+        // One sentence, as an operator reads it in the log (no source indentation in it).
+        assert!(!detail.contains("  "), "{detail:?}");
+        detail
     }
 
     fn route(to: &str, via: &str) -> serde_json::Value {
