@@ -305,8 +305,9 @@ fn a_port_without_a_binding_stays_guarded() {
     assert_eq!(agent.metric("holdfast_interfaces"), 3.0);
 }
 
-/// A network given 40 routes: option 121 would be over 255 bytes for every NIC on it. The new
-/// version is rejected, the one serving goes on, and the VM still gets its lease with it.
+/// A network given 40 routes: option 121 (285 bytes, in two instances) no longer fits in the
+/// 296 bytes of options of any NIC on it. The new version is rejected, the one serving goes on,
+/// and the VM still gets its lease with it.
 #[test]
 fn a_network_outgrowing_its_dhcp_options_keeps_its_last_good_version() {
     let hv = Netns::new("hv");
