@@ -44,6 +44,26 @@ pub const OPT_RAPID_COMMIT: u8 = 80;
 pub const OPT_DOMAIN_SEARCH: u8 = 119;
 pub const OPT_CLASSLESS_ROUTES: u8 = 121;
 pub const OPT_END: u8 = 255;
+pub const OPT_BROADCAST: u8 = 28;
+pub const OPT_NETBIOS_NAME_SERVERS: u8 = 44;
+pub const OPT_NETBIOS_NODE_TYPE: u8 = 46;
+pub const OPT_RELAY_AGENT_INFO: u8 = 82;
+/// RFC 8925: IPv6-only preferred, sent only to a client that asks for it in option 55.
+pub const OPT_IPV6_ONLY_PREFERRED: u8 = 108;
+/// RFC 8910: the captive portal API URI.
+pub const OPT_CAPTIVE_PORTAL: u8 = 114;
+/// Microsoft's classless static routes (the encoding of 121), for Windows before Vista.
+pub const OPT_MS_CLASSLESS_ROUTES: u8 = 249;
+/// Web proxy auto-discovery (WPAD): the PAC file's URL.
+pub const OPT_WPAD: u8 = 252;
+
+/// Where option 108 sits in a binding's options when it has one: right after the lease-time
+/// options (51, 58, 59, 18 bytes), a whole 6-byte option on even offsets, so the responder can
+/// blank it to pads for a client that did not ask for it and take its three 16-bit words out
+/// of the precomputed sum.
+pub const V6ONLY_OPT_OFF: usize = 18;
+/// Bytes of option 108: code, length, a 32-bit number of seconds.
+pub const V6ONLY_OPT_LEN: usize = 6;
 
 /// Length of the fixed option prefix every reply starts with:
 /// `53 1 <type>`, `54 4 <server id>`, then `80 0` (rapid commit) or two pads, then one pad so the

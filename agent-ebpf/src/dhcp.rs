@@ -9,8 +9,9 @@ use agent_common::{
     dhcp::{
         BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, CLIENT_PORT, DHCPACK, DHCPDECLINE, DHCPDISCOVER,
         DHCPINFORM, DHCPNAK, DHCPOFFER, DHCPRELEASE, DHCPREQUEST, FIXED_OPTS_LEN, HTYPE_ETHERNET,
-        MAGIC_COOKIE, OPT_CLIENT_ID, OPT_END, OPT_MESSAGE_TYPE, OPT_OVERLOAD, OPT_PAD,
-        OPT_RAPID_COMMIT, OPT_REQUESTED_IP, OPT_SERVER_ID, OPTIONS_OFFSET, SERVER_PORT,
+        MAGIC_COOKIE, OPT_CLIENT_ID, OPT_END, OPT_IPV6_ONLY_PREFERRED, OPT_MESSAGE_TYPE,
+        OPT_OVERLOAD, OPT_PAD, OPT_PARAM_REQUEST, OPT_RAPID_COMMIT, OPT_REQUESTED_IP,
+        OPT_SERVER_ID, OPTIONS_OFFSET, SERVER_PORT, V6ONLY_OPT_LEN, V6ONLY_OPT_OFF,
     },
 };
 use aya_ebpf::{
@@ -151,6 +152,7 @@ pub fn handle_request(
     let binding = BINDINGS.get_ptr(&key).ok_or(Stat::DhcpMiss)?;
     // SAFETY: a map value pointer stays valid for the whole program run.
     let b = unsafe { &*binding };
+    note_v6only_asked(b);
 
     let reply = match opts.msg_type {
         DHCPDISCOVER => {
@@ -297,6 +299,7 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
         set(&raw mut (*scan).flags, 0);
         set(&raw mut (*scan).cid_off, 0);
         set(&raw mut (*scan).cid_tlv, 0);
+        set(&raw mut (*scan).prl_len, 0);
     }
     for _ in 0..MAX_OPTION_TLVS {
         // SAFETY: a field of `*scan`.
@@ -381,7 +384,12 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
                 set(&raw mut (*scan).cid_off, start as u32 + off);
                 set(&raw mut (*scan).cid_tlv, len + 2);
             },
-            // 55 (parameter request list) is read past: every configured option is sent.
+            // Every configured option is sent, but 108 only when asked for (`asked_for`).
+            // SAFETY: fields of `*scan`.
+            OPT_PARAM_REQUEST => unsafe {
+                set(&raw mut (*scan).prl_off, val);
+                set(&raw mut (*scan).prl_len, len);
+            },
             _ => {}
         }
         // SAFETY: a field of `*scan`.
@@ -392,6 +400,77 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
 
 const FLAG_RAPID_COMMIT: u32 = 1;
 const FLAG_OVERLOAD: u32 = 2;
+/// The parameter request list names option 108 (set by `note_v6only_asked`).
+const FLAG_V6ONLY_ASKED: u32 = 4;
+
+/// Whether `b` carries option 108 where the agent renders it (`V6ONLY_OPT_OFF`).
+#[inline(always)]
+fn has_v6only(b: &Binding) -> bool {
+    b.opts[V6ONLY_OPT_OFF] == OPT_IPV6_ONLY_PREFERRED && b.opts[V6ONLY_OPT_OFF + 1] == 4
+}
+
+/// Notes in the scan's flags whether the client asked for option 108, when `b` has it: the
+/// list is read once per request, before the reply is chosen. The flag lives in map memory,
+/// which the verifier does not track, so the paths after it are walked once, not once per
+/// answer.
+#[inline(always)]
+fn note_v6only_asked(b: &Binding) {
+    if !has_v6only(b) || !asked_for(OPT_IPV6_ONLY_PREFERRED) {
+        return;
+    }
+    if let Some(scan) = OPTIONS_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a field of this CPU's map value, alive for the program run.
+        unsafe {
+            let flags = &raw mut (*scan).flags;
+            flags.write_volatile(flags.read_volatile() | FLAG_V6ONLY_ASKED);
+        }
+    }
+}
+
+/// RFC 8925 §3.3: whether option 108 of `b` must be blanked, the client not having asked.
+#[inline(always)]
+fn v6only_blanked(b: &Binding) -> bool {
+    if !has_v6only(b) {
+        return false;
+    }
+    let Some(scan) = OPTIONS_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a field of this CPU's map value, alive for the program run.
+    unsafe { (&raw const (*scan).flags).read_volatile() & FLAG_V6ONLY_ASKED == 0 }
+}
+
+/// Whether the request's parameter request list (55, RFC 2132 §9.8) names `code`. Reads the
+/// copy of the options `parse_options` left in this CPU's scratch, one byte per iteration of a
+/// loop bounded by the longest list an option holds. The loop has no branch but its bound:
+/// matches are counted with arithmetic, so the verifier walks it once, not once per exit.
+#[inline(always)]
+fn asked_for(code: u8) -> bool {
+    let Some(scan) = OPTIONS_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let mut found = 0u32;
+    // SAFETY: `scan` is this CPU's map value, alive for the program run, left by
+    // `parse_options`; the fields are read volatile for the verifier (see there), and the
+    // index into `buf` is masked below its length.
+    unsafe {
+        let off = (&raw const (*scan).prl_off).read_volatile();
+        let len = core::hint::black_box((&raw const (*scan).prl_len).read_volatile() & 0xff);
+        let buf = (&raw const (*scan).buf).cast::<u8>();
+        for i in 0..255u32 {
+            let at = core::hint::black_box(off.wrapping_add(i) as usize) & (OPTIONS_WINDOW - 1);
+            // Barriers: LLVM would see through the arithmetic to a comparison, and a comparison
+            // is a branch in BPF.
+            let diff = core::hint::black_box((*buf.add(at) ^ code) as u32);
+            // 1 when the byte is `code` (0 - 1 wraps to all ones), else 0.
+            let hit = (diff.wrapping_sub(1) >> 8) & 1;
+            // 1 while `i` is inside the list (both below 256).
+            let inside = (core::hint::black_box(i).wrapping_sub(len) >> 31) & 1;
+            found |= hit & inside;
+        }
+    }
+    found != 0
+}
 
 /// Tells the agent about a RELEASE or DECLINE; no reply is sent for either.
 #[inline(always)]
@@ -429,9 +508,23 @@ fn resize(ctx: &XdpContext, len: usize) -> Result<(), Stat> {
         if delta > 0 && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -delta) == 0 {
             return Ok(());
         }
+        // Neither alone (a reply near `OPTS_MAX` grows a short request by about 250 bytes):
+        // part into the headroom, the rest into the tailroom. A veth hands XDP the sender's
+        // own buffer when it has `XDP_PACKET_HEADROOM` (256 bytes) in front, of which the
+        // kernel keeps its `xdp_frame`, and whatever tailroom the allocation rounded up to.
+        if delta > HEAD_PART
+            && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -HEAD_PART) == 0
+            && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta - HEAD_PART) == 0
+        {
+            return Ok(());
+        }
     }
     Err(Stat::DropDhcpNoRoom)
 }
+
+/// What [`resize`] takes from the headroom when neither end alone has room: the 216
+/// bytes `XDP_PACKET_HEADROOM` leaves once the kernel's `xdp_frame` (40 bytes) is kept.
+const HEAD_PART: i32 = 216;
 
 /// Writes `v` at `p + off`, unaligned (packet memory has no alignment guarantee).
 ///
@@ -511,6 +604,19 @@ fn write_reply(
     } else {
         b.opts_csum
     };
+    // RFC 8925 §3.3: option 108 goes only to a client that asked for it. The agent renders it
+    // right after the lease times, a whole option on even offsets: for any other client its
+    // bytes become pads and its three words leave the sum.
+    let v6only_words = if !nak && v6only_blanked(b) {
+        let o = &b.opts;
+        let at = V6ONLY_OPT_OFF;
+        // One's-complement subtraction: adding each word's complement.
+        (!u16::from_ne_bytes([o[at], o[at + 1]])) as u64
+            + (!u16::from_ne_bytes([o[at + 2], o[at + 3]])) as u64
+            + (!u16::from_ne_bytes([o[at + 4], o[at + 5]])) as u64
+    } else {
+        0
+    };
     let router_mac = ROUTER_MAC.load();
     let xid = req.xid;
     let flags = req.flags;
@@ -567,7 +673,7 @@ fn write_reply(
     s = add_bytes(s, 4, sid[0]);
     s = add_bytes(s, sid[1], sid[2]);
     s = add_bytes(s, sid[3], rapid);
-    s += opts_csum as u64;
+    s += opts_csum as u64 + v6only_words;
     if let Some((_, sum)) = cid {
         s += sum;
     }
@@ -667,10 +773,27 @@ fn write_reply(
             return Err(Stat::DropDhcpNoRoom);
         }
     }
+    // Asked again rather than kept: the verifier need not walk the reply twice.
+    if v6only_blanked(b) {
+        // SAFETY: `INFORM_BLANK` holds more than `V6ONLY_OPT_LEN` pads; the helper checks the
+        // packet range.
+        let ret = unsafe {
+            bpf_xdp_store_bytes(
+                ctx.as_ptr().cast(),
+                (blob_off + V6ONLY_OPT_OFF) as u32,
+                INFORM_BLANK.as_ptr() as *mut _,
+                V6ONLY_OPT_LEN as u32,
+            )
+        };
+        if ret != 0 {
+            return Err(Stat::DropDhcpNoRoom);
+        }
+    }
     Ok(())
 }
 
-/// Pads that overwrite the lease-time options (three 6-byte options) in an INFORM reply.
+/// Pads that overwrite the lease-time options (three 6-byte options) in an INFORM reply, and
+/// option 108 in a reply to a client that did not ask for it.
 static INFORM_BLANK: [u8; 24] = [OPT_PAD; 24];
 
 /// A NAK's options after the fixed ones: END, then zeros up to the BOOTP minimum.

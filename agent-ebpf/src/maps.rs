@@ -43,7 +43,9 @@ pub struct OptionsScan {
     /// length bytes; 0 when the request has none.
     pub cid_off: u32,
     pub cid_tlv: u32,
-    pub _pad: u32,
+    /// Where the parameter request list (55) starts in `buf`, and its length (0: none).
+    pub prl_off: u32,
+    pub prl_len: u32,
     pub buf: [u8; OPTIONS_WINDOW],
     /// The client identifier option copied for the reply, zero-padded to whole 32-bit words
     /// (what `bpf_csum_diff` sums; the zero after an odd length is the reply's pad).

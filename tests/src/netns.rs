@@ -167,6 +167,30 @@ impl Netns {
         std::fs::read_to_string(format!("/etc/netns/{}/resolv.conf", self.name)).unwrap_or_default()
     }
 
+    /// How many of `count` pings to `ip` from this namespace got an answer.
+    pub fn ping(&self, ip: Ipv4Addr, count: u32) -> u32 {
+        let out = self
+            .exec("ping")
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+            ])
+            .arg(ip.to_string())
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(',')
+            .find_map(|p| p.trim().strip_suffix(" received"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn ifindex(&self, interface: &str) -> u32 {
         let out = self.query(&["-o", "link", "show", interface]);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -217,6 +241,29 @@ impl Vm {
             mac,
             tap: tap.to_owned(),
         }
+    }
+
+    /// Plugs a second NIC into the VM: `name` in its namespace, `tap` in `hv`.
+    pub fn add_nic(&self, hv: &Netns, tap: &str, mac: [u8; 6], name: &str) {
+        hv.ip(&[
+            "link",
+            "add",
+            tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            name,
+            "netns",
+            &self.ns.name,
+        ]);
+        self.ns.ip(&["link", "set", name, "address", &mac_str(mac)]);
+        hv.ip(&["link", "set", tap, "up"]);
+        self.ns.ip(&["link", "set", name, "up"]);
+        run(self
+            .ns
+            .exec(workspace_bin("holdfast").to_str().expect("path"))
+            .args(["veth-peer", name]));
     }
 
     /// The IPv4 address and prefix on eth0, if any.

@@ -233,7 +233,7 @@ fn ip(b: &[u8]) -> Ipv4Addr {
 }
 
 /// Parses and checks a server reply: lengths, both checksums, BOOTP fields, option TLVs up to
-/// END, no duplicate options.
+/// END, no duplicate options (consecutive instances of one are one long option, RFC 3396).
 pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
     if f.len() < 14 + 20 + 8 + 240 {
         return Err(format!("frame of {} bytes is too short", f.len()));
@@ -287,7 +287,7 @@ pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
     if b[236..240] != [99, 130, 83, 99] {
         return Err("bad magic cookie".into());
     }
-    let mut options = Vec::new();
+    let mut options: Vec<(u8, Vec<u8>)> = Vec::new();
     let mut i = 240;
     loop {
         let Some(&code) = b.get(i) else {
@@ -301,10 +301,16 @@ pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
                 let v = b
                     .get(i + 2..i + 2 + len)
                     .ok_or("option runs past the end")?;
-                if options.iter().any(|(c, _)| *c == code) {
+                if let Some((c, value)) = options.last_mut()
+                    && *c == code
+                {
+                    // RFC 3396: consecutive instances of an option are one long option.
+                    value.extend_from_slice(v);
+                } else if options.iter().any(|(c, _)| *c == code) {
                     return Err(format!("option {code} twice"));
+                } else {
+                    options.push((code, v.to_vec()));
                 }
-                options.push((code, v.to_vec()));
                 i += 2 + len;
             }
         }

@@ -38,6 +38,8 @@ pub fn network() -> Network {
         }],
         ntp: vec![],
         lease_time: 3600,
+        default_route: true,
+        options: Default::default(),
     }
 }
 
@@ -49,6 +51,8 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         hostname: Some("vm-1".into()),
         node: "hv-1".into(),
         interface: Some("lo".into()),
+        default_route: None,
+        options: None,
     }
 }
 
@@ -80,6 +84,32 @@ impl Fixture {
                 .insert(BindingKey::new(TEST_IFINDEX, *mac), b);
         }
         Self::with(&desired, None)
+    }
+
+    /// The programs with `nics` of `net` bound on the test ifindex.
+    pub fn with_bindings(net: &Network, nics: &[Nic]) -> Self {
+        let mut desired = Desired {
+            prune: true,
+            ..Desired::default()
+        };
+        for nic in nics {
+            let b = options::render(net, nic).expect("render");
+            desired
+                .bindings
+                .insert(BindingKey::new(TEST_IFINDEX, nic.mac.0), b);
+        }
+        Self::with(&desired, None)
+    }
+
+    /// Instructions the kernel's verifier walked to load the VM program.
+    pub fn verified_instructions(&self) -> u32 {
+        self.dp
+            .vm_program()
+            .expect("program")
+            .info()
+            .expect("info")
+            .verified_instruction_count()
+            .unwrap_or(0)
     }
 
     /// The programs with `desired` written into their maps (no interface attached), and no

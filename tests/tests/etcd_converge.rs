@@ -150,6 +150,8 @@ impl World {
             hostname: Some(format!("vm-{i}")),
             node: node.into(),
             interface: (node == THIS_NODE).then(|| tap(i)),
+            default_route: None,
+            options: None,
         }
     }
 

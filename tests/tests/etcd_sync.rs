@@ -81,6 +81,8 @@ fn remote_nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         hostname: None,
         node: "hv-2".into(),
         interface: None,
+        default_route: None,
+        options: None,
     }
 }
 

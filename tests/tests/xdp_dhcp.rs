@@ -612,6 +612,113 @@ fn other_traffic_is_dropped_the_routers_included() {
     dropped(&fx, &v6, Stat::DropNotIpv4);
 }
 
+/// `req` with its parameter request list (55) replaced by `list`.
+fn asking(mut req: Request, list: &[u8]) -> Request {
+    req.options.retain(|(c, _)| *c != 55);
+    req.with(55, list)
+}
+
+/// RFC 8925 §3.3: a server sends option 108 only to a client that lists it in option 55. The
+/// renderer puts it right after the lease times; the responder blanks it to pads for the others
+/// and takes it out of the checksum.
+#[test]
+fn ipv6_only_preferred_goes_only_to_clients_that_ask_for_it() {
+    let mut net = network();
+    net.options.ipv6_only_preferred = Some(1800);
+    let fx = Fixture::with_bindings(&net, &[nic(VM_MAC, VM_IP)]);
+    eprintln!(
+        "VM program: {} instructions verified",
+        fx.verified_instructions()
+    );
+    let wait = 1800u32.to_be_bytes();
+    let with_108 = [1, 3, 6, 15, 26, 108, 119, 121];
+    // A list of 255 codes with 108 last, and one that has 108 only in another option's value.
+    let long: Vec<u8> = (1..=255u8).filter(|c| *c != 108).chain([108]).collect();
+    assert_eq!(long.len(), 255);
+    let requests = [
+        (Request::discover(VM_MAC), false),
+        (asking(Request::discover(VM_MAC), &with_108), true),
+        (asking(Request::discover(VM_MAC), &[108]), true),
+        (asking(Request::discover(VM_MAC), &long), true),
+        (Request::discover(VM_MAC).with(60, &[108, 108]), false),
+        (asking(Request::discover(VM_MAC), &[]), false),
+        (Request::selecting(VM_MAC, GATEWAY, VM_IP), false),
+        (
+            asking(Request::selecting(VM_MAC, GATEWAY, VM_IP), &with_108),
+            true,
+        ),
+        (
+            asking(Request::discover(VM_MAC), &with_108).with(80, &[]),
+            true,
+        ),
+    ];
+    for (req, asks) in requests {
+        let r = reply(&fx, &req);
+        let codes: Vec<u8> = r.codes().into_iter().filter(|c| *c != 80).collect();
+        if asks {
+            assert_eq!(r.option(108), Some(&wait[..]), "{req:?}");
+            assert_eq!(&codes[..6], [53, 54, 51, 58, 59, 108], "{req:?}");
+        } else {
+            assert_eq!(r.option(108), None, "{req:?}");
+            assert_eq!(&codes[..6], [53, 54, 51, 58, 59, 1], "{req:?}");
+        }
+        assert_eq!(r.option(3), Some(&GATEWAY.octets()[..]));
+    }
+    // Without option 55 at all.
+    let mut bare = Request::discover(VM_MAC);
+    bare.options.retain(|(c, _)| *c != 55);
+    assert_eq!(reply(&fx, &bare).option(108), None);
+    // An INFORM blanks the lease times too, with or without 108.
+    for (list, asks) in [(&with_108[..], true), (&[1, 3][..], false)] {
+        let r = reply(&fx, &asking(Request::inform(VM_MAC, VM_IP), list));
+        let want: &[u8] = if asks {
+            &[53, 54, 108, 1, 3, 6, 15, 119, 121, 26, 12]
+        } else {
+            &[53, 54, 1, 3, 6, 15, 119, 121, 26, 12]
+        };
+        assert_eq!(r.codes(), want);
+    }
+    // A network without 108 answers as always, whatever the client asks.
+    let fx = Fixture::new();
+    let r = reply(&fx, &asking(Request::discover(VM_MAC), &with_108));
+    assert_full_options(&r);
+}
+
+/// RFC 3396: an option over 255 bytes goes in consecutive instances; the program copies the
+/// rendered blob as it is, and the reply stays a valid 576-byte datagram.
+#[test]
+fn a_121_over_255_bytes_reaches_the_client_whole() {
+    let mut net = network();
+    net.dns.clear();
+    net.domain = None;
+    net.search.clear();
+    net.mtu = None;
+    net.default_route = false;
+    net.routes = (1..=43u8)
+        .map(|i| holdfast::model::Route {
+            to: format!("{i}.0.0.0/8").parse().unwrap(),
+            via: GATEWAY,
+        })
+        .collect();
+    let mut n = nic(VM_MAC, VM_IP);
+    n.hostname = None;
+    let fx = Fixture::with_bindings(&net, &[n]);
+    for req in [
+        Request::discover(VM_MAC),
+        Request::selecting(VM_MAC, GATEWAY, VM_IP),
+    ] {
+        let r = reply(&fx, &req);
+        let routes = r.option(121).expect("121");
+        assert_eq!(routes.len(), 43 * 6);
+        for (i, route) in routes.chunks(6).enumerate() {
+            assert_eq!(route, [8, i as u8 + 1, 10, 10, 0, 1]);
+        }
+        // No default route: neither 3 nor 0.0.0.0/0.
+        assert_eq!(r.codes(), [53, 54, 51, 58, 59, 1, 121]);
+        assert!(r.ip_len <= 576);
+    }
+}
+
 /// Mutates valid requests at random; whatever the program does, a reply it sends must be
 /// well-formed and addressed from the router to the bound NIC.
 #[test]

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use super::{
     Limits, Network, Nic, Node,
     reasons::{Reason, Reject, reject},
+    validate::NicOwners,
 };
 use crate::ports::VmPorts;
 
@@ -45,7 +46,12 @@ fn valid_interface_name(name: &str) -> bool {
 }
 
 /// A network on its own and within the host's `limits`; the first rule broken is the reason.
-pub(super) fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> {
+/// `owners` names the NIC holding a route's `via`, only to say why the route is refused.
+pub(super) fn check_network(
+    n: &Network,
+    limits: &Limits,
+    owners: &NicOwners<'_>,
+) -> Result<(), Reject> {
     if n.vni == 0 || n.vni > VNI_MAX {
         return Err(reject(
             Reason::VniOutOfRange,
@@ -133,6 +139,15 @@ pub(super) fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> 
             format!("search domain {bad:?} is not a DNS name"),
         ));
     }
+    check_routes(n, owners)?;
+    n.options.check("network")
+}
+
+/// The routes of `n`, which a client installs as they are (RFC 3442), so each must lead where
+/// holdfast carries traffic: via the gateway, the network's one router. An address no one holds
+/// is a black hole, and so is a VM: what it forwards carries another source address than its
+/// own, which anti-spoofing drops. `owners` says which NIC holds an address, for the reason.
+fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
     for r in &n.routes {
         if r.to != r.to.trunc() {
             return Err(reject(
@@ -149,6 +164,64 @@ pub(super) fn check_network(n: &Network, limits: &Limits) -> Result<(), Reject> 
                 ),
             ));
         }
+        if r.to.prefix_len() == 0 {
+            if r.via != n.gateway {
+                // Option 3 names the gateway: a client would get two default routes, or
+                // (RFC 3442 §1: 121 wins) one that clients without 121 do not have.
+                return Err(reject(
+                    Reason::DefaultRouteNotGateway,
+                    format!(
+                        "route to {} goes via {}: the default route is the gateway {} (set \
+                         `default_route` to say which NICs get it)",
+                        r.to, r.via, n.gateway
+                    ),
+                ));
+            }
+            // The default route itself: sent as `default_route` says.
+            continue;
+        }
+        if n.subnet.contains(&r.to.network()) && r.to.prefix_len() >= n.subnet.prefix_len() {
+            // A wider route (10.0.0.0/8 for a /24) is fine: the subnet's on-link route is
+            // more specific. This one would take on-link neighbours off the link.
+            return Err(reject(
+                Reason::RouteOverlapsSubnet,
+                format!(
+                    "route to {} lies within subnet {}, whose addresses are on the link",
+                    r.to, n.subnet
+                ),
+            ));
+        }
+        if r.via == n.subnet.network() || r.via == n.subnet.broadcast() {
+            return Err(reject(
+                Reason::RouteViaReserved,
+                format!(
+                    "route to {} goes via {}, the network or broadcast address of {}",
+                    r.to, r.via, n.subnet
+                ),
+            ));
+        }
+        if r.via == n.gateway {
+            continue;
+        }
+        return Err(match owners.holder(&n.id, r.via) {
+            Some(mac) => reject(
+                Reason::RouteViaNic,
+                format!(
+                    "route to {} goes via {}, NIC {mac}: a VM cannot route (what it forwards \
+                     carries another source address than its own, and is dropped as spoofed); \
+                     route via the gateway {}",
+                    r.to, r.via, n.gateway
+                ),
+            ),
+            None => reject(
+                Reason::RouteViaUnowned,
+                format!(
+                    "route to {} goes via {}, which neither the gateway ({}) nor a NIC of the \
+                     network holds: a black hole",
+                    r.to, r.via, n.gateway
+                ),
+            ),
+        });
     }
     Ok(())
 }
@@ -248,7 +321,10 @@ pub(super) fn check_nic(
         }
         _ => {}
     }
-    Ok(())
+    match &nic.options {
+        Some(o) => o.check("NIC"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 //!   view knows this node's NICs and their interfaces, and names those networks itself).
 //!
 //! Nodes couple every network with a NIC on them: only a complete document judges them.
+//!
+//! A route via a NIC's address does not couple its network to that NIC: the route is refused
+//! via any address but the gateway, and the NIC only names the reason (`route_via_nic` rather
+//! than `route_via_unowned`).
 
 use std::{collections::BTreeMap, sync::Arc};
 

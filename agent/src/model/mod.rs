@@ -10,6 +10,7 @@
 //! - `types`: networks, nodes, NICs, the [`Model`] and the host's [`Limits`] ([`Capacity`],
 //!   the VM ports);
 //! - `mac`: [`MacAddr`] and its text form;
+//! - `options`: the extra DHCP options of a network or NIC ([`DhcpOptions`]) and their rules;
 //! - `document`: [`RawDocument`], [`RawEntry`] and the parsing of one entry;
 //! - `reasons`: [`Reason`] and [`Rejection`];
 //! - `checks`: the rules of one entry on its own;
@@ -25,6 +26,7 @@ mod document;
 #[cfg(test)]
 mod fixtures;
 mod mac;
+mod options;
 mod reasons;
 mod revalidate;
 mod types;
@@ -33,6 +35,9 @@ mod validate;
 pub use coupling::{holding_mac, sharing_vni};
 pub use document::{MAX_ENTRY_BYTES, RawDocument, RawEntry, parse_document};
 pub use mac::{MacAddr, MacParseError, MacProblem};
+pub use options::{
+    CAPPORT_UNRESTRICTED, DhcpOptions, NetbiosNodeType, RawOption, RawValueError, V6ONLY_WAIT_MIN,
+};
 pub use reasons::{Reason, Rejection};
 pub use revalidate::{Revalidated, revalidate};
 pub use types::{Capacity, Limits, Model, Network, Nic, Node, Route};

@@ -32,10 +32,17 @@ pub enum Reason {
     InterfaceShared,
     EntryTooLarge,
     OverCapacity,
+    RouteViaReserved,
+    RouteViaUnowned,
+    RouteViaNic,
+    RouteOverlapsSubnet,
+    DefaultRouteNotGateway,
+    InvalidOption,
+    OptionCodeReserved,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 33] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -62,6 +69,13 @@ impl Reason {
         Reason::InterfaceShared,
         Reason::EntryTooLarge,
         Reason::OverCapacity,
+        Reason::RouteViaReserved,
+        Reason::RouteViaUnowned,
+        Reason::RouteViaNic,
+        Reason::RouteOverlapsSubnet,
+        Reason::DefaultRouteNotGateway,
+        Reason::InvalidOption,
+        Reason::OptionCodeReserved,
     ];
 
     pub fn label(self) -> &'static str {
@@ -92,6 +106,13 @@ impl Reason {
             Reason::InterfaceShared => "interface_shared",
             Reason::EntryTooLarge => "entry_too_large",
             Reason::OverCapacity => "over_capacity",
+            Reason::RouteViaReserved => "route_via_reserved",
+            Reason::RouteViaUnowned => "route_via_unowned",
+            Reason::RouteViaNic => "route_via_nic",
+            Reason::RouteOverlapsSubnet => "route_overlaps_subnet",
+            Reason::DefaultRouteNotGateway => "default_route_not_gateway",
+            Reason::InvalidOption => "invalid_option",
+            Reason::OptionCodeReserved => "option_code_reserved",
         }
     }
 }

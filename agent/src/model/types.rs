@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     MacAddr,
     document::{FieldKind, FieldKinds, PathStep},
+    options::DhcpOptions,
 };
 use crate::ports::VmPorts;
 
@@ -41,10 +42,25 @@ pub struct Network {
     pub ntp: Vec<Ipv4Addr>,
     #[serde(default = "default_lease_time")]
     pub lease_time: u32,
+    /// Whether this network's NICs get the default route (option 3, and 0.0.0.0/0 in 121)
+    /// unless a NIC says otherwise: a VM with NICs in several networks takes it from one.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub default_route: bool,
+    /// Extra DHCP options for every NIC of the network.
+    #[serde(default, skip_serializing_if = "DhcpOptions::is_empty")]
+    pub options: DhcpOptions,
 }
 
 fn default_lease_time() -> u32 {
     3600
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Network {
@@ -60,7 +76,8 @@ impl FieldKinds for Network {
         match path {
             [Field("subnet" | "gateway")]
             | [Field("dns" | "ntp"), Index]
-            | [Field("routes"), Index, Field("to" | "via")] => Some(FieldKind::Address),
+            | [Field("routes"), Index, Field("to" | "via")]
+            | [Field("options"), Field("netbios_name_servers"), Index] => Some(FieldKind::Address),
             _ => None,
         }
     }
@@ -99,13 +116,32 @@ pub struct Nic {
     /// The tap (or veth) carrying this NIC on its node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// Whether this NIC gets the default route; its network's `default_route` when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_route: Option<bool>,
+    /// Extra DHCP options, overriding its network's by code. Boxed: most NICs have none, and
+    /// a host holds 100,000 NICs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Box<DhcpOptions>>,
+}
+
+impl Nic {
+    /// Whether this NIC, on `net`, gets the default route.
+    pub fn default_route(&self, net: &Network) -> bool {
+        self.default_route.unwrap_or(net.default_route)
+    }
 }
 
 impl FieldKinds for Nic {
     fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         match path {
             [PathStep::Field("mac")] => Some(FieldKind::Mac),
-            [PathStep::Field("ip")] => Some(FieldKind::Address),
+            [PathStep::Field("ip")]
+            | [
+                PathStep::Field("options"),
+                PathStep::Field("netbios_name_servers"),
+                PathStep::Index,
+            ] => Some(FieldKind::Address),
             _ => None,
         }
     }

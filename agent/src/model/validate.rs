@@ -3,6 +3,7 @@
 //! per address). A rejected entry keeps its last good version when it had one.
 
 use std::{
+    cell::OnceCell,
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     hash::Hash,
@@ -49,8 +50,15 @@ pub fn validate<B: OptionsBudget>(
     let empty = Model::default();
     let prev = prev.unwrap_or(&empty);
     let mut rejections = Vec::new();
-    let networks = accept_keyed(&doc.networks, &prev.networks, limits, &mut rejections);
-    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &mut rejections);
+    let owners = NicOwners::new(&doc.nics);
+    let networks = accept_keyed(
+        &doc.networks,
+        &prev.networks,
+        limits,
+        &owners,
+        &mut rejections,
+    );
+    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &owners, &mut rejections);
     capacity::fit_nodes(
         &mut nodes,
         prev,
@@ -209,8 +217,40 @@ trait Keyed: DeserializeOwned + FieldKinds + Clone + PartialEq {
 
     fn key(&self) -> &str;
     fn claim(&self) -> Self::Claim;
-    /// The checks of the entry on its own.
-    fn check(&self, limits: &Limits) -> Result<(), Reject>;
+    /// The checks of the entry on its own (`owners` only names what a route goes via).
+    fn check(&self, limits: &Limits, owners: &NicOwners<'_>) -> Result<(), Reject>;
+}
+
+/// Which NIC of a document holds an address of a network, read from the NIC entries as they
+/// are (an entry rejected for another reason still says what IPAM meant). Only a route via an
+/// address other than the gateway asks, and the network is refused either way: the answer
+/// names the reason, so it couples no network to its NICs' changes. Built on first use.
+pub(super) struct NicOwners<'a> {
+    nics: &'a [RawEntry],
+    index: OnceCell<HashMap<(String, Ipv4Addr), String>>,
+}
+
+impl<'a> NicOwners<'a> {
+    fn new(nics: &'a [RawEntry]) -> Self {
+        Self {
+            nics,
+            index: OnceCell::new(),
+        }
+    }
+
+    /// The MAC of the NIC holding `ip` in `network`, as its entry writes it.
+    pub(super) fn holder(&self, network: &str, ip: Ipv4Addr) -> Option<&str> {
+        let index = self.index.get_or_init(|| {
+            self.nics
+                .iter()
+                .filter_map(|e| {
+                    let ip = e.field("ip")?.parse().ok()?;
+                    Some(((e.field("network")?, ip), e.key("mac")?))
+                })
+                .collect()
+        });
+        index.get(&(network.to_owned(), ip)).map(String::as_str)
+    }
 }
 
 impl Keyed for Network {
@@ -229,8 +269,8 @@ impl Keyed for Network {
         self.vni
     }
 
-    fn check(&self, limits: &Limits) -> Result<(), Reject> {
-        check_network(self, limits)
+    fn check(&self, limits: &Limits, owners: &NicOwners<'_>) -> Result<(), Reject> {
+        check_network(self, limits, owners)
     }
 }
 
@@ -250,7 +290,7 @@ impl Keyed for Node {
         self.vtep
     }
 
-    fn check(&self, _: &Limits) -> Result<(), Reject> {
+    fn check(&self, _: &Limits, _: &NicOwners<'_>) -> Result<(), Reject> {
         check_node(self)
     }
 }
@@ -261,6 +301,7 @@ fn accept_keyed<T: Keyed>(
     raws: &[RawEntry],
     prev: &OrdMap<String, T>,
     limits: &Limits,
+    owners: &NicOwners<'_>,
     rejections: &mut Vec<Rejection>,
 ) -> OrdMap<String, T> {
     let mut accepted: Accepted<String, T> = Accepted::new();
@@ -276,7 +317,7 @@ fn accept_keyed<T: Keyed>(
             rejections.push(reject(Reason::InvalidField, detail).at(entry, None));
             continue;
         }
-        match parsed.and_then(|v| v.check(limits).map(|()| v)) {
+        match parsed.and_then(|v| v.check(limits, owners).map(|()| v)) {
             Ok(v) => {
                 let key = v.key().to_owned();
                 if let Some((lost, _)) = accepted.insert(key.clone(), i, v, prev.get(&key)) {
@@ -902,6 +943,174 @@ mod tests {
             );
             assert_eq!(v.model, base_without(&["red", RED_NIC]));
         }
+    }
+
+    /// `red` (networks[1]) changed by `change` is rejected for `reason`, its NIC with it;
+    /// everything else serves. Returns the rejection's detail.
+    #[track_caller]
+    fn red_rejected(change: impl FnOnce(&mut serde_json::Value), reason: Reason) -> String {
+        let v = changed(change, &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), reason),
+                ("nics[1]".into(), Reason::UnknownNetwork),
+            ]
+        );
+        assert_eq!(v.model, base_without(&["red", RED_NIC]), "the rest serves");
+        let detail = v.rejections[0].detail.clone();
+        // One sentence, as an operator reads it in the log (no source indentation in it).
+        assert!(!detail.contains("  "), "{detail:?}");
+        detail
+    }
+
+    fn route(to: &str, via: &str) -> serde_json::Value {
+        json!([{"to": "172.16.0.0/12", "via": "10.10.0.1"}, {"to": to, "via": via}])
+    }
+
+    #[test]
+    fn a_route_via_the_network_or_broadcast_address() {
+        for via in ["10.10.0.0", "10.10.0.255"] {
+            let d = red_rejected(
+                |d| d["networks"][1]["routes"] = route("192.168.0.0/16", via),
+                Reason::RouteViaReserved,
+            );
+            assert!(d.contains("network or broadcast address"), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_route_via_an_address_no_one_holds() {
+        let d = red_rejected(
+            |d| d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.77"),
+            Reason::RouteViaUnowned,
+        );
+        assert!(d.contains("10.10.0.77") && d.contains("black hole"), "{d}");
+    }
+
+    #[test]
+    fn a_route_via_a_nic() {
+        // 10.10.0.11 is red's NIC (and, in blue, another): the detail names red's.
+        let d = red_rejected(
+            |d| d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.11"),
+            Reason::RouteViaNic,
+        );
+        assert!(d.contains(RED_NIC) && d.contains("spoofed"), "{d}");
+        // The NIC's entry need not be valid to say what IPAM meant.
+        let d = red_rejected(
+            |d| {
+                d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.11");
+                d["nics"][1]["hostname"] = json!("-bad");
+            },
+            Reason::RouteViaNic,
+        );
+        assert!(d.contains(RED_NIC), "{d}");
+    }
+
+    #[test]
+    fn a_route_within_the_subnet() {
+        for to in ["10.10.0.0/24", "10.10.0.128/25", "10.10.0.7/32"] {
+            let d = red_rejected(
+                |d| d["networks"][1]["routes"] = route(to, "10.10.0.1"),
+                Reason::RouteOverlapsSubnet,
+            );
+            assert!(d.contains(to), "{d}");
+        }
+        // A wider route covers the subnet too, but its on-link route is more specific.
+        let v = changed(
+            |d| d["networks"][1]["routes"] = route("10.0.0.0/8", "10.10.0.1"),
+            &NoBudget,
+        );
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_default_route_via_another_than_the_gateway() {
+        for via in ["10.10.0.11", "10.10.0.77"] {
+            let d = red_rejected(
+                |d| d["networks"][1]["routes"] = route("0.0.0.0/0", via),
+                Reason::DefaultRouteNotGateway,
+            );
+            assert!(d.contains("default_route"), "{d}");
+        }
+        // Via the gateway it is the default route itself.
+        let v = changed(
+            |d| d["networks"][1]["routes"] = route("0.0.0.0/0", "10.10.0.1"),
+            &NoBudget,
+        );
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_bad_route_keeps_the_last_good_version_serving() {
+        let good = validate(&doc(base()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = base();
+        d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.77");
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(v.model, good);
+        assert_eq!(
+            reasons(&v),
+            vec![("networks[1]".into(), Reason::RouteViaUnowned)]
+        );
+        assert!(v.rejections[0].kept_last_good);
+    }
+
+    #[test]
+    fn extra_options_with_a_reserved_code_or_a_bad_value() {
+        let d = red_rejected(
+            |d| d["networks"][1]["options"] = json!({"raw": [{"code": 121, "hex": "00"}]}),
+            Reason::OptionCodeReserved,
+        );
+        assert!(d.contains("option 121") && d.contains("`routes`"), "{d}");
+        red_rejected(
+            |d| d["networks"][1]["options"] = json!({"ipv6_only_preferred": 60}),
+            Reason::InvalidOption,
+        );
+        // A NIC's: the NIC alone.
+        for (options, reason) in [
+            (
+                json!({"raw": [{"code": 53, "hex": "05"}]}),
+                Reason::OptionCodeReserved,
+            ),
+            (json!({"wpad": "file:///etc/passwd"}), Reason::InvalidOption),
+        ] {
+            let v = changed(|d| d["nics"][2]["options"] = options, &NoBudget);
+            assert_eq!(reasons(&v), vec![("nics[2]".into(), reason)]);
+            assert_eq!(v.model, base_without(&[HV2_NIC]));
+        }
+        // Bad hex is a field that does not parse; a bad address is named for it.
+        let v = changed(
+            |d| d["nics"][2]["options"] = json!({"raw": [{"code": 224, "hex": "xyz"}]}),
+            &NoBudget,
+        );
+        assert_eq!(reasons(&v), vec![("nics[2]".into(), Reason::InvalidField)]);
+        let v = changed(
+            |d| d["nics"][2]["options"] = json!({"netbios_name_servers": ["10.0.0.x"]}),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("nics[2]".into(), Reason::InvalidAddress)]
+        );
+        // Good ones serve, with the NIC's `default_route`.
+        let v = changed(
+            |d| {
+                d["networks"][1]["default_route"] = json!(false);
+                d["networks"][1]["options"] = json!({
+                    "broadcast": true, "netbios_name_servers": ["10.10.0.5"],
+                    "netbios_node_type": "H", "ipv6_only_preferred": 1800,
+                    "captive_portal": "https://cp.example/api", "ms_classless_routes": true,
+                    "wpad": "http://wpad.example/wpad.dat",
+                    "raw": [{"code": 224, "base64": "aGY="}]});
+                d["nics"][1]["default_route"] = json!(true);
+            },
+            &NoBudget,
+        );
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        let red = &v.model.networks["red"];
+        let nic = &v.model.nics[&RED_NIC.parse::<MacAddr>().unwrap()];
+        assert!(!red.default_route && nic.default_route(red));
+        assert_eq!(red.options.raw[0].value, b"hf");
     }
 
     /// A budget that has no room for a hostname.

@@ -53,6 +53,8 @@ fn network() -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        default_route: true,
+        options: Default::default(),
     }
 }
 
@@ -217,6 +219,8 @@ pub fn run() {
             hostname: Some("bench-vm".into()),
             node: "hv-1".into(),
             interface: Some(TAP.into()),
+            default_route: None,
+            options: None,
         };
         let mut d = Desired {
             prune: true,

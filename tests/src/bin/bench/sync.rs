@@ -183,6 +183,8 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
             hostname: None,
             node: "hv-7".into(),
             interface: None,
+            default_route: None,
+            options: None,
         };
         let key = FdbKey::new(10_000 + n as u32, mac);
         let t = Instant::now();

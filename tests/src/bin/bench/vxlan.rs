@@ -254,6 +254,8 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         hostname: None,
         node: "hv-1".into(),
         interface: Some("tap-a1".into()),
+        default_route: None,
+        options: None,
     };
     let mut d = Desired {
         prune: true,
@@ -297,6 +299,8 @@ fn network() -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        default_route: true,
+        options: Default::default(),
     }
 }
 
