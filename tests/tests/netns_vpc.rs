@@ -4,7 +4,10 @@
 use std::net::Ipv4Addr;
 
 use agent_common::Stat;
-use holdfast_tests::vpc::{Cloud, Net, VmSpec};
+use holdfast_tests::{
+    vpc::{Cloud, Net, VmSpec},
+    xdp::{VmHook, forward_stats},
+};
 
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
 const A2: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x02];
@@ -14,6 +17,21 @@ const B3: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x03];
 const IP11: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const IP12: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 const IP13: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
+
+// What a VM port's program does runs on both hooks (`xdp::<test>`, `tc::<test>`); what only
+// the underlay's does, once.
+holdfast_tests::for_each_hook!(
+    vms_reach_each_other_on_the_same_host_and_across_hosts,
+    tenants_with_the_same_subnet_never_see_each_other,
+    tcp_at_full_mtu_with_offloads_on,
+    spoofed_frames_are_dropped,
+    arp_is_answered_on_the_host_and_never_crosses_the_underlay,
+    established_traffic_keeps_flowing_with_the_agents_killed,
+    an_oversized_frame_gets_icmp_fragmentation_needed,
+    a_tap_vm_sending_gso_super_frames_takes_the_skb_path,
+    vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them,
+    a_blackhole_route_to_a_vtep_quarantines_it,
+);
 
 const NETS: [Net; 2] = [Net { id: "a", vni: 1001 }, Net { id: "b", vni: 1002 }];
 
@@ -64,16 +82,16 @@ fn specs() -> Vec<VmSpec> {
     ]
 }
 
-#[test]
-fn vms_reach_each_other_on_the_same_host_and_across_hosts() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn vms_reach_each_other_on_the_same_host_and_across_hosts(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     assert_eq!(cloud.ping(A1, IP12, 5), 5, "same host");
     assert_eq!(cloud.ping(A1, IP13, 5), 5, "across hosts");
     assert_eq!(cloud.ping(A3, IP11, 5), 5, "back");
     let hv1 = cloud.agents[0].counters();
     let hv2 = cloud.agents[1].counters();
-    assert!(hv1[Stat::ForwardLocal as usize] >= 10);
-    assert!(hv1[Stat::VxlanEncap as usize] >= 5);
+    let (local, encap) = forward_stats(hook);
+    assert!(hv1[local as usize] >= 10);
+    assert!(hv1[encap as usize] >= 5);
     assert!(hv2[Stat::VxlanDecap as usize] >= 5);
     assert!(hv1[Stat::ArpReply as usize] >= 1);
 }
@@ -107,9 +125,8 @@ fn udp_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
     snmp(cloud, mac, "Udp", "InDatagrams") + snmp(cloud, mac, "Udp", "NoPorts")
 }
 
-#[test]
-fn tenants_with_the_same_subnet_never_see_each_other() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn tenants_with_the_same_subnet_never_see_each_other(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let b3_before = echoes_in(&cloud, B3);
     let a1_before = echoes_in(&cloud, A1);
     // A3 talks to 10.0.0.11 in network a: A1 answers; B3, with the same address in b, hears
@@ -132,9 +149,8 @@ fn tenants_with_the_same_subnet_never_see_each_other() {
     );
 }
 
-#[test]
-fn tcp_at_full_mtu_with_offloads_on() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn tcp_at_full_mtu_with_offloads_on(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a3 = cloud.vm(A3);
     // Offloads as a guest has them by default.
     let features = a3
@@ -186,9 +202,8 @@ fn tcp_at_full_mtu_with_offloads_on() {
     );
 }
 
-#[test]
-fn spoofed_frames_are_dropped() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn spoofed_frames_are_dropped(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a1 = cloud.vm(A1);
     // The neighbour is known (so the spoofed datagrams are sent, not stopped at ARP).
     assert_eq!(cloud.ping(A1, IP13, 1), 1);
@@ -237,9 +252,8 @@ fn spoofed_frames_are_dropped() {
     assert_eq!(cloud.ping(A1, IP13, 3), 3);
 }
 
-#[test]
-fn arp_is_answered_on_the_host_and_never_crosses_the_underlay() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn arp_is_answered_on_the_host_and_never_crosses_the_underlay(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let hv1 = &cloud.hosts[0];
     let capture = holdfast_tests::netns::Proc(
         hv1.exec("tcpdump")
@@ -369,9 +383,8 @@ fn the_hosts_own_traffic_on_the_underlay_still_works() {
     assert!(cloud.agents[1].counters()[Stat::UnderlayPass as usize] > 10);
 }
 
-#[test]
-fn established_traffic_keeps_flowing_with_the_agents_killed() {
-    let mut cloud = Cloud::new(&NETS, &specs());
+fn established_traffic_keeps_flowing_with_the_agents_killed(hook: VmHook) {
+    let mut cloud = Cloud::in_mode(&NETS, &specs(), hook);
     assert_eq!(cloud.ping(A1, IP13, 3), 3);
     let a1 = cloud.vm(A1).ns.name.clone();
     let pinger = std::thread::spawn(move || {
@@ -406,9 +419,8 @@ fn established_traffic_keeps_flowing_with_the_agents_killed() {
     assert_eq!(cloud.ping(B1, IP11, 5), 5);
 }
 
-#[test]
-fn an_oversized_frame_gets_icmp_fragmentation_needed() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn an_oversized_frame_gets_icmp_fragmentation_needed(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a1 = cloud.vm(A1);
     // The VM ignores the network's MTU (1450) and sends 1500-byte datagrams with DF set.
     a1.ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
@@ -454,8 +466,7 @@ fn an_oversized_frame_gets_icmp_fragmentation_needed() {
 const T1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x21];
 const IP21: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 
-#[test]
-fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
+fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
     let mut s = specs();
     s.push(VmSpec {
         net: "a",
@@ -465,7 +476,7 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
         tap: "tap-t1",
         real_tap: true,
     });
-    let cloud = Cloud::new(&NETS, &s);
+    let cloud = Cloud::in_mode(&NETS, &s, hook);
     assert_eq!(cloud.ping(T1, IP13, 3), 3, "tap VM to a remote VM");
     assert_eq!(cloud.ping(A3, IP21, 3), 3, "remote VM to the tap VM");
     assert_eq!(cloud.ping(T1, IP11, 3), 3, "tap VM to a VM on its host");
@@ -497,10 +508,9 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
     );
 }
 
-#[test]
-fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them() {
+fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them(hook: VmHook) {
     let s = specs();
-    let cloud = Cloud::new(&NETS, &s);
+    let cloud = Cloud::in_mode(&NETS, &s, hook);
     // A new VM in network a on hv-2, unknown to IPAM at first.
     let a4_mac = [0x02, 0x0a, 0, 0, 0, 0x04];
     let a4_ip = Ipv4Addr::new(10, 0, 0, 14);
@@ -639,13 +649,12 @@ fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
 /// blackhole route to hv-2's VTEP. Pings stop within the next-hop TTL (1 s), counted as
 /// `route_blackhole` in `/metrics`, though the cached next hop is still there; removing the
 /// route brings them back.
-#[test]
-fn a_blackhole_route_to_a_vtep_quarantines_it() {
+fn a_blackhole_route_to_a_vtep_quarantines_it(hook: VmHook) {
     use std::time::Duration;
 
     use holdfast_tests::netns::wait_for;
 
-    let cloud = Cloud::new(&NETS, &specs());
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let hv1 = &cloud.hosts[0];
     let agent = &cloud.agents[0];
     assert_eq!(cloud.ping(A1, IP13, 3), 3, "before");
