@@ -454,6 +454,9 @@ fn assert_frag_needed(sent: &[u8], out: &[u8]) {
     assert_eq!(icmp[8..], sent[14..42], "the offending header and 8 bytes");
 }
 
+/// A TC program run on a frame and an skb: its action and the frame it left.
+type Run<'a> = dyn Fn(&[u8], &Skb) -> (i32, Vec<u8>) + 'a;
+
 /// What XDP hands over, both TC programs serve: xdp mode's skb path and tc mode's program.
 /// A frame or a GSO frame's segments over the network's MTU get an ICMP fragmentation-needed
 /// back; a next hop the kernel has not resolved goes encapsulated (outer MACs left to the
@@ -470,7 +473,7 @@ fn what_xdp_hands_over_both_tc_programs_serve() {
     };
     // 28 bytes of headers and 1,500 of payload per segment: over 1,450.
     let super_frame = udp_frame(A1, A3, A1_IP, A3_IP, 1, 2, &[9u8; 3000], true);
-    let runs: [(&str, &dyn Fn(&[u8], &Skb) -> (i32, Vec<u8>)); 2] = [
+    let runs: [(&str, &Run<'_>); 2] = [
         ("skb path", &|f, skb| fx.run_tc_with(f, skb)),
         ("tc mode", &|f, skb| fx.run_vm_tc_with(f, skb)),
     ];
