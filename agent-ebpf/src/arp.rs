@@ -1,12 +1,13 @@
-//! ARP answered in XDP (RFC 826): every address of a VM's network resolves here, so no ARP
-//! ever crosses the underlay; and no VM can claim an address that is not its own.
+//! ARP answered on the VM port (RFC 826), at either hook: every address of a VM's network
+//! resolves here, so no ARP ever crosses the underlay; and no VM can claim an address that is
+//! not its own.
 
 use agent_common::{ArpKey, BindingKey, RateKind, Stat};
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{
     ROUTER_MAC,
     csum::be16,
+    ctx::Ctx,
     maps::{ARP, BINDINGS},
     parse::{ArpHdr, ETH_HLEN, ETH_P_IP, EthHdr, ip_from, mac_eq, ptr_at},
     ratelimit,
@@ -18,8 +19,8 @@ const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
 
 #[inline(always)]
-pub fn from_vm(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
-    let ifindex = ctx.ingress_ifindex() as u32;
+pub fn from_vm<C: Ctx>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat> {
+    let ifindex = ctx.ifindex();
     // Each answer costs the host a transmission: a flooding VM gets its port's share, no more.
     if !ratelimit::allow(ifindex, RateKind::Arp) {
         return Err(Stat::DropArpRateLimited);
@@ -77,5 +78,5 @@ pub fn from_vm(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
         arp.write_unaligned(reply);
     }
     count(Stat::ArpReply);
-    Ok(xdp_action::XDP_TX)
+    Ok(ctx.tx())
 }

@@ -6,14 +6,11 @@
 //! was already complete, the result is the same bytes.
 
 use agent_common::Stat;
-use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_csum_diff, bpf_xdp_load_bytes},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::bpf_csum_diff;
 
 use crate::{
     csum::{add16, add32, be16, fold},
+    ctx::Ctx,
     maps::{CSUM_SCRATCH, CSUM_WINDOW},
     parse::{ETH_HLEN, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, ptr_at},
 };
@@ -21,9 +18,10 @@ use crate::{
 pub const IPPROTO_TCP: u8 = 6;
 
 /// Completes the checksum of the TCP or UDP segment behind the 20-byte IPv4 header at
-/// `ETH_HLEN`. Other protocols, and fragments, are left alone.
+/// `ETH_HLEN`. Other protocols, and fragments, are left alone. Only a hook that loses the
+/// skb's checksum state needs it (XDP): on the skb path the kernel finishes the checksum.
 #[inline(always)]
-pub fn complete(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
+pub fn complete(ctx: &impl Ctx, ip: &Ipv4Hdr) -> Result<(), Stat> {
     let check_off = match ip.protocol {
         IPPROTO_TCP => 16,
         IPPROTO_UDP => 6,
@@ -43,14 +41,7 @@ pub fn complete(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<(), Stat> {
     let buf = CSUM_SCRATCH.get_ptr_mut(0).ok_or(Stat::DropMalformed)?;
     let base = buf.cast::<u8>();
     // SAFETY: `buf` is this CPU's scratch of CSUM_WINDOW + 8 bytes; 1 <= l4 <= CSUM_WINDOW.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.as_ptr().cast(),
-            (ETH_HLEN + IPV4_HLEN) as u32,
-            base.cast(),
-            l4 as u32,
-        )
-    };
+    let rc = unsafe { ctx.load_bytes((ETH_HLEN + IPV4_HLEN) as u32, base, l4 as u32) };
     if rc != 0 {
         return Err(Stat::DropMalformed);
     }

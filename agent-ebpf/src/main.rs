@@ -1,4 +1,5 @@
-//! holdfast's data plane: XDP programs serving the VMs of one hypervisor from pinned maps.
+//! holdfast's data plane: XDP and TC programs serving the VMs of one hypervisor from pinned
+//! maps.
 #![no_std]
 #![no_main]
 #![expect(
@@ -9,14 +10,15 @@
 
 mod arp;
 mod csum;
+mod ctx;
 mod dhcp;
+mod icmp;
 mod l4csum;
 mod maps;
 mod parse;
 mod port;
 mod ratelimit;
 mod stats;
-mod tc;
 mod underlay;
 mod vm;
 mod vxlan;
@@ -32,12 +34,25 @@ use aya_ebpf::{
 #[unsafe(no_mangle)]
 static ROUTER_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 
-/// Attached to each VM interface (a tap on a hypervisor): DHCP, ARP, anti-spoofing, forwarding.
-/// Frags-aware so that a jumbo or GSO frame reaches it (and goes to the skb path) instead of
-/// being dropped by the driver.
+/// xdp mode, on each VM interface (a tap on a hypervisor): DHCP, ARP, anti-spoofing,
+/// forwarding. Frags-aware so that a jumbo or GSO frame reaches it (and goes to the skb path)
+/// instead of being dropped by the driver.
 #[xdp(frags)]
 pub fn holdfast_vm(ctx: XdpContext) -> u32 {
-    vm::handle(&ctx)
+    vm::handle::<_, true>(&ctx)
+}
+
+/// xdp mode, TC ingress on each VM interface: the skb path for what XDP hands over.
+#[classifier]
+pub fn holdfast_tc(ctx: TcContext) -> i32 {
+    vm::handle::<_, false>(&ctx) as i32
+}
+
+/// tc mode, TC ingress on each VM interface, with no XDP program there: the same as
+/// `holdfast_vm` and `holdfast_tc` together, on the skb.
+#[classifier]
+pub fn holdfast_vm_tc(ctx: TcContext) -> i32 {
+    vm::handle::<_, true>(&ctx) as i32
 }
 
 /// Attached to the underlay interface: VXLAN to this VTEP is decapsulated into local VMs.
@@ -50,12 +65,6 @@ pub fn holdfast_ul(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn holdfast_ul_tc(ctx: TcContext) -> i32 {
     underlay::tc_handle(&ctx)
-}
-
-/// TC ingress on each VM interface: the skb path for what XDP hands over.
-#[classifier]
-pub fn holdfast_tc(ctx: TcContext) -> i32 {
-    tc::handle(&ctx)
 }
 
 #[cfg(not(test))]

@@ -2,7 +2,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use crate::ctx::Ctx;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -65,9 +65,10 @@ pub struct ArpHdr {
     pub tpa: [u8; 4],
 }
 
-/// Pointer to a `T` at `off`, if the whole `T` lies inside the packet.
+/// Pointer to a `T` at `off`, if the whole `T` lies inside the directly readable bytes (XDP's
+/// first buffer, the skb's linear part).
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Ctx, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -77,7 +78,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-pub fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+pub fn load<T: Copy>(ctx: &impl Ctx, off: usize) -> Option<T> {
     // SAFETY: `ptr_at` checked that the value lies inside the packet; packet memory has no
     // alignment guarantee, hence the unaligned read.
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })

@@ -2,7 +2,7 @@
 
 use agent_common::Stat;
 
-use crate::maps::STATS;
+use crate::{ctx::Ctx, maps::STATS};
 
 #[inline(always)]
 pub fn count(stat: Stat) {
@@ -12,14 +12,15 @@ pub fn count(stat: Stat) {
     }
 }
 
-/// The XDP verdict of a handler: its action, or a drop counted under the reason it failed with.
+/// The verdict of a handler at hook `C`: its action, or a drop counted under the reason it
+/// failed with.
 #[inline(always)]
-pub fn xdp_verdict(result: Result<u32, Stat>) -> u32 {
+pub fn verdict<C: Ctx>(result: Result<u32, Stat>) -> u32 {
     match result {
         Ok(action) => action,
         Err(stat) => {
             count(stat);
-            aya_ebpf::bindings::xdp_action::XDP_DROP
+            C::DROP
         }
     }
 }

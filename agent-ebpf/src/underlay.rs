@@ -17,17 +17,17 @@ use crate::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr,
         UdpHdr, load,
     },
-    stats::{count, xdp_verdict},
+    stats::{count, verdict},
     vxlan::VXLAN_FLAG_VNI,
 };
 
 pub fn handle(ctx: &XdpContext) -> u32 {
-    xdp_verdict(try_handle(ctx))
+    verdict::<XdpContext>(try_handle(ctx))
 }
 
 #[inline(always)]
 fn pass() -> Result<u32, Stat> {
-    crate::vm::pass(Stat::UnderlayPass)
+    crate::vm::pass::<XdpContext>(Stat::UnderlayPass)
 }
 
 #[inline(always)]

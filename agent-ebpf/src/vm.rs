@@ -1,66 +1,97 @@
-//! The program on each VM interface: everything a VM sends meets it first.
+//! The program on each VM interface, written once for both hooks: everything a VM sends meets
+//! it first.
 //!
 //! DHCP and ARP are answered here. Every other frame must come from the NIC bound to this
-//! interface with its own MAC and address (`port`: the checks TC repeats on the skb path); it
-//! is then forwarded by destination MAC within the NIC's network: to another VM on this host,
-//! or encapsulated toward the VTEP of a remote one. Nothing goes to the host stack: frames to
-//! the router MAC are dropped until the data plane routes. What XDP cannot carry whole (GSO
-//! super-frames, oversized frames, next hops the kernel has not resolved yet) goes to the skb
-//! path (`tc.rs`) untouched.
+//! interface with its own MAC and address (`port`); it is then forwarded by destination MAC
+//! within the NIC's network: to another VM on this host, or encapsulated toward the VTEP of a
+//! remote one. Nothing goes to the host stack: frames to the router MAC are dropped until the
+//! data plane routes. Frames too big for the network get an ICMP fragmentation-needed back.
+//!
+//! Three programs are built from it (`main.rs`), by hook ([`Ctx`]) and by whether the program
+//! answers ARP and DHCP (`ANSWERS`):
+//!
+//! - **xdp mode**: `holdfast_vm` (XDP) does all of it for what XDP carries whole, and hands
+//!   the rest untouched to `holdfast_tc`, the skb path: GSO super-frames (a tap's virtio guest
+//!   sends 64 KiB TCP segments, encapsulated whole with `bpf_skb_adjust_room`, which records
+//!   the tunnel so the kernel segments them on the way out), frames over the MTU, IP options,
+//!   next hops the kernel has not resolved yet (`bpf_redirect_neigh` resolves them). The skb
+//!   path also sees everything the VM sends when the port has no XDP program (its attachment
+//!   failed, or its link was removed), so it makes every frame meet the same checks, in the
+//!   same order and with the same reasons, and hands nothing to the host stack. ARP and DHCP,
+//!   which XDP answers, it drops and counts (`DropArpSkbPath`, `DropDhcpSkbPath`): when they
+//!   show up there, the port's XDP program is not running.
+//! - **tc mode**: `holdfast_vm_tc` alone, on TC ingress: all of it, on the skb. No XDP program
+//!   on the port at all: any XDP program on a tap makes the kernel copy every GSO frame before
+//!   it runs (generic XDP), which is what bulk TCP pays in xdp mode.
+//!
+//! On the skb path the kernel keeps the skb's checksum and GSO state, so nothing is
+//! recomputed; XDP completes the TCP or UDP checksum a guest left partial before it redirects.
 
-use agent_common::{FdbEntry, FdbKey, Stat};
-use aya_ebpf::{
-    EbpfContext,
-    bindings::xdp_action,
-    helpers::{bpf_redirect, bpf_xdp_get_buff_len},
-    programs::XdpContext,
-};
+use agent_common::{FdbEntry, FdbKey, NextHop, Stat};
 
 use crate::{
-    arp, dhcp, l4csum,
+    arp,
+    ctx::Ctx,
+    icmp, l4csum,
+    l4csum::IPPROTO_TCP,
     maps::{CONFIG, CSUM_WINDOW, FDB},
     parse::{ETH_HLEN, EthHdr, IPV4_HLEN, Ipv4Hdr, UDP_HLEN, UdpHdr, load},
     port::{self, L3},
-    stats::count,
+    stats::{count, verdict},
     vxlan::{self, Hop},
 };
 
-pub fn handle(ctx: &XdpContext) -> u32 {
-    crate::stats::xdp_verdict(try_handle(ctx))
+/// The VM-port program at hook `C`. `ANSWERS`: it answers ARP and DHCP (`holdfast_vm`,
+/// `holdfast_vm_tc`); otherwise it is xdp mode's skb path (`holdfast_tc`), which drops them.
+#[inline(always)]
+pub fn handle<C: Ctx, const ANSWERS: bool>(ctx: &C) -> u32 {
+    verdict::<C>(try_handle::<C, ANSWERS>(ctx))
 }
 
-/// Hands the frame to the host stack untouched.
+/// Hands the frame to the next path untouched: from XDP to the skb path.
 #[inline(always)]
-pub fn pass(stat: Stat) -> Result<u32, Stat> {
+pub fn pass<C: Ctx>(stat: Stat) -> Result<u32, Stat> {
     count(stat);
-    Ok(xdp_action::XDP_PASS)
+    Ok(C::PASS)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
+fn try_handle<C: Ctx, const ANSWERS: bool>(ctx: &C) -> Result<u32, Stat> {
+    ctx.pull_headers();
     let eth: EthHdr = load(ctx, 0).ok_or(Stat::DropMalformed)?;
-    // A VLAN tag is in the frame here: its ethertype is refused.
-    match port::l3(&eth, false)? {
-        L3::Arp => arp::from_vm(ctx, &eth),
-        L3::Ipv4 => ipv4(ctx, &eth),
+    // XDP sees a VLAN tag in the frame, as an ethertype it refuses; TC finds it taken out.
+    match port::l3(&eth, ctx.vlan_tagged())? {
+        L3::Arp if ANSWERS => arp::from_vm(ctx, &eth),
+        L3::Arp => Err(Stat::DropArpSkbPath),
+        L3::Ipv4 => ipv4::<C, ANSWERS>(ctx, &eth),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
+fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat> {
     let ip: Ipv4Hdr = load(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
     let ihl = port::ipv4_ihl(&ip)?;
     if port::has_udp_ports(&ip)
         && let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ihl)
         && port::dhcp_request(&ip, &udp)?
     {
-        return dhcp::handle_request(ctx, ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
+        if !ANSWERS {
+            return Err(Stat::DropDhcpSkbPath);
+        }
+        return ctx.dhcp(ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
     }
 
     // Anti-spoofing: the frame must come from the NIC bound here, with its own address.
-    let binding = port::sender(ctx.ingress_ifindex() as u32, eth, ip.saddr)?;
+    let binding = port::sender(ctx.ifindex(), eth, ip.saddr)?;
     // SAFETY: map value pointers stay valid for the program run.
-    let (vni, mtu) = unsafe { ((*binding).vni, (*binding).mtu) };
+    let (vni, mtu, nic_ip, server_id) = unsafe {
+        (
+            (*binding).vni,
+            (*binding).mtu,
+            (*binding).ip,
+            (*binding).server_id,
+        )
+    };
     port::not_to_router(eth)?;
     if eth.dst[0] & 1 != 0 {
         // Broadcast and multicast are never flooded.
@@ -75,39 +106,76 @@ fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
         return Err(Stat::DropUnknownUnicast);
     }
 
-    // What XDP cannot carry whole goes to the skb path, untouched.
-    let len = ctx.data_end() - ctx.data();
-    // SAFETY: our own context.
-    let whole = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) } as usize;
-    if whole != len
-        || len > mtu as usize + ETH_HLEN
-        || len > CSUM_WINDOW + ETH_HLEN + IPV4_HLEN
-        || ihl != IPV4_HLEN
-    {
-        return pass(Stat::ToSkbPath);
+    if C::SKB {
+        // The size of what will be on the wire: each segment of a GSO frame, or the frame.
+        if wire_size(ctx, &ip, ihl)? > mtu {
+            return icmp::frag_needed(ctx, eth, server_id, nic_ip, mtu);
+        }
+    } else {
+        // What XDP cannot carry whole goes to the skb path, untouched.
+        let len = ctx.data_end() - ctx.data();
+        if ctx.len() as usize != len
+            || len > mtu as usize + ETH_HLEN
+            || len > CSUM_WINDOW + ETH_HLEN + IPV4_HLEN
+            || ihl != IPV4_HLEN
+        {
+            return pass::<C>(Stat::ToSkbPath);
+        }
     }
 
     if kind == FdbEntry::LOCAL {
-        l4csum::complete(ctx, &ip)?;
-        count(Stat::ForwardLocal);
-        // SAFETY: plain helper call.
-        return Ok(unsafe { bpf_redirect(dst_ifindex, 0) } as u32);
+        if !C::SKB {
+            l4csum::complete(ctx, &ip)?;
+        }
+        count(if C::SKB {
+            Stat::SkbForwardLocal
+        } else {
+            Stat::ForwardLocal
+        });
+        return Ok(ctx.redirect(dst_ifindex));
     }
 
     let cfg = CONFIG.get(0).ok_or(Stat::DropNoUnderlay)?;
     if cfg.vtep == 0 || cfg.underlay_ifindex == 0 {
         return Err(Stat::DropNoUnderlay);
     }
-    let hop = match vxlan::next_hop(ctx, cfg, vtep)? {
-        Hop::Ready(hop) => hop,
+    // The route to the VTEP is obeyed on both hooks (a quarantine drops, counted).
+    let hop: Option<NextHop> = match vxlan::next_hop(ctx, cfg, vtep)? {
+        Hop::Ready(hop) => Some(hop),
         // The kernel resolves the neighbour on the skb path (bpf_redirect_neigh).
-        Hop::Unresolved => return pass(Stat::ToSkbPath),
+        Hop::Unresolved if C::SKB => None,
+        Hop::Unresolved => return pass::<C>(Stat::ToSkbPath),
     };
-    let ports: u32 = load(ctx, ETH_HLEN + IPV4_HLEN).unwrap_or(0);
+    let ports: u32 = load(ctx, ETH_HLEN + ihl).unwrap_or(0);
     let hash = vxlan::flow_hash(ip.saddr, ip.daddr, ports, ip.protocol);
-    l4csum::complete(ctx, &ip)?;
-    vxlan::encap(ctx, cfg, &hop, vtep, vni, hash)?;
-    count(Stat::VxlanEncap);
-    // SAFETY: plain helper call.
-    Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+    if !C::SKB {
+        l4csum::complete(ctx, &ip)?;
+    }
+    vxlan::encap(ctx, cfg, hop.as_ref(), eth, vtep, vni, hash)?;
+    count(if C::SKB {
+        Stat::SkbEncap
+    } else {
+        Stat::VxlanEncap
+    });
+    match hop {
+        Some(h) => Ok(ctx.redirect(h.ifindex)),
+        None => ctx.redirect_neigh(cfg.underlay_ifindex),
+    }
+}
+
+/// The IP length of what goes on the wire: each segment of a GSO frame (its headers and
+/// segment size), or the frame.
+#[inline(always)]
+fn wire_size<C: Ctx>(ctx: &C, ip: &Ipv4Hdr, ihl: usize) -> Result<u32, Stat> {
+    let gso_size = ctx.gso_size();
+    if gso_size == 0 {
+        return Ok(ctx.len() - ETH_HLEN as u32);
+    }
+    let l4_hdr = if ip.protocol == IPPROTO_TCP {
+        let off: u8 = load(ctx, ETH_HLEN + ihl + 12).ok_or(Stat::DropMalformed)?;
+        ((off >> 4) as u32) * 4
+    } else {
+        8
+    };
+    Ok(ihl as u32 + l4_hdr + gso_size)
 }

@@ -8,14 +8,14 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
         BPF_FIB_LKUP_RET_UNSUPP_LWT, bpf_fib_lookup as FibParams,
     },
-    helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
-    programs::XdpContext,
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
 };
 
 use crate::{
     csum::{add_bytes, add16, add32, be16, fold},
+    ctx::Ctx,
     maps::NEXTHOPS,
-    parse::{ETH_P_IP, IPPROTO_UDP, ptr_at},
+    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPPROTO_UDP, ptr_at},
     stats::count,
 };
 
@@ -186,34 +186,42 @@ pub unsafe fn write_outer(
     }
 }
 
-/// Encapsulates the frame in place and returns the length of the inner frame.
+/// Encapsulates the frame in place, at either hook: the outer headers toward `vtep`, from
+/// `hop`'s MACs, or zero MACs for the kernel's neighbour output to fill in (TC only).
 #[inline(always)]
-pub fn encap(
-    ctx: &XdpContext,
+pub fn encap<C: Ctx>(
+    ctx: &C,
     cfg: &DataplaneConfig,
-    hop: &NextHop,
+    hop: Option<&NextHop>,
+    inner: &EthHdr,
     vtep: u32,
     vni: u32,
     hash: u32,
 ) -> Result<(), Stat> {
-    let inner_len = (ctx.data_end() - ctx.data()) as u16;
-    // SAFETY: our own context; packet pointers are re-derived afterwards.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -(VXLAN_OVERHEAD as i32)) } != 0 {
-        return Err(Stat::DropMalformed);
-    }
-    let p = ptr_at::<[u8; 50]>(ctx, 0).ok_or(Stat::DropMalformed)?;
-    // SAFETY: `ptr_at` checked the 50 bytes.
+    let inner_len = ctx.len() as u16;
+    ctx.encap_room(VXLAN_OVERHEAD)?;
+    let p = ptr_at::<[u8; VXLAN_OVERHEAD as usize + ETH_HLEN]>(ctx, 0)
+        .ok_or(Stat::DropMalformed)?
+        .cast::<u8>();
+    let (dmac, smac) = match hop {
+        Some(h) => (h.dmac, h.smac),
+        None => ([0; 6], [0; 6]),
+    };
+    // SAFETY: `ptr_at` checked the outer headers and the inner Ethernet header behind them.
     unsafe {
         write_outer(
-            p.cast(),
-            hop.dmac,
-            hop.smac,
+            p,
+            dmac,
+            smac,
             cfg.vtep,
             vtep,
             inner_len,
             source_port(hash),
             vni,
-        )
-    };
+        );
+        p.add(VXLAN_OVERHEAD as usize)
+            .cast::<EthHdr>()
+            .write_unaligned(*inner);
+    }
     Ok(())
 }

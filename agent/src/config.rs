@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     model::MacAddr,
-    ports::{self, Pattern},
+    ports::{self, HookRule, Pattern, VmHook, VmHooks},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/holdfast/holdfast.toml";
@@ -44,7 +44,8 @@ pub struct Config {
     pub vm: VmConfig,
 }
 
-/// The VM ports: the only interfaces a NIC may name and the programs may go on.
+/// The VM ports: the only interfaces a NIC may name and the programs may go on, and the hook
+/// that serves them.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -52,12 +53,31 @@ pub struct VmConfig {
     /// lookup anchor and any interface with a host address are never VM ports.
     #[serde(default = "default_vm_interfaces")]
     pub interfaces: Vec<Pattern>,
+    /// The hook serving this host's VM ports: `xdp` (the default) or `tc`.
+    #[serde(default)]
+    pub hook: VmHook,
+    /// Per-interface exceptions (`[[vm.hook_for]]`, `interfaces` and `hook`): the first whose
+    /// patterns match a port's name gives its hook.
+    #[serde(default)]
+    pub hook_for: Vec<HookRule>,
 }
 
 impl Default for VmConfig {
     fn default() -> Self {
         Self {
             interfaces: default_vm_interfaces(),
+            hook: VmHook::default(),
+            hook_for: Vec::new(),
+        }
+    }
+}
+
+impl VmConfig {
+    /// The hook of each VM port.
+    pub fn hooks(&self) -> VmHooks {
+        VmHooks {
+            host: self.hook,
+            rules: self.hook_for.clone(),
         }
     }
 }
@@ -314,6 +334,13 @@ pub enum ConfigWarning {
          chmod 0600 it"
     )]
     PasswordFileExposed { path: PathBuf, mode: u32 },
+    /// Issue 14, phase 1: the tc hook does not answer DHCP yet.
+    #[error(
+        "[vm] puts VM ports on the tc hook, which does not answer DHCP yet (issue 14, phase 2): \
+         their VMs need static addresses, and their DHCP requests are dropped and counted \
+         (holdfast_dhcp_drops_total{{reason=\"skb_path\"}})"
+    )]
+    TcWithoutDhcp,
 }
 
 /// The password file's permissions: it should be its owner's alone. Nothing when it cannot be
@@ -349,9 +376,14 @@ impl Config {
             .auth
             .as_ref()
             .filter(|_| self.ipam.source == IpamSource::Etcd);
-        auth.and_then(|a| check_password_file(&a.password_file))
+        let mut warnings: Vec<ConfigWarning> = auth
+            .and_then(|a| check_password_file(&a.password_file))
             .into_iter()
-            .collect()
+            .collect();
+        if self.vm.hooks().uses(VmHook::Tc) {
+            warnings.push(ConfigWarning::TcWithoutDhcp);
+        }
+        warnings
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -482,6 +514,12 @@ impl Config {
             return Err(invalid(
                 "vm.interfaces",
                 "names no pattern: no interface could be a VM port".into(),
+            ));
+        }
+        if config.vm.hook_for.iter().any(|r| r.interfaces.is_empty()) {
+            return Err(invalid(
+                "vm.hook_for",
+                "a rule names no pattern: it would apply to no interface".into(),
             ));
         }
         if config.ipam.poll_interval_ms == 0 {
@@ -674,6 +712,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("interface"), "{e}");
+    }
+
+    #[test]
+    fn the_hook_is_xdp_unless_configured_per_host_or_per_interface() {
+        let base = "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.vm.hooks(), VmHooks::all(VmHook::Xdp));
+        assert!(c.warnings().is_empty());
+        let c = parse(&format!("{base}[vm]\nhook = \"tc\"\n")).unwrap();
+        assert_eq!(c.vm.hooks().of("tap0"), VmHook::Tc);
+        assert_eq!(c.warnings(), [ConfigWarning::TcWithoutDhcp]);
+        let c = parse(&format!(
+            "{base}[vm]\nhook = \"xdp\"\n[[vm.hook_for]]\ninterfaces = [\"vnet*\"]\nhook = \"tc\"\n"
+        ))
+        .unwrap();
+        let hooks = c.vm.hooks();
+        assert_eq!(
+            (hooks.of("vnet3"), hooks.of("tap3")),
+            (VmHook::Tc, VmHook::Xdp)
+        );
+        assert_eq!(c.warnings(), [ConfigWarning::TcWithoutDhcp]);
+        for (bad, field) in [
+            ("[vm]\nhook = \"bpf\"\n", "unknown variant `bpf`"),
+            ("[vm]\nhook = \"TC\"\n", "unknown variant `TC`"),
+            (
+                "[[vm.hook_for]]\ninterfaces = []\nhook = \"tc\"\n",
+                "field `vm.hook_for`",
+            ),
+            (
+                "[[vm.hook_for]]\ninterfaces = [\"vnet*\"]\n",
+                "missing field `hook`",
+            ),
+            (
+                "[[vm.hook_for]]\nhook = \"tc\"\n",
+                "missing field `interfaces`",
+            ),
+        ] {
+            let e = parse(&format!("{base}{bad}")).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]

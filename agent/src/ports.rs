@@ -1,4 +1,5 @@
-//! VM ports: the interfaces a NIC may name, and the only VM interfaces the programs go on.
+//! VM ports: the interfaces a NIC may name, the only VM interfaces the programs go on, and the
+//! hook that serves each ([`VmHooks`]).
 //!
 //! An interface is a VM port when its name matches one of `[vm] interfaces` (globs) and it is
 //! none of the host's own: not the underlay, not `lo`, not the next-hop lookup anchor, and it
@@ -216,6 +217,66 @@ impl VmPorts {
     }
 }
 
+/// Which hook serves a VM port. Both run the same VM-port logic (`agent-ebpf/src/vm.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmHook {
+    /// XDP answers and forwards before an skb exists; TC on the same port is its skb path (GSO
+    /// frames, oversized frames, unresolved next hops). Small frames cost least here.
+    #[default]
+    Xdp,
+    /// TC alone, on the skb: no XDP on the port, so the kernel does not copy a guest's GSO
+    /// frames for it. Bulk TCP costs least here.
+    Tc,
+}
+
+impl fmt::Display for VmHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmHook::Xdp => "xdp",
+            VmHook::Tc => "tc",
+        })
+    }
+}
+
+/// A per-interface choice of hook: VM ports whose name matches `interfaces` get `hook`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookRule {
+    pub interfaces: Vec<Pattern>,
+    pub hook: VmHook,
+}
+
+/// The hook of each VM port: the first rule whose patterns match its name, else the host's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmHooks {
+    pub host: VmHook,
+    pub rules: Vec<HookRule>,
+}
+
+impl VmHooks {
+    /// Every VM port on `hook`.
+    pub fn all(hook: VmHook) -> Self {
+        Self {
+            host: hook,
+            rules: Vec::new(),
+        }
+    }
+
+    /// The hook that serves the VM port `name`.
+    pub fn of(&self, name: &str) -> VmHook {
+        self.rules
+            .iter()
+            .find(|r| r.interfaces.iter().any(|p| p.matches(name)))
+            .map_or(self.host, |r| r.hook)
+    }
+
+    /// Whether any VM port may be served by `hook`.
+    pub fn uses(&self, hook: VmHook) -> bool {
+        self.host == hook || self.rules.iter().any(|r| r.hook == hook)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +354,39 @@ mod tests {
             VmPorts::new(&[p("tap*"), p("vnet*")], None, "holdfast0").with_links(&links),
             before
         );
+    }
+
+    #[test]
+    fn the_first_matching_rule_picks_a_ports_hook_else_the_hosts() {
+        let hooks = VmHooks {
+            host: VmHook::Xdp,
+            rules: vec![
+                HookRule {
+                    interfaces: vec![p("vnet1*"), p("tap-bulk*")],
+                    hook: VmHook::Tc,
+                },
+                HookRule {
+                    interfaces: vec![p("vnet*")],
+                    hook: VmHook::Xdp,
+                },
+                HookRule {
+                    interfaces: vec![p("vnet*")],
+                    hook: VmHook::Tc,
+                },
+            ],
+        };
+        for (name, hook) in [
+            ("vnet10", VmHook::Tc),
+            ("tap-bulk0", VmHook::Tc),
+            ("vnet2", VmHook::Xdp),
+            ("tap0", VmHook::Xdp),
+        ] {
+            assert_eq!(hooks.of(name), hook, "{name}");
+        }
+        assert!(hooks.uses(VmHook::Tc) && hooks.uses(VmHook::Xdp));
+        let tc = VmHooks::all(VmHook::Tc);
+        assert_eq!(tc.of("tap0"), VmHook::Tc);
+        assert!(!tc.uses(VmHook::Xdp));
+        assert_eq!(VmHooks::default().of("tap0"), VmHook::Xdp);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::{net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
 
+use holdfast::ports::VmHook;
+
 use crate::{
     TempDir,
     etcd::Etcd,
@@ -58,6 +60,8 @@ pub struct Options<'a> {
     /// NICs in IPAM for which no VM is made: several on one VM's interface are the DHCP load
     /// generator's clients.
     pub extra_nics: &'a [VmSpec],
+    /// The hook serving each host's VM ports (`[vm] hook`), by host.
+    pub hooks: [VmHook; 2],
 }
 
 impl Default for Options<'_> {
@@ -67,6 +71,7 @@ impl Default for Options<'_> {
             static_addresses: true,
             source: Source::File,
             extra_nics: &[],
+            hooks: [VmHook::Xdp; 2],
         }
     }
 }
@@ -211,6 +216,18 @@ impl Cloud {
         Self::with(nets, vms, &Options::default())
     }
 
+    /// [`Cloud::new`] with the VM ports of both hosts on `hook`.
+    pub fn in_mode(nets: &[Net], vms: &[VmSpec], hook: VmHook) -> Self {
+        Self::with(
+            nets,
+            vms,
+            &Options {
+                hooks: [hook; 2],
+                ..Options::default()
+            },
+        )
+    }
+
     /// The same, with leases of `lease_time` seconds, and static addresses only if
     /// `static_addresses` (otherwise the VMs are left for a DHCP client).
     pub fn build(nets: &[Net], vms: &[VmSpec], lease_time: u32, static_addresses: bool) -> Self {
@@ -253,7 +270,7 @@ impl Cloud {
             // client would throttle them.
             underlay.push_str(crate::netns::NO_RATE_LIMITS);
         }
-        let underlay = underlay.as_str();
+        let config = |i: usize| format!("{underlay}[vm]\nhook = \"{}\"\n", options.hooks[i]);
         let control = (options.source == Source::Etcd).then(|| {
             let mut control = Control::new(&hosts);
             control.seeded = control.import(&doc);
@@ -265,8 +282,8 @@ impl Cloud {
             .map(|(i, h)| {
                 let node = format!("hv-{}", i + 1);
                 match options.source {
-                    Source::File => Agent::start_with(h, &node, &doc, underlay),
-                    Source::Etcd => Agent::start_etcd(h, &node, &Etcd::url(CONTROL[i]), underlay),
+                    Source::File => Agent::start_with(h, &node, &doc, &config(i)),
+                    Source::Etcd => Agent::start_etcd(h, &node, &Etcd::url(CONTROL[i]), &config(i)),
                 }
             })
             .collect();

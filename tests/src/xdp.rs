@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use agent_common::{BindingKey, RateLimits, Stat, stats::STATS_COUNT};
 use aya::programs::{TestRun as _, TestRunOptions};
+pub use holdfast::ports::VmHook;
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
     model::{Network, Nic, Route},
@@ -179,16 +180,79 @@ impl Fixture {
         self.run_prog(self.dp.underlay_program().expect("program"), frame)
     }
 
-    /// Runs the VM interfaces' TC program (the skb path) on `frame`, as received on the test
-    /// ifindex; returns its action (`TC_ACT_*`) and the frame it left.
+    /// Runs the VM interfaces' TC program of xdp mode (the skb path) on `frame`, as received
+    /// on the test ifindex; returns its action (`TC_ACT_*`) and the frame it left.
     pub fn run_tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
-        let prog = self.dp.tc_program().expect("program");
+        self.run_sched_cls(
+            self.dp.tc_program().expect("program"),
+            frame,
+            &Skb::default(),
+        )
+    }
+
+    /// Runs tc mode's VM program (`holdfast_vm_tc`) on `frame`, as received on the test
+    /// ifindex; returns its action (`TC_ACT_*`) and the frame it left.
+    pub fn run_vm_tc(&self, frame: &[u8]) -> (i32, Vec<u8>) {
+        self.run_vm_tc_with(frame, &Skb::default())
+    }
+
+    /// [`Fixture::run_vm_tc`], the skb as `skb` says.
+    pub fn run_vm_tc_with(&self, frame: &[u8], skb: &Skb) -> (i32, Vec<u8>) {
+        self.run_sched_cls(self.dp.vm_tc_program().expect("program"), frame, skb)
+    }
+
+    /// [`Fixture::run_tc`], the skb as `skb` says.
+    pub fn run_tc_with(&self, frame: &[u8], skb: &Skb) -> (i32, Vec<u8>) {
+        self.run_sched_cls(self.dp.tc_program().expect("program"), frame, skb)
+    }
+
+    /// Runs the program serving a VM port on `hook` (`holdfast_vm` or `holdfast_vm_tc`) on
+    /// `frame`, as received on the test ifindex: its verdict and the frame it left.
+    pub fn run_port(&self, hook: VmHook, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        match hook {
+            VmHook::Xdp => {
+                let (action, out) = self.run(frame);
+                (Verdict::of_xdp(action), out)
+            }
+            VmHook::Tc => {
+                let (action, out) = self.run_vm_tc(frame);
+                (Verdict::of_tc(action), out)
+            }
+        }
+    }
+
+    /// [`Fixture::run_port`] as received on `ifindex` (an interface of the fixture's namespace).
+    pub fn run_port_on(&self, hook: VmHook, ifindex: u32, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        match hook {
+            VmHook::Xdp => {
+                let (action, out) = self.run_on(ifindex, frame);
+                (Verdict::of_xdp(action), out)
+            }
+            VmHook::Tc => {
+                let skb = Skb {
+                    ifindex,
+                    ..Skb::default()
+                };
+                let (action, out) = self.run_vm_tc_with(frame, &skb);
+                (Verdict::of_tc(action), out)
+            }
+        }
+    }
+
+    fn run_sched_cls(
+        &self,
+        prog: &aya::programs::SchedClassifier,
+        frame: &[u8],
+        skb: &Skb,
+    ) -> (i32, Vec<u8>) {
+        let ctx = skb.ctx();
         let go = || {
             let mut out = vec![0u8; 4096];
             let r = prog
                 .test_run(TestRunOptions {
                     data_in: Some(frame),
                     data_out: Some(&mut out),
+                    ctx_in: ctx.as_deref(),
                     ..TestRunOptions::default()
                 })
                 .expect("test_run");
@@ -234,9 +298,103 @@ impl Default for Fixture {
     }
 }
 
+/// What a TC program's `BPF_PROG_TEST_RUN` starts from besides the frame: the fields of
+/// `struct __sk_buff` the kernel lets a test set (`convert___skb_to_skb`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Skb {
+    /// The interface the frame arrives on (its namespace's); 0: the loopback.
+    pub ifindex: u32,
+    /// A GSO super-frame's segment size, 0 for a plain frame.
+    pub gso_size: u32,
+    pub gso_segs: u32,
+}
+
+impl Skb {
+    /// `struct __sk_buff` (192 bytes on 6.x, `include/uapi/linux/bpf.h`) with the fields set,
+    /// or none when nothing is.
+    fn ctx(&self) -> Option<Vec<u8>> {
+        if self.ifindex == 0 && self.gso_size == 0 {
+            return None;
+        }
+        let mut c = vec![0u8; 192];
+        c[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        c[164..168].copy_from_slice(&self.gso_segs.to_ne_bytes());
+        c[176..180].copy_from_slice(&self.gso_size.to_ne_bytes());
+        Some(c)
+    }
+}
+
+/// A verdict, whichever hook gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Drop,
+    /// Handed on untouched: from XDP to the skb path.
+    Pass,
+    /// Back out of the port it came in on: XDP_TX (TC's shows as a redirect, see [`back`]).
+    Tx,
+    Redirect,
+    Other(i64),
+}
+
+impl Verdict {
+    pub fn of_xdp(action: u32) -> Self {
+        match action {
+            XDP_DROP => Verdict::Drop,
+            XDP_PASS => Verdict::Pass,
+            XDP_TX => Verdict::Tx,
+            XDP_REDIRECT => Verdict::Redirect,
+            other => Verdict::Other(other.into()),
+        }
+    }
+
+    pub fn of_tc(action: i32) -> Self {
+        match action {
+            TC_ACT_SHOT => Verdict::Drop,
+            TC_ACT_OK => Verdict::Pass,
+            TC_ACT_REDIRECT => Verdict::Redirect,
+            other => Verdict::Other(other.into()),
+        }
+    }
+}
+
+/// The verdict of a frame sent back to the VM on `hook`: XDP_TX, or on TC a redirect (to the
+/// ingress interface, which `BPF_PROG_TEST_RUN` does not show).
+pub fn back(hook: VmHook) -> Verdict {
+    match hook {
+        VmHook::Xdp => Verdict::Tx,
+        VmHook::Tc => Verdict::Redirect,
+    }
+}
+
+/// The counters of frames forwarded to a local VM and encapsulated on `hook`, by the hook that
+/// did it: XDP's, or the skb path's (where tc mode does all of it).
+pub fn forward_stats(hook: VmHook) -> (Stat, Stat) {
+    match hook {
+        VmHook::Xdp => (Stat::ForwardLocal, Stat::VxlanEncap),
+        VmHook::Tc => (Stat::SkbForwardLocal, Stat::SkbEncap),
+    }
+}
+
 /// Runs the VM program on `frame` and asserts that it drops it, counted under `stat`.
 pub fn dropped(fx: &Fixture, frame: &[u8], stat: Stat) {
     dropped_by(fx, stat, || fx.run(frame));
+}
+
+/// Runs the program serving a VM port on `hook` on `frame` and asserts that it drops it,
+/// counted under `stat`.
+pub fn dropped_at(fx: &Fixture, hook: VmHook, frame: &[u8], stat: Stat) {
+    let before = fx.counters()[stat as usize];
+    let (verdict, _) = fx.run_port(hook, frame);
+    assert_eq!(
+        verdict,
+        Verdict::Drop,
+        "{hook}: expected a drop for {stat:?}"
+    );
+    assert_eq!(
+        fx.counters()[stat as usize],
+        before + 1,
+        "{hook}: counter {stat:?} did not move"
+    );
 }
 
 /// Runs the underlay program on `frame` and asserts that it drops it, counted under `stat`.
@@ -265,6 +423,30 @@ pub fn dropped_on_skb_path(fx: &Fixture, frame: &[u8], stat: Stat) {
         before + 1,
         "counter {stat:?} did not move"
     );
+}
+
+/// Defines each named test function (which takes a [`VmHook`]) as two tests, one per hook:
+/// `xdp::<name>` and `tc::<name>`, so a run can pick a mode (`cargo test -- tc::`).
+#[macro_export]
+macro_rules! for_each_hook {
+    ($($name:ident),* $(,)?) => {
+        mod xdp {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::xdp::VmHook::Xdp)
+                }
+            )*
+        }
+        mod tc {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::xdp::VmHook::Tc)
+                }
+            )*
+        }
+    };
 }
 
 pub const TC_ACT_OK: i32 = 0;

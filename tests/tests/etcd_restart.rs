@@ -319,6 +319,7 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             static_addresses: false,
             source: Source::Etcd,
             extra_nics: &extra,
+            ..Options::default()
         },
     );
     let a1_client = clients::dhclient(cloud.vm(A1), None);

@@ -21,7 +21,7 @@ use holdfast_tests::{
     netns::{Agent, Netns, Vm, in_netns, mac_str, wait_for},
     packet::{Request, arp_request, udp_frame},
     rawsock::RawSocket,
-    xdp::ROUTER_MAC,
+    xdp::{ROUTER_MAC, VmHook},
 };
 
 const X: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x11];
@@ -124,12 +124,14 @@ struct Lab {
 }
 
 impl Lab {
-    fn new() -> Self {
+    /// The lab, its VM ports on `hook`.
+    fn new(hook: VmHook) -> Self {
         let hv = Netns::new("hv");
-        let agent = Agent::start(
+        let agent = Agent::start_with(
             &hv,
             "hv-1",
             &ipam(&[(X, X_IP, "tap-x"), (Y, Y_IP, "tap-y")]),
+            &format!("[vm]\nhook = \"{hook}\"\n"),
         );
         let x = Vm::new(&hv, "tap-x", X);
         let y = Vm::new(&hv, "tap-y", Y);
@@ -238,9 +240,10 @@ impl Lab {
     }
 }
 
-#[test]
-fn router_mac_traffic_reaches_no_host_socket_and_is_not_forwarded() {
-    let lab = Lab::new();
+holdfast_tests::for_each_hook!(router_mac_traffic_reaches_no_host_socket_and_is_not_forwarded);
+
+fn router_mac_traffic_reaches_no_host_socket_and_is_not_forwarded(hook: VmHook) {
+    let lab = Lab::new(hook);
     lab.dropped(
         "to the gateway's address",
         &udp(X, ROUTER_MAC, X_IP, GW),
@@ -283,22 +286,27 @@ fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
 
 /// Whether X got an ARP reply.
 fn arp_reply_to_x(sock: &RawSocket) -> bool {
+    arp_reply_from(sock).is_some()
+}
+
+/// The sender hardware address of an ARP reply X got, if any.
+fn arp_reply_from(sock: &RawSocket) -> Option<[u8; 6]> {
     let deadline = Instant::now() + Duration::from_millis(300);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match sock.recv(left) {
-            Some(f) if f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] => {
-                return true;
+            Some(f) if f.len() >= 28 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] => {
+                return f[22..28].try_into().ok();
             }
             Some(_) => {}
-            None => return false,
+            None => return None,
         }
     }
-    false
+    None
 }
 
 #[test]
 fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(VmHook::Xdp);
     // The agent is gone (the data plane keeps serving from its pins), and so is the XDP link
     // of X's port: its TC program is all that is left there.
     lab.agent.stop();
@@ -327,6 +335,58 @@ fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
     );
     // DHCP: only XDP answers it.
     lab.dropped("DHCP", &Request::discover(X).frame(), Stat::DropDhcpSkbPath);
+    hands_nothing_to_the_host(&lab, "a port with only TC", ip6_in, ip_in);
+}
+
+/// In tc mode the port carries `holdfast_vm_tc` alone (no XDP at all): it answers ARP itself
+/// (the host does not), drops the rest of what XDP would, for the same reasons, and hands
+/// nothing to the host. DHCP in tc mode comes with issue 14's phase 2: until then it is
+/// dropped and counted, as on xdp mode's skb path.
+#[test]
+fn a_port_in_tc_mode_answers_arp_and_hands_nothing_to_the_host() {
+    let lab = Lab::new(VmHook::Tc);
+    let ifindex = lab.hv.ifindex("tap-x");
+    let links = lab.agent.bpffs.path().join("links");
+    assert!(
+        links.join(format!("vmtc-{ifindex}")).exists(),
+        "tc mode's link"
+    );
+    assert!(!links.join(format!("vm-{ifindex}")).exists(), "an XDP link");
+    assert!(
+        !links.join(format!("tc-{ifindex}")).exists(),
+        "xdp mode's skb path"
+    );
+    let link = lab.hv.query(&["-d", "link", "show", "tap-x"]);
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP on a port in tc mode: {}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+    lab.hv.ip(&["neigh", "flush", "dev", "tap-x"]);
+    let ip6_in = snmp6(&lab.hv, "tap-x", "Ip6InReceives");
+    let ip_in = snmp(&lab.hv, "Ip", "InReceives");
+
+    let before = lab.counter(Stat::ArpReply);
+    lab.x_sock.send(&arp_request(X, X_IP, GW));
+    assert_eq!(
+        arp_reply_from(&lab.x_sock),
+        Some(ROUTER_MAC),
+        "the gateway's ARP answered with the router MAC"
+    );
+    assert_eq!(lab.counter(Stat::ArpReply), before + 1);
+    let neigh = lab.hv.query(&["neigh", "show", "dev", "tap-x"]);
+    assert!(
+        !String::from_utf8_lossy(&neigh.stdout).contains("10.10.0.11"),
+        "the host learned X from its ARP: {}",
+        String::from_utf8_lossy(&neigh.stdout)
+    );
+    lab.dropped("DHCP", &Request::discover(X).frame(), Stat::DropDhcpSkbPath);
+    hands_nothing_to_the_host(&lab, "a port in tc mode", ip6_in, ip_in);
+}
+
+/// What a VM port's TC program drops, for XDP's reasons, and hands to nobody; then a valid
+/// frame goes through (on the skb: no XDP ran on any of them).
+fn hands_nothing_to_the_host(lab: &Lab, what: &str, ip6_in: u64, ip_in: u64) {
     lab.dropped("IPv6", &ipv6(), Stat::DropNotIpv4);
     // The kernel takes a VLAN tag out of the frame before TC: a priority tag (VLAN 0) would
     // then be delivered to the host as untagged.
@@ -362,7 +422,7 @@ fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
         &udp(STRANGER, Y, X_IP, Y_IP),
         Stat::DropSpoofedMac,
     );
-    lab.nothing_delivered("a port with only TC");
+    lab.nothing_delivered(what);
     assert_eq!(
         snmp6(&lab.hv, "tap-x", "Ip6InReceives"),
         ip6_in,

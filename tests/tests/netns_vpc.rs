@@ -4,7 +4,10 @@
 use std::net::Ipv4Addr;
 
 use agent_common::Stat;
-use holdfast_tests::vpc::{Cloud, Net, VmSpec};
+use holdfast_tests::{
+    vpc::{Cloud, Net, VmSpec},
+    xdp::{VmHook, forward_stats},
+};
 
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
 const A2: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x02];
@@ -14,6 +17,21 @@ const B3: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x03];
 const IP11: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const IP12: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 const IP13: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
+
+// What a VM port's program does runs on both hooks (`xdp::<test>`, `tc::<test>`); what only
+// the underlay's does, once.
+holdfast_tests::for_each_hook!(
+    vms_reach_each_other_on_the_same_host_and_across_hosts,
+    tenants_with_the_same_subnet_never_see_each_other,
+    tcp_at_full_mtu_with_offloads_on,
+    spoofed_frames_are_dropped,
+    arp_is_answered_on_the_host_and_never_crosses_the_underlay,
+    established_traffic_keeps_flowing_with_the_agents_killed,
+    an_oversized_frame_gets_icmp_fragmentation_needed,
+    a_tap_vm_sending_gso_super_frames_takes_the_skb_path,
+    vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them,
+    a_blackhole_route_to_a_vtep_quarantines_it,
+);
 
 const NETS: [Net; 2] = [Net { id: "a", vni: 1001 }, Net { id: "b", vni: 1002 }];
 
@@ -64,16 +82,16 @@ fn specs() -> Vec<VmSpec> {
     ]
 }
 
-#[test]
-fn vms_reach_each_other_on_the_same_host_and_across_hosts() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn vms_reach_each_other_on_the_same_host_and_across_hosts(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     assert_eq!(cloud.ping(A1, IP12, 5), 5, "same host");
     assert_eq!(cloud.ping(A1, IP13, 5), 5, "across hosts");
     assert_eq!(cloud.ping(A3, IP11, 5), 5, "back");
     let hv1 = cloud.agents[0].counters();
     let hv2 = cloud.agents[1].counters();
-    assert!(hv1[Stat::ForwardLocal as usize] >= 10);
-    assert!(hv1[Stat::VxlanEncap as usize] >= 5);
+    let (local, encap) = forward_stats(hook);
+    assert!(hv1[local as usize] >= 10);
+    assert!(hv1[encap as usize] >= 5);
     assert!(hv2[Stat::VxlanDecap as usize] >= 5);
     assert!(hv1[Stat::ArpReply as usize] >= 1);
 }
@@ -107,9 +125,8 @@ fn udp_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
     snmp(cloud, mac, "Udp", "InDatagrams") + snmp(cloud, mac, "Udp", "NoPorts")
 }
 
-#[test]
-fn tenants_with_the_same_subnet_never_see_each_other() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn tenants_with_the_same_subnet_never_see_each_other(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let b3_before = echoes_in(&cloud, B3);
     let a1_before = echoes_in(&cloud, A1);
     // A3 talks to 10.0.0.11 in network a: A1 answers; B3, with the same address in b, hears
@@ -132,9 +149,8 @@ fn tenants_with_the_same_subnet_never_see_each_other() {
     );
 }
 
-#[test]
-fn tcp_at_full_mtu_with_offloads_on() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn tcp_at_full_mtu_with_offloads_on(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a3 = cloud.vm(A3);
     // Offloads as a guest has them by default.
     let features = a3
@@ -186,9 +202,8 @@ fn tcp_at_full_mtu_with_offloads_on() {
     );
 }
 
-#[test]
-fn spoofed_frames_are_dropped() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn spoofed_frames_are_dropped(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a1 = cloud.vm(A1);
     // The neighbour is known (so the spoofed datagrams are sent, not stopped at ARP).
     assert_eq!(cloud.ping(A1, IP13, 1), 1);
@@ -237,9 +252,8 @@ fn spoofed_frames_are_dropped() {
     assert_eq!(cloud.ping(A1, IP13, 3), 3);
 }
 
-#[test]
-fn arp_is_answered_on_the_host_and_never_crosses_the_underlay() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn arp_is_answered_on_the_host_and_never_crosses_the_underlay(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let hv1 = &cloud.hosts[0];
     let capture = holdfast_tests::netns::Proc(
         hv1.exec("tcpdump")
@@ -369,9 +383,8 @@ fn the_hosts_own_traffic_on_the_underlay_still_works() {
     assert!(cloud.agents[1].counters()[Stat::UnderlayPass as usize] > 10);
 }
 
-#[test]
-fn established_traffic_keeps_flowing_with_the_agents_killed() {
-    let mut cloud = Cloud::new(&NETS, &specs());
+fn established_traffic_keeps_flowing_with_the_agents_killed(hook: VmHook) {
+    let mut cloud = Cloud::in_mode(&NETS, &specs(), hook);
     assert_eq!(cloud.ping(A1, IP13, 3), 3);
     let a1 = cloud.vm(A1).ns.name.clone();
     let pinger = std::thread::spawn(move || {
@@ -406,9 +419,8 @@ fn established_traffic_keeps_flowing_with_the_agents_killed() {
     assert_eq!(cloud.ping(B1, IP11, 5), 5);
 }
 
-#[test]
-fn an_oversized_frame_gets_icmp_fragmentation_needed() {
-    let cloud = Cloud::new(&NETS, &specs());
+fn an_oversized_frame_gets_icmp_fragmentation_needed(hook: VmHook) {
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let a1 = cloud.vm(A1);
     // The VM ignores the network's MTU (1450) and sends 1500-byte datagrams with DF set.
     a1.ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
@@ -454,8 +466,7 @@ fn an_oversized_frame_gets_icmp_fragmentation_needed() {
 const T1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x21];
 const IP21: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 
-#[test]
-fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
+fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
     let mut s = specs();
     s.push(VmSpec {
         net: "a",
@@ -465,7 +476,7 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
         tap: "tap-t1",
         real_tap: true,
     });
-    let cloud = Cloud::new(&NETS, &s);
+    let cloud = Cloud::in_mode(&NETS, &s, hook);
     assert_eq!(cloud.ping(T1, IP13, 3), 3, "tap VM to a remote VM");
     assert_eq!(cloud.ping(A3, IP21, 3), 3, "remote VM to the tap VM");
     assert_eq!(cloud.ping(T1, IP11, 3), 3, "tap VM to a VM on its host");
@@ -497,10 +508,9 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path() {
     );
 }
 
-#[test]
-fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them() {
+fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them(hook: VmHook) {
     let s = specs();
-    let cloud = Cloud::new(&NETS, &s);
+    let cloud = Cloud::in_mode(&NETS, &s, hook);
     // A new VM in network a on hv-2, unknown to IPAM at first.
     let a4_mac = [0x02, 0x0a, 0, 0, 0, 0x04];
     let a4_ip = Ipv4Addr::new(10, 0, 0, 14);
@@ -639,13 +649,12 @@ fn forged_vxlan_from_0_0_0_0_between_local_vms_is_never_delivered() {
 /// blackhole route to hv-2's VTEP. Pings stop within the next-hop TTL (1 s), counted as
 /// `route_blackhole` in `/metrics`, though the cached next hop is still there; removing the
 /// route brings them back.
-#[test]
-fn a_blackhole_route_to_a_vtep_quarantines_it() {
+fn a_blackhole_route_to_a_vtep_quarantines_it(hook: VmHook) {
     use std::time::Duration;
 
     use holdfast_tests::netns::wait_for;
 
-    let cloud = Cloud::new(&NETS, &specs());
+    let cloud = Cloud::in_mode(&NETS, &specs(), hook);
     let hv1 = &cloud.hosts[0];
     let agent = &cloud.agents[0];
     assert_eq!(cloud.ping(A1, IP13, 3), 3, "before");
@@ -668,4 +677,162 @@ fn a_blackhole_route_to_a_vtep_quarantines_it() {
         (cloud.ping(A1, IP13, 1) == 1).then_some(())
     });
     assert!(back.is_some(), "forwarding did not come back");
+}
+
+/// A ping stream from `mac` to `ip`, one every 20 ms for `count`: started now, joined for its
+/// (transmitted, received).
+fn ping_stream(
+    cloud: &Cloud,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    count: u32,
+) -> std::thread::JoinHandle<(u32, u32)> {
+    let ns = cloud.vm(mac).ns.name.clone();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "ping", "-n", "-q", "-i", "0.02", "-W", "1", "-c",
+            ])
+            .arg(count.to_string())
+            .arg(ip.to_string())
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |suffix: &str| {
+            text.split(',')
+                .find_map(|p| p.trim().strip_suffix(suffix))
+                .and_then(|n| n.split_whitespace().last()?.parse().ok())
+                .unwrap_or_else(|| panic!("no {suffix:?} in {text}"))
+        };
+        (field(" packets transmitted"), field(" received"))
+    })
+}
+
+/// Restarts hv-1's agent with its VM ports on `hook`, and waits until each of its ports carries
+/// that hook's programs alone.
+fn switch_hv1(cloud: &mut Cloud, to: VmHook) -> std::time::Duration {
+    use std::time::{Duration, Instant};
+
+    let started = Instant::now();
+    let agent = &mut cloud.agents[0];
+    let config = std::fs::read_to_string(&agent.config).expect("config");
+    let (from, into) = match to {
+        VmHook::Xdp => ("hook = \"tc\"", "hook = \"xdp\""),
+        VmHook::Tc => ("hook = \"xdp\"", "hook = \"tc\""),
+    };
+    assert!(config.contains(from), "{config}");
+    std::fs::write(&agent.config, config.replace(from, into)).expect("config");
+    agent.stop();
+    agent.spawn(&cloud.hosts[0]);
+    let links = agent.bpffs.path().join("links");
+    for tap in ["tap-a1", "tap-a2", "tap-b1"] {
+        let ifindex = cloud.hosts[0].ifindex(tap);
+        let (want, gone): (&[&str], &[&str]) = match to {
+            VmHook::Xdp => (&["vm", "tc"], &["vmtc"]),
+            VmHook::Tc => (&["vmtc"], &["vm", "tc"]),
+        };
+        let pin = |prefix: &&str| links.join(format!("{prefix}-{ifindex}")).exists();
+        let done = holdfast_tests::netns::wait_for(Duration::from_secs(10), || {
+            (want.iter().all(pin) && !gone.iter().any(pin)).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "{tap} not switched to {to}:\n{}",
+            agent.logs()
+        );
+    }
+    started.elapsed()
+}
+
+/// A live host switches its VM ports from xdp to tc mode and back, by restarting its agent with
+/// the other `[vm] hook`: the new programs are attached before the old ones go, so a ping every
+/// 20 ms to a VM on the same host and to one across hosts, and ARP every 20 ms, lose nothing.
+/// (DHCP renewals join this test with issue 14's phase 2: tc mode does not answer DHCP yet.)
+#[test]
+fn a_live_host_switches_hooks_without_losing_a_frame() {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use holdfast_tests::{packet::arp_request, rawsock::RawSocket};
+
+    let mut cloud = Cloud::new(&NETS, &specs());
+    assert_eq!(cloud.ping(A1, IP13, 2), 2);
+    assert_eq!(cloud.ping(A1, IP12, 2), 2);
+    // 1,000 pings every 20 ms: 20 s, for two agent restarts.
+    let count = 1000;
+    let began = Instant::now();
+    let across = ping_stream(&cloud, A1, IP13, count);
+    let local = ping_stream(&cloud, A1, IP12, count);
+    // A2 asks for A3's address every 20 ms; the program on its port answers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let arp = {
+        let sock = RawSocket::open(&cloud.vm(A2).ns.path(), "eth0");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut asked, mut answered) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                sock.send(&arp_request(A2, IP12, IP13));
+                asked += 1;
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                    match sock.recv(left) {
+                        Some(f)
+                            if f.len() >= 42
+                                && f[12..14] == [0x08, 0x06]
+                                && f[20..22] == [0, 2]
+                                && f[28..32] == IP13.octets() =>
+                        {
+                            answered += 1;
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (asked, answered)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cloud.agents[0].counters();
+    let to_tc = switch_hv1(&mut cloud, VmHook::Tc);
+    std::thread::sleep(Duration::from_secs(1));
+    let in_tc = cloud.agents[0].counters();
+    let to_xdp = switch_hv1(&mut cloud, VmHook::Xdp);
+    let switched = began.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cloud.agents[0].counters();
+    stop.store(true, Ordering::Relaxed);
+    let (asked, answered) = arp.join().expect("arp");
+    let across = across.join().expect("ping");
+    let local = local.join().expect("ping");
+    eprintln!(
+        "xdp -> tc in {to_tc:?}, tc -> xdp in {to_xdp:?}; pings across {across:?}, local \
+         {local:?}, ARP {answered}/{asked}"
+    );
+    assert!(
+        switched < Duration::from_millis(20 * u64::from(count)),
+        "the switches ({switched:?}) outlasted the pings: nothing was tested"
+    );
+    assert_eq!(across, (count, count), "pings across hosts lost");
+    assert_eq!(local, (count, count), "pings on the host lost");
+    assert_eq!(answered, asked, "ARP requests unanswered");
+    assert!(asked > 100, "{asked} ARP requests");
+    // Each mode carried traffic: tc mode on the skb, then xdp mode in XDP again.
+    let moved = |a: &[u64], b: &[u64], s: Stat| a[s as usize] - b[s as usize];
+    assert!(
+        moved(&in_tc, &before, Stat::SkbEncap) > 10,
+        "tc mode encapsulated nothing"
+    );
+    assert!(moved(&in_tc, &before, Stat::SkbForwardLocal) > 10);
+    assert!(
+        moved(&after, &in_tc, Stat::VxlanEncap) > 10,
+        "xdp mode encapsulated nothing"
+    );
 }

@@ -3,6 +3,10 @@
 //! the `layout-next` feature). The new build fills its own maps from the snapshot before it
 //! swaps the programs of the pinned links, then retires the old maps; DHCP and forwarding never
 //! stop, and the counters continue. Going back is the same migration the other way.
+//!
+//! Both hooks are on the host across it (issue 14): tap-a is in tc mode (`[[vm.hook_for]]`), its
+//! peer tap-b and the DHCP clients' tap-l in xdp mode, so the pings cross one port of each mode
+//! and the swap covers every kind of pinned link (`vmtc-`, `vm-`, `tc-`).
 
 use std::{path::PathBuf, process::Stdio, thread, time::Duration};
 
@@ -55,6 +59,30 @@ fn layouts(agent: &Agent) -> Vec<String> {
     dirs
 }
 
+/// The pinned links of each VM port, by hook prefix: `tap-a: vmtc`.
+fn links(agent: &Agent, hv: &Netns) -> Vec<String> {
+    let dir = agent.bpffs.path().join("links");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ["tap-a", "tap-b", "tap-l"]
+        .iter()
+        .map(|tap| {
+            let suffix = format!("-{}", hv.ifindex(tap));
+            let mut hooks: Vec<&str> = names
+                .iter()
+                .filter_map(|n| n.strip_suffix(&suffix))
+                .collect();
+            hooks.sort_unstable();
+            format!("{tap}: {}", hooks.join(" "))
+        })
+        .collect()
+}
+
 /// Replaces the running build with `binary` and waits until the old layout is retired.
 fn upgrade(agent: &mut Agent, hv: &Netns, binary: PathBuf) -> Vec<String> {
     let before = layouts(agent);
@@ -89,8 +117,12 @@ fn a_new_map_layout_migrates_without_a_gap_and_back() {
     a.ns.ip(&["addr", "add", "10.20.200.11/16", "dev", "eth0"]);
     b.ns.ip(&["addr", "add", "10.20.200.12/16", "dev", "eth0"]);
     let clients = loadgen::client_macs(CLIENTS);
-    // 32 clients behind one interface: the per-port limits are for one real client.
-    let mut agent = Agent::start_with(&hv, "hv-1", &ipam(&clients), NO_RATE_LIMITS);
+    // 32 clients behind one interface: the per-port limits are for one real client. tap-a on
+    // the tc hook (tc mode does not answer DHCP until issue 14's phase 2; tap-a's VM has a
+    // static address).
+    let config =
+        format!("{NO_RATE_LIMITS}[[vm.hook_for]]\ninterfaces = [\"tap-a\"]\nhook = \"tc\"\n");
+    let mut agent = Agent::start_with(&hv, "hv-1", &ipam(&clients), &config);
     let up = wait_for(Duration::from_secs(10), || {
         (agent.metric("holdfast_leases") == (CLIENTS + 2) as f64).then_some(())
     });
@@ -100,6 +132,15 @@ fn a_new_map_layout_migrates_without_a_gap_and_back() {
         format!("maps-v{}", agent_common::LAYOUT_VERSION + 1),
     );
     assert_eq!(layouts(&agent), vec![old.clone()]);
+    let links = links(&agent, &hv);
+    assert_eq!(
+        links,
+        vec![
+            "tap-a: vmtc".to_string(),
+            "tap-b: tc vm".to_string(),
+            "tap-l: tc vm".to_string()
+        ]
+    );
     // The first ping resolves the neighbour (answered in XDP) before the measured run.
     assert_eq!(
         a.ns.exec("ping")
@@ -145,6 +186,11 @@ fn a_new_map_layout_migrates_without_a_gap_and_back() {
         "{logs}"
     );
     assert!(logs.contains("counters carried over"), "{logs}");
+    assert_eq!(
+        self::links(&agent, &hv),
+        links,
+        "the links of each mode, swapped in place"
+    );
 
     let result = load.join().expect("load");
     let out = ping.wait_with_output().expect("ping");
@@ -170,6 +216,7 @@ fn a_new_map_layout_migrates_without_a_gap_and_back() {
     // And back: the previous build migrates the same way.
     let now = upgrade(&mut agent, &hv, workspace_bin("holdfast"));
     assert_eq!(now, vec![old]);
+    assert_eq!(self::links(&agent, &hv), links);
     assert_eq!(agent.metric("holdfast_leases"), (CLIENTS + 2) as f64);
     let ok =
         a.ns.exec("ping")

@@ -49,12 +49,14 @@ impl DataplaneHandle {
             config.underlay.as_ref().map(|u| u.interface.as_str()),
             crate::anchor::DEFAULT_NAME,
         );
+        let vm_hooks = config.vm.hooks();
         std::thread::Builder::new()
             .name("dataplane".into())
             .spawn(move || {
                 let mut dp = match Dataplane::open_limited(&bpffs, router_mac, &limits) {
                     Ok(mut dp) => {
                         dp.set_vm_ports(vm_ports);
+                        dp.set_vm_hooks(vm_hooks);
                         let events = dp
                             .take_events()
                             .inspect_err(|e| warn!(error = %e, "no DHCP event ring buffer"))

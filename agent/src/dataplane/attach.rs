@@ -1,9 +1,10 @@
 //! Putting this build's programs on their hooks: one pinned link per hook and interface, whose
 //! program is replaced atomically when the link exists, created and pinned when not, and
-//! unpinned when its interface is no longer wanted.
+//! unpinned when its interface is no longer wanted (or, moved to the other hook, once the new
+//! program is in place: a VM port switching between xdp and tc mode has no gap).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -19,18 +20,26 @@ use aya::programs::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_TC, PROGRAM_VM, Report,
+    Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_TC, PROGRAM_VM,
+    PROGRAM_VM_TC, Report,
     error::{DataplaneError, ReconcileError, io_err},
 };
-use crate::ports::{Excluded, NotVmPort};
+use crate::ports::{Excluded, NotVmPort, VmHook};
 
 /// The places holdfast attaches a program. Declared in attach order: on each interface the TC
 /// program that takes what XDP hands up is in place before the XDP program.
+///
+/// A VM port switching hooks carries both for a moment, and is served whole all along: tc
+/// mode's program is attached first in the port's TC chain, so while XDP still runs it sees
+/// only what XDP hands up (and serves it whole), and the moment XDP goes it sees everything;
+/// xdp mode's skb path is attached last, behind it, and takes over when it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hook {
-    /// TC ingress on a VM interface: the skb path.
+    /// tc mode: TC ingress on a VM interface, the only program there (`holdfast_vm_tc`).
+    VmTcOnly,
+    /// xdp mode: TC ingress on a VM interface, the skb path (`holdfast_tc`).
     VmTc,
-    /// XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
+    /// xdp mode: XDP on a VM interface: DHCP, ARP, anti-spoofing, forwarding.
     VmXdp,
     /// TC ingress on the underlay: decapsulated TCP, after GRO, into its VM.
     UnderlayTc,
@@ -39,13 +48,20 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub(super) const ALL: [Hook; 4] = [Hook::VmTc, Hook::VmXdp, Hook::UnderlayTc, Hook::Underlay];
+    pub(super) const ALL: [Hook; 5] = [
+        Hook::VmTcOnly,
+        Hook::VmTc,
+        Hook::VmXdp,
+        Hook::UnderlayTc,
+        Hook::Underlay,
+    ];
 
     /// The start of the link's pin name, `<prefix>-<ifindex>`.
     pub(super) fn prefix(self) -> &'static str {
         match self {
             Hook::VmXdp => "vm",
             Hook::VmTc => "tc",
+            Hook::VmTcOnly => "vmtc",
             Hook::Underlay => "ul",
             Hook::UnderlayTc => "ult",
         }
@@ -55,13 +71,34 @@ impl Hook {
         match self {
             Hook::VmXdp => PROGRAM_VM,
             Hook::VmTc => PROGRAM_TC,
+            Hook::VmTcOnly => PROGRAM_VM_TC,
             Hook::Underlay => PROGRAM_UNDERLAY,
             Hook::UnderlayTc => PROGRAM_UNDERLAY_TC,
         }
     }
 
     fn is_tc(self) -> bool {
-        matches!(self, Hook::VmTc | Hook::UnderlayTc)
+        matches!(self, Hook::VmTcOnly | Hook::VmTc | Hook::UnderlayTc)
+    }
+
+    /// Whether this hook's program answers and forwards what a VM sends (in either mode): a
+    /// port carrying it is served.
+    pub(super) fn is_vm_program(self) -> bool {
+        matches!(self, Hook::VmXdp | Hook::VmTcOnly)
+    }
+
+    /// Whether this hook is on a VM port.
+    fn is_vm(self) -> bool {
+        matches!(self, Hook::VmXdp | Hook::VmTc | Hook::VmTcOnly)
+    }
+
+    /// Where in the interface's TC chain the program goes.
+    fn order(self) -> LinkOrder {
+        match self {
+            // Before xdp mode's skb path, which a switch to tc mode leaves behind for a moment.
+            Hook::VmTcOnly => LinkOrder::first(),
+            _ => LinkOrder::default(),
+        }
     }
 }
 
@@ -143,7 +180,9 @@ impl Dataplane {
                 self.vm_ports.check(name)
             };
             let refused = refused.err().or_else(|| {
-                if self.current.contains(&(Hook::VmXdp, *ifindex)) {
+                if self.current.contains(&(Hook::VmXdp, *ifindex))
+                    || self.current.contains(&(Hook::VmTcOnly, *ifindex))
+                {
                     return None;
                 }
                 let addressed = addressed.get_or_insert_with(|| {
@@ -164,8 +203,15 @@ impl Dataplane {
                 });
                 continue;
             }
-            wanted.insert((Hook::VmXdp, *ifindex), name);
-            wanted.insert((Hook::VmTc, *ifindex), name);
+            match self.vm_hooks.of(name) {
+                VmHook::Xdp => {
+                    wanted.insert((Hook::VmXdp, *ifindex), name);
+                    wanted.insert((Hook::VmTc, *ifindex), name);
+                }
+                VmHook::Tc => {
+                    wanted.insert((Hook::VmTcOnly, *ifindex), name);
+                }
+            }
         }
         wanted
     }
@@ -199,14 +245,30 @@ impl Dataplane {
         }
     }
 
-    /// Unpins the links of hooks no longer wanted, which detaches their programs.
+    /// Unpins the links of hooks no longer wanted, which detaches their programs. A VM port
+    /// moving to the other hook keeps its old programs until all of its new ones are in place:
+    /// if one failed to attach, the old ones go on serving it (and the next reconcile tries
+    /// again).
     pub(super) fn detach_unwanted(
         &mut self,
         wanted: &BTreeMap<(Hook, u32), &str>,
         report: &mut Report,
     ) {
+        let incomplete: BTreeSet<u32> = wanted
+            .keys()
+            .filter(|&&(h, i)| h.is_vm() && !self.current.contains(&(h, i)))
+            .map(|&(_, i)| i)
+            .collect();
         for (hook, ifindex) in self.pins.pinned() {
             if wanted.contains_key(&(hook, ifindex)) {
+                continue;
+            }
+            if hook.is_vm() && incomplete.contains(&ifindex) {
+                warn!(
+                    ifindex,
+                    ?hook,
+                    "kept: the port's programs for its new hook are not all attached"
+                );
                 continue;
             }
             let path = self.pins.link(hook, ifindex);
@@ -253,7 +315,7 @@ impl Dataplane {
             let id = program.attach_with_options(
                 name,
                 TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(hook.order()),
             )?;
             FdLink::try_from(program.take_link(id)?).map_err(link_err(&path))?
         } else {

@@ -1,8 +1,9 @@
 //! The data plane: the XDP and TC programs, their pinned maps and links.
 //!
 //! Everything lives under `bpffs_dir` so it outlives the agent: maps in `maps-v<layout>/`, one
-//! link per hook and interface in `links/` (`vm-<ifindex>` and `tc-<ifindex>` on VM interfaces,
-//! `ul-<ifindex>` on the underlay). Opening adopts what is pinned (the maps keep their entries,
+//! link per hook and interface in `links/` (`vm-<ifindex>` and `tc-<ifindex>` on a VM interface
+//! in xdp mode, `vmtc-<ifindex>` in tc mode, `ul-<ifindex>` and `ult-<ifindex>` on the
+//! underlay). Opening adopts what is pinned (the maps keep their entries,
 //! the links keep their interfaces served); attaching replaces the program of a pinned link
 //! atomically. Nothing is flushed: entries and links are removed only by
 //! [`Dataplane::reconcile`] when asked to prune after a complete, validated load.
@@ -52,7 +53,7 @@ use self::{
     maps::Synced,
     pins::{Pins, check_layout},
 };
-use crate::ports::{DEFAULT_PATTERNS, Pattern, VmPorts};
+use crate::ports::{DEFAULT_PATTERNS, Pattern, VmHooks, VmPorts};
 
 fn default_patterns() -> Vec<Pattern> {
     DEFAULT_PATTERNS
@@ -66,6 +67,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub const PROGRAM_VM: &str = "holdfast_vm";
 pub const PROGRAM_TC: &str = "holdfast_tc";
+pub const PROGRAM_VM_TC: &str = "holdfast_vm_tc";
 pub const PROGRAM_UNDERLAY: &str = "holdfast_ul";
 pub const PROGRAM_UNDERLAY_TC: &str = "holdfast_ul_tc";
 pub const PROGRAM_PASS: &str = "holdfast_pass";
@@ -143,6 +145,8 @@ pub struct Dataplane {
     current: BTreeSet<(Hook, u32)>,
     /// The only interfaces the VM programs may go on (host addresses are checked as well).
     vm_ports: VmPorts,
+    /// The hook serving each VM port.
+    vm_hooks: VmHooks,
 }
 
 impl Dataplane {
@@ -178,7 +182,7 @@ impl Dataplane {
                 .try_into()?;
             retry_eagain(|| program.load()).map_err(load_failed(name))?;
         }
-        for name in [PROGRAM_TC, PROGRAM_UNDERLAY_TC] {
+        for name in [PROGRAM_TC, PROGRAM_VM_TC, PROGRAM_UNDERLAY_TC] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?
@@ -215,6 +219,7 @@ impl Dataplane {
             held_config,
             current: BTreeSet::new(),
             vm_ports: VmPorts::new(&default_patterns(), None, crate::anchor::DEFAULT_NAME),
+            vm_hooks: VmHooks::default(),
         })
     }
 
@@ -222,6 +227,12 @@ impl Dataplane {
     /// underlay): whatever a desired state asks, they go nowhere else.
     pub fn set_vm_ports(&mut self, ports: VmPorts) {
         self.vm_ports = ports;
+    }
+
+    /// The hook serving each VM port (the config's `[vm] hook` and `hook_for`). A port moved to
+    /// another hook gets the new program before the old one goes, at the next reconcile.
+    pub fn set_vm_hooks(&mut self, hooks: VmHooks) {
+        self.vm_hooks = hooks;
     }
 
     /// The ring buffer of DHCP RELEASE and DECLINE events.
@@ -313,12 +324,15 @@ impl Dataplane {
         }
         report.bindings = self.bindings.held.len();
         report.fdb = self.fdb.held.len();
+        // A port switching hooks carries both programs for a moment: counted once.
         report.interfaces = self
             .pins
             .pinned()
             .iter()
-            .filter(|(h, _)| *h == Hook::VmXdp)
-            .count();
+            .filter(|(h, _)| h.is_vm_program())
+            .map(|(_, ifindex)| *ifindex)
+            .collect::<BTreeSet<_>>()
+            .len();
         report
     }
 
@@ -332,12 +346,22 @@ impl Dataplane {
         self.xdp_program(PROGRAM_UNDERLAY)
     }
 
-    /// The VM interfaces' TC program (the skb path), for `BPF_PROG_TEST_RUN`.
+    /// The VM interfaces' TC program in xdp mode (the skb path), for `BPF_PROG_TEST_RUN`.
     pub fn tc_program(&self) -> Result<&SchedClassifier, DataplaneError> {
+        self.tc(PROGRAM_TC)
+    }
+
+    /// The VM interfaces' TC program in tc mode (all of the VM-port logic), for
+    /// `BPF_PROG_TEST_RUN`.
+    pub fn vm_tc_program(&self) -> Result<&SchedClassifier, DataplaneError> {
+        self.tc(PROGRAM_VM_TC)
+    }
+
+    fn tc(&self, name: &'static str) -> Result<&SchedClassifier, DataplaneError> {
         Ok(self
             .ebpf
-            .program(PROGRAM_TC)
-            .ok_or(DataplaneError::Missing(PROGRAM_TC))?
+            .program(name)
+            .ok_or(DataplaneError::Missing(name))?
             .try_into()?)
     }
 

@@ -191,7 +191,7 @@ pub fn registry(metrics: &Arc<Metrics>, source: Arc<SourceStats>, bpffs_dir: Pat
     );
     r.register(
         "holdfast_interfaces",
-        "VM interfaces carrying the XDP program",
+        "VM interfaces carrying the VM program (XDP in xdp mode, TC in tc mode)",
         metrics.interfaces.clone(),
     );
     r.register(

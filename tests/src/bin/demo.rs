@@ -19,6 +19,7 @@ use holdfast_tests::{
     clients::{self, Client},
     netns::{Agent, VERBOSE, Vm, run, wait_for},
     vpc::{CONTROL, Cloud, Net, Options, Source, VmSpec, ipam},
+    xdp::VmHook,
 };
 
 const NETS: [Net; 2] = [
@@ -201,6 +202,7 @@ fn main() {
                 Source::File
             },
             extra_nics: &[],
+            hooks: [VmHook::Xdp; 2],
         },
     );
     for (name, s, _) in VMS {

@@ -1,0 +1,303 @@
+//! One program source, two hooks: the packet access the VM-port logic needs, over XDP and over
+//! TC, the way Cilium's `__ctx_buff` and its `ctx_*` helpers (`bpf/include/bpf/ctx/xdp.h`,
+//! `skb.h`) let `bpf/lib` serve both. The logic is written once, generic over [`Ctx`], and
+//! monomorphised per hook: every method is `#[inline(always)]`, and `Ctx::SKB` is a constant,
+//! so what one hook does not need is compiled out of its program.
+//!
+//! Where the hooks differ, the trait says what the logic may rely on:
+//! - XDP sees bytes only. A frame it redirects loses the skb's checksum state (the TCP or UDP
+//!   checksum a guest with offload left unfinished is completed first), and what it cannot
+//!   carry whole (GSO super-frames, frames over the MTU, unresolved next hops) it hands to the
+//!   skb path untouched ([`Ctx::PASS`]).
+//! - TC runs on the skb: the kernel keeps its checksum and GSO state (a 64 KiB TSO frame is
+//!   encapsulated whole and segmented on the way out), the kernel moved a VLAN tag out of the
+//!   frame before TC, and only the headers pulled into the linear part can be read directly.
+//! - "Back out of this port": `XDP_TX`, or a redirect to the ingress interface's egress.
+
+use agent_common::Stat;
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+    },
+    helpers::{
+        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+    },
+    programs::{TcContext, XdpContext},
+};
+
+use crate::parse::ETH_HLEN;
+
+/// `BPF_F_ADJ_ROOM_ENCAP_L2(len)`: the inner L2 header's length.
+const ENCAP_L2_ETH_LEN: u64 = (ETH_HLEN as u64) << 56;
+
+/// Headers the VM-port logic reads directly on the skb path: Ethernet, an IPv4 header with the
+/// most options it may carry (60 bytes), and the first 20 bytes of TCP or UDP.
+const SKB_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+/// A packet as one hook hands it to a program.
+pub trait Ctx: EbpfContext {
+    /// The skb path (TC): checksum and GSO state kept beside the frame, any frame carried whole,
+    /// and no further path to hand a frame to.
+    const SKB: bool;
+    /// The verdict that hands the frame on untouched: from XDP to the skb path. A VM port's
+    /// program on the skb path never returns it (nothing from a VM reaches the host stack).
+    const PASS: u32;
+    const DROP: u32;
+
+    /// Start and end of the directly readable bytes (XDP: the first buffer; TC: the linear part).
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole frame's length, fragments or paged data included.
+    fn len(&self) -> u32;
+    /// The interface the frame came in on.
+    fn ifindex(&self) -> u32;
+    /// Whether the frame had a VLAN tag the kernel took out of it (TC); XDP sees tags in the
+    /// frame, as an ethertype.
+    fn vlan_tagged(&self) -> bool;
+    /// The segment size of a GSO super-frame, 0 for a frame that goes on the wire as it is.
+    fn gso_size(&self) -> u32;
+    /// Makes the headers the logic reads directly readable and writable (the skb's linear part).
+    fn pull_headers(&self);
+    /// Copies `len` bytes at `off` out of the frame, wherever they are.
+    ///
+    /// # Safety
+    /// `dst` must be writable for `len` bytes.
+    unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64;
+    /// Copies `len` bytes into the frame at `off`, wherever they are.
+    ///
+    /// # Safety
+    /// `src` must be readable for `len` bytes.
+    unsafe fn store_bytes(&self, off: u32, src: *const u8, len: u32) -> i64;
+    /// Makes the frame exactly `len` bytes, at its tail (XDP grows into the headroom when the
+    /// driver left no tailroom: the caller rewrites the frame from its first byte then).
+    fn resize(&self, len: u32) -> Result<(), Stat>;
+    /// Room for `len` bytes of outer VXLAN headers (Ethernet, IPv4, UDP, VXLAN) in front of the
+    /// frame. After it the frame's first `len + ETH_HLEN` bytes are to be written: the outer
+    /// headers, then the inner Ethernet header (TC keeps it at the front, XDP moved it back).
+    /// TC records the tunnel on the skb so that a GSO frame is segmented as VXLAN.
+    fn encap_room(&self, len: u32) -> Result<(), Stat>;
+    /// Sends the frame out of `ifindex`.
+    fn redirect(&self, ifindex: u32) -> u32;
+    /// Sends the frame out of `ifindex` through the kernel's neighbour subsystem, which
+    /// resolves the next hop's MAC (TC only: XDP hands such frames to the skb path first).
+    fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
+    /// Sends the frame back out of the port it came in on, to the VM.
+    fn tx(&self) -> u32;
+    /// The DHCP responder, for a request whose BOOTP message is at `bootp`. Issue 14, phase 1:
+    /// only XDP has one; phase 2 makes `dhcp.rs` generic over this trait and this goes.
+    fn dhcp(&self, bootp: usize, src_mac: [u8; 6], ip_daddr: u32) -> Result<u32, Stat>;
+}
+
+impl Ctx for XdpContext {
+    const SKB: bool = false;
+    const PASS: u32 = xdp_action::XDP_PASS;
+    const DROP: u32 = xdp_action::XDP_DROP;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        // SAFETY: our own context.
+        unsafe { bpf_xdp_get_buff_len(self.as_ptr().cast()) as u32 }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        0
+    }
+
+    #[inline(always)]
+    fn pull_headers(&self) {}
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: per the caller; the helper checks the packet range itself.
+        unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off, dst.cast(), len) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bytes(&self, off: u32, src: *const u8, len: u32) -> i64 {
+        // SAFETY: per the caller; the helper checks the packet range itself.
+        unsafe { bpf_xdp_store_bytes(self.as_ptr().cast(), off, src as *mut _, len) }
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: u32) -> Result<(), Stat> {
+        let delta = len as i32 - (self.data_end() - self.data()) as i32;
+        if delta == 0 {
+            return Ok(());
+        }
+        // SAFETY: helpers on our own context; packet pointers are re-derived afterwards.
+        unsafe {
+            if bpf_xdp_adjust_tail(self.as_ptr().cast(), delta) == 0 {
+                return Ok(());
+            }
+            if delta > 0 && bpf_xdp_adjust_head(self.as_ptr().cast(), -delta) == 0 {
+                return Ok(());
+            }
+        }
+        Err(Stat::DropMalformed)
+    }
+
+    #[inline(always)]
+    fn encap_room(&self, len: u32) -> Result<(), Stat> {
+        // SAFETY: our own context; packet pointers are re-derived afterwards.
+        if unsafe { bpf_xdp_adjust_head(self.as_ptr().cast(), -(len as i32)) } != 0 {
+            return Err(Stat::DropMalformed);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, _ifindex: u32) -> Result<u32, Stat> {
+        // Never reached: XDP hands frames without a resolved next hop to the skb path before
+        // it encapsulates them.
+        Err(Stat::DropNoRoute)
+    }
+
+    #[inline(always)]
+    fn tx(&self) -> u32 {
+        xdp_action::XDP_TX
+    }
+
+    #[inline(always)]
+    fn dhcp(&self, bootp: usize, src_mac: [u8; 6], ip_daddr: u32) -> Result<u32, Stat> {
+        crate::dhcp::handle_request(self, bootp, src_mac, ip_daddr)
+    }
+}
+
+impl Ctx for TcContext {
+    const SKB: bool = true;
+    const PASS: u32 = TC_ACT_OK as u32;
+    const DROP: u32 = TC_ACT_SHOT as u32;
+
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn vlan_tagged(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).vlan_present != 0 }
+    }
+
+    #[inline(always)]
+    fn gso_size(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).gso_size }
+    }
+
+    #[inline(always)]
+    fn pull_headers(&self) {
+        let len = TcContext::len(self);
+        let n = if len < SKB_HEADERS { len } else { SKB_HEADERS };
+        // A frame shorter than the headers is refused by the bounds checks that follow.
+        // SAFETY: our own context; packet pointers are derived afterwards.
+        let _ = unsafe { bpf_skb_pull_data(self.skb.skb, n) };
+    }
+
+    #[inline(always)]
+    unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
+        // SAFETY: per the caller; the helper checks the packet range itself.
+        unsafe { bpf_skb_load_bytes(self.as_ptr(), off, dst.cast(), len) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_bytes(&self, off: u32, src: *const u8, len: u32) -> i64 {
+        // SAFETY: per the caller; the helper checks the packet range itself.
+        unsafe { bpf_skb_store_bytes(self.skb.skb, off, src.cast(), len, 0) }
+    }
+
+    #[inline(always)]
+    fn resize(&self, len: u32) -> Result<(), Stat> {
+        // SAFETY: our own context; packet pointers are re-derived afterwards. Shrinking a GSO
+        // frame also clears its GSO state.
+        if unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) } != 0 {
+            return Err(Stat::DropMalformed);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn encap_room(&self, len: u32) -> Result<(), Stat> {
+        let flags = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+            | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+            | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+            | ENCAP_L2_ETH_LEN;
+        // SAFETY: our own context; packet pointers are re-derived afterwards.
+        if unsafe { bpf_skb_adjust_room(self.skb.skb, len as i32, BPF_ADJ_ROOM_MAC, flags) } != 0 {
+            return Err(Stat::DropMalformed);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat> {
+        // SAFETY: plain helper call; a null parameter block lets the kernel's FIB pick the next
+        // hop.
+        Ok(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as u32)
+    }
+
+    #[inline(always)]
+    fn tx(&self) -> u32 {
+        // Out of the interface it came in on (egress): to the VM.
+        self.redirect(self.ifindex())
+    }
+
+    #[inline(always)]
+    fn dhcp(&self, _bootp: usize, _src_mac: [u8; 6], _ip_daddr: u32) -> Result<u32, Stat> {
+        // Issue 14, phase 1: the responder is XDP's. Dropped and counted as on the skb path.
+        Err(Stat::DropDhcpSkbPath)
+    }
+}
