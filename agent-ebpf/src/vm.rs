@@ -54,7 +54,13 @@ fn ipv4(ctx: &XdpContext, eth: &EthHdr) -> Result<u32, Stat> {
         && let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ihl)
         && port::dhcp_request(&ip, &udp)?
     {
-        return dhcp::handle_request(ctx, ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
+        return dhcp::handle_request(
+            ctx,
+            ETH_HLEN + ihl + UDP_HLEN,
+            u16::from_be(udp.len) as usize,
+            eth.src,
+            ip.daddr,
+        );
     }
 
     // Anti-spoofing: the frame must come from the NIC bound here, with its own address.
