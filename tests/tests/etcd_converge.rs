@@ -150,6 +150,7 @@ impl World {
             hostname: Some(format!("vm-{i}")),
             node: node.into(),
             interface: (node == THIS_NODE).then(|| tap(i)),
+            boot: None,
         }
     }
 
@@ -315,6 +316,7 @@ fn expected(etcd: &EtcdClient, hv: &Netns) -> Desired {
             holdfast::anchor::DEFAULT_NAME,
         ),
         prune: true,
+        former_servers: Arc::default(),
     })
 }
 

@@ -562,6 +562,7 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             hostname: None,
             node: node.into(),
             interface: Some("tap-late".into()),
+            boot: None,
         });
     }
     // Each agent reconnects within seconds of its probes finding etcd back, at the latest at

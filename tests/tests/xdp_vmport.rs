@@ -53,6 +53,8 @@ fn net() -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        dhcp_server: None,
+        boot: None,
     }
 }
 

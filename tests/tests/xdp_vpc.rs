@@ -50,6 +50,8 @@ fn net(id: &str, vni: u32) -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        dhcp_server: None,
+        boot: None,
     }
 }
 

@@ -35,5 +35,5 @@ pub use document::{MAX_ENTRY_BYTES, RawDocument, RawEntry, parse_document};
 pub use mac::{MacAddr, MacParseError, MacProblem};
 pub use reasons::{Reason, Rejection};
 pub use revalidate::{Revalidated, revalidate};
-pub use types::{Capacity, Limits, Model, Network, Nic, Node, Route};
+pub use types::{Boot, Capacity, Limits, Model, Network, Nic, Node, Route};
 pub use validate::{OptionsBudget, Validated, validate};

@@ -139,7 +139,7 @@ pub fn render(net: &Network, nic: &Nic) -> Result<Binding, RenderError> {
     inform[..LEASE_OPTS_LEN].fill(0);
     Ok(Binding {
         ip: be32(nic.ip),
-        server_id: be32(net.gateway),
+        server_id: be32(net.server_id()),
         vni: net.vni,
         mtu: u32::from(net.effective_mtu()),
         opts_len: blob.len() as u16,
@@ -224,6 +224,8 @@ mod tests {
             }],
             ntp: vec![],
             lease_time: 3600,
+            dhcp_server: None,
+            boot: None,
         }
     }
 
@@ -235,6 +237,7 @@ mod tests {
             hostname: Some("vm-1".into()),
             node: "hv-1".into(),
             interface: Some("tap-vm1".into()),
+            boot: None,
         }
     }
 

@@ -53,6 +53,8 @@ fn network() -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        dhcp_server: None,
+        boot: None,
     }
 }
 
@@ -217,6 +219,7 @@ pub fn run() {
             hostname: Some("bench-vm".into()),
             node: "hv-1".into(),
             interface: Some(TAP.into()),
+            boot: None,
         };
         let mut d = Desired {
             prune: true,

@@ -183,6 +183,7 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
             hostname: None,
             node: "hv-7".into(),
             interface: None,
+            boot: None,
         };
         let key = FdbKey::new(10_000 + n as u32, mac);
         let t = Instant::now();

@@ -254,6 +254,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         hostname: None,
         node: "hv-1".into(),
         interface: Some("tap-a1".into()),
+        boot: None,
     };
     let mut d = Desired {
         prune: true,
@@ -297,6 +298,8 @@ fn network() -> Network {
         routes: vec![],
         ntp: vec![],
         lease_time: 3600,
+        dhcp_server: None,
+        boot: None,
     }
 }
 

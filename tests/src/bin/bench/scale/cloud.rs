@@ -19,6 +19,7 @@ fn nic(k: usize, network: usize, node: usize) -> Nic {
         hostname: None,
         node: format!("hv-{node}").into(),
         interface: Some(format!("tap{k}")),
+        boot: None,
     }
 }
 
