@@ -170,6 +170,15 @@ const T2: Duration = Duration::from_secs(35);
 /// After T1, what a client may take to act on the answer to its renewal: well before T2.
 const AFTER_T1: Duration = Duration::from_secs(10);
 
+/// The agent's DHCP samples that are not zero, for a failure's message.
+fn dhcp_metrics(agent: &Agent) -> String {
+    let text = agent.http("/metrics").1;
+    text.lines()
+        .filter(|l| l.starts_with("holdfast_dhcp") && !l.ends_with(" 0"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().expect("address")
 }
@@ -214,11 +223,12 @@ fn systemd_networkd_renumbered_by_ipam_moves_at_its_first_renewal() {
     let moved = wait_only(&vm, "10.10.0.62", T1 + AFTER_T1);
     assert!(
         moved.is_some(),
-        "not renumbered {:?} after the lease (T1 {T1:?}, T2 {T2:?}): {:?}\n{}\n{}",
+        "not renumbered {:?} after the lease (T1 {T1:?}, T2 {T2:?}): {:?}\n{}\n{}\n{}",
         leased.elapsed(),
         vm.addresses(),
         nd.logs(),
-        agent.logs()
+        agent.logs(),
+        dhcp_metrics(&agent)
     );
     let c = agent.counters();
     assert!(c[Stat::DhcpRequestRenewing as usize] >= 1);
