@@ -439,10 +439,11 @@ fn qemus_ipxe_rom_boots_from_the_network_and_runs_its_script() {
     });
     assert!(
         second.is_some(),
-        "the script did not run:\nTFTP: {}\nconsole: {}\n{}",
+        "the script did not run:\nTFTP: {}\nconsole: {}\n{}\n{}",
         tftp.log(),
         vm.console(),
-        agent.logs()
+        agent.logs(),
+        dhcp_metrics(&agent)
     );
     let log = tftp.log();
     assert!(log.contains("boot.ipxe to 10.20.0.61"), "{log}");
