@@ -1061,6 +1061,12 @@ fn network_boot_clients_get_the_file_of_their_variant() {
         Request::discover(VM_MAC),
         Request::discover(VM_MAC).pxe(6, false),
         Request::discover(VM_MAC).with(77, b"other"),
+        // Hostile or broken: an architecture too short to read, a user class that only
+        // begins like iPXE's, or is longer.
+        Request::discover(VM_MAC).with(93, &[0]),
+        Request::discover(VM_MAC).with(93, &[]),
+        Request::discover(VM_MAC).with(77, b"iPX"),
+        Request::discover(VM_MAC).with(77, b"iPXEiPXE"),
     ] {
         let r = reply(&fx, &req);
         assert_eq!(r.siaddr, Ipv4Addr::UNSPECIFIED);
