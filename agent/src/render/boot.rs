@@ -104,10 +104,13 @@ mod tests {
         let opts: &[u8] = &[
             66, 9, b't', b'f', b't', b'p', b'.', b'b', b'l', b'u', b'e', //
             67, 13, b'u', b'n', b'd', b'i', b'o', b'n', b'l', b'y', b'.', b'k', b'p', b'x', b'e',
-            0, // pad to an even length
         ];
         assert_eq!(&bios.opts[..usize::from(bios.opts_len)], opts);
         assert_eq!(bios.opts_csum, csum_partial(opts));
+        // An odd length is padded to an even one.
+        let (_, uefi) = &out[1];
+        assert_eq!(uefi.opts_len, 2 + 9 + 2 + 8 + 1);
+        assert_eq!(&uefi.opts[11..22], b"\x43\x08ipxe.efi\0");
         assert_eq!(bios.fields_csum, csum_partial(&bios.fields));
         assert_eq!(&out[2].1.fields[64..74], b"boot.ipxe\0");
     }

@@ -288,8 +288,12 @@ mod tests {
         nic.ip = old;
         taken.nics.insert(nic.mac, nic);
         assert!(former_after(&former, &after, &taken).is_empty());
-        // So does the gateway coming back, and the network going.
-        assert!(former_after(&former, &after, &before).is_empty());
+        // So does the gateway coming back (the one it replaced is the former one now), and the
+        // network going.
+        assert_eq!(
+            former_after(&former, &after, &before),
+            FormerServers::from([("a".into(), vec!["10.0.0.254".parse().unwrap()])])
+        );
         let mut gone = after.clone();
         gone.networks.remove("a");
         assert!(former_after(&former, &after, &gone).is_empty());
