@@ -753,9 +753,7 @@ fn write_reply(
     // address.
     let (dst_mac, dst_ip) = if req.ciaddr != 0 {
         (*client_mac, req.ciaddr)
-    } else if nak {
-        ([0xff; 6], u32::MAX)
-    } else if req.flags & be16(BROADCAST_FLAG) != 0 {
+    } else if nak || req.flags & be16(BROADCAST_FLAG) != 0 {
         ([0xff; 6], u32::MAX)
     } else {
         (*client_mac, b.ip)
