@@ -40,7 +40,13 @@ pub const OPT_PARAM_REQUEST: u8 = 55;
 pub const OPT_RENEWAL_TIME: u8 = 58;
 pub const OPT_REBINDING_TIME: u8 = 59;
 pub const OPT_CLIENT_ID: u8 = 61;
+pub const OPT_TFTP_SERVER: u8 = 66;
+pub const OPT_BOOTFILE: u8 = 67;
+pub const OPT_USER_CLASS: u8 = 77;
 pub const OPT_RAPID_COMMIT: u8 = 80;
+pub const OPT_CLIENT_ARCH: u8 = 93;
+/// iPXE's encapsulated options (its feature flags): present in every iPXE request.
+pub const OPT_IPXE_ENCAP: u8 = 175;
 pub const OPT_DOMAIN_SEARCH: u8 = 119;
 pub const OPT_CLASSLESS_ROUTES: u8 = 121;
 pub const OPT_END: u8 = 255;
@@ -69,3 +75,17 @@ pub const V6ONLY_OPT_LEN: usize = 6;
 /// `53 1 <type>`, `54 4 <server id>`, then `80 0` (rapid commit) or two pads, then one pad so the
 /// rendered blob starts on an even offset of the UDP payload (its checksum is precomputed).
 pub const FIXED_OPTS_LEN: usize = 12;
+
+/// Offsets of `sname` and `file` in a BOOTP message, and their sizes (RFC 2131 §2).
+pub const SNAME_OFFSET: usize = 44;
+pub const SNAME_LEN: usize = 64;
+pub const FILE_LEN: usize = 128;
+
+/// The user class (option 77) iPXE sends: the four bytes, without RFC 3004's length prefix.
+pub const IPXE_USER_CLASS: [u8; 4] = *b"iPXE";
+
+/// Client system architectures (option 93, RFC 4578 §2.1 and the IANA registry).
+pub const ARCH_X86_BIOS: u16 = 0;
+pub const ARCH_EFI_BC: u16 = 7;
+pub const ARCH_EFI_X86_64: u16 = 9;
+pub const ARCH_EFI_ARM64: u16 = 11;

@@ -87,7 +87,10 @@ impl BindingKey {
 pub struct Binding {
     /// The NIC's address (yiaddr).
     pub ip: u32,
-    /// The network's gateway: DHCP server identifier (option 54) and IPv4 source of replies.
+    /// The network's DHCP server address (its `dhcp_server`, else its gateway): the server
+    /// identifier (option 54) and IPv4 source of replies. A request addressed to another
+    /// server address of the network (one the ARP map resolves to the router MAC: a former
+    /// identifier, the gateway) is answered from that address instead.
     pub server_id: u32,
     /// The network's VXLAN network identifier.
     pub vni: u32,
@@ -104,6 +107,105 @@ pub struct Binding {
     pub opts: [u8; OPTS_MAX],
 }
 
+/// Which boot file a network boot client gets, by what its request says it is: iPXE (user
+/// class 77 "iPXE", or its options 175), else its architecture (option 93, RFC 4578). A client
+/// that says neither boots nothing.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BootVariant {
+    /// Option 93 type 0: x86 BIOS (a PXE ROM).
+    Bios = 0,
+    /// Types 7 and 9: x86-64 UEFI.
+    UefiX64 = 1,
+    /// Type 11: ARM64 UEFI.
+    UefiArm64 = 2,
+    /// iPXE itself, whatever its architecture: given a script, so it does not chainload
+    /// itself again (the loop a PXE ROM handed an iPXE binary falls into).
+    Ipxe = 3,
+}
+
+impl BootVariant {
+    pub const ALL: [BootVariant; 4] = [
+        BootVariant::Bios,
+        BootVariant::UefiX64,
+        BootVariant::UefiArm64,
+        BootVariant::Ipxe,
+    ];
+}
+
+/// Key of a network boot answer: a binding's key, with the variant in its padding byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BootKey {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    /// A [`BootVariant`].
+    pub variant: u8,
+    pub _pad: u8,
+}
+
+impl BootKey {
+    pub const fn new(ifindex: u32, mac: [u8; 6], variant: BootVariant) -> Self {
+        Self {
+            ifindex,
+            mac,
+            variant: variant as u8,
+            _pad: 0,
+        }
+    }
+}
+
+/// Upper bound on boot answers: one per variant for each binding.
+pub const MAX_BOOT: u32 = MAX_BINDINGS * BootVariant::ALL.len() as u32;
+
+/// Bytes of [`BootEntry::opts`]: option 66 (a name of up to 63 bytes) and option 67 (a file
+/// of up to 127), with their code and length bytes, padded to an even length.
+pub const BOOT_OPTS_MAX: usize = 196;
+
+/// What a network boot client of one variant gets, besides its binding's options: rendered
+/// by the agent, copied by XDP. `sname` and `file` always carry the server name and the boot
+/// file (RFC 2131 §2); options 66 and 67 carry them too for a client that asks for either in
+/// its parameter request list (RFC 2132 §9.4, §9.5).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootEntry {
+    /// The next server (`siaddr`): where the boot file is fetched from; 0 when not set.
+    pub siaddr: u32,
+    /// One's-complement sum (16-bit words in memory order, unfolded) of `fields`.
+    pub fields_csum: u32,
+    /// Bytes of `opts` in use: options 66 and 67 and a pad to an even length; at most
+    /// [`BOOT_OPTS_MAX`].
+    pub opts_len: u16,
+    pub _pad: u16,
+    /// The same sum of `opts[..opts_len]`.
+    pub opts_csum: u32,
+    /// `sname` (64 bytes), then `file` (128 bytes), each zero-padded.
+    pub fields: [u8; dhcp::SNAME_LEN + dhcp::FILE_LEN],
+    pub opts: [u8; BOOT_OPTS_MAX],
+}
+
+/// A binding whose client declined its address (RFC 2131 §4.3.3): DISCOVERs and REQUESTs
+/// from it get no answer until `deadline_ns` (`bpf_ktime_get_ns`), as long as the binding
+/// still has the declined address (IPAM renumbering it ends the hold). Written by XDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeclineHold {
+    pub deadline_ns: u64,
+    /// The declined address, as the binding held it.
+    pub ip: u32,
+    pub _pad: u32,
+}
+
+/// How long a binding stays silent after its client declined its address: 5 minutes.
+///
+/// holdfast cannot offer another address (IPAM owns it), so an answer would hand the client
+/// the same conflict again. A client waits at least 10 s after a DECLINE (RFC 2131 §3.1.5),
+/// then sends DISCOVERs at backoffs of 4 to 64 s: in 5 minutes it meets silence several times
+/// instead of looping through DORA, conflict detection and DECLINE every 10 s, while a
+/// conflict that clears by itself (the other holder goes away) costs it at most about 6
+/// minutes. IPAM renumbering the NIC ends the hold at once.
+pub const DECLINE_HOLD_NS: u64 = 300 * 1_000_000_000;
+
 /// What the data plane reports to the agent through the event ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +215,8 @@ pub struct DhcpEvent {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
-    /// `ciaddr` of a RELEASE, the requested address (option 50) of a DECLINE.
+    /// `ciaddr` of a RELEASE, the requested address (option 50) of a DECLINE: always the
+    /// binding's address (the DECLINE of any other is counted, not reported).
     pub addr: u32,
 }
 
@@ -375,6 +478,12 @@ mod pod {
     unsafe impl aya::Pod for super::RateLimit {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BootKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BootEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DeclineHold {}
 }
 
 /// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd
@@ -421,6 +530,9 @@ mod tests {
         assert_eq!(size_of::<DhcpEvent>(), 20);
         assert_eq!(size_of::<RateLimit>(), 16);
         assert_eq!(size_of::<RateKey>(), 8);
+        assert_eq!(size_of::<BootKey>(), 12);
+        assert_eq!(size_of::<BootEntry>(), 16 + 192 + BOOT_OPTS_MAX);
+        assert_eq!(size_of::<DeclineHold>(), 16);
     }
 
     #[test]

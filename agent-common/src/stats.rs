@@ -123,6 +123,22 @@ pub enum Stat {
     /// RELEASE/DECLINE events over the port's rate limit (`rate_limits.events_*`): counted in
     /// `DhcpRelease`/`DhcpDecline`, not sent to the agent.
     DhcpEventsRateLimited,
+    /// DECLINEs of an address that is not the binding's (RFC 2131 §4.3.3 names the declined
+    /// address in option 50): not ours to hold or report.
+    DhcpDeclineIgnored,
+    /// DISCOVERs and REQUESTs left unanswered because the client declined its address (a
+    /// conflict) and the hold after its DECLINE has not ended: the client waits and tries
+    /// again instead of looping through DORA (RFC 2131 §3.1.5).
+    DhcpDeclineHeld,
+    /// Replies sent from a server address of the network other than its current identifier,
+    /// because the client addressed it (a RENEWING request to a former identifier): the
+    /// client's lease names that address and it accepts answers only from it.
+    DhcpFormerServerId,
+    /// Replies carrying network boot information (siaddr, `sname`/`file`).
+    DhcpBoot,
+    /// Replies that left out options 66/67 although the client asked for them: with its
+    /// other options they would not fit 576 bytes (`sname` and `file` still carry them).
+    DhcpBootOptionsNotSent,
     Count,
 }
 

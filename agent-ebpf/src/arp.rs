@@ -40,10 +40,12 @@ pub fn from_vm<C: Ctx>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat> {
     // SAFETY: map value pointers stay valid for the program run.
     let (nic_ip, gateway, vni) = unsafe { ((*binding).ip, (*binding).server_id, (*binding).vni) };
     let spa = ip_from(req.spa);
-    // The sender must be this NIC: its MAC, and its address (or none, in a probe, RFC 5227).
-    if !mac_eq(&req.sha, &eth.src) || (spa != nic_ip && spa != 0) {
+    // The sender must be this NIC: its MAC, and its address (or none, in a probe, RFC 5227);
+    // another sender address may only ask for a server address (below).
+    if !mac_eq(&req.sha, &eth.src) {
         return Err(Stat::DropArpSpoof);
     }
+    let own = spa == nic_ip || spa == 0;
     let tpa = ip_from(req.tpa);
     if req.op == be16(ARPOP_REPLY) || req.op != be16(ARPOP_REQUEST) || tpa == nic_ip {
         // Replies nobody asked for, and probes or announcements of its own address.
@@ -53,12 +55,22 @@ pub fn from_vm<C: Ctx>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat> {
     let mac = if tpa == gateway {
         router_mac
     } else {
-        let entry = ARP
-            .get_ptr(&ArpKey { vni, ip: tpa })
-            .ok_or(Stat::DropArpUnknown)?;
+        let entry = ARP.get_ptr(&ArpKey { vni, ip: tpa }).ok_or(if own {
+            Stat::DropArpUnknown
+        } else {
+            Stat::DropArpSpoof
+        })?;
         // SAFETY: as above.
         unsafe { (*entry).mac }
     };
+    // A client that IPAM renumbered keeps its old address until its next renewal, which it
+    // unicasts to the server identifier its lease names (RFC 2131 §4.4.5): it must resolve
+    // that address to hear the NAK. The answer goes back to this NIC alone and nothing is
+    // learned from the request, so a server address (one that resolves to the router MAC) is
+    // answered whatever the sender address; any other is not.
+    if !own && !mac_eq(&mac, &router_mac) {
+        return Err(Stat::DropArpSpoof);
+    }
     let reply = ArpHdr {
         op: be16(ARPOP_REPLY),
         sha: mac,

@@ -87,9 +87,16 @@ pub trait Ctx: EbpfContext {
     fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
     /// Sends the frame back out of the port it came in on, to the VM.
     fn tx(&self) -> u32;
-    /// The DHCP responder, for a request whose BOOTP message is at `bootp`. Issue 14, phase 1:
+    /// The DHCP responder, for a request whose BOOTP message is at `bootp` in a UDP datagram
+    /// of `udp_len` bytes. Issue 14, phase 1:
     /// only XDP has one; phase 2 makes `dhcp.rs` generic over this trait and this goes.
-    fn dhcp(&self, bootp: usize, src_mac: [u8; 6], ip_daddr: u32) -> Result<u32, Stat>;
+    fn dhcp(
+        &self,
+        bootp: usize,
+        udp_len: usize,
+        src_mac: [u8; 6],
+        ip_daddr: u32,
+    ) -> Result<u32, Stat>;
 }
 
 impl Ctx for XdpContext {
@@ -189,8 +196,14 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn dhcp(&self, bootp: usize, src_mac: [u8; 6], ip_daddr: u32) -> Result<u32, Stat> {
-        crate::dhcp::handle_request(self, bootp, src_mac, ip_daddr)
+    fn dhcp(
+        &self,
+        bootp: usize,
+        udp_len: usize,
+        src_mac: [u8; 6],
+        ip_daddr: u32,
+    ) -> Result<u32, Stat> {
+        crate::dhcp::handle_request(self, bootp, udp_len, src_mac, ip_daddr)
     }
 }
 
@@ -296,7 +309,13 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn dhcp(&self, _bootp: usize, _src_mac: [u8; 6], _ip_daddr: u32) -> Result<u32, Stat> {
+    fn dhcp(
+        &self,
+        _bootp: usize,
+        _udp_len: usize,
+        _src_mac: [u8; 6],
+        _ip_daddr: u32,
+    ) -> Result<u32, Stat> {
         // Issue 14, phase 1: the responder is XDP's. Dropped and counted as on the skb path.
         Err(Stat::DropDhcpSkbPath)
     }

@@ -5,21 +5,24 @@
 //! `sname`/`file`) leaks into the reply.
 
 use agent_common::{
-    Binding, BindingKey, DhcpEvent, OPTS_MAX, RateKind, Stat,
+    ArpKey, BOOT_OPTS_MAX, Binding, BindingKey, BootEntry, BootKey, BootVariant, DECLINE_HOLD_NS,
+    DeclineHold, DhcpEvent, OPTS_MAX, RateKind, Stat,
     dhcp::{
-        BOOTREPLY, BOOTREQUEST, BROADCAST_FLAG, CLIENT_PORT, DHCPACK, DHCPDECLINE, DHCPDISCOVER,
-        DHCPINFORM, DHCPNAK, DHCPOFFER, DHCPRELEASE, DHCPREQUEST, FIXED_OPTS_LEN, HTYPE_ETHERNET,
-        MAGIC_COOKIE, OPT_CLIENT_ID, OPT_END, OPT_IPV6_ONLY_PREFERRED, OPT_MESSAGE_TYPE,
-        OPT_OVERLOAD, OPT_PAD, OPT_PARAM_REQUEST, OPT_RAPID_COMMIT, OPT_REQUESTED_IP,
-        OPT_SERVER_ID, OPTIONS_OFFSET, SERVER_PORT, V6ONLY_OPT_LEN, V6ONLY_OPT_OFF,
+        ARCH_EFI_ARM64, ARCH_EFI_BC, ARCH_EFI_X86_64, ARCH_X86_BIOS, BOOTREPLY, BOOTREQUEST,
+        BROADCAST_FLAG, CLIENT_PORT, DHCPACK, DHCPDECLINE, DHCPDISCOVER, DHCPINFORM, DHCPNAK,
+        DHCPOFFER, DHCPRELEASE, DHCPREQUEST, FILE_LEN, FIXED_OPTS_LEN, HTYPE_ETHERNET,
+        IPXE_USER_CLASS, MAGIC_COOKIE, OPT_BOOTFILE, OPT_CLIENT_ARCH, OPT_CLIENT_ID, OPT_END,
+        OPT_IPV6_ONLY_PREFERRED, OPT_IPXE_ENCAP, OPT_MESSAGE_TYPE, OPT_OVERLOAD, OPT_PAD,
+        OPT_PARAM_REQUEST, OPT_RAPID_COMMIT, OPT_REQUESTED_IP, OPT_SERVER_ID, OPT_TFTP_SERVER,
+        OPT_USER_CLASS, OPTIONS_OFFSET, SERVER_PORT, SNAME_LEN, V6ONLY_OPT_LEN, V6ONLY_OPT_OFF,
     },
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::xdp_action,
     helpers::{
-        bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -27,7 +30,10 @@ use aya_ebpf::{
 use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add_mac, add16, add32, be16, fold},
-    maps::{BINDINGS, CID_BUF, CID_TLV_MAX, EVENTS, OPTIONS_SCRATCH, OPTIONS_WINDOW},
+    maps::{
+        ARP, BINDINGS, BOOT, CID_BUF, CID_TLV_MAX, DECLINED, EVENTS, OPTIONS_SCRATCH,
+        OPTIONS_WINDOW, OptionsScan,
+    },
     parse::{
         ETH_HLEN, ETH_P_IP, IPPROTO_UDP, IPV4_HLEN, MAX_OFFSET, UDP_HLEN, load, mac_eq, ptr_at,
     },
@@ -35,8 +41,19 @@ use crate::{
     stats::count,
 };
 
-/// Option TLVs (pads included) scanned before a request is declared malformed.
-const MAX_OPTION_TLVS: usize = 64;
+/// Option TLVs (pads not counted) scanned before a request is declared malformed.
+const MAX_OPTION_TLVS: u32 = 64;
+/// Pads a step of the scan skips before the option it reads: a longer run of them costs a
+/// step per stride.
+const PAD_STRIDE: u32 = 32;
+// `zero_run` reads up to a stride past the window's last byte, into `cid` after it.
+const _: () = assert!(PAD_STRIDE as usize <= CID_BUF);
+/// Steps of the scan: every TLV, END, and runs of pads filling the whole window.
+const SCAN_STEPS: usize = MAX_OPTION_TLVS as usize + OPTIONS_WINDOW / PAD_STRIDE as usize + 2;
+/// Option 93 absent.
+const NO_ARCH: u32 = u32::MAX;
+/// Entries of a parameter request list (55) examined.
+const PRL_MAX: u32 = 255;
 
 /// Offsets of the reply, which always has a 20-byte IPv4 header.
 const IP_OFF: usize = ETH_HLEN;
@@ -49,6 +66,8 @@ const OPTS_OFF: usize = BOOTP_OFF + OPTIONS_OFFSET;
 const BLOB_OFF: usize = OPTS_OFF + FIXED_OPTS_LEN;
 /// A NAK carries no blob: END and zeros up to the 300-byte BOOTP minimum (RFC 1542 §2.1).
 const NAK_BLOB_LEN: usize = 48;
+/// The IPv4 header's Don't Fragment flag, in the first byte of its flags and offset.
+const IP_DF: u8 = 0x40;
 
 /// The fixed part of a BOOTP message up to the client hardware address.
 #[repr(C)]
@@ -82,6 +101,31 @@ struct RequestOpts {
     /// and length bytes (0: none).
     cid_off: u32,
     cid_tlv: u32,
+    /// The client's architecture (93), or `NO_ARCH`.
+    arch: u32,
+    /// iPXE: user class "iPXE" (77), or its encapsulated options (175).
+    ipxe: bool,
+    /// The parameter request list (55): offset of its values in the scan's buffer, and count.
+    prl_off: u32,
+    prl_len: u32,
+}
+
+impl RequestOpts {
+    /// The boot file variant the client asks for, if it is a network boot client.
+    #[inline(always)]
+    fn boot_variant(&self) -> Option<BootVariant> {
+        if self.ipxe {
+            return Some(BootVariant::Ipxe);
+        }
+        match self.arch {
+            a if a == ARCH_X86_BIOS as u32 => Some(BootVariant::Bios),
+            a if a == ARCH_EFI_BC as u32 || a == ARCH_EFI_X86_64 as u32 => {
+                Some(BootVariant::UefiX64)
+            }
+            a if a == ARCH_EFI_ARM64 as u32 => Some(BootVariant::UefiArm64),
+            _ => None,
+        }
+    }
 }
 
 /// The reply to build.
@@ -110,11 +154,13 @@ const NAK: Reply = Reply {
     inform: false,
 };
 
-/// Handles a UDP datagram to the server port. `bootp` is the offset of the BOOTP message.
+/// Handles a UDP datagram to the server port. `bootp` is the offset of the BOOTP message and
+/// `udp_len` the UDP length (header included): bytes past it are no part of the request.
 #[inline(always)]
 pub fn handle_request(
     ctx: &XdpContext,
     bootp: usize,
+    udp_len: usize,
     src_mac: [u8; 6],
     ip_daddr: u32,
 ) -> Result<u32, Stat> {
@@ -142,7 +188,12 @@ pub fn handle_request(
     if !mac_eq(&hdr.chaddr, &src_mac) {
         return Err(Stat::DropDhcpChaddrMismatch);
     }
-    let opts = parse_options(ctx, bootp + OPTIONS_OFFSET)?;
+    // RFC 768: the datagram ends where its UDP length says; what the frame has after it
+    // (Ethernet padding, garbage) is no part of the options.
+    let end = (bootp - UDP_HLEN).wrapping_add(udp_len);
+    let opts = parse_options(ctx, bootp + OPTIONS_OFFSET, end)?;
+    // Read here, on the one path every request takes: the verifier walks the loop once.
+    let boot_options_asked = asks_for_boot_options(&opts);
     if opts.overload {
         // RFC 2131 §4.1 allows options in `sname`/`file`; the ones we act on never need it.
         count(Stat::DhcpOverloadIgnored);
@@ -150,14 +201,22 @@ pub fn handle_request(
 
     let key = BindingKey::new(ctx.ingress_ifindex() as u32, src_mac);
     let binding = BINDINGS.get_ptr(&key).ok_or(Stat::DhcpMiss)?;
-    // SAFETY: a map value pointer stays valid for the whole program run.
+    // SAFETY: a map value pointer stays valid for the program run.
     let b = unsafe { &*binding };
     note_v6only_asked(b);
+    // The server address the client addressed, when it is one of this network's: a unicast
+    // request (RENEWING, INFORM) goes to the identifier its lease names, and a client gets
+    // answers only from that address (n-dhcp4 connects its socket to it).
+    let addressed = if ip_daddr != u32::MAX && is_server_address(b, ip_daddr) {
+        ip_daddr
+    } else {
+        b.server_id
+    };
 
-    let reply = match opts.msg_type {
+    let (reply, sid) = match opts.msg_type {
         DHCPDISCOVER => {
             count(Stat::DhcpDiscover);
-            if opts.rapid_commit {
+            let reply = if opts.rapid_commit {
                 // RFC 4039 §4: a server that commits answers a DISCOVER with an ACK.
                 count(Stat::DhcpRapidCommit);
                 Reply {
@@ -167,20 +226,22 @@ pub fn handle_request(
                 }
             } else {
                 OFFER
-            }
+            };
+            (reply, b.server_id)
         }
-        DHCPREQUEST => request_reply(&opts, &hdr, ip_daddr, b)?,
+        DHCPREQUEST => request_reply(&opts, &hdr, ip_daddr, addressed, b)?,
         DHCPINFORM => {
             count(Stat::DhcpInform);
             // RFC 2131 §4.3.5: the client already has an address, in `ciaddr`; it must be its own.
             if hdr.ciaddr != b.ip {
                 return Err(Stat::DropDhcpBadRequest);
             }
-            Reply {
+            let reply = Reply {
                 msg_type: DHCPACK,
                 rapid_commit: false,
                 inform: true,
-            }
+            };
+            (reply, addressed)
         }
         DHCPRELEASE => {
             count(Stat::DhcpRelease);
@@ -189,66 +250,148 @@ pub fn handle_request(
         }
         DHCPDECLINE => {
             count(Stat::DhcpDecline);
+            // RFC 2131 §4.3.3: the client found the address in use. Only the binding's own
+            // address is ours: it is held and the conflict reported.
+            if opts.requested != b.ip {
+                return Err(Stat::DhcpDeclineIgnored);
+            }
+            hold(&key, b.ip);
             report(DHCPDECLINE, &key, opts.requested);
             return Ok(xdp_action::XDP_DROP);
         }
         _ => return Err(Stat::DropDhcpUnknownType),
     };
+    if !reply.inform && declined(&key, b.ip) {
+        // The client declined this address: nothing else to offer it until the hold ends.
+        return Err(Stat::DhcpDeclineHeld);
+    }
+    let boot = if reply.msg_type == DHCPNAK {
+        None
+    } else {
+        opts.boot_variant().and_then(|v| {
+            BOOT.get_ptr(&BootKey::new(key.ifindex, src_mac, v))
+                .map(|e| (e, boot_options_asked))
+        })
+    };
 
-    write_reply(ctx, &hdr, &opts, &src_mac, b, binding, reply)?;
+    write_reply(ctx, &hdr, &opts, &src_mac, b, binding, reply, sid, boot)?;
     count(match reply.msg_type {
         DHCPOFFER => Stat::DhcpOffer,
         DHCPNAK => Stat::DhcpNak,
         _ => Stat::DhcpAck,
     });
+    if sid != b.server_id {
+        count(Stat::DhcpFormerServerId);
+    }
+    if boot.is_some() {
+        count(Stat::DhcpBoot);
+    }
     Ok(xdp_action::XDP_TX)
 }
 
-/// RFC 2131 §4.3.2: which state the client is in decides what a REQUEST must match.
+/// Whether `addr` is a server address of the binding's network: its identifier, or an
+/// address the ARP map resolves to the router MAC there (a former identifier, the gateway).
+/// A NIC's address never is: no reply ever comes from a VM's address.
+#[inline(always)]
+fn is_server_address(b: &Binding, addr: u32) -> bool {
+    if addr == b.server_id {
+        return true;
+    }
+    if addr == 0 || addr == b.ip {
+        return false;
+    }
+    match ARP.get_ptr(&ArpKey {
+        vni: b.vni,
+        ip: addr,
+    }) {
+        // SAFETY: map value pointers stay valid for the program run.
+        Some(e) => mac_eq(unsafe { &(*e).mac }, &ROUTER_MAC.load()),
+        None => false,
+    }
+}
+
+/// Holds the binding silent after its client declined `ip` (see `DECLINE_HOLD_NS`).
+#[inline(always)]
+fn hold(key: &BindingKey, ip: u32) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let h = DeclineHold {
+        deadline_ns: now + DECLINE_HOLD_NS,
+        ip,
+        _pad: 0,
+    };
+    // A full map evicts its least recently used hold: that client is answered again.
+    let _ = DECLINED.insert(key, &h, 0);
+}
+
+/// Whether the binding is held after a DECLINE of `ip`, its address now.
+#[inline(always)]
+fn declined(key: &BindingKey, ip: u32) -> bool {
+    let Some(h) = DECLINED.get_ptr(key) else {
+        return false;
+    };
+    // SAFETY: map value pointers stay valid for the program run.
+    let (deadline, held) = unsafe { ((*h).deadline_ns, (*h).ip) };
+    // SAFETY: plain helper call.
+    held == ip && unsafe { bpf_ktime_get_ns() } < deadline
+}
+
+/// RFC 2131 §4.3.2: which state the client is in decides what a REQUEST must match. Returns
+/// the reply and the server address it comes from.
 #[inline(always)]
 fn request_reply(
     opts: &RequestOpts,
     hdr: &BootpHdr,
     ip_daddr: u32,
+    addressed: u32,
     b: &Binding,
-) -> Result<Reply, Stat> {
+) -> Result<(Reply, u32), Stat> {
     let ack_or_nak = |ok: bool| if ok { ACK } else { NAK };
     if opts.server_id != 0 {
-        // SELECTING: answering our OFFER, or another server's.
+        // SELECTING: answering our OFFER (from this identifier or a former one), or another
+        // server's.
         count(Stat::DhcpRequestSelecting);
-        if opts.server_id != b.server_id {
+        if !is_server_address(b, opts.server_id) {
             return Err(Stat::DhcpOtherServer);
         }
         if opts.requested == 0 {
             return Err(Stat::DropDhcpBadRequest);
         }
-        Ok(ack_or_nak(opts.requested == b.ip))
+        Ok((ack_or_nak(opts.requested == b.ip), opts.server_id))
     } else if opts.requested != 0 {
         // INIT-REBOOT: a wrong address (for example from another network) gets a NAK.
         count(Stat::DhcpRequestInitReboot);
-        Ok(ack_or_nak(opts.requested == b.ip))
+        Ok((ack_or_nak(opts.requested == b.ip), b.server_id))
     } else if hdr.ciaddr != 0 {
-        // RENEWING is unicast to the server identifier, REBINDING is broadcast.
-        count(if ip_daddr == b.server_id {
+        // RENEWING is unicast to the server identifier its lease names, REBINDING broadcast.
+        count(if ip_daddr != u32::MAX {
             Stat::DhcpRequestRenewing
         } else {
             Stat::DhcpRequestRebinding
         });
-        Ok(ack_or_nak(hdr.ciaddr == b.ip))
+        Ok((ack_or_nak(hdr.ciaddr == b.ip), addressed))
     } else {
         Err(Stat::DropDhcpBadRequest)
     }
 }
 
-/// Scans the options field with a bounded TLV loop; options may come in any order.
+/// Scans the options field, `start` up to packet offset `end` (the end of the UDP payload),
+/// with a bounded TLV loop; options may come in any order.
 ///
 /// The field is first copied into a per-CPU scratch buffer with one helper call and parsed there
 /// with masked indices: variable offsets into packet memory are where LLVM's optimizations and
 /// the verifier's range tracking disagree, a map value has no such trouble. The scan's own
-/// state lives in the same map value (see `OptionsScan`).
+/// state lives in the same map value (see `OptionsScan`). The loop only notes where each
+/// option is (its offset, by code); the options acted on are read after it, once: the
+/// verifier walks the loop's body once per step, and a small body keeps that cheap.
+///
+/// Pads (RFC 2132 §3.1) do not count toward the cap of `MAX_OPTION_TLVS` options: a run of
+/// them is skipped up to `PAD_STRIDE` at a step, so a request padded across its whole window is
+/// still read.
 #[inline(always)]
-fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
-    let total = ctx.data_end() - ctx.data();
+fn parse_options(ctx: &XdpContext, start: usize, end: usize) -> Result<RequestOpts, Stat> {
+    let frame = ctx.data_end() - ctx.data();
+    let total = if end < frame { end } else { frame };
     let mut n = total.wrapping_sub(start);
     if n == 0 || n > total {
         // No options at all: not even END.
@@ -285,55 +428,49 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
     let set = |f: *mut u32, v: u32| unsafe { f.write_volatile(v) };
     // SAFETY: the address of a field of `*scan`; nothing is read.
     let buf = unsafe { (&raw const (*scan).buf).cast::<u8>() };
+    // SAFETY: as above.
+    let slots = unsafe { (&raw mut (*scan).slots).cast::<u16>() };
     // The mask must survive optimization: LLVM would drop it as redundant after the range
     // checks below, but the verifier checks the access, not LLVM's reasoning.
     // SAFETY: the index is masked below `OPTIONS_WINDOW`, the length of `buf`.
     let at = |i: u32| unsafe { *buf.add(core::hint::black_box(i as usize) & (OPTIONS_WINDOW - 1)) };
+    // Where option `code` is: its offset in `buf` plus one, 0 when the request has none.
+    // SAFETY: `slots` has an entry for every code.
+    let slot = |code: u8| unsafe { slots.add(code as usize).read_volatile() } as u32;
     let n = n as u32;
-    // SAFETY: fields of `*scan`.
+    // SAFETY: fields of `*scan`; `slots` has an entry for every code.
     unsafe {
         set(&raw mut (*scan).off, 0);
-        set(&raw mut (*scan).msg_type, 0);
-        set(&raw mut (*scan).requested, 0);
-        set(&raw mut (*scan).server_id, 0);
-        set(&raw mut (*scan).flags, 0);
-        set(&raw mut (*scan).cid_off, 0);
-        set(&raw mut (*scan).cid_tlv, 0);
-        set(&raw mut (*scan).prl_len, 0);
+        set(&raw mut (*scan).tlvs, 0);
+        for code in READ_OPTIONS {
+            slots.add(code as usize).write_volatile(0);
+        }
     }
-    for _ in 0..MAX_OPTION_TLVS {
+    let mut ended = false;
+    for _ in 0..SCAN_STEPS {
         // SAFETY: a field of `*scan`.
         let off = unsafe { get(&raw const (*scan).off) };
+        // Past the pads here (up to a stride). Past `n` the buffer holds stale bytes: a run
+        // that goes past `n` ends the scan below, whatever they are.
+        let off = off + zero_run(scan, off);
         if off >= n {
             // Ran off the end without END.
             return Err(Stat::DropDhcpBadOptions);
         }
         let code = at(off);
-        if code == OPT_END {
-            // SAFETY: fields of `*scan`.
-            let o = unsafe {
-                RequestOpts {
-                    msg_type: get(&raw const (*scan).msg_type) as u8,
-                    rapid_commit: get(&raw const (*scan).flags) & FLAG_RAPID_COMMIT != 0,
-                    overload: get(&raw const (*scan).flags) & FLAG_OVERLOAD != 0,
-                    requested: get(&raw const (*scan).requested),
-                    server_id: get(&raw const (*scan).server_id),
-                    cid_off: get(&raw const (*scan).cid_off),
-                    cid_tlv: get(&raw const (*scan).cid_tlv),
-                }
-            };
-            if o.msg_type == 0 {
-                // BOOTP, or DHCP without a message type: not ours to answer.
-                return Err(Stat::DropDhcpUnknownType);
-            }
-            return Ok(o);
-        }
         if code == OPT_PAD {
+            // A longer run: the next step goes on with it.
             // SAFETY: a field of `*scan`.
-            unsafe { set(&raw mut (*scan).off, off + 1) };
+            unsafe { set(&raw mut (*scan).off, off) };
             continue;
         }
-        if off + 1 >= n {
+        if code == OPT_END {
+            ended = true;
+            break;
+        }
+        // SAFETY: a field of `*scan`.
+        let tlvs = unsafe { get(&raw const (*scan).tlvs) } + 1;
+        if tlvs > MAX_OPTION_TLVS || off + 1 >= n {
             return Err(Stat::DropDhcpBadOptions);
         }
         let len = at(off + 1) as u32;
@@ -342,66 +479,104 @@ fn parse_options(ctx: &XdpContext, start: usize) -> Result<RequestOpts, Stat> {
             // The value runs past the end of the packet.
             return Err(Stat::DropDhcpBadOptions);
         }
-        match code {
-            OPT_MESSAGE_TYPE => {
-                if len != 1 {
-                    return Err(Stat::DropDhcpBadOptions);
-                }
-                // SAFETY: a field of `*scan`.
-                unsafe { set(&raw mut (*scan).msg_type, at(val) as u32) };
-            }
-            OPT_REQUESTED_IP | OPT_SERVER_ID => {
-                if len != 4 {
-                    return Err(Stat::DropDhcpBadOptions);
-                }
-                let addr = u32::from_ne_bytes([at(val), at(val + 1), at(val + 2), at(val + 3)]);
-                // SAFETY: fields of `*scan`.
-                unsafe {
-                    if code == OPT_REQUESTED_IP {
-                        set(&raw mut (*scan).requested, addr);
-                    } else {
-                        set(&raw mut (*scan).server_id, addr);
-                    }
-                }
-            }
-            // SAFETY: a field of `*scan`.
-            OPT_RAPID_COMMIT => unsafe {
-                set(
-                    &raw mut (*scan).flags,
-                    get(&raw const (*scan).flags) | FLAG_RAPID_COMMIT,
-                )
-            },
-            // SAFETY: a field of `*scan`.
-            OPT_OVERLOAD => unsafe {
-                set(
-                    &raw mut (*scan).flags,
-                    get(&raw const (*scan).flags) | FLAG_OVERLOAD,
-                )
-            },
-            // Echoed in the reply (RFC 6842); the binding stays keyed by MAC.
-            // SAFETY: fields of `*scan`.
-            OPT_CLIENT_ID => unsafe {
-                set(&raw mut (*scan).cid_off, start as u32 + off);
-                set(&raw mut (*scan).cid_tlv, len + 2);
-            },
-            // Every configured option is sent, but 108 only when asked for (`asked_for`).
-            // SAFETY: fields of `*scan`.
-            OPT_PARAM_REQUEST => unsafe {
-                set(&raw mut (*scan).prl_off, val);
-                set(&raw mut (*scan).prl_len, len);
-            },
-            _ => {}
+        // SAFETY: fields of `*scan`; `slots` has an entry for every code. A repeated option:
+        // the last one counts.
+        unsafe {
+            set(&raw mut (*scan).tlvs, tlvs);
+            slots.add(code as usize).write_volatile((off + 1) as u16);
+            set(&raw mut (*scan).off, val + len);
         }
-        // SAFETY: a field of `*scan`.
-        unsafe { set(&raw mut (*scan).off, val + len) };
     }
-    Err(Stat::DropDhcpBadOptions)
+    if !ended {
+        return Err(Stat::DropDhcpBadOptions);
+    }
+
+    // The options acted on, each where the scan found it: `v` its value's offset, `len` its
+    // length (both within `n`, checked by the scan).
+    let found = |code: u8| match slot(code) {
+        0 => None,
+        s => Some((s + 1, at(s) as u32)),
+    };
+    let addr = |code: u8| -> Result<u32, Stat> {
+        match found(code) {
+            None => Ok(0),
+            Some((v, 4)) => Ok(u32::from_ne_bytes([at(v), at(v + 1), at(v + 2), at(v + 3)])),
+            Some(_) => Err(Stat::DropDhcpBadOptions),
+        }
+    };
+    let msg_type = match found(OPT_MESSAGE_TYPE) {
+        None => 0,
+        Some((v, 1)) => at(v),
+        Some(_) => return Err(Stat::DropDhcpBadOptions),
+    };
+    if msg_type == 0 {
+        // BOOTP, or DHCP without a message type: not ours to answer.
+        return Err(Stat::DropDhcpUnknownType);
+    }
+    let requested = addr(OPT_REQUESTED_IP)?;
+    let server_id = addr(OPT_SERVER_ID)?;
+    // SAFETY: fields of `*scan`.
+    unsafe {
+        set(&raw mut (*scan).msg_type, msg_type as u32);
+        set(&raw mut (*scan).requested, requested);
+        set(&raw mut (*scan).server_id, server_id);
+        let mut flags = 0;
+        if found(OPT_RAPID_COMMIT).is_some() {
+            flags |= FLAG_RAPID_COMMIT;
+        }
+        if found(OPT_OVERLOAD).is_some() {
+            flags |= FLAG_OVERLOAD;
+        }
+        let [i, p, x, e] = IPXE_USER_CLASS;
+        if found(OPT_IPXE_ENCAP).is_some()
+            || matches!(found(OPT_USER_CLASS), Some((v, 4))
+                if at(v) == i && at(v + 1) == p && at(v + 2) == x && at(v + 3) == e)
+        {
+            flags |= FLAG_IPXE;
+        }
+        set(&raw mut (*scan).flags, flags);
+        // Echoed in the reply (RFC 6842); the binding stays keyed by MAC.
+        let (cid_off, cid_tlv) = match found(OPT_CLIENT_ID) {
+            Some((v, len)) => (start as u32 + v - 2, len + 2),
+            None => (0, 0),
+        };
+        set(&raw mut (*scan).cid_off, cid_off);
+        set(&raw mut (*scan).cid_tlv, cid_tlv);
+        // Read after the scan, for a network boot client only (options 66 and 67).
+        let (prl_off, prl_len) = found(OPT_PARAM_REQUEST).unwrap_or((0, 0));
+        set(&raw mut (*scan).prl_off, prl_off);
+        set(&raw mut (*scan).prl_len, prl_len);
+        // RFC 4578 §2.1: a list of 16-bit types, the first the one it boots as.
+        let arch = match found(OPT_CLIENT_ARCH) {
+            Some((v, len)) if len >= 2 => (at(v) as u32) << 8 | at(v + 1) as u32,
+            _ => NO_ARCH,
+        };
+        set(&raw mut (*scan).arch, arch);
+    }
+    // Read back: whatever was found, one state from here on.
+    // SAFETY: fields of `*scan`.
+    Ok(unsafe {
+        RequestOpts {
+            msg_type: get(&raw const (*scan).msg_type) as u8,
+            rapid_commit: get(&raw const (*scan).flags) & FLAG_RAPID_COMMIT != 0,
+            overload: get(&raw const (*scan).flags) & FLAG_OVERLOAD != 0,
+            requested: get(&raw const (*scan).requested),
+            server_id: get(&raw const (*scan).server_id),
+            cid_off: get(&raw const (*scan).cid_off),
+            cid_tlv: get(&raw const (*scan).cid_tlv),
+            arch: get(&raw const (*scan).arch),
+            ipxe: get(&raw const (*scan).flags) & FLAG_IPXE != 0,
+            prl_off: get(&raw const (*scan).prl_off),
+            prl_len: get(&raw const (*scan).prl_len),
+        }
+    })
 }
 
 const FLAG_RAPID_COMMIT: u32 = 1;
 const FLAG_OVERLOAD: u32 = 2;
+const FLAG_IPXE: u32 = 4;
 /// The parameter request list names option 108 (set by `note_v6only_asked`).
-const FLAG_V6ONLY_ASKED: u32 = 4;
+const FLAG_V6ONLY_ASKED: u32 = 8;
 
 /// Whether `b` carries option 108 where the agent renders it (`V6ONLY_OPT_OFF`).
 #[inline(always)]
@@ -472,6 +647,76 @@ fn asked_for(code: u8) -> bool {
     found != 0
 }
 
+/// How many zero bytes (pads) the scan's buffer has from `off` on, up to `PAD_STRIDE`.
+/// Arithmetic only: every comparison is a branch in BPF, and the verifier would walk each path
+/// of a byte loop at every step of the scan.
+#[inline(always)]
+fn zero_run(scan: *const OptionsScan, off: u32) -> u32 {
+    // One masked index for all the bytes read: they lie within `buf` and, from index 1,024 on,
+    // the `cid` field after it, inside the map value. Bytes past `n` are stale: a run that
+    // reaches them goes past `n`, which ends the scan whatever they are.
+    let idx = core::hint::black_box(off as usize) & (OPTIONS_WINDOW - 1);
+    // SAFETY: `scan` is this CPU's map value; `buf` is followed by `cid` (`CID_BUF` bytes), so
+    // `idx + PAD_STRIDE - 1` is inside it.
+    let p = unsafe { (&raw const (*scan).buf).cast::<u8>().add(idx) };
+    // The eight bytes from `first` as a little-endian word: its trailing zero bits, divided
+    // by eight, are its leading zero bytes.
+    let word = |first: usize| {
+        let mut w = 0u64;
+        for i in 0..8 {
+            // SAFETY: see above.
+            w |= (unsafe { p.add(first + i).read_volatile() } as u64) << (8 * i);
+        }
+        // The trailing zero bits as a mask (all ones for 0), counted (SWAR).
+        let mut x = !w & w.wrapping_sub(1);
+        x -= (x >> 1) & 0x5555_5555_5555_5555;
+        x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+        x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+        (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32 / 8
+    };
+    // A word counts only when the ones before it are all pads.
+    let (w0, w1, w2, w3) = (word(0), word(8), word(16), word(24));
+    w0 + (w0 >> 3) * (w1 + (w1 >> 3) * (w2 + (w2 >> 3) * w3))
+}
+
+/// The options the responder reads after the scan: their slots are cleared before it.
+const READ_OPTIONS: [u8; 10] = [
+    OPT_MESSAGE_TYPE,
+    OPT_REQUESTED_IP,
+    OPT_SERVER_ID,
+    OPT_RAPID_COMMIT,
+    OPT_OVERLOAD,
+    OPT_CLIENT_ID,
+    OPT_PARAM_REQUEST,
+    OPT_CLIENT_ARCH,
+    OPT_USER_CLASS,
+    OPT_IPXE_ENCAP,
+];
+
+/// Whether the request's parameter request list (55) asks for option 66 or 67. Reads the
+/// options the scan left in this CPU's scratch buffer.
+#[inline(always)]
+fn asks_for_boot_options(opts: &RequestOpts) -> bool {
+    let Some(scan) = OPTIONS_SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: the address of a field of this CPU's map value; nothing is read.
+    let buf = unsafe { (&raw const (*scan).buf).cast::<u8>() };
+    for i in 0..PRL_MAX {
+        if i >= opts.prl_len {
+            break;
+        }
+        // SAFETY: the index is masked below `OPTIONS_WINDOW`, the length of `buf`.
+        let code = unsafe {
+            *buf.add(core::hint::black_box((opts.prl_off + i) as usize) & (OPTIONS_WINDOW - 1))
+        };
+        if code == OPT_TFTP_SERVER || code == OPT_BOOTFILE {
+            return true;
+        }
+    }
+    false
+}
+
 /// Tells the agent about a RELEASE or DECLINE; no reply is sent for either.
 #[inline(always)]
 fn report(kind: u8, key: &BindingKey, addr: u32) {
@@ -537,7 +782,13 @@ unsafe fn put<T>(p: *mut u8, off: usize, v: T) {
     unsafe { p.add(off).cast::<T>().write_unaligned(v) }
 }
 
-/// Rewrites the frame into the reply and fills in both checksums.
+/// Rewrites the frame into the reply from server address `server_id`, and fills in both
+/// checksums. `boot`: the network boot answer for the client's variant, and whether the
+/// client asked for options 66 and 67.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, inlined: a struct would only be unpacked again"
+)]
 #[inline(always)]
 fn write_reply(
     ctx: &XdpContext,
@@ -547,6 +798,8 @@ fn write_reply(
     b: &Binding,
     binding: *const Binding,
     reply: Reply,
+    server_id: u32,
+    boot: Option<(*const BootEntry, bool)>,
 ) -> Result<(), Stat> {
     let nak = reply.msg_type == DHCPNAK;
     let blob_len = if nak {
@@ -572,7 +825,6 @@ fn write_reply(
     if reply.inform && lease_len > INFORM_BLANK.len() {
         return Err(Stat::DropDhcpMalformed);
     }
-    let server_id = b.server_id;
     let yiaddr = if nak || reply.inform { 0 } else { b.ip };
     // RFC 2131 table 3: `ciaddr` is echoed in an ACK, zero in an OFFER and a NAK.
     let ciaddr = if nak || reply.msg_type == DHCPOFFER {
@@ -580,14 +832,14 @@ fn write_reply(
     } else {
         req.ciaddr
     };
-    // RFC 2131 §4.1, with `giaddr` zero: NAKs are broadcast; a client with an address gets it
-    // unicast at `ciaddr`; a client that asked for broadcast gets it; everyone else is unicast
-    // at the offered address and its hardware address.
-    let (dst_mac, dst_ip) = if nak {
-        ([0xff; 6], u32::MAX)
-    } else if req.ciaddr != 0 {
+    // RFC 2131 §4.1, with `giaddr` zero: a client with an address gets the reply unicast at
+    // `ciaddr`, a NAK too (as Kea does: a RENEWING client listens on a socket bound to its
+    // address, and never sees a broadcast); other NAKs are broadcast; a client that asked for
+    // broadcast gets it; everyone else is unicast at the offered address and its hardware
+    // address.
+    let (dst_mac, dst_ip) = if req.ciaddr != 0 {
         (*client_mac, req.ciaddr)
-    } else if req.flags & be16(BROADCAST_FLAG) != 0 {
+    } else if nak || req.flags & be16(BROADCAST_FLAG) != 0 {
         ([0xff; 6], u32::MAX)
     } else {
         (*client_mac, b.ip)
@@ -640,7 +892,27 @@ fn write_reply(
     } else {
         None
     };
-    let blob_off = BLOB_OFF + cid_room;
+    // Network boot: `siaddr`, `sname` and `file` from the variant's entry, and its options 66
+    // and 67 after the client identifier for a client that asked for them, room permitting.
+    let (siaddr, boot_entry) = match boot {
+        // SAFETY: a map value pointer stays valid for the program run.
+        Some((e, _)) => (unsafe { (*e).siaddr }, Some(e)),
+        None => (0, None),
+    };
+    let mut boot_room = match boot {
+        // SAFETY: as above.
+        Some((e, true)) => (unsafe { (*e).opts_len }) as usize & 0x1ff,
+        _ => 0,
+    };
+    if boot_room > BOOT_OPTS_MAX || boot_room % 2 != 0 {
+        boot_room = 0;
+    }
+    if boot_room > 0 && cid_room + boot_room + blob_len > OPTS_MAX {
+        count(Stat::DhcpBootOptionsNotSent);
+        boot_room = 0;
+    }
+    let boot_off = BLOB_OFF + cid_room;
+    let blob_off = boot_off + boot_room;
 
     let frame_len = blob_off + blob_len;
     resize(ctx, frame_len)?;
@@ -665,6 +937,7 @@ fn write_reply(
     s = add16(s, flags);
     s = add32(s, ciaddr);
     s = add32(s, yiaddr);
+    s = add32(s, siaddr);
     s = add_mac(s, client_mac);
     s = add_bytes(s, MAGIC_COOKIE[0], MAGIC_COOKIE[1]);
     s = add_bytes(s, MAGIC_COOKIE[2], MAGIC_COOKIE[3]);
@@ -677,6 +950,14 @@ fn write_reply(
     if let Some((_, sum)) = cid {
         s += sum;
     }
+    if let Some(e) = boot_entry {
+        // SAFETY: as above.
+        s += unsafe { (*e).fields_csum } as u64;
+        if boot_room > 0 {
+            // SAFETY: as above.
+            s += unsafe { (*e).opts_csum } as u64;
+        }
+    }
     let mut udp_check = fold(s);
     if udp_check == 0 {
         // RFC 768: a computed zero is sent as all ones; zero means "no checksum".
@@ -685,6 +966,7 @@ fn write_reply(
 
     let mut ip_sum = add_bytes(0, 0x45, 0);
     ip_sum = add16(ip_sum, be16(ip_len));
+    ip_sum = add_bytes(ip_sum, IP_DF, 0);
     ip_sum = add_bytes(ip_sum, 64, IPPROTO_UDP);
     ip_sum = add32(ip_sum, server_id);
     ip_sum = add32(ip_sum, dst_ip);
@@ -698,7 +980,8 @@ fn write_reply(
         // IPv4
         put(p, IP_OFF, [0x45u8, 0]);
         put(p, IP_OFF + 2, be16(ip_len));
-        put(p, IP_OFF + 4, 0u32);
+        // ID 0 and DF: an atomic datagram, whose ID nothing reads (RFC 6864 §4.1).
+        put(p, IP_OFF + 4, [0u8, 0, IP_DF, 0]);
         put(p, IP_OFF + 8, [64u8, IPPROTO_UDP]);
         put(p, IP_OFF + 10, fold(ip_sum));
         put(p, IP_OFF + 12, server_id);
@@ -715,7 +998,8 @@ fn write_reply(
         put(p, BOOTP_OFF + 10, flags);
         put(p, BOOTP_OFF + 12, ciaddr);
         put(p, BOOTP_OFF + 16, yiaddr);
-        put(p, BOOTP_OFF + 20, 0u64); // siaddr, giaddr
+        put(p, BOOTP_OFF + 20, siaddr);
+        put(p, BOOTP_OFF + 24, 0u32); // giaddr
         put(p, CHADDR_OFF, *client_mac);
         put(p, CHADDR_OFF + 6, 0u16);
         put(p, CHADDR_OFF + 8, 0u64);
@@ -742,6 +1026,18 @@ fn write_reply(
         // its bytes past the option zero (pads); the helper checks the packet range itself.
         if unsafe { store(ctx, BLOB_OFF, src, cid_room) } != 0 {
             return Err(Stat::DropDhcpNoRoom);
+        }
+    }
+    if let Some(e) = boot_entry {
+        // SAFETY: `e` is a map value holding `fields` (sname and file, 192 bytes) and `opts`
+        // (`BOOT_OPTS_MAX` bytes, `boot_room` bounded by it above); the helper checks the
+        // packet range itself.
+        unsafe {
+            if store(ctx, SNAME_OFF, (*e).fields.as_ptr(), SNAME_LEN + FILE_LEN) != 0
+                || store(ctx, boot_off, (*e).opts.as_ptr(), boot_room) != 0
+            {
+                return Err(Stat::DropDhcpNoRoom);
+            }
         }
     }
     let (src, len) = if nak {

@@ -2,8 +2,9 @@
 //! `maps-v<LAYOUT_VERSION>` directory so they outlive the agent and are adopted by the next one.
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
-    MAX_BINDINGS, MAX_FDB, MAX_RATE_STATES, MAX_VNIS, MAX_VTEPS, NextHop, RateKey, VniInfo,
+    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
+    FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_RATE_STATES, MAX_VNIS,
+    MAX_VTEPS, NextHop, RateKey, VniInfo,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -35,6 +36,11 @@ pub const OPTIONS_WINDOW: usize = 1024;
 #[repr(C)]
 pub struct OptionsScan {
     pub off: u32,
+    /// Option TLVs (not pads) seen so far.
+    pub tlvs: u32,
+    /// What the responder acts on, read from where the scan found it: kept here and read back,
+    /// so that the verifier sees one state after the scan, not one per combination of
+    /// options present.
     pub msg_type: u32,
     pub requested: u32,
     pub server_id: u32,
@@ -43,9 +49,15 @@ pub struct OptionsScan {
     /// length bytes; 0 when the request has none.
     pub cid_off: u32,
     pub cid_tlv: u32,
-    /// Where the parameter request list (55) starts in `buf`, and its length (0: none).
+    /// The client's architecture (option 93, its first type), or `NO_ARCH`.
+    pub arch: u32,
+    /// Offset in `buf` of the parameter request list's values (55), and their count (0: none).
     pub prl_off: u32,
     pub prl_len: u32,
+    pub _pad: u32,
+    /// Where the scan found each option, by code: its offset in `buf` plus one (0: not
+    /// found; only the slots of the options read are cleared before a scan).
+    pub slots: [u16; 256],
     pub buf: [u8; OPTIONS_WINDOW],
     /// The client identifier option copied for the reply, zero-padded to whole 32-bit words
     /// (what `bpf_csum_diff` sums; the zero after an odd length is the reply's pad).
@@ -59,6 +71,15 @@ pub const CID_BUF: usize = 260;
 
 #[map]
 pub static OPTIONS_SCRATCH: PerCpuArray<OptionsScan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Network boot answers, by binding and variant: only for NICs with a boot file.
+#[map]
+pub static BOOT: HashMap<BootKey, BootEntry> = HashMap::pinned(MAX_BOOT, BPF_F_NO_PREALLOC);
+
+/// Bindings held silent after their client declined the address, written by XDP. Pinned, so
+/// that an agent restart does not end a hold; least recently used holds go first when full.
+#[map]
+pub static DECLINED: LruHashMap<BindingKey, DeclineHold> = LruHashMap::pinned(MAX_BINDINGS, 0);
 
 /// Where each NIC of this host's networks is, by (VNI, MAC).
 #[map]

@@ -78,7 +78,12 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         if !ANSWERS {
             return Err(Stat::DropDhcpSkbPath);
         }
-        return ctx.dhcp(ETH_HLEN + ihl + UDP_HLEN, eth.src, ip.daddr);
+        return ctx.dhcp(
+            ETH_HLEN + ihl + UDP_HLEN,
+            u16::from_be(udp.len) as usize,
+            eth.src,
+            ip.daddr,
+        );
     }
 
     // Anti-spoofing: the frame must come from the NIC bound here, with its own address.

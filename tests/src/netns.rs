@@ -296,6 +296,18 @@ impl Vm {
     pub fn wait_address(&self, timeout: Duration) -> Option<(Ipv4Addr, u8)> {
         wait_for(timeout, || self.address())
     }
+
+    /// Every IPv4 address on eth0.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let out = self.ns.query(&["-4", "-o", "addr", "show", "eth0"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| {
+                let cidr = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
+                cidr.split_once('/')?.0.parse().ok()
+            })
+            .collect()
+    }
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or `timeout` passes.

@@ -125,6 +125,21 @@ impl Request {
         self
     }
 
+    /// A network boot client of architecture `arch` (option 93, RFC 4578), asking for the
+    /// boot options 66 and 67 when `ask`.
+    pub fn pxe(mut self, arch: u16, ask: bool) -> Self {
+        if ask && let Some((_, prl)) = self.options.iter_mut().find(|(c, _)| *c == 55) {
+            prl.extend_from_slice(&[66, 67]);
+        }
+        self.with(93, &arch.to_be_bytes())
+    }
+
+    /// iPXE, as it identifies itself: user class "iPXE" (77) and its options (175).
+    pub fn ipxe(self) -> Self {
+        self.with(77, b"iPXE")
+            .with(175, &[177, 5, 1, 0x1a, 0xf4, 0x10, 0])
+    }
+
     /// The options field bytes: TLVs then END.
     pub fn options_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -200,6 +215,9 @@ pub struct Reply {
     pub ip_src: Ipv4Addr,
     pub ip_dst: Ipv4Addr,
     pub ip_len: usize,
+    /// The IPv4 header's identification, and its flags and fragment offset.
+    pub ip_id: u16,
+    pub ip_frag: u16,
     pub udp_checksum: u16,
     pub xid: u32,
     pub flags: u16,
@@ -208,6 +226,9 @@ pub struct Reply {
     pub siaddr: Ipv4Addr,
     pub giaddr: Ipv4Addr,
     pub chaddr: [u8; 16],
+    /// `sname` and `file` up to their terminating NUL.
+    pub sname: Vec<u8>,
+    pub file: Vec<u8>,
     pub options: Vec<(u8, Vec<u8>)>,
 }
 
@@ -281,9 +302,18 @@ pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
     if b[0] != 2 || b[1] != 1 || b[2] != 6 || b[3] != 0 {
         return Err(format!("op/htype/hlen/hops {:?}", &b[0..4]));
     }
-    if b[44..236].iter().any(|x| *x != 0) {
-        return Err("sname/file not zero".into());
-    }
+    // `sname` and `file`: strings with a terminating NUL and nothing after it.
+    let field = |f: &[u8]| -> Result<Vec<u8>, String> {
+        let end = f
+            .iter()
+            .position(|x| *x == 0)
+            .ok_or("sname/file without a terminating NUL")?;
+        if f[end..].iter().any(|x| *x != 0) {
+            return Err("bytes after the NUL of sname/file".into());
+        }
+        Ok(f[..end].to_vec())
+    };
+    let (sname, file) = (field(&b[44..108])?, field(&b[108..236])?);
     if b[236..240] != [99, 130, 83, 99] {
         return Err("bad magic cookie".into());
     }
@@ -323,6 +353,8 @@ pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
         ip_src: src,
         ip_dst: dst,
         ip_len,
+        ip_id: u16::from_be_bytes([iph[4], iph[5]]),
+        ip_frag: u16::from_be_bytes([iph[6], iph[7]]),
         udp_checksum: udp_csum,
         xid: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
         flags: u16::from_be_bytes([b[10], b[11]]),
@@ -331,6 +363,8 @@ pub fn parse_reply(f: &[u8]) -> Result<Reply, String> {
         siaddr: ip(&b[20..24]),
         giaddr: ip(&b[24..28]),
         chaddr,
+        sname,
+        file,
         options,
     })
 }

@@ -3,13 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use agent_common::{BindingKey, RateLimits, Stat, stats::STATS_COUNT};
+use agent_common::{ArpEntry, ArpKey, BindingKey, BootKey, RateLimits, Stat, stats::STATS_COUNT};
 use aya::programs::{TestRun as _, TestRunOptions};
 pub use holdfast::ports::VmHook;
 use holdfast::{
     dataplane::{Dataplane, Desired, StatsReader},
     model::{Network, Nic, Route},
-    render::options,
+    render::{boot, options},
 };
 
 use crate::TempDir;
@@ -41,6 +41,8 @@ pub fn network() -> Network {
         lease_time: 3600,
         default_route: true,
         options: Default::default(),
+        dhcp_server: None,
+        boot: None,
     }
 }
 
@@ -54,6 +56,7 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         interface: Some("lo".into()),
         default_route: None,
         options: None,
+        boot: None,
     }
 }
 
@@ -73,18 +76,14 @@ impl Fixture {
     }
 
     pub fn with_nics(nics: &[([u8; 6], Ipv4Addr)]) -> Self {
-        let net = network();
-        let mut desired = Desired {
-            prune: true,
-            ..Desired::default()
-        };
-        for (mac, ip) in nics {
-            let b = options::render(&net, &nic(*mac, *ip)).expect("render");
-            desired
-                .bindings
-                .insert(BindingKey::new(TEST_IFINDEX, *mac), b);
-        }
-        Self::with(&desired, None)
+        let nics: Vec<Nic> = nics.iter().map(|(mac, ip)| nic(*mac, *ip)).collect();
+        Self::with_network(&network(), &nics, &[])
+    }
+
+    /// The programs with `nics` of `net` bound on the test ifindex (with their boot answers),
+    /// and the ARP answers `arp` in the network.
+    pub fn with_network(net: &Network, nics: &[Nic], arp: &[(Ipv4Addr, [u8; 6])]) -> Self {
+        Self::with(&desired_for(net, nics, arp), None)
     }
 
     /// The programs with `nics` of `net` bound on the test ifindex.
@@ -290,6 +289,38 @@ impl Fixture {
         assert_eq!(v.len(), STATS_COUNT as usize);
         v
     }
+}
+
+/// The desired state of [`Fixture::with_network`].
+pub fn desired_for(net: &Network, nics: &[Nic], arp: &[(Ipv4Addr, [u8; 6])]) -> Desired {
+    let mut desired = Desired {
+        prune: true,
+        ..Desired::default()
+    };
+    for nic in nics {
+        let b = options::render(net, nic).expect("render");
+        desired
+            .bindings
+            .insert(BindingKey::new(TEST_IFINDEX, nic.mac.0), b);
+        for (variant, entry) in boot::render(net, nic) {
+            desired
+                .boot
+                .insert(BootKey::new(TEST_IFINDEX, nic.mac.0, variant), entry);
+        }
+    }
+    for (ip, mac) in arp {
+        desired.arp.insert(
+            ArpKey {
+                vni: net.vni,
+                ip: be32(*ip),
+            },
+            ArpEntry {
+                mac: *mac,
+                _pad: [0; 2],
+            },
+        );
+    }
+    desired
 }
 
 impl Default for Fixture {

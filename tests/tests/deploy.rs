@@ -32,6 +32,7 @@ const METRICS: &[&str] = &[
     "holdfast_dhcp_misses_total",
     "holdfast_dhcp_replies_total",
     "holdfast_dhcp_drops_total",
+    "holdfast_dhcp_declines_total",
     "holdfast_drops_total",
     "holdfast_dataplane_errors_total",
     "holdfast_runtime_lag_seconds",

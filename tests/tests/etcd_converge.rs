@@ -152,6 +152,7 @@ impl World {
             interface: (node == THIS_NODE).then(|| tap(i)),
             default_route: None,
             options: None,
+            boot: None,
         }
     }
 
@@ -317,6 +318,7 @@ fn expected(etcd: &EtcdClient, hv: &Netns) -> Desired {
             holdfast::anchor::DEFAULT_NAME,
         ),
         prune: true,
+        former_servers: Arc::default(),
     })
 }
 

@@ -565,6 +565,7 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             interface: Some("tap-late".into()),
             default_route: None,
             options: None,
+            boot: None,
         });
     }
     // Each agent reconnects within seconds of its probes finding etcd back, at the latest at

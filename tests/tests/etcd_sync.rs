@@ -83,6 +83,7 @@ fn remote_nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         interface: None,
         default_route: None,
         options: None,
+        boot: None,
     }
 }
 
@@ -848,4 +849,64 @@ fn a_stuck_main_loop_stops_feeding_the_systemd_watchdog_while_dhcp_answers() {
         (agent.http("/healthz").0 == 503).then_some(())
     });
     assert!(unhealthy.is_some());
+}
+
+/// A client that declines its address (RFC 2131 §4.3.3: it found it in use) tells IPAM: the
+/// agent writes `P/conflicts/<mac>` for the central IPAM to watch, counts it by interface, and
+/// the binding stays silent instead of offering the same address again.
+#[test]
+fn a_declined_address_is_reported_to_ipam_under_conflicts() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&blue(3600, &[]));
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    let vm = Vm::new(&hv, "tap-a", LOCAL);
+    let sock = RawSocket::open(&vm.ns.path(), "eth0");
+    let served = wait_for(Duration::from_secs(20), || {
+        sock.exchange(&Request::discover(LOCAL), Duration::from_millis(500))
+    });
+    assert!(served.is_some(), "no offer:\n{}", agent.logs());
+
+    let ip = Ipv4Addr::new(10, 0, 0, 11);
+    let before = holdfast::clock::unix_now().as_secs();
+    let decline = Request::new(LOCAL, 4)
+        .with(50, &ip.octets())
+        .with(54, &[10, 0, 0, 1]);
+    sock.send(&decline.frame());
+    let key = format!("/holdfast/conflicts/{}", mac_str(LOCAL));
+    let client = etcd.client();
+    let found = wait_for(Duration::from_secs(10), || {
+        client
+            .list("conflicts/")
+            .into_iter()
+            .find(|(k, _)| *k == key)
+    });
+    let (_, value) = found.unwrap_or_else(|| panic!("no {key}:\n{}", agent.logs()));
+    let v: serde_json::Value = serde_json::from_str(&value).expect("JSON");
+    assert_eq!(v["mac"], mac_str(LOCAL));
+    assert_eq!(v["ip"], "10.0.0.11");
+    assert_eq!(v["node"], "hv-1");
+    assert_eq!(v["interface"], "tap-a");
+    let at = v["at"].as_u64().expect("at");
+    assert!(
+        at >= before && at <= holdfast::clock::unix_now().as_secs(),
+        "{value}"
+    );
+    // Nothing else under the prefix changed: the document is as imported.
+    assert_eq!(client.list("conflicts/").len(), 1);
+    assert!(
+        agent.logs().contains("address conflict"),
+        "{}",
+        agent.logs()
+    );
+    assert_eq!(
+        agent.metric("holdfast_dhcp_declines_total{interface=\"tap-a\"}"),
+        1.0
+    );
+    // Held: no offer of the same address again.
+    assert!(
+        sock.exchange(&Request::discover(LOCAL), Duration::from_secs(1))
+            .is_none()
+    );
+    assert_eq!(agent.counters()[Stat::DhcpDeclineHeld as usize], 1);
 }

@@ -1,7 +1,12 @@
 //! Real guests against holdfast: a VM under QEMU with virtio-net on a real tap, booting
-//! Debian's cloud kernel, gets its lease from XDP and keeps it.
+//! Debian's cloud kernel, gets its lease from XDP and keeps it; systemd-networkd and
+//! NetworkManager renumbered by IPAM, and through a gateway change; QEMU's iPXE ROM booting
+//! from the network.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use agent_common::Stat;
 use holdfast_tests::{
@@ -9,6 +14,7 @@ use holdfast_tests::{
         networkd::Networkd,
         nm::{NetworkManager, dhcp_connection},
         qemu::{Boot, GuestNic, QemuVm},
+        tftp::Tftp,
     },
     netns::{Agent, Netns, Vm, mac_str, wait_for},
 };
@@ -302,4 +308,324 @@ fn network_manager_on_two_networks_gets_one_default_route() {
     );
     t.assert_one_default_route(|| nm.logs());
     eprintln!("two-NIC VM with NetworkManager: {:?}", start.elapsed());
+}
+
+/// A network 10.10.0.0/24 with `gateway`, leases of `lease_time`, and `nics` (MAC, address,
+/// interface).
+fn blue(lease_time: u32, gateway: &str, nics: &[([u8; 6], &str, &str)]) -> String {
+    let nics: Vec<String> = nics
+        .iter()
+        .map(|(mac, ip, tap)| {
+            format!(
+                r#"{{ "mac": "{}", "network": "pn-blue", "ip": "{ip}", "node": "hv-1",
+                      "interface": "{tap}" }}"#,
+                mac_str(*mac)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{ "networks": [ {{ "id": "pn-blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                 "gateway": "{gateway}", "dns": ["10.10.0.2"], "lease_time": {lease_time} }} ],
+             "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
+             "nics": [ {} ] }}"#,
+        nics.join(",")
+    )
+}
+
+/// Leases of the renumbering tests: T1 at 20 s, T2 at 35 s (RFC 2131 §4.4.5).
+const SHORT_LEASE: u32 = 40;
+const T1: Duration = Duration::from_secs(20);
+const T2: Duration = Duration::from_secs(35);
+/// After T1, what a client may take to act on the answer to its renewal: well before T2.
+const AFTER_T1: Duration = Duration::from_secs(10);
+
+/// The agent's DHCP samples that are not zero, for a failure's message.
+fn dhcp_metrics(agent: &Agent) -> String {
+    let text = agent.http("/metrics").1;
+    text.lines()
+        .filter(|l| l.starts_with("holdfast_dhcp") && !l.ends_with(" 0"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().expect("address")
+}
+
+/// Waits until `vm` has exactly `want` on eth0.
+fn wait_only(vm: &Vm, want: &str, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    wait_for(timeout, || {
+        (vm.addresses() == [ip(want)]).then(|| start.elapsed())
+    })
+}
+
+/// RFC 2131 §4.3.2: IPAM renumbered the NIC, the client's renewal at T1 gets a NAK. networkd
+/// listens in RENEWING on a socket bound to its address: the NAK must come unicast to it
+/// (broadcast, it is never seen, and the client learns at T2).
+#[test]
+fn systemd_networkd_renumbered_by_ipam_moves_at_its_first_renewal() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(
+        &hv,
+        "hv-1",
+        &blue(
+            SHORT_LEASE,
+            "10.10.0.1",
+            &[(MAC_ND, "10.10.0.52", "tap-n1")],
+        ),
+    );
+    let vm = Vm::new(&hv, "tap-n1", MAC_ND);
+    let nd = Networkd::start(&vm.ns, &[("50-eth0.network", NETWORK)]);
+    assert!(
+        wait_only(&vm, "10.10.0.52", Duration::from_secs(60)).is_some(),
+        "no lease:\n{}\n{}",
+        nd.logs(),
+        agent.logs()
+    );
+    let leased = Instant::now();
+    agent.write_ipam(&blue(
+        SHORT_LEASE,
+        "10.10.0.1",
+        &[(MAC_ND, "10.10.0.62", "tap-n1")],
+    ));
+    let moved = wait_only(&vm, "10.10.0.62", T1 + AFTER_T1);
+    assert!(
+        moved.is_some(),
+        "not renumbered {:?} after the lease (T1 {T1:?}, T2 {T2:?}): {:?}\n{}\n{}\n{}",
+        leased.elapsed(),
+        vm.addresses(),
+        nd.logs(),
+        agent.logs(),
+        dhcp_metrics(&agent)
+    );
+    let c = agent.counters();
+    assert!(c[Stat::DhcpRequestRenewing as usize] >= 1);
+    assert!(c[Stat::DhcpNak as usize] >= 1);
+    assert_eq!(
+        c[Stat::DhcpRequestRebinding as usize],
+        0,
+        "it never got to T2"
+    );
+    assert!(nd.logs().contains("NAK"), "{}", nd.logs());
+}
+
+/// IPAM moves the network's gateway (the DHCP server identifier by default) from .1 to .254.
+/// A client's lease names .1: at T1 it renews by unicast to .1, which must still resolve and
+/// answer from .1 (NetworkManager's socket is connected to it); the ACK brings the new router.
+/// Then IPAM renumbers the NIC: the next renewal, still to .1, gets a NAK from .1, unicast.
+fn a_gateway_change_then_a_renumbering(
+    client: &str,
+    mac: [u8; 6],
+    tap: &str,
+    start: impl FnOnce(&Vm) -> Box<dyn Guest>,
+) {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(
+        &hv,
+        "hv-1",
+        &blue(SHORT_LEASE, "10.10.0.1", &[(mac, "10.10.0.52", tap)]),
+    );
+    let vm = Vm::new(&hv, tap, mac);
+    let guest = start(&vm);
+    assert!(
+        wait_only(&vm, "10.10.0.52", Duration::from_secs(90)).is_some(),
+        "{client}: no lease:\n{}\n{}",
+        guest.logs(),
+        agent.logs()
+    );
+    assert_eq!(guest.server().as_deref(), Some("10.10.0.1"), "{client}");
+    let leased = Instant::now();
+    agent.write_ipam(&blue(
+        SHORT_LEASE,
+        "10.10.0.254",
+        &[(mac, "10.10.0.52", tap)],
+    ));
+    // The renewal at T1 succeeds: the lease now names the new router, same address.
+    let renewed = wait_for(T1 + AFTER_T1, || {
+        (guest.router().as_deref() == Some("10.10.0.254")).then(|| leased.elapsed())
+    });
+    assert!(
+        renewed.is_some(),
+        "{client}: no renewal with the new gateway {:?} after the lease (T1 {T1:?}, T2 {T2:?}):\n{}\n{}",
+        leased.elapsed(),
+        guest.logs(),
+        agent.logs()
+    );
+    assert_eq!(vm.addresses(), [ip("10.10.0.52")], "{client}");
+    let c = agent.counters();
+    assert_eq!(c[Stat::DhcpNak as usize], 0, "{client}");
+    assert_eq!(
+        c[Stat::DhcpRequestRebinding as usize],
+        0,
+        "{client}: it got to T2"
+    );
+    assert!(c[Stat::DhcpFormerServerId as usize] >= 1, "{client}");
+
+    // Renumbered: the next renewal (T1 after this one) gets a NAK from the former identifier.
+    let renewed_at = Instant::now();
+    agent.write_ipam(&blue(
+        SHORT_LEASE,
+        "10.10.0.254",
+        &[(mac, "10.10.0.72", tap)],
+    ));
+    let moved = wait_only(&vm, "10.10.0.72", T1 + AFTER_T1);
+    assert!(
+        moved.is_some(),
+        "{client}: not renumbered {:?} after the renewal: {:?}\n{}\n{}",
+        renewed_at.elapsed(),
+        vm.addresses(),
+        guest.logs(),
+        agent.logs()
+    );
+    let c = agent.counters();
+    assert!(c[Stat::DhcpNak as usize] >= 1, "{client}");
+    assert!(c[Stat::DhcpFormerServerId as usize] >= 2, "{client}");
+    assert_eq!(
+        c[Stat::DhcpRequestRebinding as usize],
+        0,
+        "{client}: it got to T2"
+    );
+    // Its new lease comes from the identifier of now.
+    let new_server = wait_for(Duration::from_secs(10), || {
+        (guest.server().as_deref() == Some("10.10.0.254")).then_some(())
+    });
+    assert!(new_server.is_some(), "{client}: {:?}", guest.server());
+}
+
+/// What the gateway test reads of a DHCP client.
+trait Guest {
+    fn logs(&self) -> String;
+    /// The server identifier its lease names.
+    fn server(&self) -> Option<String>;
+    /// The router its lease names.
+    fn router(&self) -> Option<String>;
+}
+
+struct NetworkdGuest(Networkd, u32);
+
+impl Guest for NetworkdGuest {
+    fn logs(&self) -> String {
+        self.0.logs()
+    }
+    fn server(&self) -> Option<String> {
+        self.0.lease(self.1)?.get("SERVER_ADDRESS").cloned()
+    }
+    fn router(&self) -> Option<String> {
+        self.0.lease(self.1)?.get("ROUTER").cloned()
+    }
+}
+
+struct NmGuest(NetworkManager);
+
+impl Guest for NmGuest {
+    fn logs(&self) -> String {
+        self.0.logs()
+    }
+    fn server(&self) -> Option<String> {
+        self.0.dhcp4("eth0")?.get("dhcp_server_identifier").cloned()
+    }
+    fn router(&self) -> Option<String> {
+        self.0.dhcp4("eth0")?.get("routers").cloned()
+    }
+}
+
+#[test]
+fn systemd_networkd_renews_through_a_gateway_change_and_is_renumbered_after() {
+    a_gateway_change_then_a_renumbering("networkd", MAC_ND, "tap-n1", |vm| {
+        let nd = Networkd::start(&vm.ns, &[("50-eth0.network", NETWORK)]);
+        Box::new(NetworkdGuest(nd, vm.ns.ifindex("eth0")))
+    });
+}
+
+#[test]
+fn network_manager_renews_through_a_gateway_change_and_is_renumbered_after() {
+    a_gateway_change_then_a_renumbering("NetworkManager", MAC_NM, "tap-m1", |vm| {
+        let nm = NetworkManager::start(
+            &vm.ns,
+            &[("eth0.nmconnection", &dhcp_connection("eth0", ""))],
+        );
+        Box::new(NmGuest(nm))
+    });
+}
+
+const MAC_PXE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x61];
+const MAC_TFTP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x05];
+
+/// QEMU's own iPXE ROM (what a diskless VM boots) gets its address and boot file from XDP:
+/// being iPXE, the script, not a loader (which would load iPXE again, forever). It fetches
+/// the script from the network's boot server over TFTP and runs it; the script fetches a
+/// second one, which proves it ran.
+#[test]
+fn qemus_ipxe_rom_boots_from_the_network_and_runs_its_script() {
+    let started = Instant::now();
+    let hv = Netns::new("hv");
+    let doc = format!(
+        r#"{{ "networks": [ {{ "id": "pn-boot", "vni": 1002, "subnet": "10.20.0.0/24",
+                 "gateway": "10.20.0.1",
+                 "boot": {{ "next_server": "10.20.0.5", "bios": "undionly.kpxe",
+                            "uefi": "ipxe.efi", "ipxe": "boot.ipxe" }} }} ],
+             "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
+             "nics": [ {{ "mac": "{}", "network": "pn-boot", "ip": "10.20.0.61", "node": "hv-1",
+                          "interface": "tap-q2" }},
+                       {{ "mac": "{}", "network": "pn-boot", "ip": "10.20.0.5", "node": "hv-1",
+                          "interface": "tap-t1" }} ] }}"#,
+        mac_str(MAC_PXE),
+        mac_str(MAC_TFTP)
+    );
+    let agent = Agent::start(&hv, "hv-1", &doc);
+    // The boot server: a VM of the network, addressed as IPAM says.
+    let server = Vm::new(&hv, "tap-t1", MAC_TFTP);
+    server
+        .ns
+        .ip(&["addr", "add", "10.20.0.5/24", "dev", "eth0"]);
+    let tftp = Tftp::start(
+        &server,
+        &[
+            (
+                "boot.ipxe",
+                "#!ipxe\necho HOLDFAST-SCRIPT ${ip} from ${next-server}\n\
+                 chain tftp://${next-server}/second.ipxe\n",
+            ),
+            (
+                "second.ipxe",
+                "#!ipxe\necho HOLDFAST-SECOND-STAGE\nsleep 600\n",
+            ),
+        ],
+    );
+    let vm = QemuVm::boot(
+        &hv,
+        &[GuestNic {
+            tap: "tap-q2".into(),
+            mac: MAC_PXE,
+        }],
+        Boot::Network {
+            rom: "/usr/lib/ipxe/qemu/pxe-virtio.rom".into(),
+        },
+    );
+    let second = wait_for(Duration::from_secs(120), || {
+        tftp.log().contains("second.ipxe").then_some(())
+    });
+    assert!(
+        second.is_some(),
+        "the script did not run:\nTFTP: {}\nconsole: {}\n{}\n{}",
+        tftp.log(),
+        vm.console(),
+        agent.logs(),
+        dhcp_metrics(&agent)
+    );
+    let log = tftp.log();
+    assert!(log.contains("boot.ipxe to 10.20.0.61"), "{log}");
+    assert!(log.contains("second.ipxe to 10.20.0.61"), "{log}");
+    let c = agent.counters();
+    assert!(
+        c[Stat::DhcpBoot as usize] >= 2,
+        "OFFER and ACK carry the file"
+    );
+    assert!(!log.contains("undionly"), "iPXE got the loader: {log}");
+    println!(
+        "iPXE boot: script ran {:?} after the test started; console:\n{}",
+        started.elapsed(),
+        vm.console()
+    );
 }

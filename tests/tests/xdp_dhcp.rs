@@ -128,10 +128,16 @@ fn selecting_without_requested_address_is_dropped() {
 }
 
 fn assert_nak(r: &Reply) {
+    // RFC 2131 §4.1: a NAK to a client without an address is broadcast.
+    assert_nak_to(r, BROADCAST_MAC, Ipv4Addr::BROADCAST);
+}
+
+/// A NAK addressed to `mac` and `ip`: it carries no address and no configuration.
+fn assert_nak_to(r: &Reply, mac: [u8; 6], ip: Ipv4Addr) {
     assert_eq!(r.msg_type(), Some(6));
-    // RFC 2131 §4.1: a NAK is broadcast, carries no address and no configuration.
-    assert_eq!(r.eth_dst, BROADCAST_MAC);
-    assert_eq!(r.ip_dst, Ipv4Addr::BROADCAST);
+    assert_eq!(r.eth_dst, mac);
+    assert_eq!(r.ip_dst, ip);
+    assert_eq!(r.ip_src, GATEWAY);
     assert_eq!(r.yiaddr, Ipv4Addr::UNSPECIFIED);
     assert_eq!(r.ciaddr, Ipv4Addr::UNSPECIFIED);
     assert_eq!(r.codes(), [53, 54]);
@@ -172,13 +178,30 @@ fn renewing_gets_an_ack_unicast_to_ciaddr() {
     assert_eq!(fx.counters()[Stat::DhcpRequestRenewing as usize], 1);
 }
 
+/// A client with an address listens on a socket bound to it (systemd-networkd in RENEWING,
+/// NetworkManager's n-dhcp4 in RENEWING): a broadcast NAK never reaches it. The NAK goes to
+/// `ciaddr` and `chaddr`, as Kea sends it.
 #[test]
-fn renewing_the_wrong_address_gets_a_nak() {
+fn renewing_the_wrong_address_gets_a_nak_unicast_to_ciaddr() {
     let fx = Fixture::new();
-    assert_nak(&reply(
+    let r = reply(
         &fx,
         &Request::renewing(VM_MAC, WRONG_IP, GATEWAY, ROUTER_MAC),
-    ));
+    );
+    assert_nak_to(&r, VM_MAC, WRONG_IP);
+    assert_eq!(fx.counters()[Stat::DhcpRequestRenewing as usize], 1);
+    assert_eq!(fx.counters()[Stat::DhcpNak as usize], 1);
+}
+
+#[test]
+fn rebinding_the_wrong_address_gets_a_nak_unicast_to_ciaddr() {
+    let fx = Fixture::new();
+    let r = reply(&fx, &Request::rebinding(VM_MAC, WRONG_IP));
+    assert_nak_to(&r, VM_MAC, WRONG_IP);
+    // The broadcast flag changes nothing for a client that has an address (§4.1).
+    let r = reply(&fx, &Request::rebinding(VM_MAC, WRONG_IP).broadcast());
+    assert_nak_to(&r, VM_MAC, WRONG_IP);
+    assert_eq!(fx.counters()[Stat::DhcpRequestRebinding as usize], 2);
 }
 
 #[test]
@@ -522,7 +545,7 @@ fn malformed_requests_never_get_a_reply() {
         Stat::DropDhcpBadOptions,
     );
 
-    // Only pads, past the scan limit.
+    // Pads past the scan window (1,024 bytes of options): END is never reached.
     let mut bootp = Request {
         pad_to: 0,
         options: vec![],
@@ -530,13 +553,18 @@ fn malformed_requests_never_get_a_reply() {
     }
     .bootp();
     bootp.truncate(240);
-    bootp.extend_from_slice(&[0u8; 300]);
+    bootp.extend_from_slice(&[0u8; 1100]);
     bootp.extend_from_slice(&[53, 1, 1, 255]);
     dropped(
         &fx,
         &frame_with_bootp(&good, &bootp),
         Stat::DropDhcpBadOptions,
     );
+
+    // More option TLVs than the scan reads.
+    let mut many = good.clone();
+    many.options.extend((0..64).map(|_| (224u8, vec![])));
+    dropped(&fx, &many.frame(), Stat::DropDhcpBadOptions);
 
     // No magic cookie: plain BOOTP is not served.
     let mut bootp = good.bootp();
@@ -798,4 +826,423 @@ fn randomized_mutations_never_produce_a_malformed_reply() {
         replies > 1000,
         "only {replies} of {runs} mutated requests got replies"
     );
+}
+
+/// RFC 6864 §4.1: an atomic datagram (DF set, not a fragment) may carry any ID; one without DF
+/// must have a unique one. Replies are never fragmented: DF, ID 0.
+#[test]
+fn replies_are_atomic_datagrams_with_df_set() {
+    let fx = Fixture::new();
+    for req in [
+        Request::discover(VM_MAC),
+        Request::selecting(VM_MAC, GATEWAY, WRONG_IP),
+        Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC),
+        Request::inform(VM_MAC, VM_IP),
+    ] {
+        let r = reply(&fx, &req);
+        assert_eq!(r.ip_frag, 0x4000, "DF, offset 0: {:?}", r.msg_type());
+        assert_eq!(r.ip_id, 0);
+    }
+}
+
+/// RFC 2132 §3.1: pads are not options. A request padded before its options is read whole
+/// (up to the 1,024 bytes the scan reads), and 64 TLVs still fit among pads.
+#[test]
+fn pads_do_not_count_toward_the_option_cap() {
+    let fx = Fixture::new();
+    for pads in [70, 300, 900] {
+        let mut req = Request::selecting(VM_MAC, GATEWAY, VM_IP);
+        for _ in 0..pads {
+            req.options.insert(0, (0, vec![]));
+        }
+        let r = reply(&fx, &req);
+        assert_eq!(r.msg_type(), Some(5), "{pads} pads");
+    }
+    // Pads between every option, and 62 options besides 53 and 55.
+    let mut req = Request::discover(VM_MAC);
+    for i in 0..62u8 {
+        req.options.push((0, vec![]));
+        req.options.push((224, vec![i]));
+    }
+    assert_eq!(reply(&fx, &req).msg_type(), Some(2));
+    assert_eq!(fx.counters()[Stat::DropDhcpBadOptions as usize], 0);
+}
+
+/// RFC 768: a datagram ends at its UDP length. Bytes after it (Ethernet padding, or a sender's
+/// garbage) are no options: options that end only there have no END.
+#[test]
+fn bytes_past_the_udp_length_are_not_options() {
+    let fx = Fixture::new();
+    let req = Request {
+        pad_to: 0,
+        ..Request::discover(VM_MAC)
+    };
+    let mut bootp = req.bootp();
+    assert_eq!(bootp.pop(), Some(255));
+    let mut frame = frame_with_bootp(&req, &bootp);
+    frame.extend_from_slice(&[255, 0, 0, 0, 0, 0]);
+    dropped(&fx, &frame, Stat::DropDhcpBadOptions);
+    // A message type past the UDP length does not count either.
+    let no_type = Request {
+        pad_to: 0,
+        options: vec![(55, vec![1, 3])],
+        ..Request::discover(VM_MAC)
+    };
+    let mut bootp = no_type.bootp();
+    bootp.pop();
+    let mut frame = frame_with_bootp(&no_type, &bootp);
+    frame.extend_from_slice(&[53, 1, 1, 255]);
+    dropped(&fx, &frame, Stat::DropDhcpBadOptions);
+    // The same request whole, with garbage after its UDP length: answered.
+    let mut frame = Request::discover(VM_MAC).frame();
+    frame.extend_from_slice(&[53, 1, 3, 54, 4, 1, 2, 3, 4, 255]);
+    let (action, out) = fx.run(&frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(parse_reply(&out).expect("reply").msg_type(), Some(2));
+}
+
+const NEW_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 254);
+const OTHER_VM: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 12);
+
+/// The test network after its gateway moved from GATEWAY to NEW_GATEWAY: the agent keeps an
+/// ARP answer (the router MAC) for the former identifier; another NIC has OTHER_VM.
+fn moved_gateway() -> Fixture {
+    let mut net = network();
+    net.gateway = NEW_GATEWAY;
+    Fixture::with_network(
+        &net,
+        &[nic(VM_MAC, VM_IP)],
+        &[
+            (NEW_GATEWAY, ROUTER_MAC),
+            (GATEWAY, ROUTER_MAC),
+            (OTHER_VM, OTHER_MAC),
+        ],
+    )
+}
+
+/// A RENEWING client unicasts to the identifier its lease names, and NetworkManager's n-dhcp4
+/// takes answers only from that address (its socket is connected to it); newer systemd drops
+/// a NAK whose identifier is not its lease's. After a gateway change the client still names
+/// the former one: it is answered from it, ACK and NAK alike.
+#[test]
+fn a_renewal_to_a_former_identifier_is_answered_from_it() {
+    let fx = moved_gateway();
+    let r = reply(&fx, &Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC));
+    assert_eq!(r.msg_type(), Some(5));
+    assert_eq!(r.ip_src, GATEWAY);
+    assert_eq!(r.option(54), Some(&GATEWAY.octets()[..]));
+    // What it configures is the network's now: the new gateway as its router.
+    assert_eq!(r.option(3), Some(&NEW_GATEWAY.octets()[..]));
+    assert_eq!((r.eth_dst, r.ip_dst), (VM_MAC, VM_IP));
+    let nak = reply(
+        &fx,
+        &Request::renewing(VM_MAC, WRONG_IP, GATEWAY, ROUTER_MAC),
+    );
+    assert_eq!(nak.msg_type(), Some(6));
+    assert_eq!(nak.ip_src, GATEWAY);
+    assert_eq!(nak.option(54), Some(&GATEWAY.octets()[..]));
+    assert_eq!((nak.eth_dst, nak.ip_dst), (VM_MAC, WRONG_IP));
+    assert_eq!(fx.counters()[Stat::DhcpFormerServerId as usize], 2);
+
+    // Everything else comes from the identifier of now.
+    for req in [
+        Request::discover(VM_MAC),
+        Request::renewing(VM_MAC, VM_IP, NEW_GATEWAY, ROUTER_MAC),
+        Request::rebinding(VM_MAC, VM_IP),
+        Request::init_reboot(VM_MAC, VM_IP),
+    ] {
+        let r = reply(&fx, &req);
+        assert_eq!(r.ip_src, NEW_GATEWAY, "{req:?}");
+        assert_eq!(r.option(54), Some(&NEW_GATEWAY.octets()[..]));
+    }
+    // A request to a VM's address or to an address no one has is never answered from it.
+    for to in [OTHER_VM, WRONG_IP, VM_IP] {
+        let r = reply(&fx, &Request::renewing(VM_MAC, VM_IP, to, ROUTER_MAC));
+        assert_eq!(r.ip_src, NEW_GATEWAY, "to {to}");
+        assert_eq!(r.option(54), Some(&NEW_GATEWAY.octets()[..]));
+    }
+    assert_eq!(fx.counters()[Stat::DhcpFormerServerId as usize], 2);
+}
+
+/// SELECTING names the server in option 54: our former identifier is ours, a VM's address
+/// is another server (silence, §4.3.2).
+#[test]
+fn selecting_a_former_identifier_is_answered_from_it() {
+    let fx = moved_gateway();
+    let r = reply(&fx, &Request::selecting(VM_MAC, GATEWAY, VM_IP));
+    assert_eq!((r.msg_type(), r.ip_src), (Some(5), GATEWAY));
+    assert_eq!(r.option(54), Some(&GATEWAY.octets()[..]));
+    for other in [OTHER_VM, WRONG_IP] {
+        dropped(
+            &fx,
+            &Request::selecting(VM_MAC, other, VM_IP).frame(),
+            Stat::DhcpOtherServer,
+        );
+    }
+}
+
+/// `dhcp_server`: the identifier and source of replies, whatever the gateway; the gateway
+/// still answers as a server address of the network (a client that knew it as identifier).
+#[test]
+fn a_dhcp_server_address_is_the_identifier() {
+    let server = Ipv4Addr::new(10, 10, 0, 253);
+    let mut net = network();
+    net.dhcp_server = Some(server);
+    let fx = Fixture::with_network(
+        &net,
+        &[nic(VM_MAC, VM_IP)],
+        &[(GATEWAY, ROUTER_MAC), (server, ROUTER_MAC)],
+    );
+    let r = reply(&fx, &Request::discover(VM_MAC));
+    assert_eq!(
+        (r.ip_src, r.option(54)),
+        (server, Some(&server.octets()[..]))
+    );
+    assert_eq!(r.option(3), Some(&GATEWAY.octets()[..]));
+    let r = reply(&fx, &Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC));
+    assert_eq!(
+        (r.ip_src, r.option(54)),
+        (GATEWAY, Some(&GATEWAY.octets()[..]))
+    );
+    // ARP for it gets the router MAC.
+    let (action, out) = fx.run(&arp_request(VM_MAC, VM_IP, server));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[22..28], ROUTER_MAC);
+}
+
+/// The monotonic clock `bpf_ktime_get_ns` reads.
+fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// RFC 2131 §4.3.3: a client that declines its address waits and DISCOVERs again. holdfast
+/// cannot offer another address: the binding is silent until the hold ends (counted), as long
+/// as it still has the declined address.
+#[test]
+fn a_declined_address_is_held_silent_until_the_deadline() {
+    let mut fx = Fixture::new();
+    let mut ring = fx.dp.take_events().expect("event ring");
+    let decline = Request::new(VM_MAC, 4)
+        .with(50, &VM_IP.octets())
+        .with(54, &GATEWAY.octets());
+    let before = ktime_ns();
+    dropped(&fx, &decline.frame(), Stat::DhcpDecline);
+    let key = agent_common::BindingKey::new(TEST_IFINDEX, VM_MAC);
+    let hold = fx
+        .dp
+        .decline_holds()
+        .expect("holds")
+        .get(&key, 0)
+        .expect("a hold");
+    assert_eq!(hold.ip, agent_common::be32(VM_IP));
+    let hold_ns = agent_common::DECLINE_HOLD_NS;
+    assert!(
+        hold.deadline_ns >= before + hold_ns && hold.deadline_ns <= ktime_ns() + hold_ns,
+        "deadline {} not {} s after the DECLINE",
+        hold.deadline_ns,
+        hold_ns / 1_000_000_000
+    );
+    let event = ring.next().map(|i| holdfast::dataplane::parse_event(&i));
+    assert!(matches!(event, Some(Some(e)) if e.kind == 4 && e.addr == agent_common::be32(VM_IP)));
+
+    // Silence: DISCOVER, every REQUEST.
+    for req in [
+        Request::discover(VM_MAC),
+        Request::discover(VM_MAC).with(80, &[]),
+        Request::selecting(VM_MAC, GATEWAY, VM_IP),
+        Request::init_reboot(VM_MAC, VM_IP),
+        Request::renewing(VM_MAC, VM_IP, GATEWAY, ROUTER_MAC),
+    ] {
+        dropped(&fx, &req.frame(), Stat::DhcpDeclineHeld);
+    }
+    assert_eq!(fx.counters()[Stat::DhcpDeclineHeld as usize], 5);
+    assert_eq!(fx.counters()[Stat::DhcpOffer as usize], 0);
+
+    // The deadline passes: answered again.
+    let mut holds = fx.dp.decline_holds().expect("holds");
+    let ended = agent_common::DeclineHold {
+        deadline_ns: ktime_ns(),
+        ..hold
+    };
+    holds.insert(key, ended, 0).expect("end the hold");
+    assert_eq!(reply(&fx, &Request::discover(VM_MAC)).msg_type(), Some(2));
+
+    // A hold of another address (IPAM renumbered the NIC since) holds nothing.
+    let mut holds = fx.dp.decline_holds().expect("holds");
+    let renumbered = agent_common::DeclineHold {
+        ip: agent_common::be32(WRONG_IP),
+        ..hold
+    };
+    holds.insert(key, renumbered, 0).expect("hold");
+    assert_eq!(reply(&fx, &Request::discover(VM_MAC)).msg_type(), Some(2));
+}
+
+/// A DECLINE of an address that is not the binding's is not ours: counted, nothing held or
+/// reported.
+#[test]
+fn a_decline_of_another_address_is_ignored() {
+    let mut fx = Fixture::new();
+    let mut ring = fx.dp.take_events().expect("event ring");
+    let decline = Request::new(VM_MAC, 4).with(50, &WRONG_IP.octets());
+    dropped(&fx, &decline.frame(), Stat::DhcpDeclineIgnored);
+    let key = agent_common::BindingKey::new(TEST_IFINDEX, VM_MAC);
+    assert!(fx.dp.decline_holds().expect("holds").get(&key, 0).is_err());
+    assert!(ring.next().is_none());
+    assert_eq!(reply(&fx, &Request::discover(VM_MAC)).msg_type(), Some(2));
+}
+
+const BOOT_SERVER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 5);
+
+/// The test network with network boot: a file for each variant, and a NIC of its own with
+/// its own iPXE script.
+fn booting() -> Fixture {
+    let mut net = network();
+    net.boot = Some(holdfast::model::Boot {
+        next_server: Some(BOOT_SERVER),
+        server_name: Some("tftp.blue".into()),
+        bios: Some("undionly.kpxe".into()),
+        uefi: Some("ipxe.efi".into()),
+        arm64: Some("arm64/ipxe.efi".into()),
+        ipxe: Some("boot.ipxe".into()),
+    });
+    let mut own = nic(OTHER_MAC, OTHER_VM);
+    own.boot = Some(holdfast::model::Boot {
+        ipxe: Some("http://10.10.0.5/vm-2.ipxe".into()),
+        ..holdfast::model::Boot::default()
+    });
+    Fixture::with_network(&net, &[nic(VM_MAC, VM_IP), own], &[])
+}
+
+fn assert_boots(r: &Reply, file: &str) {
+    assert_eq!(r.siaddr, BOOT_SERVER);
+    assert_eq!(r.sname, b"tftp.blue");
+    assert_eq!(r.file, file.as_bytes());
+}
+
+/// The boot file by what the client says it is: option 93 (RFC 4578) 0 BIOS, 7 and 9 x86-64
+/// UEFI, 11 ARM64 UEFI; iPXE (77 "iPXE", or 175) its script whatever its architecture.
+#[test]
+fn network_boot_clients_get_the_file_of_their_variant() {
+    let fx = booting();
+    for (arch, file) in [
+        (0u16, "undionly.kpxe"),
+        (7, "ipxe.efi"),
+        (9, "ipxe.efi"),
+        (11, "arm64/ipxe.efi"),
+    ] {
+        for req in [
+            Request::discover(VM_MAC).pxe(arch, false),
+            Request::selecting(VM_MAC, GATEWAY, VM_IP).pxe(arch, false),
+        ] {
+            let r = reply(&fx, &req);
+            assert_boots(&r, file);
+            // Not asked for: no 66/67 (sname and file say it).
+            assert_eq!(r.option(66), None);
+            assert_eq!(r.option(67), None);
+            assert_full_options_but_boot(&r);
+        }
+    }
+    for req in [
+        Request::discover(VM_MAC).pxe(0, false).ipxe(),
+        Request::discover(VM_MAC).pxe(9, false).ipxe(),
+        Request::discover(VM_MAC).with(77, b"iPXE"),
+        Request::discover(VM_MAC).with(175, &[177, 5, 1, 0, 0, 0, 0]),
+    ] {
+        assert_boots(&reply(&fx, &req), "boot.ipxe");
+    }
+    // The NIC's own script wins for it; the network's other fields stay.
+    let r = reply(&fx, &Request::discover(OTHER_MAC).pxe(0, false).ipxe());
+    assert_boots(&r, "http://10.10.0.5/vm-2.ipxe");
+    assert_boots(
+        &reply(&fx, &Request::discover(OTHER_MAC).pxe(0, false)),
+        "undionly.kpxe",
+    );
+    // Not a boot client, or one of an architecture without a file: a plain lease.
+    for req in [
+        Request::discover(VM_MAC),
+        Request::discover(VM_MAC).pxe(6, false),
+        Request::discover(VM_MAC).with(77, b"other"),
+        // Hostile or broken: an architecture too short to read, a user class that only
+        // begins like iPXE's, or is longer.
+        Request::discover(VM_MAC).with(93, &[0]),
+        Request::discover(VM_MAC).with(93, &[]),
+        Request::discover(VM_MAC).with(77, b"iPX"),
+        Request::discover(VM_MAC).with(77, b"iPXEiPXE"),
+    ] {
+        let r = reply(&fx, &req);
+        assert_eq!(r.siaddr, Ipv4Addr::UNSPECIFIED);
+        assert!(r.sname.is_empty() && r.file.is_empty());
+        assert_full_options(&r);
+    }
+    // A NAK carries nothing of it.
+    let nak = reply(
+        &fx,
+        &Request::selecting(VM_MAC, GATEWAY, WRONG_IP).pxe(0, true),
+    );
+    assert_eq!(nak.msg_type(), Some(6));
+    assert_eq!(nak.siaddr, Ipv4Addr::UNSPECIFIED);
+    assert!(nak.file.is_empty());
+    assert_eq!(fx.counters()[Stat::DhcpBoot as usize], 8 + 4 + 2);
+}
+
+/// Everything a lease carries is there with boot information too.
+fn assert_full_options_but_boot(r: &Reply) {
+    let codes: Vec<u8> = r
+        .codes()
+        .into_iter()
+        .filter(|c| !matches!(c, 61 | 66 | 67))
+        .collect();
+    assert_eq!(codes, FULL_OPTIONS);
+    assert_eq!(r.option(3), Some(&GATEWAY.octets()[..]));
+}
+
+/// RFC 2132 §9.4, §9.5: a client that asks for 66 and 67 gets them, with what `sname` and
+/// `file` say, right after the fixed options (and its client identifier).
+#[test]
+fn boot_options_go_to_clients_that_ask_for_them() {
+    let fx = booting();
+    let r = reply(&fx, &Request::discover(VM_MAC).pxe(0, true));
+    assert_boots(&r, "undionly.kpxe");
+    assert_eq!(r.option(66), Some(&b"tftp.blue"[..]));
+    assert_eq!(r.option(67), Some(&b"undionly.kpxe"[..]));
+    assert_eq!(&r.codes()[..4], [53, 54, 66, 67]);
+    assert_full_options_but_boot(&r);
+    let id = [1, 2, 0, 0, 0, 0, 1];
+    let r = reply(
+        &fx,
+        &Request::selecting(VM_MAC, GATEWAY, VM_IP)
+            .pxe(9, true)
+            .with(61, &id),
+    );
+    assert_eq!(&r.codes()[..5], [53, 54, 61, 66, 67]);
+    assert_eq!(r.option(61), Some(&id[..]));
+    assert_eq!(r.option(67), Some(&b"ipxe.efi"[..]));
+    assert_full_options_but_boot(&r);
+    // With a client identifier that leaves no room: sent without them, counted; sname and
+    // file still carry them.
+    let long = vec![0x5a; 200];
+    let r = reply(&fx, &Request::discover(VM_MAC).pxe(0, true).with(61, &long));
+    assert_eq!(r.option(61), Some(&long[..]));
+    assert_eq!(r.option(67), None);
+    assert_boots(&r, "undionly.kpxe");
+    assert!(r.ip_len <= 576);
+    assert_eq!(fx.counters()[Stat::DhcpBootOptionsNotSent as usize], 1);
+}
+
+/// The VM program, DHCP responder included, verifies far below the kernel's limit of a
+/// million processed instructions (a byte loop once blew it): 76,570 before issue 13, 152,722
+/// with its option scan reading pads 32 at a step and its boot and server-address checks.
+#[test]
+fn the_vm_program_verifies_well_within_the_limit() {
+    let fx = Fixture::new();
+    let info = fx.dp.vm_program().expect("program").info().expect("info");
+    let verified = info.verified_instruction_count().unwrap_or(0);
+    println!("holdfast_vm: {verified} instructions verified");
+    assert!(verified < 300_000, "{verified} instructions verified");
 }

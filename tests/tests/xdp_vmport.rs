@@ -55,6 +55,8 @@ fn net() -> Network {
         lease_time: 3600,
         default_route: true,
         options: Default::default(),
+        dhcp_server: None,
+        boot: None,
     }
 }
 

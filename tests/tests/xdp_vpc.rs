@@ -55,6 +55,8 @@ fn net(id: &str, vni: u32) -> Network {
         lease_time: 3600,
         default_route: true,
         options: Default::default(),
+        dhcp_server: None,
+        boot: None,
     }
 }
 
@@ -233,6 +235,21 @@ fn arp_cannot_claim_another_address(hook: VmHook) {
     forged = arp_request(A1, A1_IP, A3_IP);
     forged[22..28].copy_from_slice(&A2); // sender hardware address of another NIC
     dropped_at(&fx, hook, &forged, Stat::DropArpSpoof);
+    dropped(&fx, &forged, Stat::DropArpSpoof);
+    // A NIC that IPAM renumbered still has its old address until its next DHCP renewal: it
+    // may resolve the server it renews with (a router address), nothing else.
+    let old_ip = Ipv4Addr::new(10, 0, 0, 99);
+    let (action, out) = fx.run(&arp_request(A1, old_ip, GW));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[22..28], ROUTER_MAC);
+    assert_eq!(out[0..6], A1, "back to the asking NIC alone");
+    assert_eq!(out[38..42], old_ip.octets());
+    dropped(&fx, &arp_request(A1, old_ip, A3_IP), Stat::DropArpSpoof);
+    dropped(
+        &fx,
+        &arp_request(A1, old_ip, Ipv4Addr::new(10, 0, 0, 98)),
+        Stat::DropArpSpoof,
+    );
     // A reply nobody asked for, and a probe for its own address (RFC 5227), need no answer.
     let mut reply = arp_request(A1, A1_IP, A3_IP);
     reply[21] = 2;

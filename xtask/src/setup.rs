@@ -99,8 +99,8 @@ pub const PACKAGES: &[Package] = &[
     // Debian root for NetworkManager.
     backports("qemu-system-x86_64", "qemu-system-x86", Scope::Test),
     pkg("debootstrap", "debootstrap", Scope::Test),
-    // The DHCP servers the benchmark compares against.
-    pkg("dnsmasq", "dnsmasq-base", Scope::Bench),
+    // The network boot test's TFTP server; and a DHCP server the benchmark compares against.
+    pkg("dnsmasq", "dnsmasq-base", Scope::Test),
     pkg("kea-dhcp4", "kea-dhcp4-server", Scope::Bench),
 ];
 

@@ -25,7 +25,7 @@ use crate::{
     render::{
         desired::{self, Inputs, Touched},
         options::Budget,
-        vpc,
+        vpc::{self, FormerServers},
     },
 };
 
@@ -65,6 +65,9 @@ pub struct Agent {
     persist_tx: watch::Sender<Option<Arc<Model>>>,
     /// Tells the memory trimmer that an adoption freed memory.
     trim: Arc<Notify>,
+    /// DHCP server identifiers networks had before, still answered for the clients whose
+    /// lease names one (derived at each adoption from the model before and after).
+    former_servers: Arc<FormerServers>,
 }
 
 /// What the agent is built from; see [`super::run`].
@@ -97,6 +100,7 @@ impl Agent {
             resend: p.resend,
             persist_tx: p.persist_tx,
             trim: p.trim,
+            former_servers: Arc::default(),
         }
     }
 
@@ -134,6 +138,7 @@ impl Agent {
             underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
             ports: self.vm_ports(),
             prune: true,
+            former_servers: self.former_servers.clone(),
         }
     }
 
@@ -208,6 +213,9 @@ impl Agent {
         }
         let new_vteps =
             self.vteps(Some(&model)) != self.vteps(self.serving.as_ref().map(|s| &*s.model));
+        if let Some(prev) = self.serving.as_ref().map(|s| s.model.clone()) {
+            self.note_former_servers(&prev, &model);
+        }
         self.serving = Some(Serving {
             model: model.clone(),
             limits,
@@ -237,6 +245,10 @@ impl Agent {
             return;
         };
         let prev = std::mem::replace(&mut serving.model, model.clone());
+        self.note_former_servers(&prev, &model);
+        let Some(serving) = self.serving.as_mut() else {
+            return;
+        };
         for (id, set) in &nics_after {
             if set.is_empty() {
                 serving.nics_of.remove(id);
@@ -263,6 +275,19 @@ impl Agent {
         self.metrics.synced_now();
         self.persist_tx.send_replace(Some(model));
         self.trim.notify_one();
+    }
+
+    /// Remembers the DHCP server identifiers that the change from `prev` to `next` retires.
+    fn note_former_servers(&mut self, prev: &Model, next: &Model) {
+        let after = vpc::former_after(&self.former_servers, prev, next);
+        if after != *self.former_servers {
+            for (id, list) in &after {
+                if self.former_servers.get(id) != Some(list) {
+                    info!(network = %id, former = ?list, "DHCP server identifiers still answered for the leases that name them");
+                }
+            }
+            self.former_servers = Arc::new(after);
+        }
     }
 
     /// Resolves the underlay neighbours of every known VTEP ahead of traffic, so that the first

@@ -7,7 +7,12 @@
 //! the first event of each (interface, kind) in an interval gets its own line, the others one
 //! line with their count when the interval ends.
 
-use std::{collections::BTreeMap, os::fd::AsRawFd, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use agent_common::dhcp::{DHCPDECLINE, DHCPRELEASE};
 use tokio::{
@@ -18,15 +23,31 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::handle::{Events, Logger};
-use crate::{dataplane, links::Links, metrics::Metrics, model::MacAddr};
+use crate::{
+    clock::unix_now,
+    dataplane,
+    ipam::{Conflict, Conflicts},
+    links::Links,
+    metrics::Metrics,
+    model::MacAddr,
+};
 
 /// Events handled before the task yields to the runtime.
 const BATCH: usize = 256;
 /// How often the events not logged one by one are summarised.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// A NIC's address conflict is logged and reported at most once in this time: a client
+/// declines once per conflict, and its binding is then silent for 5 minutes.
+const CONFLICT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Counts and logs RELEASE and DECLINE reported by the programs.
-pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: Arc<Metrics>) {
+/// Counts and logs RELEASE and DECLINE reported by the programs; a DECLINE (an address
+/// conflict) is also reported to IPAM through `conflicts`.
+pub async fn watch_events(
+    ring: Events,
+    links: watch::Receiver<Links>,
+    metrics: Arc<Metrics>,
+    conflicts: Conflicts,
+) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd lives.
     let mut fd = match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
         Ok(fd) => fd,
@@ -43,6 +64,7 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
             .unwrap_or_else(|| format!("ifindex {ifindex}"))
     };
     let mut log = EventLog::default();
+    let mut reported = ConflictLog::default();
     let mut summary = tokio::time::interval(SUMMARY_INTERVAL);
     summary.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -61,6 +83,9 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
                     handled += 1;
                     if let Some(ev) = dataplane::parse_event(&item) {
                         on_event(&ev, &mut log, &mut kinds, &name);
+                        if u8::try_from(ev.kind) == Ok(DHCPDECLINE) {
+                            on_decline(&ev, &metrics, &conflicts, &mut reported, &name);
+                        }
                     }
                 }
                 for (kind, n) in kinds.0 {
@@ -80,6 +105,7 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
                 more
             }
             _ = summary.tick() => {
+                reported.forget_before(Instant::now() - CONFLICT_INTERVAL);
                 for s in log.summarise() {
                     info!(
                         interface = %name(s.ifindex),
@@ -95,6 +121,68 @@ pub async fn watch_events(ring: Events, links: watch::Receiver<Links>, metrics: 
         if more {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// A client declined its address (RFC 2131 §4.3.3; XDP reports only the binding's own): the
+/// NIC's address conflicts with something. holdfast cannot pick another, IPAM must: counted by
+/// interface, logged, and reported where IPAM sees it (with etcd, `P/conflicts/<mac>`), at
+/// most once a `CONFLICT_INTERVAL` per NIC.
+fn on_decline(
+    ev: &agent_common::DhcpEvent,
+    metrics: &Metrics,
+    conflicts: &Conflicts,
+    reported: &mut ConflictLog,
+    name: &impl Fn(u32) -> String,
+) {
+    let interface = name(ev.ifindex);
+    metrics
+        .dhcp_declines
+        .get_or_create(&vec![("interface", interface.clone())])
+        .inc();
+    let mac = MacAddr(ev.mac);
+    if !reported.due(mac, Instant::now()) {
+        return;
+    }
+    let ip = agent_common::ipv4(ev.addr);
+    warn!(
+        %mac,
+        address = %ip,
+        %interface,
+        to = if conflicts.reported() { "etcd" } else { "this log" },
+        "address conflict: the DHCP client declined its address; IPAM should give this NIC \
+         another one (its binding is silent for 5 minutes, or until its address changes)"
+    );
+    let c = Conflict {
+        mac,
+        ip,
+        interface,
+        at: unix_now().as_secs(),
+    };
+    if conflicts.reported() && !conflicts.report(c) {
+        warn!(%mac, "address conflicts queued faster than etcd takes them; this one is not reported");
+    }
+}
+
+/// When each NIC's conflict was last reported; entries older than the interval are dropped,
+/// so its size is bounded by the DECLINEs the programs let through in that time.
+#[derive(Debug, Default)]
+struct ConflictLog(BTreeMap<MacAddr, Instant>);
+
+impl ConflictLog {
+    /// Whether a conflict of `mac` is reported now; records it when it is.
+    fn due(&mut self, mac: MacAddr, now: Instant) -> bool {
+        match self.0.get(&mac) {
+            Some(at) if now.duration_since(*at) < CONFLICT_INTERVAL => false,
+            _ => {
+                self.0.insert(mac, now);
+                true
+            }
+        }
+    }
+
+    fn forget_before(&mut self, before: Instant) {
+        self.0.retain(|_, at| *at >= before);
     }
 }
 
@@ -195,6 +283,20 @@ pub async fn watch_logger(logger: Logger) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflict_is_reported_once_an_interval_per_nic() {
+        let mut log = ConflictLog::default();
+        let t0 = Instant::now();
+        let a = MacAddr([2, 0, 0, 0, 0, 1]);
+        let b = MacAddr([2, 0, 0, 0, 0, 2]);
+        assert!(log.due(a, t0));
+        assert!(!log.due(a, t0 + Duration::from_secs(59)));
+        assert!(log.due(b, t0 + Duration::from_secs(1)));
+        assert!(log.due(a, t0 + CONFLICT_INTERVAL));
+        log.forget_before(t0 + Duration::from_secs(2));
+        assert_eq!(log.0.len(), 1, "b's entry is older: dropped");
+    }
 
     #[test]
     fn a_flood_is_one_line_per_interface_and_kind_and_one_summary() {

@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(watchdog::run(metrics.clone(), health.clone()));
     // The source is made first, and runs once the snapshot serves: the metrics read what it
     // counts, the agent holds how to ask it for a complete document.
-    let source = match config.ipam.source {
+    let mut source = match config.ipam.source {
         IpamSource::File => {
             let path = config
                 .ipam
@@ -138,7 +138,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (links_tx, links_rx) = watch::channel(initial_links.clone());
 
     if let Some(ring) = events {
-        tokio::spawn(events::watch_events(ring, links_rx, metrics.clone()));
+        tokio::spawn(events::watch_events(
+            ring,
+            links_rx,
+            metrics.clone(),
+            source.conflicts(),
+        ));
     }
     if let Some(logger) = logger {
         tokio::spawn(events::watch_logger(logger));

@@ -32,11 +32,12 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, RateLimits, VniInfo,
+    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
+    FdbEntry, FdbKey, RateLimits, VniInfo,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, RingBuf},
+    maps::{Array, HashMap, MapData, RingBuf},
     programs::{ProgramError, SchedClassifier, Xdp},
 };
 use imbl::OrdMap;
@@ -79,6 +80,8 @@ const MAP_ARP: &str = "ARP";
 const MAP_VTEPS: &str = "VTEPS";
 const MAP_VNIS: &str = "VNIS";
 const MAP_CONFIG: &str = "CONFIG";
+const MAP_BOOT: &str = "BOOT";
+const MAP_DECLINED: &str = "DECLINED";
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +91,8 @@ pub struct Desired {
     /// The underlay interface.
     pub underlay: Option<(u32, String)>,
     pub bindings: OrdMap<BindingKey, Binding>,
+    /// Network boot answers of the bindings whose NIC has a boot file, by variant.
+    pub boot: OrdMap<BootKey, BootEntry>,
     pub fdb: OrdMap<FdbKey, FdbEntry>,
     pub arp: OrdMap<ArpKey, ArpEntry>,
     pub vteps: OrdMap<u32, u32>,
@@ -135,6 +140,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pins: Pins,
     bindings: Synced<BindingKey, Binding>,
+    boot: Synced<BootKey, BootEntry>,
     fdb: Synced<FdbKey, FdbEntry>,
     arp: Synced<ArpKey, ArpEntry>,
     vteps: Synced<u32, u32>,
@@ -191,6 +197,7 @@ impl Dataplane {
         }
 
         let bindings = Synced::open(&mut ebpf, MAP_BINDINGS)?;
+        let boot = Synced::open(&mut ebpf, MAP_BOOT)?;
         let fdb = Synced::open(&mut ebpf, MAP_FDB)?;
         let arp = Synced::open(&mut ebpf, MAP_ARP)?;
         let vteps = Synced::open(&mut ebpf, MAP_VTEPS)?;
@@ -211,6 +218,7 @@ impl Dataplane {
             ebpf,
             pins,
             bindings,
+            boot,
             fdb,
             arp,
             vteps,
@@ -244,6 +252,17 @@ impl Dataplane {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// The holds XDP keeps after a DECLINE, by binding (tests end them early).
+    pub fn decline_holds(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, BindingKey, DeclineHold>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_DECLINED)
+            .ok_or(DataplaneError::Missing(MAP_DECLINED))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
     /// Records logged by the programs (aya-log).
     pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
@@ -259,14 +278,17 @@ impl Dataplane {
         let vteps = self.vteps.plan(&desired.vteps, prune);
         let fdb = self.fdb.plan(&desired.fdb, prune);
         let arp = self.arp.plan(&desired.arp, prune);
+        let boot = self.boot.plan(&desired.boot, prune);
         let bindings = self.bindings.plan(&desired.bindings, prune);
         // Referenced entries before the entries that refer to them: a NIC's forwarding entry
-        // before the ARP answer that sends traffic to it, both before its binding.
+        // before the ARP answer that sends traffic to it, both before its binding; its boot
+        // answers before its binding too.
         let written = [
             self.vnis.write(&vnis.upserts, &mut report),
             self.vteps.write(&vteps.upserts, &mut report),
             self.fdb.write(&fdb.upserts, &mut report),
             self.arp.write(&arp.upserts, &mut report),
+            self.boot.write(&boot.upserts, &mut report),
             self.bindings.write(&bindings.upserts, &mut report),
         ];
         let mut ok = written
@@ -275,6 +297,7 @@ impl Dataplane {
                 vteps.upserts.len(),
                 fdb.upserts.len(),
                 arp.upserts.len(),
+                boot.upserts.len(),
                 bindings.upserts.len(),
             ];
         if self.held_config != Some(desired.config) {
@@ -296,6 +319,7 @@ impl Dataplane {
         if prune {
             // Removals in the reverse order: nothing is left referring to what goes.
             ok &= self.bindings.remove(&bindings.removals, &mut report);
+            ok &= self.boot.remove(&boot.removals, &mut report);
             ok &= self.arp.remove(&arp.removals, &mut report);
             ok &= self.fdb.remove(&fdb.removals, &mut report);
             ok &= self.vteps.remove(&vteps.removals, &mut report);
@@ -304,6 +328,7 @@ impl Dataplane {
                 // Converged: share structure with the desired state again, so the next small
                 // change diffs in time proportional to the change.
                 self.bindings.converged(&desired.bindings);
+                self.boot.converged(&desired.boot);
                 self.fdb.converged(&desired.fdb);
                 self.arp.converged(&desired.arp);
                 self.vteps.converged(&desired.vteps);
@@ -317,7 +342,8 @@ impl Dataplane {
             self.vteps.record(&vteps.upserts[..written[1]]);
             self.fdb.record(&fdb.upserts[..written[2]]);
             self.arp.record(&arp.upserts[..written[3]]);
-            self.bindings.record(&bindings.upserts[..written[4]]);
+            self.boot.record(&boot.upserts[..written[4]]);
+            self.bindings.record(&bindings.upserts[..written[5]]);
         }
         if prune && report.errors.is_empty() {
             self.retire_other_layouts(&mut report);

@@ -19,13 +19,15 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, FdbEntry, FdbKey, VniInfo,
+    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
+    FdbEntry, FdbKey, VniInfo,
 };
 use aya::maps::MapInfo;
 use tracing::info;
 
 use super::{
-    Hook, MAP_ARP, MAP_BINDINGS, MAP_CONFIG, MAP_FDB, MAP_STATS, MAP_VNIS, MAP_VTEPS,
+    Hook, MAP_ARP, MAP_BINDINGS, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_FDB, MAP_STATS, MAP_VNIS,
+    MAP_VTEPS,
     error::{BpffsError, DataplaneError, DirProblem},
 };
 
@@ -241,6 +243,12 @@ const LAYOUTS: &[(&str, usize, usize)] = &[
     (MAP_VTEPS, 4, 4),
     (MAP_VNIS, 4, size_of::<VniInfo>()),
     (MAP_CONFIG, 4, size_of::<DataplaneConfig>()),
+    (MAP_BOOT, size_of::<BootKey>(), size_of::<BootEntry>()),
+    (
+        MAP_DECLINED,
+        size_of::<BindingKey>(),
+        size_of::<DeclineHold>(),
+    ),
 ];
 
 /// Checks the maps pinned in `maps_dir` against this build's key and value sizes: a map adopted

@@ -43,6 +43,15 @@ impl Source {
         }
     }
 
+    /// Where to report address conflicts for IPAM to see (etcd only: a file is read, never
+    /// written).
+    pub fn conflicts(&mut self) -> Conflicts {
+        match self {
+            Source::File(_) => Conflicts::default(),
+            Source::Etcd(s) => s.conflicts(),
+        }
+    }
+
     /// Delivers updates on `tx` until it closes.
     pub async fn run(self, tx: tokio::sync::mpsc::Sender<Update>) {
         match self {
@@ -113,6 +122,45 @@ impl Resend {
 
     async fn requested(&self) {
         self.0.notified().await;
+    }
+}
+
+/// An address conflict a DHCP client reported (it declined its address, RFC 2131 §4.3.3):
+/// IPAM should give the NIC another address.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Conflict {
+    pub mac: crate::model::MacAddr,
+    /// The address the client declined: the NIC's address when it did.
+    pub ip: std::net::Ipv4Addr,
+    /// The VM interface it came in on.
+    pub interface: String,
+    /// When, in Unix seconds.
+    pub at: u64,
+}
+
+/// Reports address conflicts to the source, which writes them where IPAM can see them. Never
+/// waits: a conflict that finds the queue full is dropped (and counted by the caller), the
+/// next DECLINE reports it again.
+#[derive(Clone, Debug, Default)]
+pub struct Conflicts(Option<tokio::sync::mpsc::Sender<Conflict>>);
+
+/// Conflicts queued for the source's writer at most.
+pub const CONFLICT_QUEUE: usize = 64;
+
+impl Conflicts {
+    /// Whether the source writes conflicts somewhere.
+    pub fn reported(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Queues `c` for the source's writer; false when it has none or its queue is full.
+    pub fn report(&self, c: Conflict) -> bool {
+        self.0.as_ref().is_some_and(|tx| tx.try_send(c).is_ok())
+    }
+
+    pub(crate) fn new() -> (Self, tokio::sync::mpsc::Receiver<Conflict>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(CONFLICT_QUEUE);
+        (Self(Some(tx)), rx)
     }
 }
 

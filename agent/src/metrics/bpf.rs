@@ -83,6 +83,8 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("other_server", &[Stat::DhcpOtherServer]),
             ("rate_limited", &[Stat::DropDhcpRateLimited]),
             ("skb_path", &[Stat::DropDhcpSkbPath]),
+            ("declined_hold", &[Stat::DhcpDeclineHeld]),
+            ("decline_not_ours", &[Stat::DhcpDeclineIgnored]),
         ],
     },
     BpfFamily {
@@ -156,6 +158,21 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         "holdfast_dhcp_client_id_not_echoed",
         "Replies sent without the request's client identifier (option 61): it did not fit in 576 bytes",
         Stat::DhcpClientIdNotEchoed,
+    ),
+    (
+        "holdfast_dhcp_former_server_id_replies",
+        "Replies sent from a server address the client addressed other than its network's identifier now (a former identifier, the gateway)",
+        Stat::DhcpFormerServerId,
+    ),
+    (
+        "holdfast_dhcp_boot_replies",
+        "Replies carrying network boot information (siaddr, sname, file)",
+        Stat::DhcpBoot,
+    ),
+    (
+        "holdfast_dhcp_boot_options_not_sent",
+        "Replies without the options 66/67 their client asked for: they would not fit 576 bytes (sname and file carry them)",
+        Stat::DhcpBootOptionsNotSent,
     ),
     (
         "holdfast_dhcp_events_lost",

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub interfaces: Gauge,
     pub dataplane_errors: Counter,
     pub dhcp_events: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// DECLINEs of their address (conflicts), by VM interface.
+    pub dhcp_declines: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Metrics {
@@ -203,6 +205,12 @@ pub fn registry(metrics: &Arc<Metrics>, source: Arc<SourceStats>, bpffs_dir: Pat
         "holdfast_dhcp_events",
         "RELEASE and DECLINE events reported by the data plane and logged",
         metrics.dhcp_events.clone(),
+    );
+    r.register(
+        "holdfast_dhcp_declines",
+        "DECLINEs of their own address by DHCP clients (an address conflict), by VM interface; \
+         reported to IPAM, the binding silent for 5 minutes",
+        metrics.dhcp_declines.clone(),
     );
     r.register(
         "holdfast_build",

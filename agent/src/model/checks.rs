@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    Limits, Network, Nic, Node,
+    Boot, Limits, Network, Nic, Node,
     reasons::{Reason, Reject, reject},
     validate::NicOwners,
 };
@@ -91,6 +91,26 @@ pub(super) fn check_network(
                 n.gateway, n.subnet
             ),
         ));
+    }
+    if let Some(server) = n.dhcp_server {
+        if !n.subnet.contains(&server) {
+            return Err(reject(
+                Reason::OutsideSubnet,
+                format!("dhcp_server {server} is outside subnet {}", n.subnet),
+            ));
+        }
+        if server == n.subnet.network() || server == n.subnet.broadcast() {
+            return Err(reject(
+                Reason::ReservedAddress,
+                format!(
+                    "dhcp_server {server} is the network or broadcast address of {}",
+                    n.subnet
+                ),
+            ));
+        }
+    }
+    if let Some(boot) = &n.boot {
+        check_boot(boot)?;
     }
     if let Some(mtu) = n.mtu
         && !(MTU_MIN..=MTU_MAX).contains(&mtu)
@@ -226,6 +246,53 @@ fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
     Ok(())
 }
 
+/// The longest boot file: `file` holds 128 bytes with its terminating NUL (RFC 2131 §2).
+const BOOT_FILE_MAX: usize = 127;
+/// The longest TFTP server name: `sname` holds 64 bytes with its NUL.
+const BOOT_SERVER_NAME_MAX: usize = 63;
+
+/// Network boot fields: files that fit `file` (printable ASCII: a path or a URL), a server
+/// name that fits `sname`, a next server one can send to.
+fn check_boot(b: &Boot) -> Result<(), Reject> {
+    for (variant, file) in b.files() {
+        let Some(file) = file else {
+            continue;
+        };
+        if file.is_empty()
+            || file.len() > BOOT_FILE_MAX
+            || !file.bytes().all(|c| c.is_ascii_graphic())
+        {
+            return Err(reject(
+                Reason::InvalidField,
+                format!(
+                    "boot file {file:?} ({variant:?}) must be 1 to {BOOT_FILE_MAX} printable \
+                     ASCII characters without spaces"
+                ),
+            ));
+        }
+    }
+    if let Some(name) = &b.server_name
+        && (name.len() > BOOT_SERVER_NAME_MAX || !valid_dns_name(name))
+    {
+        return Err(reject(
+            Reason::InvalidName,
+            format!(
+                "boot server_name {name:?} is not a DNS name of at most {BOOT_SERVER_NAME_MAX} \
+                 bytes"
+            ),
+        ));
+    }
+    if let Some(a) = b.next_server
+        && (a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
+    {
+        return Err(reject(
+            Reason::InvalidAddress,
+            format!("boot next_server {a} is not a unicast address"),
+        ));
+    }
+    Ok(())
+}
+
 /// Why `a` cannot be a VTEP: it must be a unicast address one host can own, since VXLAN is
 /// accepted from a VTEP by its outer source address.
 fn vtep_unfit(a: Ipv4Addr) -> Option<&'static str> {
@@ -291,6 +358,15 @@ pub(super) fn check_nic(
                 nic.ip, net.id
             ),
         ));
+    }
+    if nic.ip == net.server_id() {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!("ip {} is the DHCP server address of {}", nic.ip, net.id),
+        ));
+    }
+    if let Some(boot) = &nic.boot {
+        check_boot(boot)?;
     }
     if let Some(h) = &nic.hostname
         && !valid_dns_name(h)
@@ -392,6 +468,141 @@ mod tests {
         ] {
             assert!(check_node(&node(good)).is_ok(), "{good}");
         }
+    }
+
+    fn net(extra: serde_json::Value) -> Network {
+        let mut v = serde_json::json!({"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                                       "gateway": "10.10.0.1"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn nic(ip: &str, boot: Option<serde_json::Value>) -> Nic {
+        let mut v = serde_json::json!({"mac": "02:00:00:00:00:01", "network": "blue",
+                                       "ip": ip, "node": "hv-2"});
+        if let Some(b) = boot {
+            v["boot"] = b;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn reason(r: Result<(), Reject>) -> Option<Reason> {
+        r.err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn a_dhcp_server_is_a_host_address_of_the_subnet_no_nic_has() {
+        let limits = Limits::default();
+        let ok = net(serde_json::json!({"dhcp_server": "10.10.0.253"}));
+        assert_eq!(
+            reason(check_network(&ok, &limits, &NicOwners::new(&[]))),
+            None
+        );
+        assert_eq!(ok.server_id(), "10.10.0.253".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            net(serde_json::json!({})).server_id(),
+            "10.10.0.1".parse::<Ipv4Addr>().unwrap()
+        );
+        for (bad, why) in [
+            ("10.20.0.2", Reason::OutsideSubnet),
+            ("10.10.0.0", Reason::ReservedAddress),
+            ("10.10.0.255", Reason::ReservedAddress),
+        ] {
+            let n = net(serde_json::json!({"dhcp_server": bad}));
+            assert_eq!(
+                reason(check_network(&n, &limits, &NicOwners::new(&[]))),
+                Some(why),
+                "{bad}"
+            );
+        }
+        let ports = VmPorts::default();
+        assert_eq!(
+            reason(check_nic(&nic("10.10.0.253", None), &ok, "hv-1", &ports)),
+            Some(Reason::ReservedAddress)
+        );
+        assert_eq!(
+            reason(check_nic(&nic("10.10.0.11", None), &ok, "hv-1", &ports)),
+            None
+        );
+    }
+
+    #[test]
+    fn boot_fields_must_fit_the_reply() {
+        let limits = Limits::default();
+        let ports = VmPorts::default();
+        let good = serde_json::json!({"next_server": "10.10.0.5", "server_name": "tftp.blue",
+                                      "bios": "undionly.kpxe", "uefi": "ipxe.efi",
+                                      "arm64": "arm64/ipxe.efi",
+                                      "ipxe": "http://10.10.0.5/boot.ipxe"});
+        assert_eq!(
+            reason(check_network(
+                &net(serde_json::json!({"boot": good})),
+                &limits,
+                &NicOwners::new(&[])
+            )),
+            None
+        );
+        for (bad, why) in [
+            (serde_json::json!({"bios": ""}), Reason::InvalidField),
+            (
+                serde_json::json!({"bios": "a".repeat(128)}),
+                Reason::InvalidField,
+            ),
+            (
+                serde_json::json!({"uefi": "with space.efi"}),
+                Reason::InvalidField,
+            ),
+            (serde_json::json!({"ipxe": "x\u{0}y"}), Reason::InvalidField),
+            (
+                serde_json::json!({"server_name": "a_b"}),
+                Reason::InvalidName,
+            ),
+            (
+                serde_json::json!({"server_name": "a".repeat(64)}),
+                Reason::InvalidName,
+            ),
+            (
+                serde_json::json!({"next_server": "0.0.0.0"}),
+                Reason::InvalidAddress,
+            ),
+            (
+                serde_json::json!({"next_server": "224.0.0.1"}),
+                Reason::InvalidAddress,
+            ),
+            (
+                serde_json::json!({"next_server": "255.255.255.255"}),
+                Reason::InvalidAddress,
+            ),
+        ] {
+            let n = net(serde_json::json!({"boot": bad.clone()}));
+            assert_eq!(
+                reason(check_network(&n, &limits, &NicOwners::new(&[]))),
+                Some(why),
+                "{bad}"
+            );
+            // The same on a NIC: the NIC alone is rejected.
+            let plain = net(serde_json::json!({}));
+            assert_eq!(
+                reason(check_nic(
+                    &nic("10.10.0.11", Some(bad.clone())),
+                    &plain,
+                    "hv-1",
+                    &ports
+                )),
+                Some(why),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            reason(check_network(
+                &net(serde_json::json!({"boot": {"bios": "a".repeat(127)}})),
+                &limits,
+                &NicOwners::new(&[])
+            )),
+            None
+        );
     }
 
     #[test]

@@ -40,5 +40,5 @@ pub use options::{
 };
 pub use reasons::{Reason, Rejection};
 pub use revalidate::{Revalidated, revalidate};
-pub use types::{Capacity, Limits, Model, Network, Nic, Node, Route};
+pub use types::{Boot, Capacity, Limits, Model, Network, Nic, Node, Route};
 pub use validate::{OptionsBudget, Validated, validate};

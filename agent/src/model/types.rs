@@ -49,6 +49,14 @@ pub struct Network {
     /// Extra DHCP options for every NIC of the network.
     #[serde(default, skip_serializing_if = "DhcpOptions::is_empty")]
     pub options: DhcpOptions,
+    /// The DHCP server's address on this network: the server identifier (option 54) and the
+    /// source of replies. Defaults to the gateway; set it to keep the identifier clients hold
+    /// when the gateway changes. No NIC may have it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_server: Option<Ipv4Addr>,
+    /// Network boot for the network's NICs (a NIC's own fields win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
 }
 
 fn default_lease_time() -> u32 {
@@ -68,13 +76,74 @@ impl Network {
     pub fn effective_mtu(&self) -> u16 {
         self.mtu.unwrap_or(DEFAULT_MTU)
     }
+
+    /// The DHCP server identifier: `dhcp_server`, or the gateway.
+    pub fn server_id(&self) -> Ipv4Addr {
+        self.dhcp_server.unwrap_or(self.gateway)
+    }
+}
+
+/// Network boot (PXE, UEFI, iPXE): where a booting VM fetches its boot file from, and which
+/// file, by what the client says it is. Every field is optional; on a NIC, each field set
+/// overrides the network's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    /// The next server (`siaddr`): the TFTP server boot files are fetched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_server: Option<Ipv4Addr>,
+    /// The TFTP server's name (`sname`, option 66).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The boot file (`file`, option 67) of a BIOS PXE client (option 93 type 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios: Option<String>,
+    /// Of an x86-64 UEFI client (types 7 and 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi: Option<String>,
+    /// Of an ARM64 UEFI client (type 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm64: Option<String>,
+    /// Of iPXE (user class "iPXE" or option 175), whatever its architecture: a script (a
+    /// file name or URL), so that iPXE runs it instead of loading itself again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipxe: Option<String>,
+}
+
+impl Boot {
+    /// `nic`'s fields over `network`'s.
+    pub fn merged(network: Option<&Boot>, nic: Option<&Boot>) -> Option<Boot> {
+        match (network, nic) {
+            (None, None) => None,
+            (Some(b), None) | (None, Some(b)) => Some(b.clone()),
+            (Some(n), Some(c)) => Some(Boot {
+                next_server: c.next_server.or(n.next_server),
+                server_name: c.server_name.clone().or_else(|| n.server_name.clone()),
+                bios: c.bios.clone().or_else(|| n.bios.clone()),
+                uefi: c.uefi.clone().or_else(|| n.uefi.clone()),
+                arm64: c.arm64.clone().or_else(|| n.arm64.clone()),
+                ipxe: c.ipxe.clone().or_else(|| n.ipxe.clone()),
+            }),
+        }
+    }
+
+    /// The boot files, by the variant they are for.
+    pub fn files(&self) -> [(agent_common::BootVariant, Option<&str>); 4] {
+        use agent_common::BootVariant as V;
+        [
+            (V::Bios, self.bios.as_deref()),
+            (V::UefiX64, self.uefi.as_deref()),
+            (V::UefiArm64, self.arm64.as_deref()),
+            (V::Ipxe, self.ipxe.as_deref()),
+        ]
+    }
 }
 
 impl FieldKinds for Network {
     fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         use PathStep::{Field, Index};
         match path {
-            [Field("subnet" | "gateway")]
+            [Field("subnet" | "gateway" | "dhcp_server")]
+            | [Field("boot"), Field("next_server")]
             | [Field("dns" | "ntp"), Index]
             | [Field("routes"), Index, Field("to" | "via")]
             | [Field("options"), Field("netbios_name_servers"), Index] => Some(FieldKind::Address),
@@ -123,6 +192,9 @@ pub struct Nic {
     /// a host holds 100,000 NICs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Box<DhcpOptions>>,
+    /// Network boot fields of this NIC, over its network's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<Boot>,
 }
 
 impl Nic {
@@ -137,6 +209,7 @@ impl FieldKinds for Nic {
         match path {
             [PathStep::Field("mac")] => Some(FieldKind::Mac),
             [PathStep::Field("ip")]
+            | [PathStep::Field("boot"), PathStep::Field("next_server")]
             | [
                 PathStep::Field("options"),
                 PathStep::Field("netbios_name_servers"),

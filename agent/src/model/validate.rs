@@ -231,7 +231,7 @@ pub(super) struct NicOwners<'a> {
 }
 
 impl<'a> NicOwners<'a> {
-    fn new(nics: &'a [RawEntry]) -> Self {
+    pub(super) fn new(nics: &'a [RawEntry]) -> Self {
         Self {
             nics,
             index: OnceCell::new(),

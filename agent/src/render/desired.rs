@@ -12,13 +12,13 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS,
-    MAX_FDB, MAX_VNIS, MAX_VTEPS, VniInfo, be32,
+    ArpEntry, ArpKey, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
+    MAX_BINDINGS, MAX_FDB, MAX_VNIS, MAX_VTEPS, VniInfo, be32,
 };
 
 use super::{
     leases::{self, Lease},
-    vpc::{self, Endpoint, LocalNetwork, Station, Vpc},
+    vpc::{self, Endpoint, FormerServers, LocalNetwork, Station, Vpc},
 };
 use crate::{
     anchor,
@@ -52,6 +52,9 @@ pub struct Inputs {
     pub ports: VmPorts,
     /// Whether entries and links not desired are removed: only once a model was validated.
     pub prune: bool,
+    /// The networks' former DHCP server identifiers, still answered (ARP, DHCP) for clients
+    /// whose lease names one.
+    pub former_servers: Arc<FormerServers>,
 }
 
 /// What a change touched: the networks whose entries are rendered again, as the VNIs they had
@@ -91,7 +94,7 @@ impl Touched {
 
 /// The whole state the data plane must hold.
 pub fn build(i: &Inputs) -> Desired {
-    let vpc = vpc::derive(&i.model, &i.node, i.router_mac);
+    let vpc = vpc::derive_with(&i.model, &i.node, i.router_mac, &i.former_servers);
     let by_name = ports_by_name(i);
     let mut d = Desired {
         prune: i.prune,
@@ -132,7 +135,15 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
     let by_name = ports_by_name(i);
     let mut part = Vpc::default();
     for (id, macs) in &t.networks {
-        vpc::derive_network(&i.model, id, macs, &i.node, i.router_mac, &mut part);
+        vpc::derive_network(
+            &i.model,
+            id,
+            macs,
+            &i.node,
+            i.router_mac,
+            &i.former_servers,
+            &mut part,
+        );
     }
     for &vni in &t.vnis {
         let fdb: Vec<FdbKey> = d
@@ -163,6 +174,15 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
             .collect();
         for k in stale {
             d.bindings.remove(&k);
+        }
+        let stale: Vec<BootKey> = d
+            .boot
+            .keys()
+            .filter(|k| t.macs.contains(&MacAddr(k.mac)))
+            .copied()
+            .collect();
+        for k in stale {
+            d.boot.remove(&k);
         }
         let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
         add_bindings(d, leases::served(&i.model, &i.node, nics), &by_name);
@@ -214,6 +234,10 @@ fn add_bindings<'a>(
         if let Some(&ifindex) = by_name.get(lease.interface) {
             d.bindings
                 .insert(BindingKey::new(ifindex, lease.mac.0), lease.binding);
+            for (variant, entry) in lease.boot {
+                d.boot
+                    .insert(BootKey::new(ifindex, lease.mac.0, variant), entry);
+            }
         }
     }
 }
@@ -321,6 +345,7 @@ mod tests {
             underlay: Some((1, "ul0".into())),
             ports: ports(),
             prune: true,
+            former_servers: Arc::default(),
         }
     }
 

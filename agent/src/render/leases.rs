@@ -1,9 +1,9 @@
 //! The DHCP leases this host serves: its own NICs that name their interface, each with its
 //! options rendered.
 
-use agent_common::Binding;
+use agent_common::{Binding, BootEntry, BootVariant};
 
-use super::options::render;
+use super::{boot, options::render};
 use crate::model::{MacAddr, Model, Nic};
 
 /// A binding to serve on this host, before its interface is resolved to an ifindex.
@@ -12,6 +12,8 @@ pub struct Lease<'a> {
     pub interface: &'a str,
     pub mac: MacAddr,
     pub binding: Binding,
+    /// Its network boot answers, by variant (none without a boot file).
+    pub boot: Vec<(BootVariant, BootEntry)>,
 }
 
 /// The leases of `nics` (NICs of `model`) that `node` serves: those on `node` that name their
@@ -31,6 +33,7 @@ pub fn served<'a>(
                 interface,
                 mac: nic.mac,
                 binding,
+                boot: boot::render(net, nic),
             })
         })
 }

@@ -6,10 +6,12 @@
 //! state, which [`crate::dataplane`] writes into the maps.
 //!
 //! - [`options`]: a NIC's DHCP options as the bytes XDP copies into each reply.
+//! - [`boot`]: a NIC's network boot answers, one per client variant.
 //! - [`leases`]: which NICs this host serves DHCP for, each on its interface.
 //! - [`vpc`]: the forwarding state (FDB, ARP answers, VTEPs) of the networks this host carries.
 //! - [`desired`]: all of it as map entries, built whole or patched for some networks.
 
+pub mod boot;
 pub mod desired;
 pub mod leases;
 pub mod options;

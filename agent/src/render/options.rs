@@ -250,7 +250,7 @@ pub fn render(net: &Network, nic: &Nic) -> Result<Binding, RenderError> {
     inform[..LEASE_OPTS_LEN].fill(0);
     Ok(Binding {
         ip: be32(nic.ip),
-        server_id: be32(net.gateway),
+        server_id: be32(net.server_id()),
         vni: net.vni,
         mtu: u32::from(net.effective_mtu()),
         opts_len: blob.len() as u16,
@@ -337,6 +337,8 @@ mod tests {
             lease_time: 3600,
             default_route: true,
             options: DhcpOptions::default(),
+            dhcp_server: None,
+            boot: None,
         }
     }
 
@@ -350,6 +352,7 @@ mod tests {
             interface: Some("tap-vm1".into()),
             default_route: None,
             options: None,
+            boot: None,
         }
     }
 

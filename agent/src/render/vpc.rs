@@ -45,8 +45,61 @@ pub struct Vpc {
     pub vnis: BTreeMap<u32, LocalNetwork>,
 }
 
+/// Server identifiers each network had before (by network id), which clients may still hold:
+/// they keep resolving to the router MAC while no NIC has them (see the agent's
+/// `FormerServers`).
+pub type FormerServers = BTreeMap<String, Vec<Ipv4Addr>>;
+
+/// Former identifiers kept per network: a client holds the one it last renewed with, so a
+/// few changes back is plenty; the oldest goes first.
+pub const MAX_FORMER_SERVERS: usize = 4;
+
+/// The former server identifiers after the model changed from `prev` to `next`: a network
+/// whose identifier changed keeps its old one, for as long as it stays in its subnet, is not
+/// its identifier or gateway again, and no NIC has it. Networks gone forget theirs.
+pub fn former_after(former: &FormerServers, prev: &Model, next: &Model) -> FormerServers {
+    let mut out = FormerServers::new();
+    let mut held: Option<BTreeMap<&str, BTreeSet<Ipv4Addr>>> = None;
+    for (id, net) in &next.networks {
+        let mut list = former.get(id).cloned().unwrap_or_default();
+        if let Some(p) = prev.networks.get(id)
+            && p.server_id() != net.server_id()
+        {
+            list.retain(|a| *a != p.server_id());
+            list.push(p.server_id());
+        }
+        list.retain(|a| *a != net.server_id() && *a != net.gateway && net.subnet.contains(a));
+        if list.is_empty() {
+            continue;
+        }
+        // The NICs' addresses, by network: read once, and only when some network has former
+        // identifiers (rarely).
+        let held = held.get_or_insert_with(|| {
+            let mut by: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+            for nic in next.nics.values() {
+                by.entry(&*nic.network).or_default().insert(nic.ip);
+            }
+            by
+        });
+        if let Some(ips) = held.get(id.as_str()) {
+            list.retain(|a| !ips.contains(a));
+        }
+        let extra = list.len().saturating_sub(MAX_FORMER_SERVERS);
+        list.drain(..extra);
+        if !list.is_empty() {
+            out.insert(id.clone(), list);
+        }
+    }
+    out
+}
+
 /// The forwarding state `node` needs.
 pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
+    derive_with(model, node, router_mac, &FormerServers::new())
+}
+
+/// [`derive`], with the networks' former server identifiers.
+pub fn derive_with(model: &Model, node: &str, router_mac: MacAddr, former: &FormerServers) -> Vpc {
     let mut vpc = Vpc {
         vtep: model.nodes.get(node).map(|n| n.vtep),
         vteps: vteps(model, node),
@@ -56,7 +109,7 @@ pub fn derive(model: &Model, node: &str, router_mac: MacAddr) -> Vpc {
     let mut here: BTreeMap<&str, u32> = BTreeMap::new();
     for nic in model.nics.values().filter(|n| *n.node == *node) {
         if !here.contains_key(&*nic.network)
-            && let Some(vni) = add_network(model, &nic.network, router_mac, &mut vpc)
+            && let Some(vni) = add_network(model, &nic.network, router_mac, former, &mut vpc)
         {
             here.insert(&nic.network, vni);
         }
@@ -88,13 +141,14 @@ pub fn derive_network(
     macs: &BTreeSet<MacAddr>,
     node: &str,
     router_mac: MacAddr,
+    former: &FormerServers,
     vpc: &mut Vpc,
 ) {
     let nics = || macs.iter().filter_map(|m| model.nics.get(m));
     if !nics().any(|n| *n.node == *node) {
         return;
     }
-    let Some(vni) = add_network(model, id, router_mac, vpc) else {
+    let Some(vni) = add_network(model, id, router_mac, former, vpc) else {
         return;
     };
     for nic in nics() {
@@ -102,8 +156,15 @@ pub fn derive_network(
     }
 }
 
-/// Adds network `id` itself (its VNI and its gateway's ARP answer); its VNI, when it exists.
-fn add_network(model: &Model, id: &str, router_mac: MacAddr, vpc: &mut Vpc) -> Option<u32> {
+/// Adds network `id` itself (its VNI, and the ARP answers of its gateway, its DHCP server and
+/// its former server identifiers); its VNI, when it exists.
+fn add_network(
+    model: &Model,
+    id: &str,
+    router_mac: MacAddr,
+    former: &FormerServers,
+    vpc: &mut Vpc,
+) -> Option<u32> {
     let net = model.networks.get(id)?;
     vpc.vnis.insert(
         net.vni,
@@ -113,6 +174,14 @@ fn add_network(model: &Model, id: &str, router_mac: MacAddr, vpc: &mut Vpc) -> O
         },
     );
     vpc.arp.insert((net.vni, net.gateway), router_mac);
+    vpc.arp.insert((net.vni, net.server_id()), router_mac);
+    // A client whose lease names a former identifier renews by unicast to it: it must
+    // resolve it. A NIC that has the address now takes its ARP answer (`add_nic` comes after).
+    for a in former.get(id).into_iter().flatten() {
+        if net.subnet.contains(a) {
+            vpc.arp.insert((net.vni, *a), router_mac);
+        }
+    }
     Some(net.vni)
 }
 
@@ -196,6 +265,47 @@ mod tests {
         assert_eq!(vpc.arp[&(1001, "10.0.0.1".parse().unwrap())], ROUTER);
         assert!(!vpc.arp.contains_key(&(1002, "10.0.0.11".parse().unwrap())));
         assert_eq!(vpc.vteps.len(), 1);
+    }
+
+    #[test]
+    fn a_changed_server_identifier_is_kept_while_no_nic_has_it() {
+        let before = model();
+        let mut after = before.clone();
+        let mut a = after.networks["a"].clone();
+        a.gateway = "10.0.0.254".parse().unwrap();
+        after.networks.insert("a".into(), a);
+        let former = former_after(&FormerServers::new(), &before, &after);
+        let old: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        assert_eq!(former, FormerServers::from([("a".into(), vec![old])]));
+        // It keeps resolving to the router MAC, beside the new gateway.
+        let vpc = derive_with(&after, "hv-1", ROUTER, &former);
+        assert_eq!(vpc.arp[&(1001, old)], ROUTER);
+        assert_eq!(vpc.arp[&(1001, "10.0.0.254".parse().unwrap())], ROUTER);
+        // Unchanged models keep it; a NIC taking the address ends it.
+        assert_eq!(former_after(&former, &after, &after), former);
+        let mut taken = after.clone();
+        let mut nic = taken.nics.values().next().unwrap().clone();
+        nic.ip = old;
+        taken.nics.insert(nic.mac, nic);
+        assert!(former_after(&former, &after, &taken).is_empty());
+        // So does the gateway coming back (the one it replaced is the former one now), and the
+        // network going.
+        assert_eq!(
+            former_after(&former, &after, &before),
+            FormerServers::from([("a".into(), vec!["10.0.0.254".parse().unwrap()])])
+        );
+        let mut gone = after.clone();
+        gone.networks.remove("a");
+        assert!(former_after(&former, &after, &gone).is_empty());
+        // A dhcp_server set later: the gateway it replaces as identifier is kept.
+        let mut pinned = after.clone();
+        let mut a = pinned.networks["a"].clone();
+        a.dhcp_server = Some("10.0.0.2".parse().unwrap());
+        pinned.networks.insert("a".into(), a);
+        let f = former_after(&former, &after, &pinned);
+        assert_eq!(f["a"], vec![old]);
+        let vpc = derive_with(&pinned, "hv-1", ROUTER, &f);
+        assert_eq!(vpc.arp[&(1001, "10.0.0.2".parse().unwrap())], ROUTER);
     }
 
     #[test]

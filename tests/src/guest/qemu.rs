@@ -56,7 +56,12 @@ impl QemuVm {
                 nic.tap
             ));
             let rom = match (&boot, i) {
-                (Boot::Network { rom }, 0) => format!(",romfile={rom},bootindex=1"),
+                // Debian's iPXE ROMs name the modern virtio-net device (1af4:1041) in their
+                // PCI header, and SeaBIOS runs a ROM only for the device it names: without
+                // the legacy interface the NIC is that device (a transitional one is 1af4:1000).
+                (Boot::Network { rom }, 0) => {
+                    format!(",romfile={rom},bootindex=1,disable-legacy=on")
+                }
                 // No option ROM: nothing to boot from it, and the VM starts faster.
                 _ => ",romfile=".to_owned(),
             };

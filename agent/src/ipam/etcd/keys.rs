@@ -57,6 +57,15 @@ impl Layout {
         format!("{}{network}/", self.by_networks())
     }
 
+    /// Address conflicts agents report, for the central IPAM to watch (`P/conflicts/<mac>`).
+    pub fn conflicts(&self) -> String {
+        format!("{}/conflicts/", self.prefix)
+    }
+
+    pub fn conflict(&self, mac: MacAddr) -> String {
+        format!("{}{mac}", self.conflicts())
+    }
+
     /// A NIC's key in its node's index.
     pub(super) fn node_nic(&self, node: &str, mac: MacAddr) -> String {
         format!("{}{mac}", self.by_node(node))

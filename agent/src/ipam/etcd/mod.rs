@@ -8,6 +8,7 @@
 //! P/nics/<mac>                    a NIC: the canonical record, one per MAC
 //! P/by-node/<node>/<mac>          the same NIC, indexed by the node it is on
 //! P/by-network/<network>/<mac>    the same NIC, indexed by its network
+//! P/conflicts/<mac>               an address conflict an agent reported (written by agents)
 //! ```
 //!
 //! A NIC's three keys are written in one transaction ([`Store::put_nic`], [`Store::import`]). An
@@ -32,7 +33,9 @@
 //! | `view.rs` | what this node holds of IPAM, and which networks a change touches |
 //! | `session.rs` | the watch session: list, watch, follow networks, tell the agent |
 //! | `reconnect.rs` | backoff, probes, and the relist guard |
+//! | `conflicts.rs` | address conflicts written for the central IPAM |
 
+mod conflicts;
 mod error;
 mod import_export;
 mod keys;
@@ -60,7 +63,7 @@ use self::{
     reconnect::{HEALTHY_SESSION, Probe, Woken, wait_to_reconnect},
     session::{Session, Stop},
 };
-use super::{Resend, SourceStats, Update};
+use super::{Conflict, Conflicts, Resend, SourceStats, Update};
 use crate::config::IpamConfig;
 
 /// The etcd IPAM source: lists and watches what this node needs, and reconnects when etcd is
@@ -70,6 +73,8 @@ pub struct EtcdSource {
     node: String,
     stats: Arc<SourceStats>,
     resend: Resend,
+    /// What the conflict writer reads, once the agent asked where to report conflicts.
+    conflicts: Option<mpsc::Receiver<Conflict>>,
 }
 
 impl EtcdSource {
@@ -80,7 +85,16 @@ impl EtcdSource {
             node,
             stats: Arc::default(),
             resend: Resend::default(),
+            conflicts: None,
         }
+    }
+
+    /// Where to report address conflicts: written under `P/conflicts/` by a task of their own
+    /// (on their own connection), so that a slow etcd never holds the agent or the watch.
+    pub fn conflicts(&mut self) -> Conflicts {
+        let (handle, rx) = Conflicts::new();
+        self.conflicts = Some(rx);
+        handle
     }
 
     /// What it counts, for the metrics.
@@ -95,7 +109,10 @@ impl EtcdSource {
 
     /// Lists, watches and reconnects until `tx` closes. Never gives up: while etcd is away the
     /// agent keeps serving what it last applied.
-    pub async fn run(self, tx: mpsc::Sender<Update>) {
+    pub async fn run(mut self, tx: mpsc::Sender<Update>) {
+        if let Some(rx) = self.conflicts.take() {
+            tokio::spawn(conflicts::write(self.config.clone(), self.node.clone(), rx));
+        }
         let mut session = Session::new(&self.config, self.node.clone(), self.stats.clone());
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         let mut first = true;

@@ -55,6 +55,8 @@ fn network() -> Network {
         lease_time: 3600,
         default_route: true,
         options: Default::default(),
+        dhcp_server: None,
+        boot: None,
     }
 }
 
@@ -221,6 +223,7 @@ pub fn run() {
             interface: Some(TAP.into()),
             default_route: None,
             options: None,
+            boot: None,
         };
         let mut d = Desired {
             prune: true,

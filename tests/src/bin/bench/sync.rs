@@ -185,6 +185,7 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
             interface: None,
             default_route: None,
             options: None,
+            boot: None,
         };
         let key = FdbKey::new(10_000 + n as u32, mac);
         let t = Instant::now();

@@ -261,6 +261,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         interface: Some("tap-a1".into()),
         default_route: None,
         options: None,
+        boot: None,
     };
     let mut d = Desired {
         prune: true,
@@ -306,6 +307,8 @@ fn network() -> Network {
         lease_time: 3600,
         default_route: true,
         options: Default::default(),
+        dhcp_server: None,
+        boot: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn nic(k: usize, network: usize, node: usize) -> Nic {
         interface: Some(format!("tap{k}")),
         default_route: None,
         options: None,
+        boot: None,
     }
 }
 
