@@ -27,6 +27,7 @@ fn ipam(lease_time: u32) -> String {
     format!(
         r#"{{ "networks": [ {{ "id": "pn-blue", "vni": 1001, "subnet": "10.10.0.0/24",
                  "gateway": "10.10.0.1", "dns": ["10.10.0.2"], "domain": "blue.internal",
+                 "search": ["blue.internal.", "corp.example"],
                  "mtu": 1450, "routes": [ {{ "to": "172.16.0.0/12", "via": "10.10.0.1" }} ],
                  "lease_time": {lease_time} }} ],
              "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
@@ -83,6 +84,9 @@ fn systemd_networkd_gets_and_applies_its_lease_from_xdp() {
         ("SERVER_ADDRESS", "10.10.0.1"),
         ("DNS", "10.10.0.2"),
         ("DOMAINNAME", "blue.internal"),
+        // Option 119, its trailing dot dropped on the wire.
+        ("DOMAIN_SEARCH_LIST", "blue.internal corp.example"),
+        ("ROUTER", "10.10.0.1"),
         ("HOSTNAME", "vm-n1"),
         ("MTU", "1450"),
     ] {
@@ -120,6 +124,8 @@ fn network_manager_gets_and_applies_its_lease_from_xdp() {
         ("dhcp_server_identifier", "10.10.0.1"),
         ("domain_name_servers", "10.10.0.2"),
         ("domain_name", "blue.internal"),
+        ("domain_search", "blue.internal corp.example"),
+        ("routers", "10.10.0.1"),
         ("host_name", "vm-m1"),
         ("interface_mtu", "1450"),
         ("dhcp_lease_time", "3600"),
