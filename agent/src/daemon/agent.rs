@@ -214,7 +214,7 @@ impl Agent {
         let new_vteps =
             self.vteps(Some(&model)) != self.vteps(self.serving.as_ref().map(|s| &*s.model));
         if let Some(prev) = self.serving.as_ref().map(|s| s.model.clone()) {
-            self.note_former_servers(&prev, &model);
+            self.note_former_servers(&prev, &model, &nics_of);
         }
         self.serving = Some(Serving {
             model: model.clone(),
@@ -245,10 +245,6 @@ impl Agent {
             return;
         };
         let prev = std::mem::replace(&mut serving.model, model.clone());
-        self.note_former_servers(&prev, &model);
-        let Some(serving) = self.serving.as_mut() else {
-            return;
-        };
         for (id, set) in &nics_after {
             if set.is_empty() {
                 serving.nics_of.remove(id);
@@ -256,6 +252,12 @@ impl Agent {
                 serving.nics_of.insert(id.clone(), set.clone());
             }
         }
+        let nics_of = std::mem::take(&mut serving.nics_of);
+        self.note_former_servers(&prev, &model, &nics_of);
+        let Some(serving) = self.serving.as_mut() else {
+            return;
+        };
+        serving.nics_of = nics_of;
         let mut patched = serving.desired.clone();
         let inputs = self.inputs(model.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -278,8 +280,14 @@ impl Agent {
     }
 
     /// Remembers the DHCP server identifiers that the change from `prev` to `next` retires.
-    fn note_former_servers(&mut self, prev: &Model, next: &Model) {
-        let after = vpc::former_after(&self.former_servers, prev, next);
+    /// `nics_of`: the MACs of each network of `next`.
+    fn note_former_servers(
+        &mut self,
+        prev: &Model,
+        next: &Model,
+        nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+    ) {
+        let after = vpc::former_after(&self.former_servers, prev, next, nics_of);
         if after != *self.former_servers {
             for (id, list) in &after {
                 if self.former_servers.get(id) != Some(list) {

@@ -57,9 +57,15 @@ pub const MAX_FORMER_SERVERS: usize = 4;
 /// The former server identifiers after the model changed from `prev` to `next`: a network
 /// whose identifier changed keeps its old one, for as long as it stays in its subnet, is not
 /// its identifier or gateway again, and no NIC has it. Networks gone forget theirs.
-pub fn former_after(former: &FormerServers, prev: &Model, next: &Model) -> FormerServers {
+/// `nics_of` holds the MACs of each network of `next`: only the NICs of a network with former
+/// identifiers are read, so a change costs the networks, not the cloud's NICs.
+pub fn former_after(
+    former: &FormerServers,
+    prev: &Model,
+    next: &Model,
+    nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+) -> FormerServers {
     let mut out = FormerServers::new();
-    let mut held: Option<BTreeMap<&str, BTreeSet<Ipv4Addr>>> = None;
     for (id, net) in &next.networks {
         let mut list = former.get(id).cloned().unwrap_or_default();
         if let Some(p) = prev.networks.get(id)
@@ -72,17 +78,10 @@ pub fn former_after(former: &FormerServers, prev: &Model, next: &Model) -> Forme
         if list.is_empty() {
             continue;
         }
-        // The NICs' addresses, by network: read once, and only when some network has former
-        // identifiers (rarely).
-        let held = held.get_or_insert_with(|| {
-            let mut by: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-            for nic in next.nics.values() {
-                by.entry(&*nic.network).or_default().insert(nic.ip);
+        for mac in nics_of.get(id.as_str()).into_iter().flatten() {
+            if let Some(nic) = next.nics.get(mac) {
+                list.retain(|a| *a != nic.ip);
             }
-            by
-        });
-        if let Some(ips) = held.get(id.as_str()) {
-            list.retain(|a| !ips.contains(a));
         }
         let extra = list.len().saturating_sub(MAX_FORMER_SERVERS);
         list.drain(..extra);
@@ -274,7 +273,12 @@ mod tests {
         let mut a = after.networks["a"].clone();
         a.gateway = "10.0.0.254".parse().unwrap();
         after.networks.insert("a".into(), a);
-        let former = former_after(&FormerServers::new(), &before, &after);
+        let former = former_after(
+            &FormerServers::new(),
+            &before,
+            &after,
+            &after.nics_by_network(),
+        );
         let old: Ipv4Addr = "10.0.0.1".parse().unwrap();
         assert_eq!(former, FormerServers::from([("a".into(), vec![old])]));
         // It keeps resolving to the router MAC, beside the new gateway.
@@ -282,27 +286,30 @@ mod tests {
         assert_eq!(vpc.arp[&(1001, old)], ROUTER);
         assert_eq!(vpc.arp[&(1001, "10.0.0.254".parse().unwrap())], ROUTER);
         // Unchanged models keep it; a NIC taking the address ends it.
-        assert_eq!(former_after(&former, &after, &after), former);
+        assert_eq!(
+            former_after(&former, &after, &after, &after.nics_by_network()),
+            former
+        );
         let mut taken = after.clone();
         let mut nic = taken.nics.values().next().unwrap().clone();
         nic.ip = old;
         taken.nics.insert(nic.mac, nic);
-        assert!(former_after(&former, &after, &taken).is_empty());
+        assert!(former_after(&former, &after, &taken, &taken.nics_by_network()).is_empty());
         // So does the gateway coming back (the one it replaced is the former one now), and the
         // network going.
         assert_eq!(
-            former_after(&former, &after, &before),
+            former_after(&former, &after, &before, &before.nics_by_network()),
             FormerServers::from([("a".into(), vec!["10.0.0.254".parse().unwrap()])])
         );
         let mut gone = after.clone();
         gone.networks.remove("a");
-        assert!(former_after(&former, &after, &gone).is_empty());
+        assert!(former_after(&former, &after, &gone, &gone.nics_by_network()).is_empty());
         // A dhcp_server set later: the gateway it replaces as identifier is kept.
         let mut pinned = after.clone();
         let mut a = pinned.networks["a"].clone();
         a.dhcp_server = Some("10.0.0.2".parse().unwrap());
         pinned.networks.insert("a".into(), a);
-        let f = former_after(&former, &after, &pinned);
+        let f = former_after(&former, &after, &pinned, &pinned.nics_by_network());
         assert_eq!(f["a"], vec![old]);
         let vpc = derive_with(&pinned, "hv-1", ROUTER, &f);
         assert_eq!(vpc.arp[&(1001, "10.0.0.2".parse().unwrap())], ROUTER);
