@@ -38,6 +38,10 @@ const ENCAP_L2_ETH_LEN: u64 = (ETH_HLEN as u64) << 56;
 /// most options it may carry (60 bytes), and the first 20 bytes of TCP or UDP.
 const SKB_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
 
+/// What [`Ctx::resize`] takes from XDP's headroom when neither end alone has room: the 216
+/// bytes `XDP_PACKET_HEADROOM` leaves once the kernel's `xdp_frame` (40 bytes) is kept.
+const XDP_HEAD_PART: i32 = 216;
+
 /// A packet as one hook hands it to a program.
 pub trait Ctx: EbpfContext {
     /// The skb path (TC): checksum and GSO state kept beside the frame, any frame carried whole,
@@ -62,6 +66,10 @@ pub trait Ctx: EbpfContext {
     fn gso_size(&self) -> u32;
     /// Makes the headers the logic reads directly readable and writable (the skb's linear part).
     fn pull_headers(&self);
+    /// Makes the whole frame directly readable and writable (the skb's linear part), for the
+    /// DHCP responder, which reads and rewrites all of a request (at most one MTU). Packet
+    /// pointers taken before it are invalid after it.
+    fn pull_all(&self);
     /// Copies `len` bytes at `off` out of the frame, wherever they are.
     ///
     /// # Safety
@@ -87,16 +95,6 @@ pub trait Ctx: EbpfContext {
     fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
     /// Sends the frame back out of the port it came in on, to the VM.
     fn tx(&self) -> u32;
-    /// The DHCP responder, for a request whose BOOTP message is at `bootp` in a UDP datagram
-    /// of `udp_len` bytes. Issue 14, phase 1:
-    /// only XDP has one; phase 2 makes `dhcp.rs` generic over this trait and this goes.
-    fn dhcp(
-        &self,
-        bootp: usize,
-        udp_len: usize,
-        src_mac: [u8; 6],
-        ip_daddr: u32,
-    ) -> Result<u32, Stat>;
 }
 
 impl Ctx for XdpContext {
@@ -139,6 +137,9 @@ impl Ctx for XdpContext {
     fn pull_headers(&self) {}
 
     #[inline(always)]
+    fn pull_all(&self) {}
+
+    #[inline(always)]
     unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
         // SAFETY: per the caller; the helper checks the packet range itself.
         unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off, dst.cast(), len) }
@@ -162,6 +163,17 @@ impl Ctx for XdpContext {
                 return Ok(());
             }
             if delta > 0 && bpf_xdp_adjust_head(self.as_ptr().cast(), -delta) == 0 {
+                return Ok(());
+            }
+            // Neither alone (a DHCP reply near `OPTS_MAX` grows a short request by about 250
+            // bytes): part into the headroom, the rest into the tailroom. A veth hands XDP the
+            // sender's own buffer when it has `XDP_PACKET_HEADROOM` (256 bytes) in front, of
+            // which the kernel keeps its `xdp_frame`, and whatever tailroom the allocation
+            // rounded up to.
+            if delta > XDP_HEAD_PART
+                && bpf_xdp_adjust_head(self.as_ptr().cast(), -XDP_HEAD_PART) == 0
+                && bpf_xdp_adjust_tail(self.as_ptr().cast(), delta - XDP_HEAD_PART) == 0
+            {
                 return Ok(());
             }
         }
@@ -193,17 +205,6 @@ impl Ctx for XdpContext {
     #[inline(always)]
     fn tx(&self) -> u32 {
         xdp_action::XDP_TX
-    }
-
-    #[inline(always)]
-    fn dhcp(
-        &self,
-        bootp: usize,
-        udp_len: usize,
-        src_mac: [u8; 6],
-        ip_daddr: u32,
-    ) -> Result<u32, Stat> {
-        crate::dhcp::handle_request(self, bootp, udp_len, src_mac, ip_daddr)
     }
 }
 
@@ -252,6 +253,14 @@ impl Ctx for TcContext {
         // A frame shorter than the headers is refused by the bounds checks that follow.
         // SAFETY: our own context; packet pointers are derived afterwards.
         let _ = unsafe { bpf_skb_pull_data(self.skb.skb, n) };
+    }
+
+    #[inline(always)]
+    fn pull_all(&self) {
+        // A frame that cannot be pulled leaves the linear part short: the responder's bounds
+        // checks refuse what it cannot read.
+        // SAFETY: our own context; packet pointers are derived afterwards.
+        let _ = unsafe { bpf_skb_pull_data(self.skb.skb, TcContext::len(self)) };
     }
 
     #[inline(always)]
@@ -306,17 +315,5 @@ impl Ctx for TcContext {
     fn tx(&self) -> u32 {
         // Out of the interface it came in on (egress): to the VM.
         self.redirect(self.ifindex())
-    }
-
-    #[inline(always)]
-    fn dhcp(
-        &self,
-        _bootp: usize,
-        _udp_len: usize,
-        _src_mac: [u8; 6],
-        _ip_daddr: u32,
-    ) -> Result<u32, Stat> {
-        // Issue 14, phase 1: the responder is XDP's. Dropped and counted as on the skb path.
-        Err(Stat::DropDhcpSkbPath)
     }
 }

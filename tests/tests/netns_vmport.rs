@@ -19,7 +19,7 @@ use agent_common::Stat;
 use holdfast_tests::{
     loadgen,
     netns::{Agent, Netns, Vm, in_netns, mac_str, wait_for},
-    packet::{Request, arp_request, udp_frame},
+    packet::{Reply, Request, arp_request, parse_reply, udp_frame},
     rawsock::RawSocket,
     xdp::{ROUTER_MAC, VmHook},
 };
@@ -284,6 +284,21 @@ fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     f
 }
 
+/// A DHCP reply X got (checked by the independent parser: lengths, both checksums), if any.
+fn dhcp_reply_to(sock: &RawSocket) -> Option<Reply> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match sock.recv(left) {
+            Some(f) if f.len() > 42 && f[12..14] == [0x08, 0x00] && f[36..38] == [0, 68] => {
+                return Some(parse_reply(&f).unwrap_or_else(|e| panic!("malformed reply: {e}")));
+            }
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    None
+}
+
 /// Whether X got an ARP reply.
 fn arp_reply_to_x(sock: &RawSocket) -> bool {
     arp_reply_from(sock).is_some()
@@ -338,12 +353,11 @@ fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
     hands_nothing_to_the_host(&lab, "a port with only TC", ip6_in, ip_in);
 }
 
-/// In tc mode the port carries `holdfast_vm_tc` alone (no XDP at all): it answers ARP itself
-/// (the host does not), drops the rest of what XDP would, for the same reasons, and hands
-/// nothing to the host. DHCP in tc mode comes with issue 14's phase 2: until then it is
-/// dropped and counted, as on xdp mode's skb path.
+/// In tc mode the port carries `holdfast_vm_tc` alone (no XDP at all): it answers ARP and DHCP
+/// itself (the host does not), drops the rest of what XDP would, for the same reasons, and
+/// hands nothing to the host.
 #[test]
-fn a_port_in_tc_mode_answers_arp_and_hands_nothing_to_the_host() {
+fn a_port_in_tc_mode_answers_arp_and_dhcp_and_hands_nothing_to_the_host() {
     let lab = Lab::new(VmHook::Tc);
     let ifindex = lab.hv.ifindex("tap-x");
     let links = lab.agent.bpffs.path().join("links");
@@ -380,7 +394,15 @@ fn a_port_in_tc_mode_answers_arp_and_hands_nothing_to_the_host() {
         "the host learned X from its ARP: {}",
         String::from_utf8_lossy(&neigh.stdout)
     );
-    lab.dropped("DHCP", &Request::discover(X).frame(), Stat::DropDhcpSkbPath);
+    // DHCP: answered on the skb, from the router MAC, with the bound address.
+    let before = lab.counter(Stat::DhcpOffer);
+    lab.x_sock.send(&Request::discover(X).frame());
+    let offer = dhcp_reply_to(&lab.x_sock).expect("no OFFER in tc mode");
+    assert_eq!(offer.msg_type(), Some(2));
+    assert_eq!(offer.eth_src, ROUTER_MAC);
+    assert_eq!(offer.yiaddr, X_IP);
+    assert_eq!(lab.counter(Stat::DhcpOffer), before + 1);
+    assert_eq!(lab.counter(Stat::DropDhcpSkbPath), 0);
     hands_nothing_to_the_host(&lab, "a port in tc mode", ip6_in, ip_in);
 }
 
