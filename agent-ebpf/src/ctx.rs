@@ -19,12 +19,14 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     helpers::{
-        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail,
-        bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room,
+        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -95,6 +97,11 @@ pub trait Ctx: EbpfContext {
     fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
     /// Sends the frame back out of the port it came in on, to the VM.
     fn tx(&self) -> u32;
+    /// Makes the UDP checksum at packet offset `off` of a reply written whole (its complete
+    /// checksum `csum` is there, over the pseudo header whose folded sum is `pseudo`) right
+    /// for the checksum state the request left on the frame. XDP: nothing, a frame has no
+    /// such state. TC: see the implementation.
+    fn reply_udp_csum(&self, off: u32, csum: u16, pseudo: u16) -> Result<(), Stat>;
 }
 
 impl Ctx for XdpContext {
@@ -206,6 +213,11 @@ impl Ctx for XdpContext {
     fn tx(&self) -> u32 {
         xdp_action::XDP_TX
     }
+
+    #[inline(always)]
+    fn reply_udp_csum(&self, _off: u32, _csum: u16, _pseudo: u16) -> Result<(), Stat> {
+        Ok(())
+    }
 }
 
 impl Ctx for TcContext {
@@ -315,5 +327,41 @@ impl Ctx for TcContext {
     fn tx(&self) -> u32 {
         // Out of the interface it came in on (egress): to the VM.
         self.redirect(self.ifindex())
+    }
+
+    /// A request a guest sent from a UDP socket with checksum offload (a unicast renewal)
+    /// arrives `CHECKSUM_PARTIAL`: the skb says that the UDP checksum field holds only the
+    /// pseudo header's sum, for whoever finishes it (`skb_checksum_help` on a port that does not
+    /// offload checksums, or the guest, told by the virtio header). A complete checksum there
+    /// would be summed again: the reply arrives with a wrong one and the client drops it. The
+    /// skb's state cannot be read or cleared from here, but `bpf_l4_csum_replace` with
+    /// `BPF_F_PSEUDO_HDR` acts on it: it adds a difference to the field when the skb is
+    /// `CHECKSUM_PARTIAL` (`inet_proto_csum_replace_by_diff`: the field is a sum), and
+    /// subtracts it otherwise (the field is a complemented sum). Writing
+    /// `(pseudo + csum) / 2` and applying `(pseudo - csum) / 2` leaves `pseudo` in the first
+    /// case and `csum` in the second, halving being a rotation in one's-complement
+    /// arithmetic (2^16 = 1 modulo 0xffff). The skb keeps its `csum_start` (the request's UDP
+    /// header, where the reply's is when the request had no IP options) and `csum_offset`.
+    #[inline(always)]
+    fn reply_udp_csum(&self, off: u32, csum: u16, pseudo: u16) -> Result<(), Stat> {
+        let add = |a: u16, b: u16| {
+            let s = a as u32 + b as u32;
+            ((s & 0xffff) + (s >> 16)) as u16
+        };
+        // Neither is zero: `pseudo` sums the protocol, and a sum of words not all zero never
+        // folds to 0x0000, which the helper would take for "no checksum" and leave.
+        let field = add(pseudo, csum).rotate_right(1);
+        let diff = add(pseudo, !csum).rotate_right(1);
+        let flags = (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64;
+        // SAFETY: `field` is two readable bytes; helpers on our own context, which check the
+        // packet range themselves; packet pointers are re-derived afterwards.
+        unsafe {
+            if self.store_bytes(off, (&raw const field).cast(), 2) != 0
+                || bpf_l4_csum_replace(self.skb.skb, off, 0, diff as u64, flags) != 0
+            {
+                return Err(Stat::DropMalformed);
+            }
+        }
+        Ok(())
     }
 }

@@ -881,6 +881,8 @@ fn write_reply<C: Ctx>(
     s = add32(s, dst_ip);
     s = add16(s, be16(IPPROTO_UDP as u16));
     s = add16(s, be16(udp_len));
+    // The pseudo header's sum alone, uncomplemented: what a partial checksum holds.
+    let pseudo = !fold(s);
     s = add16(s, be16(SERVER_PORT));
     s = add16(s, be16(CLIENT_PORT));
     s = add16(s, be16(udp_len));
@@ -973,6 +975,9 @@ fn write_reply<C: Ctx>(
         put(p, OPTS_OFF + 4, [4u8, sid[0], sid[1], sid[2]]);
         put(p, OPTS_OFF + 8, [sid[3], rapid, OPT_PAD, OPT_PAD]);
     }
+    // On the skb, the checksum as the skb's state wants it (see `Ctx::reply_udp_csum`).
+    ctx.reply_udp_csum((UDP_OFF + 6) as u32, udp_check, pseudo)
+        .map_err(|_| Stat::DropDhcpNoRoom)?;
 
     if let Some((src, _)) = cid {
         // SAFETY: the copy holds `CID_BUF` bytes and `cid_room` is at most `CID_TLV_MAX + 1`,
