@@ -3,6 +3,9 @@
 //! Everything the reply needs from the request is read first; the frame is then resized and
 //! rewritten from its first byte, so nothing of the request (IP options, odd sizes, garbage in
 //! `sname`/`file`) leaks into the reply.
+//!
+//! Written once over [`Ctx`]: `holdfast_vm` runs it in XDP (xdp mode), `holdfast_vm_tc` on the
+//! skb (tc mode), after `Ctx::pull_all` made the whole request readable.
 
 use agent_common::{
     ArpKey, BOOT_OPTS_MAX, Binding, BindingKey, BootEntry, BootKey, BootVariant, DECLINE_HOLD_NS,
