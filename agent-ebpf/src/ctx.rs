@@ -68,10 +68,10 @@ pub trait Ctx: EbpfContext {
     fn gso_size(&self) -> u32;
     /// Makes the headers the logic reads directly readable and writable (the skb's linear part).
     fn pull_headers(&self);
-    /// Makes the whole frame directly readable and writable (the skb's linear part), for the
-    /// DHCP responder, which reads and rewrites all of a request (at most one MTU). Packet
-    /// pointers taken before it are invalid after it.
-    fn pull_all(&self);
+    /// Makes the frame's first `max` bytes (all of it when shorter) directly readable and
+    /// writable (the skb's linear part), for the DHCP responder, which reads a request up to
+    /// the end of its options window. Packet pointers taken before it are invalid after it.
+    fn pull_up_to(&self, max: u32);
     /// Copies `len` bytes at `off` out of the frame, wherever they are.
     ///
     /// # Safety
@@ -144,7 +144,7 @@ impl Ctx for XdpContext {
     fn pull_headers(&self) {}
 
     #[inline(always)]
-    fn pull_all(&self) {}
+    fn pull_up_to(&self, _max: u32) {}
 
     #[inline(always)]
     unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
@@ -268,11 +268,13 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn pull_all(&self) {
+    fn pull_up_to(&self, max: u32) {
+        let len = TcContext::len(self);
+        let n = if len < max { len } else { max };
         // A frame that cannot be pulled leaves the linear part short: the responder's bounds
         // checks refuse what it cannot read.
         // SAFETY: our own context; packet pointers are derived afterwards.
-        let _ = unsafe { bpf_skb_pull_data(self.skb.skb, TcContext::len(self)) };
+        let _ = unsafe { bpf_skb_pull_data(self.skb.skb, n) };
     }
 
     #[inline(always)]

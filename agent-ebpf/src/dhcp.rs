@@ -5,7 +5,7 @@
 //! `sname`/`file`) leaks into the reply.
 //!
 //! Written once over [`Ctx`]: `holdfast_vm` runs it in XDP (xdp mode), `holdfast_vm_tc` on the
-//! skb (tc mode), after `Ctx::pull_all` made the whole request readable.
+//! skb (tc mode), after `Ctx::pull_up_to` made the request readable up to its options window.
 
 use agent_common::{
     ArpKey, BOOT_OPTS_MAX, Binding, BindingKey, BootEntry, BootKey, BootVariant, DECLINE_HOLD_NS,
@@ -50,6 +50,10 @@ const SCAN_STEPS: usize = MAX_OPTION_TLVS as usize + OPTIONS_WINDOW / PAD_STRIDE
 const NO_ARCH: u32 = u32::MAX;
 /// Entries of a parameter request list (55) examined.
 const PRL_MAX: u32 = 255;
+
+/// What the responder reads of a request: Ethernet, the longest IPv4 header, UDP, the fixed
+/// BOOTP fields and the options window.
+const PULL_MAX: u32 = (ETH_HLEN + 60 + UDP_HLEN + OPTIONS_OFFSET + OPTIONS_WINDOW) as u32;
 
 /// Offsets of the reply, which always has a 20-byte IPv4 header.
 const IP_OFF: usize = ETH_HLEN;
@@ -164,6 +168,10 @@ pub fn handle_request<C: Ctx>(
     if !ratelimit::allow(ctx.ifindex(), RateKind::Dhcp) {
         return Err(Stat::DropDhcpRateLimited);
     }
+    // On the skb only the headers are in the linear part: the rest of what the responder reads
+    // is pulled in, after the limiter (a pull may copy), and never past the options window (a
+    // VM may send a 64 KiB GSO frame to the server port).
+    ctx.pull_up_to(PULL_MAX);
     if bootp > MAX_OFFSET {
         return Err(Stat::DropDhcpMalformed);
     }

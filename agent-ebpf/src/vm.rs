@@ -78,16 +78,12 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         if !ANSWERS {
             return Err(Stat::DropDhcpSkbPath);
         }
-        let (udp_len, src_mac, daddr) = (u16::from_be(udp.len) as usize, eth.src, ip.daddr);
-        // The responder reads and rewrites the whole request: on the skb, all of it must be
-        // in the linear part, not only the headers.
-        ctx.pull_all();
         return crate::dhcp::handle_request(
             ctx,
             ETH_HLEN + ihl + UDP_HLEN,
-            udp_len,
-            src_mac,
-            daddr,
+            u16::from_be(udp.len) as usize,
+            eth.src,
+            ip.daddr,
         );
     }
 
