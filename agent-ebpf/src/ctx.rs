@@ -19,12 +19,14 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action,
     },
     helpers::{
-        bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail,
-        bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_l4_csum_replace, bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room,
+        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -37,6 +39,10 @@ const ENCAP_L2_ETH_LEN: u64 = (ETH_HLEN as u64) << 56;
 /// Headers the VM-port logic reads directly on the skb path: Ethernet, an IPv4 header with the
 /// most options it may carry (60 bytes), and the first 20 bytes of TCP or UDP.
 const SKB_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+/// What [`Ctx::resize`] takes from XDP's headroom when neither end alone has room: the 216
+/// bytes `XDP_PACKET_HEADROOM` leaves once the kernel's `xdp_frame` (40 bytes) is kept.
+const XDP_HEAD_PART: i32 = 216;
 
 /// A packet as one hook hands it to a program.
 pub trait Ctx: EbpfContext {
@@ -62,6 +68,10 @@ pub trait Ctx: EbpfContext {
     fn gso_size(&self) -> u32;
     /// Makes the headers the logic reads directly readable and writable (the skb's linear part).
     fn pull_headers(&self);
+    /// Makes the frame's first `max` bytes (all of it when shorter) directly readable and
+    /// writable (the skb's linear part), for the DHCP responder, which reads a request up to
+    /// the end of its options window. Packet pointers taken before it are invalid after it.
+    fn pull_up_to(&self, max: u32);
     /// Copies `len` bytes at `off` out of the frame, wherever they are.
     ///
     /// # Safety
@@ -87,16 +97,11 @@ pub trait Ctx: EbpfContext {
     fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
     /// Sends the frame back out of the port it came in on, to the VM.
     fn tx(&self) -> u32;
-    /// The DHCP responder, for a request whose BOOTP message is at `bootp` in a UDP datagram
-    /// of `udp_len` bytes. Issue 14, phase 1:
-    /// only XDP has one; phase 2 makes `dhcp.rs` generic over this trait and this goes.
-    fn dhcp(
-        &self,
-        bootp: usize,
-        udp_len: usize,
-        src_mac: [u8; 6],
-        ip_daddr: u32,
-    ) -> Result<u32, Stat>;
+    /// Makes the UDP checksum at packet offset `off` of a reply written whole (its complete
+    /// checksum `csum` is there, over the pseudo header whose folded sum is `pseudo`) right
+    /// for the checksum state the request left on the frame. XDP: nothing, a frame has no
+    /// such state. TC: see the implementation.
+    fn reply_udp_csum(&self, off: u32, csum: u16, pseudo: u16) -> Result<(), Stat>;
 }
 
 impl Ctx for XdpContext {
@@ -139,6 +144,9 @@ impl Ctx for XdpContext {
     fn pull_headers(&self) {}
 
     #[inline(always)]
+    fn pull_up_to(&self, _max: u32) {}
+
+    #[inline(always)]
     unsafe fn load_bytes(&self, off: u32, dst: *mut u8, len: u32) -> i64 {
         // SAFETY: per the caller; the helper checks the packet range itself.
         unsafe { bpf_xdp_load_bytes(self.as_ptr().cast(), off, dst.cast(), len) }
@@ -162,6 +170,17 @@ impl Ctx for XdpContext {
                 return Ok(());
             }
             if delta > 0 && bpf_xdp_adjust_head(self.as_ptr().cast(), -delta) == 0 {
+                return Ok(());
+            }
+            // Neither alone (a DHCP reply near `OPTS_MAX` grows a short request by about 250
+            // bytes): part into the headroom, the rest into the tailroom. A veth hands XDP the
+            // sender's own buffer when it has `XDP_PACKET_HEADROOM` (256 bytes) in front, of
+            // which the kernel keeps its `xdp_frame`, and whatever tailroom the allocation
+            // rounded up to.
+            if delta > XDP_HEAD_PART
+                && bpf_xdp_adjust_head(self.as_ptr().cast(), -XDP_HEAD_PART) == 0
+                && bpf_xdp_adjust_tail(self.as_ptr().cast(), delta - XDP_HEAD_PART) == 0
+            {
                 return Ok(());
             }
         }
@@ -196,14 +215,8 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn dhcp(
-        &self,
-        bootp: usize,
-        udp_len: usize,
-        src_mac: [u8; 6],
-        ip_daddr: u32,
-    ) -> Result<u32, Stat> {
-        crate::dhcp::handle_request(self, bootp, udp_len, src_mac, ip_daddr)
+    fn reply_udp_csum(&self, _off: u32, _csum: u16, _pseudo: u16) -> Result<(), Stat> {
+        Ok(())
     }
 }
 
@@ -250,6 +263,16 @@ impl Ctx for TcContext {
         let len = TcContext::len(self);
         let n = if len < SKB_HEADERS { len } else { SKB_HEADERS };
         // A frame shorter than the headers is refused by the bounds checks that follow.
+        // SAFETY: our own context; packet pointers are derived afterwards.
+        let _ = unsafe { bpf_skb_pull_data(self.skb.skb, n) };
+    }
+
+    #[inline(always)]
+    fn pull_up_to(&self, max: u32) {
+        let len = TcContext::len(self);
+        let n = if len < max { len } else { max };
+        // A frame that cannot be pulled leaves the linear part short: the responder's bounds
+        // checks refuse what it cannot read.
         // SAFETY: our own context; packet pointers are derived afterwards.
         let _ = unsafe { bpf_skb_pull_data(self.skb.skb, n) };
     }
@@ -308,15 +331,39 @@ impl Ctx for TcContext {
         self.redirect(self.ifindex())
     }
 
+    /// A request a guest sent from a UDP socket with checksum offload (a unicast renewal)
+    /// arrives `CHECKSUM_PARTIAL`: the skb says that the UDP checksum field holds only the
+    /// pseudo header's sum, for whoever finishes it (`skb_checksum_help` on a port that does not
+    /// offload checksums, or the guest, told by the virtio header). A complete checksum there
+    /// would be summed again: the reply arrives with a wrong one and the client drops it. The
+    /// skb's state cannot be read or cleared from here, but `bpf_l4_csum_replace` with
+    /// `BPF_F_PSEUDO_HDR` acts on it: it adds a difference to the field when the skb is
+    /// `CHECKSUM_PARTIAL` (`inet_proto_csum_replace_by_diff`: the field is a sum), and
+    /// subtracts it otherwise (the field is a complemented sum). Writing
+    /// `(pseudo + csum) / 2` and applying `(pseudo - csum) / 2` leaves `pseudo` in the first
+    /// case and `csum` in the second, halving being a rotation in one's-complement
+    /// arithmetic (2^16 = 1 modulo 0xffff). The skb keeps its `csum_start` (the request's UDP
+    /// header, where the reply's is when the request had no IP options) and `csum_offset`.
     #[inline(always)]
-    fn dhcp(
-        &self,
-        _bootp: usize,
-        _udp_len: usize,
-        _src_mac: [u8; 6],
-        _ip_daddr: u32,
-    ) -> Result<u32, Stat> {
-        // Issue 14, phase 1: the responder is XDP's. Dropped and counted as on the skb path.
-        Err(Stat::DropDhcpSkbPath)
+    fn reply_udp_csum(&self, off: u32, csum: u16, pseudo: u16) -> Result<(), Stat> {
+        let add = |a: u16, b: u16| {
+            let s = a as u32 + b as u32;
+            ((s & 0xffff) + (s >> 16)) as u16
+        };
+        // Neither is zero: `pseudo` sums the protocol, and a sum of words not all zero never
+        // folds to 0x0000, which the helper would take for "no checksum" and leave.
+        let field = add(pseudo, csum).rotate_right(1);
+        let diff = add(pseudo, !csum).rotate_right(1);
+        let flags = (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64;
+        // SAFETY: `field` is two readable bytes; helpers on our own context, which check the
+        // packet range themselves; packet pointers are re-derived afterwards.
+        unsafe {
+            if self.store_bytes(off, (&raw const field).cast(), 2) != 0
+                || bpf_l4_csum_replace(self.skb.skb, off, 0, diff as u64, flags) != 0
+            {
+                return Err(Stat::DropMalformed);
+            }
+        }
+        Ok(())
     }
 }

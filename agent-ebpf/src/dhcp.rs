@@ -3,6 +3,9 @@
 //! Everything the reply needs from the request is read first; the frame is then resized and
 //! rewritten from its first byte, so nothing of the request (IP options, odd sizes, garbage in
 //! `sname`/`file`) leaks into the reply.
+//!
+//! Written once over [`Ctx`]: `holdfast_vm` runs it in XDP (xdp mode), `holdfast_vm_tc` on the
+//! skb (tc mode), after `Ctx::pull_up_to` made the request readable up to its options window.
 
 use agent_common::{
     ArpKey, BOOT_OPTS_MAX, Binding, BindingKey, BootEntry, BootKey, BootVariant, DECLINE_HOLD_NS,
@@ -17,19 +20,12 @@ use agent_common::{
         OPT_USER_CLASS, OPTIONS_OFFSET, SERVER_PORT, SNAME_LEN, V6ONLY_OPT_LEN, V6ONLY_OPT_OFF,
     },
 };
-use aya_ebpf::{
-    EbpfContext,
-    bindings::xdp_action,
-    helpers::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-    },
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::{bpf_csum_diff, bpf_ktime_get_ns};
 
 use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add_mac, add16, add32, be16, fold},
+    ctx::Ctx,
     maps::{
         ARP, BINDINGS, BOOT, CID_BUF, CID_TLV_MAX, DECLINED, EVENTS, OPTIONS_SCRATCH,
         OPTIONS_WINDOW, OptionsScan,
@@ -54,6 +50,10 @@ const SCAN_STEPS: usize = MAX_OPTION_TLVS as usize + OPTIONS_WINDOW / PAD_STRIDE
 const NO_ARCH: u32 = u32::MAX;
 /// Entries of a parameter request list (55) examined.
 const PRL_MAX: u32 = 255;
+
+/// What the responder reads of a request: Ethernet, the longest IPv4 header, UDP, the fixed
+/// BOOTP fields and the options window.
+const PULL_MAX: u32 = (ETH_HLEN + 60 + UDP_HLEN + OPTIONS_OFFSET + OPTIONS_WINDOW) as u32;
 
 /// Offsets of the reply, which always has a 20-byte IPv4 header.
 const IP_OFF: usize = ETH_HLEN;
@@ -157,17 +157,21 @@ const NAK: Reply = Reply {
 /// Handles a UDP datagram to the server port. `bootp` is the offset of the BOOTP message and
 /// `udp_len` the UDP length (header included): bytes past it are no part of the request.
 #[inline(always)]
-pub fn handle_request(
-    ctx: &XdpContext,
+pub fn handle_request<C: Ctx>(
+    ctx: &C,
     bootp: usize,
     udp_len: usize,
     src_mac: [u8; 6],
     ip_daddr: u32,
 ) -> Result<u32, Stat> {
     // Before any parsing: a flooding VM gets its port's share of the responder, no more.
-    if !ratelimit::allow(ctx.ingress_ifindex() as u32, RateKind::Dhcp) {
+    if !ratelimit::allow(ctx.ifindex(), RateKind::Dhcp) {
         return Err(Stat::DropDhcpRateLimited);
     }
+    // On the skb only the headers are in the linear part: the rest of what the responder reads
+    // is pulled in, after the limiter (a pull may copy), and never past the options window (a
+    // VM may send a 64 KiB GSO frame to the server port).
+    ctx.pull_up_to(PULL_MAX);
     if bootp > MAX_OFFSET {
         return Err(Stat::DropDhcpMalformed);
     }
@@ -199,7 +203,7 @@ pub fn handle_request(
         count(Stat::DhcpOverloadIgnored);
     }
 
-    let key = BindingKey::new(ctx.ingress_ifindex() as u32, src_mac);
+    let key = BindingKey::new(ctx.ifindex(), src_mac);
     let binding = BINDINGS.get_ptr(&key).ok_or(Stat::DhcpMiss)?;
     // SAFETY: a map value pointer stays valid for the program run.
     let b = unsafe { &*binding };
@@ -246,7 +250,7 @@ pub fn handle_request(
         DHCPRELEASE => {
             count(Stat::DhcpRelease);
             report(DHCPRELEASE, &key, hdr.ciaddr);
-            return Ok(xdp_action::XDP_DROP);
+            return Ok(C::DROP);
         }
         DHCPDECLINE => {
             count(Stat::DhcpDecline);
@@ -257,7 +261,7 @@ pub fn handle_request(
             }
             hold(&key, b.ip);
             report(DHCPDECLINE, &key, opts.requested);
-            return Ok(xdp_action::XDP_DROP);
+            return Ok(C::DROP);
         }
         _ => return Err(Stat::DropDhcpUnknownType),
     };
@@ -286,7 +290,7 @@ pub fn handle_request(
     if boot.is_some() {
         count(Stat::DhcpBoot);
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(ctx.tx())
 }
 
 /// Whether `addr` is a server address of the binding's network: its identifier, or an
@@ -389,7 +393,7 @@ fn request_reply(
 /// them is skipped up to `PAD_STRIDE` at a step, so a request padded across its whole window is
 /// still read.
 #[inline(always)]
-fn parse_options(ctx: &XdpContext, start: usize, end: usize) -> Result<RequestOpts, Stat> {
+fn parse_options<C: Ctx>(ctx: &C, start: usize, end: usize) -> Result<RequestOpts, Stat> {
     let frame = ctx.data_end() - ctx.data();
     let total = if end < frame { end } else { frame };
     let mut n = total.wrapping_sub(start);
@@ -409,14 +413,7 @@ fn parse_options(ctx: &XdpContext, start: usize, end: usize) -> Result<RequestOp
         .get_ptr_mut(0)
         .ok_or(Stat::DropDhcpBadOptions)?;
     // SAFETY: `scan` is this CPU's map value; `buf` is OPTIONS_WINDOW bytes, 1 <= n <= that.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.as_ptr().cast(),
-            start as u32,
-            (*scan).buf.as_mut_ptr().cast(),
-            n as u32,
-        )
-    };
+    let rc = unsafe { ctx.load_bytes(start as u32, (*scan).buf.as_mut_ptr().cast(), n as u32) };
     if rc != 0 {
         return Err(Stat::DropDhcpBadOptions);
     }
@@ -737,40 +734,6 @@ fn report(kind: u8, key: &BindingKey, addr: u32) {
     }
 }
 
-/// Makes the frame exactly `len` bytes: shrinks or grows the tail, or grows into the headroom
-/// when the driver left no tailroom (a tap's native XDP buffer is sized to the frame).
-#[inline(always)]
-fn resize(ctx: &XdpContext, len: usize) -> Result<(), Stat> {
-    let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
-    if delta == 0 {
-        return Ok(());
-    }
-    // SAFETY: helpers on our own context; packet pointers are re-derived afterwards.
-    unsafe {
-        if bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta) == 0 {
-            return Ok(());
-        }
-        if delta > 0 && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -delta) == 0 {
-            return Ok(());
-        }
-        // Neither alone (a reply near `OPTS_MAX` grows a short request by about 250 bytes):
-        // part into the headroom, the rest into the tailroom. A veth hands XDP the sender's
-        // own buffer when it has `XDP_PACKET_HEADROOM` (256 bytes) in front, of which the
-        // kernel keeps its `xdp_frame`, and whatever tailroom the allocation rounded up to.
-        if delta > HEAD_PART
-            && bpf_xdp_adjust_head(ctx.as_ptr().cast(), -HEAD_PART) == 0
-            && bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta - HEAD_PART) == 0
-        {
-            return Ok(());
-        }
-    }
-    Err(Stat::DropDhcpNoRoom)
-}
-
-/// What [`resize`] takes from the headroom when neither end alone has room: the 216
-/// bytes `XDP_PACKET_HEADROOM` leaves once the kernel's `xdp_frame` (40 bytes) is kept.
-const HEAD_PART: i32 = 216;
-
 /// Writes `v` at `p + off`, unaligned (packet memory has no alignment guarantee).
 ///
 /// # Safety
@@ -790,8 +753,8 @@ unsafe fn put<T>(p: *mut u8, off: usize, v: T) {
     reason = "one call site, inlined: a struct would only be unpacked again"
 )]
 #[inline(always)]
-fn write_reply(
-    ctx: &XdpContext,
+fn write_reply<C: Ctx>(
+    ctx: &C,
     req: &BootpHdr,
     opts: &RequestOpts,
     client_mac: &[u8; 6],
@@ -915,7 +878,8 @@ fn write_reply(
     let blob_off = boot_off + boot_room;
 
     let frame_len = blob_off + blob_len;
-    resize(ctx, frame_len)?;
+    ctx.resize(frame_len as u32)
+        .map_err(|_| Stat::DropDhcpNoRoom)?;
     let p = ptr_at::<[u8; BLOB_OFF]>(ctx, 0).ok_or(Stat::DropDhcpNoRoom)? as *mut u8;
 
     let udp_len = (frame_len - UDP_OFF) as u16;
@@ -928,6 +892,8 @@ fn write_reply(
     s = add32(s, dst_ip);
     s = add16(s, be16(IPPROTO_UDP as u16));
     s = add16(s, be16(udp_len));
+    // The pseudo header's sum alone, uncomplemented: what a partial checksum holds.
+    let pseudo = !fold(s);
     s = add16(s, be16(SERVER_PORT));
     s = add16(s, be16(CLIENT_PORT));
     s = add16(s, be16(udp_len));
@@ -1020,6 +986,9 @@ fn write_reply(
         put(p, OPTS_OFF + 4, [4u8, sid[0], sid[1], sid[2]]);
         put(p, OPTS_OFF + 8, [sid[3], rapid, OPT_PAD, OPT_PAD]);
     }
+    // On the skb, the checksum as the skb's state wants it (see `Ctx::reply_udp_csum`).
+    ctx.reply_udp_csum((UDP_OFF + 6) as u32, udp_check, pseudo)
+        .map_err(|_| Stat::DropDhcpNoRoom)?;
 
     if let Some((src, _)) = cid {
         // SAFETY: the copy holds `CID_BUF` bytes and `cid_room` is at most `CID_TLV_MAX + 1`,
@@ -1057,14 +1026,8 @@ fn write_reply(
     if reply.inform && lease_len > 0 {
         // RFC 2131 §4.3.5: no lease time in an ACK to an INFORM. Pads keep the layout.
         // SAFETY: `lease_len` is bounded by the size of `INFORM_BLANK`.
-        let ret = unsafe {
-            bpf_xdp_store_bytes(
-                ctx.as_ptr().cast(),
-                blob_off as u32,
-                INFORM_BLANK.as_ptr() as *mut _,
-                lease_len as u32,
-            )
-        };
+        let ret =
+            unsafe { ctx.store_bytes(blob_off as u32, INFORM_BLANK.as_ptr(), lease_len as u32) };
         if ret != 0 {
             return Err(Stat::DropDhcpNoRoom);
         }
@@ -1074,10 +1037,9 @@ fn write_reply(
         // SAFETY: `INFORM_BLANK` holds more than `V6ONLY_OPT_LEN` pads; the helper checks the
         // packet range.
         let ret = unsafe {
-            bpf_xdp_store_bytes(
-                ctx.as_ptr().cast(),
+            ctx.store_bytes(
                 (blob_off + V6ONLY_OPT_OFF) as u32,
-                INFORM_BLANK.as_ptr() as *mut _,
+                INFORM_BLANK.as_ptr(),
                 V6ONLY_OPT_LEN as u32,
             )
         };
@@ -1104,18 +1066,18 @@ static NAK_BLOB: [u8; NAK_BLOB_LEN] = {
 /// # Safety
 /// `src` must be readable for `len` bytes.
 #[inline(always)]
-unsafe fn store(ctx: &XdpContext, off: usize, src: *const u8, len: usize) -> i64 {
+unsafe fn store<C: Ctx>(ctx: &C, off: usize, src: *const u8, len: usize) -> i64 {
     if len == 0 {
         return 0;
     }
     // SAFETY: per the caller; the helper checks the packet range.
-    unsafe { bpf_xdp_store_bytes(ctx.as_ptr().cast(), off as u32, src as *mut _, len as u32) }
+    unsafe { ctx.store_bytes(off as u32, src, len as u32) }
 }
 
 /// Copies the option TLV of `tlv` bytes (1..=CID_TLV_MAX) at packet offset `off` into this
 /// CPU's scratch, zero-padded to whole words. Returns the copy and the sum of its words.
 #[inline(always)]
-fn copy_tlv(ctx: &XdpContext, off: u32, tlv: usize) -> Result<(*const u8, u64), Stat> {
+fn copy_tlv<C: Ctx>(ctx: &C, off: u32, tlv: usize) -> Result<(*const u8, u64), Stat> {
     let scan = OPTIONS_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Stat::DropDhcpMalformed)?;
@@ -1135,7 +1097,7 @@ fn copy_tlv(ctx: &XdpContext, off: u32, tlv: usize) -> Result<(*const u8, u64), 
     unsafe {
         let dst = (&raw mut (*scan).cid).cast::<u8>();
         dst.add(last).cast::<u32>().write_unaligned(0);
-        if bpf_xdp_load_bytes(ctx.as_ptr().cast(), off, dst.cast(), n as u32) != 0 {
+        if ctx.load_bytes(off, dst, n as u32) != 0 {
             return Err(Stat::DropDhcpMalformed);
         }
         let sum = bpf_csum_diff(core::ptr::null_mut(), 0, dst.cast(), words as u32, 0);

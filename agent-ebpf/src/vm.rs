@@ -78,7 +78,8 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         if !ANSWERS {
             return Err(Stat::DropDhcpSkbPath);
         }
-        return ctx.dhcp(
+        return crate::dhcp::handle_request(
+            ctx,
             ETH_HLEN + ihl + UDP_HLEN,
             u16::from_be(udp.len) as usize,
             eth.src,

@@ -334,13 +334,6 @@ pub enum ConfigWarning {
          chmod 0600 it"
     )]
     PasswordFileExposed { path: PathBuf, mode: u32 },
-    /// Issue 14, phase 1: the tc hook does not answer DHCP yet.
-    #[error(
-        "[vm] puts VM ports on the tc hook, which does not answer DHCP yet (issue 14, phase 2): \
-         their VMs need static addresses, and their DHCP requests are dropped and counted \
-         (holdfast_dhcp_drops_total{{reason=\"skb_path\"}})"
-    )]
-    TcWithoutDhcp,
 }
 
 /// The password file's permissions: it should be its owner's alone. Nothing when it cannot be
@@ -376,14 +369,9 @@ impl Config {
             .auth
             .as_ref()
             .filter(|_| self.ipam.source == IpamSource::Etcd);
-        let mut warnings: Vec<ConfigWarning> = auth
-            .and_then(|a| check_password_file(&a.password_file))
+        auth.and_then(|a| check_password_file(&a.password_file))
             .into_iter()
-            .collect();
-        if self.vm.hooks().uses(VmHook::Tc) {
-            warnings.push(ConfigWarning::TcWithoutDhcp);
-        }
-        warnings
+            .collect()
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
@@ -722,7 +710,8 @@ mod tests {
         assert!(c.warnings().is_empty());
         let c = parse(&format!("{base}[vm]\nhook = \"tc\"\n")).unwrap();
         assert_eq!(c.vm.hooks().of("tap0"), VmHook::Tc);
-        assert_eq!(c.warnings(), [ConfigWarning::TcWithoutDhcp]);
+        // Both hooks answer DHCP: nothing to warn about.
+        assert!(c.warnings().is_empty());
         let c = parse(&format!(
             "{base}[vm]\nhook = \"xdp\"\n[[vm.hook_for]]\ninterfaces = [\"vnet*\"]\nhook = \"tc\"\n"
         ))
@@ -732,7 +721,7 @@ mod tests {
             (hooks.of("vnet3"), hooks.of("tap3")),
             (VmHook::Tc, VmHook::Xdp)
         );
-        assert_eq!(c.warnings(), [ConfigWarning::TcWithoutDhcp]);
+        assert!(c.warnings().is_empty());
         for (bad, field) in [
             ("[vm]\nhook = \"bpf\"\n", "unknown variant `bpf`"),
             ("[vm]\nhook = \"TC\"\n", "unknown variant `TC`"),

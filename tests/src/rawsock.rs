@@ -74,6 +74,16 @@ impl RawSocket {
 
     /// The next frame received (not sent) on the interface, within `timeout`.
     pub fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.recv_dir(timeout, false)
+    }
+
+    /// The next frame the interface sent (`PACKET_OUTGOING`, after the kernel completed what
+    /// the device does not offload), within `timeout`.
+    pub fn recv_sent(&self, timeout: Duration) -> Option<Vec<u8>> {
+        self.recv_dir(timeout, true)
+    }
+
+    fn recv_dir(&self, timeout: Duration, outgoing: bool) -> Option<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 2048];
         loop {
@@ -102,7 +112,7 @@ impl RawSocket {
                     &mut len,
                 )
             };
-            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+            if n <= 0 || (sll.sll_pkttype == libc::PACKET_OUTGOING) != outgoing {
                 continue;
             }
             return Some(buf[..n as usize].to_vec());

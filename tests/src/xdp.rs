@@ -238,25 +238,58 @@ impl Fixture {
         }
     }
 
+    /// [`Fixture::run_port`], or `None` when `BPF_PROG_TEST_RUN` refuses to build the input
+    /// (on TC: an IPv4 frame too short for its IP header, which `bpf_prog_test_run_skb`
+    /// rejects with `EINVAL` before the program runs).
+    pub fn try_run_port(&self, hook: VmHook, frame: &[u8]) -> Option<(Verdict, Vec<u8>)> {
+        match hook {
+            VmHook::Xdp => Some(self.run_port(hook, frame)),
+            VmHook::Tc => self
+                .try_run_sched_cls(
+                    self.dp.vm_tc_program().expect("program"),
+                    frame,
+                    &Skb::default(),
+                )
+                .map(|(action, out)| (Verdict::of_tc(action), out)),
+        }
+    }
+
     fn run_sched_cls(
         &self,
         prog: &aya::programs::SchedClassifier,
         frame: &[u8],
         skb: &Skb,
     ) -> (i32, Vec<u8>) {
+        self.try_run_sched_cls(prog, frame, skb)
+            .expect("test_run refused the frame")
+    }
+
+    fn try_run_sched_cls(
+        &self,
+        prog: &aya::programs::SchedClassifier,
+        frame: &[u8],
+        skb: &Skb,
+    ) -> Option<(i32, Vec<u8>)> {
         let ctx = skb.ctx();
         let go = || {
             let mut out = vec![0u8; 4096];
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    data_out: Some(&mut out),
-                    ctx_in: ctx.as_deref(),
-                    ..TestRunOptions::default()
-                })
-                .expect("test_run");
-            out.truncate(r.data_size_out as usize);
-            (r.return_value as i32, out)
+            match prog.test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: ctx.as_deref(),
+                ..TestRunOptions::default()
+            }) {
+                Ok(r) => {
+                    out.truncate(r.data_size_out as usize);
+                    Some((r.return_value as i32, out))
+                }
+                Err(aya::programs::ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    None
+                }
+                Err(e) => panic!("test_run: {e}"),
+            }
         };
         match &self.netns {
             Some(ns) => crate::netns::in_netns(ns, go),

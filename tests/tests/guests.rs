@@ -1,7 +1,7 @@
 //! Real guests against holdfast: a VM under QEMU with virtio-net on a real tap, booting
-//! Debian's cloud kernel, gets its lease from XDP and keeps it; systemd-networkd and
-//! NetworkManager renumbered by IPAM, and through a gateway change; QEMU's iPXE ROM booting
-//! from the network.
+//! Debian's cloud kernel, systemd-networkd and NetworkManager get their leases in both modes
+//! (`xdp::` and `tc::`); systemd-networkd and NetworkManager renumbered by IPAM, and renewing
+//! through a gateway change (both modes); QEMU's iPXE ROM booting from the network.
 
 use std::{
     net::Ipv4Addr,
@@ -17,6 +17,7 @@ use holdfast_tests::{
         tftp::Tftp,
     },
     netns::{Agent, Netns, Vm, mac_str, wait_for},
+    xdp::VmHook,
 };
 
 const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
@@ -43,10 +44,14 @@ fn ipam(lease_time: u32) -> String {
     )
 }
 
-#[test]
-fn a_qemu_vm_on_a_tap_gets_its_lease_from_xdp() {
+fn a_qemu_vm_on_a_tap_gets_its_lease(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let agent = Agent::start_with(
+        &hv,
+        "hv-1",
+        &ipam(3600),
+        &format!("[vm]\nhook = \"{hook}\"\n"),
+    );
     let mut vm = QemuVm::boot(
         &hv,
         &[GuestNic {
@@ -66,10 +71,14 @@ fn a_qemu_vm_on_a_tap_gets_its_lease_from_xdp() {
 
 const NETWORK: &str = "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n\n[DHCPv4]\nUseHostname=no\n";
 
-#[test]
-fn systemd_networkd_gets_and_applies_its_lease_from_xdp() {
+fn systemd_networkd_gets_and_applies_its_lease(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let agent = Agent::start_with(
+        &hv,
+        "hv-1",
+        &ipam(3600),
+        &format!("[vm]\nhook = \"{hook}\"\n"),
+    );
     let vm = Vm::new(&hv, "tap-n1", MAC_ND);
     let nd = Networkd::start(&vm.ns, &[("50-eth0.network", NETWORK)]);
     let ifindex = vm.ns.ifindex("eth0");
@@ -104,10 +113,14 @@ fn systemd_networkd_gets_and_applies_its_lease_from_xdp() {
     assert_eq!((addr.to_string(), prefix), ("10.10.0.52".to_owned(), 24));
 }
 
-#[test]
-fn network_manager_gets_and_applies_its_lease_from_xdp() {
+fn network_manager_gets_and_applies_its_lease(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600));
+    let agent = Agent::start_with(
+        &hv,
+        "hv-1",
+        &ipam(3600),
+        &format!("[vm]\nhook = \"{hook}\"\n"),
+    );
     let vm = Vm::new(&hv, "tap-m1", MAC_NM);
     let nm = NetworkManager::start(
         &vm.ns,
@@ -421,16 +434,18 @@ fn systemd_networkd_renumbered_by_ipam_moves_at_its_first_renewal() {
 /// answer from .1 (NetworkManager's socket is connected to it); the ACK brings the new router.
 /// Then IPAM renumbers the NIC: the next renewal, still to .1, gets a NAK from .1, unicast.
 fn a_gateway_change_then_a_renumbering(
+    hook: VmHook,
     client: &str,
     mac: [u8; 6],
     tap: &str,
     start: impl FnOnce(&Vm) -> Box<dyn Guest>,
 ) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(
+    let agent = Agent::start_with(
         &hv,
         "hv-1",
         &blue(SHORT_LEASE, "10.10.0.1", &[(mac, "10.10.0.52", tap)]),
+        &format!("[vm]\nhook = \"{hook}\"\n"),
     );
     let vm = Vm::new(&hv, tap, mac);
     let guest = start(&vm);
@@ -536,17 +551,15 @@ impl Guest for NmGuest {
     }
 }
 
-#[test]
-fn systemd_networkd_renews_through_a_gateway_change_and_is_renumbered_after() {
-    a_gateway_change_then_a_renumbering("networkd", MAC_ND, "tap-n1", |vm| {
+fn systemd_networkd_renews_through_a_gateway_change_and_is_renumbered_after(hook: VmHook) {
+    a_gateway_change_then_a_renumbering(hook, "networkd", MAC_ND, "tap-n1", |vm| {
         let nd = Networkd::start(&vm.ns, &[("50-eth0.network", NETWORK)]);
         Box::new(NetworkdGuest(nd, vm.ns.ifindex("eth0")))
     });
 }
 
-#[test]
-fn network_manager_renews_through_a_gateway_change_and_is_renumbered_after() {
-    a_gateway_change_then_a_renumbering("NetworkManager", MAC_NM, "tap-m1", |vm| {
+fn network_manager_renews_through_a_gateway_change_and_is_renumbered_after(hook: VmHook) {
+    a_gateway_change_then_a_renumbering(hook, "NetworkManager", MAC_NM, "tap-m1", |vm| {
         let nm = NetworkManager::start(
             &vm.ns,
             &[("eth0.nmconnection", &dhcp_connection("eth0", ""))],
@@ -635,3 +648,11 @@ fn qemus_ipxe_rom_boots_from_the_network_and_runs_its_script() {
         vm.console()
     );
 }
+
+holdfast_tests::for_each_hook!(
+    a_qemu_vm_on_a_tap_gets_its_lease,
+    systemd_networkd_gets_and_applies_its_lease,
+    network_manager_gets_and_applies_its_lease,
+    systemd_networkd_renews_through_a_gateway_change_and_is_renumbered_after,
+    network_manager_renews_through_a_gateway_change_and_is_renumbered_after,
+);

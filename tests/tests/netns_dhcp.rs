@@ -1,6 +1,8 @@
 //! DHCP end to end: a hypervisor namespace running `holdfast run`, VMs as namespaces on veth
 //! pairs, real DHCP clients (ISC dhclient, dhcpcd, busybox udhcpc), and no DHCP server process
-//! anywhere: every reply comes from XDP.
+//! anywhere: every reply comes from the VM port's program, `holdfast_vm` in XDP (xdp mode) or
+//! `holdfast_vm_tc` on the skb (tc mode). The clients' tests run in both modes (`xdp::` and
+//! `tc::`).
 
 use std::{
     net::Ipv4Addr,
@@ -15,6 +17,7 @@ use holdfast_tests::{
     netns::{Agent, NO_RATE_LIMITS, Netns, Vm, mac_str, wait_for},
     packet::Request,
     rawsock::RawSocket,
+    xdp::VmHook,
 };
 
 const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -85,6 +88,16 @@ fn assert_configured_mtu(vm: &Vm, ip: &str, with_search: bool, mtu_on_routes: bo
     }
 }
 
+/// The config that puts the VM ports on `hook`.
+fn mode(hook: VmHook) -> String {
+    format!("[vm]\nhook = \"{hook}\"\n")
+}
+
+/// The agent of hypervisor `hv-1`, its VM ports on `hook`.
+fn agent_on(hv: &Netns, hook: VmHook, ipam_json: &str) -> Agent {
+    Agent::start_with(hv, "hv-1", ipam_json, &mode(hook))
+}
+
 /// No process on the hypervisor listens on the DHCP server port.
 fn assert_no_dhcp_server(hv: &Netns) {
     let out = hv.exec("ss").args(["-uanp"]).output().expect("ss");
@@ -95,10 +108,9 @@ fn assert_no_dhcp_server(hv: &Netns) {
     );
 }
 
-#[test]
-fn dhclient_gets_its_lease_from_xdp() {
+fn dhclient_gets_its_lease(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
+    let agent = agent_on(&hv, hook, &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
     let vm = Vm::new(&hv, "tap-vm1", MAC1);
     let client = clients::dhclient(&vm, None);
     assert_configured(&vm, "10.10.0.11", true);
@@ -163,10 +175,9 @@ fn dhclient_gets_its_lease_from_xdp() {
     assert!(agent.metric("holdfast_dhcp_events_total{type=\"release\"}") >= 1.0);
 }
 
-#[test]
-fn dhcpcd_gets_its_lease_with_rapid_commit() {
+fn dhcpcd_gets_its_lease_with_rapid_commit(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600, &[(MAC2, "10.10.0.12", "tap-vm2")]));
+    let agent = agent_on(&hv, hook, &ipam(3600, &[(MAC2, "10.10.0.12", "tap-vm2")]));
     let vm = Vm::new(&hv, "tap-vm2", MAC2);
     let client = clients::dhcpcd(&vm);
     let configured =
@@ -180,10 +191,9 @@ fn dhcpcd_gets_its_lease_with_rapid_commit() {
     );
 }
 
-#[test]
-fn udhcpc_gets_its_lease_and_renews() {
+fn udhcpc_gets_its_lease_and_renews(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(10, &[(MAC3, "10.10.0.13", "tap-vm3")]));
+    let agent = agent_on(&hv, hook, &ipam(10, &[(MAC3, "10.10.0.13", "tap-vm3")]));
     let vm = Vm::new(&hv, "tap-vm3", MAC3);
     // Sees the replies: udhcpc sends a client identifier by default (type 1 and its MAC), and
     // every reply must carry it back unaltered (RFC 6842).
@@ -222,10 +232,9 @@ fn udhcpc_gets_its_lease_and_renews() {
     assert!(agent.metric("holdfast_arp_replies_total") >= 1.0);
 }
 
-#[test]
-fn dhclient_renews() {
+fn dhclient_renews(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(10, &[(MAC1, "10.10.0.11", "tap-vm1")]));
+    let agent = agent_on(&hv, hook, &ipam(10, &[(MAC1, "10.10.0.11", "tap-vm1")]));
     let vm = Vm::new(&hv, "tap-vm1", MAC1);
     let client = clients::dhclient(&vm, None);
     assert_configured(&vm, "10.10.0.11", true);
@@ -239,10 +248,46 @@ fn dhclient_renews() {
     );
 }
 
-#[test]
-fn a_wrong_address_gets_a_nak_and_the_client_recovers() {
+/// A unicast renewal leaves the client's UDP socket with its checksum left to the NIC
+/// (`CHECKSUM_PARTIAL`: the veth offloads it, as a virtio guest does), and so reaches the port's
+/// program; its reply then leaves through a port that does not offload checksums (a tap whose
+/// guest takes no partial checksums): the kernel must not "complete" a checksum the reply
+/// already carries whole. Every renewal is acknowledged, and dhclient, which checks the UDP
+/// checksum of what it reads, finds none bad.
+fn renewals_with_checksum_offload_are_acknowledged(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
+    let agent = agent_on(&hv, hook, &ipam(10, &[(MAC1, "10.10.0.11", "tap-vm1")]));
+    let vm = Vm::new(&hv, "tap-vm1", MAC1);
+    let ethtool = hv
+        .exec("ethtool")
+        .args(["-K", "tap-vm1", "tx", "off"])
+        .output()
+        .expect("ethtool");
+    assert!(ethtool.status.success(), "{ethtool:?}");
+    let client = clients::dhclient(&vm, None);
+    assert_configured(&vm, "10.10.0.11", true);
+    // Two renewals (every 5 s with a 10 s lease), each acknowledged: the initial ACK and two.
+    let renewed = wait_for(Duration::from_secs(25), || {
+        let acks = client.log().matches("DHCPACK of 10.10.0.11").count();
+        (agent.counters()[Stat::DhcpRequestRenewing as usize] >= 2 && acks >= 3).then_some(())
+    });
+    let log = client.log();
+    assert!(
+        renewed.is_some(),
+        "{} renewals, log:\n{log}",
+        agent.counters()[Stat::DhcpRequestRenewing as usize]
+    );
+    assert!(!log.contains("bad udp checksum"), "{log}");
+    assert_eq!(
+        agent.counters()[Stat::DhcpRequestRebinding as usize],
+        0,
+        "{log}"
+    );
+}
+
+fn a_wrong_address_gets_a_nak_and_the_client_recovers(hook: VmHook) {
+    let hv = Netns::new("hv");
+    let agent = agent_on(&hv, hook, &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
     let vm = Vm::new(&hv, "tap-vm1", MAC1);
     // A lease from elsewhere: dhclient starts in INIT-REBOOT asking for 10.10.0.99.
     let old = "lease {\n  interface \"eth0\";\n  fixed-address 10.10.0.99;\n  \
@@ -264,10 +309,9 @@ fn a_wrong_address_gets_a_nak_and_the_client_recovers() {
     );
 }
 
-#[test]
-fn an_unknown_mac_gets_nothing() {
+fn an_unknown_mac_gets_nothing(hook: VmHook) {
     let hv = Netns::new("hv");
-    let agent = Agent::start(&hv, "hv-1", &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
+    let agent = agent_on(&hv, hook, &ipam(3600, &[(MAC1, "10.10.0.11", "tap-vm1")]));
     // A VM on a managed tap, with a MAC IPAM does not know.
     let vm = Vm::new(&hv, "tap-vm1", UNKNOWN_MAC);
     let mut client = clients::udhcpc(&vm, &["-n", "-t", "3", "-T", "1"]);
@@ -281,8 +325,7 @@ fn an_unknown_mac_gets_nothing() {
     );
 }
 
-#[test]
-fn dhcp_keeps_answering_through_sigkill_and_restart() {
+fn dhcp_keeps_answering_through_sigkill_and_restart(hook: VmHook) {
     let hv = Netns::new("hv");
     // The prober below asks 50 times a second, ten times what the per-port limit lets a real
     // client ask.
@@ -290,7 +333,7 @@ fn dhcp_keeps_answering_through_sigkill_and_restart() {
         &hv,
         "hv-1",
         &ipam(10, &[(MAC3, "10.10.0.13", "tap-vm3")]),
-        NO_RATE_LIMITS,
+        &format!("{NO_RATE_LIMITS}{}", mode(hook)),
     );
     let vm = Vm::new(&hv, "tap-vm3", MAC3);
     let client = clients::dhclient(&vm, None);
@@ -529,13 +572,12 @@ fn long_routes_ipam(nics: &[([u8; 6], &str, &str)]) -> String {
 
 /// Option 121 over 255 bytes (RFC 3396: two consecutive instances) reaches dhclient, dhcpcd and
 /// udhcpc, and each installs every route and the default route.
-#[test]
-fn every_client_installs_a_121_longer_than_255_bytes() {
+fn every_client_installs_a_121_longer_than_255_bytes(hook: VmHook) {
     let start = Instant::now();
     let hv = Netns::new("hv");
-    let agent = Agent::start(
+    let agent = agent_on(
         &hv,
-        "hv-1",
+        hook,
         &long_routes_ipam(&[
             (MAC1, "10.10.0.11", "tap-vm1"),
             (MAC2, "10.10.0.12", "tap-vm2"),
@@ -592,3 +634,15 @@ fn every_client_installs_a_121_longer_than_255_bytes() {
     );
     eprintln!("a 121 of 257 bytes on three clients: {:?}", start.elapsed());
 }
+
+holdfast_tests::for_each_hook!(
+    renewals_with_checksum_offload_are_acknowledged,
+    dhclient_gets_its_lease,
+    dhcpcd_gets_its_lease_with_rapid_commit,
+    udhcpc_gets_its_lease_and_renews,
+    dhclient_renews,
+    a_wrong_address_gets_a_nak_and_the_client_recovers,
+    an_unknown_mac_gets_nothing,
+    dhcp_keeps_answering_through_sigkill_and_restart,
+    every_client_installs_a_121_longer_than_255_bytes,
+);

@@ -11,6 +11,7 @@
 use std::{
     net::{Ipv4Addr, UdpSocket},
     path::PathBuf,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -18,9 +19,10 @@ use std::{
 use agent_common::Stat;
 use holdfast_tests::{
     loadgen,
-    netns::{Agent, Netns, Vm, in_netns, mac_str, wait_for},
-    packet::{Request, arp_request, udp_frame},
+    netns::{Agent, NO_RATE_LIMITS, Netns, Vm, in_netns, mac_str, wait_for},
+    packet::{Reply, Request, arp_request, checksum, parse_reply, udp_frame},
     rawsock::RawSocket,
+    tap::{RawTap, VnetHdr},
     xdp::{ROUTER_MAC, VmHook},
 };
 
@@ -284,6 +286,21 @@ fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     f
 }
 
+/// A DHCP reply X got (checked by the independent parser: lengths, both checksums), if any.
+fn dhcp_reply_to(sock: &RawSocket) -> Option<Reply> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match sock.recv(left) {
+            Some(f) if f.len() > 42 && f[12..14] == [0x08, 0x00] && f[36..38] == [0, 68] => {
+                return Some(parse_reply(&f).unwrap_or_else(|e| panic!("malformed reply: {e}")));
+            }
+            Some(_) => {}
+            None => return None,
+        }
+    }
+    None
+}
+
 /// Whether X got an ARP reply.
 fn arp_reply_to_x(sock: &RawSocket) -> bool {
     arp_reply_from(sock).is_some()
@@ -338,12 +355,11 @@ fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
     hands_nothing_to_the_host(&lab, "a port with only TC", ip6_in, ip_in);
 }
 
-/// In tc mode the port carries `holdfast_vm_tc` alone (no XDP at all): it answers ARP itself
-/// (the host does not), drops the rest of what XDP would, for the same reasons, and hands
-/// nothing to the host. DHCP in tc mode comes with issue 14's phase 2: until then it is
-/// dropped and counted, as on xdp mode's skb path.
+/// In tc mode the port carries `holdfast_vm_tc` alone (no XDP at all): it answers ARP and DHCP
+/// itself (the host does not), drops the rest of what XDP would, for the same reasons, and
+/// hands nothing to the host.
 #[test]
-fn a_port_in_tc_mode_answers_arp_and_hands_nothing_to_the_host() {
+fn a_port_in_tc_mode_answers_arp_and_dhcp_and_hands_nothing_to_the_host() {
     let lab = Lab::new(VmHook::Tc);
     let ifindex = lab.hv.ifindex("tap-x");
     let links = lab.agent.bpffs.path().join("links");
@@ -380,8 +396,137 @@ fn a_port_in_tc_mode_answers_arp_and_hands_nothing_to_the_host() {
         "the host learned X from its ARP: {}",
         String::from_utf8_lossy(&neigh.stdout)
     );
-    lab.dropped("DHCP", &Request::discover(X).frame(), Stat::DropDhcpSkbPath);
+    // DHCP: answered on the skb, from the router MAC, with the bound address.
+    let before = lab.counter(Stat::DhcpOffer);
+    lab.x_sock.send(&Request::discover(X).frame());
+    let offer = dhcp_reply_to(&lab.x_sock).expect("no OFFER in tc mode");
+    assert_eq!(offer.msg_type(), Some(2));
+    assert_eq!(offer.eth_src, ROUTER_MAC);
+    assert_eq!(offer.yiaddr, X_IP);
+    assert_eq!(lab.counter(Stat::DhcpOffer), before + 1);
+    assert_eq!(lab.counter(Stat::DropDhcpSkbPath), 0);
     hands_nothing_to_the_host(&lab, "a port in tc mode", ip6_in, ip_in);
+}
+
+/// Lines of the kernel log that report a warning (a `WARN_ON` splat, `skb_checksum_help`'s
+/// complaint about a checksum offset): none may come from a VM's input.
+fn kernel_warnings() -> usize {
+    Command::new("dmesg")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("WARNING") || l.contains("skb_checksum_help"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The DHCP reply the tap hands its guest after `frame`, written with `hdr`.
+fn reply_on_tap(tap: &RawTap, hdr: &VnetHdr, frame: &[u8]) -> Option<(VnetHdr, Vec<u8>)> {
+    tap.send(hdr, frame).expect("write to the tap");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let (h, f) = tap.recv(left)?;
+        if f.len() > 42 && f[12..14] == [0x08, 0x00] && f[23] == 17 && f[34..36] == [0, 67] {
+            return Some((h, f));
+        }
+    }
+    None
+}
+
+/// A guest writes its own virtio-net header, and in tc mode the checksum state it asks for
+/// stays on the skb the DHCP reply is written into. A partial checksum where a guest's UDP
+/// socket leaves it (a unicast renewal) gets a reply right for either kind of tap: finished by
+/// the guest, which the header tells where, or completed by the host before the tap. Hostile
+/// headers (a partial checksum past the end of the reply, or over the IP header) cost that
+/// guest at most its own replies: no kernel warning, and its next request is answered.
+#[test]
+fn tc_mode_replies_keep_to_the_checksum_state_of_the_virtio_header() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start_with(
+        &hv,
+        "hv-1",
+        &ipam(&[(X, X_IP, "tap-v"), (Y, Y_IP, "tap-w")]),
+        &format!("{NO_RATE_LIMITS}[vm]\nhook = \"tc\"\n"),
+    );
+    // X's guest takes partial checksums (TUN_F_CSUM), Y's does not.
+    let offloading = RawTap::open(&hv, "tap-v", true);
+    let completing = RawTap::open(&hv, "tap-w", false);
+    let attached = wait_for(Duration::from_secs(10), || {
+        (agent.metric("holdfast_interfaces") == 2.0).then_some(())
+    });
+    assert!(attached.is_some(), "{}", agent.logs());
+    let warnings = kernel_warnings();
+    let partial = VnetHdr {
+        flags: VnetHdr::NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 6,
+        ..VnetHdr::default()
+    };
+    let honest = |what: &str| {
+        let (h, mut f) = reply_on_tap(&offloading, &partial, &Request::discover(X).frame())
+            .unwrap_or_else(|| panic!("{what}: X got no reply"));
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset),
+            (VnetHdr::NEEDS_CSUM, 34, 6),
+            "{what}: the reply's checksum is not left to X"
+        );
+        // What X's virtio-net does: the sum from `csum_start`, the pseudo header's in it.
+        let c = checksum(&f[34..]);
+        f[40..42].copy_from_slice(&c.to_be_bytes());
+        let r = parse_reply(&f).unwrap_or_else(|e| panic!("{what}: X's reply: {e}"));
+        assert_eq!(r.yiaddr, X_IP);
+        let (h, f) = reply_on_tap(&completing, &partial, &Request::discover(Y).frame())
+            .unwrap_or_else(|| panic!("{what}: Y got no reply"));
+        assert_eq!(
+            h.flags & VnetHdr::NEEDS_CSUM,
+            0,
+            "{what}: Y takes no partial checksum"
+        );
+        let r = parse_reply(&f).unwrap_or_else(|e| panic!("{what}: Y's reply: {e}"));
+        assert_eq!(r.yiaddr, Y_IP);
+    };
+    honest("a partial checksum where UDP leaves it");
+
+    let mut padded = Request::discover(X);
+    padded.pad_to = 1200;
+    let mut padded_y = Request::discover(Y);
+    padded_y.pad_to = 1200;
+    let mut taken = 0;
+    for (start, offset) in [(1100, 0), (1200, 6), (14, 10), (0, 0), (40, 300)] {
+        let hdr = VnetHdr {
+            flags: VnetHdr::NEEDS_CSUM,
+            csum_start: start,
+            csum_offset: offset,
+            ..VnetHdr::default()
+        };
+        for (tap, frames) in [
+            (&offloading, [padded.frame(), Request::discover(X).frame()]),
+            (
+                &completing,
+                [padded_y.frame(), Request::discover(Y).frame()],
+            ),
+        ] {
+            for f in frames {
+                // The kernel refuses a header that points outside the frame; what it takes
+                // reaches the program.
+                if tap.send(&hdr, &f).is_ok() {
+                    taken += 1;
+                }
+            }
+        }
+    }
+    eprintln!("hostile headers taken by the kernel: {taken} of 20");
+    assert!(
+        taken >= 8,
+        "only {taken} hostile headers reached the program"
+    );
+    thread::sleep(Duration::from_millis(300));
+    while offloading.recv(Duration::from_millis(50)).is_some() {}
+    while completing.recv(Duration::from_millis(50)).is_some() {}
+    honest("after hostile headers");
+    assert_eq!(kernel_warnings(), warnings, "the kernel warned");
 }
 
 /// What a VM port's TC program drops, for XDP's reasons, and hands to nobody; then a valid

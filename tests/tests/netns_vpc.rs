@@ -746,8 +746,9 @@ fn switch_hv1(cloud: &mut Cloud, to: VmHook) -> std::time::Duration {
 
 /// A live host switches its VM ports from xdp to tc mode and back, by restarting its agent with
 /// the other `[vm] hook`: the new programs are attached before the old ones go, so a ping every
-/// 20 ms to a VM on the same host and to one across hosts, and ARP every 20 ms, lose nothing.
-/// (DHCP renewals join this test with issue 14's phase 2: tc mode does not answer DHCP yet.)
+/// 20 ms to a VM on the same host and to one across hosts, ARP every 20 ms, and a DHCP renewal
+/// every 250 ms (unicast to the server, as a RENEWING client sends it; the port's DHCP rate
+/// limit allows 5 a second), lose nothing.
 #[test]
 fn a_live_host_switches_hooks_without_losing_a_frame() {
     use std::{
@@ -758,7 +759,11 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
         time::{Duration, Instant},
     };
 
-    use holdfast_tests::{packet::arp_request, rawsock::RawSocket};
+    use holdfast_tests::{
+        packet::{Request, arp_request},
+        rawsock::RawSocket,
+        xdp::ROUTER_MAC,
+    };
 
     let mut cloud = Cloud::new(&NETS, &specs());
     assert_eq!(cloud.ping(A1, IP13, 2), 2);
@@ -799,6 +804,27 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
             (asked, answered)
         })
     };
+    // A1 renews its lease every 250 ms, unicast to the gateway (the server identifier).
+    let dhcp = {
+        let sock = RawSocket::open(&cloud.vm(A1).ns.path(), "eth0");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut asked, mut acked) = (0u32, 0u32);
+            let mut xid = 0x1400_0000u32;
+            while !stop.load(Ordering::Relaxed) {
+                xid += 1;
+                let mut req = Request::renewing(A1, IP11, Ipv4Addr::new(10, 0, 0, 1), ROUTER_MAC);
+                req.xid = xid;
+                asked += 1;
+                match sock.exchange(&req, Duration::from_secs(1)) {
+                    Some(r) if r.msg_type() == Some(5) && r.yiaddr == IP11 => acked += 1,
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (asked, acked)
+        })
+    };
     std::thread::sleep(Duration::from_secs(1));
     let before = cloud.agents[0].counters();
     let to_tc = switch_hv1(&mut cloud, VmHook::Tc);
@@ -810,11 +836,12 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
     let after = cloud.agents[0].counters();
     stop.store(true, Ordering::Relaxed);
     let (asked, answered) = arp.join().expect("arp");
+    let (renewals, acked) = dhcp.join().expect("dhcp");
     let across = across.join().expect("ping");
     let local = local.join().expect("ping");
     eprintln!(
         "xdp -> tc in {to_tc:?}, tc -> xdp in {to_xdp:?}; pings across {across:?}, local \
-         {local:?}, ARP {answered}/{asked}"
+         {local:?}, ARP {answered}/{asked}, DHCP renewals {acked}/{renewals}"
     );
     assert!(
         switched < Duration::from_millis(20 * u64::from(count)),
@@ -824,6 +851,8 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
     assert_eq!(local, (count, count), "pings on the host lost");
     assert_eq!(answered, asked, "ARP requests unanswered");
     assert!(asked > 100, "{asked} ARP requests");
+    assert_eq!(acked, renewals, "DHCP renewals unanswered");
+    assert!(renewals >= 10, "{renewals} DHCP renewals");
     // Each mode carried traffic: tc mode on the skb, then xdp mode in XDP again.
     let moved = |a: &[u64], b: &[u64], s: Stat| a[s as usize] - b[s as usize];
     assert!(
@@ -831,6 +860,12 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
         "tc mode encapsulated nothing"
     );
     assert!(moved(&in_tc, &before, Stat::SkbForwardLocal) > 10);
+    // A second in each mode after its switch: four renewals or so.
+    assert!(
+        moved(&in_tc, &before, Stat::DhcpAck) >= 3,
+        "tc mode answered no renewal"
+    );
+    assert!(moved(&after, &in_tc, Stat::DhcpAck) >= 3);
     assert!(
         moved(&after, &in_tc, Stat::VxlanEncap) > 10,
         "xdp mode encapsulated nothing"

@@ -118,8 +118,7 @@ fn a_new_map_layout_migrates_without_a_gap_and_back() {
     b.ns.ip(&["addr", "add", "10.20.200.12/16", "dev", "eth0"]);
     let clients = loadgen::client_macs(CLIENTS);
     // 32 clients behind one interface: the per-port limits are for one real client. tap-a on
-    // the tc hook (tc mode does not answer DHCP until issue 14's phase 2; tap-a's VM has a
-    // static address).
+    // the tc hook, the others on XDP: both kinds of link cross the migration.
     let config =
         format!("{NO_RATE_LIMITS}[[vm.hook_for]]\ninterfaces = [\"tap-a\"]\nhook = \"tc\"\n");
     let mut agent = Agent::start_with(&hv, "hv-1", &ipam(&clients), &config);

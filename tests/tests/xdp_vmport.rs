@@ -14,7 +14,7 @@ use agent_common::{
 use holdfast::{dataplane::Desired, model::Network, render::options};
 use holdfast_tests::{
     netns::Netns,
-    packet::{BROADCAST_MAC, Request, arp_request, udp_frame},
+    packet::{BROADCAST_MAC, Request, arp_request, parse_reply, udp_frame},
     xdp::*,
 };
 
@@ -307,8 +307,8 @@ fn the_skb_path_never_passes_a_frame_up() {
 }
 
 /// tc mode's program (`holdfast_vm_tc`, alone on the port) drops every hostile frame for the
-/// reason XDP gives, answers ARP (back out of the port: a redirect), forwards a valid frame, and,
-/// over every hostile frame mutated at random, never hands one up to the host stack.
+/// reason XDP gives, answers ARP and DHCP (back out of the port: a redirect), forwards a valid
+/// frame, and, over every hostile frame mutated at random, never hands one up to the host stack.
 #[test]
 fn tc_mode_drops_what_xdp_drops_and_never_passes_a_frame_up() {
     let fx = Fixture::with(&desired(TEST_IFINDEX), None);
@@ -336,13 +336,11 @@ fn tc_mode_drops_what_xdp_drops_and_never_passes_a_frame_up() {
         (moved(Stat::ArpReply), moved(Stat::SkbForwardLocal)),
         (1, 1)
     );
-    // Phase 1 of issue 14: DHCP is not answered in tc mode yet; dropped and counted.
-    dropped_at(
-        &fx,
-        VmHook::Tc,
-        &Request::discover(A1).frame(),
-        Stat::DropDhcpSkbPath,
-    );
+    // DHCP is answered in tc mode too: back to the VM, from the router MAC.
+    let (verdict, out) = fx.run_port(VmHook::Tc, &Request::discover(A1).frame());
+    assert_eq!(verdict, back(VmHook::Tc));
+    let offer = parse_reply(&out).expect("well-formed OFFER");
+    assert_eq!((offer.msg_type(), offer.eth_src), (Some(2), ROUTER_MAC));
 
     let mut seeds: Vec<Vec<u8>> = hostile().into_iter().map(|(_, f, _)| f).collect();
     seeds.push(valid());

@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: two hypervisors, two private networks with the same subnet, VMs that get
-//! DHCP from XDP and reach each other over VXLAN, tenants that never see each other, both
+//! `cargo xtask demo`: two hypervisors, one per mode (hv-1 in xdp mode, hv-2 in tc mode), two
+//! private networks with the same subnet, VMs that get DHCP from the data plane and reach each
+//! other over VXLAN, tenants that never see each other, both
 //! agents killed while traffic and renewals go on, and, when etcd is installed, IPAM in etcd
 //! going down while VMs keep renewing and talking, then coming back with a new VM the agents
 //! catch up with.
@@ -171,8 +172,8 @@ fn main() {
     holdfast_tests::sweep_stale();
     let with_etcd = etcd_installed();
     println!(
-        "holdfast demo: two hypervisors whose VMs get DHCP from XDP and reach each other over \
-         VXLAN,\ntwo tenants with the same subnet that never see each other, both agents \
+        "holdfast demo: two hypervisors (hv-1 in xdp mode, hv-2 in tc mode) whose VMs get DHCP \
+         from the data plane\nand reach each other over VXLAN, two tenants with the same subnet that never see each other, both agents \
          killed while\ntraffic and lease renewals go on, and, with etcd installed, IPAM down \
          while VMs keep renewing\nand talking. Every command is printed before it runs."
     );
@@ -202,7 +203,8 @@ fn main() {
                 Source::File
             },
             extra_nics: &[],
-            hooks: [VmHook::Xdp; 2],
+            // One host per mode: the same logic in XDP on hv-1, on TC ingress on hv-2.
+            hooks: [VmHook::Xdp, VmHook::Tc],
         },
     );
     for (name, s, _) in VMS {
@@ -244,18 +246,26 @@ fn main() {
     }
 
     say("3. holdfast run on each host: programs on the VM interfaces and on the underlay");
-    println!("--- {} ---", cloud.agents[0].config.display());
-    print!(
-        "{}",
-        std::fs::read_to_string(&cloud.agents[0].config).unwrap_or_default()
+    for i in 0..2 {
+        println!("--- hv-{}: {} ---", i + 1, cloud.agents[i].config.display());
+        print!(
+            "{}",
+            std::fs::read_to_string(&cloud.agents[i].config).unwrap_or_default()
+        );
+        show(Command::new("sh").args([
+            "-c",
+            &format!(
+                "ip -n {} -d link show | grep -o '^[0-9]*: [^:]*\\|prog/xdp id [0-9]* name [a-z_]*'",
+                cloud.hosts[i].name
+            ),
+        ]));
+        show(Command::new("ls").arg(cloud.agents[i].bpffs.path().join("links")));
+    }
+    println!(
+        "# hv-1 (xdp mode): holdfast_vm in XDP on each VM port (vm-IFINDEX), its skb path on TC \
+         (tc-IFINDEX);\n# hv-2 (tc mode): no XDP on its VM ports, holdfast_vm_tc alone on TC \
+         ingress (vmtc-IFINDEX).\n# Both keep holdfast_ul in XDP on the underlay."
     );
-    show(Command::new("sh").args([
-        "-c",
-        &format!(
-            "ip -n {} -d link show | grep -o '^[0-9]*: [^:]*\\|prog/xdp id [0-9]* name [a-z_]*'",
-            cloud.hosts[0].name
-        ),
-    ]));
     if with_etcd {
         println!("# hv-1 listed IPAM from etcd, then watches it:");
         if let Some(line) = last_log(&cloud.agents[0], "IPAM listed from etcd") {
@@ -304,7 +314,7 @@ fn main() {
     assert_eq!(ping(&cloud, "blue-1", ip(13), 3), 3, "across hosts");
     assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red across hosts");
     println!(
-        "# ARP was answered on each host, by XDP: blue-1 sees 10.0.0.13 at {}",
+        "# ARP was answered on each host, by its VM ports' program: blue-1 sees 10.0.0.13 at {}",
         neighbour(b1, "10.0.0.13")
     );
 
@@ -355,7 +365,10 @@ fn main() {
     for line in summary.lines().filter(|l| l.contains("transmitted")) {
         println!("blue-1 -> blue-3 across the kill: {line}");
     }
-    println!("# leases are 20 s long: the clients renew every ~10 s, answered by XDP alone");
+    println!(
+        "# leases are 20 s long: the clients renew every ~10 s, answered by the pinned programs \
+         alone"
+    );
     let before = renewals(&cloud);
     let killed = Instant::now();
     match wait_for(Duration::from_secs(30), || {
@@ -436,7 +449,7 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
         (now >= before + 5).then_some(now)
     }) {
         Some(n) => println!(
-            "renewals answered by XDP with etcd down: {} within {:.1?}",
+            "renewals answered by the data plane with etcd down: {} within {:.1?}",
             n - before,
             down.elapsed()
         ),

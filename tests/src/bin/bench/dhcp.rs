@@ -1,12 +1,14 @@
-//! `cargo xtask bench dhcp`: the XDP responder measured two ways, in one run.
+//! `cargo xtask bench dhcp`: the responder measured two ways, in one run.
 //!
 //! 1. ns per reply inside the program: the kernel's time of single BPF_PROG_TEST_RUN runs on a
 //!    DISCOVER and a REQUEST, minus the same for a no-op program (not `repeat` and not live
 //!    frames: both rerun the program on the reply it already wrote); as a cross check, the
 //!    kernel's own accounting (`kernel.bpf_stats_enabled`) of the program under the load of 2.
 //! 2. Replies per second over one veth from the project's load generator (many clients, full
-//!    DORA), against holdfast, dnsmasq (static dhcp-host entries) and ISC Kea (memfile, host
-//!    reservations), on the same veth with the same leases; plus the generator's own ceiling.
+//!    DORA), against holdfast in xdp mode and in tc mode (`holdfast_vm_tc`, its ns per reply in
+//!    situ with `kernel.bpf_stats_enabled`: a TC test run reuses one skb), dnsmasq (static
+//!    dhcp-host entries) and ISC Kea (memfile, host reservations), on the same veth with the
+//!    same leases; plus the generator's own ceiling.
 
 use std::{
     io::Write as _,
@@ -328,6 +330,34 @@ pub fn run() {
     );
     agent.stop();
     drop(agent); // removes its bpffs directory: the program is detached from the tap
+
+    // tc mode: the same responder in `holdfast_vm_tc`, on the skb. Its cost per reply is in
+    // situ only: BPF_PROG_TEST_RUN on a TC program reuses one skb, which the reply overwrites.
+    let mut agent = Agent::start_with(
+        &hv,
+        "hv-1",
+        &ipam(&macs),
+        &format!("{NO_RATE_LIMITS}[vm]\nhook = \"tc\"\n"),
+    );
+    wait_for(Duration::from_secs(30), || {
+        (agent.metric("holdfast_leases") == CLIENTS as f64).then_some(())
+    })
+    .expect("leases applied");
+    wait_serving(&vm, macs[0], "holdfast in tc mode", &agent.log);
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let (t0, n0) = bpf_stats(holdfast::dataplane::PROGRAM_VM_TC);
+    let tc = load(&vm, &macs, CLIENTS / 2);
+    let (t1, n1) = bpf_stats(holdfast::dataplane::PROGRAM_VM_TC);
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    line("holdfast (tc mode)", &tc);
+    let tc_ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
+    println!(
+        "  {:<28} {tc_ns:>12.0} ns per program run under this load (kernel.bpf_stats_enabled)",
+        ""
+    );
+    println!("dhcp reply ns xdp {in_situ_ns:.0}\ndhcp reply ns tc {tc_ns:.0}");
+    agent.stop();
+    drop(agent);
 
     hv.ip(&["addr", "add", "10.20.0.1/16", "dev", TAP]);
     let dir = TempDir::new("bench-servers");

@@ -719,8 +719,8 @@ pub fn run() {
          which encapsulation grows)"
     );
     println!(
-        "  DHCP reply: xdp mode in `cargo xtask bench dhcp`; tc mode not yet available (issue 14, \
-         phase 2)"
+        "  DHCP reply: both modes in `cargo xtask bench dhcp` (tc mode in situ, \
+         kernel.bpf_stats_enabled)"
     );
 
     println!("\n2. Small UDP frames (60 bytes) from a VM on hv-1 to a VM on hv-2, {SECS} s each");
