@@ -448,8 +448,13 @@ fn parse_options<C: Ctx>(ctx: &C, start: usize, end: usize) -> Result<RequestOpt
         // SAFETY: a field of `*scan`.
         let off = unsafe { get(&raw const (*scan).off) };
         // Past the pads here (up to a stride). Past `n` the buffer holds stale bytes: a run
-        // that goes past `n` ends the scan below, whatever they are.
-        let off = off + zero_run(scan, off);
+        // that goes past `n` ends the scan below, whatever they are. Counted only at a pad:
+        // most options follow one another without any, and the count reads a stride of bytes.
+        let off = if at(off) == OPT_PAD {
+            off + zero_run(scan, off)
+        } else {
+            off
+        };
         if off >= n {
             // Ran off the end without END.
             return Err(Stat::DropDhcpBadOptions);
