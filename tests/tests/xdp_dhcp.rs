@@ -1135,10 +1135,10 @@ fn booting() -> Fixture {
         ipxe: Some("boot.ipxe".into()),
     });
     let mut own = nic(OTHER_MAC, OTHER_VM);
-    own.boot = Some(holdfast::model::Boot {
+    own.boot = Some(Box::new(holdfast::model::Boot {
         ipxe: Some("http://10.10.0.5/vm-2.ipxe".into()),
         ..holdfast::model::Boot::default()
-    });
+    }));
     Fixture::with_network(&net, &[nic(VM_MAC, VM_IP), own], &[])
 }
 

@@ -194,7 +194,7 @@ pub struct Nic {
     pub options: Option<Box<DhcpOptions>>,
     /// Network boot fields of this NIC, over its network's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot: Option<Boot>,
+    pub boot: Option<Box<Boot>>,
 }
 
 impl Nic {

@@ -12,7 +12,7 @@ use crate::model::{Boot, Network, Nic};
 /// The boot answers of `nic` on `net`: its boot fields over its network's, one entry per
 /// variant with a file. Fields that would not fit (validation refuses them) leave no entry.
 pub fn render(net: &Network, nic: &Nic) -> Vec<(BootVariant, BootEntry)> {
-    let Some(boot) = Boot::merged(net.boot.as_ref(), nic.boot.as_ref()) else {
+    let Some(boot) = Boot::merged(net.boot.as_ref(), nic.boot.as_deref()) else {
         return Vec::new();
     };
     boot.files()
@@ -120,11 +120,11 @@ mod tests {
         let mut net = net();
         net.boot = Some(boot());
         let mut nic = nic();
-        nic.boot = Some(Boot {
+        nic.boot = Some(Box::new(Boot {
             ipxe: Some("http://10.10.0.5/vm-1.ipxe".into()),
             next_server: Some("10.10.0.6".parse().unwrap()),
             ..Boot::default()
-        });
+        }));
         let out = render(&net, &nic);
         assert_eq!(out.len(), 3);
         let (v, ipxe) = &out[2];
