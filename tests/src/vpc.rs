@@ -386,26 +386,6 @@ impl Cloud {
 
     /// `ping` from the VM with `mac` to `ip`: how many of `count` replies came back.
     pub fn ping(&self, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> u32 {
-        let out = self
-            .vm_ns(mac)
-            .exec("ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.05",
-                "-W",
-                "1",
-            ])
-            .arg(ip.to_string())
-            .output()
-            .expect("ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split(',')
-            .find_map(|p| p.trim().strip_suffix(" received"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
+        self.vm_ns(mac).ping(ip, count)
     }
 }

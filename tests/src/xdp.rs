@@ -86,21 +86,6 @@ impl Fixture {
         Self::with(&desired_for(net, nics, arp), None)
     }
 
-    /// The programs with `nics` of `net` bound on the test ifindex.
-    pub fn with_bindings(net: &Network, nics: &[Nic]) -> Self {
-        let mut desired = Desired {
-            prune: true,
-            ..Desired::default()
-        };
-        for nic in nics {
-            let b = options::render(net, nic).expect("render");
-            desired
-                .bindings
-                .insert(BindingKey::new(TEST_IFINDEX, nic.mac.0), b);
-        }
-        Self::with(&desired, None)
-    }
-
     /// Instructions the kernel's verifier walked to load the VM program.
     pub fn verified_instructions(&self) -> u32 {
         self.dp

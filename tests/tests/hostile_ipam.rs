@@ -43,29 +43,6 @@ fn vm_programs_on(agent: &Agent, hv: &Netns, interface: &str) -> bool {
         .any(|p| links.join(format!("{p}-{ifindex}")).exists())
 }
 
-fn ping_from(ns: &Netns, ip: Ipv4Addr, count: u32) -> u32 {
-    let out = ns
-        .exec("ping")
-        .args([
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-        ])
-        .arg(ip.to_string())
-        .output()
-        .expect("ping");
-    String::from_utf8_lossy(&out.stdout)
-        .split(',')
-        .find_map(|p| p.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
 const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03];
 const IP11: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
@@ -153,7 +130,7 @@ fn nics_naming_host_interfaces_are_rejected_and_the_host_keeps_its_network() {
     });
     assert!(applied.is_some(), "{}", agent.logs());
     // The underlay carries the hosts' own traffic, and the VMs' across it.
-    assert_eq!(ping_from(hv1, VTEPS[1], 5), 5, "underlay to underlay");
+    assert_eq!(hv1.ping(VTEPS[1], 5), 5, "underlay to underlay");
     assert_eq!(cloud.ping(A1, IP13, 5), 5, "VM to VM across the underlay");
     let counted = wait_for(Duration::from_secs(10), || {
         (rejected_now(agent, "interface_not_vm_port") == 4.0
@@ -195,7 +172,7 @@ fn nics_naming_host_interfaces_are_rejected_and_the_host_keeps_its_network() {
         "{}",
         agent.logs()
     );
-    assert_eq!(ping_from(hv1, VTEPS[1], 3), 3, "the underlay is untouched");
+    assert_eq!(hv1.ping(VTEPS[1], 3), 3, "the underlay is untouched");
     // And a VM port again once the address goes.
     hv1.ip(&["addr", "del", "192.0.2.9/24", "dev", "tap-a1"]);
     let back = wait_for(Duration::from_secs(10), || {

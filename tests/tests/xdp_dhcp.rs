@@ -664,7 +664,7 @@ fn asking(mut req: Request, list: &[u8]) -> Request {
 fn ipv6_only_preferred_goes_only_to_clients_that_ask_for_it(hook: VmHook) {
     let mut net = network();
     net.options.ipv6_only_preferred = Some(1800);
-    let fx = Fixture::with_bindings(&net, &[nic(VM_MAC, VM_IP)]);
+    let fx = Fixture::with_network(&net, &[nic(VM_MAC, VM_IP)], &[]);
     eprintln!(
         "VM program: {} instructions verified",
         fx.verified_instructions()
