@@ -90,8 +90,12 @@ pub trait Ctx: EbpfContext {
     /// headers, then the inner Ethernet header (TC keeps it at the front, XDP moved it back).
     /// TC records the tunnel on the skb so that a GSO frame is segmented as VXLAN.
     fn encap_room(&self, len: u32) -> Result<(), Stat>;
-    /// Sends the frame out of `ifindex`.
-    fn redirect(&self, ifindex: u32) -> u32;
+    /// Sends the frame out of `ifindex`: the same helper and verdict on both hooks.
+    #[inline(always)]
+    fn redirect(&self, ifindex: u32) -> u32 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
     /// Sends the frame out of `ifindex` through the kernel's neighbour subsystem, which
     /// resolves the next hop's MAC (TC only: XDP hands such frames to the skb path first).
     fn redirect_neigh(&self, ifindex: u32) -> Result<u32, Stat>;
@@ -194,12 +198,6 @@ impl Ctx for XdpContext {
             return Err(Stat::DropMalformed);
         }
         Ok(())
-    }
-
-    #[inline(always)]
-    fn redirect(&self, ifindex: u32) -> u32 {
-        // SAFETY: plain helper call.
-        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 
     #[inline(always)]
@@ -310,12 +308,6 @@ impl Ctx for TcContext {
             return Err(Stat::DropMalformed);
         }
         Ok(())
-    }
-
-    #[inline(always)]
-    fn redirect(&self, ifindex: u32) -> u32 {
-        // SAFETY: plain helper call.
-        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 
     #[inline(always)]

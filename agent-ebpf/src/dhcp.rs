@@ -704,8 +704,15 @@ fn asks_for_boot_options(opts: &RequestOpts) -> bool {
     };
     // SAFETY: the address of a field of this CPU's map value; nothing is read.
     let buf = unsafe { (&raw const (*scan).buf).cast::<u8>() };
+    // Only a network boot client's list is read: no other gets boot options whatever it asks.
+    // The loop stays on every path (the verifier walks it once) and ends at once for the rest.
+    let len = core::hint::black_box(if opts.boot_variant().is_some() {
+        opts.prl_len
+    } else {
+        0
+    });
     for i in 0..PRL_MAX {
-        if i >= opts.prl_len {
+        if i >= len {
             break;
         }
         // SAFETY: the index is masked below `OPTIONS_WINDOW`, the length of `buf`.

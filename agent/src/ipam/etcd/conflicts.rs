@@ -26,7 +26,7 @@ struct Record<'a> {
 pub(super) async fn write(config: IpamConfig, node: String, mut rx: mpsc::Receiver<Conflict>) {
     let mut store: Option<Store> = None;
     while let Some(c) = rx.recv().await {
-        let s = match store.take() {
+        let mut s = match store.take() {
             Some(s) => s,
             None => match Store::connect(&config).await {
                 Ok(s) => s,
@@ -36,7 +36,6 @@ pub(super) async fn write(config: IpamConfig, node: String, mut rx: mpsc::Receiv
                 }
             },
         };
-        let mut s = s;
         let key = s.layout.conflict(c.mac);
         let value = match serde_json::to_vec(&Record {
             conflict: &c,
