@@ -47,7 +47,8 @@ pub enum Stat {
     /// Frames from the underlay decapsulated into a local VM.
     VxlanDecap,
     /// Decapsulated TCP handed up for GRO, then redirected into the VM by the underlay's TC
-    /// program (also counted in `VxlanDecap`).
+    /// program; with `[underlay] hook = "tc"`, decapsulated aggregates (GRO or GSO) delivered
+    /// whole (also counted in `VxlanDecap`).
     DecapGro,
     /// Frames from a VM redirected to another VM on this host.
     ForwardLocal,
@@ -139,6 +140,9 @@ pub enum Stat {
     /// Replies that left out options 66/67 although the client asked for them: with its
     /// other options they would not fit 576 bytes (`sname` and `file` still carry them).
     DhcpBootOptionsNotSent,
+    /// VXLAN that holdfast's metadata-mode VXLAN device (`[underlay] hook = "tc"`) received
+    /// for an address of this host other than its VTEP: not this VTEP's to deliver.
+    DropDecapNotVtep,
     Count,
 }
 

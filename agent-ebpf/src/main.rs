@@ -67,6 +67,15 @@ pub fn holdfast_ul_tc(ctx: TcContext) -> i32 {
     underlay::tc_handle(&ctx)
 }
 
+/// `[underlay] hook = "tc"`: TC ingress on holdfast's VXLAN device in metadata mode, which
+/// the kernel decapsulates into: who sent it checked, then into its VM. For underlays where
+/// XDP is not native (a veth, a VLAN or bond device, a driver without XDP), where it would
+/// copy or segment every aggregate the kernel's own data path keeps whole.
+#[classifier]
+pub fn holdfast_ul_md(ctx: TcContext) -> i32 {
+    underlay::md_handle(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

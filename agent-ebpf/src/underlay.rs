@@ -4,13 +4,14 @@
 use agent_common::{DecapMeta, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_OK, xdp_action},
-    helpers::{bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_tunnel_key, xdp_action},
+    helpers::{bpf_redirect, bpf_skb_get_tunnel_key, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::{TcContext, XdpContext},
 };
 
 use crate::{
     csum::be16,
+    ctx::Ctx,
     l4csum::IPPROTO_TCP,
     maps::{CONFIG, FDB, VNIS, VTEPS},
     parse::{
@@ -79,10 +80,33 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
         return Err(Stat::DropMalformed);
     }
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
+    let (ifindex, inner_tcp) = inner(ctx, VXLAN_OVERHEAD as usize, vni, ip.saddr)?;
+    // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
+    // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
+    // SAFETY: our own context; packet pointers are re-derived afterwards.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
+        return Err(Stat::DropMalformed);
+    }
+    count(Stat::VxlanDecap);
+    if inner_tcp && to_stack_for_gro(ctx, ifindex) {
+        count(Stat::DecapGro);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+}
+
+/// The checks on a decapsulated frame at `off`, which VTEP `vtep` (network order) sent for
+/// network `vni`: a known network, ARP and anything but IPv4 refused, a local NIC as the
+/// destination, and a source that is a NIC of that network behind that VTEP, with its own
+/// address (a host can only speak for its own VMs). Returns the destination's ifindex, and
+/// whether the frame is TCP.
+#[inline(always)]
+fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool), Stat> {
     if VNIS.get_ptr(&vni).is_none() {
         return Err(Stat::DropUnknownVni);
     }
-    let inner: EthHdr = load(ctx, VXLAN_OVERHEAD as usize).ok_or(Stat::DropMalformed)?;
+    let inner: EthHdr = load(ctx, off).ok_or(Stat::DropMalformed)?;
     if inner.proto == be16(ETH_P_ARP) {
         // ARP is answered on the sender's host; none crosses the underlay.
         return Err(Stat::DropDecapArp);
@@ -99,38 +123,22 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
         // A remote NIC: not ours to deliver.
         return Err(Stat::DropUnknownInnerDst);
     }
-    // The inner source must be a NIC of that network behind the VTEP that sent it, with its
-    // own address: a host can only speak for its own VMs.
     let src = FDB
         .get_ptr(&FdbKey::new(vni, inner.src))
         .ok_or(Stat::DropInnerSpoof)?;
     // SAFETY: as above.
     let (src_kind, src_vtep, src_ip) = unsafe { ((*src).kind, (*src).vtep, (*src).ip) };
-    if src_kind != FdbEntry::REMOTE || src_vtep != ip.saddr {
+    if src_kind != FdbEntry::REMOTE || src_vtep != vtep {
         return Err(Stat::DropInnerSpoof);
     }
-    let inner_ip: Ipv4Hdr =
-        load(ctx, VXLAN_OVERHEAD as usize + ETH_HLEN).ok_or(Stat::DropMalformed)?;
+    let inner_ip: Ipv4Hdr = load(ctx, off + ETH_HLEN).ok_or(Stat::DropMalformed)?;
     if inner_ip.ver_ihl >> 4 != 4 || ((inner_ip.ver_ihl & 0x0f) as usize) * 4 < IPV4_HLEN {
         return Err(Stat::DropMalformed);
     }
     if inner_ip.saddr != src_ip {
         return Err(Stat::DropInnerSpoofedIp);
     }
-    // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
-    // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
-    let inner_tcp = inner_ip.protocol == IPPROTO_TCP;
-    // SAFETY: our own context; packet pointers are re-derived afterwards.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
-        return Err(Stat::DropMalformed);
-    }
-    count(Stat::VxlanDecap);
-    if inner_tcp && to_stack_for_gro(ctx, ifindex) {
-        count(Stat::DecapGro);
-        return Ok(xdp_action::XDP_PASS);
-    }
-    // SAFETY: plain helper call.
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+    Ok((ifindex, inner_ip.protocol == IPPROTO_TCP))
 }
 
 /// Leaves the target interface in the frame's metadata for the underlay's TC program. False
@@ -176,4 +184,60 @@ pub fn tc_handle(ctx: &TcContext) -> i32 {
     }
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(m.ifindex, 0) as i32 }
+}
+
+/// `[underlay] hook = "tc"`: TC ingress on holdfast's VXLAN device in metadata mode, which the
+/// kernel decapsulates into (and aggregates by GRO, as its own VXLAN data path does). The
+/// frame arrives inner Ethernet first, the outer header in its tunnel key: the same checks as
+/// the XDP program's, then into the VM. Nothing that arrives here goes anywhere else: the
+/// device has no address, no bridge, and this program drops what it does not deliver.
+pub fn md_handle(ctx: &TcContext) -> i32 {
+    match try_md(ctx) {
+        Ok(ifindex) => {
+            count(Stat::VxlanDecap);
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Err(stat) => {
+            count(stat);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn try_md(ctx: &TcContext) -> Result<u32, Stat> {
+    // SAFETY: an all-zero tunnel key is a valid value of this plain C struct.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: the helper fills `key`, whose size it is given.
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if rc != 0 {
+        // Not from the tunnel (nothing else should reach the device).
+        return Err(Stat::DropMalformed);
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Stat::DropDecapNotVtep);
+    };
+    // The key holds addresses and the VNI in host order; the maps hold what the wire has.
+    // SAFETY: IPv4 keys (the device is IPv4): the union's IPv4 members are the ones set.
+    let (remote, local) = unsafe {
+        (
+            key.__bindgen_anon_1.remote_ipv4.to_be(),
+            key.__bindgen_anon_3.local_ipv4.to_be(),
+        )
+    };
+    if cfg.vtep == 0 || local != cfg.vtep {
+        // VXLAN to another of the host's addresses: not this VTEP's.
+        return Err(Stat::DropDecapNotVtep);
+    }
+    if VTEPS.get_ptr(&remote).is_none() {
+        return Err(Stat::DropUnknownVtep);
+    }
+    let (ifindex, _) = inner(ctx, 0, key.tunnel_id, remote)?;
+    if ctx.gso_size() != 0 {
+        count(Stat::DecapGro);
+    }
+    Ok(ifindex)
 }

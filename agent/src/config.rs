@@ -170,6 +170,25 @@ pub struct UnderlayConfig {
     /// The underlay MTU networks must fit in with the 50 bytes of VXLAN; default: the
     /// interface's own MTU.
     pub mtu: Option<u32>,
+    /// Where VXLAN to this host is decapsulated: `xdp` (default), holdfast's XDP program on
+    /// the underlay; `tc`, the kernel's VXLAN device in metadata mode, with holdfast's checks
+    /// and delivery on its TC ingress, and no program on the underlay.
+    #[serde(default)]
+    pub hook: UnderlayHook,
+}
+
+/// Where VXLAN to this host is decapsulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderlayHook {
+    /// XDP on the underlay: before any skb exists, with native XDP (a physical NIC's driver).
+    #[default]
+    Xdp,
+    /// The kernel decapsulates into holdfast's metadata-mode VXLAN device (`holdfast-vx`), GRO
+    /// included, and holdfast's TC program there checks and delivers. For underlays where XDP
+    /// is not native (a veth, a VLAN or bond device, a driver without XDP): there XDP copies
+    /// each aggregate, or makes the sender segment it.
+    Tc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -553,7 +572,18 @@ mod tests {
             "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n[underlay]\ninterface = \"eth1\"\n",
         )
         .unwrap();
-        assert_eq!(c.underlay.unwrap().interface, "eth1");
+        let u = c.underlay.unwrap();
+        assert_eq!(u.interface, "eth1");
+        assert_eq!(u.hook, UnderlayHook::Xdp);
+    }
+
+    #[test]
+    fn decapsulation_hook_is_xdp_or_tc() {
+        let base = "node = \"hv-1\"\n[ipam]\nsource = \"file\"\npath = \"/x\"\n[underlay]\ninterface = \"eth1\"\n";
+        let c = parse(&format!("{base}hook = \"tc\"\n")).unwrap();
+        assert_eq!(c.underlay.unwrap().hook, UnderlayHook::Tc);
+        let err = parse(&format!("{base}hook = \"geneve\"\n")).unwrap_err();
+        assert!(err.to_string().contains("hook"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub enum Excluded {
     Underlay,
     Loopback,
     Anchor,
+    /// holdfast's metadata-mode VXLAN device (`[underlay] hook = "tc"`).
+    Decap,
     /// It carries this host address.
     HostAddress(IpAddr),
 }
@@ -114,6 +116,7 @@ impl fmt::Display for Excluded {
             Excluded::Underlay => f.write_str("it is the underlay"),
             Excluded::Loopback => f.write_str("it is the loopback interface"),
             Excluded::Anchor => f.write_str("it is holdfast's next-hop lookup anchor"),
+            Excluded::Decap => f.write_str("it is holdfast's VXLAN decapsulation device"),
             Excluded::HostAddress(a) => write!(f, "it carries the host address {a}"),
         }
     }
@@ -152,11 +155,13 @@ impl VmPorts {
         }
     }
 
-    /// The interfaces matching `patterns`, but `lo`, the `underlay` and the `anchor`.
+    /// The interfaces matching `patterns`, but `lo`, the `underlay`, the `anchor` and the
+    /// decapsulation device.
     pub fn new(patterns: &[Pattern], underlay: Option<&str>, anchor: &str) -> Self {
         let mut excluded = BTreeMap::from([
             ("lo".to_owned(), Excluded::Loopback),
             (anchor.to_owned(), Excluded::Anchor),
+            (crate::decap::DEVICE.to_owned(), Excluded::Decap),
         ]);
         if let Some(u) = underlay {
             excluded.insert(u.to_owned(), Excluded::Underlay);

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
 
-use holdfast::ports::VmHook;
+use holdfast::{config::UnderlayHook, ports::VmHook};
 
 use crate::{
     TempDir,
@@ -62,6 +62,8 @@ pub struct Options<'a> {
     pub extra_nics: &'a [VmSpec],
     /// The hook serving each host's VM ports (`[vm] hook`), by host.
     pub hooks: [VmHook; 2],
+    /// Where each host decapsulates VXLAN (`[underlay] hook`), by host.
+    pub underlay_hooks: [UnderlayHook; 2],
 }
 
 impl Default for Options<'_> {
@@ -72,6 +74,7 @@ impl Default for Options<'_> {
             source: Source::File,
             extra_nics: &[],
             hooks: [VmHook::Xdp; 2],
+            underlay_hooks: [UnderlayHook::Xdp; 2],
         }
     }
 }
@@ -216,13 +219,33 @@ impl Cloud {
         Self::with(nets, vms, &Options::default())
     }
 
-    /// [`Cloud::new`] with the VM ports of both hosts on `hook`.
+    /// [`Cloud::new`] with the VM ports of both hosts on `hook`. In tc mode hv-2 also
+    /// decapsulates on TC (`[underlay] hook = "tc"`) and hv-1 in XDP, so that every tc-mode
+    /// test crosses both decapsulation hooks.
     pub fn in_mode(nets: &[Net], vms: &[VmSpec], hook: VmHook) -> Self {
+        let underlay_hooks = match hook {
+            VmHook::Xdp => [UnderlayHook::Xdp; 2],
+            VmHook::Tc => [UnderlayHook::Xdp, UnderlayHook::Tc],
+        };
         Self::with(
             nets,
             vms,
             &Options {
                 hooks: [hook; 2],
+                underlay_hooks,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// [`Cloud::new`] with both hosts' VM ports on `vm` and decapsulation on `underlay`.
+    pub fn in_modes(nets: &[Net], vms: &[VmSpec], vm: VmHook, underlay: UnderlayHook) -> Self {
+        Self::with(
+            nets,
+            vms,
+            &Options {
+                hooks: [vm; 2],
+                underlay_hooks: [underlay; 2],
                 ..Options::default()
             },
         )
@@ -264,13 +287,22 @@ impl Cloud {
         }
         let all: Vec<VmSpec> = vms.iter().chain(options.extra_nics).copied().collect();
         let doc = ipam(nets, &all, options.lease_time);
-        let mut underlay = String::from("[underlay]\ninterface = \"ul0\"\n");
+        let mut limits = String::new();
         if !options.extra_nics.is_empty() {
             // The load generator's clients share one interface: limits sized for one real
             // client would throttle them.
-            underlay.push_str(crate::netns::NO_RATE_LIMITS);
+            limits.push_str(crate::netns::NO_RATE_LIMITS);
         }
-        let config = |i: usize| format!("{underlay}[vm]\nhook = \"{}\"\n", options.hooks[i]);
+        let config = |i: usize| {
+            let decap = match options.underlay_hooks[i] {
+                UnderlayHook::Xdp => "xdp",
+                UnderlayHook::Tc => "tc",
+            };
+            format!(
+                "[underlay]\ninterface = \"ul0\"\nhook = \"{decap}\"\n{limits}[vm]\nhook = \"{}\"\n",
+                options.hooks[i]
+            )
+        };
         let control = (options.source == Source::Etcd).then(|| {
             let mut control = Control::new(&hosts);
             control.seeded = control.import(&doc);

@@ -68,6 +68,7 @@ const DROP_REASONS: &[&str] = &[
     "decap_not_ipv4",
     "underlay_ip_options",
     "underlay_fragment",
+    "decap_not_vtep",
     "route_blackhole",
     "route_unreachable",
     "route_prohibit",

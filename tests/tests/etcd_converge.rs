@@ -308,6 +308,7 @@ fn expected(etcd: &EtcdClient, hv: &Netns) -> Desired {
         router_mac: MacAddr(ROUTER_MAC),
         links: links(hv),
         underlay: None,
+        decap: None,
         // The agent's default `[vm] interfaces`.
         ports: VmPorts::new(
             &DEFAULT_PATTERNS

@@ -98,20 +98,7 @@ fn vms_reach_each_other_on_the_same_host_and_across_hosts(hook: VmHook) {
 
 /// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
 fn snmp(cloud: &Cloud, mac: [u8; 6], table: &str, counter: &str) -> u64 {
-    let out = cloud
-        .vm(mac)
-        .ns
-        .exec("cat")
-        .arg("/proc/net/snmp")
-        .output()
-        .expect("snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let prefix = format!("{table}:");
-    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
-    let names: Vec<&str> = rows.next().expect("names").split_whitespace().collect();
-    let values: Vec<&str> = rows.next().expect("values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == counter).expect(counter);
-    values[i].parse().expect("number")
+    snmp_ns(&cloud.vm(mac).ns, table, counter)
 }
 
 /// ICMP echo requests a VM's IP stack received so far (IPv6 neighbour discovery from the
@@ -870,4 +857,289 @@ fn a_live_host_switches_hooks_without_losing_a_frame() {
         moved(&after, &in_tc, Stat::VxlanEncap) > 10,
         "xdp mode encapsulated nothing"
     );
+}
+
+/// The MAC of `interface` in `ns`.
+fn mac_of(ns: &holdfast_tests::netns::Netns, interface: &str) -> [u8; 6] {
+    let out = ns.query(&["-j", "link", "show", interface]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j link");
+    let text = v[0]["address"].as_str().expect("address");
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(text.split(':')) {
+        *m = u8::from_str_radix(part, 16).expect("hex");
+    }
+    mac
+}
+
+/// `[underlay] hook = "tc"`, live: the kernel decapsulates into holdfast's metadata-mode VXLAN
+/// device, and its TC program refuses what the underlay's XDP program refuses (issue 12 B7's
+/// cases, and `xdp_vpc.rs`'s fixtures for XDP). Forged VXLAN from a hostile underlay peer
+/// reaches no VM, and nothing decapsulated reaches the host's own stack, even addressed to the
+/// device itself. The genuine frame is delivered.
+#[test]
+fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
+    use holdfast::{config::UnderlayHook, decap};
+    use holdfast_tests::{
+        packet::{arp_request, udp_frame},
+        rawsock::RawSocket,
+        vpc::{Options, VTEPS},
+    };
+
+    let cloud = Cloud::with(
+        &NETS,
+        &specs(),
+        &Options {
+            underlay_hooks: [UnderlayHook::Xdp, UnderlayHook::Tc],
+            ..Options::default()
+        },
+    );
+    let (hv1, hv2) = (&cloud.hosts[0], &cloud.hosts[1]);
+    assert_eq!(cloud.ping(A1, IP13, 3), 3, "genuine traffic");
+    // hv-2 carries nothing on its underlay, its program on the device.
+    let links = cloud.agents[1].bpffs.path().join("links");
+    let ul0 = hv2.ifindex("ul0");
+    let vx = hv2.ifindex(decap::DEVICE);
+    assert!(links.join(format!("ulmd-{vx}")).exists());
+    assert!(!links.join(format!("ul-{ul0}")).exists());
+    // Another address of hv-2's, not its VTEP.
+    hv2.ip(&["addr", "add", "198.18.0.77/24", "dev", "ul0"]);
+    let sock = RawSocket::open(&hv1.path(), "ul0");
+    let (ul1_mac, ul2_mac, vx_mac) = (
+        mac_of(hv1, "ul0"),
+        mac_of(hv2, "ul0"),
+        mac_of(hv2, decap::DEVICE),
+    );
+    let vxlan = |src: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]| {
+        let mut payload = vec![0x08, 0, 0, 0];
+        let v = vni.to_be_bytes();
+        payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
+        payload.extend_from_slice(inner);
+        udp_frame(ul1_mac, ul2_mac, src, dst, 50000, 4789, &payload, false)
+    };
+    let genuine = |src: [u8; 6], dst: [u8; 6], ip_src: Ipv4Addr, ip_dst: Ipv4Addr| {
+        udp_frame(src, dst, ip_src, ip_dst, 40000, 9, &[7; 64], false)
+    };
+    let (from, to) = (VTEPS[0], VTEPS[1]);
+    let host_icmp_before = snmp_ns(hv2, "Icmp", "InEchos");
+    // An ICMP echo to hv-2's VTEP, to the device's own MAC: were it handed to the host's
+    // stack, the host would answer it.
+    let to_host = icmp_echo(A1, vx_mac, IP11, to);
+    let cases: Vec<(&str, Vec<u8>, Stat)> = vec![
+        (
+            "from a VTEP nobody knows",
+            vxlan(
+                Ipv4Addr::new(198, 18, 0, 66),
+                to,
+                1001,
+                &genuine(A1, A3, IP11, IP13),
+            ),
+            Stat::DropUnknownVtep,
+        ),
+        (
+            "a VNI nobody uses",
+            vxlan(from, to, 4242, &genuine(A1, A3, IP11, IP13)),
+            Stat::DropUnknownVni,
+        ),
+        (
+            "to a NIC that is not on hv-2",
+            vxlan(from, to, 1001, &genuine(A1, A2, IP11, IP12)),
+            Stat::DropUnknownInnerDst,
+        ),
+        (
+            "to the device itself, for the host's stack",
+            vxlan(from, to, 1001, &to_host),
+            Stat::DropUnknownInnerDst,
+        ),
+        (
+            "hv-1 speaking for hv-2's own NIC",
+            vxlan(from, to, 1001, &genuine(A3, A3, IP13, IP13)),
+            Stat::DropInnerSpoof,
+        ),
+        (
+            "A1's MAC with another address",
+            vxlan(
+                from,
+                to,
+                1001,
+                &genuine(A1, A3, Ipv4Addr::new(10, 0, 0, 99), IP13),
+            ),
+            Stat::DropInnerSpoofedIp,
+        ),
+        (
+            "ARP",
+            vxlan(from, to, 1001, &arp_request(A1, IP11, IP13)),
+            Stat::DropDecapArp,
+        ),
+        (
+            "IPv6",
+            vxlan(from, to, 1001, &{
+                let mut f = genuine(A1, A3, IP11, IP13);
+                f[12..14].copy_from_slice(&[0x86, 0xdd]);
+                f
+            }),
+            Stat::DropDecapNotIpv4,
+        ),
+        (
+            "to another address of hv-2's than its VTEP",
+            vxlan(
+                from,
+                Ipv4Addr::new(198, 18, 0, 77),
+                1001,
+                &genuine(A1, A3, IP11, IP13),
+            ),
+            Stat::DropDecapNotVtep,
+        ),
+    ];
+    let a3_before = udp_in(&cloud, A3);
+    for (what, frame, stat) in &cases {
+        let before = cloud.agents[1].counters()[*stat as usize];
+        for _ in 0..3 {
+            sock.send(frame);
+        }
+        let counted = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(5), || {
+            (cloud.agents[1].counters()[*stat as usize] >= before + 3).then_some(())
+        });
+        assert!(counted.is_some(), "{what}: not counted as {stat:?}");
+    }
+    assert_eq!(udp_in(&cloud, A3), a3_before, "a forged frame reached A3");
+    assert_eq!(
+        snmp_ns(hv2, "Icmp", "InEchos"),
+        host_icmp_before,
+        "a decapsulated frame reached hv-2's own stack"
+    );
+    // The genuine frame, the same way: delivered.
+    let decap_before = cloud.agents[1].counters()[Stat::VxlanDecap as usize];
+    sock.send(&vxlan(from, to, 1001, &genuine(A1, A3, IP11, IP13)));
+    let delivered = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(5), || {
+        (udp_in(&cloud, A3) > a3_before).then_some(())
+    });
+    assert!(delivered.is_some(), "the genuine frame was not delivered");
+    assert!(cloud.agents[1].counters()[Stat::VxlanDecap as usize] > decap_before);
+}
+
+/// A counter of a namespace's own IP stack, from `/proc/net/snmp`.
+fn snmp_ns(ns: &holdfast_tests::netns::Netns, table: &str, counter: &str) -> u64 {
+    let out = ns.exec("cat").arg("/proc/net/snmp").output().expect("snmp");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let prefix = format!("{table}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let names: Vec<&str> = rows.next().expect("names").split_whitespace().collect();
+    let values: Vec<&str> = rows.next().expect("values").split_whitespace().collect();
+    let i = names.iter().position(|n| *n == counter).expect(counter);
+    values[i].parse().expect("number")
+}
+
+/// An ICMP echo request frame, checksums complete.
+fn icmp_echo(src: [u8; 6], dst: [u8; 6], ip_src: Ipv4Addr, ip_dst: Ipv4Addr) -> Vec<u8> {
+    use holdfast_tests::packet::checksum;
+
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    icmp.extend_from_slice(&[0x5a; 56]);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&ip_src.octets());
+    ip.extend_from_slice(&ip_dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Restarts hv-2's agent with decapsulation on `to`, and waits until it is there alone (and,
+/// back in XDP, until the device is gone).
+fn switch_hv2_underlay(
+    cloud: &mut Cloud,
+    to: holdfast::config::UnderlayHook,
+) -> std::time::Duration {
+    use std::time::{Duration, Instant};
+
+    use holdfast::{config::UnderlayHook, decap};
+
+    let started = Instant::now();
+    let agent = &mut cloud.agents[1];
+    let config = std::fs::read_to_string(&agent.config).expect("config");
+    let (from, into) = match to {
+        UnderlayHook::Xdp => (
+            "interface = \"ul0\"\nhook = \"tc\"",
+            "interface = \"ul0\"\nhook = \"xdp\"",
+        ),
+        UnderlayHook::Tc => (
+            "interface = \"ul0\"\nhook = \"xdp\"",
+            "interface = \"ul0\"\nhook = \"tc\"",
+        ),
+    };
+    assert!(config.contains(from), "{config}");
+    std::fs::write(&agent.config, config.replace(from, into)).expect("config");
+    agent.stop();
+    agent.spawn(&cloud.hosts[1]);
+    let hv2 = &cloud.hosts[1];
+    let links = agent.bpffs.path().join("links");
+    let ul0 = hv2.ifindex("ul0");
+    let pinned = |name: String| links.join(name).exists();
+    let done = holdfast_tests::netns::wait_for(Duration::from_secs(10), || {
+        let md =
+            hv2.has_link(decap::DEVICE) && pinned(format!("ulmd-{}", hv2.ifindex(decap::DEVICE)));
+        let xdp = pinned(format!("ul-{ul0}")) && pinned(format!("ult-{ul0}"));
+        let there = match to {
+            UnderlayHook::Tc => md && !xdp,
+            UnderlayHook::Xdp => xdp && !hv2.has_link(decap::DEVICE),
+        };
+        there.then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "decapsulation not switched to {to:?}:\n{}",
+        agent.logs()
+    );
+    started.elapsed()
+}
+
+/// A live host moves decapsulation from the underlay's XDP program to the kernel's VXLAN
+/// device with holdfast's TC program, and back, by restarting its agent with the other
+/// `[underlay] hook`: the new hook is in place before the old one goes, so pings every 20 ms
+/// across hosts, both ways, lose nothing; back in XDP the device is removed.
+#[test]
+fn a_live_host_switches_decapsulation_hooks_without_losing_a_frame() {
+    use std::time::{Duration, Instant};
+
+    use holdfast::config::UnderlayHook;
+
+    let mut cloud = Cloud::new(&NETS, &specs());
+    assert_eq!(cloud.ping(A1, IP13, 2), 2);
+    assert_eq!(cloud.ping(A3, IP11, 2), 2);
+    let count = 750;
+    let began = Instant::now();
+    let there = ping_stream(&cloud, A1, IP13, count);
+    let back = ping_stream(&cloud, A3, IP11, count);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cloud.agents[1].counters();
+    let to_tc = switch_hv2_underlay(&mut cloud, UnderlayHook::Tc);
+    std::thread::sleep(Duration::from_secs(1));
+    let in_tc = cloud.agents[1].counters();
+    let to_xdp = switch_hv2_underlay(&mut cloud, UnderlayHook::Xdp);
+    let switched = began.elapsed();
+    let there = there.join().expect("ping");
+    let back = back.join().expect("ping");
+    let after = cloud.agents[1].counters();
+    eprintln!(
+        "xdp -> tc in {to_tc:?}, tc -> xdp in {to_xdp:?}; pings hv-1 -> hv-2 {there:?}, \
+         hv-2 -> hv-1 {back:?}"
+    );
+    assert!(
+        switched < Duration::from_millis(20 * u64::from(count)),
+        "the switches ({switched:?}) outlasted the pings: nothing was tested"
+    );
+    assert_eq!(there, (count, count), "pings to hv-2 lost");
+    assert_eq!(back, (count, count), "pings from hv-2 lost");
+    // Each hook decapsulated: the TC program while in tc mode, XDP after.
+    let moved = |a: &[u64], b: &[u64], s: Stat| a[s as usize] - b[s as usize];
+    assert!(moved(&in_tc, &before, Stat::VxlanDecap) > 10);
+    assert!(moved(&after, &in_tc, Stat::VxlanDecap) > 10);
 }

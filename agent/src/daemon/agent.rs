@@ -15,8 +15,9 @@ use tracing::{debug, error, info, warn};
 use super::handle::DataplaneHandle;
 use crate::{
     anchor,
-    config::Config,
+    config::{Config, UnderlayHook},
     dataplane::Desired,
+    decap,
     ipam::{Resend, Update},
     links::{LinkEvent, LinkInfo, Links},
     metrics::{self, Metrics},
@@ -113,6 +114,17 @@ impl Agent {
             .map(|(i, l)| (*i, l))
     }
 
+    /// The metadata-mode VXLAN device, when `[underlay] hook = "tc"` and it is present.
+    fn decap(&self) -> Option<(u32, String)> {
+        if self.config.underlay.as_ref()?.hook != UnderlayHook::Tc {
+            return None;
+        }
+        self.links
+            .iter()
+            .find(|(_, l)| l.name == decap::DEVICE)
+            .map(|(i, l)| (*i, l.name.clone()))
+    }
+
     /// What the model asks of the networks this host can carry, with the interfaces present.
     fn limits(&self) -> Limits {
         let configured = self.config.underlay.as_ref().and_then(|u| u.mtu);
@@ -136,6 +148,7 @@ impl Agent {
             router_mac: self.config.router_mac,
             links: self.links.clone(),
             underlay: self.underlay().map(|(i, l)| (i, l.name.clone())),
+            decap: self.decap(),
             ports: self.vm_ports(),
             prune: true,
             former_servers: self.former_servers.clone(),
@@ -179,6 +192,19 @@ impl Agent {
                 for e in &r.errors {
                     self.metrics.dataplane_errors.inc();
                     warn!(error = %e, "data plane");
+                }
+                let decap_left = r.errors.is_empty()
+                    && self.decap().is_none()
+                    && self.links.values().any(|l| l.name == decap::DEVICE);
+                if decap_left {
+                    // Back to `hook = "xdp"` (or no underlay): the underlay's programs are in
+                    // place, so the device goes; without its program it would hand what it
+                    // decapsulates to the host's stack.
+                    match decap::remove().await {
+                        Ok(true) => info!(device = decap::DEVICE, "decapsulation device removed"),
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "removing the decapsulation device"),
+                    }
                 }
                 if r.upserted + r.deleted > 0 || !r.attached.is_empty() || !r.detached.is_empty() {
                     info!(
@@ -471,8 +497,25 @@ impl Agent {
                 self.links.insert(ifindex, info);
             }
             LinkEvent::Gone { ifindex } => {
-                if self.links.remove(&ifindex).is_none() {
+                let Some(gone) = self.links.remove(&ifindex) else {
                     return;
+                };
+                if gone.name == decap::DEVICE
+                    && self
+                        .config
+                        .underlay
+                        .as_ref()
+                        .is_some_and(|u| u.hook == UnderlayHook::Tc)
+                {
+                    // Someone removed it: the underlay's XDP program takes decapsulation over
+                    // at this reconcile, and the device is made again (the next one moves back).
+                    warn!(
+                        device = decap::DEVICE,
+                        "decapsulation device removed; creating it again"
+                    );
+                    if let Err(e) = decap::ensure().await {
+                        warn!(error = %e, "creating the decapsulation device");
+                    }
                 }
             }
             LinkEvent::Address {

@@ -35,8 +35,8 @@ use self::{
 };
 use crate::{
     anchor,
-    config::{Config, IpamSource},
-    fault,
+    config::{Config, IpamSource, UnderlayHook},
+    decap, fault,
     ipam::{Source, Update, etcd::EtcdSource, file::FileSource},
     links,
     metrics::{self, Health, Metrics},
@@ -120,6 +120,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(node = %config.node, bpffs = %config.bpffs_dir.display(), "holdfast starting");
 
     let (dp, events, logger) = DataplaneHandle::spawn(&config).await?;
+    if let Some(u) = &config.underlay
+        && u.hook == UnderlayHook::Tc
+    {
+        // Down until its program is attached; without it the underlay's XDP decapsulates.
+        match decap::ensure().await {
+            Ok(ifindex) => info!(
+                device = decap::DEVICE,
+                ifindex, "decapsulation device ready"
+            ),
+            Err(e) => warn!(
+                error = %e,
+                "no decapsulation device: the underlay's XDP program decapsulates instead"
+            ),
+        }
+    }
     if config.underlay.is_some() {
         match anchor::ensure(anchor::DEFAULT_NAME).await {
             Ok(ifindex) => info!(

@@ -20,8 +20,8 @@ use aya::programs::{
 use tracing::{debug, info, warn};
 
 use super::{
-    Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_TC, PROGRAM_VM,
-    PROGRAM_VM_TC, Report,
+    Dataplane, Desired, PROGRAM_TC, PROGRAM_UNDERLAY, PROGRAM_UNDERLAY_MD, PROGRAM_UNDERLAY_TC,
+    PROGRAM_VM, PROGRAM_VM_TC, Report,
     error::{DataplaneError, ReconcileError, io_err},
 };
 use crate::ports::{Excluded, NotVmPort, VmHook};
@@ -45,15 +45,19 @@ pub enum Hook {
     UnderlayTc,
     /// XDP on the underlay: decapsulation.
     Underlay,
+    /// `[underlay] hook = "tc"`: TC ingress on the metadata-mode VXLAN device the kernel
+    /// decapsulates into; no program on the underlay.
+    UnderlayMd,
 }
 
 impl Hook {
-    pub(super) const ALL: [Hook; 5] = [
+    pub(super) const ALL: [Hook; 6] = [
         Hook::VmTcOnly,
         Hook::VmTc,
         Hook::VmXdp,
         Hook::UnderlayTc,
         Hook::Underlay,
+        Hook::UnderlayMd,
     ];
 
     /// The start of the link's pin name, `<prefix>-<ifindex>`.
@@ -64,6 +68,7 @@ impl Hook {
             Hook::VmTcOnly => "vmtc",
             Hook::Underlay => "ul",
             Hook::UnderlayTc => "ult",
+            Hook::UnderlayMd => "ulmd",
         }
     }
 
@@ -74,11 +79,20 @@ impl Hook {
             Hook::VmTcOnly => PROGRAM_VM_TC,
             Hook::Underlay => PROGRAM_UNDERLAY,
             Hook::UnderlayTc => PROGRAM_UNDERLAY_TC,
+            Hook::UnderlayMd => PROGRAM_UNDERLAY_MD,
         }
     }
 
     fn is_tc(self) -> bool {
-        matches!(self, Hook::VmTcOnly | Hook::VmTc | Hook::UnderlayTc)
+        matches!(
+            self,
+            Hook::VmTcOnly | Hook::VmTc | Hook::UnderlayTc | Hook::UnderlayMd
+        )
+    }
+
+    /// Whether this hook decapsulates VXLAN to this host (in either underlay mode).
+    fn is_underlay(self) -> bool {
+        matches!(self, Hook::UnderlayTc | Hook::Underlay | Hook::UnderlayMd)
     }
 
     /// Whether this hook's program answers and forwards what a VM sends (in either mode): a
@@ -160,9 +174,15 @@ impl Dataplane {
         report: &mut Report,
     ) -> BTreeMap<(Hook, u32), &'a str> {
         let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
-        if let Some((ifindex, name)) = &desired.underlay {
-            wanted.insert((Hook::UnderlayTc, *ifindex), name);
-            wanted.insert((Hook::Underlay, *ifindex), name);
+        match (&desired.underlay, &desired.decap) {
+            (Some(_), Some((ifindex, name))) => {
+                wanted.insert((Hook::UnderlayMd, *ifindex), name);
+            }
+            (Some((ifindex, name)), None) => {
+                wanted.insert((Hook::UnderlayTc, *ifindex), name);
+                wanted.insert((Hook::Underlay, *ifindex), name);
+            }
+            (None, _) => {}
         }
         // Listed once, and only when a VM port is to get programs it does not carry yet.
         let mut addressed: Option<BTreeMap<String, IpAddr>> = None;
@@ -229,6 +249,23 @@ impl Dataplane {
             match self.attach(hook, ifindex, name) {
                 Ok(how) => {
                     info!(interface = %name, ifindex, ?hook, how, "program attached");
+                    if hook == Hook::UnderlayMd
+                        && let Err(e) = crate::decap::set_up(name)
+                    {
+                        // Attached but down: nothing is decapsulated there yet, the
+                        // underlay's old hook (if any) stays, and the next reconcile retries.
+                        warn!(interface = %name, error = %e, "cannot set the device up");
+                        report.errors.push(ReconcileError::Attach {
+                            hook,
+                            interface: (*name).to_owned(),
+                            ifindex,
+                            source: DataplaneError::Io {
+                                path: std::path::PathBuf::from(format!("/sys/class/net/{name}")),
+                                source: e,
+                            },
+                        });
+                        continue;
+                    }
                     self.current.insert((hook, ifindex));
                     report.attached.push(format!("{name}/{}", hook.prefix()));
                 }
@@ -259,6 +296,10 @@ impl Dataplane {
             .filter(|&&(h, i)| h.is_vm() && !self.current.contains(&(h, i)))
             .map(|&(_, i)| i)
             .collect();
+        // The same for decapsulation moving between the underlay's XDP and the VXLAN device.
+        let underlay_incomplete = wanted
+            .keys()
+            .any(|&(h, i)| h.is_underlay() && !self.current.contains(&(h, i)));
         for (hook, ifindex) in self.pins.pinned() {
             if wanted.contains_key(&(hook, ifindex)) {
                 continue;
@@ -268,6 +309,14 @@ impl Dataplane {
                     ifindex,
                     ?hook,
                     "kept: the port's programs for its new hook are not all attached"
+                );
+                continue;
+            }
+            if hook.is_underlay() && underlay_incomplete {
+                warn!(
+                    ifindex,
+                    ?hook,
+                    "kept: decapsulation's programs for its new hook are not all attached"
                 );
                 continue;
             }

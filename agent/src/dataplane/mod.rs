@@ -71,6 +71,7 @@ pub const PROGRAM_TC: &str = "holdfast_tc";
 pub const PROGRAM_VM_TC: &str = "holdfast_vm_tc";
 pub const PROGRAM_UNDERLAY: &str = "holdfast_ul";
 pub const PROGRAM_UNDERLAY_TC: &str = "holdfast_ul_tc";
+pub const PROGRAM_UNDERLAY_MD: &str = "holdfast_ul_md";
 pub const PROGRAM_PASS: &str = "holdfast_pass";
 const MAP_BINDINGS: &str = "BINDINGS";
 const MAP_STATS: &str = "STATS";
@@ -90,6 +91,9 @@ pub struct Desired {
     pub interfaces: BTreeMap<u32, String>,
     /// The underlay interface.
     pub underlay: Option<(u32, String)>,
+    /// With `[underlay] hook = "tc"`, the metadata-mode VXLAN device ([`crate::decap`]):
+    /// decapsulation is checked and delivered there, and the underlay carries no program.
+    pub decap: Option<(u32, String)>,
     pub bindings: OrdMap<BindingKey, Binding>,
     /// Network boot answers of the bindings whose NIC has a boot file, by variant.
     pub boot: OrdMap<BootKey, BootEntry>,
@@ -188,7 +192,12 @@ impl Dataplane {
                 .try_into()?;
             retry_eagain(|| program.load()).map_err(load_failed(name))?;
         }
-        for name in [PROGRAM_TC, PROGRAM_VM_TC, PROGRAM_UNDERLAY_TC] {
+        for name in [
+            PROGRAM_TC,
+            PROGRAM_VM_TC,
+            PROGRAM_UNDERLAY_TC,
+            PROGRAM_UNDERLAY_MD,
+        ] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Missing(name))?

@@ -127,6 +127,7 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("decap_not_ipv4", &[Stat::DropDecapNotIpv4]),
             ("underlay_ip_options", &[Stat::DropUnderlayIpOptions]),
             ("underlay_fragment", &[Stat::DropUnderlayFragment]),
+            ("decap_not_vtep", &[Stat::DropDecapNotVtep]),
             ("route_blackhole", &[Stat::DropRouteBlackhole]),
             ("route_unreachable", &[Stat::DropRouteUnreachable]),
             ("route_prohibit", &[Stat::DropRouteProhibit]),
@@ -196,7 +197,7 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
     ),
     (
         "holdfast_vxlan_decap_gro",
-        "Decapsulated TCP handed to the underlay's GRO, then into its VM by TC (part of decap)",
+        "Decapsulated TCP handed to the underlay's GRO, then into its VM by TC; with the TC underlay hook, aggregates delivered whole (part of decap)",
         Stat::DecapGro,
     ),
     (

@@ -47,6 +47,8 @@ pub struct Inputs {
     pub links: Links,
     /// The underlay interface, when configured and present.
     pub underlay: Option<(u32, String)>,
+    /// The metadata-mode VXLAN device, with `[underlay] hook = "tc"` once it exists.
+    pub decap: Option<(u32, String)>,
     /// Which interfaces are VM ports: each one present carries the programs, bound or not,
     /// and no binding or forwarding entry names another.
     pub ports: VmPorts,
@@ -114,6 +116,7 @@ pub fn build(i: &Inputs) -> Desired {
     }
     if let Some((ifindex, name)) = &i.underlay {
         d.underlay = Some((*ifindex, name.clone()));
+        d.decap.clone_from(&i.decap);
         let fib_ifindex = i
             .links
             .iter()
@@ -343,6 +346,7 @@ mod tests {
             router_mac: ROUTER,
             links: links.clone(),
             underlay: Some((1, "ul0".into())),
+            decap: None,
             ports: ports(),
             prune: true,
             former_servers: Arc::default(),

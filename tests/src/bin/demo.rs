@@ -16,6 +16,7 @@ use std::{
 };
 
 use agent_common::{FdbKey, Stat};
+use holdfast::config::UnderlayHook;
 use holdfast_tests::{
     clients::{self, Client},
     netns::{Agent, VERBOSE, Vm, run, wait_for},
@@ -203,8 +204,10 @@ fn main() {
                 Source::File
             },
             extra_nics: &[],
-            // One host per mode: the same logic in XDP on hv-1, on TC ingress on hv-2.
+            // One host per mode: the same logic in XDP on hv-1, on TC ingress on hv-2, which
+            // also decapsulates on TC (the kernel's VXLAN device in metadata mode).
             hooks: [VmHook::Xdp, VmHook::Tc],
+            underlay_hooks: [UnderlayHook::Xdp, UnderlayHook::Tc],
         },
     );
     for (name, s, _) in VMS {
@@ -264,7 +267,9 @@ fn main() {
     println!(
         "# hv-1 (xdp mode): holdfast_vm in XDP on each VM port (vm-IFINDEX), its skb path on TC \
          (tc-IFINDEX);\n# hv-2 (tc mode): no XDP on its VM ports, holdfast_vm_tc alone on TC \
-         ingress (vmtc-IFINDEX).\n# Both keep holdfast_ul in XDP on the underlay."
+         ingress (vmtc-IFINDEX).\n# hv-1 decapsulates with holdfast_ul in XDP on the underlay (ul-IFINDEX, ult-IFINDEX); hv-2 \
+         with holdfast_ul_md on TC\n# ingress of holdfast-vx, the kernel's VXLAN device in metadata \
+         mode (ulmd-IFINDEX), and nothing on its underlay."
     );
     if with_etcd {
         println!("# hv-1 listed IPAM from etcd, then watches it:");

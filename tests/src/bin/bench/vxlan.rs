@@ -20,6 +20,7 @@ use std::{
 use agent_common::{BindingKey, DataplaneConfig, FdbEntry, FdbKey, Stat, VniInfo};
 use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
 use holdfast::{
+    config::UnderlayHook,
     dataplane::{Dataplane, Desired, StatsReader},
     model::{MacAddr, Network, Nic},
     render::options,
@@ -481,6 +482,7 @@ fn static_neighbours(cloud: &Cloud, a: ([u8; 6], Ipv4Addr), b: ([u8; 6], Ipv4Add
 struct TcpRun {
     holdfast: f64,
     holdfast_tc: f64,
+    holdfast_tc_xdp_underlay: f64,
     kernel: f64,
     kernel_underlay: f64,
     kernel_hooks: f64,
@@ -520,9 +522,12 @@ fn tcp_section() -> (f64, f64) {
     println!("  over {runs} runs, ratios taken within each run:");
     let ratio = show("holdfast xdp mode / kernel", &|r| r.holdfast / r.kernel);
     let tc_ratio = show("holdfast tc mode / kernel", &|r| r.holdfast_tc / r.kernel);
+    show("tc mode's VM ports, XDP underlay / kernel", &|r| {
+        r.holdfast_tc_xdp_underlay / r.kernel
+    });
     show(
-        "holdfast tc mode / kernel with no-op XDP on the underlays",
-        &|r| r.holdfast_tc / r.kernel_underlay,
+        "tc mode's VM ports, XDP underlay / kernel with no-op XDP on the underlays",
+        &|r| r.holdfast_tc_xdp_underlay / r.kernel_underlay,
     );
     show("kernel with no-op XDP on the underlays / kernel", &|r| {
         r.kernel_underlay / r.kernel
@@ -565,11 +570,21 @@ fn tcp_run() -> TcpRun {
             real_tap: true,
         },
     ];
-    // tc mode first, on a topology of its own.
-    let cloud = Cloud::in_mode(&net, &specs, VmHook::Tc);
+    // tc mode first, on a topology of its own: VM ports and decapsulation on TC.
+    let cloud = Cloud::in_modes(&net, &specs, VmHook::Tc, UnderlayHook::Tc);
     static_neighbours(&cloud, (t1, ip21), (t3, ip23));
     assert_eq!(cloud.ping(t1, ip23, 3), 3, "holdfast path, tc mode");
     let tc_tcp = tcp(&cloud, t1, t3, ip23, "holdfast-tc");
+    drop(cloud);
+    // tc mode's VM ports with decapsulation left in XDP on the (veth) underlays.
+    let cloud = Cloud::in_modes(&net, &specs, VmHook::Tc, UnderlayHook::Xdp);
+    static_neighbours(&cloud, (t1, ip21), (t3, ip23));
+    assert_eq!(
+        cloud.ping(t1, ip23, 3),
+        3,
+        "holdfast path, tc mode, XDP underlay"
+    );
+    let tcx_tcp = tcp(&cloud, t1, t3, ip23, "holdfast-tc-xdp-underlay");
     drop(cloud);
     let mut cloud = Cloud::new(&net, &specs);
     static_neighbours(&cloud, (t1, ip21), (t3, ip23));
@@ -623,13 +638,20 @@ fn tcp_run() -> TcpRun {
         kt_tcp / k_tcp
     );
     println!(
-        "  control: kernel with a no-op XDP program on the two underlays only   {:>6.2} Gbit/s (holdfast tc mode {:.2}x of it)",
+        "  control: kernel with a no-op XDP program on the two underlays only   {:>6.2} Gbit/s ({:.2}x of the kernel)",
         ku_tcp / 1e9,
-        tc_tcp / ku_tcp
+        ku_tcp / k_tcp
+    );
+    println!(
+        "  tc mode's VM ports with decapsulation in XDP on the underlays {:>6.2} Gbit/s ({:.2}x of the kernel, {:.2}x of its control above)",
+        tcx_tcp / 1e9,
+        tcx_tcp / k_tcp,
+        tcx_tcp / ku_tcp
     );
     TcpRun {
         holdfast: hf_tcp,
         holdfast_tc: tc_tcp,
+        holdfast_tc_xdp_underlay: tcx_tcp,
         kernel: k_tcp,
         kernel_underlay: ku_tcp,
         kernel_hooks: kx_tcp,
@@ -652,7 +674,7 @@ fn prog_stats(name: &str) -> (Duration, u64) {
 /// takes them on TC ingress, as the kernel's bridge does), frames sent by A1's own socket, and
 /// ns per run of `holdfast_vm_tc` in situ. (pps injected, pps from the guest, ns/run)
 fn tc_small_frames(net: &[Net], specs: &[VmSpec]) -> (f64, f64, f64) {
-    let cloud = Cloud::in_mode(net, specs, VmHook::Tc);
+    let cloud = Cloud::in_modes(net, specs, VmHook::Tc, UnderlayHook::Tc);
     static_neighbours(&cloud, (A1, IP1), (A3, IP3));
     assert_eq!(cloud.ping(A1, IP3, 3), 3, "holdfast path, tc mode");
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
