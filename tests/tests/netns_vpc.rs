@@ -1143,3 +1143,51 @@ fn a_live_host_switches_decapsulation_hooks_without_losing_a_frame() {
     assert!(moved(&in_tc, &before, Stat::VxlanDecap) > 10);
     assert!(moved(&after, &in_tc, Stat::VxlanDecap) > 10);
 }
+
+/// An interface named like holdfast's decapsulation device that holdfast did not make (here a
+/// bridge) is left alone: `[underlay] hook = "tc"` then keeps decapsulating in XDP, says why, and
+/// neither attaches to the impostor nor removes it.
+#[test]
+fn an_impostor_decapsulation_device_gets_no_program_and_xdp_keeps_decapsulating() {
+    use std::time::Duration;
+
+    use holdfast::decap;
+
+    let mut cloud = Cloud::new(&NETS, &specs());
+    let hv2 = &cloud.hosts[1];
+    hv2.ip(&["link", "add", decap::DEVICE, "type", "bridge"]);
+    let impostor = hv2.ifindex(decap::DEVICE);
+    let agent = &mut cloud.agents[1];
+    let config = std::fs::read_to_string(&agent.config).expect("config");
+    let tc = config.replace(
+        "interface = \"ul0\"\nhook = \"xdp\"",
+        "interface = \"ul0\"\nhook = \"tc\"",
+    );
+    assert_ne!(config, tc);
+    std::fs::write(&agent.config, tc).expect("config");
+    agent.stop();
+    agent.spawn(&cloud.hosts[1]);
+    let said = holdfast_tests::netns::wait_for(Duration::from_secs(10), || {
+        agent
+            .logs()
+            .contains("no decapsulation device")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", agent.logs());
+    assert_eq!(cloud.ping(A1, IP13, 3), 3);
+    assert_eq!(cloud.ping(A3, IP11, 3), 3);
+    let hv2 = &cloud.hosts[1];
+    let links = cloud.agents[1].bpffs.path().join("links");
+    assert!(!links.join(format!("ulmd-{impostor}")).exists());
+    assert!(links.join(format!("ul-{}", hv2.ifindex("ul0"))).exists());
+    assert_eq!(
+        hv2.ifindex(decap::DEVICE),
+        impostor,
+        "the impostor was touched"
+    );
+    assert!(
+        cloud.agents[1]
+            .logs()
+            .contains("is not a VXLAN device in metadata mode")
+    );
+}

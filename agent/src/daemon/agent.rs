@@ -46,6 +46,10 @@ struct Serving {
 /// The agent: owns the serving state, and the means to change it.
 pub struct Agent {
     config: Config,
+    /// The ifindex of holdfast's decapsulation device, once this agent made or found it
+    /// (`[underlay] hook = "tc"`): an interface of that name holdfast did not make gets no
+    /// program.
+    decap_device: Option<u32>,
     /// The VM ports the config allows, before the interfaces with host addresses are
     /// excluded.
     ports: VmPorts,
@@ -81,6 +85,7 @@ pub struct Parts {
     pub resend: Resend,
     pub persist_tx: watch::Sender<Option<Arc<Model>>>,
     pub trim: Arc<Notify>,
+    pub decap_device: Option<u32>,
 }
 
 impl Agent {
@@ -92,6 +97,7 @@ impl Agent {
                 anchor::DEFAULT_NAME,
             ),
             config: p.config,
+            decap_device: p.decap_device,
             dp: p.dp,
             metrics: p.metrics,
             links: p.links,
@@ -119,10 +125,11 @@ impl Agent {
         if self.config.underlay.as_ref()?.hook != UnderlayHook::Tc {
             return None;
         }
+        let ifindex = self.decap_device?;
         self.links
-            .iter()
-            .find(|(_, l)| l.name == decap::DEVICE)
-            .map(|(i, l)| (*i, l.name.clone()))
+            .get(&ifindex)
+            .filter(|l| l.name == decap::DEVICE)
+            .map(|l| (ifindex, l.name.clone()))
     }
 
     /// What the model asks of the networks this host can carry, with the interfaces present.
@@ -194,7 +201,11 @@ impl Agent {
                     warn!(error = %e, "data plane");
                 }
                 let decap_left = r.errors.is_empty()
-                    && self.decap().is_none()
+                    && self
+                        .config
+                        .underlay
+                        .as_ref()
+                        .is_none_or(|u| u.hook != UnderlayHook::Tc)
                     && self.links.values().any(|l| l.name == decap::DEVICE);
                 if decap_left {
                     // Back to `hook = "xdp"` (or no underlay): the underlay's programs are in

@@ -120,15 +120,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(node = %config.node, bpffs = %config.bpffs_dir.display(), "holdfast starting");
 
     let (dp, events, logger) = DataplaneHandle::spawn(&config).await?;
+    let mut decap_device = None;
     if let Some(u) = &config.underlay
         && u.hook == UnderlayHook::Tc
     {
         // Down until its program is attached; without it the underlay's XDP decapsulates.
         match decap::ensure().await {
-            Ok(ifindex) => info!(
-                device = decap::DEVICE,
-                ifindex, "decapsulation device ready"
-            ),
+            Ok(ifindex) => {
+                info!(
+                    device = decap::DEVICE,
+                    ifindex, "decapsulation device ready"
+                );
+                decap_device = Some(ifindex);
+            }
             Err(e) => warn!(
                 error = %e,
                 "no decapsulation device: the underlay's XDP program decapsulates instead"
@@ -181,6 +185,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         resend: source.resend(),
         persist_tx,
         trim,
+        decap_device,
     });
 
     // The snapshot serves before IPAM is reached.

@@ -6,7 +6,11 @@
 //! so recycled pages are valid inputs).
 //!
 //! holdfast runs in both of its modes (issue 14): xdp mode (`holdfast_vm` in XDP, `holdfast_tc`
-//! its skb path) and tc mode (`holdfast_vm_tc` alone on TC ingress, no XDP on the VM ports).
+//! its skb path, decapsulation by `holdfast_ul` in XDP on the underlay) and tc mode
+//! (`holdfast_vm_tc` alone on TC ingress, no XDP on the VM ports, and `[underlay] hook = "tc"`:
+//! the kernel's VXLAN device in metadata mode decapsulates, `holdfast_ul_md` checks and
+//! delivers, no XDP on the underlay either, which is a veth here). tc mode's VM ports with the
+//! underlay left in XDP are measured too.
 //! The last lines, one per mode and measure, are for scripts: `tcp <mode>/kernel <ratio>x` and
 //! `pps <mode>/kernel <ratio>x`.
 
@@ -611,8 +615,8 @@ fn tcp_run() -> TcpRun {
     }
     let kt_tcp = tcp(&cloud, t1, t3, ip23, "kernel-xdp-taps");
     drop(hooks);
-    // And on the underlays only: what tc mode keeps (holdfast_ul stays in XDP), and what a
-    // veth underlay's XDP costs here that a physical NIC's native XDP does not.
+    // And on the underlays only: what a veth underlay's XDP costs here (its peer gives up
+    // GSO, so the sender segments every aggregate) that a physical NIC's native XDP does not.
     let mut hooks = Sink::load();
     for h in 0..2 {
         hooks.attach_pass(&cloud.hosts[h].path(), "ul0");
@@ -672,15 +676,18 @@ fn prog_stats(name: &str) -> (Duration, u64) {
 /// Small frames in tc mode, on a topology of its own: frames injected at hv-1's side of A1's
 /// interface (the no-op program's XDP_PASS hands them to the stack, where `holdfast_vm_tc`
 /// takes them on TC ingress, as the kernel's bridge does), frames sent by A1's own socket, and
-/// ns per run of `holdfast_vm_tc` in situ. (pps injected, pps from the guest, ns/run)
-fn tc_small_frames(net: &[Net], specs: &[VmSpec]) -> (f64, f64, f64) {
+/// ns per run of `holdfast_vm_tc` and `holdfast_ul_md` in situ. (pps injected, pps from the
+/// guest, ns/run of each)
+fn tc_small_frames(net: &[Net], specs: &[VmSpec]) -> (f64, f64, f64, f64) {
     let cloud = Cloud::in_modes(net, specs, VmHook::Tc, UnderlayHook::Tc);
     static_neighbours(&cloud, (A1, IP1), (A3, IP3));
     assert_eq!(cloud.ping(A1, IP3, 3), 3, "holdfast path, tc mode");
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let (t0, n0) = prog_stats(holdfast::dataplane::PROGRAM_VM_TC);
+    let (d0, e0) = prog_stats(holdfast::dataplane::PROGRAM_UNDERLAY_MD);
     let guest = pps_from_guest(&cloud);
     let (t1, n1) = prog_stats(holdfast::dataplane::PROGRAM_VM_TC);
+    let (d1, e1) = prog_stats(holdfast::dataplane::PROGRAM_UNDERLAY_MD);
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     let mut sink = Sink::load();
     sink.attach(&cloud.vm_ns(A3).path(), true);
@@ -691,7 +698,8 @@ fn tc_small_frames(net: &[Net], specs: &[VmSpec]) -> (f64, f64, f64) {
         "tc mode did not carry the frames: {encapsulated} encapsulations"
     );
     let ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
-    (injected, guest, ns)
+    let decap_ns = (d1 - d0).as_nanos() as f64 / (e1 - e0).max(1) as f64;
+    (injected, guest, ns, decap_ns)
 }
 
 pub fn run() {
@@ -763,7 +771,7 @@ pub fn run() {
     let decap_insitu = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
     let encap_insitu = (v1 - v0).as_nanos() as f64 / (m1 - m0).max(1) as f64;
     drop(cloud);
-    let (tc_inj, tc_guest, tc_insitu) = tc_small_frames(&net, &specs);
+    let (tc_inj, tc_guest, tc_insitu, md_insitu) = tc_small_frames(&net, &specs);
     let mut cloud = Cloud::new(&net, &specs);
     static_neighbours(&cloud, (A1, IP1), (A3, IP3));
 
@@ -797,7 +805,7 @@ pub fn run() {
         tc_guest / k_guest
     );
     println!(
-        "  in situ (kernel.bpf_stats_enabled): holdfast_vm {encap_insitu:.0} ns/run, holdfast_vm_tc {tc_insitu:.0} ns/run, holdfast_ul {decap_insitu:.0} ns/run"
+        "  in situ (kernel.bpf_stats_enabled): holdfast_vm {encap_insitu:.0} ns/run, holdfast_vm_tc {tc_insitu:.0} ns/run, holdfast_ul {decap_insitu:.0} ns/run, holdfast_ul_md {md_insitu:.0} ns/run"
     );
     drop(cloud);
 
