@@ -298,6 +298,64 @@ pub struct ArpEntry {
     pub _pad: [u8; 2],
 }
 
+/// Upper bound on IPv6 neighbour answers: every `ip6` of the networks this host has NICs in,
+/// and each network's router (its link-local address).
+pub const MAX_NEIGH6: u32 = MAX_ARP;
+
+/// A VM-port NIC's IPv6 address (`ip6`), by the same key as its DHCPv4 binding
+/// (`BINDINGS6`): the only global source address the NIC may send from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding6 {
+    pub ip6: [u8; 16],
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// Key of an IPv6 neighbour answer (`NEIGH6`): an address within a network. Also what
+/// decapsulation checks an inner IPv6 source against.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neigh6Key {
+    pub vni: u32,
+    pub ip6: [u8; 16],
+}
+
+impl Neigh6Key {
+    pub const fn new(vni: u32, ip6: [u8; 16]) -> Self {
+        Self { vni, ip6 }
+    }
+}
+
+/// The MAC an IPv6 address resolves to; `router` set for the router's link-local address
+/// (the NA's router flag, RFC 4861 §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neigh6Entry {
+    pub mac: [u8; 6],
+    pub router: u8,
+    pub _pad: u8,
+}
+
+/// Room for a router advertisement's body after its 4-byte ICMPv6 header: the 12 bytes of
+/// RFC 4861 §4.2 and the options (source link-layer address 8, MTU 8, prefix 32, RDNSS
+/// 8 + 16 per server, DNSSL 8 + the search list, RFC 8106).
+pub const RA_MAX: usize = 256;
+
+/// A network with IPv6 and NICs on this host (`VNIS6`, by VNI): its router advertisement,
+/// built by the agent, sent by the programs to a solicitation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ra6 {
+    /// Bytes of `body` in use (a multiple of 8 after the first 12).
+    pub len: u16,
+    pub _pad: u16,
+    /// [`csum_partial`] of `body[..len]`: the program adds its header and the pseudo header,
+    /// and folds.
+    pub csum: u32,
+    pub body: [u8; RA_MAX],
+}
+
 /// A network with NICs on this host: frames of its VNI may be decapsulated here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -484,6 +542,14 @@ mod pod {
     unsafe impl aya::Pod for super::BootEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DeclineHold {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Binding6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Neigh6Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Neigh6Entry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ra6 {}
 }
 
 /// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd
@@ -533,6 +599,10 @@ mod tests {
         assert_eq!(size_of::<BootKey>(), 12);
         assert_eq!(size_of::<BootEntry>(), 16 + 192 + BOOT_OPTS_MAX);
         assert_eq!(size_of::<DeclineHold>(), 16);
+        assert_eq!(size_of::<Binding6>(), 24);
+        assert_eq!(size_of::<Neigh6Key>(), 20);
+        assert_eq!(size_of::<Neigh6Entry>(), 8);
+        assert_eq!(size_of::<Ra6>(), 8 + RA_MAX);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! `maps-v<LAYOUT_VERSION>` directory so they outlive the agent and are adopted by the next one.
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
-    FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_RATE_STATES, MAX_VNIS,
-    MAX_VTEPS, NextHop, RateKey, VniInfo,
+    ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
+    DeclineHold, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_NEIGH6,
+    MAX_RATE_STATES, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, NextHop, Ra6, RateKey, VniInfo,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -18,6 +18,19 @@ pub const STATS_SLOTS: u32 = 256;
 /// DHCP bindings of the VMs on this host, keyed by (VM interface, MAC).
 #[map]
 pub static BINDINGS: HashMap<BindingKey, Binding> = HashMap::pinned(MAX_BINDINGS, 0);
+
+/// IPv6 addresses of the VMs' NICs on this host (`ip6`), keyed as `BINDINGS`.
+#[map]
+pub static BINDINGS6: HashMap<BindingKey, Binding6> = HashMap::pinned(MAX_BINDINGS, 0);
+
+/// IPv6 neighbour answers: every `ip6` of the networks with NICs here, and each network's
+/// router link-local address.
+#[map]
+pub static NEIGH6: HashMap<Neigh6Key, Neigh6Entry> = HashMap::pinned(MAX_NEIGH6, BPF_F_NO_PREALLOC);
+
+/// Router advertisements of the networks with IPv6 and NICs here, by VNI.
+#[map]
+pub static VNIS6: HashMap<u32, Ra6> = HashMap::pinned(MAX_VNIS, BPF_F_NO_PREALLOC);
 
 /// Per-CPU outcome counters, indexed by `agent_common::Stat`.
 #[map]
