@@ -98,9 +98,10 @@ pub enum Stat {
     /// ARP inside VXLAN: ARP is answered locally on both sides, so none ever crosses the
     /// underlay; any is forged.
     DropDecapArp,
-    /// Inside VXLAN, an ethertype holdfast does not forward (only IPv4 is delivered).
+    /// Inside VXLAN, an ethertype holdfast does not forward (only IPv4 and IPv6 are delivered).
     DropDecapNotIpv4,
-    /// Inside VXLAN, an IPv4 source that is not the address of the NIC the source MAC names.
+    /// Inside VXLAN, an IPv4 or IPv6 source that is not the address of the NIC the source MAC
+    /// names.
     DropInnerSpoofedIp,
     /// UDP to this VTEP's VXLAN port with IPv4 options: holdfast's peers never send them.
     DropUnderlayIpOptions,
@@ -143,6 +144,42 @@ pub enum Stat {
     /// VXLAN that holdfast's metadata-mode VXLAN device (`[underlay] hook = "tc"`) received
     /// for an address of this host other than its VTEP: not this VTEP's to deliver.
     DropDecapNotVtep,
+    /// IPv6 from a NIC whose global source is not its `ip6`.
+    DropSpoofedIp6,
+    /// IPv6 from a NIC without an `ip6` (its network has no `subnet6`): IPv4 only.
+    DropIpv6NotConfigured,
+    /// IPv6 with a link-local source that is not neighbour discovery, a router solicitation
+    /// or DHCPv6 toward the router: guests may pick any link-local address (RFC 8981, RFC
+    /// 7217), so it is allowed for nothing else.
+    DropIpv6LinkLocal,
+    /// IPv6 to the router or to multicast whose first header after IPv6 is not ICMPv6 or UDP:
+    /// a hop-by-hop or fragment header hiding what the datagram is (RFC 6980: neighbour
+    /// discovery is never fragmented). MLD (behind hop-by-hop) is dropped this way.
+    DropIpv6ExtHeader,
+    /// Duplicate address detection probes (a neighbour solicitation from ::, RFC 4862 §5.4):
+    /// never answered, so a VM's own address is never reported as taken.
+    Nd6Dad,
+    /// Neighbour solicitations for an address no NIC of the network has.
+    DropNd6Unknown,
+    /// Neighbour discovery messages that get no answer: a VM's solicitation for its own
+    /// address, advertisements and redirects a VM sends.
+    DropNd6NoAnswer,
+    /// Neighbour discovery or router solicitations with a hop limit other than 255, or too
+    /// short (RFC 4861 §6.1.1, §7.1.1).
+    DropNd6Malformed,
+    /// Neighbour advertisements sent to a VM.
+    Nd6Reply,
+    /// Router advertisements sent to a VM (answers to its solicitations).
+    Ra6Reply,
+    /// Neighbour discovery on xdp mode's skb path: only XDP answers it there, so the port's
+    /// XDP program is not running.
+    DropNd6SkbPath,
+    /// DHCPv6 requests not answered (the responder is not built yet).
+    Dhcp6Unanswered,
+    /// IPv6 datagrams over the network's MTU (an ICMPv6 packet-too-big is not sent yet).
+    DropIpv6TooBig,
+    /// Neighbour solicitations or router solicitations over the port's ARP rate limit.
+    DropNd6RateLimited,
     Count,
 }
 

@@ -13,6 +13,7 @@ mod csum;
 mod ctx;
 mod dhcp;
 mod icmp;
+mod ip6;
 mod l4csum;
 mod maps;
 mod parse;

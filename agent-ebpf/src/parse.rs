@@ -7,6 +7,9 @@ use crate::ctx::Ctx;
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = 40;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
@@ -40,6 +43,19 @@ pub struct Ipv4Hdr {
     pub check: u16,
     pub saddr: u32,
     pub daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class and flow label, in network order.
+    pub vtc_flow: [u8; 4],
+    /// Network order.
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 #[repr(C)]
@@ -93,4 +109,15 @@ pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
 #[inline(always)]
 pub fn ip_from(bytes: [u8; 4]) -> u32 {
     u32::from_ne_bytes(bytes)
+}
+
+/// Whether two IPv6 addresses are equal, compared as two 64-bit words (no `bcmp` in BPF).
+#[inline(always)]
+pub fn ip6_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // SAFETY: 16 bytes each, read unaligned.
+    unsafe {
+        let (a, b) = (a.as_ptr().cast::<[u64; 2]>(), b.as_ptr().cast::<[u64; 2]>());
+        let (a, b) = (a.read_unaligned(), b.read_unaligned());
+        a[0] == b[0] && a[1] == b[1]
+    }
 }

@@ -12,7 +12,9 @@ use crate::{
     ROUTER_MAC,
     csum::be16,
     maps::BINDINGS,
-    parse::{ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, UdpHdr, mac_eq},
+    parse::{
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, UdpHdr, mac_eq,
+    },
 };
 
 /// IPv4 flags: more fragments, and the fragment offset mask.
@@ -23,11 +25,12 @@ const IP_OFFSET: u16 = 0x1fff;
 pub enum L3 {
     Arp,
     Ipv4,
+    Ipv6,
 }
 
-/// IPv4 and ARP only. `tagged`: the frame's VLAN tag was taken out of the frame into the skb
-/// (the kernel does that before TC runs); XDP sees tags in the frame, as an ethertype that is
-/// neither. VLAN, IPv6 and everything else are dropped alike.
+/// IPv4, IPv6 and ARP only. `tagged`: the frame's VLAN tag was taken out of the frame into the
+/// skb (the kernel does that before TC runs); XDP sees tags in the frame, as an ethertype that
+/// is none of them. VLAN and everything else are dropped alike.
 #[inline(always)]
 pub fn l3(eth: &EthHdr, tagged: bool) -> Result<L3, Stat> {
     if tagged {
@@ -35,6 +38,9 @@ pub fn l3(eth: &EthHdr, tagged: bool) -> Result<L3, Stat> {
     }
     if eth.proto == be16(ETH_P_ARP) {
         return Ok(L3::Arp);
+    }
+    if eth.proto == be16(ETH_P_IPV6) {
+        return Ok(L3::Ipv6);
     }
     if eth.proto != be16(ETH_P_IP) {
         return Err(Stat::DropNotIpv4);

@@ -1,7 +1,7 @@
 //! The program on the underlay interface: VXLAN to this host's VTEP is decapsulated into the
 //! local NIC it is for, after checking who sent it; everything else passes untouched.
 
-use agent_common::{DecapMeta, FdbEntry, FdbKey, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
+use agent_common::{DecapMeta, FdbEntry, FdbKey, Neigh6Key, Stat, VXLAN_OVERHEAD, VXLAN_PORT};
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_tunnel_key, xdp_action},
@@ -13,10 +13,10 @@ use crate::{
     csum::be16,
     ctx::Ctx,
     l4csum::IPPROTO_TCP,
-    maps::{CONFIG, FDB, VNIS, VTEPS},
+    maps::{CONFIG, FDB, NEIGH6, VNIS, VTEPS},
     parse::{
-        ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr,
-        UdpHdr, load,
+        ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP,
+        IPV4_HLEN, Ipv4Hdr, Ipv6Hdr, UdpHdr, load, mac_eq,
     },
     stats::{count, verdict},
     vxlan::VXLAN_FLAG_VNI,
@@ -111,7 +111,8 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
         // ARP is answered on the sender's host; none crosses the underlay.
         return Err(Stat::DropDecapArp);
     }
-    if inner.proto != be16(ETH_P_IP) {
+    let v6 = inner.proto == be16(ETH_P_IPV6);
+    if inner.proto != be16(ETH_P_IP) && !v6 {
         return Err(Stat::DropDecapNotIpv4);
     }
     let dst = FDB
@@ -130,6 +131,23 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
     let (src_kind, src_vtep, src_ip) = unsafe { ((*src).kind, (*src).vtep, (*src).ip) };
     if src_kind != FdbEntry::REMOTE || src_vtep != vtep {
         return Err(Stat::DropInnerSpoof);
+    }
+    if v6 {
+        // The inner IPv6 source must be the `ip6` of the NIC its MAC names (link-local
+        // sources never leave a port).
+        let ip6: Ipv6Hdr = load(ctx, off + ETH_HLEN).ok_or(Stat::DropMalformed)?;
+        if ip6.vtc_flow[0] >> 4 != 6 {
+            return Err(Stat::DropMalformed);
+        }
+        let owner = NEIGH6
+            .get_ptr(&Neigh6Key::new(vni, ip6.saddr))
+            .ok_or(Stat::DropInnerSpoofedIp)?;
+        // SAFETY: as above.
+        let (owner_mac, router) = unsafe { ((*owner).mac, (*owner).router) };
+        if router != 0 || !mac_eq(&owner_mac, &inner.src) {
+            return Err(Stat::DropInnerSpoofedIp);
+        }
+        return Ok((ifindex, ip6.nexthdr == IPPROTO_TCP));
     }
     let inner_ip: Ipv4Hdr = load(ctx, off + ETH_HLEN).ok_or(Stat::DropMalformed)?;
     if inner_ip.ver_ihl >> 4 != 4 || ((inner_ip.ver_ihl & 0x0f) as usize) * 4 < IPV4_HLEN {

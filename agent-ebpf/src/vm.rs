@@ -64,6 +64,7 @@ fn try_handle<C: Ctx, const ANSWERS: bool>(ctx: &C) -> Result<u32, Stat> {
         L3::Arp if ANSWERS => arp::from_vm(ctx, &eth),
         L3::Arp => Err(Stat::DropArpSkbPath),
         L3::Ipv4 => ipv4::<C, ANSWERS>(ctx, &eth),
+        L3::Ipv6 => crate::ip6::from_vm::<C, ANSWERS>(ctx, &eth),
     }
 }
 

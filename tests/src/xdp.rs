@@ -301,6 +301,37 @@ impl Fixture {
         }
     }
 
+    /// Writes IPv6 entries straight into the pinned maps (`BINDINGS6`, `NEIGH6`, `VNIS6`).
+    pub fn insert_v6(
+        &self,
+        bindings6: &[(BindingKey, agent_common::Binding6)],
+        neigh6: &[(agent_common::Neigh6Key, agent_common::Neigh6Entry)],
+        ra6: &[(u32, agent_common::Ra6)],
+    ) {
+        use aya::maps::{HashMap, Map, MapData};
+
+        let maps = self
+            ._dir
+            .path()
+            .join(format!("maps-v{}", agent_common::LAYOUT_VERSION));
+        let open = |name: &str| MapData::from_pin(maps.join(name)).expect(name);
+        let mut b: HashMap<_, BindingKey, agent_common::Binding6> =
+            HashMap::try_from(Map::HashMap(open("BINDINGS6"))).expect("BINDINGS6");
+        for (k, v) in bindings6 {
+            b.insert(k, v, 0).expect("insert");
+        }
+        let mut n: HashMap<_, agent_common::Neigh6Key, agent_common::Neigh6Entry> =
+            HashMap::try_from(Map::HashMap(open("NEIGH6"))).expect("NEIGH6");
+        for (k, v) in neigh6 {
+            n.insert(k, v, 0).expect("insert");
+        }
+        let mut r: HashMap<_, u32, agent_common::Ra6> =
+            HashMap::try_from(Map::HashMap(open("VNIS6"))).expect("VNIS6");
+        for (k, v) in ra6 {
+            r.insert(k, v, 0).expect("insert");
+        }
+    }
+
     /// Counter totals indexed by `Stat`.
     pub fn counters(&self) -> Vec<u64> {
         let v = self.stats.read();

@@ -643,13 +643,13 @@ fn other_traffic_is_dropped_the_routers_included(hook: VmHook) {
     // To the gateway's own address, too.
     dns.ip_dst = GATEWAY;
     dropped_at(&fx, hook, &dns.frame(), Stat::ToRouter);
-    // Broadcast that is not DHCP, and IPv6, are never flooded.
+    // Broadcast that is not DHCP is never flooded; an IPv4 header labelled IPv6 is malformed.
     let mut bcast = dns.clone();
     bcast.eth_dst = BROADCAST_MAC;
     dropped_at(&fx, hook, &bcast.frame(), Stat::DropBcastMcast);
     let mut v6 = dns.frame();
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    dropped_at(&fx, hook, &v6, Stat::DropNotIpv4);
+    dropped_at(&fx, hook, &v6, Stat::DropMalformed);
 }
 
 /// `req` with its parameter request list (55) replaced by `list`.

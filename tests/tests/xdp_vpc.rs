@@ -1049,3 +1049,57 @@ fn a_route_that_quarantines_a_vtep_is_obeyed_within_the_next_hop_ttl(hook: VmHoo
     dropped_at(&fx, hook, &f, Stat::DropNoRoute);
     dropped_on_skb_path(&fx, &f, Stat::DropNoRoute);
 }
+
+/// Issue 15: IPv6 inside VXLAN is delivered like IPv4, only from the `ip6` of the NIC its
+/// source MAC names (the NIC behind the sending VTEP): another NIC's address, an address
+/// nobody has, the router's or a link-local one are refused; inner TCP goes up for GRO.
+#[test]
+fn decapsulation_delivers_ipv6_only_from_the_sending_nics_own_ip6() {
+    use std::net::Ipv6Addr;
+
+    use agent_common::{Neigh6Entry, Neigh6Key};
+
+    let (fx, _ul) = fixture();
+    let a1_ip6 = Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 0x11);
+    let a3_ip6 = Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 0x13);
+    let router_ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x68, 0x66ff, 0xfe00, 1);
+    let entry = |mac, router| Neigh6Entry {
+        mac,
+        router,
+        _pad: 0,
+    };
+    fx.insert_v6(
+        &[],
+        &[
+            (Neigh6Key::new(VNI_A, a1_ip6.octets()), entry(A1, 0)),
+            (Neigh6Key::new(VNI_A, a3_ip6.octets()), entry(A3, 0)),
+            (Neigh6Key::new(VNI_A, router_ll.octets()), entry(A3, 1)),
+        ],
+        &[],
+    );
+    let inner6 = |src: Ipv6Addr, nh: u8| {
+        let mut f = Vec::new();
+        f.extend_from_slice(&A1);
+        f.extend_from_slice(&A3);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 16, nh, 64]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&a1_ip6.octets());
+        f.extend_from_slice(&[0x9c, 0x40, 0, 9, 0, 16, 0, 0, 7, 7, 7, 7, 7, 7, 7, 7]);
+        f
+    };
+    let vx = |inner: &[u8]| vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, inner);
+    let genuine = inner6(a3_ip6, 17);
+    let (action, out) = fx.run_underlay(&vx(&genuine));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, genuine);
+    let (action, _) = fx.run_underlay(&vx(&inner6(a3_ip6, 6)));
+    assert_eq!(action, XDP_PASS, "inner TCP goes up for GRO");
+    for src in [
+        a1_ip6,
+        Ipv6Addr::new(0xfd00, 0xa, 0, 0, 0, 0, 0, 0x99),
+        router_ll,
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x13),
+    ] {
+        refused(&fx, &vx(&inner6(src, 17)), Stat::DropInnerSpoofedIp);
+    }
+}
