@@ -176,10 +176,10 @@ pub enum Stat {
     DropNd6SkbPath,
     /// DHCPv6 requests not answered (the responder is not built yet).
     Dhcp6Unanswered,
-    /// IPv6 datagrams over the network's MTU (an ICMPv6 packet-too-big is not sent yet).
-    DropIpv6TooBig,
     /// Neighbour solicitations or router solicitations over the port's ARP rate limit.
     DropNd6RateLimited,
+    /// ICMPv6 packet-too-big sent back to a VM for a datagram over its network's MTU.
+    Icmp6PacketTooBig,
     Count,
 }
 

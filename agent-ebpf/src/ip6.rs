@@ -23,7 +23,7 @@ use crate::{
     csum::{add_bytes, add16, add32, be16, fold},
     ctx::Ctx,
     l4csum::IPPROTO_TCP,
-    maps::{BINDINGS, BINDINGS6, CONFIG, FDB, NEIGH6, VNIS, VNIS6},
+    maps::{BINDINGS, BINDINGS6, CONFIG, CSUM_SCRATCH, CSUM_WINDOW, FDB, NEIGH6, VNIS, VNIS6},
     parse::{
         ETH_HLEN, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPPROTO_UDP, IPV6_HLEN, Ipv6Hdr, UdpHdr,
         ip6_eq, load, mac_eq,
@@ -177,7 +177,7 @@ fn neighbour_solicit<C: Ctx>(
     // SAFETY: map value pointers stay valid for the program run.
     let (mac, router) = unsafe { ((*entry).mac, (*entry).router) };
 
-    let mut f = [0u8; NA_LEN];
+    let f = scratch::<NA_LEN>()?;
     f[0..6].copy_from_slice(&eth.src);
     f[6..12].copy_from_slice(&mac);
     f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
@@ -244,7 +244,7 @@ fn router_solicit<C: Ctx>(
         ip.saddr
     };
     let payload = (4 + len) as u16;
-    let mut f = [0u8; RA_HEAD];
+    let f = scratch::<RA_HEAD>()?;
     f[0..6].copy_from_slice(&eth.src);
     f[6..12].copy_from_slice(&router);
     f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
@@ -296,7 +296,7 @@ fn forward<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, vni: u32) -> Result<u32,
     // SAFETY: as above.
     let mtu = unsafe { (*info).mtu };
     if wire_size(ctx, ip)? > mtu {
-        return Err(Stat::DropIpv6TooBig);
+        return packet_too_big(ctx, eth, ip, mtu);
     }
     if kind == FdbEntry::LOCAL {
         count(Stat::SkbForwardLocal);
@@ -318,6 +318,66 @@ fn forward<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, vni: u32) -> Result<u32,
         Some(h) => Ok(ctx.redirect(h.ifindex)),
         None => ctx.redirect_neigh(cfg.underlay_ifindex),
     }
+}
+
+/// This CPU's scratch buffer as `N` zeroed bytes: the answers are built there, not on the
+/// stack, which the VM program's other paths already fill.
+#[inline(always)]
+fn scratch<const N: usize>() -> Result<&'static mut [u8; N], Stat> {
+    const { assert!(N <= CSUM_WINDOW + 8) };
+    let buf = CSUM_SCRATCH.get_ptr_mut(0).ok_or(Stat::DropMalformed)?;
+    // SAFETY: this CPU's slot of a per-CPU array, at least N bytes (checked above), used by one
+    // program run at a time; nothing else holds it while the answer is built.
+    let f = unsafe { &mut *buf.cast::<[u8; N]>() };
+    *f = [0; N];
+    Ok(f)
+}
+
+/// The invoking datagram's IPv6 header and first 8 bytes go back with the error: what the
+/// sender's stack needs to find the socket (RFC 4443 §3.2 allows up to the minimum MTU).
+const PTB_QUOTED: usize = IPV6_HLEN + 8;
+/// The whole answer: Ethernet, IPv6, the ICMPv6 header and MTU, the quoted bytes.
+const PTB_LEN: usize = ICMP6_OFF + 8 + PTB_QUOTED;
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
+
+/// Rewrites the frame into an ICMPv6 packet-too-big (RFC 4443 §3.2) from the router's
+/// link-local address to the VM's address, carrying the network's `mtu`, and sends it back out
+/// of the port, so that the VM's path MTU discovery converges (RFC 8201) instead of the
+/// datagram vanishing.
+#[inline(always)]
+fn packet_too_big<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, mtu: u32) -> Result<u32, Stat> {
+    let orig: [u8; PTB_QUOTED] = load(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
+    let router = ROUTER_MAC.load();
+    let src = link_local(&router);
+    let payload = (PTB_LEN - ICMP6_OFF) as u16;
+    let f = scratch::<PTB_LEN>()?;
+    f[0..6].copy_from_slice(&eth.src);
+    f[6..12].copy_from_slice(&router);
+    f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&be16(payload).to_ne_bytes());
+    f[20] = IPPROTO_ICMPV6;
+    f[21] = ND_HOP_LIMIT;
+    f[22..38].copy_from_slice(&src);
+    f[38..54].copy_from_slice(&ip.saddr);
+    f[54] = ICMP6_PACKET_TOO_BIG;
+    f[58..62].copy_from_slice(&mtu.to_be_bytes());
+    f[62..PTB_LEN].copy_from_slice(&orig);
+    let mut c = pseudo(&src, &ip.saddr, payload);
+    c = add_bytes(c, ICMP6_PACKET_TOO_BIG, 0);
+    let mut i = 58;
+    while i < PTB_LEN {
+        c = add_bytes(c, f[i], f[i + 1]);
+        i += 2;
+    }
+    f[56..58].copy_from_slice(&fold(c).to_ne_bytes());
+    ctx.resize(PTB_LEN as u32)?;
+    // SAFETY: `f` holds PTB_LEN bytes; the helper checks the packet range itself.
+    if unsafe { ctx.store_bytes(0, f.as_ptr(), PTB_LEN as u32) } != 0 {
+        return Err(Stat::DropMalformed);
+    }
+    count(Stat::Icmp6PacketTooBig);
+    Ok(ctx.tx())
 }
 
 /// The IPv6 length of what goes on the wire: each segment of a GSO frame, or the frame.

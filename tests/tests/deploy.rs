@@ -73,7 +73,6 @@ const DROP_REASONS: &[&str] = &[
     "ipv6_not_configured",
     "ipv6_link_local",
     "ipv6_ext_header",
-    "ipv6_too_big",
     "nd_unknown",
     "nd_no_answer",
     "nd_malformed",

@@ -476,21 +476,34 @@ fn unicast_to_another_nic_is_forwarded(hook: VmHook) {
         }
     }
     assert_eq!(fx.counters()[Stat::SkbForwardLocal as usize], 1);
-    // Over the network's MTU (1450): dropped, counted (packet-too-big is not sent yet).
-    let big = udp6(VM_IP6, OTHER_IP6, OTHER_MAC, 9);
-    let mut big = big[..62].to_vec();
+    // Over the network's MTU (1450): an ICMPv6 packet-too-big back to the VM, from the
+    // router's link-local address, carrying the MTU and the datagram's first 48 bytes.
+    let mut big = frame[..62].to_vec();
     big.resize(14 + 40 + 1420, 0);
     let payload = (big.len() - 54) as u16;
     big[18..20].copy_from_slice(&payload.to_be_bytes());
-    let (verdict, _) = match hook {
+    let (verdict, out) = match hook {
         VmHook::Xdp => {
             let (a, o) = fx.run_tc(&big);
             (Verdict::of_tc(a), o)
         }
         VmHook::Tc => fx.run_port(hook, &big),
     };
-    assert_eq!(verdict, Verdict::Drop);
-    assert_eq!(fx.counters()[Stat::DropIpv6TooBig as usize], 1);
+    assert_eq!(verdict, Verdict::Redirect, "back to the VM");
+    assert_eq!(out.len(), 14 + 40 + 8 + 48, "{out:02x?}");
+    assert_eq!(out[0..6], VM_MAC);
+    assert_eq!(out[6..12], ROUTER_MAC);
+    assert_eq!(out[22..38], router_ll().octets());
+    assert_eq!(out[38..54], VM_IP6.octets());
+    assert_eq!((out[54], out[55]), (2, 0));
+    assert_eq!(u32::from_be_bytes(out[58..62].try_into().unwrap()), 1450);
+    assert_eq!(out[62..110], big[14..62]);
+    assert_eq!(
+        icmp6_checksum(router_ll(), VM_IP6, &out[54..]),
+        0,
+        "checksum"
+    );
+    assert_eq!(fx.counters()[Stat::Icmp6PacketTooBig as usize], 1);
 }
 
 /// xdp mode answers ND only in XDP: on its skb path, solicitations are dropped and counted,

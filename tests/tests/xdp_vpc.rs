@@ -885,7 +885,7 @@ fn an_fdb_entry_of_no_known_kind_forwards_nothing() {
 
 /// Issue 12 B7: a host can only deliver frames its own NICs sent, as IPv4 from their own
 /// addresses; ARP never crosses the underlay (both sides answer it locally), and nothing but
-/// IPv4 is forwarded.
+/// IPv4 and IPv6 (its own test, issue 15) is forwarded.
 #[test]
 fn decapsulation_delivers_only_ipv4_from_the_sending_nics_own_address() {
     let (fx, _ul) = fixture();
@@ -902,12 +902,16 @@ fn decapsulation_delivers_only_ipv4_from_the_sending_nics_own_address() {
     refused(&fx, &vx(&arp), Stat::DropDecapArp);
     arp[21] = 2;
     refused(&fx, &vx(&arp), Stat::DropDecapArp);
-    // IPv6, VLAN-tagged, anything but IPv4, from a genuine sender to a local NIC.
-    for ethertype in [[0x86, 0xdd], [0x81, 0x00], [0x88, 0xcc]] {
+    // VLAN-tagged, anything but IPv4 and IPv6, from a genuine sender to a local NIC (IPv6 has
+    // its own test; an IPv4 header labelled IPv6 is malformed).
+    for ethertype in [[0x81, 0x00], [0x88, 0xcc]] {
         let mut other = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
         other[12..14].copy_from_slice(&ethertype);
         refused(&fx, &vx(&other), Stat::DropDecapNotIpv4);
     }
+    let mut labelled = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
+    labelled[12..14].copy_from_slice(&[0x86, 0xdd]);
+    refused(&fx, &vx(&labelled), Stat::DropMalformed);
     // An inner header that is no IPv4 header.
     let mut bad = udp_frame(A3, A1, A3_IP, A1_IP, 1, 2, &[9; 64], false);
     bad[14] = 0x65;

@@ -132,7 +132,6 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("ipv6_not_configured", &[Stat::DropIpv6NotConfigured]),
             ("ipv6_link_local", &[Stat::DropIpv6LinkLocal]),
             ("ipv6_ext_header", &[Stat::DropIpv6ExtHeader]),
-            ("ipv6_too_big", &[Stat::DropIpv6TooBig]),
             ("nd_unknown", &[Stat::DropNd6Unknown]),
             ("nd_no_answer", &[Stat::DropNd6NoAnswer]),
             ("nd_malformed", &[Stat::DropNd6Malformed]),
@@ -244,6 +243,11 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         "holdfast_icmp_frag_needed",
         "ICMP fragmentation-needed sent to VMs for frames too big for their network",
         Stat::IcmpFragNeeded,
+    ),
+    (
+        "holdfast_icmp6_packet_too_big",
+        "ICMPv6 packet-too-big sent to VMs for datagrams too big for their network",
+        Stat::Icmp6PacketTooBig,
     ),
     (
         "holdfast_nexthop_cached",
