@@ -18,6 +18,7 @@ pub mod links;
 pub mod metrics;
 pub mod model;
 pub mod ports;
+pub mod ra;
 pub mod render;
 pub mod snapshot;
 pub mod watchdog;
