@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     hash::Hash,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -36,6 +36,13 @@ pub trait OptionsBudget {
 
     /// `Err` when the network's and NIC's options do not fit in a reply.
     fn check(&self, network: &Network, nic: &Nic) -> Result<(), Self::Error>;
+
+    /// `Err` when the network's router advertisement (its `dns6` and `search` list) does not
+    /// fit what the data plane holds; the network is rejected (`ra_too_long`).
+    fn check_ra(&self, network: &Network) -> Result<(), Self::Error> {
+        let _ = network;
+        Ok(())
+    }
 }
 
 /// Validates `doc` for node `this_node`. `prev` is the model serving now: rejected entries keep
@@ -51,14 +58,27 @@ pub fn validate<B: OptionsBudget>(
     let prev = prev.unwrap_or(&empty);
     let mut rejections = Vec::new();
     let owners = NicOwners::new(&doc.nics);
+    let ra = |n: &Network| {
+        budget
+            .check_ra(n)
+            .map_err(|e| reject(Reason::RaTooLong, e.to_string()))
+    };
     let networks = accept_keyed(
         &doc.networks,
         &prev.networks,
         limits,
         &owners,
+        &ra,
         &mut rejections,
     );
-    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &owners, &mut rejections);
+    let mut nodes = accept_keyed(
+        &doc.nodes,
+        &prev.nodes,
+        limits,
+        &owners,
+        &|_| Ok(()),
+        &mut rejections,
+    );
     capacity::fit_nodes(
         &mut nodes,
         prev,
@@ -295,13 +315,15 @@ impl Keyed for Node {
     }
 }
 
-/// The networks or nodes of a document: each parsed and checked, one per key (the one serving
-/// now, else the first), the last good version of one that fails, one per claim.
+/// The networks or nodes of a document: each parsed and checked (on its own, then by `fits`,
+/// what the data plane must hold of it), one per key (the one serving now, else the first),
+/// the last good version of one that fails, one per claim.
 fn accept_keyed<T: Keyed>(
     raws: &[RawEntry],
     prev: &OrdMap<String, T>,
     limits: &Limits,
     owners: &NicOwners<'_>,
+    fits: &dyn Fn(&T) -> Result<(), Reject>,
     rejections: &mut Vec<Rejection>,
 ) -> OrdMap<String, T> {
     let mut accepted: Accepted<String, T> = Accepted::new();
@@ -317,7 +339,7 @@ fn accept_keyed<T: Keyed>(
             rejections.push(reject(Reason::InvalidField, detail).at(entry, None));
             continue;
         }
-        match parsed.and_then(|v| v.check(limits, owners).map(|()| v)) {
+        match parsed.and_then(|v| v.check(limits, owners).and_then(|()| fits(&v)).map(|()| v)) {
             Ok(v) => {
                 let key = v.key().to_owned();
                 if let Some((lost, _)) = accepted.insert(key.clone(), i, v, prev.get(&key)) {
@@ -457,7 +479,8 @@ fn restore_nics<B: OptionsBudget>(
     nics
 }
 
-/// One address per network: the NIC serving it now keeps it, else the first in the document.
+/// One address per network, of each family: the NIC serving it now keeps it, else the first in
+/// the document. A NIC that loses either address is rejected whole, as it would be with one.
 fn one_nic_per_address(
     mut nics: Vec<(usize, Nic)>,
     raws: &[RawEntry],
@@ -466,17 +489,33 @@ fn one_nic_per_address(
 ) -> Vec<(usize, Nic)> {
     nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
     let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut holders6: HashMap<(Arc<str>, Ipv6Addr), MacAddr> = HashMap::new();
     let mut out = Vec::with_capacity(nics.len());
     for (i, nic) in nics {
-        let Some(holder) = holders.get(&(nic.network.clone(), nic.ip)) else {
+        let taken = holders
+            .get(&(nic.network.clone(), nic.ip))
+            .map(|holder| {
+                format!(
+                    "ip {} in network {} is already held by {holder}",
+                    nic.ip, nic.network
+                )
+            })
+            .or_else(|| {
+                let ip6 = nic.ip6?;
+                let holder = holders6.get(&(nic.network.clone(), ip6))?;
+                Some(format!(
+                    "ip6 {ip6} in network {} is already held by {holder}",
+                    nic.network
+                ))
+            });
+        let Some(detail) = taken else {
             holders.insert((nic.network.clone(), nic.ip), nic.mac);
+            if let Some(ip6) = nic.ip6 {
+                holders6.insert((nic.network.clone(), ip6), nic.mac);
+            }
             out.push((i, nic));
             continue;
         };
-        let detail = format!(
-            "ip {} in network {} is already held by {holder}",
-            nic.ip, nic.network
-        );
         rejections.push(
             reject(Reason::DuplicateIp, detail).at(nic_entry(raws, i), Some(nic.mac.to_string())),
         );

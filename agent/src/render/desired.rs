@@ -7,13 +7,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
-    MAX_BINDINGS, MAX_FDB, MAX_VNIS, MAX_VTEPS, VniInfo, be32,
+    ArpEntry, ArpKey, Binding6, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
+    MAX_BINDINGS, MAX_FDB, MAX_NEIGH6, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, VniInfo, be32,
 };
 
 use super::{
@@ -24,7 +24,7 @@ use crate::{
     anchor,
     dataplane::Desired,
     links::Links,
-    model::{Capacity, MacAddr, Model},
+    model::{Capacity, MacAddr, Model, Nic},
     ports::VmPorts,
 };
 
@@ -36,6 +36,11 @@ pub const CAPACITY: Capacity = Capacity {
     vnis: MAX_VNIS as usize,
     vteps: MAX_VTEPS as usize,
 };
+
+// The IPv6 maps need no capacity of their own: a network's neighbour answers (its NICs' `ip6`
+// and its router) are at most its ARP answers (its NICs and its gateway), BINDINGS6 has
+// BINDINGS' size and VNIS6 VNIS'. A model cut to fit those fits these.
+const _: () = assert!(MAX_NEIGH6 >= MAX_ARP);
 
 /// What the desired state is rendered from.
 #[derive(Clone, Debug)]
@@ -107,6 +112,7 @@ pub fn build(i: &Inputs) -> Desired {
         leases::served(&i.model, &i.node, i.model.nics.values()),
         &by_name,
     );
+    add_bindings6(&mut d, i, i.model.nics.values(), &by_name);
     d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
     for &vni in vpc.vnis.keys() {
         add_vni(&mut d, &vpc, vni, &by_name);
@@ -165,7 +171,16 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         for k in arp {
             d.arp.remove(&k);
         }
+        let neigh6: Vec<Neigh6Key> = d
+            .neigh6
+            .range(Neigh6Key::new(vni, [0; 16])..=Neigh6Key::new(vni, [0xff; 16]))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in neigh6 {
+            d.neigh6.remove(&k);
+        }
         d.vnis.remove(&vni);
+        d.ra6.remove(&vni);
         add_vni(d, &part, vni, &by_name);
     }
     if !t.macs.is_empty() {
@@ -187,8 +202,19 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         for k in stale {
             d.boot.remove(&k);
         }
+        let stale: Vec<BindingKey> = d
+            .bindings6
+            .keys()
+            .filter(|k| t.macs.contains(&MacAddr(k.mac)))
+            .copied()
+            .collect();
+        for k in stale {
+            d.bindings6.remove(&k);
+        }
         let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
         add_bindings(d, leases::served(&i.model, &i.node, nics), &by_name);
+        let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
+        add_bindings6(d, i, nics, &by_name);
     }
     d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
 }
@@ -224,6 +250,53 @@ fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) 
     {
         let (k, e) = arp_entry(*v, *addr, *mac);
         d.arp.insert(k, e);
+    }
+    if let Some(ra) = vpc.ra6.get(&vni) {
+        d.ra6.insert(vni, *ra);
+    }
+    for ((v, addr), (mac, router)) in vpc
+        .neigh6
+        .range((vni, Ipv6Addr::UNSPECIFIED)..=(vni, Ipv6Addr::from(u128::MAX)))
+    {
+        d.neigh6.insert(
+            Neigh6Key::new(*v, addr.octets()),
+            Neigh6Entry {
+                mac: mac.0,
+                router: u8::from(*router),
+                _pad: 0,
+            },
+        );
+    }
+}
+
+/// Adds the `ip6` of those of `nics` on this node that have one, on a VM port present, in a
+/// network with `subnet6`: the address its port's programs hold the VM to.
+fn add_bindings6<'a>(
+    d: &mut Desired,
+    i: &Inputs,
+    nics: impl Iterator<Item = &'a Nic>,
+    by_name: &BTreeMap<&str, u32>,
+) {
+    for nic in nics.filter(|n| *n.node == *i.node) {
+        let (Some(ip6), Some(interface)) = (nic.ip6, nic.interface.as_deref()) else {
+            continue;
+        };
+        let Some(net) = i.model.networks.get(&*nic.network) else {
+            continue;
+        };
+        if net.subnet6.is_none() {
+            continue;
+        }
+        if let Some(&ifindex) = by_name.get(interface) {
+            d.bindings6.insert(
+                BindingKey::new(ifindex, nic.mac.0),
+                Binding6 {
+                    ip6: ip6.octets(),
+                    vni: net.vni,
+                    _pad: 0,
+                },
+            );
+        }
     }
 }
 
