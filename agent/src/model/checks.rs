@@ -760,4 +760,153 @@ mod tests {
             assert!(!valid_interface_name(bad), "{bad}");
         }
     }
+
+    fn v6(extra: serde_json::Value) -> Network {
+        let mut base = serde_json::json!({"subnet6": "fd00:10:10::/64"});
+        for (k, x) in extra.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        net(base)
+    }
+
+    fn network_reason(n: &Network) -> Option<Reject> {
+        check_network(n, &Limits::default(), &NicOwners::new(&[])).err()
+    }
+
+    #[test]
+    fn a_subnet6_is_a_slash_64_of_global_or_unique_local_space() {
+        for good in ["fd00:10:10::/64", "2001:db8:1:2::/64", "2a01:4f8:0:1::/64"] {
+            assert!(
+                network_reason(&v6(serde_json::json!({"subnet6": good}))).is_none(),
+                "{good}"
+            );
+        }
+        for (bad, reason, words) in [
+            ("fd00:10:10::/48", Reason::Subnet6NotSlash64, "is a /48"),
+            ("fd00:10:10::/80", Reason::Subnet6NotSlash64, "is a /80"),
+            ("fd00:10:10::1/64", Reason::InvalidField, "host bits"),
+            ("fe80::/64", Reason::Subnet6Scope, "link-local"),
+            ("ff02::/64", Reason::Subnet6Scope, "multicast"),
+            ("::/64", Reason::Subnet6Scope, "loopback"),
+            ("fec0::/64", Reason::Subnet6Scope, "site-local"),
+            ("100::/64", Reason::Subnet6Scope, "outside global unicast"),
+            ("4000::/64", Reason::Subnet6Scope, "outside global unicast"),
+        ] {
+            let r = network_reason(&v6(serde_json::json!({"subnet6": bad})))
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, reason, "{bad}");
+            assert!(
+                r.detail.contains(bad) && r.detail.contains(words),
+                "{}",
+                r.detail
+            );
+        }
+        // Without subnet6 the network is IPv4-only, as before.
+        assert!(network_reason(&net(serde_json::json!({}))).is_none());
+    }
+
+    #[test]
+    fn a_network_with_ipv6_carries_ipv6_minimum_mtu() {
+        let r = network_reason(&v6(serde_json::json!({"mtu": 1279}))).unwrap();
+        assert_eq!(r.reason, Reason::MtuBelowIpv6Minimum);
+        assert!(
+            r.detail.contains("mtu 1279") && r.detail.contains("1280"),
+            "{}",
+            r.detail
+        );
+        assert!(network_reason(&v6(serde_json::json!({"mtu": 1280}))).is_none());
+        // IPv4 alone may go lower.
+        assert!(network_reason(&net(serde_json::json!({"mtu": 1000}))).is_none());
+    }
+
+    #[test]
+    fn dns6_are_unicast_addresses() {
+        let good = serde_json::json!({"dns6": ["fd00:10:10::53", "2001:4860:4860::8888",
+                                               "fe80::53"]});
+        assert!(network_reason(&v6(good)).is_none());
+        for (bad, words) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("::ffff:10.0.0.53", "IPv4-mapped"),
+        ] {
+            let r = network_reason(&v6(serde_json::json!({"dns6": ["fd00::53", bad]})))
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, Reason::Dns6NotUnicast, "{bad}");
+            assert!(r.detail.contains(words), "{}", r.detail);
+        }
+    }
+
+    fn nic6(ip6: &str) -> Nic {
+        let mut n = nic("10.10.0.11", None);
+        n.ip6 = Some(ip6.parse().unwrap());
+        n
+    }
+
+    #[test]
+    fn an_ip6_is_a_host_address_of_its_networks_subnet6() {
+        let ports = VmPorts::default();
+        let n = v6(serde_json::json!({}));
+        for good in [
+            "fd00:10:10::11",
+            "fd00:10:10:0:fdff:ffff:ffff:ff7f",
+            "fd00:10:10::1",
+        ] {
+            assert_eq!(
+                reason(check_nic(&nic6(good), &n, "hv-1", &ports)),
+                None,
+                "{good}"
+            );
+        }
+        for (bad, why, words) in [
+            (
+                "fd00:10:11::11",
+                Reason::OutsideSubnet,
+                "outside subnet6 fd00:10:10::/64",
+            ),
+            ("2001:db8::11", Reason::OutsideSubnet, "outside"),
+            (
+                "fd00:10:10::",
+                Reason::ReservedAddress,
+                "subnet-router anycast",
+            ),
+            (
+                "fd00:10:10:0:fdff:ffff:ffff:ff80",
+                Reason::ReservedAddress,
+                "RFC 2526",
+            ),
+            (
+                "fd00:10:10:0:fdff:ffff:ffff:fffe",
+                Reason::ReservedAddress,
+                "RFC 2526",
+            ),
+            (
+                "fd00:10:10:0:200:5eff:fe00:5213",
+                Reason::ReservedAddress,
+                "RFC 5453",
+            ),
+        ] {
+            let r = check_nic(&nic6(bad), &n, "hv-1", &ports)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, why, "{bad}");
+            assert!(r.detail.contains(words), "{}", r.detail);
+        }
+        // On an IPv4-only network an ip6 has nowhere to be.
+        let r = check_nic(
+            &nic6("fd00:10:10::11"),
+            &net(serde_json::json!({})),
+            "hv-1",
+            &ports,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(r.reason, Reason::Ip6WithoutSubnet6);
+        assert!(r.detail.contains("has no subnet6"), "{}", r.detail);
+        // A NIC without ip6 on an IPv6 network is IPv4-only, which is fine.
+        assert_eq!(
+            reason(check_nic(&nic("10.10.0.11", None), &n, "hv-1", &ports)),
+            None
+        );
+    }
 }

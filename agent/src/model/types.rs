@@ -303,3 +303,36 @@ impl Model {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4-only entry written back has the keys it was read with: an old document (and
+    /// what `holdfast ipam export` writes of it) is unchanged by IPv6.
+    #[test]
+    fn ipv6_fields_round_trip_and_old_entries_are_unchanged() {
+        let old_net = serde_json::json!({"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                                         "gateway": "10.10.0.1", "dns": [], "search": [],
+                                         "routes": [], "ntp": [], "lease_time": 3600});
+        let n: Network = serde_json::from_value(old_net.clone()).unwrap();
+        assert_eq!((n.subnet6, n.dns6.len()), (None, 0));
+        assert_eq!(serde_json::to_value(&n).unwrap(), old_net);
+        let old_nic = serde_json::json!({"mac": "02:00:00:00:00:01", "network": "blue",
+                                         "ip": "10.10.0.11", "node": "hv-1"});
+        let c: Nic = serde_json::from_value(old_nic.clone()).unwrap();
+        assert_eq!(c.ip6, None);
+        assert_eq!(serde_json::to_value(&c).unwrap(), old_nic);
+
+        let mut dual_net = old_net;
+        dual_net["subnet6"] = serde_json::json!("fd00:10:10::/64");
+        dual_net["dns6"] = serde_json::json!(["fd00:10:10::53", "2001:db8::53"]);
+        let n: Network = serde_json::from_value(dual_net.clone()).unwrap();
+        assert_eq!(n.subnet6, Some("fd00:10:10::/64".parse().unwrap()));
+        assert_eq!(serde_json::to_value(&n).unwrap(), dual_net);
+        let mut dual_nic = old_nic;
+        dual_nic["ip6"] = serde_json::json!("fd00:10:10::11");
+        let c: Nic = serde_json::from_value(dual_nic.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), dual_nic);
+    }
+}

@@ -367,6 +367,8 @@ mod tests {
         vni: u32,
         third: u8,
         mtu: u16,
+        /// With `subnet6` and this many `dns6`.
+        v6: Option<u8>,
     }
 
     #[derive(Clone)]
@@ -375,6 +377,8 @@ mod tests {
         host: u8,
         node: usize,
         tap: u8,
+        /// With an `ip6`, when its network has IPv6.
+        ip6: bool,
     }
 
     /// A document from specs, validated as hv-1 sees it.
@@ -383,11 +387,18 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "id": format!("n{i}"), "vni": n.vni,
                     "subnet": format!("10.{}.0.0/24", n.third),
                     "gateway": format!("10.{}.0.1", n.third), "mtu": n.mtu,
-                })
+                });
+                if let Some(dns) = n.v6 {
+                    v["subnet6"] = serde_json::json!(format!("fd00:{}::/64", n.third));
+                    v["dns6"] = (0..dns)
+                        .map(|k| format!("fd00:{}::53:{k}", n.third))
+                        .collect();
+                }
+                v
             })
             .collect();
         let nodes: Vec<_> = NODES
@@ -398,13 +409,19 @@ mod tests {
         let nics: Vec<_> = nics
             .iter()
             .map(|(id, s)| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "mac": format!("02:00:00:00:00:{id:02x}"),
                     "network": format!("n{}", s.network),
                     "ip": format!("10.{}.0.{}", nets[s.network].third, s.host),
                     "node": NODES[s.node],
                     "interface": format!("tap{}", s.tap),
-                })
+                });
+                if s.ip6 && nets[s.network].v6.is_some() {
+                    // The same host part in IPv6: duplicates come with IPv4's.
+                    v["ip6"] =
+                        serde_json::json!(format!("fd00:{}::{:x}", nets[s.network].third, s.host));
+                }
+                v
             })
             .collect();
         let doc = serde_json::json!({ "networks": networks, "nodes": nodes, "nics": nics });
@@ -468,14 +485,17 @@ mod tests {
             host: rng.u8(10..50),
             node: rng.usize(..NODES.len()),
             tap: tap_in(network, rng),
+            ip6: rng.bool(),
         }
     }
 
     /// Patching the state of a model for the networks a change touched equals rendering the
     /// changed model whole: NICs added, removed, moved between networks, nodes and
-    /// interfaces, and networks changing their MTU, over many seeds.
+    /// interfaces, gaining or losing an `ip6`, and networks changing their MTU or gaining,
+    /// losing or changing IPv6, over many seeds.
     #[test]
     fn patching_the_touched_networks_equals_building_whole() {
+        let mut seen_v6 = false;
         for seed in 1..=200u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut nets: Vec<Net> = (0..NETWORKS)
@@ -483,6 +503,7 @@ mod tests {
                     vni: 1000 + i as u32,
                     third: i as u8,
                     mtu: 1400,
+                    v6: (i % 2 == 0).then_some(1),
                 })
                 .collect();
             let mut nics: BTreeMap<u8, NicSpec> = BTreeMap::new();
@@ -499,7 +520,7 @@ mod tests {
             // A change confined to some networks.
             let mut changed: BTreeSet<usize> = BTreeSet::new();
             for _ in 0..1 + rng.u64(..4) {
-                match rng.u64(..4) {
+                match rng.u64(..6) {
                     0 => {
                         let id = rng.u8(20..50);
                         let spec = random_nic(&mut rng);
@@ -527,14 +548,31 @@ mod tests {
                             s.tap = tap_in(s.network, &mut rng);
                         }
                     }
-                    _ => {
+                    3 => {
                         let n = rng.usize(..NETWORKS);
                         nets[n].mtu = rng.u16(1300..1400);
                         changed.insert(n);
                     }
+                    4 => {
+                        // IPv6 comes, goes, or changes its resolvers (its advertisement).
+                        let n = rng.usize(..NETWORKS);
+                        nets[n].v6 = match rng.u8(..3) {
+                            0 => None,
+                            k => Some(k),
+                        };
+                        changed.insert(n);
+                    }
+                    _ => {
+                        let id = rng.u8(..20);
+                        if let Some(s) = nics.get_mut(&id) {
+                            changed.insert(s.network);
+                            s.ip6 = !s.ip6;
+                        }
+                    }
                 }
             }
             let after = model(&nets, &nics);
+            seen_v6 |= !d.neigh6.is_empty() && !d.bindings6.is_empty() && !d.ra6.is_empty();
             let names: BTreeSet<String> = changed.iter().map(|n| format!("n{n}")).collect();
             let of = |m: &Model| {
                 let mut all = m.nics_by_network();
@@ -553,6 +591,7 @@ mod tests {
                 "seed {seed}: patched state differs from the whole build"
             );
         }
+        assert!(seen_v6, "the IPv6 maps were exercised");
     }
 
     #[test]
@@ -561,6 +600,7 @@ mod tests {
             vni: 1001,
             third: 0,
             mtu: 1450,
+            v6: None,
         }];
         let mut nics = BTreeMap::new();
         for (id, tap) in [(1, 1), (2, 2)] {
@@ -571,6 +611,7 @@ mod tests {
                     host: 10 + id,
                     node: 0,
                     tap,
+                    ip6: false,
                 },
             );
         }
@@ -593,6 +634,7 @@ mod tests {
             vni: 1001,
             third: 0,
             mtu: 1450,
+            v6: None,
         }];
         let mut nics = BTreeMap::new();
         nics.insert(
@@ -602,6 +644,7 @@ mod tests {
                 host: 11,
                 node: 0,
                 tap: 1,
+                ip6: false,
             },
         );
         let mut m = model(&nets, &nics);
@@ -638,5 +681,89 @@ mod tests {
             d.fdb
         );
         assert_eq!(d.underlay, Some((1, "ul0".into())));
+    }
+
+    #[test]
+    fn a_dual_stack_network_renders_its_addresses_neighbours_and_advertisement() {
+        let nets = vec![
+            Net {
+                vni: 1001,
+                third: 0,
+                mtu: 1450,
+                v6: Some(2),
+            },
+            Net {
+                vni: 1002,
+                third: 1,
+                mtu: 1450,
+                v6: None,
+            },
+        ];
+        let spec = |network, host, node, tap, ip6| NicSpec {
+            network,
+            host,
+            node,
+            tap,
+            ip6,
+        };
+        let nics = BTreeMap::from([
+            // Here, on a present tap, with and without ip6; here on an absent tap; remote.
+            (1, spec(0, 11, 0, 1, true)),
+            (2, spec(0, 12, 0, 2, false)),
+            (3, spec(0, 13, 0, 3, true)),
+            (4, spec(0, 14, 1, 4, true)),
+            // An IPv4-only network here.
+            (5, spec(1, 15, 0, 5, true)),
+        ]);
+        let d = build(&inputs(
+            model(&nets, &nics),
+            &links(&BTreeSet::from([1, 2, 5])),
+        ));
+        let ip6 = |h: u8| {
+            format!("fd00:0::{h:x}")
+                .parse::<Ipv6Addr>()
+                .unwrap()
+                .octets()
+        };
+        // BINDINGS6: the local NIC with an ip6 on a present VM port, and no other.
+        assert_eq!(
+            d.bindings6
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>(),
+            [(
+                BindingKey::new(101, [2, 0, 0, 0, 0, 1]),
+                Binding6 {
+                    ip6: ip6(11),
+                    vni: 1001,
+                    _pad: 0
+                }
+            )]
+        );
+        // NEIGH6: every ip6 of the network, local or remote (the NIC on an absent tap too, as
+        // its ARP answer), and the router.
+        let router = ROUTER.eui64_link_local().octets();
+        let n = |mac: [u8; 6], router| Neigh6Entry {
+            mac,
+            router,
+            _pad: 0,
+        };
+        assert_eq!(
+            d.neigh6.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            [
+                (Neigh6Key::new(1001, ip6(11)), n([2, 0, 0, 0, 0, 1], 0)),
+                (Neigh6Key::new(1001, ip6(13)), n([2, 0, 0, 0, 0, 3], 0)),
+                (Neigh6Key::new(1001, ip6(14)), n([2, 0, 0, 0, 0, 4], 0)),
+                (Neigh6Key::new(1001, router), n(ROUTER.0, 1)),
+            ]
+        );
+        // VNIS6: the dual-stack network's advertisement only.
+        assert_eq!(d.ra6.keys().copied().collect::<Vec<_>>(), [1001]);
+        let ra = d.ra6[&1001];
+        assert_eq!(usize::from(ra.len), 12 + 48 + 8 + 32);
+        assert_eq!(
+            ra.csum,
+            agent_common::csum_partial(&ra.body[..usize::from(ra.len)])
+        );
     }
 }

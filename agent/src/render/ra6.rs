@@ -310,4 +310,40 @@ mod tests {
             "fe80::68:66ff:fe00:1".parse::<Ipv6Addr>().unwrap()
         );
     }
+
+    /// Through validation with the renderer's budget: a network whose advertisement does not
+    /// fit is rejected (`ra_too_long`), its last good version serving.
+    #[test]
+    fn validation_rejects_a_network_whose_advertisement_does_not_fit() {
+        use crate::{
+            model::{Limits, Reason, parse_document, validate},
+            render::options::Budget,
+        };
+        let doc = |dns6: usize| {
+            let servers: Vec<String> = (1..=dns6).map(|i| format!("fd00::{i}")).collect();
+            let d = serde_json::json!({
+                "networks": [{"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                              "gateway": "10.10.0.1", "subnet6": "fd00::/64", "dns6": servers}],
+                "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}], "nics": []});
+            parse_document(d.to_string().as_bytes()).unwrap()
+        };
+        let good = validate(&doc(11), None, "hv-1", &Limits::default(), &Budget);
+        assert!(good.rejections.is_empty(), "{:?}", good.rejections);
+        let v = validate(
+            &doc(12),
+            Some(&good.model),
+            "hv-1",
+            &Limits::default(),
+            &Budget,
+        );
+        assert_eq!(v.rejections.len(), 1);
+        let r = &v.rejections[0];
+        assert_eq!((r.reason, r.kept_last_good), (Reason::RaTooLong, true));
+        assert!(
+            r.detail.contains("260 bytes") && r.detail.contains("12 dns6"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(v.model, good.model);
+    }
 }
