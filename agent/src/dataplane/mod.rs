@@ -46,7 +46,10 @@ use tracing::{info, warn};
 pub use self::{
     attach::Hook,
     error::{BpffsError, DataplaneError, DirProblem, NetlinkError, ReconcileError, WriteError},
-    inspect::{StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_vpc},
+    inspect::{
+        Ipv6State, StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_ipv6,
+        read_vpc,
+    },
     pins::{ensure_bpffs, private_dir_problem},
     veth::{PASS_OBJECT, attach_veth_peer},
 };
