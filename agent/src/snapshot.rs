@@ -256,10 +256,11 @@ mod tests {
 
     fn model() -> Model {
         let doc = parse_document(
-            br#"{"networks": [{"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1"}],
+            br#"{"networks": [{"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+                                "subnet6": "fd00:10:10::/64", "dns6": ["fd00:10:10::53"]}],
                  "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}],
                  "nics": [
-                   {"mac": "02:00:00:00:00:01", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "tap1"},
+                   {"mac": "02:00:00:00:00:01", "network": "blue", "ip": "10.10.0.11", "ip6": "fd00:10:10::11", "node": "hv-1", "interface": "tap1"},
                    {"mac": "02:00:00:00:00:02", "network": "blue", "ip": "10.10.0.12", "node": "hv-1", "interface": "tap2"}]}"#,
         )
         .unwrap();
@@ -288,6 +289,9 @@ mod tests {
         let (doc, _) = load(&dir.0).unwrap().unwrap();
         let v = validate(&doc, None, "hv-1", &limits(), &Budget);
         assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        // IPv6 fields included.
+        assert!(v.model.networks["blue"].subnet6.is_some());
+        assert_eq!(v.model.nics.values().filter(|n| n.ip6.is_some()).count(), 1);
         assert_eq!(v.model, m);
         fs::write(path(&dir.0), b"garbage").unwrap();
         assert!(matches!(load(&dir.0), Err(StateError::Parse { .. })));

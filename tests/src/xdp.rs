@@ -43,6 +43,8 @@ pub fn network() -> Network {
         options: Default::default(),
         dhcp_server: None,
         boot: None,
+        subnet6: None,
+        dns6: vec![],
     }
 }
 
@@ -57,6 +59,7 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         default_route: None,
         options: None,
         boot: None,
+        ip6: None,
     }
 }
 

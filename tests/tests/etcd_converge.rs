@@ -153,6 +153,7 @@ impl World {
             default_route: None,
             options: None,
             boot: None,
+            ip6: None,
         }
     }
 

@@ -566,6 +566,7 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             default_route: None,
             options: None,
             boot: None,
+            ip6: None,
         });
     }
     // Each agent reconnects within seconds of its probes finding etcd back, at the latest at

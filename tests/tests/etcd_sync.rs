@@ -84,6 +84,7 @@ fn remote_nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         default_route: None,
         options: None,
         boot: None,
+        ip6: None,
     }
 }
 

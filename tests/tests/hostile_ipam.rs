@@ -428,6 +428,7 @@ fn oversized_values_in_etcd_are_rejected_alone_and_the_rest_syncs() {
         default_route: None,
         options: None,
         boot: None,
+        ip6: None,
     });
     let ok = wait_for(Duration::from_secs(10), || {
         (in_fdb(&agent, late) && rejected_now(&agent, "entry_too_large") == 14.0).then_some(())

@@ -57,6 +57,8 @@ fn net(id: &str, vni: u32) -> Network {
         options: Default::default(),
         dhcp_server: None,
         boot: None,
+        subnet6: None,
+        dns6: vec![],
     }
 }
 

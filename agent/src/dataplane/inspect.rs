@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, DataplaneConfig, DhcpEvent, FdbEntry, FdbKey, VniInfo,
-    stats::STATS_COUNT,
+    ArpEntry, ArpKey, Binding, Binding6, BindingKey, DataplaneConfig, DhcpEvent, FdbEntry, FdbKey,
+    Neigh6Entry, Neigh6Key, Ra6, VniInfo, stats::STATS_COUNT,
 };
 use aya::{
     Pod,
@@ -14,7 +14,8 @@ use aya::{
 };
 
 use super::{
-    MAP_ARP, MAP_BINDINGS, MAP_CONFIG, MAP_FDB, MAP_STATS, MAP_VNIS, MAP_VTEPS,
+    MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_CONFIG, MAP_FDB, MAP_NEIGH6, MAP_STATS, MAP_VNIS,
+    MAP_VNIS6, MAP_VTEPS,
     error::DataplaneError,
     pins::{Pins, check_layout},
 };
@@ -38,6 +39,30 @@ pub fn pinned_fdb(bpffs_dir: &Path) -> Result<HashMap<MapData, FdbKey, FdbEntry>
 pub fn read_bindings(bpffs_dir: &Path) -> Result<Vec<(BindingKey, Binding)>, DataplaneError> {
     let map = open_pinned::<BindingKey, Binding>(bpffs_dir, MAP_BINDINGS)?;
     Ok(map.iter().filter_map(Result::ok).collect())
+}
+
+/// The IPv6 state the data plane holds: addresses, neighbour answers, router advertisements.
+#[derive(Debug, Default)]
+pub struct Ipv6State {
+    pub bindings6: Vec<(BindingKey, Binding6)>,
+    pub neigh6: Vec<(Neigh6Key, Neigh6Entry)>,
+    pub ra6: Vec<(u32, Ra6)>,
+}
+
+/// Reads the IPv6 state the data plane holds, from the pinned maps, each sorted by key.
+pub fn read_ipv6(bpffs_dir: &Path) -> Result<Ipv6State, DataplaneError> {
+    let bindings6 = open_pinned::<BindingKey, Binding6>(bpffs_dir, MAP_BINDINGS6)?;
+    let neigh6 = open_pinned::<Neigh6Key, Neigh6Entry>(bpffs_dir, MAP_NEIGH6)?;
+    let ra6 = open_pinned::<u32, Ra6>(bpffs_dir, MAP_VNIS6)?;
+    let mut s = Ipv6State {
+        bindings6: bindings6.iter().filter_map(Result::ok).collect(),
+        neigh6: neigh6.iter().filter_map(Result::ok).collect(),
+        ra6: ra6.iter().filter_map(Result::ok).collect(),
+    };
+    s.bindings6.sort_by_key(|(k, _)| *k);
+    s.neigh6.sort_by_key(|(k, _)| *k);
+    s.ra6.sort_by_key(|(k, _)| *k);
+    Ok(s)
 }
 
 /// The forwarding state the data plane holds, read from the pinned maps.

@@ -32,8 +32,8 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
-    FdbEntry, FdbKey, RateLimits, VniInfo,
+    ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
+    DeclineHold, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, RateLimits, VniInfo,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -46,7 +46,10 @@ use tracing::{info, warn};
 pub use self::{
     attach::Hook,
     error::{BpffsError, DataplaneError, DirProblem, NetlinkError, ReconcileError, WriteError},
-    inspect::{StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_vpc},
+    inspect::{
+        Ipv6State, StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_ipv6,
+        read_vpc,
+    },
     pins::{ensure_bpffs, private_dir_problem},
     veth::{PASS_OBJECT, attach_veth_peer},
 };
@@ -83,6 +86,9 @@ const MAP_VNIS: &str = "VNIS";
 const MAP_CONFIG: &str = "CONFIG";
 const MAP_BOOT: &str = "BOOT";
 const MAP_DECLINED: &str = "DECLINED";
+const MAP_BINDINGS6: &str = "BINDINGS6";
+const MAP_NEIGH6: &str = "NEIGH6";
+const MAP_VNIS6: &str = "VNIS6";
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,6 +107,13 @@ pub struct Desired {
     pub arp: OrdMap<ArpKey, ArpEntry>,
     pub vteps: OrdMap<u32, u32>,
     pub vnis: OrdMap<u32, VniInfo>,
+    /// The `ip6` of every VM-port NIC on this node that has one, by its binding's key.
+    pub bindings6: OrdMap<BindingKey, Binding6>,
+    /// IPv6 neighbour answers of the networks with `subnet6` and NICs here: every NIC's `ip6`
+    /// (local or remote) and the router's link-local address (`router: 1`).
+    pub neigh6: OrdMap<Neigh6Key, Neigh6Entry>,
+    /// The router advertisement of each of those networks, by VNI.
+    pub ra6: OrdMap<u32, Ra6>,
     pub config: DataplaneConfig,
     /// Remove links and entries that are not desired. Only after a complete, validated load.
     pub prune: bool,
@@ -115,6 +128,8 @@ pub struct Report {
     pub deleted: usize,
     pub bindings: usize,
     pub fdb: usize,
+    /// IPv6 addresses held (`BINDINGS6`).
+    pub bindings6: usize,
     pub interfaces: usize,
     /// Map directories of other layouts removed (every hook runs this build's programs).
     pub retired: Vec<String>,
@@ -149,6 +164,9 @@ pub struct Dataplane {
     arp: Synced<ArpKey, ArpEntry>,
     vteps: Synced<u32, u32>,
     vnis: Synced<u32, VniInfo>,
+    bindings6: Synced<BindingKey, Binding6>,
+    neigh6: Synced<Neigh6Key, Neigh6Entry>,
+    ra6: Synced<u32, Ra6>,
     config: Array<MapData, DataplaneConfig>,
     held_config: Option<DataplaneConfig>,
     /// Hooks whose pinned link carries this build's program.
@@ -211,6 +229,9 @@ impl Dataplane {
         let arp = Synced::open(&mut ebpf, MAP_ARP)?;
         let vteps = Synced::open(&mut ebpf, MAP_VTEPS)?;
         let vnis = Synced::open(&mut ebpf, MAP_VNIS)?;
+        let bindings6 = Synced::open(&mut ebpf, MAP_BINDINGS6)?;
+        let neigh6 = Synced::open(&mut ebpf, MAP_NEIGH6)?;
+        let ra6 = Synced::open(&mut ebpf, MAP_VNIS6)?;
         let config = ebpf
             .take_map(MAP_CONFIG)
             .ok_or(DataplaneError::Missing(MAP_CONFIG))?;
@@ -232,6 +253,9 @@ impl Dataplane {
             arp,
             vteps,
             vnis,
+            bindings6,
+            neigh6,
+            ra6,
             config,
             held_config,
             current: BTreeSet::new(),
@@ -289,9 +313,13 @@ impl Dataplane {
         let arp = self.arp.plan(&desired.arp, prune);
         let boot = self.boot.plan(&desired.boot, prune);
         let bindings = self.bindings.plan(&desired.bindings, prune);
+        let ra6 = self.ra6.plan(&desired.ra6, prune);
+        let neigh6 = self.neigh6.plan(&desired.neigh6, prune);
+        let bindings6 = self.bindings6.plan(&desired.bindings6, prune);
         // Referenced entries before the entries that refer to them: a NIC's forwarding entry
         // before the ARP answer that sends traffic to it, both before its binding; its boot
-        // answers before its binding too.
+        // answers before its binding too. IPv6 the same way: a network's advertisement and
+        // its neighbour answers before the addresses NICs are held to.
         let written = [
             self.vnis.write(&vnis.upserts, &mut report),
             self.vteps.write(&vteps.upserts, &mut report),
@@ -299,6 +327,9 @@ impl Dataplane {
             self.arp.write(&arp.upserts, &mut report),
             self.boot.write(&boot.upserts, &mut report),
             self.bindings.write(&bindings.upserts, &mut report),
+            self.ra6.write(&ra6.upserts, &mut report),
+            self.neigh6.write(&neigh6.upserts, &mut report),
+            self.bindings6.write(&bindings6.upserts, &mut report),
         ];
         let mut ok = written
             == [
@@ -308,6 +339,9 @@ impl Dataplane {
                 arp.upserts.len(),
                 boot.upserts.len(),
                 bindings.upserts.len(),
+                ra6.upserts.len(),
+                neigh6.upserts.len(),
+                bindings6.upserts.len(),
             ];
         if self.held_config != Some(desired.config) {
             match self.config.set(0, desired.config, 0) {
@@ -327,6 +361,9 @@ impl Dataplane {
 
         if prune {
             // Removals in the reverse order: nothing is left referring to what goes.
+            ok &= self.bindings6.remove(&bindings6.removals, &mut report);
+            ok &= self.neigh6.remove(&neigh6.removals, &mut report);
+            ok &= self.ra6.remove(&ra6.removals, &mut report);
             ok &= self.bindings.remove(&bindings.removals, &mut report);
             ok &= self.boot.remove(&boot.removals, &mut report);
             ok &= self.arp.remove(&arp.removals, &mut report);
@@ -342,6 +379,9 @@ impl Dataplane {
                 self.arp.converged(&desired.arp);
                 self.vteps.converged(&desired.vteps);
                 self.vnis.converged(&desired.vnis);
+                self.bindings6.converged(&desired.bindings6);
+                self.neigh6.converged(&desired.neigh6);
+                self.ra6.converged(&desired.ra6);
             }
             self.detach_unwanted(&wanted, &mut report);
         }
@@ -353,12 +393,16 @@ impl Dataplane {
             self.arp.record(&arp.upserts[..written[3]]);
             self.boot.record(&boot.upserts[..written[4]]);
             self.bindings.record(&bindings.upserts[..written[5]]);
+            self.ra6.record(&ra6.upserts[..written[6]]);
+            self.neigh6.record(&neigh6.upserts[..written[7]]);
+            self.bindings6.record(&bindings6.upserts[..written[8]]);
         }
         if prune && report.errors.is_empty() {
             self.retire_other_layouts(&mut report);
         }
         report.bindings = self.bindings.held.len();
         report.fdb = self.fdb.held.len();
+        report.bindings6 = self.bindings6.held.len();
         // A port switching hooks carries both programs for a moment: counted once.
         report.interfaces = self
             .pins

@@ -19,15 +19,15 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding, BindingKey, BootEntry, BootKey, DataplaneConfig, DeclineHold,
-    FdbEntry, FdbKey, VniInfo,
+    ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
+    DeclineHold, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, VniInfo,
 };
 use aya::maps::MapInfo;
 use tracing::info;
 
 use super::{
-    Hook, MAP_ARP, MAP_BINDINGS, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_FDB, MAP_STATS, MAP_VNIS,
-    MAP_VTEPS,
+    Hook, MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_FDB,
+    MAP_NEIGH6, MAP_STATS, MAP_VNIS, MAP_VNIS6, MAP_VTEPS,
     error::{BpffsError, DataplaneError, DirProblem},
 };
 
@@ -249,6 +249,13 @@ const LAYOUTS: &[(&str, usize, usize)] = &[
         size_of::<BindingKey>(),
         size_of::<DeclineHold>(),
     ),
+    (
+        MAP_BINDINGS6,
+        size_of::<BindingKey>(),
+        size_of::<Binding6>(),
+    ),
+    (MAP_NEIGH6, size_of::<Neigh6Key>(), size_of::<Neigh6Entry>()),
+    (MAP_VNIS6, 4, size_of::<Ra6>()),
 ];
 
 /// Checks the maps pinned in `maps_dir` against this build's key and value sizes: a map adopted

@@ -2,7 +2,9 @@
 //! within its network. The rules between entries (duplicates, references) are
 //! [`validate`](super::validate())'s.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::Ipv6Net;
 
 use super::{
     Boot, Limits, Network, Nic, Node,
@@ -12,6 +14,11 @@ use super::{
 use crate::ports::VmPorts;
 
 const MTU_MIN: u16 = 576;
+/// RFC 8200 §5: every link carrying IPv6 has an MTU of 1280 or more.
+const MTU_MIN_IPV6: u16 = 1280;
+/// The prefix length of a network's `subnet6`: addresses are managed per /64, the length an
+/// interface identifier assumes (RFC 4291 §2.5.1), and every network is one link.
+const SUBNET6_LEN: u8 = 64;
 const MTU_MAX: u16 = 9000;
 const VNI_MAX: u32 = (1 << 24) - 1;
 /// Bytes VXLAN adds on the underlay (outer Ethernet excluded from the IP MTU: 20 + 8 + 8 + 14).
@@ -136,6 +143,7 @@ pub(super) fn check_network(
             ),
         ));
     }
+    check_ipv6(n)?;
     if n.lease_time < LEASE_TIME_MIN {
         return Err(reject(
             Reason::InvalidLeaseTime,
@@ -161,6 +169,118 @@ pub(super) fn check_network(
     }
     check_routes(n, owners)?;
     n.options.check("network")
+}
+
+/// The IPv6 fields of `n`: a `subnet6` that is a /64 of global unicast or unique-local space,
+/// a link MTU IPv6 can use, resolvers a VM can send to.
+fn check_ipv6(n: &Network) -> Result<(), Reject> {
+    if let Some(p) = n.subnet6 {
+        if p.prefix_len() != SUBNET6_LEN {
+            return Err(reject(
+                Reason::Subnet6NotSlash64,
+                format!(
+                    "subnet6 {p} is a /{}: a network's IPv6 prefix is a /{SUBNET6_LEN}",
+                    p.prefix_len()
+                ),
+            ));
+        }
+        if p != p.trunc() {
+            return Err(reject(
+                Reason::InvalidField,
+                format!(
+                    "subnet6 {p} has host bits set (did you mean {}?)",
+                    p.trunc()
+                ),
+            ));
+        }
+        if let Some(why) = subnet6_unfit(p) {
+            return Err(reject(
+                Reason::Subnet6Scope,
+                format!(
+                    "subnet6 {p} is {why}: a network's prefix is global unicast (2000::/3) \
+                     or unique-local (fc00::/7)"
+                ),
+            ));
+        }
+        if n.effective_mtu() < MTU_MIN_IPV6 {
+            return Err(reject(
+                Reason::MtuBelowIpv6Minimum,
+                format!(
+                    "mtu {} is under {MTU_MIN_IPV6}, the least a link carrying IPv6 has (RFC \
+                     8200 §5): lower subnet6 or raise the mtu",
+                    n.effective_mtu()
+                ),
+            ));
+        }
+    }
+    for a in &n.dns6 {
+        if let Some(why) = dns6_unfit(*a) {
+            return Err(reject(
+                Reason::Dns6NotUnicast,
+                format!("dns6 {a} is {why}, not a unicast address a VM can query"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why prefix `p` (a /64) cannot be a network's: only global unicast and unique-local space
+/// holds addresses a VM can be given (RFC 4291 §2.4, RFC 4193).
+fn subnet6_unfit(p: Ipv6Net) -> Option<&'static str> {
+    let a = p.network();
+    let first = a.segments()[0];
+    Some(if a.is_unspecified() {
+        // ::/64 holds ::, ::1 and the IPv4-mapped ::ffff:0:0/96 (RFC 4291 §2.5.2, §2.5.3,
+        // §2.5.5.2).
+        "::/64, the unspecified, loopback and IPv4-mapped addresses"
+    } else if a.is_multicast() {
+        "multicast (ff00::/8)"
+    } else if a.is_unicast_link_local() {
+        "link-local (fe80::/10): the router's own address is there"
+    } else if first & 0xffc0 == 0xfec0 {
+        // RFC 3879 deprecated site-local addresses.
+        "site-local (fec0::/10, deprecated)"
+    } else if first & 0xe000 == 0x2000 || first & 0xfe00 == 0xfc00 {
+        return None;
+    } else {
+        "outside global unicast and unique-local space"
+    })
+}
+
+/// Why `a` cannot be a resolver's address.
+fn dns6_unfit(a: Ipv6Addr) -> Option<&'static str> {
+    Some(if a.is_unspecified() {
+        "the unspecified address"
+    } else if a.is_loopback() {
+        // A VM's own loopback: not the resolver IPAM means.
+        "the loopback address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.to_ipv4_mapped().is_some() {
+        // RFC 4291 §2.5.5.2: for a host's own use; never on the wire.
+        "an IPv4-mapped address"
+    } else {
+        return None;
+    })
+}
+
+/// Why `ip` cannot be a NIC's address in its /64: the interface identifiers a /64 reserves
+/// (RFC 5453 §3).
+fn ip6_reserved(ip: Ipv6Addr) -> Option<&'static str> {
+    // The interface identifier: the low 64 bits.
+    let iid = (u128::from(ip) & u128::from(u64::MAX)) as u64;
+    Some(if iid == 0 {
+        // RFC 4291 §2.6.1: the subnet-router anycast address.
+        "the subnet-router anycast address (interface identifier 0)"
+    } else if iid >= 0xfdff_ffff_ffff_ff80 {
+        // RFC 2526 §2: the top 128 identifiers of a /64 with EUI-64 identifiers.
+        "a reserved subnet anycast address (RFC 2526)"
+    } else if (0x0200_5eff_fe00_0000..=0x0200_5eff_feff_ffff).contains(&iid) {
+        // RFC 5453 §3: reserved by IANA (proxy mobile IPv6 among them).
+        "in the reserved interface identifiers 0200:5eff:fe00:0-0200:5eff:feff:ffff (RFC 5453)"
+    } else {
+        return None;
+    })
 }
 
 /// The routes of `n`, which a client installs as they are (RFC 3442), so each must lead where
@@ -365,6 +485,9 @@ pub(super) fn check_nic(
             format!("ip {} is the DHCP server address of {}", nic.ip, net.id),
         ));
     }
+    if let Some(ip6) = nic.ip6 {
+        check_ip6(ip6, net)?;
+    }
     if let Some(boot) = &nic.boot {
         check_boot(boot)?;
     }
@@ -401,6 +524,29 @@ pub(super) fn check_nic(
         Some(o) => o.check("NIC"),
         None => Ok(()),
     }
+}
+
+/// A NIC's `ip6` within its network `net`.
+fn check_ip6(ip6: Ipv6Addr, net: &Network) -> Result<(), Reject> {
+    let Some(p) = net.subnet6 else {
+        return Err(reject(
+            Reason::Ip6WithoutSubnet6,
+            format!("ip6 {ip6} is set but network {} has no subnet6", net.id),
+        ));
+    };
+    if !p.contains(&ip6) {
+        return Err(reject(
+            Reason::OutsideSubnet,
+            format!("ip6 {ip6} is outside subnet6 {p} of network {}", net.id),
+        ));
+    }
+    if let Some(why) = ip6_reserved(ip6) {
+        return Err(reject(
+            Reason::ReservedAddress,
+            format!("ip6 {ip6} is {why} of {}", net.id),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -613,5 +759,154 @@ mod tests {
         for bad in ["", "a/b", "a:b", "a b", &"t".repeat(16)] {
             assert!(!valid_interface_name(bad), "{bad}");
         }
+    }
+
+    fn v6(extra: serde_json::Value) -> Network {
+        let mut base = serde_json::json!({"subnet6": "fd00:10:10::/64"});
+        for (k, x) in extra.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        net(base)
+    }
+
+    fn network_reason(n: &Network) -> Option<Reject> {
+        check_network(n, &Limits::default(), &NicOwners::new(&[])).err()
+    }
+
+    #[test]
+    fn a_subnet6_is_a_slash_64_of_global_or_unique_local_space() {
+        for good in ["fd00:10:10::/64", "2001:db8:1:2::/64", "2a01:4f8:0:1::/64"] {
+            assert!(
+                network_reason(&v6(serde_json::json!({"subnet6": good}))).is_none(),
+                "{good}"
+            );
+        }
+        for (bad, reason, words) in [
+            ("fd00:10:10::/48", Reason::Subnet6NotSlash64, "is a /48"),
+            ("fd00:10:10::/80", Reason::Subnet6NotSlash64, "is a /80"),
+            ("fd00:10:10::1/64", Reason::InvalidField, "host bits"),
+            ("fe80::/64", Reason::Subnet6Scope, "link-local"),
+            ("ff02::/64", Reason::Subnet6Scope, "multicast"),
+            ("::/64", Reason::Subnet6Scope, "loopback"),
+            ("fec0::/64", Reason::Subnet6Scope, "site-local"),
+            ("100::/64", Reason::Subnet6Scope, "outside global unicast"),
+            ("4000::/64", Reason::Subnet6Scope, "outside global unicast"),
+        ] {
+            let r = network_reason(&v6(serde_json::json!({"subnet6": bad})))
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, reason, "{bad}");
+            assert!(
+                r.detail.contains(bad) && r.detail.contains(words),
+                "{}",
+                r.detail
+            );
+        }
+        // Without subnet6 the network is IPv4-only, as before.
+        assert!(network_reason(&net(serde_json::json!({}))).is_none());
+    }
+
+    #[test]
+    fn a_network_with_ipv6_carries_ipv6_minimum_mtu() {
+        let r = network_reason(&v6(serde_json::json!({"mtu": 1279}))).unwrap();
+        assert_eq!(r.reason, Reason::MtuBelowIpv6Minimum);
+        assert!(
+            r.detail.contains("mtu 1279") && r.detail.contains("1280"),
+            "{}",
+            r.detail
+        );
+        assert!(network_reason(&v6(serde_json::json!({"mtu": 1280}))).is_none());
+        // IPv4 alone may go lower.
+        assert!(network_reason(&net(serde_json::json!({"mtu": 1000}))).is_none());
+    }
+
+    #[test]
+    fn dns6_are_unicast_addresses() {
+        let good = serde_json::json!({"dns6": ["fd00:10:10::53", "2001:4860:4860::8888",
+                                               "fe80::53"]});
+        assert!(network_reason(&v6(good)).is_none());
+        for (bad, words) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("::ffff:10.0.0.53", "IPv4-mapped"),
+        ] {
+            let r = network_reason(&v6(serde_json::json!({"dns6": ["fd00::53", bad]})))
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, Reason::Dns6NotUnicast, "{bad}");
+            assert!(r.detail.contains(words), "{}", r.detail);
+        }
+    }
+
+    fn nic6(ip6: &str) -> Nic {
+        let mut n = nic("10.10.0.11", None);
+        n.ip6 = Some(ip6.parse().unwrap());
+        n
+    }
+
+    #[test]
+    fn an_ip6_is_a_host_address_of_its_networks_subnet6() {
+        let ports = VmPorts::default();
+        let n = v6(serde_json::json!({}));
+        for good in [
+            "fd00:10:10::11",
+            "fd00:10:10:0:fdff:ffff:ffff:ff7f",
+            "fd00:10:10::1",
+        ] {
+            assert_eq!(
+                reason(check_nic(&nic6(good), &n, "hv-1", &ports)),
+                None,
+                "{good}"
+            );
+        }
+        for (bad, why, words) in [
+            (
+                "fd00:10:11::11",
+                Reason::OutsideSubnet,
+                "outside subnet6 fd00:10:10::/64",
+            ),
+            ("2001:db8::11", Reason::OutsideSubnet, "outside"),
+            (
+                "fd00:10:10::",
+                Reason::ReservedAddress,
+                "subnet-router anycast",
+            ),
+            (
+                "fd00:10:10:0:fdff:ffff:ffff:ff80",
+                Reason::ReservedAddress,
+                "RFC 2526",
+            ),
+            (
+                "fd00:10:10:0:fdff:ffff:ffff:fffe",
+                Reason::ReservedAddress,
+                "RFC 2526",
+            ),
+            (
+                "fd00:10:10:0:200:5eff:fe00:5213",
+                Reason::ReservedAddress,
+                "RFC 5453",
+            ),
+        ] {
+            let r = check_nic(&nic6(bad), &n, "hv-1", &ports)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(r.reason, why, "{bad}");
+            assert!(r.detail.contains(words), "{}", r.detail);
+        }
+        // On an IPv4-only network an ip6 has nowhere to be.
+        let r = check_nic(
+            &nic6("fd00:10:10::11"),
+            &net(serde_json::json!({})),
+            "hv-1",
+            &ports,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(r.reason, Reason::Ip6WithoutSubnet6);
+        assert!(r.detail.contains("has no subnet6"), "{}", r.detail);
+        // A NIC without ip6 on an IPv6 network is IPv4-only, which is fine.
+        assert_eq!(
+            reason(check_nic(&nic("10.10.0.11", None), &n, "hv-1", &ports)),
+            None
+        );
     }
 }

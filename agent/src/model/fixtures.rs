@@ -38,6 +38,16 @@ pub(super) fn base() -> serde_json::Value {
     })
 }
 
+/// `base()` with IPv6 on blue: a prefix, a resolver, an `ip6` on each of its NICs.
+pub(super) fn dual() -> serde_json::Value {
+    let mut d = base();
+    d["networks"][0]["subnet6"] = json!("fd00:10:10::/64");
+    d["networks"][0]["dns6"] = json!(["fd00:10:10::53"]);
+    d["nics"][0]["ip6"] = json!("fd00:10:10::11");
+    d["nics"][2]["ip6"] = json!("fd00:10:10::12");
+    d
+}
+
 /// The rejections as (entry, reason).
 pub(super) fn reasons(v: &Validated) -> Vec<(String, Reason)> {
     v.rejections

@@ -1,6 +1,6 @@
 //! A NIC's Ethernet address: its text form (`02:00:0a:00:00:ff`), parsed and printed.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, net::Ipv6Addr, str::FromStr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -11,6 +11,33 @@ pub struct MacAddr(pub [u8; 6]);
 impl MacAddr {
     pub fn is_unicast(&self) -> bool {
         self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+
+    /// The link-local address whose interface identifier is this MAC's modified EUI-64
+    /// (RFC 4291 §2.5.1 and appendix A: `ff:fe` inserted in the middle, the universal/local
+    /// bit inverted), in `fe80::/64` (RFC 4862 §5.3). The router's address on every network:
+    /// derived from `router_mac`, it is the same on every host, so a VM's default route holds
+    /// wherever the VM runs.
+    pub fn eui64_link_local(&self) -> Ipv6Addr {
+        let m = self.0;
+        Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            m[0] ^ 0x02,
+            m[1],
+            m[2],
+            0xff,
+            0xfe,
+            m[3],
+            m[4],
+            m[5],
+        ])
     }
 }
 
@@ -127,5 +154,22 @@ mod tests {
         assert!(MacAddr([2, 0, 0, 0, 0, 1]).is_unicast());
         assert!(!MacAddr([1, 0, 0, 0, 0, 1]).is_unicast());
         assert!(!MacAddr([0; 6]).is_unicast());
+    }
+
+    #[test]
+    fn the_eui64_link_local_address_flips_the_universal_local_bit_and_inserts_fffe() {
+        // RFC 4291 appendix A's example: 34-56-78-9A-BC-DE -> 3656:78ff:fe9a:bcde.
+        let m: MacAddr = "34:56:78:9a:bc:de".parse().unwrap();
+        assert_eq!(
+            m.eui64_link_local(),
+            "fe80::3656:78ff:fe9a:bcde".parse::<Ipv6Addr>().unwrap()
+        );
+        // holdfast's default router MAC is locally administered: the bit goes to 0.
+        let m: MacAddr = "02:68:66:00:00:01".parse().unwrap();
+        assert_eq!(
+            m.eui64_link_local(),
+            "fe80::68:66ff:fe00:1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert!(m.eui64_link_local().is_unicast_link_local());
     }
 }

@@ -39,10 +39,16 @@ pub enum Reason {
     DefaultRouteNotGateway,
     InvalidOption,
     OptionCodeReserved,
+    Subnet6NotSlash64,
+    Subnet6Scope,
+    Dns6NotUnicast,
+    MtuBelowIpv6Minimum,
+    Ip6WithoutSubnet6,
+    RaTooLong,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 33] = [
+    pub const ALL: [Reason; 39] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -76,6 +82,12 @@ impl Reason {
         Reason::DefaultRouteNotGateway,
         Reason::InvalidOption,
         Reason::OptionCodeReserved,
+        Reason::Subnet6NotSlash64,
+        Reason::Subnet6Scope,
+        Reason::Dns6NotUnicast,
+        Reason::MtuBelowIpv6Minimum,
+        Reason::Ip6WithoutSubnet6,
+        Reason::RaTooLong,
     ];
 
     pub fn label(self) -> &'static str {
@@ -113,6 +125,12 @@ impl Reason {
             Reason::DefaultRouteNotGateway => "default_route_not_gateway",
             Reason::InvalidOption => "invalid_option",
             Reason::OptionCodeReserved => "option_code_reserved",
+            Reason::Subnet6NotSlash64 => "subnet6_not_64",
+            Reason::Subnet6Scope => "subnet6_scope",
+            Reason::Dns6NotUnicast => "dns6_not_unicast",
+            Reason::MtuBelowIpv6Minimum => "mtu_below_ipv6_minimum",
+            Reason::Ip6WithoutSubnet6 => "ip6_without_subnet6",
+            Reason::RaTooLong => "ra_too_long",
         }
     }
 }
@@ -180,11 +198,10 @@ mod tests {
     fn every_reason_has_its_own_label() {
         let labels: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), Reason::ALL.len());
-        assert!(
-            labels
-                .iter()
-                .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-        );
+        assert!(labels.iter().all(|l| {
+            l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }));
         // A document a source cannot read at all: the agent counts it under this label.
         assert_eq!(Reason::InvalidDocument.label(), "invalid_document");
     }

@@ -212,7 +212,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::fixtures::{NoBudget, base, doc, sub};
+    use crate::model::fixtures::{NoBudget, base, doc, dual, sub};
 
     #[test]
     fn revalidating_changed_networks_matches_a_full_validation() {
@@ -291,5 +291,76 @@ mod tests {
             part.validated.rejections
         );
         assert_eq!(part.validated.model, prev);
+    }
+
+    /// IPv6 changes confined to blue: a partial revalidation of blue reaches the verdicts of
+    /// the whole document.
+    #[test]
+    fn revalidating_ipv6_changes_matches_a_full_validation() {
+        let limits = Limits::default();
+        let prev = validate(&doc(dual()), None, "hv-1", &limits, &NoBudget).model;
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = prev.nics_by_network().remove("blue").unwrap_or_default();
+        fn extra(last: u8, ip6: &str) -> serde_json::Value {
+            json!({"mac": format!("02:00:00:00:01:{last:02x}"), "network": "blue",
+                   "ip": format!("10.10.0.{last}"), "ip6": ip6, "node": "hv-2"})
+        }
+        let changes: [fn(&mut serde_json::Value); 5] = [
+            // A NIC's ip6 moves, one goes, hostile ones come.
+            |d| {
+                d["nics"][0]["ip6"] = json!("fd00:10:10::51");
+                d["nics"][2].as_object_mut().unwrap().remove("ip6");
+                let nics = d["nics"].as_array_mut().unwrap();
+                nics.push(extra(31, "fd00:10:10::51"));
+                nics.push(extra(32, "fd00:10:10::"));
+                nics.push(extra(33, "fd00:20::33"));
+                nics.push(extra(34, "fd00:10:10::34"));
+            },
+            // The prefix moves: the NICs still in the old one are rejected.
+            |d| {
+                d["networks"][0]["subnet6"] = json!("fd00:99::/64");
+            },
+            // A bad prefix: blue keeps its last good version.
+            |d| {
+                d["networks"][0]["subnet6"] = json!("fd00::/48");
+            },
+            // IPv6 goes from blue: its NICs' ip6 have nowhere to be.
+            |d| {
+                d["networks"][0].as_object_mut().unwrap().remove("subnet6");
+            },
+            // The MTU under IPv6's minimum.
+            |d| {
+                d["networks"][0]["mtu"] = json!(1000);
+            },
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut d = dual();
+            change(&mut d);
+            let full = validate(&doc(d.clone()), Some(&prev), "hv-1", &limits, &NoBudget);
+            let part = revalidate(
+                &sub(&d, &["blue"]),
+                &networks,
+                &old,
+                &prev,
+                "hv-1",
+                &limits,
+                &NoBudget,
+            );
+            assert_eq!(part.validated.model, full.model, "change {i}");
+            let verdicts = |rs: &[Rejection]| {
+                let mut v: Vec<(Option<String>, Reason, bool)> = rs
+                    .iter()
+                    .map(|r| (r.key.clone(), r.reason, r.kept_last_good))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                verdicts(&part.validated.rejections),
+                verdicts(&full.rejections),
+                "change {i}"
+            );
+            assert!(!full.rejections.is_empty(), "change {i} is judged");
+        }
     }
 }

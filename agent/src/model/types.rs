@@ -3,12 +3,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use imbl::OrdMap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -57,6 +57,14 @@ pub struct Network {
     /// Network boot for the network's NICs (a NIC's own fields win).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Boot>,
+    /// The network's IPv6 prefix (a /64, global unicast or unique-local): announced in router
+    /// advertisements, its addresses (`ip6`) managed by DHCPv6. Without it the network is
+    /// IPv4-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    /// IPv6 resolvers, announced in router advertisements (RDNSS, RFC 8106) and DHCPv6.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns6: Vec<Ipv6Addr>,
 }
 
 fn default_lease_time() -> u32 {
@@ -142,9 +150,9 @@ impl FieldKinds for Network {
     fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         use PathStep::{Field, Index};
         match path {
-            [Field("subnet" | "gateway" | "dhcp_server")]
+            [Field("subnet" | "gateway" | "dhcp_server" | "subnet6")]
             | [Field("boot"), Field("next_server")]
-            | [Field("dns" | "ntp"), Index]
+            | [Field("dns" | "ntp" | "dns6"), Index]
             | [Field("routes"), Index, Field("to" | "via")]
             | [Field("options"), Field("netbios_name_servers"), Index] => Some(FieldKind::Address),
             _ => None,
@@ -195,6 +203,10 @@ pub struct Nic {
     /// Network boot fields of this NIC, over its network's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<Box<Boot>>,
+    /// The NIC's IPv6 address, inside its network's `subnet6`: the only global source address
+    /// it may send from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl Nic {
@@ -208,7 +220,7 @@ impl FieldKinds for Nic {
     fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         match path {
             [PathStep::Field("mac")] => Some(FieldKind::Mac),
-            [PathStep::Field("ip")]
+            [PathStep::Field("ip" | "ip6")]
             | [PathStep::Field("boot"), PathStep::Field("next_server")]
             | [
                 PathStep::Field("options"),
@@ -289,5 +301,38 @@ impl Model {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4-only entry written back has the keys it was read with: an old document (and
+    /// what `holdfast ipam export` writes of it) is unchanged by IPv6.
+    #[test]
+    fn ipv6_fields_round_trip_and_old_entries_are_unchanged() {
+        let old_net = serde_json::json!({"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                                         "gateway": "10.10.0.1", "dns": [], "search": [],
+                                         "routes": [], "ntp": [], "lease_time": 3600});
+        let n: Network = serde_json::from_value(old_net.clone()).unwrap();
+        assert_eq!((n.subnet6, n.dns6.len()), (None, 0));
+        assert_eq!(serde_json::to_value(&n).unwrap(), old_net);
+        let old_nic = serde_json::json!({"mac": "02:00:00:00:00:01", "network": "blue",
+                                         "ip": "10.10.0.11", "node": "hv-1"});
+        let c: Nic = serde_json::from_value(old_nic.clone()).unwrap();
+        assert_eq!(c.ip6, None);
+        assert_eq!(serde_json::to_value(&c).unwrap(), old_nic);
+
+        let mut dual_net = old_net;
+        dual_net["subnet6"] = serde_json::json!("fd00:10:10::/64");
+        dual_net["dns6"] = serde_json::json!(["fd00:10:10::53", "2001:db8::53"]);
+        let n: Network = serde_json::from_value(dual_net.clone()).unwrap();
+        assert_eq!(n.subnet6, Some("fd00:10:10::/64".parse().unwrap()));
+        assert_eq!(serde_json::to_value(&n).unwrap(), dual_net);
+        let mut dual_nic = old_nic;
+        dual_nic["ip6"] = serde_json::json!("fd00:10:10::11");
+        let c: Nic = serde_json::from_value(dual_nic.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), dual_nic);
     }
 }

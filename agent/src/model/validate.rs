@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
     hash::Hash,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
@@ -36,6 +36,13 @@ pub trait OptionsBudget {
 
     /// `Err` when the network's and NIC's options do not fit in a reply.
     fn check(&self, network: &Network, nic: &Nic) -> Result<(), Self::Error>;
+
+    /// `Err` when the network's router advertisement (its `dns6` and `search` list) does not
+    /// fit what the data plane holds; the network is rejected (`ra_too_long`).
+    fn check_ra(&self, network: &Network) -> Result<(), Self::Error> {
+        let _ = network;
+        Ok(())
+    }
 }
 
 /// Validates `doc` for node `this_node`. `prev` is the model serving now: rejected entries keep
@@ -51,14 +58,27 @@ pub fn validate<B: OptionsBudget>(
     let prev = prev.unwrap_or(&empty);
     let mut rejections = Vec::new();
     let owners = NicOwners::new(&doc.nics);
+    let ra = |n: &Network| {
+        budget
+            .check_ra(n)
+            .map_err(|e| reject(Reason::RaTooLong, e.to_string()))
+    };
     let networks = accept_keyed(
         &doc.networks,
         &prev.networks,
         limits,
         &owners,
+        &ra,
         &mut rejections,
     );
-    let mut nodes = accept_keyed(&doc.nodes, &prev.nodes, limits, &owners, &mut rejections);
+    let mut nodes = accept_keyed(
+        &doc.nodes,
+        &prev.nodes,
+        limits,
+        &owners,
+        &|_| Ok(()),
+        &mut rejections,
+    );
     capacity::fit_nodes(
         &mut nodes,
         prev,
@@ -295,13 +315,15 @@ impl Keyed for Node {
     }
 }
 
-/// The networks or nodes of a document: each parsed and checked, one per key (the one serving
-/// now, else the first), the last good version of one that fails, one per claim.
+/// The networks or nodes of a document: each parsed and checked (on its own, then by `fits`,
+/// what the data plane must hold of it), one per key (the one serving now, else the first),
+/// the last good version of one that fails, one per claim.
 fn accept_keyed<T: Keyed>(
     raws: &[RawEntry],
     prev: &OrdMap<String, T>,
     limits: &Limits,
     owners: &NicOwners<'_>,
+    fits: &dyn Fn(&T) -> Result<(), Reject>,
     rejections: &mut Vec<Rejection>,
 ) -> OrdMap<String, T> {
     let mut accepted: Accepted<String, T> = Accepted::new();
@@ -317,7 +339,7 @@ fn accept_keyed<T: Keyed>(
             rejections.push(reject(Reason::InvalidField, detail).at(entry, None));
             continue;
         }
-        match parsed.and_then(|v| v.check(limits, owners).map(|()| v)) {
+        match parsed.and_then(|v| v.check(limits, owners).and_then(|()| fits(&v)).map(|()| v)) {
             Ok(v) => {
                 let key = v.key().to_owned();
                 if let Some((lost, _)) = accepted.insert(key.clone(), i, v, prev.get(&key)) {
@@ -457,7 +479,8 @@ fn restore_nics<B: OptionsBudget>(
     nics
 }
 
-/// One address per network: the NIC serving it now keeps it, else the first in the document.
+/// One address per network, of each family: the NIC serving it now keeps it, else the first in
+/// the document. A NIC that loses either address is rejected whole, as it would be with one.
 fn one_nic_per_address(
     mut nics: Vec<(usize, Nic)>,
     raws: &[RawEntry],
@@ -466,17 +489,33 @@ fn one_nic_per_address(
 ) -> Vec<(usize, Nic)> {
     nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
     let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
+    let mut holders6: HashMap<(Arc<str>, Ipv6Addr), MacAddr> = HashMap::new();
     let mut out = Vec::with_capacity(nics.len());
     for (i, nic) in nics {
-        let Some(holder) = holders.get(&(nic.network.clone(), nic.ip)) else {
+        let taken = holders
+            .get(&(nic.network.clone(), nic.ip))
+            .map(|holder| {
+                format!(
+                    "ip {} in network {} is already held by {holder}",
+                    nic.ip, nic.network
+                )
+            })
+            .or_else(|| {
+                let ip6 = nic.ip6?;
+                let holder = holders6.get(&(nic.network.clone(), ip6))?;
+                Some(format!(
+                    "ip6 {ip6} in network {} is already held by {holder}",
+                    nic.network
+                ))
+            });
+        let Some(detail) = taken else {
             holders.insert((nic.network.clone(), nic.ip), nic.mac);
+            if let Some(ip6) = nic.ip6 {
+                holders6.insert((nic.network.clone(), ip6), nic.mac);
+            }
             out.push((i, nic));
             continue;
         };
-        let detail = format!(
-            "ip {} in network {} is already held by {holder}",
-            nic.ip, nic.network
-        );
         rejections.push(
             reject(Reason::DuplicateIp, detail).at(nic_entry(raws, i), Some(nic.mac.to_string())),
         );
@@ -612,7 +651,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::fixtures::{NoBudget, base, doc, reasons};
+    use crate::model::fixtures::{NoBudget, base, doc, dual, reasons};
 
     #[test]
     fn accepts_a_good_document_and_same_ip_on_two_networks() {
@@ -1410,5 +1449,173 @@ mod tests {
         );
         assert!(v.rejections[0].kept_last_good);
         assert_eq!(v.model, serving);
+    }
+
+    #[test]
+    fn a_dual_stack_document_is_accepted_and_old_documents_unchanged() {
+        let v = validate(&doc(dual()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        let blue = &v.model.networks["blue"];
+        assert_eq!(blue.subnet6, Some("fd00:10:10::/64".parse().unwrap()));
+        assert_eq!(blue.dns6, ["fd00:10:10::53".parse::<Ipv6Addr>().unwrap()]);
+        let nic = &v.model.nics[&"02:00:00:00:00:01".parse::<MacAddr>().unwrap()];
+        assert_eq!(nic.ip6, Some("fd00:10:10::11".parse().unwrap()));
+        // red says nothing of IPv6: IPv4-only.
+        assert!(v.model.networks["red"].subnet6.is_none());
+        assert!(
+            v.model.nics[&RED_NIC.parse::<MacAddr>().unwrap()]
+                .ip6
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn hostile_ip6_records_are_rejected_alone() {
+        let good = validate(&doc(dual()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = dual();
+        let nics = d["nics"].as_array_mut().unwrap();
+        let nic = |last: u8, network: &str, ip6: &str| {
+            json!({"mac": format!("02:00:00:00:01:{last:02x}"), "network": network,
+                   "ip": format!("10.10.0.{last}"), "ip6": ip6, "node": "hv-2"})
+        };
+        // Another network's prefix; blue's first NIC's address; the subnet-router anycast
+        // address; an RFC 2526 anycast address; an ip6 on IPv4-only red; not an address.
+        nics.push(nic(31, "blue", "fd00:20:20::31"));
+        nics.push(nic(32, "blue", "fd00:10:10::11"));
+        nics.push(nic(33, "blue", "fd00:10:10::"));
+        nics.push(nic(34, "blue", "fd00:10:10:0:fdff:ffff:ffff:ffff"));
+        nics.push(nic(35, "red", "fd00:10:10::35"));
+        nics.push(nic(36, "blue", "fd00:10:10::zz"));
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("nics[3]".into(), Reason::OutsideSubnet),
+                ("nics[4]".into(), Reason::DuplicateIp),
+                ("nics[5]".into(), Reason::ReservedAddress),
+                ("nics[6]".into(), Reason::ReservedAddress),
+                ("nics[7]".into(), Reason::Ip6WithoutSubnet6),
+                ("nics[8]".into(), Reason::InvalidAddress),
+            ]
+        );
+        let dup = &v.rejections[1];
+        assert!(
+            dup.detail.contains(
+                "ip6 fd00:10:10::11 in network blue is already held by 02:00:00:00:00:01"
+            ),
+            "{}",
+            dup.detail
+        );
+        assert!(v.rejections[5].detail.contains("field `ip6`"));
+        // Nothing else changed: what served serves.
+        assert_eq!(v.model, good);
+    }
+
+    #[test]
+    fn the_serving_nic_keeps_its_ip6_and_the_same_ip6_in_two_networks_is_fine() {
+        let good = validate(&doc(dual()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        let mut d = dual();
+        // A newcomer listed first claims a serving NIC's ip6 (its IPv4 address is free).
+        d["nics"].as_array_mut().unwrap().insert(
+            0,
+            json!({"mac": "02:00:00:00:00:99", "network": "blue", "ip": "10.10.0.99",
+                   "ip6": "fd00:10:10::12", "node": "hv-2"}),
+        );
+        let v = validate(
+            &doc(d.clone()),
+            Some(&good),
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert_eq!(reasons(&v), vec![("nics[0]".into(), Reason::DuplicateIp)]);
+        assert_eq!(v.model, good);
+        // With nothing serving, the first in the document wins.
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(reasons(&v), vec![("nics[3]".into(), Reason::DuplicateIp)]);
+        // red with the same prefix and address: another network, another link.
+        let mut d = dual();
+        d["networks"][1]["subnet6"] = json!("fd00:10:10::/64");
+        d["nics"][1]["ip6"] = json!("fd00:10:10::11");
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_bad_ipv6_network_keeps_its_last_good_version() {
+        let good = validate(&doc(dual()), None, "hv-1", &Limits::default(), &NoBudget).model;
+        for (field, value, reason) in [
+            (
+                "subnet6",
+                json!("fd00:10:10::/56"),
+                Reason::Subnet6NotSlash64,
+            ),
+            ("subnet6", json!("fe80::/64"), Reason::Subnet6Scope),
+            ("subnet6", json!("fd00:10:10::/200"), Reason::InvalidAddress),
+            ("dns6", json!(["ff02::1"]), Reason::Dns6NotUnicast),
+            ("dns6", json!(["x"]), Reason::InvalidAddress),
+            ("mtu", json!(1200), Reason::MtuBelowIpv6Minimum),
+        ] {
+            let mut d = dual();
+            d["networks"][0][field] = value.clone();
+            let v = validate(
+                &doc(d.clone()),
+                Some(&good),
+                "hv-1",
+                &Limits::default(),
+                &NoBudget,
+            );
+            assert_eq!(
+                reasons(&v),
+                vec![("networks[0]".into(), reason)],
+                "{field} {value}"
+            );
+            assert!(v.rejections[0].kept_last_good);
+            assert_eq!(v.model, good, "{field} {value}");
+            // New: blue is rejected, and its NICs with it; red serves.
+            let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![
+                    ("networks[0]".into(), reason),
+                    ("nics[0]".into(), Reason::UnknownNetwork),
+                    ("nics[2]".into(), Reason::UnknownNetwork),
+                ]
+            );
+            assert_eq!(
+                v.model,
+                base_without(&["blue", "02:00:00:00:00:01", HV2_NIC])
+            );
+        }
+    }
+
+    /// A budget whose router advertisements hold `0` resolvers.
+    struct RaRoom(usize);
+
+    impl OptionsBudget for RaRoom {
+        type Error = NoRoom;
+
+        fn check(&self, _: &Network, _: &Nic) -> Result<(), NoRoom> {
+            Ok(())
+        }
+
+        fn check_ra(&self, n: &Network) -> Result<(), NoRoom> {
+            if n.dns6.len() > self.0 {
+                return Err(NoRoom(format!("{} dns6", n.dns6.len())));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_network_whose_advertisement_does_not_fit_is_rejected() {
+        let good = validate(&doc(dual()), None, "hv-1", &Limits::default(), &RaRoom(1)).model;
+        let mut d = dual();
+        d["networks"][0]["dns6"] = json!(["fd00:10:10::53", "fd00:10:10::54"]);
+        let v = validate(&doc(d), Some(&good), "hv-1", &Limits::default(), &RaRoom(1));
+        assert_eq!(reasons(&v), vec![("networks[0]".into(), Reason::RaTooLong)]);
+        assert!(v.rejections[0].detail.contains("2 dns6"));
+        assert!(v.rejections[0].kept_last_good);
+        assert_eq!(v.model, good);
     }
 }

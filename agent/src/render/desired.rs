@@ -7,13 +7,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
-    MAX_BINDINGS, MAX_FDB, MAX_VNIS, MAX_VTEPS, VniInfo, be32,
+    ArpEntry, ArpKey, Binding6, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
+    MAX_BINDINGS, MAX_FDB, MAX_NEIGH6, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, VniInfo, be32,
 };
 
 use super::{
@@ -24,7 +24,7 @@ use crate::{
     anchor,
     dataplane::Desired,
     links::Links,
-    model::{Capacity, MacAddr, Model},
+    model::{Capacity, MacAddr, Model, Nic},
     ports::VmPorts,
 };
 
@@ -36,6 +36,11 @@ pub const CAPACITY: Capacity = Capacity {
     vnis: MAX_VNIS as usize,
     vteps: MAX_VTEPS as usize,
 };
+
+// The IPv6 maps need no capacity of their own: a network's neighbour answers (its NICs' `ip6`
+// and its router) are at most its ARP answers (its NICs and its gateway), BINDINGS6 has
+// BINDINGS' size and VNIS6 VNIS'. A model cut to fit those fits these.
+const _: () = assert!(MAX_NEIGH6 >= MAX_ARP);
 
 /// What the desired state is rendered from.
 #[derive(Clone, Debug)]
@@ -107,6 +112,7 @@ pub fn build(i: &Inputs) -> Desired {
         leases::served(&i.model, &i.node, i.model.nics.values()),
         &by_name,
     );
+    add_bindings6(&mut d, i, i.model.nics.values(), &by_name);
     d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
     for &vni in vpc.vnis.keys() {
         add_vni(&mut d, &vpc, vni, &by_name);
@@ -165,7 +171,16 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         for k in arp {
             d.arp.remove(&k);
         }
+        let neigh6: Vec<Neigh6Key> = d
+            .neigh6
+            .range(Neigh6Key::new(vni, [0; 16])..=Neigh6Key::new(vni, [0xff; 16]))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in neigh6 {
+            d.neigh6.remove(&k);
+        }
         d.vnis.remove(&vni);
+        d.ra6.remove(&vni);
         add_vni(d, &part, vni, &by_name);
     }
     if !t.macs.is_empty() {
@@ -187,8 +202,19 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         for k in stale {
             d.boot.remove(&k);
         }
+        let stale: Vec<BindingKey> = d
+            .bindings6
+            .keys()
+            .filter(|k| t.macs.contains(&MacAddr(k.mac)))
+            .copied()
+            .collect();
+        for k in stale {
+            d.bindings6.remove(&k);
+        }
         let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
         add_bindings(d, leases::served(&i.model, &i.node, nics), &by_name);
+        let nics = t.macs.iter().filter_map(|m| i.model.nics.get(m));
+        add_bindings6(d, i, nics, &by_name);
     }
     d.interfaces = by_name.iter().map(|(n, i)| (*i, (*n).to_owned())).collect();
 }
@@ -224,6 +250,53 @@ fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) 
     {
         let (k, e) = arp_entry(*v, *addr, *mac);
         d.arp.insert(k, e);
+    }
+    if let Some(ra) = vpc.ra6.get(&vni) {
+        d.ra6.insert(vni, *ra);
+    }
+    for ((v, addr), (mac, router)) in vpc
+        .neigh6
+        .range((vni, Ipv6Addr::UNSPECIFIED)..=(vni, Ipv6Addr::from(u128::MAX)))
+    {
+        d.neigh6.insert(
+            Neigh6Key::new(*v, addr.octets()),
+            Neigh6Entry {
+                mac: mac.0,
+                router: u8::from(*router),
+                _pad: 0,
+            },
+        );
+    }
+}
+
+/// Adds the `ip6` of those of `nics` on this node that have one, on a VM port present, in a
+/// network with `subnet6`: the address its port's programs hold the VM to.
+fn add_bindings6<'a>(
+    d: &mut Desired,
+    i: &Inputs,
+    nics: impl Iterator<Item = &'a Nic>,
+    by_name: &BTreeMap<&str, u32>,
+) {
+    for nic in nics.filter(|n| *n.node == *i.node) {
+        let (Some(ip6), Some(interface)) = (nic.ip6, nic.interface.as_deref()) else {
+            continue;
+        };
+        let Some(net) = i.model.networks.get(&*nic.network) else {
+            continue;
+        };
+        if net.subnet6.is_none() {
+            continue;
+        }
+        if let Some(&ifindex) = by_name.get(interface) {
+            d.bindings6.insert(
+                BindingKey::new(ifindex, nic.mac.0),
+                Binding6 {
+                    ip6: ip6.octets(),
+                    vni: net.vni,
+                    _pad: 0,
+                },
+            );
+        }
     }
 }
 
@@ -294,6 +367,8 @@ mod tests {
         vni: u32,
         third: u8,
         mtu: u16,
+        /// With `subnet6` and this many `dns6`.
+        v6: Option<u8>,
     }
 
     #[derive(Clone)]
@@ -302,6 +377,8 @@ mod tests {
         host: u8,
         node: usize,
         tap: u8,
+        /// With an `ip6`, when its network has IPv6.
+        ip6: bool,
     }
 
     /// A document from specs, validated as hv-1 sees it.
@@ -310,11 +387,18 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "id": format!("n{i}"), "vni": n.vni,
                     "subnet": format!("10.{}.0.0/24", n.third),
                     "gateway": format!("10.{}.0.1", n.third), "mtu": n.mtu,
-                })
+                });
+                if let Some(dns) = n.v6 {
+                    v["subnet6"] = serde_json::json!(format!("fd00:{}::/64", n.third));
+                    v["dns6"] = (0..dns)
+                        .map(|k| format!("fd00:{}::53:{k}", n.third))
+                        .collect();
+                }
+                v
             })
             .collect();
         let nodes: Vec<_> = NODES
@@ -325,13 +409,19 @@ mod tests {
         let nics: Vec<_> = nics
             .iter()
             .map(|(id, s)| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "mac": format!("02:00:00:00:00:{id:02x}"),
                     "network": format!("n{}", s.network),
                     "ip": format!("10.{}.0.{}", nets[s.network].third, s.host),
                     "node": NODES[s.node],
                     "interface": format!("tap{}", s.tap),
-                })
+                });
+                if s.ip6 && nets[s.network].v6.is_some() {
+                    // The same host part in IPv6: duplicates come with IPv4's.
+                    v["ip6"] =
+                        serde_json::json!(format!("fd00:{}::{:x}", nets[s.network].third, s.host));
+                }
+                v
             })
             .collect();
         let doc = serde_json::json!({ "networks": networks, "nodes": nodes, "nics": nics });
@@ -395,14 +485,17 @@ mod tests {
             host: rng.u8(10..50),
             node: rng.usize(..NODES.len()),
             tap: tap_in(network, rng),
+            ip6: rng.bool(),
         }
     }
 
     /// Patching the state of a model for the networks a change touched equals rendering the
     /// changed model whole: NICs added, removed, moved between networks, nodes and
-    /// interfaces, and networks changing their MTU, over many seeds.
+    /// interfaces, gaining or losing an `ip6`, and networks changing their MTU or gaining,
+    /// losing or changing IPv6, over many seeds.
     #[test]
     fn patching_the_touched_networks_equals_building_whole() {
+        let mut seen_v6 = false;
         for seed in 1..=200u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut nets: Vec<Net> = (0..NETWORKS)
@@ -410,6 +503,7 @@ mod tests {
                     vni: 1000 + i as u32,
                     third: i as u8,
                     mtu: 1400,
+                    v6: (i % 2 == 0).then_some(1),
                 })
                 .collect();
             let mut nics: BTreeMap<u8, NicSpec> = BTreeMap::new();
@@ -426,7 +520,7 @@ mod tests {
             // A change confined to some networks.
             let mut changed: BTreeSet<usize> = BTreeSet::new();
             for _ in 0..1 + rng.u64(..4) {
-                match rng.u64(..4) {
+                match rng.u64(..6) {
                     0 => {
                         let id = rng.u8(20..50);
                         let spec = random_nic(&mut rng);
@@ -454,14 +548,31 @@ mod tests {
                             s.tap = tap_in(s.network, &mut rng);
                         }
                     }
-                    _ => {
+                    3 => {
                         let n = rng.usize(..NETWORKS);
                         nets[n].mtu = rng.u16(1300..1400);
                         changed.insert(n);
                     }
+                    4 => {
+                        // IPv6 comes, goes, or changes its resolvers (its advertisement).
+                        let n = rng.usize(..NETWORKS);
+                        nets[n].v6 = match rng.u8(..3) {
+                            0 => None,
+                            k => Some(k),
+                        };
+                        changed.insert(n);
+                    }
+                    _ => {
+                        let id = rng.u8(..20);
+                        if let Some(s) = nics.get_mut(&id) {
+                            changed.insert(s.network);
+                            s.ip6 = !s.ip6;
+                        }
+                    }
                 }
             }
             let after = model(&nets, &nics);
+            seen_v6 |= !d.neigh6.is_empty() && !d.bindings6.is_empty() && !d.ra6.is_empty();
             let names: BTreeSet<String> = changed.iter().map(|n| format!("n{n}")).collect();
             let of = |m: &Model| {
                 let mut all = m.nics_by_network();
@@ -480,6 +591,7 @@ mod tests {
                 "seed {seed}: patched state differs from the whole build"
             );
         }
+        assert!(seen_v6, "the IPv6 maps were exercised");
     }
 
     #[test]
@@ -488,6 +600,7 @@ mod tests {
             vni: 1001,
             third: 0,
             mtu: 1450,
+            v6: None,
         }];
         let mut nics = BTreeMap::new();
         for (id, tap) in [(1, 1), (2, 2)] {
@@ -498,6 +611,7 @@ mod tests {
                     host: 10 + id,
                     node: 0,
                     tap,
+                    ip6: false,
                 },
             );
         }
@@ -520,6 +634,7 @@ mod tests {
             vni: 1001,
             third: 0,
             mtu: 1450,
+            v6: None,
         }];
         let mut nics = BTreeMap::new();
         nics.insert(
@@ -529,6 +644,7 @@ mod tests {
                 host: 11,
                 node: 0,
                 tap: 1,
+                ip6: false,
             },
         );
         let mut m = model(&nets, &nics);
@@ -565,5 +681,89 @@ mod tests {
             d.fdb
         );
         assert_eq!(d.underlay, Some((1, "ul0".into())));
+    }
+
+    #[test]
+    fn a_dual_stack_network_renders_its_addresses_neighbours_and_advertisement() {
+        let nets = vec![
+            Net {
+                vni: 1001,
+                third: 0,
+                mtu: 1450,
+                v6: Some(2),
+            },
+            Net {
+                vni: 1002,
+                third: 1,
+                mtu: 1450,
+                v6: None,
+            },
+        ];
+        let spec = |network, host, node, tap, ip6| NicSpec {
+            network,
+            host,
+            node,
+            tap,
+            ip6,
+        };
+        let nics = BTreeMap::from([
+            // Here, on a present tap, with and without ip6; here on an absent tap; remote.
+            (1, spec(0, 11, 0, 1, true)),
+            (2, spec(0, 12, 0, 2, false)),
+            (3, spec(0, 13, 0, 3, true)),
+            (4, spec(0, 14, 1, 4, true)),
+            // An IPv4-only network here.
+            (5, spec(1, 15, 0, 5, true)),
+        ]);
+        let d = build(&inputs(
+            model(&nets, &nics),
+            &links(&BTreeSet::from([1, 2, 5])),
+        ));
+        let ip6 = |h: u8| {
+            format!("fd00:0::{h:x}")
+                .parse::<Ipv6Addr>()
+                .unwrap()
+                .octets()
+        };
+        // BINDINGS6: the local NIC with an ip6 on a present VM port, and no other.
+        assert_eq!(
+            d.bindings6
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>(),
+            [(
+                BindingKey::new(101, [2, 0, 0, 0, 0, 1]),
+                Binding6 {
+                    ip6: ip6(11),
+                    vni: 1001,
+                    _pad: 0
+                }
+            )]
+        );
+        // NEIGH6: every ip6 of the network, local or remote (the NIC on an absent tap too, as
+        // its ARP answer), and the router.
+        let router = ROUTER.eui64_link_local().octets();
+        let n = |mac: [u8; 6], router| Neigh6Entry {
+            mac,
+            router,
+            _pad: 0,
+        };
+        assert_eq!(
+            d.neigh6.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            [
+                (Neigh6Key::new(1001, ip6(11)), n([2, 0, 0, 0, 0, 1], 0)),
+                (Neigh6Key::new(1001, ip6(13)), n([2, 0, 0, 0, 0, 3], 0)),
+                (Neigh6Key::new(1001, ip6(14)), n([2, 0, 0, 0, 0, 4], 0)),
+                (Neigh6Key::new(1001, router), n(ROUTER.0, 1)),
+            ]
+        );
+        // VNIS6: the dual-stack network's advertisement only.
+        assert_eq!(d.ra6.keys().copied().collect::<Vec<_>>(), [1001]);
+        let ra = d.ra6[&1001];
+        assert_eq!(usize::from(ra.len), 12 + 48 + 8 + 32);
+        assert_eq!(
+            ra.csum,
+            agent_common::csum_partial(&ra.body[..usize::from(ra.len)])
+        );
     }
 }

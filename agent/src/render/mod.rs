@@ -8,6 +8,7 @@
 //! - [`options`]: a NIC's DHCP options as the bytes XDP copies into each reply.
 //! - [`boot`]: a NIC's network boot answers, one per client variant.
 //! - [`leases`]: which NICs this host serves DHCP for, each on its interface.
+//! - [`ra6`]: a network's router advertisement as the bytes the programs send.
 //! - [`vpc`]: the forwarding state (FDB, ARP answers, VTEPs) of the networks this host carries.
 //! - [`desired`]: all of it as map entries, built whole or patched for some networks.
 
@@ -15,4 +16,5 @@ pub mod boot;
 pub mod desired;
 pub mod leases;
 pub mod options;
+pub mod ra6;
 pub mod vpc;

@@ -42,6 +42,9 @@ pub enum RenderError {
         largest: u8,
         largest_len: usize,
     },
+    /// A network's router advertisement, not a DHCP reply.
+    #[error(transparent)]
+    Ra(#[from] super::ra6::RaTooLong),
 }
 
 struct Writer {
@@ -270,6 +273,10 @@ impl OptionsBudget for Budget {
     fn check(&self, network: &Network, nic: &Nic) -> Result<(), RenderError> {
         render_options(network, nic).map(drop)
     }
+
+    fn check_ra(&self, network: &Network) -> Result<(), RenderError> {
+        Ok(super::ra6::check(network)?)
+    }
 }
 
 /// What an operator wants to see of a binding's options: lease time and hostname.
@@ -339,6 +346,8 @@ mod tests {
             options: DhcpOptions::default(),
             dhcp_server: None,
             boot: None,
+            subnet6: None,
+            dns6: vec![],
         }
     }
 
@@ -353,6 +362,7 @@ mod tests {
             default_route: None,
             options: None,
             boot: None,
+            ip6: None,
         }
     }
 

@@ -7,9 +7,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
+use agent_common::Ra6;
+
+use super::ra6;
 use crate::model::{MacAddr, Model, Nic};
 
 /// Where a NIC is.
@@ -43,6 +46,11 @@ pub struct Vpc {
     pub arp: BTreeMap<(u32, Ipv4Addr), MacAddr>,
     pub vteps: BTreeSet<Ipv4Addr>,
     pub vnis: BTreeMap<u32, LocalNetwork>,
+    /// IPv6 neighbour answers of the networks with `subnet6`: every NIC's `ip6`, and the
+    /// router's link-local address (`true`: the router).
+    pub neigh6: BTreeMap<(u32, Ipv6Addr), (MacAddr, bool)>,
+    /// The router advertisement of each of those networks.
+    pub ra6: BTreeMap<u32, Ra6>,
 }
 
 /// Server identifiers each network had before (by network id), which clients may still hold:
@@ -121,6 +129,11 @@ pub fn derive_with(model: &Model, node: &str, router_mac: MacAddr, former: &Form
     vpc
 }
 
+/// Whether network `vni` of `vpc` carries IPv6 (has `subnet6`): its NICs' `ip6` are answered.
+fn has_v6(vpc: &Vpc, vni: u32) -> bool {
+    vpc.ra6.contains_key(&vni)
+}
+
 /// The VTEPs of the nodes other than `node`.
 pub fn vteps(model: &Model, node: &str) -> BTreeSet<Ipv4Addr> {
     model
@@ -181,11 +194,20 @@ fn add_network(
             vpc.arp.insert((net.vni, *a), router_mac);
         }
     }
+    // IPv6: the router answers from its link-local address (RFC 4861 §4.2: advertisements
+    // come from a link-local source), the same on every host.
+    if let Some(ra) = ra6::render(net, router_mac) {
+        vpc.ra6.insert(net.vni, ra);
+        vpc.neigh6.insert(
+            (net.vni, ra6::router_address(router_mac)),
+            (router_mac, true),
+        );
+    }
     Some(net.vni)
 }
 
 /// Adds one NIC of network `vni`: local ones on their interface, remote ones behind their
-/// node's VTEP, and its ARP answer.
+/// node's VTEP, and its ARP answer (and neighbour answer, for an `ip6` of an IPv6 network).
 fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
     let endpoint = if *nic.node == *node {
         let Some(interface) = &nic.interface else {
@@ -208,6 +230,11 @@ fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
         },
     );
     vpc.arp.insert((vni, nic.ip), nic.mac);
+    if let Some(ip6) = nic.ip6
+        && has_v6(vpc, vni)
+    {
+        vpc.neigh6.insert((vni, ip6), (nic.mac, false));
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ fn network() -> Network {
         options: Default::default(),
         dhcp_server: None,
         boot: None,
+        subnet6: None,
+        dns6: vec![],
     }
 }
 
@@ -226,6 +228,7 @@ pub fn run() {
             default_route: None,
             options: None,
             boot: None,
+            ip6: None,
         };
         let mut d = Desired {
             prune: true,

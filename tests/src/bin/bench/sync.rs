@@ -186,6 +186,7 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
             default_route: None,
             options: None,
             boot: None,
+            ip6: None,
         };
         let key = FdbKey::new(10_000 + n as u32, mac);
         let t = Instant::now();

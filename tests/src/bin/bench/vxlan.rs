@@ -267,6 +267,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         default_route: None,
         options: None,
         boot: None,
+        ip6: None,
     };
     let mut d = Desired {
         prune: true,
@@ -314,6 +315,8 @@ fn network() -> Network {
         options: Default::default(),
         dhcp_server: None,
         boot: None,
+        subnet6: None,
+        dns6: vec![],
     }
 }
 

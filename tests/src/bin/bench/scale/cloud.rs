@@ -22,6 +22,7 @@ fn nic(k: usize, network: usize, node: usize) -> Nic {
         default_route: None,
         options: None,
         boot: None,
+        ip6: None,
     }
 }
 

@@ -1,0 +1,248 @@
+//! IPv6 in the IPAM model, end to end (issue 15, the agent's side): an agent given a
+//! dual-stack document fills the pinned BINDINGS6, NEIGH6 and VNIS6; hostile `ip6` records
+//! (another network's address, a duplicate, a reserved one) are rejected alone while the rest
+//! serves and applies.
+
+use std::{net::Ipv6Addr, time::Duration};
+
+use agent_common::{Binding6, BindingKey, FdbKey, Neigh6Entry, Neigh6Key};
+use holdfast::{
+    dataplane::{Ipv6State, pinned_fdb, read_ipv6},
+    model::{MacAddr, Network},
+    render::ra6,
+};
+use holdfast_tests::{
+    netns::{Agent, Netns, Vm, mac_str, wait_for},
+    xdp::ROUTER_MAC,
+};
+use serde_json::{Value, json};
+
+const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const MAC2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const RED1: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const REMOTE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+const BLUE: u32 = 1001;
+
+fn blue() -> Value {
+    json!({"id": "pn-blue", "vni": BLUE, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+           "mtu": 1450, "dns": ["10.10.0.2"], "search": ["blue.internal"],
+           "subnet6": "fd00:10:10::/64", "dns6": ["fd00:10:10::53"]})
+}
+
+fn nic(mac: [u8; 6], network: &str, ip: &str, ip6: Option<&str>, tap: Option<&str>) -> Value {
+    let mut v = json!({"mac": mac_str(mac), "network": network, "ip": ip,
+                       "node": if tap.is_some() { "hv-1" } else { "hv-2" }});
+    if let Some(ip6) = ip6 {
+        v["ip6"] = json!(ip6);
+    }
+    if let Some(tap) = tap {
+        v["interface"] = json!(tap);
+    }
+    v
+}
+
+/// blue (dual-stack) with two NICs here (one with `ip6`) and one on hv-2; red (IPv4-only)
+/// with one NIC here; green (dual-stack) only on hv-2; and `extra` NICs.
+fn doc(extra: &[Value]) -> String {
+    let mut nics = vec![
+        nic(
+            MAC1,
+            "pn-blue",
+            "10.10.0.11",
+            Some("fd00:10:10::11"),
+            Some("tap-vm1"),
+        ),
+        nic(MAC2, "pn-blue", "10.10.0.12", None, Some("tap-vm2")),
+        nic(
+            REMOTE,
+            "pn-blue",
+            "10.10.0.21",
+            Some("fd00:10:10::21"),
+            None,
+        ),
+        nic(RED1, "pn-red", "10.20.0.11", None, Some("tap-vm3")),
+        nic(
+            [0x02, 0, 0, 0, 0x0c, 0x01],
+            "pn-green",
+            "10.30.0.11",
+            Some("fd00:20:20::11"),
+            None,
+        ),
+    ];
+    nics.extend_from_slice(extra);
+    json!({
+        "networks": [
+            blue(),
+            {"id": "pn-red", "vni": 1002, "subnet": "10.20.0.0/24", "gateway": "10.20.0.1",
+             "mtu": 1450},
+            {"id": "pn-green", "vni": 1003, "subnet": "10.30.0.0/24", "gateway": "10.30.0.1",
+             "mtu": 1450, "subnet6": "fd00:20:20::/64"},
+        ],
+        "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}, {"name": "hv-2", "vtep": "198.18.0.2"}],
+        "nics": nics,
+    })
+    .to_string()
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().expect("ipv6").octets()
+}
+
+fn neigh(mac: [u8; 6], router: u8) -> Neigh6Entry {
+    Neigh6Entry {
+        mac,
+        router,
+        _pad: 0,
+    }
+}
+
+fn rejected_now(agent: &Agent, reason: &str) -> f64 {
+    agent.metric(&format!(
+        "holdfast_ipam_rejected_entries{{reason=\"{reason}\"}}"
+    ))
+}
+
+fn in_fdb(agent: &Agent, mac: [u8; 6]) -> bool {
+    pinned_fdb(agent.bpffs.path())
+        .map(|m| m.get(&FdbKey::new(BLUE, mac), 0).is_ok())
+        .unwrap_or(false)
+}
+
+fn state(agent: &Agent) -> Ipv6State {
+    read_ipv6(agent.bpffs.path()).expect("the IPv6 maps are pinned")
+}
+
+#[test]
+fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejected_alone() {
+    let hv = Netns::new("hv");
+    let agent = Agent::start(&hv, "hv-1", &doc(&[]));
+    let _vms = [
+        Vm::new(&hv, "tap-vm1", MAC1),
+        Vm::new(&hv, "tap-vm2", MAC2),
+        Vm::new(&hv, "tap-vm3", RED1),
+    ];
+    let applied = wait_for(Duration::from_secs(10), || {
+        (agent.metric("holdfast_leases") == 3.0).then_some(())
+    });
+    assert!(applied.is_some(), "{}", agent.logs());
+    let filled = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (!s.bindings6.is_empty()).then_some(s)
+    });
+    let s = filled.unwrap_or_else(|| panic!("BINDINGS6 stayed empty: {}", agent.logs()));
+
+    // BINDINGS6: the NIC here with an ip6, on its tap; not MAC2 (none), not red's.
+    assert_eq!(
+        s.bindings6,
+        [(
+            BindingKey::new(hv.ifindex("tap-vm1"), MAC1),
+            Binding6 {
+                ip6: ip6("fd00:10:10::11"),
+                vni: BLUE,
+                _pad: 0
+            }
+        )]
+    );
+    // NEIGH6: blue's addresses, here and on hv-2, and its router's link-local address (the
+    // EUI-64 of the router MAC); nothing of red (IPv4-only) or green (no NIC here).
+    let router = MacAddr(ROUTER_MAC).eui64_link_local();
+    assert_eq!(
+        router,
+        "fe80::68:66ff:fe00:1".parse::<Ipv6Addr>().expect("ll")
+    );
+    assert_eq!(
+        s.neigh6,
+        [
+            (Neigh6Key::new(BLUE, ip6("fd00:10:10::11")), neigh(MAC1, 0)),
+            (
+                Neigh6Key::new(BLUE, ip6("fd00:10:10::21")),
+                neigh(REMOTE, 0)
+            ),
+            (Neigh6Key::new(BLUE, router.octets()), neigh(ROUTER_MAC, 1)),
+        ]
+    );
+    // VNIS6: blue's advertisement, as the renderer makes it.
+    let net: Network = serde_json::from_value(blue()).expect("network");
+    let expected = ra6::render(&net, MacAddr(ROUTER_MAC)).expect("an advertisement");
+    assert_eq!(s.ra6, [(BLUE, expected)]);
+    let ra = s.ra6[0].1;
+    assert_eq!(
+        (ra.body[0], ra.body[1]),
+        (64, 0xc0),
+        "hop limit 64, M=1 O=1"
+    );
+    // 12 fixed + SLLA 8 + MTU 8 + prefix 32 + RDNSS 24 + DNSSL 24 ("blue.internal").
+    assert_eq!(ra.len, 108);
+
+    // Hostile records, on hv-2 where they would take over blue's neighbour answers: green's
+    // address, MAC1's address, blue's subnet-router anycast address. And a good newcomer.
+    let hostile = [
+        nic(
+            [0x02, 0, 0, 0, 0, 0x31],
+            "pn-blue",
+            "10.10.0.31",
+            Some("fd00:20:20::11"),
+            None,
+        ),
+        nic(
+            [0x02, 0, 0, 0, 0, 0x32],
+            "pn-blue",
+            "10.10.0.32",
+            Some("fd00:10:10::11"),
+            None,
+        ),
+        nic(
+            [0x02, 0, 0, 0, 0, 0x33],
+            "pn-blue",
+            "10.10.0.33",
+            Some("fd00:10:10::"),
+            None,
+        ),
+        nic(
+            [0x02, 0, 0, 0, 0, 0x34],
+            "pn-blue",
+            "10.10.0.34",
+            Some("fd00:10:10::34"),
+            None,
+        ),
+    ];
+    agent.write_ipam(&doc(&hostile));
+    let judged = wait_for(Duration::from_secs(10), || {
+        (rejected_now(&agent, "outside_subnet") == 1.0
+            && rejected_now(&agent, "duplicate_ip") == 1.0
+            && rejected_now(&agent, "reserved_address") == 1.0)
+            .then_some(())
+    });
+    assert!(judged.is_some(), "{}", agent.logs());
+    let applied = wait_for(Duration::from_secs(10), || {
+        in_fdb(&agent, [0x02, 0, 0, 0, 0, 0x34]).then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "the good newcomer applies: {}",
+        agent.logs()
+    );
+    let after = state(&agent);
+    // Everything that served serves as it was; the newcomer's answer joins it.
+    assert_eq!(after.bindings6, s.bindings6);
+    assert_eq!(after.ra6, s.ra6);
+    let mut expected = s.neigh6.clone();
+    expected.push((
+        Neigh6Key::new(BLUE, ip6("fd00:10:10::34")),
+        neigh([0x02, 0, 0, 0, 0, 0x34], 0),
+    ));
+    expected.sort_by_key(|(k, _)| *k);
+    assert_eq!(after.neigh6, expected);
+    for last in [0x31, 0x32, 0x33] {
+        assert!(!in_fdb(&agent, [0x02, 0, 0, 0, 0, last]), "{last:#x}");
+    }
+    assert_eq!(agent.metric("holdfast_leases"), 3.0);
+    let logs = agent.logs();
+    for words in [
+        "ip6 fd00:20:20::11 is outside subnet6 fd00:10:10::/64",
+        "ip6 fd00:10:10::11 in network pn-blue is already held by 02:00:00:00:00:01",
+        "subnet-router anycast",
+    ] {
+        assert!(logs.contains(words), "{words}: {logs}");
+    }
+}
