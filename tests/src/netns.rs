@@ -169,6 +169,15 @@ impl Netns {
 
     /// How many of `count` pings to `ip` from this namespace got an answer.
     pub fn ping(&self, ip: Ipv4Addr, count: u32) -> u32 {
+        self.ping_any(&ip.to_string(), count)
+    }
+
+    /// [`Netns::ping`] to an IPv6 address.
+    pub fn ping6(&self, ip: std::net::Ipv6Addr, count: u32) -> u32 {
+        self.ping_any(&ip.to_string(), count)
+    }
+
+    fn ping_any(&self, ip: &str, count: u32) -> u32 {
         let out = self
             .exec("ping")
             .args([
@@ -181,7 +190,7 @@ impl Netns {
                 "-W",
                 "1",
             ])
-            .arg(ip.to_string())
+            .arg(ip)
             .output()
             .expect("ping");
         let text = String::from_utf8_lossy(&out.stdout);

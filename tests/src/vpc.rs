@@ -64,6 +64,9 @@ pub struct Options<'a> {
     pub hooks: [VmHook; 2],
     /// Where each host decapsulates VXLAN (`[underlay] hook`), by host.
     pub underlay_hooks: [UnderlayHook; 2],
+    /// Dual-stack: each network gets `subnet6` (see [`ip6_for`]) and each NIC its `ip6` (and,
+    /// with `static_addresses`, the VM that address).
+    pub ipv6: bool,
 }
 
 impl Default for Options<'_> {
@@ -75,6 +78,7 @@ impl Default for Options<'_> {
             extra_nics: &[],
             hooks: [VmHook::Xdp; 2],
             underlay_hooks: [UnderlayHook::Xdp; 2],
+            ipv6: false,
         }
     }
 }
@@ -203,6 +207,30 @@ pub fn ipam(nets: &[Net], vms: &[VmSpec], lease_time: u32) -> String {
     )
 }
 
+/// A NIC's `ip6` in a dual-stack cloud: fd00:<vni>::<last byte of its IPv4 address>, in the
+/// network's `subnet6` fd00:<vni>::/64.
+pub fn ip6_for(vni: u32, ip: Ipv4Addr) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, vni as u16, 0, 0, 0, 0, 0, u16::from(ip.octets()[3]))
+}
+
+/// `doc` made dual-stack: `subnet6` and `dns6` on every network, `ip6` on every NIC.
+pub fn dual_stack(doc: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(doc).expect("ipam json");
+    let mut vnis = std::collections::BTreeMap::new();
+    for n in v["networks"].as_array_mut().expect("networks") {
+        let vni = n["vni"].as_u64().expect("vni") as u32;
+        vnis.insert(n["id"].as_str().expect("id").to_owned(), vni);
+        n["subnet6"] = serde_json::json!(format!("fd00:{vni:x}::/64"));
+        n["dns6"] = serde_json::json!([format!("fd00:{vni:x}::53")]);
+    }
+    for nic in v["nics"].as_array_mut().expect("nics") {
+        let vni = vnis[nic["network"].as_str().expect("network")];
+        let ip: Ipv4Addr = nic["ip"].as_str().expect("ip").parse().expect("ip");
+        nic["ip6"] = serde_json::json!(ip6_for(vni, ip).to_string());
+    }
+    v.to_string()
+}
+
 /// Makes an interface behave like a physical port on the wire: the frames it sends are
 /// MTU-sized with complete checksums (no TSO, GSO or checksum offload crossing it), and what
 /// it receives goes through GRO, as on a NIC.
@@ -286,7 +314,10 @@ impl Cloud {
             wire_like(h, "ul0");
         }
         let all: Vec<VmSpec> = vms.iter().chain(options.extra_nics).copied().collect();
-        let doc = ipam(nets, &all, options.lease_time);
+        let mut doc = ipam(nets, &all, options.lease_time);
+        if options.ipv6 {
+            doc = dual_stack(&doc);
+        }
         let mut limits = String::new();
         if !options.extra_nics.is_empty() {
             // The load generator's clients share one interface: limits sized for one real
@@ -332,6 +363,18 @@ impl Cloud {
             if options.static_addresses {
                 ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
                 ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
+                if options.ipv6 {
+                    let vni = nets.iter().find(|n| n.id == v.net).expect("net").vni;
+                    ns.ip(&[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{}/64", ip6_for(vni, v.ip)),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                    ]);
+                }
             }
         }
         let cloud = Self {

@@ -23,6 +23,7 @@ use crate::{
     metrics::{self, Metrics},
     model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
     ports::VmPorts,
+    ra,
     render::{
         desired::{self, Inputs, Touched},
         options::Budget,
@@ -46,6 +47,9 @@ struct Serving {
 /// The agent: owns the serving state, and the means to change it.
 pub struct Agent {
     config: Config,
+    /// The unsolicited router advertisement sender ([`ra`]), and what it was last given.
+    ra_tx: Option<std::sync::mpsc::Sender<ra::Plan>>,
+    ra_plan: ra::Plan,
     /// The ifindex of holdfast's decapsulation device, once this agent made or found it
     /// (`[underlay] hook = "tc"`): an interface of that name holdfast did not make gets no
     /// program.
@@ -86,6 +90,7 @@ pub struct Parts {
     pub persist_tx: watch::Sender<Option<Arc<Model>>>,
     pub trim: Arc<Notify>,
     pub decap_device: Option<u32>,
+    pub ra_tx: Option<std::sync::mpsc::Sender<ra::Plan>>,
 }
 
 impl Agent {
@@ -98,6 +103,8 @@ impl Agent {
             ),
             config: p.config,
             decap_device: p.decap_device,
+            ra_tx: p.ra_tx,
+            ra_plan: ra::Plan::new(),
             dp: p.dp,
             metrics: p.metrics,
             links: p.links,
@@ -190,6 +197,7 @@ impl Agent {
     }
 
     async fn converge(&mut self, desired: Desired) {
+        self.advertise(&desired);
         let started = Instant::now();
         match self.dp.reconcile(desired).await {
             Ok(r) => {
@@ -234,6 +242,27 @@ impl Agent {
             Err(e) => {
                 self.metrics.dataplane_errors.inc();
                 error!(error = %e, "data plane");
+            }
+        }
+    }
+
+    /// Hands the router advertisement sender what each VM port advertises now: the network of
+    /// its (first) NIC with IPv6. Sent only when it changed.
+    fn advertise(&mut self, desired: &Desired) {
+        let Some(tx) = &self.ra_tx else {
+            return;
+        };
+        let mut plan = ra::Plan::new();
+        for (key, b) in &desired.bindings6 {
+            if let Some(adv) = desired.ra6.get(&b.vni) {
+                plan.entry(key.ifindex).or_insert(*adv);
+            }
+        }
+        if plan != self.ra_plan {
+            self.ra_plan = plan.clone();
+            if tx.send(plan).is_err() {
+                warn!("the router advertisement sender has stopped");
+                self.ra_tx = None;
             }
         }
     }

@@ -186,6 +186,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         persist_tx,
         trim,
         decap_device,
+        ra_tx: crate::ra::spawn(config.router_mac.0)
+            .inspect_err(|e| warn!(error = %e, "no unsolicited router advertisements"))
+            .ok(),
     });
 
     // The snapshot serves before IPAM is reached.

@@ -208,6 +208,7 @@ fn main() {
             // also decapsulates on TC (the kernel's VXLAN device in metadata mode).
             hooks: [VmHook::Xdp, VmHook::Tc],
             underlay_hooks: [UnderlayHook::Xdp, UnderlayHook::Tc],
+            ipv6: false,
         },
     );
     for (name, s, _) in VMS {
