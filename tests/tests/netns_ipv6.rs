@@ -225,6 +225,13 @@ fn a_vm_spoofing_another_ipv6_address_is_dropped(hook: VmHook) {
         "a spoofed IPv6 source got through"
     );
     assert!(cloud.agents[0].counters()[Stat::DropSpoofedIp6 as usize] >= 3);
-    a1.ip(&["-6", "addr", "del", &format!("{}/64", ip6(12)), "dev", "eth0"]);
+    a1.ip(&[
+        "-6",
+        "addr",
+        "del",
+        &format!("{}/64", ip6(12)),
+        "dev",
+        "eth0",
+    ]);
     assert_eq!(a1.ping6(ip6(13), 2), 2, "its own address still works");
 }
