@@ -64,6 +64,58 @@ fn network() -> Network {
     }
 }
 
+const V6_CLIENT: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x11);
+const V6_OTHER: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x20, 0, 0, 0, 0, 0, 0x12);
+/// The client's link-local address (guests' are often not EUI-64).
+const V6_LL: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1234, 0x5678, 0x9abc, 0xdef0);
+
+/// An IPv6 frame from `mac`'s link-local address carrying the ICMPv6 message `m` (its checksum
+/// filled in) to `dst` at `dst_mac`, hop limit 255.
+fn icmp6_frame(mac: [u8; 6], dst_mac: [u8; 6], dst: std::net::Ipv6Addr, m: &mut [u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&V6_LL.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 58]);
+    p.extend_from_slice(m);
+    let c = holdfast_tests::packet::checksum(&p);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&V6_LL.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(m);
+    f
+}
+
+fn router_solicit(mac: [u8; 6]) -> Vec<u8> {
+    let mut m = vec![133, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+    m.extend_from_slice(&mac);
+    icmp6_frame(
+        mac,
+        [0x33, 0x33, 0, 0, 0, 2],
+        "ff02::2".parse().expect("all routers"),
+        &mut m,
+    )
+}
+
+fn neighbour_solicit(mac: [u8; 6]) -> Vec<u8> {
+    let t = V6_OTHER.octets();
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&t);
+    m.extend_from_slice(&[1, 1]);
+    m.extend_from_slice(&mac);
+    let dst = std::net::Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15],
+    ]);
+    icmp6_frame(mac, [0x33, 0x33, 0xff, t[13], t[14], t[15]], dst, &mut m)
+}
+
 fn ipam(macs: &[[u8; 6]]) -> String {
     let nics: Vec<String> = macs
         .iter()
@@ -210,7 +262,7 @@ pub fn run() {
     println!("\n1. ns per reply in the XDP program (BPF_PROG_TEST_RUN)");
     let bpffs = TempDir::bpffs("bench");
     let (discover, request) = requests(macs[0], loadgen::client_ip(0));
-    let (offer_cost, ack_cost, baseline) = {
+    let (offer_cost, ack_cost, baseline, ra_cost, na_cost) = {
         // Limits that never bite: the figure includes the rate limiter's cost.
         let limits = RateLimits {
             dhcp: RateLimit::per_sec(1_000_000, 1_000_000),
@@ -238,6 +290,30 @@ pub fn run() {
             BindingKey::new(tap_ifindex, macs[0]),
             options::render(&net, &nic).expect("render"),
         );
+        // IPv6 (issue 15): the NIC's address, another NIC's to solicit, the advertisement.
+        let mut net6 = net.clone();
+        net6.subnet6 = Some("fd00:20::/64".parse().expect("subnet6"));
+        net6.dns6 = vec!["fd00:20::53".parse().expect("dns6")];
+        d.bindings6.insert(
+            BindingKey::new(tap_ifindex, macs[0]),
+            agent_common::Binding6 {
+                ip6: V6_CLIENT.octets(),
+                vni: net.vni,
+                _pad: 0,
+            },
+        );
+        d.neigh6.insert(
+            agent_common::Neigh6Key::new(net.vni, V6_OTHER.octets()),
+            agent_common::Neigh6Entry {
+                mac: [0x02, 0xbb, 0, 0, 0, 2],
+                router: 0,
+                _pad: 0,
+            },
+        );
+        d.ra6.insert(
+            net.vni,
+            holdfast::render::ra6::render(&net6, MacAddr(ROUTER_MAC)).expect("advertisement"),
+        );
         dp.reconcile(&d);
         let stats = holdfast::dataplane::StatsReader::open(bpffs.path()).expect("stats");
         let prog = dp.vm_program().expect("program");
@@ -261,6 +337,19 @@ pub fn run() {
             200_000,
             "not every REQUEST got an ACK"
         );
+        let ra = program_cost(prog, &hv.path(), tap_ifindex, &router_solicit(macs[0]));
+        let na = program_cost(prog, &hv.path(), tap_ifindex, &neighbour_solicit(macs[0]));
+        let c = stats.read();
+        assert_eq!(
+            c[Stat::Ra6Reply as usize],
+            200_000,
+            "not every RS got an RA"
+        );
+        assert_eq!(
+            c[Stat::Nd6Reply as usize],
+            200_000,
+            "not every NS got an NA"
+        );
         // The harness's own cost: the no-op program on the same frame, same way.
         let mut pass = aya::Ebpf::load(holdfast::dataplane::PASS_OBJECT).expect("pass object");
         let pass_prog: &mut aya::programs::Xdp = pass
@@ -270,7 +359,7 @@ pub fn run() {
             .expect("xdp");
         pass_prog.load().expect("load pass");
         let baseline = program_cost(pass_prog, &hv.path(), tap_ifindex, &discover);
-        (offer, ack, baseline)
+        (offer, ack, baseline, ra, na)
     };
     drop(bpffs);
     println!(
@@ -280,6 +369,8 @@ pub fn run() {
     for (what, c) in [
         ("DISCOVER -> OFFER", &offer_cost),
         ("REQUEST  -> ACK  ", &ack_cost),
+        ("IPv6 RS  -> RA   ", &ra_cost),
+        ("IPv6 NS  -> NA   ", &na_cost),
     ] {
         let net = c.median_ns - baseline.median_ns;
         println!(
@@ -289,6 +380,10 @@ pub fn run() {
             1e3 / net
         );
     }
+
+    println!(
+        "  (IPv6: DHCPv6 is not answered yet, so it has no figure; Kea's DHCPv6 is not measured)"
+    );
 
     // 2. Replies per second over the veth.
     println!("\n2. Replies per second over one veth (load generator: 2 threads, full DORA)");
@@ -359,6 +454,11 @@ pub fn run() {
         ""
     );
     println!("dhcp reply ns xdp {in_situ_ns:.0}\ndhcp reply ns tc {tc_ns:.0}");
+    println!(
+        "ra reply ns xdp {:.0}\nna reply ns xdp {:.0}",
+        ra_cost.median_ns - baseline.median_ns,
+        na_cost.median_ns - baseline.median_ns
+    );
     agent.stop();
     drop(agent);
 
