@@ -251,6 +251,17 @@ fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejecte
         assert!(logs.contains(words), "{words}: {logs}");
     }
 
+    // `holdfast vpc` shows them.
+    let vpc = agent.vpc();
+    for line in [
+        "02:00:00:00:00:01  fd00:10:10::11",
+        "1001  fe80::68:66ff:fe00:1",
+        "02:68:66:00:00:01  router",
+        "1001  108",
+    ] {
+        assert!(vpc.contains(line), "{line}: {vpc}");
+    }
+
     // A layout directory of a build before IPv6 has the other maps and not these: the next
     // agent adopts the others (same layout, no migration) and makes and fills these.
     let mut agent = agent;
