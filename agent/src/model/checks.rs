@@ -216,8 +216,8 @@ fn check_ipv6(n: &Network) -> Result<(), Reject> {
     for a in &n.dns6 {
         if let Some(why) = dns6_unfit(*a) {
             return Err(reject(
-                Reason::Dns6NotUnicast,
-                format!("dns6 {a} is {why}, not a unicast address a VM can query"),
+                Reason::Dns6Unreachable,
+                format!("dns6 {a} is {why}: not a resolver a VM can reach"),
             ));
         }
     }
@@ -837,7 +837,7 @@ mod tests {
         ] {
             let r = network_reason(&v6(serde_json::json!({"dns6": ["fd00::53", bad]})))
                 .unwrap_or_else(|| panic!("{bad} accepted"));
-            assert_eq!(r.reason, Reason::Dns6NotUnicast, "{bad}");
+            assert_eq!(r.reason, Reason::Dns6Unreachable, "{bad}");
             assert!(r.detail.contains(words), "{}", r.detail);
         }
     }
