@@ -136,6 +136,10 @@ fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejecte
     });
     let s = filled.unwrap_or_else(|| panic!("BINDINGS6 stayed empty: {}", agent.logs()));
 
+    let counted = wait_for(Duration::from_secs(10), || {
+        (agent.metric("holdfast_ipv6_addresses") == 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "holdfast_ipv6_addresses");
     // BINDINGS6: the NIC here with an ip6, on its tap; not MAC2 (none), not red's.
     assert_eq!(
         s.bindings6,
