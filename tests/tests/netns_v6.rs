@@ -1,17 +1,22 @@
 //! IPv6 in the IPAM model, end to end (issue 15, the agent's side): an agent given a
 //! dual-stack document fills the pinned BINDINGS6, NEIGH6 and VNIS6; hostile `ip6` records
 //! (another network's address, a duplicate, a reserved one) are rejected alone while the rest
-//! serves and applies.
+//! serves and applies, from a file and from etcd (whose changes are judged network by
+//! network); `holdfast ipam import` and `export` carry the IPv6 fields.
 
-use std::{net::Ipv6Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use agent_common::{Binding6, BindingKey, FdbKey, Neigh6Entry, Neigh6Key};
 use holdfast::{
     dataplane::{Ipv6State, pinned_fdb, read_ipv6},
-    model::{MacAddr, Network},
+    model::{MacAddr, Network, Nic},
     render::ra6,
 };
 use holdfast_tests::{
+    etcd::Etcd,
     netns::{Agent, Netns, Vm, mac_str, wait_for},
     xdp::ROUTER_MAC,
 };
@@ -131,6 +136,10 @@ fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejecte
     });
     let s = filled.unwrap_or_else(|| panic!("BINDINGS6 stayed empty: {}", agent.logs()));
 
+    let counted = wait_for(Duration::from_secs(10), || {
+        (agent.metric("holdfast_ipv6_addresses") == 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "holdfast_ipv6_addresses");
     // BINDINGS6: the NIC here with an ip6, on its tap; not MAC2 (none), not red's.
     assert_eq!(
         s.bindings6,
@@ -245,4 +254,125 @@ fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejecte
     ] {
         assert!(logs.contains(words), "{words}: {logs}");
     }
+
+    // `holdfast vpc` shows them.
+    let vpc = agent.vpc();
+    for line in [
+        "02:00:00:00:00:01  fd00:10:10::11",
+        "1001  fe80::68:66ff:fe00:1",
+        "02:68:66:00:00:01  router",
+        "1001  108",
+    ] {
+        assert!(vpc.contains(line), "{line}: {vpc}");
+    }
+
+    // A layout directory of a build before IPv6 has the other maps and not these: the next
+    // agent adopts the others (same layout, no migration) and makes and fills these.
+    let mut agent = agent;
+    agent.stop();
+    let maps = agent
+        .bpffs
+        .path()
+        .join(format!("maps-v{}", agent_common::LAYOUT_VERSION));
+    for name in ["BINDINGS6", "NEIGH6", "VNIS6"] {
+        std::fs::remove_file(maps.join(name)).expect("unpin");
+    }
+    let bindings = holdfast::dataplane::read_bindings(agent.bpffs.path()).expect("bindings");
+    assert_eq!(bindings.len(), 3, "IPv4 keeps serving with the agent down");
+    agent.spawn(&hv);
+    let refilled = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.neigh6 == after.neigh6).then_some(s)
+    });
+    let s = refilled.unwrap_or_else(|| panic!("NEIGH6 not refilled: {}", agent.logs()));
+    assert_eq!((s.bindings6, s.ra6), (after.bindings6, after.ra6));
+    let layouts: Vec<String> = std::fs::read_dir(agent.bpffs.path())
+        .expect("bpffs")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("maps-v"))
+        .collect();
+    assert_eq!(
+        layouts,
+        [format!("maps-v{}", agent_common::LAYOUT_VERSION)],
+        "one layout"
+    );
+}
+
+/// The same document through etcd: `ipam import` and `export` keep the IPv6 fields, the agent
+/// fills the IPv6 maps from it, and a NIC put later with a serving NIC's `ip6` is rejected
+/// alone (a partial revalidation of its network) while a good one applies.
+#[test]
+fn ipv6_through_etcd_import_export_and_a_partial_update() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&doc(&[]));
+    let (exported, skipped) = etcd
+        .client()
+        .run(|s, rt| rt.block_on(s.export()).expect("export"));
+    assert_eq!(skipped, 0);
+    let again =
+        holdfast::cli::check_document(exported.to_string().as_bytes(), "", &Default::default())
+            .expect("the export is a document");
+    let imported =
+        holdfast::cli::check_document(doc(&[]).as_bytes(), "", &Default::default()).expect("doc");
+    assert!(again.rejections.is_empty(), "{:?}", again.rejections);
+    assert_eq!(
+        again.model, imported.model,
+        "the export is what was imported"
+    );
+    assert!(again.model.networks["pn-blue"].subnet6.is_some());
+    assert_eq!(again.model.networks["pn-blue"].dns6.len(), 1);
+    assert_eq!(
+        again
+            .model
+            .nics
+            .values()
+            .filter(|n| n.ip6.is_some())
+            .count(),
+        3
+    );
+
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    let _vms = [
+        Vm::new(&hv, "tap-vm1", MAC1),
+        Vm::new(&hv, "tap-vm2", MAC2),
+        Vm::new(&hv, "tap-vm3", RED1),
+    ];
+    let filled = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.bindings6.len() == 1 && s.neigh6.len() == 3 && s.ra6.len() == 1).then_some(s)
+    });
+    let before = filled.unwrap_or_else(|| panic!("the IPv6 maps: {}", agent.logs()));
+
+    let remote = |last: u8, ip6: &str| Nic {
+        mac: MacAddr([0x02, 0, 0, 0, 0, last]),
+        network: "pn-blue".into(),
+        ip: Ipv4Addr::new(10, 10, 0, last),
+        hostname: None,
+        node: "hv-2".into(),
+        interface: None,
+        default_route: None,
+        options: None,
+        boot: None,
+        ip6: Some(ip6.parse().expect("ipv6")),
+    };
+    let c = etcd.client();
+    c.put_nic(remote(0x41, "fd00:10:10::11"));
+    c.put_nic(remote(0x42, "fd00:10:10::42"));
+    let applied = wait_for(Duration::from_secs(10), || {
+        (in_fdb(&agent, [0x02, 0, 0, 0, 0, 0x42]) && rejected_now(&agent, "duplicate_ip") == 1.0)
+            .then_some(())
+    });
+    assert!(applied.is_some(), "{}", agent.logs());
+    let after = state(&agent);
+    assert!(!in_fdb(&agent, [0x02, 0, 0, 0, 0, 0x41]));
+    assert_eq!(after.bindings6, before.bindings6);
+    assert_eq!(after.ra6, before.ra6);
+    let mut expected = before.neigh6.clone();
+    expected.push((
+        Neigh6Key::new(BLUE, ip6("fd00:10:10::42")),
+        neigh([0x02, 0, 0, 0, 0, 0x42], 0),
+    ));
+    expected.sort_by_key(|(k, _)| *k);
+    assert_eq!(after.neigh6, expected, "MAC1 keeps its address");
 }

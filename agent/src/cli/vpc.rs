@@ -1,6 +1,6 @@
 //! `holdfast vpc`: the forwarding state the data plane holds, read from the pinned maps.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::Ipv6Addr, path::PathBuf, process::ExitCode};
 
 use agent_common::FdbEntry;
 use anyhow::Context as _;
@@ -52,5 +52,44 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
     for v in &s.vteps {
         println!("  {}", ip(*v));
     }
+    print_ipv6(&config);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The IPv6 state: the addresses NICs are held to, the neighbour answers, the advertisements.
+fn print_ipv6(config: &Config) {
+    let s = match dataplane::read_ipv6(&config.bpffs_dir) {
+        Ok(s) => s,
+        // Pins of a build before IPv6: the next agent makes them.
+        Err(e) => {
+            println!("\nIPV6: not pinned ({e})");
+            return;
+        }
+    };
+    let ip6 = |o: [u8; 16]| Ipv6Addr::from(o).to_string();
+    println!("\nIPV6 ADDRESSES (interface, MAC, address, VNI)");
+    for (k, b) in &s.bindings6 {
+        println!(
+            "  {} ({})  {}  {:<39}  {}",
+            ifname(k.ifindex).unwrap_or_else(|| "?".into()),
+            k.ifindex,
+            MacAddr(k.mac),
+            ip6(b.ip6),
+            b.vni
+        );
+    }
+    println!("\nIPV6 NEIGHBOUR ANSWERS (VNI, address, MAC)");
+    for (k, e) in &s.neigh6 {
+        let router = if e.router != 0 { "  router" } else { "" };
+        println!(
+            "  {:>8}  {:<39}  {}{router}",
+            k.vni,
+            ip6(k.ip6),
+            MacAddr(e.mac)
+        );
+    }
+    println!("\nROUTER ADVERTISEMENTS (VNI, bytes)");
+    for (vni, ra) in &s.ra6 {
+        println!("  {vni:>8}  {}", ra.len);
+    }
 }

@@ -202,6 +202,7 @@ impl Agent {
         match self.dp.reconcile(desired).await {
             Ok(r) => {
                 self.metrics.leases.set(r.bindings as i64);
+                self.metrics.ipv6_addresses.set(r.bindings6 as i64);
                 self.metrics.fdb.set(r.fdb as i64);
                 self.metrics.interfaces.set(r.interfaces as i64);
                 for e in &r.errors {

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Event-loop lag the watchdog measured, in seconds (the worst of the last second).
     pub runtime_lag: Gauge<f64, AtomicU64>,
     pub leases: Gauge,
+    /// IPv6 addresses (`ip6`) VM ports hold their NICs to.
+    pub ipv6_addresses: Gauge,
     pub fdb: Gauge,
     pub interfaces: Gauge,
     pub dataplane_errors: Counter,
@@ -185,6 +187,11 @@ pub fn registry(metrics: &Arc<Metrics>, source: Arc<SourceStats>, bpffs_dir: Pat
         "holdfast_leases",
         "DHCP bindings held by the data plane",
         metrics.leases.clone(),
+    );
+    r.register(
+        "holdfast_ipv6_addresses",
+        "IPv6 addresses (ip6) of this host's NICs held by the data plane",
+        metrics.ipv6_addresses.clone(),
     );
     r.register(
         "holdfast_fdb_entries",

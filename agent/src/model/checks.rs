@@ -216,8 +216,8 @@ fn check_ipv6(n: &Network) -> Result<(), Reject> {
     for a in &n.dns6 {
         if let Some(why) = dns6_unfit(*a) {
             return Err(reject(
-                Reason::Dns6NotUnicast,
-                format!("dns6 {a} is {why}, not a unicast address a VM can query"),
+                Reason::Dns6Unreachable,
+                format!("dns6 {a} is {why}: not a resolver a VM can reach"),
             ));
         }
     }
@@ -259,6 +259,11 @@ fn dns6_unfit(a: Ipv6Addr) -> Option<&'static str> {
     } else if a.to_ipv4_mapped().is_some() {
         // RFC 4291 §2.5.5.2: for a host's own use; never on the wire.
         "an IPv4-mapped address"
+    } else if a.is_unicast_link_local() {
+        // On a holdfast network only the router has a link-local address others reach: a
+        // VM's own is for ND, RS and DHCPv6 toward the router, and anti-spoofing holds it to
+        // that. The router runs no resolver.
+        "link-local (no resolver answers from one on a holdfast network)"
     } else {
         return None;
     })
@@ -821,18 +826,18 @@ mod tests {
 
     #[test]
     fn dns6_are_unicast_addresses() {
-        let good = serde_json::json!({"dns6": ["fd00:10:10::53", "2001:4860:4860::8888",
-                                               "fe80::53"]});
+        let good = serde_json::json!({"dns6": ["fd00:10:10::53", "2001:4860:4860::8888"]});
         assert!(network_reason(&v6(good)).is_none());
         for (bad, words) in [
             ("::", "unspecified"),
             ("::1", "loopback"),
             ("ff02::1", "multicast"),
             ("::ffff:10.0.0.53", "IPv4-mapped"),
+            ("fe80::53", "link-local"),
         ] {
             let r = network_reason(&v6(serde_json::json!({"dns6": ["fd00::53", bad]})))
                 .unwrap_or_else(|| panic!("{bad} accepted"));
-            assert_eq!(r.reason, Reason::Dns6NotUnicast, "{bad}");
+            assert_eq!(r.reason, Reason::Dns6Unreachable, "{bad}");
             assert!(r.detail.contains(words), "{}", r.detail);
         }
     }

@@ -1552,7 +1552,7 @@ mod tests {
             ),
             ("subnet6", json!("fe80::/64"), Reason::Subnet6Scope),
             ("subnet6", json!("fd00:10:10::/200"), Reason::InvalidAddress),
-            ("dns6", json!(["ff02::1"]), Reason::Dns6NotUnicast),
+            ("dns6", json!(["ff02::1"]), Reason::Dns6Unreachable),
             ("dns6", json!(["x"]), Reason::InvalidAddress),
             ("mtu", json!(1200), Reason::MtuBelowIpv6Minimum),
         ] {

@@ -298,6 +298,20 @@ mod tests {
             render(&net(serde_json::json!({"search": long})), ROUTER),
             None
         );
+        // Three servers leave 140 bytes: a DNSSL of 8 + 128 bytes of names (wire format: a
+        // name's length plus 2), padded to 136. One byte more pads to 144 and does not fit.
+        let three = servers(3);
+        let names = |a: usize, b: usize| {
+            vec![
+                "x".repeat(a),
+                format!("{}.{}", "y".repeat(60), "z".repeat(b)),
+            ]
+        };
+        assert_eq!(search_wire(&names(1, 62)).len(), 3 + 125);
+        let n = net(serde_json::json!({"dns6": three, "search": names(1, 62)}));
+        assert_eq!(usize::from(render(&n, ROUTER).unwrap().len), 60 + 56 + 136);
+        let n = net(serde_json::json!({"dns6": three, "search": names(2, 62)}));
+        assert!(check(&n).is_err());
         // The most servers that fit: 244 of 256 bytes.
         let ra = render(&net(serde_json::json!({"dns6": servers(11)})), ROUTER).unwrap();
         assert_eq!(usize::from(ra.len), 244);
