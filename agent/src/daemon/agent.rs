@@ -37,6 +37,9 @@ struct Serving {
     limits: Limits,
     /// The MACs of each network's NICs in `model`: what a change of a network touches.
     nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    /// The MACs of this node's NICs in `model`: what validating a few networks again checks
+    /// them against, rather than every NIC.
+    local: Arc<BTreeSet<MacAddr>>,
     /// The map state rendered from `model` and the links present when it was rendered. A
     /// change in some networks patches it rather than rendering it whole.
     desired: Desired,
@@ -203,8 +206,9 @@ impl Agent {
 
     /// Adopts a validated model: render, apply, persist (unless it is the snapshot itself).
     pub async fn adopt(&mut self, model: Arc<Model>, limits: Limits, persist: bool) {
-        let m = model.clone();
-        let Ok(nics_of) = tokio::task::spawn_blocking(move || m.nics_by_network()).await else {
+        let (m, node) = (model.clone(), self.config.node.clone());
+        let indexed = tokio::task::spawn_blocking(move || (m.nics_by_network(), m.nics_on(&node)));
+        let Ok((nics_of, local)) = indexed.await else {
             error!("indexing the model panicked; keeping the current state");
             return;
         };
@@ -220,6 +224,7 @@ impl Agent {
             model: model.clone(),
             limits,
             nics_of,
+            local: Arc::new(local),
             desired: Desired::default(),
         });
         self.reconcile().await;
@@ -234,10 +239,12 @@ impl Agent {
     }
 
     /// Adopts a model in which only the networks of `nics_after` changed (their NICs in it):
-    /// their leases and forwarding entries are rendered again, nothing else.
+    /// their leases and forwarding entries are rendered again, nothing else. `local`: the MACs
+    /// of this node's NICs in `model`.
     async fn adopt_partial(
         &mut self,
         model: Arc<Model>,
+        local: Arc<BTreeSet<MacAddr>>,
         nics_before: BTreeMap<String, BTreeSet<MacAddr>>,
         nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
     ) {
@@ -245,6 +252,7 @@ impl Agent {
             return;
         };
         let prev = std::mem::replace(&mut serving.model, model.clone());
+        serving.local = local;
         for (id, set) in &nics_after {
             if set.is_empty() {
                 serving.nics_of.remove(id);
@@ -370,10 +378,27 @@ impl Agent {
             })
             .collect();
         let old: BTreeSet<MacAddr> = nics_before.values().flatten().copied().collect();
+        let local = serving.local.clone();
         let node = self.config.node.clone();
         let scope = networks.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let r = model::revalidate(&sub, &scope, &old, &prev, &node, &limits, &Budget);
+            let serving = model::Serving {
+                model: &prev,
+                local: &local,
+            };
+            let r = model::revalidate(&sub, &scope, &old, serving, &node, &limits, &Budget);
+            // This node's NICs now: those of the other networks, and these networks' own.
+            let mut now = (*local).clone();
+            for mac in &old {
+                now.remove(mac);
+            }
+            let nics = &r.validated.model.nics;
+            now.extend(
+                r.nics_of
+                    .values()
+                    .flatten()
+                    .filter(|mac| nics.get(*mac).is_some_and(|n| *n.node == *node)),
+            );
             // The rejections of these networks replace the ones they had.
             let mut keys: BTreeSet<String> = scope;
             keys.extend(old.iter().map(MacAddr::to_string));
@@ -385,10 +410,10 @@ impl Agent {
                 keys.extend(e.id.as_deref().map(str::to_owned));
                 keys.extend(e.field("mac"));
             }
-            (r, keys)
+            (r, keys, Arc::new(now))
         })
         .await;
-        let Ok((r, keys)) = done else {
+        let Ok((r, keys, local)) = done else {
             error!("validation panicked; keeping the current state");
             return;
         };
@@ -407,7 +432,7 @@ impl Agent {
         for id in &networks {
             nics_after.entry(id.clone()).or_default();
         }
-        self.adopt_partial(Arc::new(r.validated.model), nics_before, nics_after)
+        self.adopt_partial(Arc::new(r.validated.model), local, nics_before, nics_after)
             .await;
     }
 

@@ -22,6 +22,16 @@ pub struct Revalidated {
     pub nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
 }
 
+/// The model serving now, with the index of it that [`revalidate()`] needs to take time
+/// proportional to the networks validated again, not to the cloud.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving<'a> {
+    pub model: &'a Model,
+    /// The MACs of this node's NICs in `model` ([`Model::nics_on`]). A superset does no harm:
+    /// each is looked up.
+    pub local: &'a BTreeSet<MacAddr>,
+}
+
 /// Validates some networks again and merges the result into the model serving now: every
 /// other network and its NICs stay as they are. `sub` holds those networks' entries, all their
 /// NICs and every node; `old` the MACs the networks held before. A network or NIC that
@@ -31,11 +41,12 @@ pub fn revalidate<B: OptionsBudget>(
     sub: &RawDocument,
     networks: &BTreeSet<String>,
     old: &BTreeSet<MacAddr>,
-    prev: &Model,
+    serving: Serving<'_>,
     this_node: &str,
     limits: &Limits,
     budget: &B,
 ) -> Revalidated {
+    let prev = serving.model;
     let part = validate(sub, Some(prev), this_node, limits, budget);
     let mut model = prev.clone();
     for id in networks {
@@ -51,21 +62,32 @@ pub fn revalidate<B: OptionsBudget>(
         part.model.nics,
         networks,
         this_node,
+        serving.local,
         &mut rejections,
     );
     // What serves unchanged keeps its place: only these networks can be cut. This node's NICs
     // are counted again only when these networks hold more of them than before.
-    let local = |m: &Model, macs: &mut dyn Iterator<Item = &MacAddr>| {
-        macs.filter(|mac| m.nics.get(*mac).is_some_and(|n| *n.node == *this_node))
-            .count()
+    let on_node = |m: &Model, mac: &MacAddr| m.nics.get(mac).is_some_and(|n| *n.node == *this_node);
+    let grew = nics_of
+        .values()
+        .flatten()
+        .filter(|mac| on_node(&model, mac))
+        .count()
+        > old.iter().filter(|mac| on_node(prev, mac)).count();
+    // Counted from the index: the NICs that served here and those of these networks.
+    let local_nics = |m: &Model| {
+        grew.then(|| {
+            let mut macs: BTreeSet<&MacAddr> = serving.local.iter().collect();
+            macs.extend(nics_of.values().flatten());
+            macs.into_iter().filter(|mac| on_node(m, mac)).count()
+        })
     };
-    let grew = local(&model, &mut nics_of.values().flatten()) > local(prev, &mut old.iter());
     let cut = capacity::fit_networks(
         &mut model,
         prev,
         this_node,
         &limits.capacity,
-        grew,
+        local_nics,
         &mut rejections,
     );
     for id in cut {
@@ -128,16 +150,17 @@ fn merge_networks(
 /// Puts `validated`'s NICs of `networks` into `model`, but for one whose network was rejected,
 /// whose node `model` does not hold, whose MAC a NIC of another network holds, or whose
 /// interface on this node a NIC of another network is on; returns the MACs each of `networks`
-/// holds now.
+/// holds now. `local`: the MACs of this node's NICs in the model serving now.
 fn merge_nics(
     model: &mut Model,
     validated: OrdMap<MacAddr, Nic>,
     networks: &BTreeSet<String>,
     this_node: &str,
+    local: &BTreeSet<MacAddr>,
     rejections: &mut Vec<Rejection>,
 ) -> BTreeMap<String, BTreeSet<MacAddr>> {
     // The interfaces of this node the other networks' NICs are on; listed only when some NIC
-    // here is on one (most changes are to other nodes' NICs).
+    // here is on one (most changes are to other nodes' NICs), from this node's NICs alone.
     let mut interfaces: Option<HashMap<String, Arc<str>>> = None;
     let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = networks
         .iter()
@@ -167,7 +190,7 @@ fn merge_nics(
         } else if *nic.node == *this_node
             && let Some(iface) = &nic.interface
             && let Some(other) = interfaces
-                .get_or_insert_with(|| interfaces_of(model, this_node))
+                .get_or_insert_with(|| interfaces_of(model, local, this_node))
                 .get(iface)
             && *other != nic.network
         {
@@ -197,11 +220,18 @@ fn merge_nics(
     nics_of
 }
 
-/// The interfaces of `node` and the network of the NICs on each.
-fn interfaces_of(model: &Model, node: &str) -> HashMap<String, Arc<str>> {
-    model
-        .nics
-        .values()
+/// The interfaces of `node` and the network of the NICs on each, read from the NICs of `model`
+/// whose MAC `local` holds. That is all of them on an interface: `merge_nics` asks at the first
+/// NIC of `node` on an interface it meets, so those it put in before are on none, and the
+/// others served before.
+fn interfaces_of(
+    model: &Model,
+    local: &BTreeSet<MacAddr>,
+    node: &str,
+) -> HashMap<String, Arc<str>> {
+    local
+        .iter()
+        .filter_map(|mac| model.nics.get(mac))
         .filter(|n| *n.node == *node)
         .filter_map(|n| Some((n.interface.clone()?, n.network.clone())))
         .collect()
@@ -235,7 +265,10 @@ mod tests {
             &sub(&d, &["blue"]),
             &networks,
             &old,
-            &prev,
+            Serving {
+                model: &prev,
+                local: &prev.nics_on("hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -253,7 +286,10 @@ mod tests {
             &sub(&d2, &["blue"]),
             &networks,
             &part.nics_of["blue"],
-            &part.validated.model,
+            Serving {
+                model: &part.validated.model,
+                local: &part.validated.model.nics_on("hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -280,7 +316,10 @@ mod tests {
             &sub(&d, &["blue"]),
             &networks,
             &old,
-            &prev,
+            Serving {
+                model: &prev,
+                local: &prev.nics_on("hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,

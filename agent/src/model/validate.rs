@@ -80,12 +80,14 @@ pub fn validate<B: OptionsBudget>(
         budget,
         &mut rejections,
     );
+    // A whole document may hold any number of this node's NICs: counted when it matters.
+    let local_nics = |m: &Model| Some(m.nics.values().filter(|n| *n.node == *this_node).count());
     capacity::fit_networks(
         &mut model,
         prev,
         this_node,
         &limits.capacity,
-        true,
+        local_nics,
         &mut rejections,
     );
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
@@ -1284,7 +1286,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["red"]),
             &networks,
             &old,
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &serving.nics_on("hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -1305,7 +1310,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["blue", "red"]),
             &both,
             &serving.nics.keys().copied().collect(),
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &serving.nics_on("hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -1380,7 +1388,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["blue"]),
             &networks,
             &old,
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &serving.nics_on("hv-1"),
+            },
             "hv-1",
             &on_taps(&[]),
             &budget,
