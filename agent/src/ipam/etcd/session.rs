@@ -308,9 +308,8 @@ impl Session {
             if let Some(json) = n.entry {
                 view.set(&Range::Network(n.id.clone()), &n.key, Some(&json));
             }
-            let range = Range::NetworkNics(n.id.clone());
-            view.nics.entry(n.id).or_default();
-            view.fill(&range, n.nics).await;
+            view.add_network(&n.id);
+            view.fill(&Range::NetworkNics(n.id), n.nics).await;
         }
         Ok(())
     }
@@ -464,8 +463,7 @@ impl Session {
                     .await;
                 }
             }
-            view.networks.remove(network);
-            view.nics.remove(network);
+            view.forget_network(network);
             debug!(network, "no longer following network");
             self.dirty_nets.insert(network.clone());
         }
