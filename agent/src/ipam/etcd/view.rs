@@ -74,6 +74,11 @@ impl View {
             .collect()
     }
 
+    /// Whether this node has a NIC in network `id`: [`View::wanted`] without listing them all.
+    fn wants(&self, id: &str) -> bool {
+        key_safe(id) && self.own_networks.values().any(|n| n.as_deref() == Some(id))
+    }
+
     /// The entry for `key` that `make` makes of its directory and id, its names shared with
     /// the view's.
     fn entry(
@@ -278,10 +283,10 @@ impl View {
     /// The part of [`View::document`] that `networks` depend on: their entries, their NICs,
     /// and the nodes those NICs and this node are on.
     pub(super) fn sub_document(&self, networks: &BTreeSet<String>, this_node: &str) -> RawDocument {
-        let wanted = self.wanted();
+        let wanted: BTreeSet<&String> = networks.iter().filter(|id| self.wants(id)).collect();
         let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
-        for id in networks.intersection(&wanted) {
-            for (mac, e) in self.nics.get(id).into_iter().flatten() {
+        for id in &wanted {
+            for (mac, e) in self.nics.get(*id).into_iter().flatten() {
                 if !self.own.contains_key(mac) {
                     nics.insert(mac, e);
                 }
@@ -296,10 +301,9 @@ impl View {
         let mut on: BTreeSet<String> = nics.values().filter_map(|e| e.field("node")).collect();
         on.insert(this_node.to_owned());
         RawDocument {
-            networks: networks
+            networks: wanted
                 .iter()
-                .filter(|id| wanted.contains(*id))
-                .filter_map(|id| self.networks.get(id).cloned())
+                .filter_map(|id| self.networks.get(*id).cloned())
                 .collect(),
             nodes: self
                 .nodes
