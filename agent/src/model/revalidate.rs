@@ -2,7 +2,7 @@
 //! asks for when entries of a few networks change.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -124,9 +124,17 @@ fn merge_networks(
     networks: &BTreeSet<String>,
     rejections: &mut Vec<Rejection>,
 ) {
+    // The holders of the VNIs these networks claim, not of every VNI: a change in one network
+    // would copy a thousand ids.
+    let claimed: HashSet<u32> = validated
+        .iter()
+        .filter(|(id, _)| networks.contains(*id))
+        .map(|(_, n)| n.vni)
+        .collect();
     let vnis: HashMap<u32, String> = model
         .networks
         .iter()
+        .filter(|(_, n)| claimed.contains(&n.vni))
         .map(|(id, n)| (n.vni, id.clone()))
         .collect();
     for (id, n) in validated {
