@@ -218,7 +218,8 @@ impl Agent {
         let new_vteps =
             self.vteps(Some(&model)) != self.vteps(self.serving.as_ref().map(|s| &*s.model));
         if let Some(prev) = self.serving.as_ref().map(|s| s.model.clone()) {
-            self.note_former_servers(&prev, &model, &nics_of);
+            let after = vpc::former_after(&self.former_servers, &prev, &model, &nics_of);
+            self.note_former_servers(after);
         }
         self.serving = Some(Serving {
             model: model.clone(),
@@ -260,12 +261,17 @@ impl Agent {
                 serving.nics_of.insert(id.clone(), set.clone());
             }
         }
-        let nics_of = std::mem::take(&mut serving.nics_of);
-        self.note_former_servers(&prev, &model, &nics_of);
+        let after = vpc::former_after_change(
+            &self.former_servers,
+            &prev,
+            &model,
+            &serving.nics_of,
+            nics_after.keys(),
+        );
+        self.note_former_servers(after);
         let Some(serving) = self.serving.as_mut() else {
             return;
         };
-        serving.nics_of = nics_of;
         let mut patched = serving.desired.clone();
         let inputs = self.inputs(model.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -287,15 +293,9 @@ impl Agent {
         self.trim.notify_one();
     }
 
-    /// Remembers the DHCP server identifiers that the change from `prev` to `next` retires.
-    /// `nics_of`: the MACs of each network of `next`.
-    fn note_former_servers(
-        &mut self,
-        prev: &Model,
-        next: &Model,
-        nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
-    ) {
-        let after = vpc::former_after(&self.former_servers, prev, next, nics_of);
+    /// Remembers the DHCP server identifiers that a change retires (`after`: those of every
+    /// network after it).
+    fn note_former_servers(&mut self, after: FormerServers) {
         if after != *self.former_servers {
             for (id, list) in &after {
                 if self.former_servers.get(id) != Some(list) {
