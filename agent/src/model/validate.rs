@@ -466,7 +466,8 @@ fn one_nic_per_address(
     prev: &Model,
     rejections: &mut Vec<Rejection>,
 ) -> Vec<(usize, Nic)> {
-    nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
+    // Keyed once per NIC: the key looks up the serving model.
+    nics.sort_by_cached_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
     let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
     let mut out = Vec::with_capacity(nics.len());
     for (i, nic) in nics {
@@ -501,7 +502,7 @@ fn one_network_per_interface(
             p.network == n.network && p.interface == n.interface && p.node == n.node
         })
     };
-    nics.sort_by_key(|(i, n)| (!held_before(n), *i));
+    nics.sort_by_cached_key(|(i, n)| (!held_before(n), *i));
     let mut holders: HashMap<String, Arc<str>> = HashMap::new();
     let mut out = OrdMap::new();
     for (i, nic) in nics {
