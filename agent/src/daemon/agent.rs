@@ -20,7 +20,7 @@ use crate::{
     ipam::{Resend, Update},
     links::{LinkEvent, LinkInfo, Links},
     metrics::{self, Metrics},
-    model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
+    model::{self, Limits, LocalNics, MacAddr, Model, RawDocument, Rejection},
     ports::VmPorts,
     render::{
         desired::{self, Inputs, Touched},
@@ -37,9 +37,9 @@ struct Serving {
     limits: Limits,
     /// The MACs of each network's NICs in `model`: what a change of a network touches.
     nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
-    /// The MACs of this node's NICs in `model`: what validating a few networks again checks
-    /// them against, rather than every NIC.
-    local: Arc<BTreeSet<MacAddr>>,
+    /// This node's NICs in `model`: what validating a few networks again checks them against,
+    /// rather than every NIC.
+    local: LocalNics,
     /// The map state rendered from `model` and the links present when it was rendered. A
     /// change in some networks patches it rather than rendering it whole.
     desired: Desired,
@@ -207,7 +207,8 @@ impl Agent {
     /// Adopts a validated model: render, apply, persist (unless it is the snapshot itself).
     pub async fn adopt(&mut self, model: Arc<Model>, limits: Limits, persist: bool) {
         let (m, node) = (model.clone(), self.config.node.clone());
-        let indexed = tokio::task::spawn_blocking(move || (m.nics_by_network(), m.nics_on(&node)));
+        let indexed =
+            tokio::task::spawn_blocking(move || (m.nics_by_network(), LocalNics::of(&m, &node)));
         let Ok((nics_of, local)) = indexed.await else {
             error!("indexing the model panicked; keeping the current state");
             return;
@@ -225,7 +226,7 @@ impl Agent {
             model: model.clone(),
             limits,
             nics_of,
-            local: Arc::new(local),
+            local,
             desired: Desired::default(),
         });
         self.reconcile().await;
@@ -240,12 +241,12 @@ impl Agent {
     }
 
     /// Adopts a model in which only the networks of `nics_after` changed (their NICs in it):
-    /// their leases and forwarding entries are rendered again, nothing else. `local`: the MACs
-    /// of this node's NICs in `model`.
+    /// their leases and forwarding entries are rendered again, nothing else. `local`: this
+    /// node's NICs in `model`.
     async fn adopt_partial(
         &mut self,
         model: Arc<Model>,
-        local: Arc<BTreeSet<MacAddr>>,
+        local: LocalNics,
         nics_before: BTreeMap<String, BTreeSet<MacAddr>>,
         nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
     ) {
@@ -387,17 +388,12 @@ impl Agent {
                 local: &local,
             };
             let r = model::revalidate(&sub, &scope, &old, serving, &node, &limits, &Budget);
-            // This node's NICs now: those of the other networks, and these networks' own.
-            let mut now = (*local).clone();
-            for mac in &old {
-                now.remove(mac);
-            }
-            let nics = &r.validated.model.nics;
-            now.extend(
-                r.nics_of
-                    .values()
-                    .flatten()
-                    .filter(|mac| nics.get(*mac).is_some_and(|n| *n.node == *node)),
+            let now = local.changed(
+                &prev,
+                &old,
+                &r.validated.model,
+                r.nics_of.values().flatten(),
+                &node,
             );
             // The rejections of these networks replace the ones they had.
             let mut keys: BTreeSet<String> = scope;
@@ -410,7 +406,7 @@ impl Agent {
                 keys.extend(e.id.as_deref().map(str::to_owned));
                 keys.extend(e.field("mac"));
             }
-            (r, keys, Arc::new(now))
+            (r, keys, now)
         })
         .await;
         let Ok((r, keys, local)) = done else {

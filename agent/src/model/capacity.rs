@@ -234,7 +234,7 @@ mod tests {
         let t = std::time::Instant::now();
         let mut rejections = Vec::new();
         for _ in 0..10 {
-            let local = |m: &Model| Some(m.nics_on("hv-1").len());
+            let local = |m: &Model| Some(m.nics.values().filter(|n| &*n.node == "hv-1").count());
             assert!(fit_networks(&mut m, &prev, "hv-1", &cap, local, &mut rejections).is_empty());
         }
         eprintln!("fit_networks at 100,000 NICs: {:?} each", t.elapsed() / 10);
@@ -245,7 +245,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        Limits, MacAddr, Serving,
+        Limits, LocalNics, MacAddr, Serving,
         fixtures::{NoBudget, doc},
         revalidate, validate,
     };
@@ -407,7 +407,7 @@ mod tests {
             &old,
             Serving {
                 model: &serving,
-                local: &serving.nics_on("hv-1"),
+                local: &LocalNics::of(&serving, "hv-1"),
             },
             "hv-1",
             &limits(cap),

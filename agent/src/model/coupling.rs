@@ -71,7 +71,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        Limits, Reason, Serving,
+        Limits, LocalNics, Reason, Serving,
         fixtures::{NoBudget, base, doc, sub},
         revalidate, validate,
     };
@@ -158,7 +158,7 @@ mod tests {
             &old,
             Serving {
                 model: &prev,
-                local: &prev.nics_on("hv-1"),
+                local: &LocalNics::of(&prev, "hv-1"),
             },
             "hv-1",
             &limits,

@@ -290,13 +290,4 @@ impl Model {
         }
         out
     }
-
-    /// The MACs of `node`'s NICs.
-    pub fn nics_on(&self, node: &str) -> BTreeSet<MacAddr> {
-        self.nics
-            .iter()
-            .filter(|(_, n)| *n.node == *node)
-            .map(|(mac, _)| *mac)
-            .collect()
-    }
 }

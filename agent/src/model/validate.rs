@@ -1289,7 +1289,7 @@ mod tests {
             &old,
             crate::model::Serving {
                 model: &serving,
-                local: &serving.nics_on("hv-1"),
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
             },
             "hv-1",
             &limits,
@@ -1313,7 +1313,7 @@ mod tests {
             &serving.nics.keys().copied().collect(),
             crate::model::Serving {
                 model: &serving,
-                local: &serving.nics_on("hv-1"),
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
             },
             "hv-1",
             &limits,
@@ -1391,7 +1391,7 @@ mod tests {
             &old,
             crate::model::Serving {
                 model: &serving,
-                local: &serving.nics_on("hv-1"),
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
             },
             "hv-1",
             &on_taps(&[]),
