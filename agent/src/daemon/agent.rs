@@ -382,6 +382,9 @@ impl Agent {
         let local = serving.local.clone();
         let node = self.config.node.clone();
         let scope = networks.clone();
+        // The rejections standing that these networks replace: none to look for when none
+        // stand (each NIC's key is read from its JSON).
+        let standing = !self.rejections.is_empty();
         let done = tokio::task::spawn_blocking(move || {
             let serving = model::Serving {
                 model: &prev,
@@ -396,7 +399,11 @@ impl Agent {
                 &node,
             );
             // The rejections of these networks replace the ones they had.
-            let mut keys: BTreeSet<String> = scope;
+            let mut keys: BTreeSet<String> = BTreeSet::new();
+            if !standing {
+                return (r, keys, now);
+            }
+            keys.extend(scope);
             keys.extend(old.iter().map(MacAddr::to_string));
             for set in r.nics_of.values() {
                 keys.extend(set.iter().map(MacAddr::to_string));
