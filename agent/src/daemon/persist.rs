@@ -16,9 +16,9 @@ use crate::{model::Model, snapshot};
 /// the disk takes them, the ones in between are skipped: the snapshot is always the latest
 /// complete state. After each write the writer rests as long as the write took before it
 /// takes the next model: a lone change is persisted at once, and a burst of them costs at
-/// most half a core (at 100,000 NICs a write takes a core and an fsync of 10 MiB for 0.2 s,
-/// and without the rest one followed another for as long as the burst lasted, beside the
-/// work that serves and beside etcd's own fsyncs).
+/// most half a core and half the disk. (At 100,000 NICs a snapshot is about 10 MiB and an
+/// fsync; without the rest one followed another for as long as a burst lasted, taking CPU
+/// from the work that serves and the disk from etcd's own fsyncs beside it.)
 pub async fn persist(
     mut models: watch::Receiver<Option<Arc<Model>>>,
     state_dir: PathBuf,
