@@ -156,8 +156,9 @@ pub fn save(state_dir: &Path, node: &str, model: &Model) -> Result<(), StateErro
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp))?;
-    // Streamed to the file: a snapshot of 100,000 NICs never sits whole in memory.
-    let mut w = std::io::BufWriter::new(file);
+    // Streamed to the file: a snapshot of 100,000 NICs never sits whole in memory. In writes
+    // of 256 KiB: 40 for a snapshot of 10 MiB, not 1,300.
+    let mut w = std::io::BufWriter::with_capacity(256 * 1024, file);
     serde_json::to_writer(&mut w, &snapshot).map_err(|source| StateError::Parse {
         path: target.clone(),
         source,

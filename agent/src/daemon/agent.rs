@@ -21,7 +21,7 @@ use crate::{
     ipam::{Resend, Update},
     links::{LinkEvent, LinkInfo, Links},
     metrics::{self, Metrics},
-    model::{self, Limits, MacAddr, Model, RawDocument, Rejection},
+    model::{self, Limits, LocalNics, MacAddr, Model, RawDocument, Rejection},
     ports::VmPorts,
     ra,
     render::{
@@ -39,6 +39,9 @@ struct Serving {
     limits: Limits,
     /// The MACs of each network's NICs in `model`: what a change of a network touches.
     nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    /// This node's NICs in `model`: what validating a few networks again checks them against,
+    /// rather than every NIC.
+    local: LocalNics,
     /// The map state rendered from `model` and the links present when it was rendered. A
     /// change in some networks patches it rather than rendering it whole.
     desired: Desired,
@@ -270,8 +273,10 @@ impl Agent {
 
     /// Adopts a validated model: render, apply, persist (unless it is the snapshot itself).
     pub async fn adopt(&mut self, model: Arc<Model>, limits: Limits, persist: bool) {
-        let m = model.clone();
-        let Ok(nics_of) = tokio::task::spawn_blocking(move || m.nics_by_network()).await else {
+        let (m, node) = (model.clone(), self.config.node.clone());
+        let indexed =
+            tokio::task::spawn_blocking(move || (m.nics_by_network(), LocalNics::of(&m, &node)));
+        let Ok((nics_of, local)) = indexed.await else {
             error!("indexing the model panicked; keeping the current state");
             return;
         };
@@ -281,12 +286,14 @@ impl Agent {
         let new_vteps =
             self.vteps(Some(&model)) != self.vteps(self.serving.as_ref().map(|s| &*s.model));
         if let Some(prev) = self.serving.as_ref().map(|s| s.model.clone()) {
-            self.note_former_servers(&prev, &model, &nics_of);
+            let after = vpc::former_after(&self.former_servers, &prev, &model, &nics_of);
+            self.note_former_servers(after);
         }
         self.serving = Some(Serving {
             model: model.clone(),
             limits,
             nics_of,
+            local,
             desired: Desired::default(),
         });
         self.reconcile().await;
@@ -301,10 +308,12 @@ impl Agent {
     }
 
     /// Adopts a model in which only the networks of `nics_after` changed (their NICs in it):
-    /// their leases and forwarding entries are rendered again, nothing else.
+    /// their leases and forwarding entries are rendered again, nothing else. `local`: this
+    /// node's NICs in `model`.
     async fn adopt_partial(
         &mut self,
         model: Arc<Model>,
+        local: LocalNics,
         nics_before: BTreeMap<String, BTreeSet<MacAddr>>,
         nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
     ) {
@@ -312,6 +321,7 @@ impl Agent {
             return;
         };
         let prev = std::mem::replace(&mut serving.model, model.clone());
+        serving.local = local;
         for (id, set) in &nics_after {
             if set.is_empty() {
                 serving.nics_of.remove(id);
@@ -319,12 +329,17 @@ impl Agent {
                 serving.nics_of.insert(id.clone(), set.clone());
             }
         }
-        let nics_of = std::mem::take(&mut serving.nics_of);
-        self.note_former_servers(&prev, &model, &nics_of);
+        let after = vpc::former_after_change(
+            &self.former_servers,
+            &prev,
+            &model,
+            &serving.nics_of,
+            nics_after.keys(),
+        );
+        self.note_former_servers(after);
         let Some(serving) = self.serving.as_mut() else {
             return;
         };
-        serving.nics_of = nics_of;
         let mut patched = serving.desired.clone();
         let inputs = self.inputs(model.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -346,15 +361,9 @@ impl Agent {
         self.trim.notify_one();
     }
 
-    /// Remembers the DHCP server identifiers that the change from `prev` to `next` retires.
-    /// `nics_of`: the MACs of each network of `next`.
-    fn note_former_servers(
-        &mut self,
-        prev: &Model,
-        next: &Model,
-        nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
-    ) {
-        let after = vpc::former_after(&self.former_servers, prev, next, nics_of);
+    /// Remembers the DHCP server identifiers that a change retires (`after`: those of every
+    /// network after it).
+    fn note_former_servers(&mut self, after: FormerServers) {
         if after != *self.former_servers {
             for (id, list) in &after {
                 if self.former_servers.get(id) != Some(list) {
@@ -437,12 +446,31 @@ impl Agent {
             })
             .collect();
         let old: BTreeSet<MacAddr> = nics_before.values().flatten().copied().collect();
+        let local = serving.local.clone();
         let node = self.config.node.clone();
         let scope = networks.clone();
+        // The rejections standing that these networks replace: none to look for when none
+        // stand (each NIC's key is read from its JSON).
+        let standing = !self.rejections.is_empty();
         let done = tokio::task::spawn_blocking(move || {
-            let r = model::revalidate(&sub, &scope, &old, &prev, &node, &limits, &Budget);
+            let serving = model::Serving {
+                model: &prev,
+                local: &local,
+            };
+            let r = model::revalidate(&sub, &scope, &old, serving, &node, &limits, &Budget);
+            let now = local.changed(
+                &prev,
+                &old,
+                &r.validated.model,
+                r.nics_of.values().flatten(),
+                &node,
+            );
             // The rejections of these networks replace the ones they had.
-            let mut keys: BTreeSet<String> = scope;
+            let mut keys: BTreeSet<String> = BTreeSet::new();
+            if !standing {
+                return (r, keys, now);
+            }
+            keys.extend(scope);
             keys.extend(old.iter().map(MacAddr::to_string));
             for set in r.nics_of.values() {
                 keys.extend(set.iter().map(MacAddr::to_string));
@@ -452,10 +480,10 @@ impl Agent {
                 keys.extend(e.id.as_deref().map(str::to_owned));
                 keys.extend(e.field("mac"));
             }
-            (r, keys)
+            (r, keys, now)
         })
         .await;
-        let Ok((r, keys)) = done else {
+        let Ok((r, keys, local)) = done else {
             error!("validation panicked; keeping the current state");
             return;
         };
@@ -474,7 +502,7 @@ impl Agent {
         for id in &networks {
             nics_after.entry(id.clone()).or_default();
         }
-        self.adopt_partial(Arc::new(r.validated.model), nics_before, nics_after)
+        self.adopt_partial(Arc::new(r.validated.model), local, nics_before, nics_after)
             .await;
     }
 

@@ -71,7 +71,7 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        Limits, Reason,
+        Limits, LocalNics, Reason, Serving,
         fixtures::{NoBudget, base, doc, sub},
         revalidate, validate,
     };
@@ -156,7 +156,10 @@ mod tests {
             &sub(&d, &ids),
             &coupled,
             &old,
-            &prev,
+            Serving {
+                model: &prev,
+                local: &LocalNics::of(&prev, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,

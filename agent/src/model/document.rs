@@ -170,6 +170,15 @@ pub(super) trait FieldKinds {
 
 /// Deserializes one entry, naming the field that is wrong.
 fn parse_entry<T: DeserializeOwned + FieldKinds>(json: &[u8]) -> Result<T, Reject> {
+    // Most entries are good: read as they are first. Following the path copies every field's
+    // name (a third of validating 100,000 NICs); a bad entry is read again with it, to say
+    // which field is wrong.
+    let mut de = serde_json::Deserializer::from_slice(json);
+    if let Ok(v) = T::deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(json);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
     if parsed.is_ok()

@@ -39,16 +39,33 @@ impl MacAddr {
             m[5],
         ])
     }
+
+    /// The text form, made without the formatting machinery: a snapshot writes two for each
+    /// of 100,000 NICs, and `{:02x}` six times was most of its time.
+    fn text(&self) -> Text {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b':'; 17];
+        for (i, b) in self.0.iter().enumerate() {
+            out[3 * i] = HEX[usize::from(b >> 4)];
+            out[3 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        Text(out)
+    }
+}
+
+/// A MAC's text form: hex digits and colons.
+struct Text([u8; 17]);
+
+impl Text {
+    fn as_str(&self) -> &str {
+        // ASCII by construction: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -102,7 +119,7 @@ impl FromStr for MacAddr {
 
 impl Serialize for MacAddr {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.text().as_str())
     }
 }
 
@@ -147,6 +164,21 @@ mod tests {
             err.to_string(),
             r#"invalid MAC address "zz": expected six hex octets separated by ':'"#
         );
+    }
+
+    #[test]
+    fn the_text_form_is_lowercase_hex_pairs() {
+        for m in [[0; 6], [0xff; 6], [0x02, 0x00, 0x0a, 0x10, 0xab, 0xf9]] {
+            let mac = MacAddr(m);
+            let want = format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            );
+            assert_eq!(mac.to_string(), want);
+            assert_eq!(format!("{mac:?}"), want);
+            assert_eq!(serde_json::to_string(&mac).unwrap(), format!("\"{want}\""));
+            assert_eq!(want.parse::<MacAddr>().unwrap(), mac);
+        }
     }
 
     #[test]

@@ -39,6 +39,6 @@ pub use options::{
     CAPPORT_UNRESTRICTED, DhcpOptions, NetbiosNodeType, RawOption, RawValueError, V6ONLY_WAIT_MIN,
 };
 pub use reasons::{Reason, Rejection};
-pub use revalidate::{Revalidated, revalidate};
+pub use revalidate::{LocalNics, Revalidated, Serving, revalidate};
 pub use types::{Boot, Capacity, Limits, Model, Network, Nic, Node, Route};
 pub use validate::{OptionsBudget, Validated, validate};

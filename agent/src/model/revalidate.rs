@@ -2,7 +2,7 @@
 //! asks for when entries of a few networks change.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -22,6 +22,76 @@ pub struct Revalidated {
     pub nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
 }
 
+/// The model serving now, with the index of it that [`revalidate()`] needs to take time
+/// proportional to the networks validated again, not to the cloud.
+#[derive(Clone, Copy, Debug)]
+pub struct Serving<'a> {
+    pub model: &'a Model,
+    /// This node's NICs in `model`.
+    pub local: &'a LocalNics,
+}
+
+/// This node's NICs in a model, by the interface each is on: what [`revalidate()`] reads
+/// rather than every NIC of the model. More MACs than that do no harm (each is looked up in
+/// the model). A copy costs nothing: the index is persistent, like the model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalNics(OrdMap<Option<String>, BTreeSet<MacAddr>>);
+
+impl LocalNics {
+    /// `node`'s NICs in `model`, read from every NIC.
+    pub fn of(model: &Model, node: &str) -> Self {
+        let mut out = Self::default();
+        for (mac, nic) in model.nics.iter().filter(|(_, n)| *n.node == *node) {
+            out.0.entry(nic.interface.clone()).or_default().insert(*mac);
+        }
+        out
+    }
+
+    /// The index after a change of the NICs `old` (as `prev` has them) to `new` (as `next`
+    /// has them) from `prev`, which this indexes, to `next`.
+    pub fn changed<'a>(
+        &self,
+        prev: &Model,
+        old: impl IntoIterator<Item = &'a MacAddr>,
+        next: &Model,
+        new: impl IntoIterator<Item = &'a MacAddr>,
+        node: &str,
+    ) -> Self {
+        let mut out = self.clone();
+        for mac in old {
+            let Some(nic) = prev.nics.get(mac) else {
+                continue;
+            };
+            if let Some(set) = out.0.get_mut(&nic.interface) {
+                set.remove(mac);
+                if set.is_empty() {
+                    out.0.remove(&nic.interface);
+                }
+            }
+        }
+        for mac in new {
+            if let Some(nic) = next.nics.get(mac)
+                && *nic.node == *node
+            {
+                out.0.entry(nic.interface.clone()).or_default().insert(*mac);
+            }
+        }
+        out
+    }
+
+    /// The MACs of the NICs on `interface`.
+    fn on(&self, interface: &str) -> impl Iterator<Item = &MacAddr> {
+        self.0
+            .get(&Some(interface.to_owned()))
+            .into_iter()
+            .flatten()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &MacAddr> {
+        self.0.values().flatten()
+    }
+}
+
 /// Validates some networks again and merges the result into the model serving now: every
 /// other network and its NICs stay as they are. `sub` holds those networks' entries, all their
 /// NICs and every node; `old` the MACs the networks held before. A network or NIC that
@@ -31,11 +101,12 @@ pub fn revalidate<B: OptionsBudget>(
     sub: &RawDocument,
     networks: &BTreeSet<String>,
     old: &BTreeSet<MacAddr>,
-    prev: &Model,
+    serving: Serving<'_>,
     this_node: &str,
     limits: &Limits,
     budget: &B,
 ) -> Revalidated {
+    let prev = serving.model;
     let part = validate(sub, Some(prev), this_node, limits, budget);
     let mut model = prev.clone();
     for id in networks {
@@ -51,21 +122,32 @@ pub fn revalidate<B: OptionsBudget>(
         part.model.nics,
         networks,
         this_node,
+        serving.local,
         &mut rejections,
     );
     // What serves unchanged keeps its place: only these networks can be cut. This node's NICs
     // are counted again only when these networks hold more of them than before.
-    let local = |m: &Model, macs: &mut dyn Iterator<Item = &MacAddr>| {
-        macs.filter(|mac| m.nics.get(*mac).is_some_and(|n| *n.node == *this_node))
-            .count()
+    let on_node = |m: &Model, mac: &MacAddr| m.nics.get(mac).is_some_and(|n| *n.node == *this_node);
+    let grew = nics_of
+        .values()
+        .flatten()
+        .filter(|mac| on_node(&model, mac))
+        .count()
+        > old.iter().filter(|mac| on_node(prev, mac)).count();
+    // Counted from the index: the NICs that served here and those of these networks.
+    let local_nics = |m: &Model| {
+        grew.then(|| {
+            let mut macs: BTreeSet<&MacAddr> = serving.local.all().collect();
+            macs.extend(nics_of.values().flatten());
+            macs.into_iter().filter(|mac| on_node(m, mac)).count()
+        })
     };
-    let grew = local(&model, &mut nics_of.values().flatten()) > local(prev, &mut old.iter());
     let cut = capacity::fit_networks(
         &mut model,
         prev,
         this_node,
         &limits.capacity,
-        grew,
+        local_nics,
         &mut rejections,
     );
     for id in cut {
@@ -102,9 +184,17 @@ fn merge_networks(
     networks: &BTreeSet<String>,
     rejections: &mut Vec<Rejection>,
 ) {
+    // The holders of the VNIs these networks claim, not of every VNI: a change in one network
+    // would copy a thousand ids.
+    let claimed: HashSet<u32> = validated
+        .iter()
+        .filter(|(id, _)| networks.contains(*id))
+        .map(|(_, n)| n.vni)
+        .collect();
     let vnis: HashMap<u32, String> = model
         .networks
         .iter()
+        .filter(|(_, n)| claimed.contains(&n.vni))
         .map(|(id, n)| (n.vni, id.clone()))
         .collect();
     for (id, n) in validated {
@@ -128,17 +218,15 @@ fn merge_networks(
 /// Puts `validated`'s NICs of `networks` into `model`, but for one whose network was rejected,
 /// whose node `model` does not hold, whose MAC a NIC of another network holds, or whose
 /// interface on this node a NIC of another network is on; returns the MACs each of `networks`
-/// holds now.
+/// holds now. `local`: this node's NICs in the model serving now.
 fn merge_nics(
     model: &mut Model,
     validated: OrdMap<MacAddr, Nic>,
     networks: &BTreeSet<String>,
     this_node: &str,
+    local: &LocalNics,
     rejections: &mut Vec<Rejection>,
 ) -> BTreeMap<String, BTreeSet<MacAddr>> {
-    // The interfaces of this node the other networks' NICs are on; listed only when some NIC
-    // here is on one (most changes are to other nodes' NICs).
-    let mut interfaces: Option<HashMap<String, Arc<str>>> = None;
     let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = networks
         .iter()
         .map(|n| (n.clone(), BTreeSet::new()))
@@ -166,10 +254,8 @@ fn merge_nics(
             ))
         } else if *nic.node == *this_node
             && let Some(iface) = &nic.interface
-            && let Some(other) = interfaces
-                .get_or_insert_with(|| interfaces_of(model, this_node))
-                .get(iface)
-            && *other != nic.network
+            && let Some(other) = network_on(model, local, this_node, iface)
+            && other != nic.network
         {
             // Validated together with that network, it would have lost to it too.
             Some((
@@ -197,14 +283,15 @@ fn merge_nics(
     nics_of
 }
 
-/// The interfaces of `node` and the network of the NICs on each.
-fn interfaces_of(model: &Model, node: &str) -> HashMap<String, Arc<str>> {
-    model
-        .nics
-        .values()
-        .filter(|n| *n.node == *node)
-        .filter_map(|n| Some((n.interface.clone()?, n.network.clone())))
-        .collect()
+/// The network of `node`'s NICs on `interface` in `model` (one network an interface), read
+/// from the NICs `local` names. Those are all that matter: the others `merge_nics` put in from
+/// the networks validated again, which validation already kept to one network an interface.
+fn network_on(model: &Model, local: &LocalNics, node: &str, interface: &str) -> Option<Arc<str>> {
+    local
+        .on(interface)
+        .filter_map(|mac| model.nics.get(mac))
+        .find(|n| *n.node == *node && n.interface.as_deref() == Some(interface))
+        .map(|n| n.network.clone())
 }
 
 #[cfg(test)]
@@ -235,7 +322,10 @@ mod tests {
             &sub(&d, &["blue"]),
             &networks,
             &old,
-            &prev,
+            Serving {
+                model: &prev,
+                local: &LocalNics::of(&prev, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -253,7 +343,10 @@ mod tests {
             &sub(&d2, &["blue"]),
             &networks,
             &part.nics_of["blue"],
-            &part.validated.model,
+            Serving {
+                model: &part.validated.model,
+                local: &LocalNics::of(&part.validated.model, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -268,6 +361,41 @@ mod tests {
         );
     }
 
+    /// The index of this node's NICs, brought along a change, is the index of the new model.
+    #[test]
+    fn the_index_of_this_nodes_nics_follows_a_change() {
+        let limits = Limits::default();
+        let prev = validate(&doc(base()), None, "hv-1", &limits, &NoBudget).model;
+        let local = LocalNics::of(&prev, "hv-1");
+        let mut d = base();
+        let nics = d["nics"].as_array_mut().unwrap();
+        // blue: its NIC here moves to another tap, one comes here on its old tap, and its NIC
+        // on hv-2 comes here without an interface (rejected: it stays on hv-2).
+        nics[0]["interface"] = json!("tap9");
+        nics[2]["node"] = json!("hv-1");
+        nics.push(json!({"mac": "02:00:00:00:00:06", "network": "blue", "ip": "10.10.0.16", "node": "hv-1", "interface": "tap1"}));
+        let networks = BTreeSet::from(["blue".to_owned()]);
+        let old = prev.nics_by_network().remove("blue").unwrap_or_default();
+        let part = revalidate(
+            &sub(&d, &["blue"]),
+            &networks,
+            &old,
+            Serving {
+                model: &prev,
+                local: &local,
+            },
+            "hv-1",
+            &limits,
+            &NoBudget,
+        );
+        let next = &part.validated.model;
+        assert_eq!(next.nics.len(), 4, "{:?}", part.validated.rejections);
+        let changed = local.changed(&prev, &old, next, part.nics_of.values().flatten(), "hv-1");
+        assert_eq!(changed, LocalNics::of(next, "hv-1"));
+        assert_eq!(changed.on("tap1").count(), 1);
+        assert_eq!(changed.all().count(), 3);
+    }
+
     #[test]
     fn a_sub_document_does_not_judge_nodes() {
         let limits = Limits::default();
@@ -280,7 +408,10 @@ mod tests {
             &sub(&d, &["blue"]),
             &networks,
             &old,
-            &prev,
+            Serving {
+                model: &prev,
+                local: &LocalNics::of(&prev, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -341,7 +472,10 @@ mod tests {
                 &sub(&d, &["blue"]),
                 &networks,
                 &old,
-                &prev,
+                Serving {
+                    model: &prev,
+                    local: &LocalNics::of(&prev, "hv-1"),
+                },
                 "hv-1",
                 &limits,
                 &NoBudget,

@@ -100,12 +100,14 @@ pub fn validate<B: OptionsBudget>(
         budget,
         &mut rejections,
     );
+    // A whole document may hold any number of this node's NICs: counted when it matters.
+    let local_nics = |m: &Model| Some(m.nics.values().filter(|n| *n.node == *this_node).count());
     capacity::fit_networks(
         &mut model,
         prev,
         this_node,
         &limits.capacity,
-        true,
+        local_nics,
         &mut rejections,
     );
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
@@ -487,7 +489,8 @@ fn one_nic_per_address(
     prev: &Model,
     rejections: &mut Vec<Rejection>,
 ) -> Vec<(usize, Nic)> {
-    nics.sort_by_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
+    // Keyed once per NIC: the key looks up the serving model.
+    nics.sort_by_cached_key(|(i, n)| (prev.nics.get(&n.mac) != Some(n), *i));
     let mut holders: HashMap<(Arc<str>, Ipv4Addr), MacAddr> = HashMap::new();
     let mut holders6: HashMap<(Arc<str>, Ipv6Addr), MacAddr> = HashMap::new();
     let mut out = Vec::with_capacity(nics.len());
@@ -538,7 +541,7 @@ fn one_network_per_interface(
             p.network == n.network && p.interface == n.interface && p.node == n.node
         })
     };
-    nics.sort_by_key(|(i, n)| (!held_before(n), *i));
+    nics.sort_by_cached_key(|(i, n)| (!held_before(n), *i));
     let mut holders: HashMap<String, Arc<str>> = HashMap::new();
     let mut out = OrdMap::new();
     for (i, nic) in nics {
@@ -1323,7 +1326,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["red"]),
             &networks,
             &old,
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -1344,7 +1350,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["blue", "red"]),
             &both,
             &serving.nics.keys().copied().collect(),
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
+            },
             "hv-1",
             &limits,
             &NoBudget,
@@ -1419,7 +1428,10 @@ mod tests {
             &crate::model::fixtures::sub(&d, &["blue"]),
             &networks,
             &old,
-            &serving,
+            crate::model::Serving {
+                model: &serving,
+                local: &crate::model::LocalNics::of(&serving, "hv-1"),
+            },
             "hv-1",
             &on_taps(&[]),
             &budget,

@@ -73,31 +73,61 @@ pub fn former_after(
     next: &Model,
     nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
 ) -> FormerServers {
-    let mut out = FormerServers::new();
-    for (id, net) in &next.networks {
-        let mut list = former.get(id).cloned().unwrap_or_default();
-        if let Some(p) = prev.networks.get(id)
-            && p.server_id() != net.server_id()
-        {
-            list.retain(|a| *a != p.server_id());
-            list.push(p.server_id());
-        }
-        list.retain(|a| *a != net.server_id() && *a != net.gateway && net.subnet.contains(a));
-        if list.is_empty() {
-            continue;
-        }
-        for mac in nics_of.get(id.as_str()).into_iter().flatten() {
-            if let Some(nic) = next.nics.get(mac) {
-                list.retain(|a| *a != nic.ip);
-            }
-        }
-        let extra = list.len().saturating_sub(MAX_FORMER_SERVERS);
-        list.drain(..extra);
-        if !list.is_empty() {
-            out.insert(id.clone(), list);
-        }
+    next.networks
+        .keys()
+        .filter_map(|id| Some((id.clone(), former_of(former, prev, next, nics_of, id)?)))
+        .collect()
+}
+
+/// [`former_after`] when only `networks` changed (their entries and NICs): every other network
+/// keeps what it has, which is what [`former_after`] gives it again, so that a change costs its
+/// networks and not the cloud's.
+pub fn former_after_change<'a>(
+    former: &FormerServers,
+    prev: &Model,
+    next: &Model,
+    nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+    networks: impl IntoIterator<Item = &'a String>,
+) -> FormerServers {
+    let mut out = former.clone();
+    out.retain(|id, _| next.networks.contains_key(id));
+    for id in networks {
+        match former_of(former, prev, next, nics_of, id) {
+            Some(list) => out.insert(id.clone(), list),
+            None => out.remove(id),
+        };
     }
     out
+}
+
+/// The former server identifiers of network `id` of `next`, when it keeps any.
+fn former_of(
+    former: &FormerServers,
+    prev: &Model,
+    next: &Model,
+    nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+    id: &str,
+) -> Option<Vec<Ipv4Addr>> {
+    let net = next.networks.get(id)?;
+    let mut list = former.get(id).cloned().unwrap_or_default();
+    if let Some(p) = prev.networks.get(id)
+        && p.server_id() != net.server_id()
+    {
+        list.retain(|a| *a != p.server_id());
+        list.push(p.server_id());
+    }
+    list.retain(|a| *a != net.server_id() && *a != net.gateway && net.subnet.contains(a));
+    if list.is_empty() {
+        return None;
+    }
+    for mac in nics_of.get(id).into_iter().flatten() {
+        if let Some(nic) = next.nics.get(mac) {
+            list.retain(|a| *a != nic.ip);
+        }
+    }
+    let extra = list.len().saturating_sub(MAX_FORMER_SERVERS);
+    list.drain(..extra);
+    (!list.is_empty()).then_some(list)
 }
 
 /// The forwarding state `node` needs.
@@ -338,6 +368,22 @@ mod tests {
         pinned.networks.insert("a".into(), a);
         let f = former_after(&former, &after, &pinned, &pinned.nics_by_network());
         assert_eq!(f["a"], vec![old]);
+        // Each of these changes, told which networks it touched, comes to the same.
+        let a = ["a".to_owned()];
+        for (was, prev, next) in [
+            (&FormerServers::new(), &before, &after),
+            (&former, &after, &after),
+            (&former, &after, &taken),
+            (&former, &after, &before),
+            (&former, &after, &gone),
+            (&former, &after, &pinned),
+        ] {
+            let of = next.nics_by_network();
+            assert_eq!(
+                former_after_change(was, prev, next, &of, &a),
+                former_after(was, prev, next, &of)
+            );
+        }
         let vpc = derive_with(&pinned, "hv-1", ROUTER, &f);
         assert_eq!(vpc.arp[&(1001, "10.0.0.2".parse().unwrap())], ROUTER);
     }

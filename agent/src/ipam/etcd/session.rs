@@ -141,6 +141,13 @@ impl Session {
     ) -> Result<Stop, Stop> {
         if self.slots.is_empty() {
             self.relist(store).await?;
+            // The document goes first: the watches start after the listed revision, so nothing
+            // is missed while they are made, and making them waits on etcd (two for each
+            // network, and the client's stream holds 100 requests: 1,000 networks took up to
+            // a second). The agent validates what was listed meanwhile.
+            if let Ok(permit) = tx.try_reserve() {
+                self.send(permit);
+            }
         }
         // All watches on one stream, each from the first revision it has not seen.
         let ranges: Vec<Range> = self.slots.keys().cloned().collect();
@@ -170,10 +177,7 @@ impl Session {
                 biased;
                 permit = tx.reserve(), if ready => {
                     let Ok(permit) = permit else { return Ok(Stop::Closed) };
-                    permit.send(self.update());
-                    self.dirty_all = false;
-                    self.dirty_nets.clear();
-                    self.alive = false;
+                    self.send(permit);
                 }
                 () = resend.requested() => {
                     debug!("the agent asks for a complete document");
@@ -198,6 +202,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Tells the agent what changed since it was last told.
+    fn send(&mut self, permit: mpsc::Permit<'_, Update>) {
+        permit.send(self.update());
+        self.dirty_all = false;
+        self.dirty_nets.clear();
+        self.alive = false;
     }
 
     /// What to tell the agent: the whole document after a list or when it asked, otherwise
@@ -308,9 +320,8 @@ impl Session {
             if let Some(json) = n.entry {
                 view.set(&Range::Network(n.id.clone()), &n.key, Some(&json));
             }
-            let range = Range::NetworkNics(n.id.clone());
-            view.nics.entry(n.id).or_default();
-            view.fill(&range, n.nics).await;
+            view.add_network(&n.id);
+            view.fill(&Range::NetworkNics(n.id), n.nics).await;
         }
         Ok(())
     }
@@ -464,8 +475,7 @@ impl Session {
                     .await;
                 }
             }
-            view.networks.remove(network);
-            view.nics.remove(network);
+            view.forget_network(network);
             debug!(network, "no longer following network");
             self.dirty_nets.insert(network.clone());
         }

@@ -3,7 +3,7 @@
 //! the whole document is cut.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -11,7 +11,7 @@ use super::{
     keys::{Layout, key_safe, split_key},
     store::Listed,
 };
-use crate::model::{self, RawDocument, RawEntry};
+use crate::model::{self, MacAddr, RawDocument, RawEntry};
 
 /// Listed entries stored into the view between two yields to the runtime.
 const FILL_SLICE: usize = 1_000;
@@ -49,7 +49,11 @@ pub(super) struct View {
     own: BTreeMap<Arc<str>, RawEntry>,
     nodes: BTreeMap<Arc<str>, RawEntry>,
     pub(super) networks: BTreeMap<String, RawEntry>,
-    pub(super) nics: BTreeMap<String, BTreeMap<Arc<str>, RawEntry>>,
+    nics: BTreeMap<String, BTreeMap<Arc<str>, RawEntry>>,
+    /// How many networks' NIC indexes hold a key naming each MAC (keys that are not a MAC are
+    /// not counted). Which networks hold a MAC is asked at every change of a NIC; with the
+    /// count, the networks the change names answer it, rather than every network's index.
+    listed: HashMap<MacAddr, u32>,
     /// The network each of this node's NICs names, read once when the NIC changes.
     own_networks: BTreeMap<Arc<str>, Option<String>>,
     /// The interface each of this node's NICs names, likewise: one interface carries one
@@ -68,6 +72,11 @@ impl View {
             .filter(|n| key_safe(n))
             .cloned()
             .collect()
+    }
+
+    /// Whether this node has a NIC in network `id`: [`View::wanted`] without listing them all.
+    fn wants(&self, id: &str) -> bool {
+        key_safe(id) && self.own_networks.values().any(|n| n.as_deref() == Some(id))
     }
 
     /// The entry for `key` that `make` makes of its directory and id, its names shared with
@@ -148,7 +157,24 @@ impl View {
                 &mut self.own
             }
             Range::Nodes => &mut self.nodes,
-            Range::NetworkNics(id) => self.nics.entry(id.clone()).or_default(),
+            Range::NetworkNics(id) => {
+                let map = self.nics.entry(id.clone()).or_default();
+                return match entry {
+                    Some((id, e)) => {
+                        if map.insert(id, e).is_none() {
+                            count(&mut self.listed, name, true);
+                        }
+                        true
+                    }
+                    None => {
+                        let gone = map.remove(name).is_some();
+                        if gone {
+                            count(&mut self.listed, name, false);
+                        }
+                        gone
+                    }
+                };
+            }
         };
         match entry {
             Some((id, e)) => {
@@ -157,6 +183,39 @@ impl View {
             }
             None => map.remove(name).is_some(),
         }
+    }
+
+    /// Starts a network's NIC index (empty until its NICs are stored).
+    pub(super) fn add_network(&mut self, id: &str) {
+        if !self.nics.contains_key(id) {
+            self.nics.insert(id.to_owned(), BTreeMap::new());
+        }
+    }
+
+    /// Forgets a network and its NICs: this node no longer has a NIC in it.
+    pub(super) fn forget_network(&mut self, id: &str) {
+        self.networks.remove(id);
+        for mac in self.nics.remove(id).unwrap_or_default().keys() {
+            count(&mut self.listed, mac, false);
+        }
+    }
+
+    /// The networks whose NIC index holds `mac`, but for those of `known`: the count of them
+    /// says whether `known` holds them all, and only when it does not is every index asked.
+    fn holding_mac(&self, mac: &str, known: &BTreeSet<String>) -> Vec<String> {
+        let listed = mac
+            .parse::<MacAddr>()
+            .ok()
+            .map(|m| self.listed.get(&m).copied().unwrap_or(0));
+        let holds = |id: &String| self.nics.get(id).is_some_and(|m| m.contains_key(mac));
+        let here = known.iter().filter(|id| holds(id)).count();
+        if listed.is_some_and(|n| n as usize == here) {
+            return Vec::new();
+        }
+        model::holding_mac(mac, &self.nics)
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect()
     }
 
     /// The keys held, as (directory, id): shared names, nothing copied.
@@ -216,17 +275,18 @@ impl View {
             }
         }
         // Networks holding the same MAC: which one gets it may change.
-        out.extend(model::holding_mac(name, &self.nics).cloned());
+        let more = self.holding_mac(name, &out);
+        out.extend(more);
         Some(out)
     }
 
     /// The part of [`View::document`] that `networks` depend on: their entries, their NICs,
     /// and the nodes those NICs and this node are on.
     pub(super) fn sub_document(&self, networks: &BTreeSet<String>, this_node: &str) -> RawDocument {
-        let wanted = self.wanted();
+        let wanted: BTreeSet<&String> = networks.iter().filter(|id| self.wants(id)).collect();
         let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
-        for id in networks.intersection(&wanted) {
-            for (mac, e) in self.nics.get(id).into_iter().flatten() {
+        for id in &wanted {
+            for (mac, e) in self.nics.get(*id).into_iter().flatten() {
                 if !self.own.contains_key(mac) {
                     nics.insert(mac, e);
                 }
@@ -241,16 +301,15 @@ impl View {
         let mut on: BTreeSet<String> = nics.values().filter_map(|e| e.field("node")).collect();
         on.insert(this_node.to_owned());
         RawDocument {
-            networks: networks
+            networks: wanted
                 .iter()
-                .filter(|id| wanted.contains(*id))
-                .filter_map(|id| self.networks.get(id).cloned())
+                .filter_map(|id| self.networks.get(*id).cloned())
                 .collect(),
-            nodes: self
-                .nodes
+            // Looked up by name (the nodes of a network's NICs are a few of a thousand), in
+            // the view's order.
+            nodes: on
                 .iter()
-                .filter(|(name, _)| on.contains(&***name))
-                .map(|(_, e)| e.clone())
+                .filter_map(|name| self.nodes.get(name.as_str()).cloned())
                 .collect(),
             nics: nics.into_values().cloned().collect(),
         }
@@ -275,6 +334,21 @@ impl View {
             networks: self.networks.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
             nics: nics.into_values().cloned().collect(),
+        }
+    }
+}
+
+/// Counts one more (`up`) or one fewer network index holding a key naming `mac`.
+fn count(listed: &mut HashMap<MacAddr, u32>, mac: &str, up: bool) {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return;
+    };
+    if up {
+        *listed.entry(mac).or_default() += 1;
+    } else if let Some(n) = listed.get_mut(&mac) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            listed.remove(&mac);
         }
     }
 }
@@ -318,6 +392,78 @@ mod tests {
             None
         ));
         assert!(v.wanted().is_empty());
+    }
+
+    /// Which networks hold a MAC is answered from the count of them when the change names them
+    /// all, and from every index when it does not: the same answer either way.
+    #[test]
+    fn a_mac_in_two_networks_couples_them_until_one_lets_it_go() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let idx = |net: &str, mac: &str| format!("{}{mac}", l.by_network(net));
+        let nic = |mac: &str, net: &str| {
+            format!(r#"{{"mac":"{mac}","network":"{net}","ip":"10.0.0.5","node":"hv-2"}}"#)
+        };
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        let (m1, m1_upper) = ("02:00:00:00:00:0a", "02:00:00:00:00:0A");
+        let (blue, red, green) = (
+            Range::NetworkNics("blue".into()),
+            Range::NetworkNics("red".into()),
+            Range::NetworkNics("green".into()),
+        );
+        for r in [&blue, &red, &green] {
+            let Range::NetworkNics(id) = r else {
+                unreachable!()
+            };
+            v.add_network(id);
+        }
+        assert_eq!(v.affected(&blue, &idx("blue", m1)), Some(set(&["blue"])));
+        v.apply(&blue, &idx("blue", m1), Some(nic(m1, "blue").as_bytes()));
+        assert_eq!(v.affected(&blue, &idx("blue", m1)), Some(set(&["blue"])));
+        // red lists it too: a change of it in either network touches both.
+        assert_eq!(
+            v.affected(&red, &idx("red", m1)),
+            Some(set(&["blue", "red"]))
+        );
+        v.apply(&red, &idx("red", m1), Some(nic(m1, "red").as_bytes()));
+        assert_eq!(
+            v.affected(&blue, &idx("blue", m1)),
+            Some(set(&["blue", "red"]))
+        );
+        // Written again: still two indexes hold it.
+        v.apply(&red, &idx("red", m1), Some(nic(m1, "red").as_bytes()));
+        assert_eq!(
+            v.affected(&blue, &idx("blue", m1)),
+            Some(set(&["blue", "red"]))
+        );
+        // A key naming the same MAC in other letters is another key: green holds that one.
+        v.apply(
+            &green,
+            &idx("green", m1_upper),
+            Some(nic(m1_upper, "green").as_bytes()),
+        );
+        assert_eq!(
+            v.affected(&blue, &idx("blue", m1)),
+            Some(set(&["blue", "red"]))
+        );
+        assert_eq!(
+            v.affected(&green, &idx("green", m1_upper)),
+            Some(set(&["green"]))
+        );
+        v.apply(&red, &idx("red", m1), None);
+        assert_eq!(v.affected(&blue, &idx("blue", m1)), Some(set(&["blue"])));
+        // A network forgotten takes its NICs along.
+        v.apply(&red, &idx("red", m1), Some(nic(m1, "red").as_bytes()));
+        v.forget_network("red");
+        assert_eq!(v.affected(&blue, &idx("blue", m1)), Some(set(&["blue"])));
+        v.forget_network("green");
+        assert_eq!(v.listed.len(), 1, "{:?}", v.listed);
+        // A key that is not a MAC is never counted: every index is asked.
+        v.apply(&red, &idx("red", "x"), Some(b"{}"));
+        assert_eq!(
+            v.affected(&blue, &idx("blue", "x")),
+            Some(set(&["blue", "red"]))
+        );
     }
 
     #[test]
