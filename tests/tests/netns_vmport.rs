@@ -532,7 +532,11 @@ fn tc_mode_replies_keep_to_the_checksum_state_of_the_virtio_header() {
 /// What a VM port's TC program drops, for XDP's reasons, and hands to nobody; then a valid
 /// frame goes through (on the skb: no XDP ran on any of them).
 fn hands_nothing_to_the_host(lab: &Lab, what: &str, ip6_in: u64, ip_in: u64) {
-    lab.dropped("IPv6", &ipv6(), Stat::DropNotIpv4);
+    lab.dropped(
+        "IPv6 from a NIC without ip6",
+        &ipv6(),
+        Stat::DropIpv6NotConfigured,
+    );
     // The kernel takes a VLAN tag out of the frame before TC: a priority tag (VLAN 0) would
     // then be delivered to the host as untagged.
     lab.dropped(

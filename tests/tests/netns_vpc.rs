@@ -971,13 +971,22 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
             Stat::DropDecapArp,
         ),
         (
-            "IPv6",
+            "neither IPv4 nor IPv6 (LLDP)",
+            vxlan(from, to, 1001, &{
+                let mut f = genuine(A1, A3, IP11, IP13);
+                f[12..14].copy_from_slice(&[0x88, 0xcc]);
+                f
+            }),
+            Stat::DropDecapNotIpv4,
+        ),
+        (
+            "an IPv4 header labelled IPv6",
             vxlan(from, to, 1001, &{
                 let mut f = genuine(A1, A3, IP11, IP13);
                 f[12..14].copy_from_slice(&[0x86, 0xdd]);
                 f
             }),
-            Stat::DropDecapNotIpv4,
+            Stat::DropMalformed,
         ),
         (
             "to another address of hv-2's than its VTEP",

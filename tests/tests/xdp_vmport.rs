@@ -146,7 +146,11 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, Stat)> {
     let mut fragmented = Request::discover(A1).frame();
     fragmented[20] = 0x20; // more fragments
     vec![
-        ("IPv6", ipv6(), Stat::DropNotIpv4),
+        (
+            "IPv6 from a NIC without ip6",
+            ipv6(),
+            Stat::DropIpv6NotConfigured,
+        ),
         (
             "VLAN-tagged",
             tagged(&valid(), 0x8100, 5),
