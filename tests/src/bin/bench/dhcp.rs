@@ -266,6 +266,8 @@ pub fn run() {
         // Limits that never bite: the figure includes the rate limiter's cost.
         let limits = RateLimits {
             dhcp: RateLimit::per_sec(1_000_000, 1_000_000),
+            // ND and RS share ARP's limit.
+            arp: RateLimit::per_sec(1_000_000, 1_000_000),
             ..RateLimits::DEFAULT
         };
         let mut dp = Dataplane::open_limited(bpffs.path(), ROUTER_MAC, &limits).expect("load");
