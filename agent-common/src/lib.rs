@@ -298,6 +298,31 @@ pub struct ArpEntry {
     pub _pad: [u8; 2],
 }
 
+/// The link-local address whose interface identifier is `mac`'s modified EUI-64 (RFC 4291
+/// §2.5.1 and appendix A: `ff:fe` inserted in the middle, the universal/local bit inverted), in
+/// `fe80::/64`: the router's address on every network, derived from `router_mac` by the
+/// programs and the agent alike.
+pub const fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
+    [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]
+}
+
 /// Upper bound on IPv6 neighbour answers: every `ip6` of the networks this host has NICs in,
 /// and each network's router (its link-local address).
 pub const MAX_NEIGH6: u32 = MAX_ARP;

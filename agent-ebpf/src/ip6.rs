@@ -16,6 +16,7 @@
 
 use agent_common::{
     Binding6, BindingKey, FdbEntry, FdbKey, Neigh6Key, NextHop, RA_MAX, RateKind, Stat,
+    eui64_link_local,
 };
 
 use crate::{
@@ -177,18 +178,15 @@ fn neighbour_solicit<C: Ctx>(
     // SAFETY: map value pointers stay valid for the program run.
     let (mac, router) = unsafe { ((*entry).mac, (*entry).router) };
 
-    let f = scratch::<NA_LEN>()?;
-    f[0..6].copy_from_slice(&eth.src);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
-    f[14] = 0x60;
     let payload = (NA_LEN - ICMP6_OFF) as u16;
-    f[18..20].copy_from_slice(&be16(payload).to_ne_bytes());
-    f[20] = IPPROTO_ICMPV6;
-    f[21] = ND_HOP_LIMIT;
-    f[22..38].copy_from_slice(&target);
-    f[38..54].copy_from_slice(&ip.saddr);
-    f[54] = ND_NEIGHBOR_ADVERT;
+    let (f, mut s) = answer::<NA_LEN>(
+        &eth.src,
+        &mac,
+        &target,
+        &ip.saddr,
+        payload,
+        ND_NEIGHBOR_ADVERT,
+    )?;
     // Router (for the router's address), Solicited, Override.
     let flags = if router != 0 { 0xe0 } else { 0x60 };
     f[58] = flags;
@@ -197,20 +195,12 @@ fn neighbour_solicit<C: Ctx>(
     f[78] = 2;
     f[79] = 1;
     f[80..86].copy_from_slice(&mac);
-    let mut s = pseudo(&target, &ip.saddr, payload);
-    s = add_bytes(s, ND_NEIGHBOR_ADVERT, 0);
     s = add_bytes(s, flags, 0);
     s = add16_addr(s, &target);
     s = add_bytes(s, 2, 1);
     s = crate::csum::add_mac(s, &mac);
     f[56..58].copy_from_slice(&fold(s).to_ne_bytes());
-    ctx.resize(NA_LEN as u32)?;
-    // SAFETY: `f` holds NA_LEN bytes; the helper checks the packet range itself.
-    if unsafe { ctx.store_bytes(0, f.as_ptr(), NA_LEN as u32) } != 0 {
-        return Err(Stat::DropMalformed);
-    }
-    count(Stat::Nd6Reply);
-    Ok(ctx.tx())
+    send(ctx, f, Stat::Nd6Reply)
 }
 
 /// RFC 4861 §6.2.6: a router solicitation is answered with the network's advertisement, from
@@ -237,26 +227,14 @@ fn router_solicit<C: Ctx>(
         return Err(Stat::DropMalformed);
     }
     let router = ROUTER_MAC.load();
-    let src = link_local(&router);
+    let src = eui64_link_local(router);
     let dst = if source == Source::Unspecified {
         ALL_NODES
     } else {
         ip.saddr
     };
     let payload = (4 + len) as u16;
-    let f = scratch::<RA_HEAD>()?;
-    f[0..6].copy_from_slice(&eth.src);
-    f[6..12].copy_from_slice(&router);
-    f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
-    f[14] = 0x60;
-    f[18..20].copy_from_slice(&be16(payload).to_ne_bytes());
-    f[20] = IPPROTO_ICMPV6;
-    f[21] = ND_HOP_LIMIT;
-    f[22..38].copy_from_slice(&src);
-    f[38..54].copy_from_slice(&dst);
-    f[54] = ND_ROUTER_ADVERT;
-    let mut s = pseudo(&src, &dst, payload);
-    s = add_bytes(s, ND_ROUTER_ADVERT, 0);
+    let (f, mut s) = answer::<RA_HEAD>(&eth.src, &router, &src, &dst, payload, ND_ROUTER_ADVERT)?;
     s += body_csum as u64;
     f[56..58].copy_from_slice(&fold(s).to_ne_bytes());
     // The body is copied whole (a constant size, which the verifier can bound), then the
@@ -320,6 +298,44 @@ fn forward<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, vni: u32) -> Result<u32,
     }
 }
 
+/// An answer of `N` bytes begun in this CPU's scratch: the Ethernet and IPv6 headers (to
+/// `dst_mac` and `dst`, from `src_mac` and `src`, hop limit 255, `payload` bytes of ICMPv6) and
+/// the ICMPv6 type. Returns it, and its checksum's sum so far: the pseudo header and the type.
+#[inline(always)]
+fn answer<const N: usize>(
+    dst_mac: &[u8; 6],
+    src_mac: &[u8; 6],
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    payload: u16,
+    kind: u8,
+) -> Result<(&'static mut [u8; N], u64), Stat> {
+    let f = scratch::<N>()?;
+    f[0..6].copy_from_slice(dst_mac);
+    f[6..12].copy_from_slice(src_mac);
+    f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&be16(payload).to_ne_bytes());
+    f[20] = IPPROTO_ICMPV6;
+    f[21] = ND_HOP_LIMIT;
+    f[22..38].copy_from_slice(src);
+    f[38..54].copy_from_slice(dst);
+    f[ICMP6_OFF] = kind;
+    Ok((f, add_bytes(pseudo(src, dst, payload), kind, 0)))
+}
+
+/// Replaces the frame with the answer `f` and sends it back to the VM, counted as `stat`.
+#[inline(always)]
+fn send<C: Ctx, const N: usize>(ctx: &C, f: &[u8; N], stat: Stat) -> Result<u32, Stat> {
+    ctx.resize(N as u32)?;
+    // SAFETY: `f` holds N bytes; the helper checks the packet range itself.
+    if unsafe { ctx.store_bytes(0, f.as_ptr(), N as u32) } != 0 {
+        return Err(Stat::DropMalformed);
+    }
+    count(stat);
+    Ok(ctx.tx())
+}
+
 /// This CPU's scratch buffer as `N` zeroed bytes: the answers are built there, not on the
 /// stack, which the VM program's other paths already fill.
 #[inline(always)]
@@ -348,36 +364,25 @@ const ICMP6_PACKET_TOO_BIG: u8 = 2;
 fn packet_too_big<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, mtu: u32) -> Result<u32, Stat> {
     let orig: [u8; PTB_QUOTED] = load(ctx, ETH_HLEN).ok_or(Stat::DropMalformed)?;
     let router = ROUTER_MAC.load();
-    let src = link_local(&router);
+    let src = eui64_link_local(router);
     let payload = (PTB_LEN - ICMP6_OFF) as u16;
-    let f = scratch::<PTB_LEN>()?;
-    f[0..6].copy_from_slice(&eth.src);
-    f[6..12].copy_from_slice(&router);
-    f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
-    f[14] = 0x60;
-    f[18..20].copy_from_slice(&be16(payload).to_ne_bytes());
-    f[20] = IPPROTO_ICMPV6;
-    f[21] = ND_HOP_LIMIT;
-    f[22..38].copy_from_slice(&src);
-    f[38..54].copy_from_slice(&ip.saddr);
-    f[54] = ICMP6_PACKET_TOO_BIG;
+    let (f, mut c) = answer::<PTB_LEN>(
+        &eth.src,
+        &router,
+        &src,
+        &ip.saddr,
+        payload,
+        ICMP6_PACKET_TOO_BIG,
+    )?;
     f[58..62].copy_from_slice(&mtu.to_be_bytes());
     f[62..PTB_LEN].copy_from_slice(&orig);
-    let mut c = pseudo(&src, &ip.saddr, payload);
-    c = add_bytes(c, ICMP6_PACKET_TOO_BIG, 0);
     let mut i = 58;
     while i < PTB_LEN {
         c = add_bytes(c, f[i], f[i + 1]);
         i += 2;
     }
     f[56..58].copy_from_slice(&fold(c).to_ne_bytes());
-    ctx.resize(PTB_LEN as u32)?;
-    // SAFETY: `f` holds PTB_LEN bytes; the helper checks the packet range itself.
-    if unsafe { ctx.store_bytes(0, f.as_ptr(), PTB_LEN as u32) } != 0 {
-        return Err(Stat::DropMalformed);
-    }
-    count(Stat::Icmp6PacketTooBig);
-    Ok(ctx.tx())
+    send(ctx, f, Stat::Icmp6PacketTooBig)
 }
 
 /// The IPv6 length of what goes on the wire: each segment of a GSO frame, or the frame.
@@ -399,30 +404,6 @@ fn wire_size<C: Ctx>(ctx: &C, ip: &Ipv6Hdr) -> Result<u32, Stat> {
 
 /// ff02::1, all nodes.
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-
-/// The router's link-local address: fe80::/64 with the EUI-64 interface identifier of its MAC
-/// (RFC 4291 §2.5.1, appendix A), the same on every host.
-#[inline(always)]
-pub fn link_local(mac: &[u8; 6]) -> [u8; 16] {
-    [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 0x02,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ]
-}
 
 /// The ICMPv6 pseudo header's sum (RFC 8200 §8.1): addresses, upper-layer length, next header.
 #[inline(always)]

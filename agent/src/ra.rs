@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{RA_MAX, Ra6};
+use agent_common::{RA_MAX, Ra6, csum_fold, csum_partial};
 use tracing::{debug, warn};
 
 /// Between two unsolicited advertisements on a port: RFC 4861's default
@@ -36,34 +36,11 @@ pub type Plan = BTreeMap<u32, Ra6>;
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 
-/// The router's link-local address: fe80::/64 with the EUI-64 interface identifier of its MAC
-/// (RFC 4291 §2.5.1), as the programs derive it.
-pub fn router_link_local(mac: [u8; 6]) -> [u8; 16] {
-    [
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 0x02,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ]
-}
-
 /// The frame of an unsolicited advertisement: from the router's MAC and link-local address to
 /// all nodes, hop limit 255, its ICMPv6 checksum complete.
 pub fn frame(router_mac: [u8; 6], ra: &Ra6) -> Vec<u8> {
     let len = usize::from(ra.len).min(RA_MAX);
-    let src = router_link_local(router_mac);
+    let src = agent_common::eui64_link_local(router_mac);
     let payload = 4 + len;
     let mut f = Vec::with_capacity(14 + 40 + payload);
     f.extend_from_slice(&ALL_NODES_MAC);
@@ -75,24 +52,15 @@ pub fn frame(router_mac: [u8; 6], ra: &Ra6) -> Vec<u8> {
     f.extend_from_slice(&ALL_NODES);
     f.extend_from_slice(&[134, 0, 0, 0]);
     f.extend_from_slice(&ra.body[..len]);
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            let lo = pair.get(1).map_or(0, |b| u32::from(*b));
-            sum += hi | lo;
-        }
-    };
-    add(&src);
-    add(&ALL_NODES);
-    add(&(payload as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(&f[54..]);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !(sum as u16);
-    f[56..58].copy_from_slice(&c.to_be_bytes());
+    // The pseudo header (RFC 8200 §8.1) and the message, in `csum_partial`'s convention.
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&ALL_NODES);
+    pseudo.extend_from_slice(&(payload as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let sum = u64::from(csum_partial(&pseudo)) + u64::from(csum_partial(&f[54..]));
+    let c = csum_fold(sum);
+    f[56..58].copy_from_slice(&c.to_ne_bytes());
     f
 }
 

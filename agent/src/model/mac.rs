@@ -19,25 +19,7 @@ impl MacAddr {
     /// derived from `router_mac`, it is the same on every host, so a VM's default route holds
     /// wherever the VM runs.
     pub fn eui64_link_local(&self) -> Ipv6Addr {
-        let m = self.0;
-        Ipv6Addr::from([
-            0xfe,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            m[0] ^ 0x02,
-            m[1],
-            m[2],
-            0xff,
-            0xfe,
-            m[3],
-            m[4],
-            m[5],
-        ])
+        Ipv6Addr::from(agent_common::eui64_link_local(self.0))
     }
 
     /// The text form, made without the formatting machinery: a snapshot writes two for each
