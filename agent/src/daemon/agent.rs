@@ -57,6 +57,9 @@ pub struct Agent {
     /// (`[underlay] hook = "tc"`): an interface of that name holdfast did not make gets no
     /// program.
     decap_device: Option<u32>,
+    /// Whether a decapsulation device left from `[underlay] hook = "tc"` was looked for and
+    /// removed (in xdp mode): netlink is asked once, not at every reconcile.
+    decap_checked: bool,
     /// The VM ports the config allows, before the interfaces with host addresses are
     /// excluded.
     ports: VmPorts,
@@ -106,6 +109,7 @@ impl Agent {
             ),
             config: p.config,
             decap_device: p.decap_device,
+            decap_checked: false,
             ra_tx: p.ra_tx,
             ra_plan: ra::Plan::new(),
             dp: p.dp,
@@ -213,6 +217,7 @@ impl Agent {
                     warn!(error = %e, "data plane");
                 }
                 let decap_left = r.errors.is_empty()
+                    && !self.decap_checked
                     && self
                         .config
                         .underlay
@@ -224,8 +229,14 @@ impl Agent {
                     // place, so the device goes; without its program it would hand what it
                     // decapsulates to the host's stack.
                     match decap::remove().await {
-                        Ok(true) => info!(device = decap::DEVICE, "decapsulation device removed"),
-                        Ok(false) => {}
+                        Ok(removed) => {
+                            // Once is enough: a device of that name made later is not ours
+                            // (this agent makes none in this mode).
+                            self.decap_checked = true;
+                            if removed {
+                                info!(device = decap::DEVICE, "decapsulation device removed");
+                            }
+                        }
                         Err(e) => warn!(error = %e, "removing the decapsulation device"),
                     }
                 }
