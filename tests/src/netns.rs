@@ -200,6 +200,28 @@ impl Netns {
             .unwrap_or(0)
     }
 
+    /// A one-shot `iperf3 -s` on `port`, returned once it listens (a fixed sleep was not enough
+    /// on a busy host: the client found nothing listening).
+    pub fn iperf3_server(&self, port: u16) -> Proc {
+        let server = Proc(
+            self.exec("iperf3")
+                .args(["-s", "-1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("iperf3 -s"),
+        );
+        let filter = format!("sport = :{port}");
+        let listening = wait_for(Duration::from_secs(10), || {
+            let out = self.exec("ss").args(["-Hltn", &filter]).output().ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        });
+        assert!(
+            listening.is_some(),
+            "iperf3 -s on port {port} never listened"
+        );
+        server
+    }
+
     pub fn ifindex(&self, interface: &str) -> u32 {
         let out = self.query(&["-o", "link", "show", interface]);
         let text = String::from_utf8_lossy(&out.stdout);

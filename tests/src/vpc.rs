@@ -1,14 +1,14 @@
 //! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
 //! namespace tests, the demo and the benchmark build it.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use holdfast::{config::UnderlayHook, ports::VmHook};
 
 use crate::{
     TempDir,
     etcd::Etcd,
-    netns::{Agent, Netns, Proc, Vm, mac_str, run, wait_for},
+    netns::{Agent, Netns, Vm, mac_str, run, wait_for},
     tap::TapVm,
     workspace_bin,
 };
@@ -430,15 +430,7 @@ impl Cloud {
     /// iperf3 TCP for `secs` from the VM `client` to the VM `server` (at `server_ip`): bits per
     /// second received, 0 when the transfer failed.
     pub fn iperf(&self, client: [u8; 6], server: [u8; 6], server_ip: Ipv4Addr, secs: u32) -> f64 {
-        let _server = Proc(
-            self.vm_ns(server)
-                .exec("iperf3")
-                .args(["-s", "-1", "-p", "5210"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("iperf3 -s"),
-        );
-        std::thread::sleep(Duration::from_millis(300));
+        let _server = self.vm_ns(server).iperf3_server(5210);
         let out = self
             .vm_ns(client)
             .exec("iperf3")

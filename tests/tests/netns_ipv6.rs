@@ -162,13 +162,7 @@ fn a_guest_takes_its_default_route_from_the_routers_advertisement(hook: VmHook) 
 fn tcp_over_ipv6_at_full_mtu_across_hosts(hook: VmHook) {
     let cloud = cloud(hook);
     let a3 = cloud.vm_ns(A3);
-    let _server = holdfast_tests::netns::Proc(
-        a3.exec("iperf3")
-            .args(["-s", "-1", "-p", "5202"])
-            .spawn()
-            .expect("iperf3 -s"),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _server = a3.iperf3_server(5202);
     let out = cloud
         .vm_ns(A1)
         .exec("iperf3")

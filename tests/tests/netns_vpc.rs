@@ -147,14 +147,7 @@ fn tcp_at_full_mtu_with_offloads_on(hook: VmHook) {
         .output()
         .expect("ethtool");
     assert!(String::from_utf8_lossy(&features.stdout).contains("tx-checksumming: on"));
-    let _server = holdfast_tests::netns::Proc(
-        a3.ns
-            .exec("iperf3")
-            .args(["-s", "-1", "-p", "5201"])
-            .spawn()
-            .expect("iperf3 -s"),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _server = a3.ns.iperf3_server(5201);
     let out = cloud
         .vm(A1)
         .ns
@@ -349,14 +342,7 @@ fn the_hosts_own_traffic_on_the_underlay_still_works() {
         "{}",
         String::from_utf8_lossy(&ping.stdout)
     );
-    let _server = holdfast_tests::netns::Proc(
-        cloud.hosts[1]
-            .exec("iperf3")
-            .args(["-s", "-1", "-p", "5202"])
-            .spawn()
-            .expect("iperf3"),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _server = cloud.hosts[1].iperf3_server(5202);
     let out = hv1
         .exec("iperf3")
         .args(["-c", "198.18.0.2", "-p", "5202", "-t", "1"])
@@ -364,8 +350,9 @@ fn the_hosts_own_traffic_on_the_underlay_still_works() {
         .expect("iperf3");
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "iperf3 over the underlay failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     assert!(cloud.agents[1].counters()[Stat::UnderlayPass as usize] > 10);
 }
