@@ -948,9 +948,9 @@ fn cloud6(net: &[Net], specs: &[VmSpec], hook: VmHook) -> Cloud {
     )
 }
 
-/// 4. IPv6 (issue 15) on the same topology made dual-stack: small frames from the VM's own
-/// socket, and TCP between VMs on real taps, holdfast in both modes and the kernel (whose
-/// bridge and vxlan device carry IPv6 as any frame).
+/// Section 4, IPv6 (issue 15), on the same topology made dual-stack: small frames from the
+/// VM's own socket, and TCP between VMs on real taps, holdfast in both modes and the kernel
+/// (whose bridge and vxlan device carry IPv6 as any frame).
 fn ipv6_section() -> V6Ratios {
     let net = [Net { id: "a", vni: VNI }];
     let (ip1_6, ip3_6) = (ip6_for(VNI, IP1), ip6_for(VNI, IP3));
