@@ -141,15 +141,9 @@ fn on_decline(
     reported: &mut ConflictLog,
     name: &impl Fn(u32) -> String,
 ) {
-    let interface = name(ev.ifindex);
-    metrics
-        .dhcp_declines
-        .get_or_create(&vec![("interface", interface.clone())])
-        .inc();
-    let mac = MacAddr(ev.mac);
-    if !reported.due(mac, Instant::now()) {
+    let Some((interface, mac)) = count_decline(ev, metrics, reported, name) else {
         return;
-    }
+    };
     let ip = agent_common::ipv4(ev.addr);
     warn!(
         %mac,
@@ -179,13 +173,7 @@ fn on_decline6(
     reported: &mut ConflictLog,
     name: &impl Fn(u32) -> String,
 ) {
-    let interface = name(ev.ifindex);
-    metrics
-        .dhcp_declines
-        .get_or_create(&vec![("interface", interface.clone())])
-        .inc();
-    let mac = MacAddr(ev.mac);
-    if reported.due(mac, Instant::now()) {
+    if let Some((interface, mac)) = count_decline(ev, metrics, reported, name) {
         warn!(
             %mac,
             %interface,
@@ -193,6 +181,25 @@ fn on_decline6(
              another one"
         );
     }
+}
+
+/// Counts a DECLINE on its interface. Its interface and MAC when its NIC's conflict is due to
+/// be logged (once a `CONFLICT_INTERVAL`).
+fn count_decline(
+    ev: &agent_common::DhcpEvent,
+    metrics: &Metrics,
+    reported: &mut ConflictLog,
+    name: &impl Fn(u32) -> String,
+) -> Option<(String, MacAddr)> {
+    let interface = name(ev.ifindex);
+    metrics
+        .dhcp_declines
+        .get_or_create(&vec![("interface", interface.clone())])
+        .inc();
+    let mac = MacAddr(ev.mac);
+    reported
+        .due(mac, Instant::now())
+        .then_some((interface, mac))
 }
 
 /// When each NIC's conflict was last reported; entries older than the interval are dropped,

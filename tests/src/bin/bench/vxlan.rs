@@ -568,27 +568,8 @@ fn tcp_section() -> (f64, f64) {
 /// Over IPv6 with `v6`: both topologies dual-stack, iperf3 between the VMs' `ip6`.
 fn tcp_paired(hook: VmHook, pairs: usize, secs: u32, v6: bool) -> Vec<f64> {
     let net = [Net { id: "a", vni: VNI }];
-    let t1 = [0x02, 0x0a, 0, 0, 0, 0x21];
-    let t3 = [0x02, 0x0a, 0, 0, 0, 0x23];
-    let (ip21, ip23) = (Ipv4Addr::new(10, 0, 0, 21), Ipv4Addr::new(10, 0, 0, 23));
-    let specs = [
-        VmSpec {
-            net: "a",
-            host: 0,
-            mac: t1,
-            ip: ip21,
-            tap: "tap-t1",
-            real_tap: true,
-        },
-        VmSpec {
-            net: "a",
-            host: 1,
-            mac: t3,
-            ip: ip23,
-            tap: "tap-t3",
-            real_tap: true,
-        },
-    ];
+    let specs = tap_specs();
+    let (t1, t3, ip21, ip23) = (T1, T3, IP21, IP23);
     let to6 = ip6_for(VNI, ip23);
     let ready = |c: &Cloud, what: &str| {
         static_neighbours(c, (t1, ip21), (t3, ip23));
@@ -661,30 +642,38 @@ fn tcp_paired_section() -> (f64, f64) {
     (medians[0], medians[1])
 }
 
-/// One run of each TCP configuration on a fresh two-host topology.
-fn tcp_run() -> TcpRun {
-    let net = [Net { id: "a", vni: VNI }];
-    let t1 = [0x02, 0x0a, 0, 0, 0, 0x21];
-    let t3 = [0x02, 0x0a, 0, 0, 0, 0x23];
-    let (ip21, ip23) = (Ipv4Addr::new(10, 0, 0, 21), Ipv4Addr::new(10, 0, 0, 23));
-    let specs = [
+/// The TCP VMs, on real taps (virtio-net headers, guest TSO): T1 on hv-1, T3 on hv-2.
+const T1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x21];
+const T3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x23];
+const IP21: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+const IP23: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 23);
+
+fn tap_specs() -> [VmSpec; 2] {
+    [
         VmSpec {
             net: "a",
             host: 0,
-            mac: t1,
-            ip: ip21,
+            mac: T1,
+            ip: IP21,
             tap: "tap-t1",
             real_tap: true,
         },
         VmSpec {
             net: "a",
             host: 1,
-            mac: t3,
-            ip: ip23,
+            mac: T3,
+            ip: IP23,
             tap: "tap-t3",
             real_tap: true,
         },
-    ];
+    ]
+}
+
+/// One run of each TCP configuration on a fresh two-host topology.
+fn tcp_run() -> TcpRun {
+    let net = [Net { id: "a", vni: VNI }];
+    let specs = tap_specs();
+    let (t1, t3, ip21, ip23) = (T1, T3, IP21, IP23);
     // tc mode first, on a topology of its own: VM ports on TC, decapsulation in XDP.
     let cloud = Cloud::in_modes(&net, &specs, VmHook::Tc, UnderlayHook::Xdp);
     static_neighbours(&cloud, (t1, ip21), (t3, ip23));
