@@ -237,18 +237,44 @@ impl EtcdClient {
         self.run(move |s, rt| rt.block_on(s.import(&v.model)).expect("import").revision)
     }
 
+    /// The write `op` (idempotent), retried as an operator's tool retries one that timed
+    /// out: on a loaded machine etcd's fsync can outlast the client's deadline.
+    fn write<E: std::fmt::Display>(
+        &self,
+        what: &'static str,
+        op: impl Fn(&mut Store, &tokio::runtime::Runtime) -> Result<i64, E> + Send + 'static,
+    ) -> i64 {
+        self.run(move |s, rt| {
+            let mut tries = 0;
+            loop {
+                match op(s, rt) {
+                    Ok(revision) => return revision,
+                    Err(e) if tries < 5 && e.to_string().contains("Timeout expired") => {
+                        tries += 1;
+                        thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                }
+            }
+        })
+    }
+
     pub fn put_nic(&self, nic: Nic) -> i64 {
-        self.run(move |s, rt| rt.block_on(s.put_nic(&nic)).expect("put nic"))
+        self.write("put nic", move |s, rt| rt.block_on(s.put_nic(&nic)))
     }
 
     pub fn delete_nic(&self, mac: [u8; 6]) -> i64 {
-        self.run(move |s, rt| rt.block_on(s.delete_nic(MacAddr(mac))).expect("delete nic"))
+        self.write("delete nic", move |s, rt| {
+            rt.block_on(s.delete_nic(MacAddr(mac)))
+        })
     }
 
     /// Raw bytes at `key` relative to the prefix (`nics/…`, `networks/…`).
     pub fn put_raw(&self, key: &str, value: &str) -> i64 {
         let (key, value) = (format!("/holdfast/{key}"), value.to_owned());
-        self.run(move |s, rt| rt.block_on(s.put_raw(&key, value)).expect("put"))
+        self.write("put", move |s, rt| {
+            rt.block_on(s.put_raw(&key, value.clone()))
+        })
     }
 
     pub fn compact(&self, revision: i64) {
