@@ -145,7 +145,10 @@ impl Port {
         if self.current == next {
             return;
         }
-        let keep = next.as_ref().map(|ra| ra6::learned(body(ra))).unwrap_or_default();
+        let keep = next
+            .as_ref()
+            .map(|ra| ra6::learned(body(ra)))
+            .unwrap_or_default();
         for item in self.held.difference(&keep) {
             self.gone.insert(item.clone(), BURST);
         }
@@ -238,9 +241,9 @@ fn run(router_mac: [u8; 6], rx: &mpsc::Receiver<Plan>) {
                 send(ifindex, &frame_of(router_mac, &b));
             }
         }
-        let wait = sender
-            .next_due()
-            .map_or(INTERVAL, |due| due.saturating_duration_since(Instant::now()));
+        let wait = sender.next_due().map_or(INTERVAL, |due| {
+            due.saturating_duration_since(Instant::now())
+        });
         match rx.recv_timeout(wait) {
             Ok(mut new) => {
                 // Only the latest plan counts.
@@ -423,9 +426,8 @@ mod tests {
                 let (lifetime, given, taken) = read(&msgs[0]);
                 assert_eq!(lifetime, 0, "router lifetime 0");
                 assert!(given.is_empty(), "{given:?}");
-                let resolver = Learned::Resolver(
-                    "fd00:a::53".parse::<std::net::Ipv6Addr>().unwrap().octets(),
-                );
+                let resolver =
+                    Learned::Resolver("fd00:a::53".parse::<std::net::Ipv6Addr>().unwrap().octets());
                 assert_eq!(taken, BTreeSet::from([prefix("fd00:a::"), resolver]));
             }
         }
@@ -452,7 +454,11 @@ mod tests {
             assert_eq!(taken, BTreeSet::from([prefix("fd00:a::")]));
         }
         let out = s.due(ROUTER, t1 + INTERVAL * 2);
-        assert_eq!(out, [(7, vec![body(&b()).to_vec()])], "withdrawn three times, then not");
+        assert_eq!(
+            out,
+            [(7, vec![body(&b()).to_vec()])],
+            "withdrawn three times, then not"
+        );
     }
 
     #[test]
@@ -463,7 +469,10 @@ mod tests {
         s.due(ROUTER, t0);
         // A -> B -> A -> B inside one gap: nothing sent meanwhile.
         for (i, ra) in [b(), a(), b()].into_iter().enumerate() {
-            s.plan(&plan(&[(7, ra)]), t0 + Duration::from_millis(100 * (i as u64 + 1)));
+            s.plan(
+                &plan(&[(7, ra)]),
+                t0 + Duration::from_millis(100 * (i as u64 + 1)),
+            );
         }
         let out = s.due(ROUTER, t0 + MIN_GAP);
         let (_, given, taken) = read(&out[0].1[0]);
@@ -502,6 +511,10 @@ mod tests {
         assert!(given.contains(&prefix("fd00:a::")));
         assert!(!given.contains(&prefix("fd00:b::")));
         assert_eq!(taken, BTreeSet::from([prefix("fd00:b::")]));
-        assert_eq!(s.ports[&7].held, ra6::learned(body(&a())), "nothing else held");
+        assert_eq!(
+            s.ports[&7].held,
+            ra6::learned(body(&a())),
+            "nothing else held"
+        );
     }
 }

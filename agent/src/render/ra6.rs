@@ -482,12 +482,23 @@ mod tests {
         let msgs = withdrawing(None, &given, ROUTER);
         assert_eq!(msgs.len(), 1);
         let m = &msgs[0];
-        assert_eq!((m[0], m[1], be16(m, 2)), (0, 0xc0, 0), "hop limit unspecified, lifetime 0");
+        assert_eq!(
+            (m[0], m[1], be16(m, 2)),
+            (0, 0xc0, 0),
+            "hop limit unspecified, lifetime 0"
+        );
         assert!(learned(m).is_empty(), "{:?}", learned(m));
         let opts = options(m);
-        assert_eq!(opts.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [1, 3, 25, 31]);
+        assert_eq!(
+            opts.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [1, 3, 25, 31]
+        );
         let p = opts[1].1;
-        assert_eq!((p[2], p[3], be32(p, 4), be32(p, 8)), (64, 0x80, 0, 0), "L=1 A=0, lifetimes 0");
+        assert_eq!(
+            (p[2], p[3], be32(p, 4), be32(p, 8)),
+            (64, 0x80, 0, 0),
+            "L=1 A=0, lifetimes 0"
+        );
         assert_eq!(p[16..32], a("fd00:10:10::"));
         // With one: the current advertisement whole, then the withdrawals.
         let gone = BTreeSet::from([Learned::Prefix(a("fd00:99::"), 64)]);
@@ -497,7 +508,10 @@ mod tests {
         assert_eq!(learned(&msgs[0]), given);
         // Nothing to say: nothing sent.
         assert!(withdrawing(None, &BTreeSet::new(), ROUTER).is_empty());
-        assert_eq!(withdrawing(Some(body), &BTreeSet::new(), ROUTER), [body.to_vec()]);
+        assert_eq!(
+            withdrawing(Some(body), &BTreeSet::new(), ROUTER),
+            [body.to_vec()]
+        );
     }
 
     #[test]
@@ -517,7 +531,10 @@ mod tests {
             assert!(m.len() <= MAX_BODY, "{}", m.len());
             assert_eq!(be16(m, 2), 0);
             let opts = options(m);
-            assert_eq!(opts[0].0, OPT_SOURCE_LL, "each message says who the router is");
+            assert_eq!(
+                opts[0].0, OPT_SOURCE_LL,
+                "each message says who the router is"
+            );
             seen += opts.iter().filter(|(t, _)| *t == OPT_PREFIX).count();
         }
         assert_eq!(seen, 100);
