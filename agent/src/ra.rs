@@ -58,6 +58,23 @@ pub const MIN_GAP: Duration = Duration::from_secs(3);
 /// NIC (one per port: several networks on one port advertise the first).
 pub type Plan = BTreeMap<u32, Ra6>;
 
+/// The plan of VM ports holding `addresses` (ifindex, VNI), in key order: each port advertises
+/// the network of its first address that has an advertisement.
+pub fn plan(
+    addresses: impl IntoIterator<Item = (u32, u32)>,
+    advert: impl Fn(u32) -> Option<Ra6>,
+) -> Plan {
+    let mut plan = Plan::new();
+    for (ifindex, vni) in addresses {
+        if !plan.contains_key(&ifindex)
+            && let Some(ra) = advert(vni)
+        {
+            plan.insert(ifindex, ra);
+        }
+    }
+    plan
+}
+
 /// The all-nodes group, ff02::1, and its MAC (RFC 2464 §7).
 const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
@@ -245,12 +262,15 @@ fn run(router_mac: [u8; 6], rx: &mpsc::Receiver<Plan>) {
             due.saturating_duration_since(Instant::now())
         });
         match rx.recv_timeout(wait) {
-            Ok(mut new) => {
-                // Only the latest plan counts.
+            Ok(new) => {
+                // Each plan in order, none skipped: what an intermediate one advertised (the
+                // maps held it, the programs may have answered a solicitation with it) is
+                // withdrawn too. A plan only moves state; what is sent waits for the gap.
+                let now = Instant::now();
+                sender.plan(&new, now);
                 while let Ok(newer) = rx.try_recv() {
-                    new = newer;
+                    sender.plan(&newer, now);
                 }
-                sender.plan(&new, Instant::now());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,

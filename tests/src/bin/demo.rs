@@ -366,7 +366,9 @@ fn main() {
         );
     }
 
-    say("5. What hv-1's data plane holds: holdfast leases and holdfast vpc (read from the pinned maps)");
+    say(
+        "5. What hv-1's data plane holds: holdfast leases and holdfast vpc (read from the pinned maps)",
+    );
     print!("{}", cloud.agents[0].leases());
     println!();
     print!("{}", cloud.agents[0].vpc());
@@ -377,9 +379,21 @@ fn main() {
     assert_eq!(ping(&cloud, "blue-1", ip(13), 3), 3, "across hosts");
     assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red across hosts");
     let ip6 = |name: &str| ip6_of(&VMS.iter().find(|(n, _, _)| *n == name).expect("vm").1);
-    assert_eq!(ping6(&cloud, "blue-1", ip6("blue-2"), 3), 3, "IPv6 on the same host");
-    assert_eq!(ping6(&cloud, "blue-1", ip6("blue-3"), 3), 3, "IPv6 across hosts");
-    assert_eq!(ping6(&cloud, "red-2", ip6("red-1"), 3), 3, "red IPv6 across hosts");
+    assert_eq!(
+        ping6(&cloud, "blue-1", ip6("blue-2"), 3),
+        3,
+        "IPv6 on the same host"
+    );
+    assert_eq!(
+        ping6(&cloud, "blue-1", ip6("blue-3"), 3),
+        3,
+        "IPv6 across hosts"
+    );
+    assert_eq!(
+        ping6(&cloud, "red-2", ip6("red-1"), 3),
+        3,
+        "red IPv6 across hosts"
+    );
     println!(
         "# neighbour discovery too: blue-1 sees {} at {}",
         ip6("blue-3"),
