@@ -1,7 +1,11 @@
 //! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
 //! namespace tests, the demo and the benchmark build it.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use holdfast::{config::UnderlayHook, ports::VmHook};
 
@@ -439,6 +443,30 @@ impl Cloud {
                 &server_ip.to_string(),
                 "-p",
                 "5210",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ])
+            .output()
+            .expect("iperf3 -c");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+    }
+
+    /// [`Cloud::iperf`] over IPv6, to the server VM's `ip6`.
+    pub fn iperf6(&self, client: [u8; 6], server: [u8; 6], server_ip6: Ipv6Addr, secs: u32) -> f64 {
+        let _server = self.vm_ns(server).iperf3_server(5211);
+        let out = self
+            .vm_ns(client)
+            .exec("iperf3")
+            .args([
+                "-6",
+                "-c",
+                &server_ip6.to_string(),
+                "-p",
+                "5211",
                 "-t",
                 &secs.to_string(),
                 "-J",
