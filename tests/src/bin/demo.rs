@@ -395,8 +395,7 @@ fn main() {
         "red IPv6 across hosts"
     );
     println!(
-        "# neighbour discovery too: blue-1 sees {} at {}",
-        ip6("blue-3"),
+        "# neighbour discovery was answered on the port too: {}",
         neighbour(b1, &ip6("blue-3").to_string())
     );
     println!(
