@@ -265,6 +265,28 @@ fn a_dual_stack_document_fills_the_ipv6_maps_and_hostile_ip6_records_are_rejecte
     ] {
         assert!(vpc.contains(line), "{line}: {vpc}");
     }
+    // `holdfast leases` shows each NIC's ip6 beside its IPv4 lease, and "-" for one without.
+    let leases = agent.leases();
+    assert!(
+        leases
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("ADDRESS6")),
+        "{leases}"
+    );
+    let line = |mac: [u8; 6]| {
+        leases
+            .lines()
+            .find(|l| l.contains(&mac_str(mac)))
+            .unwrap_or_else(|| panic!("{} missing: {leases}", mac_str(mac)))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line(MAC1)[3..6],
+        ["10.10.0.11/24", "fd00:10:10::11", "10.10.0.1"]
+    );
+    assert_eq!(line(MAC2)[3..6], ["10.10.0.12/24", "-", "10.10.0.1"]);
 
     // A layout directory of a build before IPv6 has the other maps and not these: the next
     // agent adopts the others (same layout, no migration) and makes and fills these.

@@ -97,6 +97,8 @@ pub struct Parts {
     pub trim: Arc<Notify>,
     pub decap_device: Option<u32>,
     pub ra_tx: Option<std::sync::mpsc::Sender<ra::Plan>>,
+    /// What the sender was given before the agent (the pinned maps' advertisements).
+    pub ra_plan: ra::Plan,
 }
 
 impl Agent {
@@ -111,7 +113,7 @@ impl Agent {
             decap_device: p.decap_device,
             decap_checked: false,
             ra_tx: p.ra_tx,
-            ra_plan: ra::Plan::new(),
+            ra_plan: p.ra_plan,
             dp: p.dp,
             metrics: p.metrics,
             links: p.links,
@@ -267,12 +269,10 @@ impl Agent {
         let Some(tx) = &self.ra_tx else {
             return;
         };
-        let mut plan = ra::Plan::new();
-        for (key, b) in &desired.bindings6 {
-            if let Some(adv) = desired.ra6.get(&b.vni) {
-                plan.entry(key.ifindex).or_insert(*adv);
-            }
-        }
+        let plan = ra::plan(
+            desired.bindings6.iter().map(|(k, b)| (k.ifindex, b.vni)),
+            |vni| desired.ra6.get(&vni).copied(),
+        );
         if plan != self.ra_plan {
             self.ra_plan = plan.clone();
             if tx.send(plan).is_err() {

@@ -26,7 +26,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{Notify, mpsc, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{
     agent::{Agent, Parts},
@@ -176,6 +176,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let trim = Arc::new(Notify::new());
     tokio::spawn(persist::trim_memory(trim.clone()));
+    // What the pinned maps advertise (the programs answer solicitations with it): the router
+    // advertisement sender starts from it, so that it advertises at once what serves, before
+    // any model (IPAM unreachable, no snapshot), and withdraws whatever the first model no
+    // longer holds, changes made while this agent was down included.
+    let ra_tx = crate::ra::spawn(config.router_mac.0)
+        .inspect_err(|e| warn!(error = %e, "no unsolicited router advertisements"))
+        .ok();
+    let mut ra_plan = crate::ra::Plan::new();
+    if let Some(tx) = &ra_tx {
+        let dir = config.bpffs_dir.clone();
+        let pinned = tokio::task::spawn_blocking(move || crate::dataplane::read_ipv6(&dir)).await?;
+        match pinned {
+            Ok(state) => {
+                ra_plan = pinned_plan(&state);
+                let _ = tx.send(ra_plan.clone());
+            }
+            Err(e) => debug!(error = %e, "no pinned router advertisements to start from"),
+        }
+    }
     let mut agent = Agent::new(Parts {
         config: config.clone(),
         dp,
@@ -186,9 +205,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         persist_tx,
         trim,
         decap_device,
-        ra_tx: crate::ra::spawn(config.router_mac.0)
-            .inspect_err(|e| warn!(error = %e, "no unsolicited router advertisements"))
-            .ok(),
+        ra_tx,
+        ra_plan,
     });
 
     // The snapshot serves before IPAM is reached.
@@ -261,4 +279,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopping; the data plane keeps serving from its pinned state");
     Ok(())
+}
+
+/// What the pinned maps advertise on each VM port.
+fn pinned_plan(state: &crate::dataplane::Ipv6State) -> crate::ra::Plan {
+    let ra6: std::collections::BTreeMap<u32, agent_common::Ra6> =
+        state.ra6.iter().copied().collect();
+    crate::ra::plan(
+        state.bindings6.iter().map(|(k, b)| (k.ifindex, b.vni)),
+        |vni| ra6.get(&vni).copied(),
+    )
 }

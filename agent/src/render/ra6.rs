@@ -4,8 +4,13 @@
 //!
 //! Addresses are managed (M=1, O=1) and the prefix is on-link only (L=1, A=0): a VM takes the
 //! address IPAM gave it from DHCPv6 and nothing else, which is what anti-spoofing holds it to.
+//!
+//! What an advertisement gave a guest, a later one takes back ([`learned`], [`withdrawing`]):
+//! the agent's sender uses them when a network loses or changes its `subnet6`, or a NIC its
+//! `ip6`, so that a guest stops at once instead of waiting out the lifetimes (infinite for the
+//! prefix).
 
-use std::net::Ipv6Addr;
+use std::{collections::BTreeSet, net::Ipv6Addr};
 
 use agent_common::{RA_MAX, Ra6, csum_partial};
 
@@ -157,6 +162,146 @@ pub fn render(net: &Network, router_mac: MacAddr) -> Option<Ra6> {
         csum: csum_partial(&body[..len]),
         body,
     })
+}
+
+/// What an advertisement gives a guest, and a later one may have to take back.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Learned {
+    /// A default route through the router (a router lifetime above 0, RFC 4861 §6.3.4).
+    Router,
+    /// An on-link prefix (L=1): its address and length.
+    Prefix([u8; 16], u8),
+    /// A recursive resolver (RDNSS, RFC 8106 §5.1).
+    Resolver([u8; 16]),
+    /// A search domain (DNSSL, RFC 8106 §5.2), in wire format with its final zero byte.
+    Domain(Vec<u8>),
+}
+
+/// What the advertisement `body` (after the ICMPv6 header, as [`render`] makes it) gives a
+/// guest: what it carries with a lifetime above 0. A malformed tail is ignored.
+pub fn learned(body: &[u8]) -> BTreeSet<Learned> {
+    let mut out = BTreeSet::new();
+    let be32 = |o: &[u8], at: usize| {
+        o.get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes)
+    };
+    if body.get(2..4).is_some_and(|l| l != [0, 0]) {
+        out.insert(Learned::Router);
+    }
+    let mut at = FIXED;
+    while let Some(&[kind, units]) = body.get(at..at + 2) {
+        let len = usize::from(units) * 8;
+        let Some(opt) = body.get(at..at + len).filter(|_| len > 0) else {
+            break;
+        };
+        at += len;
+        match kind {
+            OPT_PREFIX if len == 32 && opt[3] & PREFIX_ON_LINK != 0 && be32(opt, 4) > 0 => {
+                if let Ok(prefix) = <[u8; 16]>::try_from(&opt[16..32]) {
+                    out.insert(Learned::Prefix(prefix, opt[2]));
+                }
+            }
+            OPT_RDNSS if be32(opt, 4) > 0 => {
+                for a in opt[8..].chunks_exact(16) {
+                    if let Ok(a) = <[u8; 16]>::try_from(a) {
+                        out.insert(Learned::Resolver(a));
+                    }
+                }
+            }
+            OPT_DNSSL if be32(opt, 4) > 0 => {
+                let mut names = &opt[8..];
+                // Each name its labels up to a zero byte; the padding reads as empty names.
+                while let Some(end) = wire_name_end(names) {
+                    if end > 1 {
+                        out.insert(Learned::Domain(names[..end].to_vec()));
+                    }
+                    names = &names[end..];
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The length of the wire-format name at the start of `b`, its zero byte included.
+fn wire_name_end(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let l = usize::from(*b.get(at)?);
+        at += 1 + l;
+        if l == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// The longest advertisement body the sender makes: a message within the IPv6 minimum MTU
+/// (RFC 8200 §5: 1280 bytes, less 40 of IPv6 and 4 of the ICMPv6 header), so that no link
+/// drops it.
+pub const MAX_BODY: usize = 1280 - 40 - 4;
+
+/// The advertisement bodies that take `gone` back: `current` (the port's advertisement now,
+/// if it has one) followed by each of `gone` with lifetime 0, split into as many messages as
+/// [`MAX_BODY`] needs. Without a current one, the router lifetime is 0 (RFC 4861 §6.2.5: a
+/// router that stops being one on an interface advertises lifetime 0) and the hop limit
+/// unspecified.
+///
+/// A prefix goes with valid and preferred lifetime 0: RFC 4861 §6.3.4 removes an on-link
+/// prefix with valid lifetime 0 at once (RFC 4862 §5.5.3's two-hour rule is for SLAAC, A=1;
+/// these are A=0). RDNSS and DNSSL entries go with lifetime 0 (RFC 8106 §5.1, §5.2).
+pub fn withdrawing(
+    current: Option<&[u8]>,
+    gone: &BTreeSet<Learned>,
+    router_mac: MacAddr,
+) -> Vec<Vec<u8>> {
+    // The fixed part and the source link-layer address of each message after the first.
+    let mut head = Vec::with_capacity(FIXED + 8);
+    match current.and_then(|c| c.get(..FIXED)) {
+        Some(fixed) => head.extend_from_slice(fixed),
+        None => {
+            head.extend_from_slice(&[0, FLAG_MANAGED | FLAG_OTHER, 0, 0]);
+            head.extend_from_slice(&[0; 8]);
+        }
+    }
+    head.extend_from_slice(&[OPT_SOURCE_LL, 1]);
+    head.extend_from_slice(&router_mac.0);
+    let mut out = Vec::new();
+    let mut msg = current.map_or_else(|| head.clone(), <[u8]>::to_vec);
+    let mut added = false;
+    for item in gone {
+        let mut opt = Vec::with_capacity(32);
+        match item {
+            // Said by the fixed part: lifetime 0 without a current advertisement.
+            Learned::Router => continue,
+            Learned::Prefix(prefix, len) => {
+                opt.extend_from_slice(&[OPT_PREFIX, 4, *len, PREFIX_ON_LINK]);
+                opt.extend_from_slice(&[0; 12]);
+                opt.extend_from_slice(prefix);
+            }
+            Learned::Resolver(a) => {
+                opt.extend_from_slice(&[OPT_RDNSS, 3, 0, 0, 0, 0, 0, 0]);
+                opt.extend_from_slice(a);
+            }
+            Learned::Domain(name) => {
+                let total = (8 + name.len()).next_multiple_of(8);
+                opt.extend_from_slice(&[OPT_DNSSL, len8(total), 0, 0, 0, 0, 0, 0]);
+                opt.extend_from_slice(name);
+                opt.resize(total, 0);
+            }
+        }
+        if msg.len() + opt.len() > MAX_BODY && msg.len() > head.len() {
+            out.push(std::mem::replace(&mut msg, head.clone()));
+        }
+        msg.extend_from_slice(&opt);
+        added = true;
+    }
+    // A message of nothing but the head says something only when it withdraws the router.
+    if current.is_some() || added || gone.contains(&Learned::Router) {
+        out.push(msg);
+    }
+    out
 }
 
 /// An option length in units of 8 bytes; options here are under 256 bytes.
@@ -315,6 +460,84 @@ mod tests {
         // The most servers that fit: 244 of 256 bytes.
         let ra = render(&net(serde_json::json!({"dns6": servers(11)})), ROUTER).unwrap();
         assert_eq!(usize::from(ra.len), 244);
+    }
+
+    #[test]
+    fn what_an_advertisement_gives_and_how_it_is_taken_back() {
+        let n = net(serde_json::json!({"dns6": ["fd00:10:10::53"], "search": ["blue.example"]}));
+        let ra = render(&n, ROUTER).unwrap();
+        let body = &ra.body[..usize::from(ra.len)];
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let given = learned(body);
+        assert_eq!(
+            given,
+            BTreeSet::from([
+                Learned::Router,
+                Learned::Prefix(a("fd00:10:10::"), 64),
+                Learned::Resolver(a("fd00:10:10::53")),
+                Learned::Domain(b"\x04blue\x07example\x00".to_vec()),
+            ])
+        );
+        // Without a current advertisement: router lifetime 0, every item at lifetime 0.
+        let msgs = withdrawing(None, &given, ROUTER);
+        assert_eq!(msgs.len(), 1);
+        let m = &msgs[0];
+        assert_eq!(
+            (m[0], m[1], be16(m, 2)),
+            (0, 0xc0, 0),
+            "hop limit unspecified, lifetime 0"
+        );
+        assert!(learned(m).is_empty(), "{:?}", learned(m));
+        let opts = options(m);
+        assert_eq!(
+            opts.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [1, 3, 25, 31]
+        );
+        let p = opts[1].1;
+        assert_eq!(
+            (p[2], p[3], be32(p, 4), be32(p, 8)),
+            (64, 0x80, 0, 0),
+            "L=1 A=0, lifetimes 0"
+        );
+        assert_eq!(p[16..32], a("fd00:10:10::"));
+        // With one: the current advertisement whole, then the withdrawals.
+        let gone = BTreeSet::from([Learned::Prefix(a("fd00:99::"), 64)]);
+        let msgs = withdrawing(Some(body), &gone, ROUTER);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0][..body.len()], *body);
+        assert_eq!(learned(&msgs[0]), given);
+        // Nothing to say: nothing sent.
+        assert!(withdrawing(None, &BTreeSet::new(), ROUTER).is_empty());
+        assert_eq!(
+            withdrawing(Some(body), &BTreeSet::new(), ROUTER),
+            [body.to_vec()]
+        );
+    }
+
+    #[test]
+    fn many_withdrawals_are_split_into_messages_of_the_minimum_mtu() {
+        let gone: BTreeSet<Learned> = (0..100u16)
+            .map(|i| {
+                let mut p = [0u8; 16];
+                p[0] = 0xfd;
+                p[2..4].copy_from_slice(&i.to_be_bytes());
+                Learned::Prefix(p, 64)
+            })
+            .collect();
+        let msgs = withdrawing(None, &gone, ROUTER);
+        assert!(msgs.len() > 1);
+        let mut seen = 0;
+        for m in &msgs {
+            assert!(m.len() <= MAX_BODY, "{}", m.len());
+            assert_eq!(be16(m, 2), 0);
+            let opts = options(m);
+            assert_eq!(
+                opts[0].0, OPT_SOURCE_LL,
+                "each message says who the router is"
+            );
+            seen += opts.iter().filter(|(t, _)| *t == OPT_PREFIX).count();
+        }
+        assert_eq!(seen, 100);
     }
 
     #[test]

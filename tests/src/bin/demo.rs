@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: two hypervisors, one per mode (hv-1 in xdp mode, hv-2 in tc mode), two
-//! private networks with the same subnet, VMs that get DHCP from the data plane and reach each
-//! other over VXLAN, tenants that never see each other, both
+//! dual-stack private networks with the same subnet, VMs that get DHCP from the data plane, their
+//! IPv6 default route and on-link prefix from its router advertisements, and reach each other
+//! over VXLAN in both families, tenants that never see each other, both
 //! agents killed while traffic and renewals go on, and, when etcd is installed, IPAM in etcd
 //! going down while VMs keep renewing and talking, then coming back with a new VM the agents
 //! catch up with.
@@ -9,7 +10,7 @@
 //! the guards run when the demo unwinds, and the next run sweeps what a kill left).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -20,7 +21,7 @@ use holdfast::config::UnderlayHook;
 use holdfast_tests::{
     clients::{self, Client},
     netns::{Agent, VERBOSE, Vm, run, wait_for},
-    vpc::{CONTROL, Cloud, Net, Options, Source, VmSpec, ipam},
+    vpc::{CONTROL, Cloud, Net, Options, Source, VmSpec, dual_stack, ip6_for, ipam},
     xdp::VmHook,
 };
 
@@ -106,6 +107,33 @@ fn ping(cloud: &Cloud, from: &str, to: Ipv4Addr, count: u32) -> u32 {
     got
 }
 
+/// The `ip6` IPAM gives the VM `spec` (its network's fd00:<vni>::/64).
+fn ip6_of(spec: &VmSpec) -> Ipv6Addr {
+    let vni = NETS.iter().find(|n| n.id == spec.net).expect("net").vni;
+    ip6_for(vni, spec.ip)
+}
+
+/// `ping -6` from `from`, printing the summary; how many replies came back.
+fn ping6(cloud: &Cloud, from: &str, to: Ipv6Addr, count: u32) -> u32 {
+    let spec = VMS.iter().find(|(n, _, _)| *n == from).expect("vm").1;
+    let got = cloud.vm_ns(spec.mac).ping6(to, count);
+    println!("{from} ({}) -> {to}: {got}/{count} replies", ip6_of(&spec));
+    got
+}
+
+/// The VM's IPv6 default route, once its kernel took it from an advertisement.
+fn default6(vm: &Vm) -> Option<String> {
+    let out = run(vm.ns.exec("ip").args(["-6", "route", "show", "default"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let route = text.lines().find(|l| l.contains("via fe80:"))?;
+    // "default via fe80::.. dev eth0 proto ra metric 1024 expires 8997sec ...": up to the
+    // protocol, and its lifetime.
+    let mut words = route.split_whitespace();
+    let head: Vec<&str> = words.by_ref().take_while(|w| *w != "metric").collect();
+    let expires = words.skip_while(|w| *w != "expires").nth(1).unwrap_or("?");
+    Some(format!("{} (expires {expires})", head.join(" ")))
+}
+
 fn neighbour(vm: &Vm, ip: &str) -> String {
     let out = run(vm.ns.exec("ip").args(["neigh", "show", ip, "dev", "eth0"]));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -174,7 +202,7 @@ fn main() {
     let with_etcd = etcd_installed();
     println!(
         "holdfast demo: two hypervisors (hv-1 in xdp mode, hv-2 in tc mode) whose VMs get DHCP \
-         from the data plane\nand reach each other over VXLAN, two tenants with the same subnet that never see each other, both agents \
+         from the data plane,\nIPv6 routes from its router advertisements, and reach each other over VXLAN in both families, two tenants with the same subnet that never see each other, both agents \
          killed while\ntraffic and lease renewals go on, and, with etcd installed, IPAM down \
          while VMs keep renewing\nand talking. Every command is printed before it runs."
     );
@@ -208,21 +236,24 @@ fn main() {
             // also decapsulates on TC (the kernel's VXLAN device in metadata mode).
             hooks: [VmHook::Xdp, VmHook::Tc],
             underlay_hooks: [UnderlayHook::Xdp, UnderlayHook::Tc],
-            ipv6: false,
+            // Dual-stack: each network a subnet6 (fd00:<vni in hex>::/64) and dns6, each NIC
+            // an ip6.
+            ipv6: true,
         },
     );
     for (name, s, _) in VMS {
         println!(
-            "{name:<7} on hv-{}  {:<8} network {:<8} address {}",
+            "{name:<7} on hv-{}  {:<8} network {:<8} address {:<10} ip6 {}",
             s.host + 1,
             s.tap,
             s.net,
-            s.ip
+            s.ip,
+            ip6_of(&s)
         );
     }
     println!(
-        "(pn-blue is VNI 1001, pn-red VNI 1002, both 10.0.0.0/24; on a real hypervisor the VM \
-         interfaces are taps)"
+        "(pn-blue is VNI 1001, pn-red VNI 1002, both 10.0.0.0/24; their subnet6 fd00:3e9::/64 and \
+         fd00:3ea::/64;\non a real hypervisor the VM interfaces are taps)"
     );
     if let Some(control) = &cloud.control {
         println!(
@@ -245,7 +276,7 @@ fn main() {
     } else {
         say("2. The IPAM document both agents read (the local-file source)");
         let doc: serde_json::Value =
-            serde_json::from_str(&ipam(&NETS, &specs, LEASE)).expect("ipam");
+            serde_json::from_str(&dual_stack(&ipam(&NETS, &specs, LEASE))).expect("ipam");
         println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
     }
 
@@ -310,8 +341,36 @@ fn main() {
     for h in &cloud.hosts {
         show(h.exec("ss").args(["-uanp", "sport", "= :67"]));
     }
+    println!(
+        "\n# IPv6: each VM's kernel takes its default route (router lifetime 9000 s) and the \
+         on-link prefix\n# (L=1, A=0: no address of its own making) from the router \
+         advertisements of its port; its address\n# is the ip6 IPAM gave, set as a DHCPv6 \
+         client sets an IA_NA (a /128)"
+    );
+    for (name, spec, _) in VMS {
+        let vm = cloud.vm(spec.mac);
+        run(vm.ns.exec("ip").args([
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", ip6_of(&spec)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]));
+        let route = wait_for(Duration::from_secs(10), || default6(vm));
+        println!(
+            "{name:<7} {:<16} {}",
+            ip6_of(&spec),
+            route.unwrap_or_else(|| "NO DEFAULT ROUTE".into())
+        );
+    }
 
-    say("5. What hv-1's data plane holds: holdfast vpc (read from the pinned maps)");
+    say(
+        "5. What hv-1's data plane holds: holdfast leases and holdfast vpc (read from the pinned maps)",
+    );
+    print!("{}", cloud.agents[0].leases());
+    println!();
     print!("{}", cloud.agents[0].vpc());
 
     say("6. VMs of pn-blue reach each other on the same host and across hosts");
@@ -319,6 +378,26 @@ fn main() {
     assert_eq!(ping(&cloud, "blue-1", ip(12), 3), 3, "same host");
     assert_eq!(ping(&cloud, "blue-1", ip(13), 3), 3, "across hosts");
     assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red across hosts");
+    let ip6 = |name: &str| ip6_of(&VMS.iter().find(|(n, _, _)| *n == name).expect("vm").1);
+    assert_eq!(
+        ping6(&cloud, "blue-1", ip6("blue-2"), 3),
+        3,
+        "IPv6 on the same host"
+    );
+    assert_eq!(
+        ping6(&cloud, "blue-1", ip6("blue-3"), 3),
+        3,
+        "IPv6 across hosts"
+    );
+    assert_eq!(
+        ping6(&cloud, "red-2", ip6("red-1"), 3),
+        3,
+        "red IPv6 across hosts"
+    );
+    println!(
+        "# neighbour discovery was answered on the port too: {}",
+        neighbour(b1, &ip6("blue-3").to_string())
+    );
     println!(
         "# ARP was answered on each host, by its VM ports' program: blue-1 sees 10.0.0.13 at {}",
         neighbour(b1, "10.0.0.13")
@@ -347,6 +426,8 @@ fn main() {
         if line.starts_with("holdfast_vxlan_")
             || line.starts_with("holdfast_forward_local")
             || line.starts_with("holdfast_arp_")
+            || line.starts_with("holdfast_nd_advertisements")
+            || line.starts_with("holdfast_ra_replies")
             || line.starts_with("holdfast_drops_total")
             || line.starts_with("holdfast_fdb_entries")
             || line.starts_with("holdfast_leases")
@@ -464,9 +545,10 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
     for (name, spec, _) in VMS {
         let got = cloud.vm(spec.mac).address();
         println!(
-            "{name}: {}",
+            "{name}: {}; IPv6 {}",
             got.map(|(a, p)| format!("{a}/{p}, still leased"))
-                .unwrap_or_else(|| "NO ADDRESS".into())
+                .unwrap_or_else(|| "NO ADDRESS".into()),
+            default6(cloud.vm(spec.mac)).unwrap_or_else(|| "NO DEFAULT ROUTE".into())
         );
     }
     assert_eq!(ping(cloud, "blue-1", ip(13), 3), 3, "blue across hosts");
@@ -493,7 +575,7 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
         .control
         .as_ref()
         .expect("etcd")
-        .import(&ipam(&NETS, &with_blue4, LEASE));
+        .import(&dual_stack(&ipam(&NETS, &with_blue4, LEASE)));
     print!("{report}");
     println!(
         "# while they wait out their reconnect backoff, the agents probe etcd about every \
