@@ -9,6 +9,8 @@
 //!    situ with `kernel.bpf_stats_enabled`: a TC test run reuses one skb), dnsmasq (static
 //!    dhcp-host entries) and ISC Kea (memfile, host reservations), on the same veth with the
 //!    same leases; plus the generator's own ceiling.
+//! 3. The same for DHCPv6 against Kea's DHCPv6 server (`dhcp6.rs`); `HOLDFAST_BENCH_DHCP=6`
+//!    runs 1 and 3 only.
 
 use std::{
     io::Write as _,
@@ -37,10 +39,10 @@ use holdfast_tests::{
 /// Simulated clients. dnsmasq unicasts each reply by injecting an ARP entry for the offered
 /// address; the host-wide neighbour table holds 1024 entries by default (gc_thresh3), so more
 /// clients would measure table overflow, not dnsmasq.
-const CLIENTS: usize = 500;
+pub(crate) const CLIENTS: usize = 500;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
 const TAP: &str = "tap0";
-const RUN: Duration = Duration::from_secs(5);
+pub(crate) const RUN: Duration = Duration::from_secs(5);
 
 fn network() -> Network {
     Network {
@@ -185,7 +187,7 @@ fn program_cost(prog: &aya::programs::Xdp, hv: &Path, ifindex: u32, frame: &[u8]
 }
 
 /// Cumulative run time and count of the loaded program named `name` (kernel.bpf_stats_enabled).
-fn bpf_stats(name: &str) -> (Duration, u64) {
+pub(crate) fn bpf_stats(name: &str) -> (Duration, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str() == Some(name))
@@ -387,6 +389,12 @@ pub fn run() {
         "  (IPv6: DHCPv6 is not answered yet, so it has no figure; Kea's DHCPv6 is not measured)"
     );
 
+    // HOLDFAST_BENCH_DHCP=6: the program's figures above, then only the DHCPv6 load.
+    if std::env::var("HOLDFAST_BENCH_DHCP").as_deref() == Ok("6") {
+        crate::dhcp6::run();
+        return;
+    }
+
     // 2. Replies per second over the veth.
     println!("\n2. Replies per second over one veth (load generator: 2 threads, full DORA)");
     // 500 clients behind one interface: the per-port limits are for one real client.
@@ -578,6 +586,8 @@ pub fn run() {
          receive: near 0.5 or above, the generator limited the figure, not XDP)",
         xdp.replies_per_sec() / ceiling
     );
+    crate::dhcp6::run();
+
     let worst_ns =
         (offer_cost.median_ns.max(ack_cost.median_ns) - baseline.median_ns).max(in_situ_ns);
     println!("\nTargets:");
