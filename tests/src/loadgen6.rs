@@ -491,5 +491,18 @@ mod tests {
         assert_eq!(s.addr, Some(addr));
         assert_eq!(&reply[s.client_id.expect("client id")], &duid_ll(mac));
         assert_eq!(&reply[s.server_id.expect("server id")], &duid_ll([2; 6]));
+
+        // What does not count: an address with no valid lifetime, an error status (here
+        // NoAddrsAvail, RFC 8415 §21.13), a message to the server's port.
+        let mut expired = reply.clone();
+        expired[valid..valid + 4].copy_from_slice(&[0; 4]);
+        assert_eq!(parse(&expired).expect("parses").addr, None);
+        let mut refused = reply.clone();
+        refused.extend_from_slice(&[0, 13, 0, 2, 0, 2]);
+        let udp_len = (refused.len() - 14 - 40) as u16;
+        refused[18..20].copy_from_slice(&udp_len.to_be_bytes());
+        refused[58..60].copy_from_slice(&udp_len.to_be_bytes());
+        assert_eq!(parse(&refused).expect("parses").addr, None);
+        assert!(parse(&f).is_none(), "a client's own SOLICIT");
     }
 }
