@@ -212,8 +212,14 @@ fn kea(hv: &Netns, dir: &Path, macs: &[[u8; 6]]) -> Proc {
     )
 }
 
+/// ns per reply in the program (BPF_PROG_TEST_RUN, minus the harness), taken in `dhcp.rs`.
+pub struct ProgramNs {
+    pub advertise: f64,
+    pub reply: f64,
+}
+
 /// The DHCPv6 replies per second of holdfast (both hooks) and Kea.
-pub fn run() {
+pub fn run(program: &ProgramNs) {
     println!(
         "\n3. DHCPv6 replies per second over one veth (load generator: 2 threads, SOLICIT/ADVERTISE \
          + REQUEST/REPLY, {CLIENTS} clients)"
@@ -285,6 +291,10 @@ pub fn run() {
         "  holdfast replies / generator send ceiling  {:.2} (near 0.5 or above, the generator \
          limited the figure, not XDP)",
         xdp.replies_per_sec() / ceiling
+    );
+    println!(
+        "dhcp6 advertise ns xdp {:.0}\ndhcp6 reply ns xdp {:.0}",
+        program.advertise, program.reply
     );
     println!("dhcp6 reply ns xdp in situ {xdp_ns:.0}\ndhcp6 reply ns tc in situ {tc_ns:.0}");
     println!("dhcp6 holdfast/kea {ratio:.1}x");
