@@ -6,6 +6,7 @@ pub mod clients;
 pub mod etcd;
 pub mod guest;
 pub mod loadgen;
+pub mod loadgen6;
 pub mod netns;
 pub mod packet;
 pub mod rawsock;

@@ -46,7 +46,7 @@ impl LoadResult {
         self.doras as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn add(&mut self, o: &LoadResult) {
+    pub(crate) fn add(&mut self, o: &LoadResult) {
         self.sent += o.sent;
         self.replies += o.replies;
         self.doras += o.doras;
@@ -55,11 +55,11 @@ impl LoadResult {
     }
 }
 
-const BATCH: usize = 64;
-const FRAME: usize = 2048;
+pub(crate) const BATCH: usize = 64;
+pub(crate) const FRAME: usize = 2048;
 
 /// A packet socket with room for a burst, that does not see its own transmissions.
-fn open_socket(netns: &Path, interface: &str) -> OwnedFd {
+pub(crate) fn open_socket(netns: &Path, interface: &str) -> OwnedFd {
     let fd = packet_socket(netns, interface);
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
         let size: i32 = 16 << 20;
@@ -194,13 +194,13 @@ pub fn pin_to_cpu(cpu: usize) {
 }
 
 /// `sendmmsg`/`recvmmsg` headers, one per buffer. The buffers must outlive it and stay put.
-struct Mmsg {
+pub(crate) struct Mmsg {
     _iov: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
+    pub(crate) msgs: Vec<libc::mmsghdr>,
 }
 
 impl Mmsg {
-    fn new<F: AsMut<[u8]>>(bufs: &mut [F]) -> Self {
+    pub(crate) fn new<F: AsMut<[u8]>>(bufs: &mut [F]) -> Self {
         let mut iov: Vec<libc::iovec> = bufs
             .iter_mut()
             .map(|f| {
@@ -227,7 +227,7 @@ impl Mmsg {
 }
 
 /// One `sendmmsg` of `frames` on `fd`: how many were sent, or a negative error.
-fn send_batch<F: AsMut<[u8]>>(fd: &OwnedFd, frames: &mut [F]) -> i32 {
+pub(crate) fn send_batch<F: AsMut<[u8]>>(fd: &OwnedFd, frames: &mut [F]) -> i32 {
     let mut m = Mmsg::new(frames);
     // SAFETY: the headers and the buffers they point to live across the call.
     unsafe { libc::sendmmsg(fd.as_raw_fd(), m.msgs.as_mut_ptr(), m.msgs.len() as u32, 0) }
@@ -374,7 +374,7 @@ fn worker(cfg: &LoadConfig, thread: usize, fd: OwnedFd) -> LoadResult {
     res
 }
 
-fn num_cpus() -> usize {
+pub(crate) fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

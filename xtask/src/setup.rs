@@ -102,6 +102,8 @@ pub const PACKAGES: &[Package] = &[
     // The network boot test's TFTP server; and a DHCP server the benchmark compares against.
     pkg("dnsmasq", "dnsmasq-base", Scope::Test),
     pkg("kea-dhcp4", "kea-dhcp4-server", Scope::Bench),
+    // And its DHCPv6 twin, which `bench dhcp` compares the DHCPv6 responder against (issue 15).
+    pkg("kea-dhcp6", "kea-dhcp6-server", Scope::Bench),
 ];
 
 /// Debian packages installed for a file rather than a command; purged with the rest.

@@ -9,6 +9,8 @@
 //!    situ with `kernel.bpf_stats_enabled`: a TC test run reuses one skb), dnsmasq (static
 //!    dhcp-host entries) and ISC Kea (memfile, host reservations), on the same veth with the
 //!    same leases; plus the generator's own ceiling.
+//! 3. The same for DHCPv6 against Kea's DHCPv6 server (`dhcp6.rs`); `HOLDFAST_BENCH_DHCP=6`
+//!    runs 1 and 3 only.
 
 use std::{
     io::Write as _,
@@ -28,6 +30,7 @@ use holdfast::{
 use holdfast_tests::{
     TempDir,
     loadgen::{self, LoadConfig, LoadResult},
+    loadgen6,
     netns::{Agent, NO_RATE_LIMITS, Netns, Proc, Vm, in_netns, mac_str, wait_for},
     packet::Request,
     rawsock::RawSocket,
@@ -37,10 +40,10 @@ use holdfast_tests::{
 /// Simulated clients. dnsmasq unicasts each reply by injecting an ARP entry for the offered
 /// address; the host-wide neighbour table holds 1024 entries by default (gc_thresh3), so more
 /// clients would measure table overflow, not dnsmasq.
-const CLIENTS: usize = 500;
+pub(crate) const CLIENTS: usize = 500;
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
 const TAP: &str = "tap0";
-const RUN: Duration = Duration::from_secs(5);
+pub(crate) const RUN: Duration = Duration::from_secs(5);
 
 fn network() -> Network {
     Network {
@@ -185,7 +188,7 @@ fn program_cost(prog: &aya::programs::Xdp, hv: &Path, ifindex: u32, frame: &[u8]
 }
 
 /// Cumulative run time and count of the loaded program named `name` (kernel.bpf_stats_enabled).
-fn bpf_stats(name: &str) -> (Duration, u64) {
+pub(crate) fn bpf_stats(name: &str) -> (Duration, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str() == Some(name))
@@ -262,7 +265,7 @@ pub fn run() {
     println!("\n1. ns per reply in the XDP program (BPF_PROG_TEST_RUN)");
     let bpffs = TempDir::bpffs("bench");
     let (discover, request) = requests(macs[0], loadgen::client_ip(0));
-    let (offer_cost, ack_cost, baseline, ra_cost, na_cost) = {
+    let (offer_cost, ack_cost, baseline, ra_cost, na_cost, adv_cost, reply_cost) = {
         // Limits that never bite: the figure includes the rate limiter's cost.
         let limits = RateLimits {
             dhcp: RateLimit::per_sec(1_000_000, 1_000_000),
@@ -316,6 +319,10 @@ pub fn run() {
             net.vni,
             holdfast::render::ra6::render(&net6, MacAddr(ROUTER_MAC)).expect("advertisement"),
         );
+        d.dhcp6.insert(
+            net.vni,
+            holdfast::render::dhcp6::render(&net6, MacAddr(ROUTER_MAC)).expect("dhcp6 options"),
+        );
         dp.reconcile(&d);
         let stats = holdfast::dataplane::StatsReader::open(bpffs.path()).expect("stats");
         let prog = dp.vm_program().expect("program");
@@ -352,6 +359,29 @@ pub fn run() {
             200_000,
             "not every NS got an NA"
         );
+        // DHCPv6 (issue 15): the generator's own SOLICIT, and its REQUEST naming the server's
+        // DUID (a DUID-LL of the router MAC) and the address.
+        let solicit = loadgen6::frame(macs[0], loadgen6::SOLICIT, 0x12_3456, None, None);
+        let request6 = loadgen6::frame(
+            macs[0],
+            loadgen6::REQUEST,
+            0x12_3457,
+            Some(&loadgen6::duid_ll(ROUTER_MAC)),
+            Some(&V6_CLIENT.octets()),
+        );
+        let adv = program_cost(prog, &hv.path(), tap_ifindex, &solicit);
+        let reply = program_cost(prog, &hv.path(), tap_ifindex, &request6);
+        let c = stats.read();
+        assert_eq!(
+            c[Stat::Dhcp6Advertise as usize],
+            200_000,
+            "not every SOLICIT got an ADVERTISE"
+        );
+        assert_eq!(
+            c[Stat::Dhcp6Reply as usize],
+            200_000,
+            "not every REQUEST got a REPLY"
+        );
         // The harness's own cost: the no-op program on the same frame, same way.
         let mut pass = aya::Ebpf::load(holdfast::dataplane::PASS_OBJECT).expect("pass object");
         let pass_prog: &mut aya::programs::Xdp = pass
@@ -361,7 +391,7 @@ pub fn run() {
             .expect("xdp");
         pass_prog.load().expect("load pass");
         let baseline = program_cost(pass_prog, &hv.path(), tap_ifindex, &discover);
-        (offer, ack, baseline, ra, na)
+        (offer, ack, baseline, ra, na, adv, reply)
     };
     drop(bpffs);
     println!(
@@ -373,19 +403,28 @@ pub fn run() {
         ("REQUEST  -> ACK  ", &ack_cost),
         ("IPv6 RS  -> RA   ", &ra_cost),
         ("IPv6 NS  -> NA   ", &na_cost),
+        ("SOLICIT  -> ADVERTISE (DHCPv6)", &adv_cost),
+        ("REQUEST  -> REPLY (DHCPv6)", &reply_cost),
     ] {
         let net = c.median_ns - baseline.median_ns;
         println!(
-            "  {what}  {net:>5.0} ns/reply in the program (median {:.0} ns, p90 {:.0} ns, minus harness) = {:.1} M replies/s per core",
+            "  {what:<30}  {net:>5.0} ns/reply in the program (median {:.0} ns, p90 {:.0} ns, minus harness) = {:.1} M replies/s per core",
             c.median_ns,
             c.p90_ns,
             1e3 / net
         );
     }
 
-    println!(
-        "  (IPv6: DHCPv6 is not answered yet, so it has no figure; Kea's DHCPv6 is not measured)"
-    );
+    let dhcp6_ns = crate::dhcp6::ProgramNs {
+        advertise: adv_cost.median_ns - baseline.median_ns,
+        reply: reply_cost.median_ns - baseline.median_ns,
+    };
+
+    // HOLDFAST_BENCH_DHCP=6: the program's figures above, then only the DHCPv6 load.
+    if std::env::var("HOLDFAST_BENCH_DHCP").as_deref() == Ok("6") {
+        crate::dhcp6::run(&dhcp6_ns);
+        return;
+    }
 
     // 2. Replies per second over the veth.
     println!("\n2. Replies per second over one veth (load generator: 2 threads, full DORA)");
@@ -578,6 +617,8 @@ pub fn run() {
          receive: near 0.5 or above, the generator limited the figure, not XDP)",
         xdp.replies_per_sec() / ceiling
     );
+    crate::dhcp6::run(&dhcp6_ns);
+
     let worst_ns =
         (offer_cost.median_ns.max(ack_cost.median_ns) - baseline.median_ns).max(in_situ_ns);
     println!("\nTargets:");

@@ -1,9 +1,10 @@
 //! `holdfast-bench <name>`: the benchmarks `cargo xtask bench` runs, one per module: `dhcp`
-//! (the XDP responder against dnsmasq and Kea), `vxlan` (VPC forwarding against the kernel's
-//! vxlan and bridge), `sync` (IPAM from etcd into the maps), `scale` (many agents against one
-//! etcd).
+//! (the XDP responder against dnsmasq and Kea; its DHCPv6 half in `dhcp6`), `vxlan` (VPC
+//! forwarding against the kernel's vxlan and bridge), `sync` (IPAM from etcd into the maps),
+//! `scale` (many agents against one etcd).
 
 mod dhcp;
+mod dhcp6;
 mod scale;
 mod sync;
 mod vxlan;
