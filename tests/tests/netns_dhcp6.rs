@@ -767,7 +767,11 @@ fn requests_naming_another_server_or_another_vms_address_get_nothing_of_it(hook:
         .filter(|(c, _)| *c == OPT_SERVERID)
         .map(|(_, v)| v)
         .collect();
-    assert_eq!(server_ids, [server.clone()], "DUID-LL of the router MAC");
+    assert_eq!(
+        server_ids,
+        std::slice::from_ref(&server),
+        "DUID-LL of the router MAC"
+    );
 
     // REQUEST and RENEW naming another server: silence.
     for (kind, xid) in [(REQUEST, 0x0612), (RENEW, 0x0613)] {
