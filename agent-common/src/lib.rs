@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod stats;
 
 pub use stats::Stat;
@@ -381,6 +382,27 @@ pub struct Ra6 {
     pub body: [u8; RA_MAX],
 }
 
+/// A network with IPv6 and NICs on this host (`DHCP6`, by VNI): what its DHCPv6 replies
+/// carry, rendered by the agent. The program builds the message header, the client's
+/// identifier and the IA_NA with the NIC's `ip6`; the rest is `tail`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dhcp6Net {
+    /// Bytes of `tail` in use.
+    pub len: u16,
+    pub _pad: u16,
+    /// [`csum_partial`] of `tail[..len]`, as if it started at an even offset.
+    pub csum: u32,
+    /// The IA_NA's T1 and T2 and the address's preferred and valid lifetimes (RFC 8415
+    /// §21.4, §21.6), in seconds, big-endian as they go on the wire.
+    pub t1: [u8; 4],
+    pub t2: [u8; 4],
+    pub preferred: [u8; 4],
+    pub valid: [u8; 4],
+    /// The server identifier, DNS servers and domain list options, zero after `len`.
+    pub tail: [u8; dhcp6::TAIL_MAX],
+}
+
 /// A network with NICs on this host: frames of its VNI may be decapsulated here.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,6 +597,8 @@ mod pod {
     unsafe impl aya::Pod for super::Neigh6Entry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Ra6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Dhcp6Net {}
 }
 
 /// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd
@@ -628,6 +652,7 @@ mod tests {
         assert_eq!(size_of::<Neigh6Key>(), 20);
         assert_eq!(size_of::<Neigh6Entry>(), 8);
         assert_eq!(size_of::<Ra6>(), 8 + RA_MAX);
+        assert_eq!(size_of::<Dhcp6Net>(), 24 + dhcp6::TAIL_MAX);
     }
 
     #[test]

@@ -174,12 +174,40 @@ pub enum Stat {
     /// Neighbour discovery on xdp mode's skb path: only XDP answers it there, so the port's
     /// XDP program is not running.
     DropNd6SkbPath,
-    /// DHCPv6 requests not answered (the responder is not built yet).
+    /// DHCPv6 requests on xdp mode's skb path: only XDP answers them there, so the port's XDP
+    /// program is not running.
     Dhcp6Unanswered,
     /// Neighbour solicitations or router solicitations over the port's ARP rate limit.
     DropNd6RateLimited,
     /// ICMPv6 packet-too-big sent back to a VM for a datagram over its network's MTU.
     Icmp6PacketTooBig,
+    /// DHCPv6 messages from bound NICs, by type (RFC 8415 §7.3).
+    Dhcp6Solicit,
+    Dhcp6Request,
+    Dhcp6Confirm,
+    Dhcp6Renew,
+    Dhcp6Rebind,
+    Dhcp6Release,
+    Dhcp6Decline,
+    Dhcp6InformationRequest,
+    /// DHCPv6 replies sent to a VM.
+    Dhcp6Advertise,
+    Dhcp6Reply,
+    /// REPLYs that answered a SOLICIT carrying rapid commit (also counted in `Dhcp6Reply`).
+    Dhcp6RapidCommit,
+    /// CONFIRMs answered NotOnLink: the client's address is not of its network's prefix.
+    Dhcp6NotOnLink,
+    /// DHCPv6 messages naming a server identifier other than this network's: another
+    /// server's, silence (RFC 8415 §16.4).
+    Dhcp6OtherServer,
+    /// SOLICITs and CONFIRMs without an IA_NA address to act on (a client asking only for
+    /// temporary addresses or prefixes): no answer.
+    Dhcp6NoAddressAsked,
+    /// DHCPv6 messages that break RFC 8415 §16 (a missing or forbidden identifier, options
+    /// running past the message, more options than are scanned, a message over the window).
+    DropDhcp6Malformed,
+    /// DHCPv6 message types a client does not send, or relayed messages.
+    DropDhcp6UnknownType,
     Count,
 }
 

@@ -23,6 +23,7 @@ use crate::{
     ROUTER_MAC,
     csum::{add_bytes, add16, add32, be16, fold},
     ctx::Ctx,
+    dhcp6,
     l4csum::IPPROTO_TCP,
     maps::{BINDINGS, BINDINGS6, CONFIG, CSUM_SCRATCH, CSUM_WINDOW, FDB, NEIGH6, VNIS, VNIS6},
     parse::{
@@ -130,7 +131,11 @@ fn control<C: Ctx, const ANSWERS: bool>(
                 return Err(Stat::DropDhcpRogueServer);
             }
             if udp.dest == be16(DHCP6_SERVER_PORT) {
-                return Err(Stat::Dhcp6Unanswered);
+                // Only XDP answers in xdp mode: here, its program is not running.
+                if !ANSWERS {
+                    return Err(Stat::Dhcp6Unanswered);
+                }
+                return dhcp6::handle(ctx, eth, ip, &udp, b6);
             }
         }
         _ if to_router || multicast => return Err(Stat::DropIpv6ExtHeader),

@@ -12,6 +12,7 @@ mod arp;
 mod csum;
 mod ctx;
 mod dhcp;
+mod dhcp6;
 mod icmp;
 mod ip6;
 mod l4csum;

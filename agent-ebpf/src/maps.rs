@@ -3,8 +3,9 @@
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_NEIGH6,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_NEIGH6,
     MAX_RATE_STATES, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, NextHop, Ra6, RateKey, VniInfo,
+    dhcp6::DUID_MAX,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -31,6 +32,45 @@ pub static NEIGH6: HashMap<Neigh6Key, Neigh6Entry> = HashMap::pinned(MAX_NEIGH6,
 /// Router advertisements of the networks with IPv6 and NICs here, by VNI.
 #[map]
 pub static VNIS6: HashMap<u32, Ra6> = HashMap::pinned(MAX_VNIS, BPF_F_NO_PREALLOC);
+
+/// What the DHCPv6 replies of the networks with IPv6 and NICs here carry, by VNI.
+#[map]
+pub static DHCP6: HashMap<u32, Dhcp6Net> = HashMap::pinned(MAX_VNIS, BPF_F_NO_PREALLOC);
+
+/// Bytes of a DHCPv6 message examined (a power of two: indices are masked with it). Longer
+/// messages are refused.
+pub const DHCP6_WINDOW: usize = 1024;
+/// A DHCPv6 reply's headers (Ethernet, IPv6, UDP, the message's type and transaction) and the
+/// options the responder builds, rounded up to whole 64-bit words.
+pub const DHCP6_HEAD: usize = 152;
+/// The client identifier option (code, length, DUID), rounded up to whole words.
+pub const DHCP6_CID_BUF: usize = (4 + DUID_MAX + 3) & !3;
+
+/// Per-CPU state of the DHCPv6 responder: the request copied out of the packet and the
+/// positions of the options acted on (offset in `buf`, and TLV length, 0 when absent), read
+/// and written volatile like `OptionsScan`; then the reply's parts.
+#[repr(C)]
+pub struct Dhcp6Scan {
+    pub off: u32,
+    pub client: u32,
+    pub client_len: u32,
+    pub server: u32,
+    pub server_len: u32,
+    pub ia: u32,
+    pub ia_len: u32,
+    pub rapid: u32,
+    /// What the request says, then the reply's plan (`dhcp6::F_*`, `dhcp6::P_*`), kept
+    /// where the verifier does not track them.
+    pub plan: u32,
+    pub _pad: u32,
+    /// The message; the slack after the window keeps every masked read inside.
+    pub buf: [u8; DHCP6_WINDOW + 8],
+    pub head: [u8; DHCP6_HEAD],
+    pub cid: [u8; DHCP6_CID_BUF],
+}
+
+#[map]
+pub static DHCP6_SCRATCH: PerCpuArray<Dhcp6Scan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU outcome counters, indexed by `agent_common::Stat`.
 #[map]

@@ -33,7 +33,7 @@ use std::{
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, RateLimits, VniInfo,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, RateLimits, VniInfo,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -89,6 +89,7 @@ const MAP_DECLINED: &str = "DECLINED";
 const MAP_BINDINGS6: &str = "BINDINGS6";
 const MAP_NEIGH6: &str = "NEIGH6";
 const MAP_VNIS6: &str = "VNIS6";
+const MAP_DHCP6: &str = "DHCP6";
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,6 +115,8 @@ pub struct Desired {
     pub neigh6: OrdMap<Neigh6Key, Neigh6Entry>,
     /// The router advertisement of each of those networks, by VNI.
     pub ra6: OrdMap<u32, Ra6>,
+    /// What each of those networks' DHCPv6 replies carry, by VNI.
+    pub dhcp6: OrdMap<u32, Dhcp6Net>,
     pub config: DataplaneConfig,
     /// Remove links and entries that are not desired. Only after a complete, validated load.
     pub prune: bool,
@@ -167,6 +170,7 @@ pub struct Dataplane {
     bindings6: Synced<BindingKey, Binding6>,
     neigh6: Synced<Neigh6Key, Neigh6Entry>,
     ra6: Synced<u32, Ra6>,
+    dhcp6: Synced<u32, Dhcp6Net>,
     config: Array<MapData, DataplaneConfig>,
     held_config: Option<DataplaneConfig>,
     /// Hooks whose pinned link carries this build's program.
@@ -232,6 +236,7 @@ impl Dataplane {
         let bindings6 = Synced::open(&mut ebpf, MAP_BINDINGS6)?;
         let neigh6 = Synced::open(&mut ebpf, MAP_NEIGH6)?;
         let ra6 = Synced::open(&mut ebpf, MAP_VNIS6)?;
+        let dhcp6 = Synced::open(&mut ebpf, MAP_DHCP6)?;
         let config = ebpf
             .take_map(MAP_CONFIG)
             .ok_or(DataplaneError::Missing(MAP_CONFIG))?;
@@ -256,6 +261,7 @@ impl Dataplane {
             bindings6,
             neigh6,
             ra6,
+            dhcp6,
             config,
             held_config,
             current: BTreeSet::new(),
@@ -314,6 +320,7 @@ impl Dataplane {
         let boot = self.boot.plan(&desired.boot, prune);
         let bindings = self.bindings.plan(&desired.bindings, prune);
         let ra6 = self.ra6.plan(&desired.ra6, prune);
+        let dhcp6 = self.dhcp6.plan(&desired.dhcp6, prune);
         let neigh6 = self.neigh6.plan(&desired.neigh6, prune);
         let bindings6 = self.bindings6.plan(&desired.bindings6, prune);
         // Referenced entries before the entries that refer to them: a NIC's forwarding entry
@@ -328,6 +335,7 @@ impl Dataplane {
             self.boot.write(&boot.upserts, &mut report),
             self.bindings.write(&bindings.upserts, &mut report),
             self.ra6.write(&ra6.upserts, &mut report),
+            self.dhcp6.write(&dhcp6.upserts, &mut report),
             self.neigh6.write(&neigh6.upserts, &mut report),
             self.bindings6.write(&bindings6.upserts, &mut report),
         ];
@@ -340,6 +348,7 @@ impl Dataplane {
                 boot.upserts.len(),
                 bindings.upserts.len(),
                 ra6.upserts.len(),
+                dhcp6.upserts.len(),
                 neigh6.upserts.len(),
                 bindings6.upserts.len(),
             ];
@@ -363,6 +372,7 @@ impl Dataplane {
             // Removals in the reverse order: nothing is left referring to what goes.
             ok &= self.bindings6.remove(&bindings6.removals, &mut report);
             ok &= self.neigh6.remove(&neigh6.removals, &mut report);
+            ok &= self.dhcp6.remove(&dhcp6.removals, &mut report);
             ok &= self.ra6.remove(&ra6.removals, &mut report);
             ok &= self.bindings.remove(&bindings.removals, &mut report);
             ok &= self.boot.remove(&boot.removals, &mut report);
@@ -382,6 +392,7 @@ impl Dataplane {
                 self.bindings6.converged(&desired.bindings6);
                 self.neigh6.converged(&desired.neigh6);
                 self.ra6.converged(&desired.ra6);
+                self.dhcp6.converged(&desired.dhcp6);
             }
             self.detach_unwanted(&wanted, &mut report);
         }
@@ -394,8 +405,9 @@ impl Dataplane {
             self.boot.record(&boot.upserts[..written[4]]);
             self.bindings.record(&bindings.upserts[..written[5]]);
             self.ra6.record(&ra6.upserts[..written[6]]);
-            self.neigh6.record(&neigh6.upserts[..written[7]]);
-            self.bindings6.record(&bindings6.upserts[..written[8]]);
+            self.dhcp6.record(&dhcp6.upserts[..written[7]]);
+            self.neigh6.record(&neigh6.upserts[..written[8]]);
+            self.bindings6.record(&bindings6.upserts[..written[9]]);
         }
         if prune && report.errors.is_empty() {
             self.retire_other_layouts(&mut report);

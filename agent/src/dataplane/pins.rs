@@ -20,14 +20,14 @@ use std::{
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, VniInfo,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, VniInfo,
 };
 use aya::maps::MapInfo;
 use tracing::info;
 
 use super::{
-    Hook, MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_FDB,
-    MAP_NEIGH6, MAP_STATS, MAP_VNIS, MAP_VNIS6, MAP_VTEPS,
+    Hook, MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_DHCP6,
+    MAP_FDB, MAP_NEIGH6, MAP_STATS, MAP_VNIS, MAP_VNIS6, MAP_VTEPS,
     error::{BpffsError, DataplaneError, DirProblem},
 };
 
@@ -256,6 +256,7 @@ const LAYOUTS: &[(&str, usize, usize)] = &[
     ),
     (MAP_NEIGH6, size_of::<Neigh6Key>(), size_of::<Neigh6Entry>()),
     (MAP_VNIS6, 4, size_of::<Ra6>()),
+    (MAP_DHCP6, 4, size_of::<Dhcp6Net>()),
 ];
 
 /// Checks the maps pinned in `maps_dir` against this build's key and value sizes: a map adopted

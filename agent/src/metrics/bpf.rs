@@ -88,6 +88,42 @@ const BPF_FAMILIES: &[BpfFamily] = &[
         ],
     },
     BpfFamily {
+        name: "holdfast_dhcp6_requests",
+        help: "DHCPv6 messages received from bound NICs, by message type",
+        label: "type",
+        members: &[
+            ("solicit", &[Stat::Dhcp6Solicit]),
+            ("request", &[Stat::Dhcp6Request]),
+            ("confirm", &[Stat::Dhcp6Confirm]),
+            ("renew", &[Stat::Dhcp6Renew]),
+            ("rebind", &[Stat::Dhcp6Rebind]),
+            ("release", &[Stat::Dhcp6Release]),
+            ("decline", &[Stat::Dhcp6Decline]),
+            ("information_request", &[Stat::Dhcp6InformationRequest]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_dhcp6_replies",
+        help: "DHCPv6 replies sent by the data plane, by message type",
+        label: "type",
+        members: &[
+            ("advertise", &[Stat::Dhcp6Advertise]),
+            ("reply", &[Stat::Dhcp6Reply]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_dhcp6_drops",
+        help: "DHCPv6 messages dropped without a reply, by reason",
+        label: "reason",
+        members: &[
+            ("malformed", &[Stat::DropDhcp6Malformed]),
+            ("unknown_type", &[Stat::DropDhcp6UnknownType]),
+            ("other_server", &[Stat::Dhcp6OtherServer]),
+            ("no_address_asked", &[Stat::Dhcp6NoAddressAsked]),
+            ("skb_path", &[Stat::Dhcp6Unanswered]),
+        ],
+    },
+    BpfFamily {
         name: "holdfast_vxlan_encap",
         help: "Frames from VMs encapsulated toward a remote VTEP, by path (xdp, or skb for GSO and unresolved next hops)",
         label: "path",
@@ -190,9 +226,14 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
         Stat::Nd6Dad,
     ),
     (
-        "holdfast_dhcp6_unanswered",
-        "DHCPv6 requests from VMs not answered (the DHCPv6 responder is not built yet)",
-        Stat::Dhcp6Unanswered,
+        "holdfast_dhcp6_rapid_commit",
+        "DHCPv6 REPLYs to a SOLICIT with rapid commit (also in holdfast_dhcp6_replies, type reply)",
+        Stat::Dhcp6RapidCommit,
+    ),
+    (
+        "holdfast_dhcp6_not_on_link",
+        "DHCPv6 CONFIRMs answered NotOnLink: the client's address is not on its network's prefix",
+        Stat::Dhcp6NotOnLink,
     ),
     (
         "holdfast_dhcp_boot_replies",

@@ -181,6 +181,7 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
         }
         d.vnis.remove(&vni);
         d.ra6.remove(&vni);
+        d.dhcp6.remove(&vni);
         add_vni(d, &part, vni, &by_name);
     }
     if !t.macs.is_empty() {
@@ -253,6 +254,9 @@ fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) 
     }
     if let Some(ra) = vpc.ra6.get(&vni) {
         d.ra6.insert(vni, *ra);
+    }
+    if let Some(o) = vpc.dhcp6.get(&vni) {
+        d.dhcp6.insert(vni, *o);
     }
     for ((v, addr), (mac, router)) in vpc
         .neigh6

@@ -9,11 +9,13 @@
 //! - [`boot`]: a NIC's network boot answers, one per client variant.
 //! - [`leases`]: which NICs this host serves DHCP for, each on its interface.
 //! - [`ra6`]: a network's router advertisement as the bytes the programs send.
+//! - [`dhcp6`]: the options of a network's DHCPv6 replies, as the programs send them.
 //! - [`vpc`]: the forwarding state (FDB, ARP answers, VTEPs) of the networks this host carries.
 //! - [`desired`]: all of it as map entries, built whole or patched for some networks.
 
 pub mod boot;
 pub mod desired;
+pub mod dhcp6;
 pub mod leases;
 pub mod options;
 pub mod ra6;

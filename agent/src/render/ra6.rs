@@ -57,7 +57,7 @@ pub struct RaTooLong {
 
 /// The search list in DNS wire format (RFC 1035 §3.1, uncompressed as RFC 8106 §5.2 says):
 /// each name as its labels, length first, and a zero byte.
-fn search_wire(search: &[String]) -> Vec<u8> {
+pub(super) fn search_wire(search: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for name in search {
         let name = name.strip_suffix('.').unwrap_or(name);

@@ -10,9 +10,9 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use agent_common::Ra6;
+use agent_common::{Dhcp6Net, Ra6};
 
-use super::ra6;
+use super::{dhcp6, ra6};
 use crate::model::{MacAddr, Model, Nic};
 
 /// Where a NIC is.
@@ -51,6 +51,8 @@ pub struct Vpc {
     pub neigh6: BTreeMap<(u32, Ipv6Addr), (MacAddr, bool)>,
     /// The router advertisement of each of those networks.
     pub ra6: BTreeMap<u32, Ra6>,
+    /// The options of each of those networks' DHCPv6 replies.
+    pub dhcp6: BTreeMap<u32, Dhcp6Net>,
 }
 
 /// Server identifiers each network had before (by network id), which clients may still hold:
@@ -228,6 +230,9 @@ fn add_network(
     // come from a link-local source), the same on every host.
     if let Some(ra) = ra6::render(net, router_mac) {
         vpc.ra6.insert(net.vni, ra);
+        if let Some(d) = dhcp6::render(net, router_mac) {
+            vpc.dhcp6.insert(net.vni, d);
+        }
         vpc.neigh6.insert(
             (net.vni, ra6::router_address(router_mac)),
             (router_mac, true),
