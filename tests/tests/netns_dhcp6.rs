@@ -48,8 +48,11 @@ const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x06, 0x22];
 const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 22);
 /// Lifetimes of 10 s (the model's least `lease_time`): T1 5 s, T2 8 s.
 const LEASE: u32 = 10;
-/// What a renewal may take after T1 on a busy host, short of the address's expiry.
-const RENEWALS_WAIT: Duration = Duration::from_secs(30);
+/// Lifetimes for the clients built on systemd's sd-dhcp6-client (networkd, NetworkManager):
+/// it arms its T1 and T2 timers with 10 s of accuracy (coalescing), so that T1 may fire 10 s
+/// late; with 10 s lifetimes it loses the lease before it renews (seen: "Timeout T1", then
+/// "DHCPv6 lease lost"). 30 s: T1 15 s, at the latest 25 s, inside the lifetime.
+const LEASE_SD: u32 = 30;
 
 fn ip6() -> Ipv6Addr {
     ip6_for(VNI, IP)
@@ -84,12 +87,12 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The network dual-stack (`subnet6` fd00:3e9::/64, `dns6` fd00:3e9::53), with a search list;
 /// this VM on `tap` and the other VM on `tap-o`.
-fn ipam(tap: &str) -> String {
+fn ipam(tap: &str, lease: u32) -> String {
     dual_stack(&format!(
         r#"{{ "networks": [ {{ "id": "pn-blue", "vni": {VNI}, "subnet": "10.10.0.0/24",
                  "gateway": "10.10.0.1", "dns": ["10.10.0.2"], "domain": "blue.internal",
                  "search": ["blue.internal", "corp.example"], "mtu": 1450,
-                 "lease_time": {LEASE} }} ],
+                 "lease_time": {lease} }} ],
              "nodes": [ {{ "name": "hv-1", "vtep": "198.18.0.1" }} ],
              "nics": [ {{ "mac": "{}", "network": "pn-blue", "ip": "{IP}", "node": "hv-1",
                           "interface": "{tap}" }},
@@ -103,6 +106,7 @@ fn ipam(tap: &str) -> String {
 /// A hypervisor with its agent (VM ports on `hook`), the VM under test on `tap` and the other
 /// VM. Fields drop in order: the VMs, the agent, the hypervisor.
 struct Host {
+    lease: u32,
     vm: Vm,
     _other: Vm,
     agent: Agent,
@@ -111,11 +115,15 @@ struct Host {
 
 impl Host {
     fn new(hook: VmHook, tap: &str) -> Self {
+        Self::with_lease(hook, tap, LEASE)
+    }
+
+    fn with_lease(hook: VmHook, tap: &str, lease: u32) -> Self {
         let hv = Netns::new("hv");
         let agent = Agent::start_with(
             &hv,
             "hv-1",
-            &ipam(tap),
+            &ipam(tap, lease),
             &format!("[vm]\nhook = \"{hook}\"\n"),
         );
         let vm = Vm::new(&hv, tap, MAC);
@@ -125,6 +133,7 @@ impl Host {
         });
         assert!(bound.is_some(), "ports not bound:\n{}", agent.logs());
         Self {
+            lease,
             vm,
             _other: other,
             agent,
@@ -154,14 +163,32 @@ impl Host {
         text
     }
 
-    /// Renewals the port answered so far.
+    /// Renewals the port received so far: RENEWs, and REBINDs (a client whose RENEW went out
+    /// late, at T2: with T1 5 s and T2 8 s, a busy host's client may send none between them).
     fn renewals(&self) -> u64 {
-        self.agent.counters()[RENEWAL as usize]
+        let c = self.agent.counters();
+        c[Stat::Dhcp6Renew as usize] + c[Stat::Dhcp6Rebind as usize]
     }
 }
 
 /// The counters a failure reports.
 const DHCP6_STATS: &[Stat] = &[
+    Stat::Dhcp6Solicit,
+    Stat::Dhcp6Request,
+    Stat::Dhcp6Confirm,
+    Stat::Dhcp6Renew,
+    Stat::Dhcp6Rebind,
+    Stat::Dhcp6Release,
+    Stat::Dhcp6Decline,
+    Stat::Dhcp6InformationRequest,
+    Stat::Dhcp6Advertise,
+    Stat::Dhcp6Reply,
+    Stat::Dhcp6RapidCommit,
+    Stat::Dhcp6NotOnLink,
+    Stat::Dhcp6OtherServer,
+    Stat::Dhcp6NoAddressAsked,
+    Stat::DropDhcp6Malformed,
+    Stat::DropDhcp6UnknownType,
     Stat::Dhcp6Unanswered,
     Stat::Ra6Reply,
     Stat::Nd6Reply,
@@ -171,9 +198,6 @@ const DHCP6_STATS: &[Stat] = &[
     Stat::DropIpv6ExtHeader,
     Stat::DropDhcpRogueServer,
 ];
-
-/// The counter of the RENEWs the port answered.
-const RENEWAL: Stat = Stat::Dhcp6Unanswered;
 
 /// The global addresses on eth0 with their prefix lengths.
 fn globals(vm: &Vm) -> Vec<(Ipv6Addr, u8)> {
@@ -257,9 +281,10 @@ fn assert_renews_with_ipam_down_and_the_agent_killed(
         }
         let start = Instant::now();
         let before = host.renewals();
-        let renewed = wait_for(RENEWALS_WAIT, || {
-            (host.renewals() >= before + count).then_some(())
-        });
+        let replies = host.agent.counters()[Stat::Dhcp6Reply as usize];
+        // Each renewal at T1 (half the lifetime), late by up to as much again on a busy host.
+        let wait = Duration::from_secs(u64::from(host.lease) * (count + 1) + 10);
+        let renewed = wait_for(wait, || (host.renewals() >= before + count).then_some(()));
         assert!(
             renewed.is_some(),
             "{phase}: {} renewals in {:?}; {:?}, {}\n{}",
@@ -276,9 +301,18 @@ fn assert_renews_with_ipam_down_and_the_agent_killed(
             host.counters(),
             logs()
         );
+        // Each one answered.
+        let now = host.agent.counters()[Stat::Dhcp6Reply as usize];
+        assert!(
+            now >= replies + count,
+            "{phase}: {} replies: {}\n{}",
+            now - replies,
+            host.counters(),
+            logs()
+        );
         let lft = valid_lft(&host.vm).unwrap_or(0);
         assert!(
-            (1..=LEASE).contains(&lft),
+            (1..=host.lease).contains(&lft),
             "{phase}: valid_lft {lft}: {}",
             logs()
         );
@@ -326,16 +360,26 @@ fn dhcpcd_gets_its_ip6_route_and_dns_and_renews_with_ipam_down_and_the_agent_kil
     let logs = || format!("{}\nevents:\n{}", client.log(), client.events());
     let took = assert_ip6_configured(&host, &logs);
     assert_resolv_conf(&host, &logs);
-    // What DHCPv6 itself gave (the advertisement's RDNSS and DNSSL carry the same).
-    let events = client.events();
-    assert!(
-        events.contains(&format!("new_dhcp6_name_servers={}", dns6())),
-        "{events}"
-    );
-    assert!(
-        events.contains("new_dhcp6_domain_search=blue.internal corp.example"),
-        "{events}"
-    );
+    // What DHCPv6 itself gave (the advertisement's RDNSS and DNSSL carry the same): its hook
+    // runs after the address is set.
+    let bound = wait_for(Duration::from_secs(10), || {
+        let e = client.events();
+        e.lines()
+            .find(|l| l.starts_with("BOUND6") || l.starts_with("REBOOT6"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no BOUND6 event: {}", logs()));
+    for want in [
+        format!("new_dhcp6_ia_na1_ia_addr1={}", ip6()),
+        format!("new_dhcp6_name_servers={}", dns6()),
+        "new_dhcp6_domain_search=blue.internal corp.example".to_owned(),
+        format!(
+            "new_dhcp6_server_id={}",
+            hex(&duid_ll(ROUTER_MAC)).replace(':', "")
+        ),
+    ] {
+        assert!(bound.contains(&want), "{want}: {bound}");
+    }
     assert_renews_with_ipam_down_and_the_agent_killed(&mut host, 2, &logs);
     eprintln!(
         "dhcpcd -6 ({hook}): ip6 in {took:?}, test {:?}",
@@ -364,7 +408,7 @@ fn systemd_networkd_gets_its_ip6_route_and_dns_and_renews_with_ipam_down_and_the
     hook: VmHook,
 ) {
     let start = Instant::now();
-    let mut host = Host::new(hook, "tap-n1");
+    let mut host = Host::with_lease(hook, "tap-n1", LEASE_SD);
     let nd = Networkd::start(&host.vm.ns, &[("50-eth0.network", &dual_stack_network(""))]);
     let ifindex = host.vm.ns.ifindex("eth0");
     let logs = || nd.logs();
@@ -390,7 +434,7 @@ fn network_manager_gets_its_ip6_route_and_dns_and_renews_with_ipam_down_and_the_
     hook: VmHook,
 ) {
     let start = Instant::now();
-    let mut host = Host::new(hook, "tap-m1");
+    let mut host = Host::with_lease(hook, "tap-m1", LEASE_SD);
     let nm = NetworkManager::start(
         &host.vm.ns,
         &[("eth0.nmconnection", &dual_stack_connection("eth0", ""))],
@@ -514,7 +558,7 @@ fn dhcpcd_with_another_vms_duid_gets_only_its_own_ip6(hook: VmHook) {
 
 fn systemd_networkd_with_another_vms_duid_gets_only_its_own_ip6(hook: VmHook) {
     let start = Instant::now();
-    let host = Host::new(hook, "tap-n2");
+    let host = Host::with_lease(hook, "tap-n2", LEASE_SD);
     // DUID-LL: hardware type 1, the other VM's MAC.
     let raw = format!("00:01:{}", mac_str(OTHER_MAC));
     let nd = Networkd::start(
@@ -546,7 +590,7 @@ fn systemd_networkd_with_another_vms_duid_gets_only_its_own_ip6(hook: VmHook) {
 
 fn network_manager_with_another_vms_duid_gets_only_its_own_ip6(hook: VmHook) {
     let start = Instant::now();
-    let host = Host::new(hook, "tap-m2");
+    let host = Host::with_lease(hook, "tap-m2", LEASE_SD);
     let nm = NetworkManager::start(
         &host.vm.ns,
         &[(
@@ -688,17 +732,7 @@ struct Client6 {
 
 impl Client6 {
     fn open(vm: &Vm) -> Self {
-        let out = vm
-            .ns
-            .query(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let ll: Ipv6Addr = text
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|c| c.split_once('/'))
-            .and_then(|(a, _)| a.parse().ok())
-            .unwrap_or_else(|| panic!("no link-local address: {text}"));
+        let ll = link_local(vm);
         let ifindex = vm.ns.ifindex("eth0");
         let sock = in_netns(&vm.ns.path(), || {
             UdpSocket::bind(SocketAddrV6::new(ll, 546, 0, ifindex)).expect("bind [ll]:546")
@@ -820,18 +854,23 @@ fn requests_naming_another_server_or_another_vms_address_get_nothing_of_it(hook:
     );
 }
 
-/// The link-local address of the VM's eth0.
+/// The link-local address of the VM's eth0, once duplicate address detection let it be used.
 fn link_local(vm: &Vm) -> Ipv6Addr {
-    let out = vm
-        .ns
-        .query(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|c| c.split_once('/'))
-        .and_then(|(a, _)| a.parse().ok())
-        .unwrap_or_else(|| panic!("no link-local address: {text}"))
+    let ready = wait_for(Duration::from_secs(10), || {
+        let out = vm
+            .ns
+            .query(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("tentative") {
+            return None;
+        }
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|c| c.split_once('/'))
+            .and_then(|(a, _)| a.parse().ok())
+    });
+    ready.expect("no usable link-local address on eth0")
 }
 
 /// NetworkManager (libndp) solicits without a source link-layer option (RFC 4861 §4.1 makes
