@@ -824,6 +824,13 @@ fn requests_naming_another_server_or_another_vms_address_get_nothing_of_it(hook:
         only_own(&reply, "REPLY");
     }
 
+    assert_eq!(
+        host.agent.counters()[Stat::Dhcp6OtherServer as usize],
+        2,
+        "{}",
+        host.counters()
+    );
+
     // REQUEST and RENEW as the other VM, for its address: the VM's own, the other's never
     // with a lifetime.
     for (kind, xid) in [(REQUEST, 0x0621), (RENEW, 0x0622)] {
