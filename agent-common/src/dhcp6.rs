@@ -30,6 +30,11 @@ pub const OPT_DOMAIN_LIST: u16 = 24;
 pub const STATUS_SUCCESS: u16 = 0;
 pub const STATUS_NOT_ON_LINK: u16 = 4;
 
+/// Added to a DHCPv6 message type in a `DhcpEvent`'s kind: the RELEASE and DECLINE of
+/// DHCPv6 clients, reported like their DHCPv4 twins (their address is the NIC's `ip6`, which
+/// the agent knows; `addr` is 0).
+pub const EVENT_DHCP6: u32 = 0x100;
+
 /// The longest client identifier option value: a DUID of at most 130 bytes, type included
 /// (RFC 8415 §11.1).
 pub const DUID_MAX: usize = 130;

@@ -211,7 +211,8 @@ pub const DECLINE_HOLD_NS: u64 = 300 * 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DhcpEvent {
-    /// [`dhcp::DHCPRELEASE`] or [`dhcp::DHCPDECLINE`].
+    /// [`dhcp::DHCPRELEASE`] or [`dhcp::DHCPDECLINE`]; for DHCPv6,
+    /// [`dhcp6::EVENT_DHCP6`] plus [`dhcp6::RELEASE`] or [`dhcp6::DECLINE`].
     pub kind: u32,
     pub ifindex: u32,
     pub mac: [u8; 6],

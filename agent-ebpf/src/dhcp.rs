@@ -249,7 +249,7 @@ pub fn handle_request<C: Ctx>(
         }
         DHCPRELEASE => {
             count(Stat::DhcpRelease);
-            report(DHCPRELEASE, &key, hdr.ciaddr);
+            report(DHCPRELEASE as u32, &key, hdr.ciaddr);
             return Ok(C::DROP);
         }
         DHCPDECLINE => {
@@ -260,7 +260,7 @@ pub fn handle_request<C: Ctx>(
                 return Err(Stat::DhcpDeclineIgnored);
             }
             hold(&key, b.ip);
-            report(DHCPDECLINE, &key, opts.requested);
+            report(DHCPDECLINE as u32, &key, opts.requested);
             return Ok(C::DROP);
         }
         _ => return Err(Stat::DropDhcpUnknownType),
@@ -726,16 +726,16 @@ fn asks_for_boot_options(opts: &RequestOpts) -> bool {
     false
 }
 
-/// Tells the agent about a RELEASE or DECLINE; no reply is sent for either.
+/// Tells the agent about a RELEASE or DECLINE (DHCPv4: no reply is sent for either).
 #[inline(always)]
-fn report(kind: u8, key: &BindingKey, addr: u32) {
+pub fn report(kind: u32, key: &BindingKey, addr: u32) {
     // Each event costs the agent a wakeup and a log line.
     if !ratelimit::allow(key.ifindex, RateKind::Event) {
         count(Stat::DhcpEventsRateLimited);
         return;
     }
     let ev = DhcpEvent {
-        kind: kind as u32,
+        kind,
         ifindex: key.ifindex,
         mac: key.mac,
         _pad: [0; 2],

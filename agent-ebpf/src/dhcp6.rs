@@ -24,11 +24,11 @@
 //! answered wherever the VM runs.
 
 use agent_common::{
-    Binding6, Dhcp6Net, RateKind, Stat,
+    Binding6, BindingKey, Dhcp6Net, RateKind, Stat,
     dhcp6::{
-        ADVERTISE, CONFIRM, DECLINE, DUID_MAX, INFORMATION_REQUEST, OPT_CLIENTID, OPT_IA_NA,
-        OPT_IAADDR, OPT_RAPID_COMMIT, OPT_SERVERID, OPT_STATUS_CODE, REBIND, RELAY_FORW, RELEASE,
-        RENEW, REPLY, REQUEST, SERVER_ID_LEN, SERVER_PORT, SOLICIT, STATUS_NOT_ON_LINK,
+        ADVERTISE, CONFIRM, DECLINE, DUID_MAX, EVENT_DHCP6, INFORMATION_REQUEST, OPT_CLIENTID,
+        OPT_IA_NA, OPT_IAADDR, OPT_RAPID_COMMIT, OPT_SERVERID, OPT_STATUS_CODE, REBIND, RELAY_FORW,
+        RELEASE, RENEW, REPLY, REQUEST, SERVER_ID_LEN, SERVER_PORT, SOLICIT, STATUS_NOT_ON_LINK,
         STATUS_SUCCESS, TAIL_MAX,
     },
 };
@@ -38,6 +38,7 @@ use crate::{
     ROUTER_MAC,
     csum::{add16, be16, fold},
     ctx::Ctx,
+    dhcp,
     maps::{DHCP6, DHCP6_CID_BUF, DHCP6_HEAD, DHCP6_SCRATCH, DHCP6_WINDOW, Dhcp6Scan},
     parse::{
         ETH_HLEN, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV6_HLEN, Ipv6Hdr, UDP_HLEN, UdpHdr, ip6_eq,
@@ -163,6 +164,14 @@ pub fn handle<C: Ctx>(
     // track, they are one unknown each.
     let facts = opaque(scan, facts(scan, b6));
     let plan = opaque(scan, plan(kind, facts)?);
+    if kind == RELEASE || kind == DECLINE {
+        // Reported like their DHCPv4 twins: a DECLINE is an address conflict IPAM must solve.
+        dhcp::report(
+            EVENT_DHCP6 | kind as u32,
+            &BindingKey::new(ctx.ifindex(), eth.src),
+            0,
+        );
+    }
     reply(ctx, scan, net, b6, plan)
 }
 

@@ -1,7 +1,11 @@
 //! Two hypervisors joined by an underlay link, VMs on both, an agent on each: the VPC as the
 //! namespace tests, the demo and the benchmark build it.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use holdfast::{config::UnderlayHook, ports::VmHook};
 
@@ -430,15 +434,28 @@ impl Cloud {
     /// iperf3 TCP for `secs` from the VM `client` to the VM `server` (at `server_ip`): bits per
     /// second received, 0 when the transfer failed.
     pub fn iperf(&self, client: [u8; 6], server: [u8; 6], server_ip: Ipv4Addr, secs: u32) -> f64 {
-        let _server = self.vm_ns(server).iperf3_server(5210);
+        self.iperf_to(client, server, &[&server_ip.to_string()], 5210, secs)
+    }
+
+    /// [`Cloud::iperf`] over IPv6, to the server VM's `ip6`.
+    pub fn iperf6(&self, client: [u8; 6], server: [u8; 6], server_ip6: Ipv6Addr, secs: u32) -> f64 {
+        self.iperf_to(client, server, &["-6", &server_ip6.to_string()], 5211, secs)
+    }
+
+    /// iperf3 from `client` to a server on `server` at `port`; `to`: the client's address
+    /// arguments, the server's address last.
+    fn iperf_to(&self, client: [u8; 6], server: [u8; 6], to: &[&str], port: u16, secs: u32) -> f64 {
+        let _server = self.vm_ns(server).iperf3_server(port);
+        let (family, addr) = to.split_at(to.len() - 1);
         let out = self
             .vm_ns(client)
             .exec("iperf3")
+            .args(family)
             .args([
                 "-c",
-                &server_ip.to_string(),
+                addr[0],
                 "-p",
-                "5210",
+                &port.to_string(),
                 "-t",
                 &secs.to_string(),
                 "-J",

@@ -425,7 +425,8 @@ fn confirm_says_whether_the_address_is_on_link(hook: VmHook) {
 }
 
 fn information_request_release_and_decline_are_answered(hook: VmHook) {
-    let fx = fixture();
+    let mut fx = fixture();
+    let mut ring = fx.dp.take_events().expect("event ring");
     // Stateless configuration: the options alone, with or without a client identifier.
     let r = answered(
         &fx,
@@ -451,6 +452,21 @@ fn information_request_release_and_decline_are_answered(hook: VmHook) {
         assert_eq!((r.kind, r.status(), r.option(3)), (REPLY, Some(0), None));
         assert_eq!(fx.counters()[stat as usize], 1);
     }
+    // Both reported to the agent, as their DHCPv4 twins are.
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.push(holdfast::dataplane::parse_event(&item).expect("event"));
+    }
+    let kinds: Vec<(u32, u32, [u8; 6])> =
+        events.iter().map(|e| (e.kind, e.ifindex, e.mac)).collect();
+    let v6 = agent_common::dhcp6::EVENT_DHCP6;
+    assert_eq!(
+        kinds,
+        vec![
+            (v6 | u32::from(RELEASE), TEST_IFINDEX, VM_MAC),
+            (v6 | u32::from(DECLINE), TEST_IFINDEX, VM_MAC)
+        ]
+    );
 }
 
 /// The client identifier is the reply's last option: after an odd-length list of the

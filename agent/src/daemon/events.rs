@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::dhcp::{DHCPDECLINE, DHCPRELEASE};
+use agent_common::{
+    dhcp::{DHCPDECLINE, DHCPRELEASE},
+    dhcp6::{self, EVENT_DHCP6},
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::watch,
@@ -86,6 +89,9 @@ pub async fn watch_events(
                         if u8::try_from(ev.kind) == Ok(DHCPDECLINE) {
                             on_decline(&ev, &metrics, &conflicts, &mut reported, &name);
                         }
+                        if ev.kind == EVENT_DHCP6 | u32::from(dhcp6::DECLINE) {
+                            on_decline6(&ev, &metrics, &mut reported, &name);
+                        }
                     }
                 }
                 for (kind, n) in kinds.0 {
@@ -135,15 +141,9 @@ fn on_decline(
     reported: &mut ConflictLog,
     name: &impl Fn(u32) -> String,
 ) {
-    let interface = name(ev.ifindex);
-    metrics
-        .dhcp_declines
-        .get_or_create(&vec![("interface", interface.clone())])
-        .inc();
-    let mac = MacAddr(ev.mac);
-    if !reported.due(mac, Instant::now()) {
+    let Some((interface, mac)) = count_decline(ev, metrics, reported, name) else {
         return;
-    }
+    };
     let ip = agent_common::ipv4(ev.addr);
     warn!(
         %mac,
@@ -162,6 +162,44 @@ fn on_decline(
     if conflicts.reported() && !conflicts.report(c) {
         warn!(%mac, "address conflicts queued faster than etcd takes them; this one is not reported");
     }
+}
+
+/// A DHCPv6 client declined its address (RFC 8415 §18.2.8: duplicate address detection found
+/// it in use): the NIC's `ip6` conflicts with something, which IPAM must solve. Counted and
+/// logged as a DHCPv4 DECLINE is; not reported to etcd, whose conflict records are IPv4.
+fn on_decline6(
+    ev: &agent_common::DhcpEvent,
+    metrics: &Metrics,
+    reported: &mut ConflictLog,
+    name: &impl Fn(u32) -> String,
+) {
+    if let Some((interface, mac)) = count_decline(ev, metrics, reported, name) {
+        warn!(
+            %mac,
+            %interface,
+            "address conflict: the DHCPv6 client declined its ip6; IPAM should give this NIC \
+             another one"
+        );
+    }
+}
+
+/// Counts a DECLINE on its interface. Its interface and MAC when its NIC's conflict is due to
+/// be logged (once a `CONFLICT_INTERVAL`).
+fn count_decline(
+    ev: &agent_common::DhcpEvent,
+    metrics: &Metrics,
+    reported: &mut ConflictLog,
+    name: &impl Fn(u32) -> String,
+) -> Option<(String, MacAddr)> {
+    let interface = name(ev.ifindex);
+    metrics
+        .dhcp_declines
+        .get_or_create(&vec![("interface", interface.clone())])
+        .inc();
+    let mac = MacAddr(ev.mac);
+    reported
+        .due(mac, Instant::now())
+        .then_some((interface, mac))
 }
 
 /// When each NIC's conflict was last reported; entries older than the interval are dropped,
@@ -187,11 +225,17 @@ impl ConflictLog {
 }
 
 /// Events of a batch by kind, counted into the metric once per batch.
-struct Tally([(&'static str, u64); 3]);
+struct Tally([(&'static str, u64); 5]);
 
 impl Default for Tally {
     fn default() -> Self {
-        Self([("release", 0), ("decline", 0), ("unknown", 0)])
+        Self([
+            ("release", 0),
+            ("decline", 0),
+            ("unknown", 0),
+            ("release6", 0),
+            ("decline6", 0),
+        ])
     }
 }
 
@@ -201,15 +245,24 @@ fn on_event(
     kinds: &mut Tally,
     name: &impl Fn(u32) -> String,
 ) {
-    let i = match u8::try_from(ev.kind) {
-        Ok(DHCPRELEASE) => 0,
-        Ok(DHCPDECLINE) => 1,
+    let v6 = |kind: u8| EVENT_DHCP6 | u32::from(kind);
+    let i = match ev.kind {
+        k if k == u32::from(DHCPRELEASE) => 0,
+        k if k == u32::from(DHCPDECLINE) => 1,
+        k if k == v6(dhcp6::RELEASE) => 3,
+        k if k == v6(dhcp6::DECLINE) => 4,
         _ => 2,
     };
     let (kind, n) = &mut kinds.0[i];
     *n += 1;
     let kind = *kind;
-    if log.first(ev.ifindex, kind) {
+    if !log.first(ev.ifindex, kind) {
+        return;
+    }
+    if i >= 3 {
+        // DHCPv6: the address is the NIC's ip6.
+        info!(event = %kind, mac = %MacAddr(ev.mac), interface = %name(ev.ifindex), "DHCP client event");
+    } else {
         info!(
             event = %kind,
             mac = %MacAddr(ev.mac),
