@@ -195,7 +195,7 @@ pub enum Stat {
     Dhcp6Reply,
     /// REPLYs that answered a SOLICIT carrying rapid commit (also counted in `Dhcp6Reply`).
     Dhcp6RapidCommit,
-    /// CONFIRMs answered NotOnLink: the client's address is not of its network's prefix.
+    /// CONFIRMs answered NotOnLink: the client's address is not its NIC's `ip6`.
     Dhcp6NotOnLink,
     /// DHCPv6 messages naming a server identifier other than this network's: another
     /// server's, silence (RFC 8415 §16.4).

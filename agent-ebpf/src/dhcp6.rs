@@ -15,8 +15,8 @@
 //! - SOLICIT: ADVERTISE with the address; REPLY when the client asked for rapid commit.
 //! - REQUEST, RENEW (to this server) and REBIND: REPLY with the address. An address the client
 //!   holds that is not its `ip6` any more comes back with lifetimes 0, so the client drops it.
-//! - CONFIRM: REPLY with Success when the client's address is on its network's prefix,
-//!   NotOnLink otherwise.
+//! - CONFIRM: REPLY with Success when the client's address is its NIC's `ip6`, NotOnLink
+//!   otherwise (another NIC's, a former one, another prefix's).
 //! - INFORMATION-REQUEST: REPLY with the options only.
 //! - RELEASE and DECLINE (to this server): REPLY with Success, counted.
 //!
@@ -327,7 +327,12 @@ fn plan(kind: u8, f: u32) -> Result<u32, Stat> {
             if !has(F_ADDR) {
                 return Err(Stat::Dhcp6NoAddressAsked);
             }
-            if has(F_ON_LINK) {
+            // "Appropriate for the link" is this NIC's `ip6`, the only address it may use
+            // here: a client confirming another NIC's address or its own former one (a stale
+            // lease after IPAM renumbered it) solicits again, as a DHCPv4 INIT-REBOOT with
+            // a wrong address gets a NAK; told Success it would keep an address the port drops
+            // as spoofed until its T1.
+            if has(F_CURRENT) {
                 Ok(REPLY as u32 | P_STATUS)
             } else {
                 count(Stat::Dhcp6NotOnLink);

@@ -242,19 +242,25 @@ fn router_solicit<C: Ctx>(
     let (f, mut s) = answer::<RA_HEAD>(&eth.src, &router, &src, &dst, payload, ND_ROUTER_ADVERT)?;
     s += body_csum as u64;
     f[56..58].copy_from_slice(&fold(s).to_ne_bytes());
-    // The body is copied whole (a constant size, which the verifier can bound), then the
-    // frame is cut to what the advertisement uses.
-    ctx.resize((RA_HEAD + RA_MAX) as u32)?;
-    // SAFETY: `f` holds RA_HEAD bytes and the map value's body RA_MAX; the helper checks the
-    // packet range itself.
+    // The frame grows only to what the advertisement uses: a solicitation without a source
+    // link-layer option (NetworkManager's, 62 bytes) left too little head- and tailroom on a
+    // veth for the whole RA_MAX body. `len` is bounded above, which the helper needs.
+    ctx.resize((RA_HEAD + len) as u32)?;
+    // Checked again where the helper takes it: the verifier must see the bound on the very
+    // register passed (the check above may be on a copy the compiler spilled before it).
+    let body_len = core::hint::black_box(len as u32);
+    if body_len == 0 || body_len > RA_MAX as u32 {
+        return Err(Stat::DropMalformed);
+    }
+    // SAFETY: `f` holds RA_HEAD bytes and the map value's body RA_MAX >= body_len; the helper
+    // checks the packet range itself.
     unsafe {
         if ctx.store_bytes(0, f.as_ptr(), RA_HEAD as u32) != 0
-            || ctx.store_bytes(RA_HEAD as u32, (*ra).body.as_ptr(), RA_MAX as u32) != 0
+            || ctx.store_bytes(RA_HEAD as u32, (*ra).body.as_ptr(), body_len) != 0
         {
             return Err(Stat::DropMalformed);
         }
     }
-    ctx.resize((RA_HEAD + len) as u32)?;
     count(Stat::Ra6Reply);
     Ok(ctx.tx())
 }

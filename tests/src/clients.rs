@@ -18,11 +18,21 @@ pub struct Client {
     pub proc: Proc,
     pub dir: TempDir,
     pub log: PathBuf,
+    /// What the client's event script logged, for clients run with one of the harness's.
+    pub events: Option<PathBuf>,
 }
 
 impl Client {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the event script logged (empty without one).
+    pub fn events(&self) -> String {
+        self.events
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -43,6 +53,7 @@ fn spawn(vm: &Vm, name: &'static str, dir: TempDir, mut cmd: Command) -> Client 
         proc: Proc(child),
         dir,
         log,
+        events: None,
     }
 }
 
@@ -146,5 +157,83 @@ exit 0
         .args(extra);
     let mut c = spawn(vm, "udhcpc", dir, cmd);
     c.log = events;
+    c
+}
+
+/// Waits until eth0's link-local address has passed duplicate address detection: a DHCPv6
+/// client binds its socket to it (dhclient gives up on a tentative one).
+fn wait_link_local(vm: &Vm) {
+    let ready = crate::netns::wait_for(std::time::Duration::from_secs(10), || {
+        let out = vm
+            .ns
+            .query(&["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        (text.contains("inet6 fe80:") && !text.contains("tentative")).then_some(())
+    });
+    assert!(ready.is_some(), "eth0 has no usable link-local address");
+}
+
+/// ISC dhclient in DHCPv6 mode (`-6`: IA_NA) with Debian's dhclient-script: the address as a
+/// /128 with the lifetimes of the lease, DNS and the search list in resolv.conf. Routes come
+/// from router advertisements, to the VM's kernel. `lease_file` may hold a lease from before
+/// (dhclient then starts with a CONFIRM of it, RFC 8415 §18.2.3), and names the DUID it uses.
+pub fn dhclient6(vm: &Vm, lease_file: Option<&str>) -> Client {
+    wait_link_local(vm);
+    let dir = TempDir::new("dhclient6");
+    let leases = dir.path().join("dhclient6.leases");
+    std::fs::write(&leases, lease_file.unwrap_or("")).expect("leases");
+    let mut cmd = vm.ns.exec("dhclient");
+    cmd.args(["-d", "-v", "-6", "-lf"])
+        .arg(&leases)
+        .arg("-pf")
+        .arg(dir.path().join("dhclient6.pid"))
+        .arg("eth0");
+    spawn(vm, "dhclient6", dir, cmd)
+}
+
+/// dhcpcd 9 for IPv6 only (`ipv6only`): it solicits and reads router advertisements itself
+/// (the default route via the router, the on-link prefix) and, told by M=1, asks DHCPv6 for an
+/// IA_NA. Every event's DHCPv6 variables go to `events` (the client's log) before Debian's
+/// hooks run (resolv.conf), so that a test tells what DHCPv6 gave from what the advertisement
+/// gave. `duid` (hex, `00:03:00:01:...`) replaces the DUID dhcpcd would make.
+pub fn dhcpcd6(vm: &Vm, duid: Option<&str>) -> Client {
+    let dir = TempDir::new("dhcpcd6");
+    let events = dir.path().join("events");
+    let script = dir.path().join("dhcpcd6.script");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$reason $(env | grep '^new_dhcp6_' | sort | tr '\\n' ' ')\" >> {}\n\
+             exec /usr/lib/dhcpcd/dhcpcd-run-hooks\n",
+            events.display()
+        ),
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let conf = dir.path().join("dhcpcd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "ipv6only\n\
+             option dhcp6_name_servers, dhcp6_domain_search\n\
+             nohook hostname, ntp-common.conf, chrony.conf, timesyncd.conf, openntpd.conf\n\
+             script {}\n{}",
+            script.display(),
+            duid.map(|d| format!("duid {d}\n")).unwrap_or_default()
+        ),
+    )
+    .expect("conf");
+    let run = format!(
+        "mount -t tmpfs tmpfs /run/dhcpcd 2>/dev/null || (mkdir -p /run/dhcpcd && mount -t tmpfs tmpfs /run/dhcpcd); \
+         mkdir -p /var/lib/dhcpcd && mount -t tmpfs tmpfs /var/lib/dhcpcd; \
+         exec dhcpcd -B -d -f {} eth0",
+        conf.display()
+    );
+    let mut cmd = vm.ns.exec("sh");
+    cmd.args(["-c", &run]);
+    let mut c = spawn(vm, "dhcpcd6", dir, cmd);
+    c.events = Some(events);
     c
 }

@@ -388,17 +388,25 @@ fn messages_for_another_server_get_silence(hook: VmHook) {
 
 fn confirm_says_whether_the_address_is_on_link(hook: VmHook) {
     let fx = fixture();
-    // Another address of the same /64: on link (CONFIRM asks about the link, not the lease).
+    // Its own address: Success.
+    let r = answered(
+        &fx,
+        hook,
+        &frame(&message(CONFIRM, &[tlv(1, &duid()), ia_na(Some(VM_IP6))])),
+    );
+    assert_eq!((r.kind, r.status()), (REPLY, Some(0)), "Success");
+    assert_eq!(r.option(3), None, "no IA in a CONFIRM's reply");
+    assert_common(&r, &duid());
+    // Another address of the same /64 (another NIC's, or its own before IPAM renumbered it):
+    // NotOnLink, so that it solicits again instead of using an address the port drops.
     let near = Ipv6Addr::new(0xfd00, 0xb1, 0, 0, 0, 0, 0, 0x42);
     let r = answered(
         &fx,
         hook,
         &frame(&message(CONFIRM, &[tlv(1, &duid()), ia_na(Some(near))])),
     );
-    assert_eq!((r.kind, r.status()), (REPLY, Some(0)), "Success");
-    assert_eq!(r.option(3), None, "no IA in a CONFIRM's reply");
-    assert_common(&r, &duid());
-    // A VM moved from another network: NotOnLink, so that it solicits again.
+    assert_eq!((r.kind, r.status()), (REPLY, Some(4)), "NotOnLink");
+    // A VM moved from another network: NotOnLink.
     let far = Ipv6Addr::new(0xfd00, 0xb2, 0, 0, 0, 0, 0, 0x11);
     let r = answered(
         &fx,
@@ -406,7 +414,7 @@ fn confirm_says_whether_the_address_is_on_link(hook: VmHook) {
         &frame(&message(CONFIRM, &[tlv(1, &duid()), ia_na(Some(far))])),
     );
     assert_eq!(r.status(), Some(4), "NotOnLink");
-    assert_eq!(fx.counters()[Stat::Dhcp6NotOnLink as usize], 1);
+    assert_eq!(fx.counters()[Stat::Dhcp6NotOnLink as usize], 2);
     // No address to confirm: no reply (§18.3.3).
     dropped_at(
         &fx,

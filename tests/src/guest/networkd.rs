@@ -39,6 +39,18 @@ mount -t sysfs -o ro sysfs /sys
 exec "$NETWORKD"
 "#;
 
+/// A `.network` for `eth0` with DHCPv4 and DHCPv6 (started by the router's M=1), DNS servers
+/// and domains taken from DHCPv6 only (not from the advertisement's RDNSS and DNSSL, so that
+/// the link's state tells what DHCPv6 gave), plus `dhcp6` lines in its `[DHCPv6]` section.
+pub fn dual_stack_network(dhcp6: &str) -> String {
+    format!(
+        "[Match]\nName=eth0\n\n[Network]\nDHCP=yes\nIPv6AcceptRA=yes\n\n\
+         [DHCPv4]\nUseHostname=no\n\n\
+         [DHCPv6]\nUseDNS=yes\nUseDomains=yes\n{dhcp6}\n\n\
+         [IPv6AcceptRA]\nUseDNS=no\nUseDomains=no\n"
+    )
+}
+
 impl Networkd {
     /// Starts networkd in `vm` with `networks`: (file name, contents) of `.network` files.
     pub fn start(vm: &Netns, networks: &[(&str, &str)]) -> Self {

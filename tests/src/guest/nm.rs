@@ -24,7 +24,7 @@ pub struct NetworkManager {
 /// NetworkManager's own configuration: keyfiles only, the internal DHCP client, nothing
 /// configured behind the test's back, and its log on stderr.
 const CONFIG: &str = "[main]\nplugins=keyfile\ndhcp=internal\nno-auto-default=*\n\n\
-                      [logging]\nlevel=DEBUG\ndomains=DHCP4,DEVICE,IP4,CORE\n";
+                      [logging]\nlevel=DEBUG\ndomains=DHCP4,DHCP6,DEVICE,IP4,IP6,CORE\n";
 
 /// Runs in the new mount and PID namespaces: the root's mounts, then D-Bus and NetworkManager.
 const SETUP: &str = r#"set -e
@@ -48,6 +48,15 @@ pub fn dhcp_connection(interface: &str, extra: &str) -> String {
     format!(
         "[connection]\nid={interface}\ntype=ethernet\ninterface-name={interface}\n\n\
          [ipv4]\nmethod=auto\n{extra}\n\n[ipv6]\nmethod=ignore\n"
+    )
+}
+
+/// A keyfile for an Ethernet connection on `interface` with DHCPv4 and IPv6 `auto` (router
+/// advertisements, and DHCPv6 when they say M=1), plus `extra` lines in its `[ipv6]` section.
+pub fn dual_stack_connection(interface: &str, extra: &str) -> String {
+    format!(
+        "[connection]\nid={interface}\ntype=ethernet\ninterface-name={interface}\n\n\
+         [ipv4]\nmethod=auto\n\n[ipv6]\nmethod=auto\n{extra}\n"
     )
 }
 
@@ -131,6 +140,35 @@ impl NetworkManager {
         mut f: impl FnMut(&BTreeMap<String, String>) -> bool,
     ) -> Option<BTreeMap<String, String>> {
         wait_for(timeout, || self.dhcp4(interface).filter(|o| f(o)))
+    }
+
+    /// The DHCPv6 options NetworkManager holds for `interface` (`nmcli -f DHCP6`: ip6_address,
+    /// dhcp6_name_servers, dhcp6_domain_search, dhcp6_client_id, iaid, ...).
+    pub fn dhcp6(&self, interface: &str) -> Option<BTreeMap<String, String>> {
+        let text = self.nmcli(&["-t", "-f", "DHCP6", "device", "show", interface])?;
+        let options: BTreeMap<String, String> = text
+            .lines()
+            .filter_map(|l| l.split_once(':').map(|(_, v)| v))
+            .filter_map(|v| v.split_once(" = "))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        (!options.is_empty()).then_some(options)
+    }
+
+    /// Waits until the DHCPv6 options of `interface` satisfy `f`.
+    pub fn wait_dhcp6(
+        &self,
+        interface: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&BTreeMap<String, String>) -> bool,
+    ) -> Option<BTreeMap<String, String>> {
+        wait_for(timeout, || self.dhcp6(interface).filter(|o| f(o)))
+    }
+
+    /// `nmcli -t -f IP6 device show interface`: IP6.ADDRESS[n], IP6.ROUTE[n], IP6.DNS[n],
+    /// IP6.DOMAIN[n], one `key:value` a line.
+    pub fn ip6(&self, interface: &str) -> Option<String> {
+        self.nmcli(&["-t", "-f", "IP6", "device", "show", interface])
     }
 
     /// Kills NetworkManager and its D-Bus (what it configured stays on the interface).
