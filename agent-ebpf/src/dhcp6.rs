@@ -94,11 +94,10 @@ const F_CLIENT: u32 = 1;
 /// It names a server identifier, and it is this network's.
 const F_NAMED: u32 = 1 << 1;
 const F_OURS: u32 = 1 << 2;
-/// It has an IA_NA, whose first option is an address (`F_ADDR`), on the NIC's /64
-/// (`F_ON_LINK`) and its `ip6` (`F_CURRENT`).
+/// It has an IA_NA, whose first option is an address (`F_ADDR`), the NIC's `ip6`
+/// (`F_CURRENT`).
 const F_IA: u32 = 1 << 3;
 const F_ADDR: u32 = 1 << 4;
-const F_ON_LINK: u32 = 1 << 5;
 const F_CURRENT: u32 = 1 << 6;
 const F_RAPID: u32 = 1 << 7;
 
@@ -244,18 +243,11 @@ fn facts(scan: *mut Dhcp6Scan, b6: &Binding6) -> u32 {
         && at(held - 3) == OPT_IAADDR as u8
     {
         f |= F_ADDR;
-        let (mut on_link, mut current) = (true, true);
+        let mut current = true;
         let mut i = 0;
         while i < 16 {
-            let same = at(held + i as u32) == b6.ip6[i];
-            if i < 8 {
-                on_link &= same;
-            }
-            current &= same;
+            current &= at(held + i as u32) == b6.ip6[i];
             i += 1;
-        }
-        if on_link {
-            f |= F_ON_LINK;
         }
         if current {
             f |= F_CURRENT;

@@ -57,26 +57,9 @@ pub fn duid_ll(mac: [u8; 6]) -> [u8; 10] {
     d
 }
 
-/// The EUI-64 link-local address of `mac` (RFC 4291 appendix A).
+/// The EUI-64 link-local address of `mac` (RFC 4291 appendix A), as the programs derive it.
 pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        mac[0] ^ 2,
-        mac[1],
-        mac[2],
-        0xff,
-        0xfe,
-        mac[3],
-        mac[4],
-        mac[5],
-    ])
+    Ipv6Addr::from(agent_common::eui64_link_local(mac))
 }
 
 /// The address reserved for client `i` in fd00:20::/64 (the IPv4 generator's 10.20.x.y twin).

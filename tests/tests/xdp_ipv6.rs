@@ -36,25 +36,7 @@ const VM_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1234, 0x5678, 0x9abc, 0
 
 /// The router's link-local address, EUI-64 from `ROUTER_MAC`.
 fn router_ll() -> Ipv6Addr {
-    let m = ROUTER_MAC;
-    Ipv6Addr::from([
-        0xfe,
-        0x80,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        m[0] ^ 2,
-        m[1],
-        m[2],
-        0xff,
-        0xfe,
-        m[3],
-        m[4],
-        m[5],
-    ])
+    Ipv6Addr::from(agent_common::eui64_link_local(ROUTER_MAC))
 }
 
 /// An advertisement body: the RFC 4861 §4.2 fields and a source link-layer address option.

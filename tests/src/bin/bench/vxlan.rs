@@ -617,29 +617,64 @@ fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
     (m, v[0], v[v.len() - 1])
 }
 
-/// Section 3b: [`tcp_paired`] for both modes. Returns the medians: xdp mode's, tc mode's.
-fn tcp_paired_section() -> (f64, f64) {
-    let pairs: usize = std::env::var("HOLDFAST_BENCH_TCP_PAIRS")
+/// Pairs per mode in [`tcp_paired_modes`] (`HOLDFAST_BENCH_TCP_PAIRS`, 8 by default).
+fn tcp_pairs() -> usize {
+    std::env::var("HOLDFAST_BENCH_TCP_PAIRS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(8);
-    const PAIRED_SECS: u32 = 3;
-    println!(
-        "\n3b. TCP in pairs: holdfast and the kernel side by side, runs alternated ({pairs} pairs of {PAIRED_SECS} s)"
-    );
+        .unwrap_or(8)
+}
+
+/// Seconds per run of a pair.
+const PAIRED_SECS: u32 = 3;
+
+/// [`tcp_paired`] for both modes, each printed on a line starting with `label`. Returns the
+/// medians: xdp mode's, tc mode's.
+fn tcp_paired_modes(label: &str, v6: bool) -> (f64, f64) {
     let mut medians = [0.0; 2];
     for (i, hook) in [VmHook::Xdp, VmHook::Tc].into_iter().enumerate() {
-        let ratios = tcp_paired(hook, pairs, PAIRED_SECS, false);
+        let ratios = tcp_paired(hook, tcp_pairs(), PAIRED_SECS, v6);
         let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         let (m, lo, hi) = median_range(ratios);
         println!(
-            "  holdfast {hook} mode / kernel, per pair: {}; median {m:.2}x ({lo:.2}-{hi:.2}x)",
+            "  {label}holdfast {hook} mode / kernel, per pair: {}; median {m:.2}x ({lo:.2}-{hi:.2}x)",
             shown.join(" ")
         );
         medians[i] = m;
     }
     (medians[0], medians[1])
+}
+
+/// Section 3b: [`tcp_paired_modes`] over IPv4.
+fn tcp_paired_section() -> (f64, f64) {
+    println!(
+        "\n3b. TCP in pairs: holdfast and the kernel side by side, runs alternated ({} pairs of {PAIRED_SECS} s)",
+        tcp_pairs()
+    );
+    tcp_paired_modes("", false)
+}
+
+/// The small-frame VMs, on veths: A1 on hv-1, A3 on hv-2.
+fn veth_specs() -> [VmSpec; 2] {
+    [
+        VmSpec {
+            net: "a",
+            host: 0,
+            mac: A1,
+            ip: IP1,
+            tap: "tap-a1",
+            real_tap: false,
+        },
+        VmSpec {
+            net: "a",
+            host: 1,
+            mac: A3,
+            ip: IP3,
+            tap: "tap-a3",
+            real_tap: false,
+        },
+    ]
 }
 
 /// The TCP VMs, on real taps (virtio-net headers, guest TSO): T1 on hv-1, T3 on hv-2.
@@ -810,24 +845,7 @@ pub fn run() {
     let net = [Net { id: "a", vni: VNI }];
 
     // Small frames, between VMs on veths.
-    let specs = [
-        VmSpec {
-            net: "a",
-            host: 0,
-            mac: A1,
-            ip: IP1,
-            tap: "tap-a1",
-            real_tap: false,
-        },
-        VmSpec {
-            net: "a",
-            host: 1,
-            mac: A3,
-            ip: IP3,
-            tap: "tap-a3",
-            real_tap: false,
-        },
-    ];
+    let specs = veth_specs();
     let cloud = Cloud::new(&net, &specs);
     static_neighbours(&cloud, (A1, IP1), (A3, IP3));
     assert_eq!(cloud.ping(A1, IP3, 3), 3, "holdfast path");
@@ -1053,24 +1071,7 @@ fn ipv6_section() -> V6Ratios {
     let frames: Vec<Vec<u8>> = (0..64)
         .map(|i| udp6_frame(A1, A3, ip1_6, ip3_6, 40000 + i, 9))
         .collect();
-    let specs = [
-        VmSpec {
-            net: "a",
-            host: 0,
-            mac: A1,
-            ip: IP1,
-            tap: "tap-a1",
-            real_tap: false,
-        },
-        VmSpec {
-            net: "a",
-            host: 1,
-            mac: A3,
-            ip: IP3,
-            tap: "tap-a3",
-            real_tap: false,
-        },
-    ];
+    let specs = veth_specs();
     let mut pps = Vec::new();
     for hook in [VmHook::Xdp, VmHook::Tc] {
         let cloud = cloud_v(&net, &specs, hook, true);
@@ -1093,23 +1094,7 @@ fn ipv6_section() -> V6Ratios {
         pps[1] / k_pps
     );
 
-    let pairs: usize = std::env::var("HOLDFAST_BENCH_TCP_PAIRS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(8);
-    let mut medians = [0.0; 2];
-    for (i, hook) in [VmHook::Xdp, VmHook::Tc].into_iter().enumerate() {
-        let ratios = tcp_paired(hook, pairs, 3, true);
-        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-        let (m, lo, hi) = median_range(ratios);
-        println!(
-            "  TCP over IPv6 in pairs, holdfast {hook} mode / kernel: {}; median {m:.2}x ({lo:.2}-{hi:.2}x)",
-            shown.join(" ")
-        );
-        medians[i] = m;
-    }
-    let (tcp_xdp, tcp_tc) = (medians[0], medians[1]);
+    let (tcp_xdp, tcp_tc) = tcp_paired_modes("TCP over IPv6 in pairs, ", true);
     V6Ratios {
         pps_xdp: pps[0] / k_pps,
         pps_tc: pps[1] / k_pps,
