@@ -40,20 +40,22 @@ echo GUEST-READY
 exec setsid cttyhack sh
 "#;
 
-/// udhcpc's script: applies what the server sent as a guest's init scripts would, and records
-/// each event on one line of /tmp/dhcp.log (and the console) for the test to read.
+/// udhcpc's script: applies what the server sent as a guest's init scripts would, and then
+/// records the event on one line of /tmp/dhcp.log (and the console) for the test to read, so a
+/// test that sees the line sees its effect. A renewal of the address held keeps it (a flush there
+/// would leave the guest without a route for a moment, as no real client does).
 const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 line="UDHCPC $1 if=$interface ip=$ip mask=$mask router=$router dns=$dns domain=$domain search=$search mtu=$mtu hostname=$hostname serverid=$serverid lease=$lease staticroutes=$staticroutes siaddr=$siaddr boot_file=$boot_file"
-echo "$line" >> /tmp/dhcp.log
-echo "$line" > /dev/console
 case "$1" in
   deconfig)
     ip -4 addr flush dev "$interface"
     ip link set "$interface" up
     ;;
   bound|renew)
-    ip -4 addr flush dev "$interface"
-    ip addr add "$ip/$mask" dev "$interface"
+    if ! ip -4 -o addr show dev "$interface" | grep -q "inet $ip/$mask "; then
+      ip -4 addr flush dev "$interface"
+      ip addr add "$ip/$mask" dev "$interface"
+    fi
     [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     if [ -n "$staticroutes" ]; then
       set -- $staticroutes
@@ -63,6 +65,8 @@ case "$1" in
     fi
     ;;
 esac
+echo "$line" >> /tmp/dhcp.log
+echo "$line" > /dev/console
 exit 0
 "#;
 
