@@ -412,6 +412,60 @@ pub struct VniInfo {
     pub mtu: u32,
 }
 
+/// Routing (between the networks of a VPC, and to gateway VMs): the data of a key of the
+/// `ROUTES` longest-prefix-match trie. Each network a frame may come from has its own table:
+/// `vni` is the network the frame comes from, `addr` the destination (network order). The
+/// key's prefix length counts `vni` too: `32 +` the destination prefix's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteDst {
+    pub vni: u32,
+    pub addr: u32,
+}
+
+/// Where a routed frame goes: what the longest prefix of its destination in the sending
+/// network's table says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// [`RouteEntry::SUBNET`], [`RouteEntry::VIA`] or [`RouteEntry::GATEWAY`]; any other value
+    /// is no route.
+    pub kind: u32,
+    /// The network the next hop is in: the destination's network for a subnet, the gateway
+    /// VM's for a `via`.
+    pub vni: u32,
+    /// For [`RouteEntry::VIA`]: the address (network order) of the forwarding NIC the frame goes
+    /// to, resolved in network `vni` like a destination (`ARP`, then `FDB`). 0 otherwise.
+    pub via: u32,
+    pub _pad: u32,
+}
+
+impl RouteEntry {
+    /// The destination is in network `vni` of the same VPC (the sending network's own subnet
+    /// included): resolved there by its address.
+    pub const SUBNET: u32 = 1;
+    /// A route or the network's `default_via`: to the forwarding NIC at `via` in network
+    /// `vni`.
+    pub const VIA: u32 = 2;
+    /// A gateway address of the VPC (one per network, a /32): ICMP echo is answered, anything
+    /// else dropped and counted.
+    pub const GATEWAY: u32 = 3;
+}
+
+/// Entries the `ROUTES` trie holds: every network of the host's VPCs has a table of its VPC's
+/// subnets and gateways and its own routes.
+pub const MAX_ROUTES: u32 = 262_144;
+
+/// Key of the `FORWARDERS` map: VTEP `vtep` (network order) hosts a NIC with `forwarding` in
+/// the VPC of network `vni`: routed frames from it into network `vni` may carry any source
+/// outside the VPC's subnets (a gateway VM's return traffic).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForwarderKey {
+    pub vni: u32,
+    pub vtep: u32,
+}
+
 /// This host's place in the overlay; one entry, written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -641,6 +695,9 @@ mod tests {
         assert_eq!(size_of::<ArpKey>(), 8);
         assert_eq!(size_of::<ArpEntry>(), 8);
         assert_eq!(size_of::<VniInfo>(), 8);
+        assert_eq!(size_of::<RouteDst>(), 8);
+        assert_eq!(size_of::<RouteEntry>(), 16);
+        assert_eq!(size_of::<ForwarderKey>(), 8);
         assert_eq!(size_of::<DataplaneConfig>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
         assert_eq!(size_of::<DhcpEvent>(), 20);

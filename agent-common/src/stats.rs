@@ -208,6 +208,27 @@ pub enum Stat {
     DropDhcp6Malformed,
     /// DHCPv6 message types a client does not send, or relayed messages.
     DropDhcp6UnknownType,
+    // Routing (issue 16): frames to the router MAC.
+    /// A frame routed to another network of its VPC or to a gateway VM (as well as its
+    /// delivery's own count: forwarded locally or encapsulated).
+    Routed,
+    /// An ICMP echo to a gateway address answered.
+    GatewayEchoReply,
+    /// Anything else to a gateway address: dropped.
+    DropToGateway,
+    /// TTL 1 or 0 on a frame to be routed: ICMP time exceeded sent back.
+    IcmpTimeExceeded,
+    /// No route for the destination: ICMP network unreachable sent back.
+    IcmpNetUnreachable,
+    /// A route, but no NIC at the destination or next hop: ICMP host unreachable sent back.
+    IcmpHostUnreachable,
+    /// Decapsulated, routed (inner source the router MAC), from a source the sending VTEP cannot
+    /// speak for: not a NIC of the VPC behind it, nor from outside the VPC through a forwarding
+    /// NIC behind it.
+    DropRoutedSpoof,
+    /// A frame to be routed that is neither IPv4 nor answerable (IPv6 is not routed yet, IP
+    /// options, fragments of ICMP to the gateway): dropped.
+    DropRouteUnsupported,
     Count,
 }
 

@@ -3,14 +3,14 @@
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT, MAX_FDB, MAX_NEIGH6,
-    MAX_RATE_STATES, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, NextHop, Ra6, RateKey, VniInfo,
-    dhcp6::DUID_MAX,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, ForwarderKey, MAX_ARP, MAX_BINDINGS, MAX_BOOT,
+    MAX_FDB, MAX_NEIGH6, MAX_RATE_STATES, MAX_ROUTES, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key,
+    NextHop, Ra6, RateKey, RouteDst, RouteEntry, VniInfo, dhcp6::DUID_MAX,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Counter slots. Sized beyond `Stat::Count` so new counters do not change the pinned layout.
@@ -151,6 +151,21 @@ pub static VTEPS: HashMap<u32, u32> = HashMap::pinned(MAX_VTEPS, 0);
 pub static VNIS: HashMap<u32, VniInfo> = HashMap::pinned(MAX_VNIS, 0);
 
 /// This host's VTEP and underlay interface.
+/// Routing tables, one per network a frame comes from (`RouteDst`): the VPC's subnets and
+/// gateways, the network's routes and `default_via`. Filled by the agent.
+#[map]
+pub static ROUTES: LpmTrie<RouteDst, RouteEntry> = LpmTrie::pinned(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+/// The NICs with `forwarding: true` of the networks here, local and remote (by network and
+/// MAC): they may send and receive any address, their MAC still enforced.
+#[map]
+pub static FORWARDING: HashMap<FdbKey, u32> = HashMap::pinned(MAX_FDB, BPF_F_NO_PREALLOC);
+
+/// Which VTEPs host a forwarding NIC of the VPC of a network (`ForwarderKey`): routed frames
+/// from there may carry sources outside the VPC.
+#[map]
+pub static FORWARDERS: HashMap<ForwarderKey, u32> = HashMap::pinned(MAX_VTEPS, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static CONFIG: Array<DataplaneConfig> = Array::pinned(1, 0);
 
