@@ -566,7 +566,7 @@ fn tcp_section() -> (f64, f64) {
 /// drifts more than the difference measured (the kernel's own TCP moved by 20% within one
 /// bench), which the sequential section above cannot tell from the data plane's cost.
 /// Over IPv6 with `v6`: both topologies dual-stack, iperf3 between the VMs' `ip6`.
-fn tcp_paired(hook: VmHook, pairs: usize, secs: u32, v6: bool) -> Vec<f64> {
+fn tcp_paired(hook: VmHook, underlay: UnderlayHook, pairs: usize, secs: u32, v6: bool) -> Vec<f64> {
     let net = [Net { id: "a", vni: VNI }];
     let specs = tap_specs();
     let (t1, t3, ip21, ip23) = (T1, T3, IP21, IP23);
@@ -579,9 +579,9 @@ fn tcp_paired(hook: VmHook, pairs: usize, secs: u32, v6: bool) -> Vec<f64> {
             assert_eq!(c.vm_ns(t1).ping6(to6, 3), 3, "{what}, IPv6");
         }
     };
-    let holdfast = cloud_v(&net, &specs, hook, v6);
+    let holdfast = cloud_v(&net, &specs, hook, underlay, v6);
     ready(&holdfast, &format!("holdfast path, {hook} mode"));
-    let mut kernel = cloud_v(&net, &specs, VmHook::Xdp, v6);
+    let mut kernel = cloud_v(&net, &specs, VmHook::Xdp, UnderlayHook::Xdp, v6);
     kernel_mode(&mut kernel, [(t1, "tap-t1"), (t3, "tap-t3")]);
     ready(&kernel, "kernel path");
     (0..pairs)
@@ -629,19 +629,35 @@ fn tcp_pairs() -> usize {
 /// Seconds per run of a pair.
 const PAIRED_SECS: u32 = 3;
 
-/// [`tcp_paired`] for both modes, each printed on a line starting with `label`. Returns the
-/// medians: xdp mode's, tc mode's.
+/// [`tcp_paired`] for both modes (decapsulation in XDP), each printed on a line starting with
+/// `label`. Returns the medians: xdp mode's, tc mode's. Over IPv4, a third line: tc mode with
+/// the TC underlay, no XDP anywhere (on a veth underlay, XDP makes the sending host's peer give
+/// up GSO, which a physical NIC's native XDP does not: this line is the comparison without it).
 fn tcp_paired_modes(label: &str, v6: bool) -> (f64, f64) {
     let mut medians = [0.0; 2];
-    for (i, hook) in [VmHook::Xdp, VmHook::Tc].into_iter().enumerate() {
-        let ratios = tcp_paired(hook, tcp_pairs(), PAIRED_SECS, v6);
+    let mut configs = vec![
+        (VmHook::Xdp, UnderlayHook::Xdp),
+        (VmHook::Tc, UnderlayHook::Xdp),
+    ];
+    if !v6 {
+        configs.push((VmHook::Tc, UnderlayHook::Tc));
+    }
+    for (i, (hook, underlay)) in configs.into_iter().enumerate() {
+        let ratios = tcp_paired(hook, underlay, tcp_pairs(), PAIRED_SECS, v6);
         let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         let (m, lo, hi) = median_range(ratios);
+        let with = if underlay == UnderlayHook::Tc {
+            ", TC underlay"
+        } else {
+            ""
+        };
         println!(
-            "  {label}holdfast {hook} mode / kernel, per pair: {}; median {m:.2}x ({lo:.2}-{hi:.2}x)",
+            "  {label}holdfast {hook} mode{with} / kernel, per pair: {}; median {m:.2}x ({lo:.2}-{hi:.2}x)",
             shown.join(" ")
         );
-        medians[i] = m;
+        if let Some(slot) = medians.get_mut(i) {
+            *slot = m;
+        }
     }
     (medians[0], medians[1])
 }
@@ -1047,14 +1063,15 @@ fn static_neighbours6(cloud: &Cloud, a: ([u8; 6], Ipv4Addr), b: ([u8; 6], Ipv4Ad
     }
 }
 
-/// A two-host cloud with both hosts' VM ports on `hook` (decapsulation in XDP), dual-stack
-/// with `v6`.
-fn cloud_v(net: &[Net], specs: &[VmSpec], hook: VmHook, v6: bool) -> Cloud {
+/// A two-host cloud with both hosts' VM ports on `hook` and decapsulation on `underlay`,
+/// dual-stack with `v6`.
+fn cloud_v(net: &[Net], specs: &[VmSpec], hook: VmHook, underlay: UnderlayHook, v6: bool) -> Cloud {
     Cloud::with(
         net,
         specs,
         &Options {
             hooks: [hook; 2],
+            underlay_hooks: [underlay; 2],
             ipv6: v6,
             ..Options::default()
         },
@@ -1074,12 +1091,12 @@ fn ipv6_section() -> V6Ratios {
     let specs = veth_specs();
     let mut pps = Vec::new();
     for hook in [VmHook::Xdp, VmHook::Tc] {
-        let cloud = cloud_v(&net, &specs, hook, true);
+        let cloud = cloud_v(&net, &specs, hook, UnderlayHook::Xdp, true);
         static_neighbours6(&cloud, (A1, IP1), (A3, IP3));
         assert_eq!(cloud.vm_ns(A1).ping6(ip3_6, 3), 3, "holdfast IPv6, {hook}");
         pps.push(pps_from_guest_frames(&cloud, &frames));
     }
-    let mut cloud = cloud_v(&net, &specs, VmHook::Xdp, true);
+    let mut cloud = cloud_v(&net, &specs, VmHook::Xdp, UnderlayHook::Xdp, true);
     kernel_mode(&mut cloud, [(A1, "tap-a1"), (A3, "tap-a3")]);
     static_neighbours6(&cloud, (A1, IP1), (A3, IP3));
     assert_eq!(cloud.vm_ns(A1).ping6(ip3_6, 3), 3, "kernel IPv6");
