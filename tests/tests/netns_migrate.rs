@@ -26,9 +26,10 @@ use holdfast_tests::{
 holdfast_tests::for_each_hook!(
     a_vm_moved_with_the_file_source_keeps_its_flows_and_its_lease,
     a_vm_moved_with_the_etcd_source_keeps_its_flows_and_its_lease,
+    a_vm_moved_to_a_host_without_its_network_keeps_its_flows_and_its_lease,
 );
 
-const NETS: [Net; 1] = [Net { id: "a", vni: 1001 }];
+const NETS: [Net; 2] = [Net { id: "a", vni: 1001 }, Net { id: "b", vni: 1002 }];
 const VNI: u32 = 1001;
 /// The VM that moves, from hv-1 to hv-2.
 const M: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
@@ -54,19 +55,22 @@ fn spec(mac: [u8; 6], host: usize, ip: Ipv4Addr, tap: &'static str) -> VmSpec {
     }
 }
 
-/// M and P1 on hv-1, P2 on hv-2; M on `m_host`.
-fn specs(m_host: usize) -> Vec<VmSpec> {
+/// M (in network a) on `m_host`, P1 in network a on hv-1, P2 on hv-2 in network `p2_net`
+/// (a: hv-2 carries M's network before M comes; b: M brings it).
+fn specs(m_host: usize, p2_net: &'static str) -> Vec<VmSpec> {
+    let mut p2 = spec(P2, 1, IP_P2, "tap-p2");
+    p2.net = p2_net;
     vec![
         spec(M, m_host, IP_M, TAP_M),
         spec(P1, 0, IP_P1, "tap-p1"),
-        spec(P2, 1, IP_P2, "tap-p2"),
+        p2,
     ]
 }
 
-fn cloud(hook: VmHook, source: Source) -> Cloud {
+fn cloud(hook: VmHook, source: Source, p2_net: &'static str) -> Cloud {
     Cloud::with(
         &NETS,
-        &specs(0),
+        &specs(0, p2_net),
         &Options {
             hooks: [hook; 2],
             source,
@@ -93,11 +97,11 @@ fn nic_m(node: &str) -> Nic {
 
 /// Tells IPAM that M is on hv-`host + 1` (or on `node`, when given), through the cloud's
 /// source.
-fn move_in_ipam(cloud: &mut Cloud, host: usize, node: Option<&str>) {
+fn move_in_ipam(cloud: &mut Cloud, host: usize, node: Option<&str>, p2_net: &'static str) {
     let name = node.map_or_else(|| format!("hv-{}", host + 1), str::to_owned);
     match cloud.control {
         None => {
-            let doc = vpc::ipam(&NETS, &specs(host), 3600);
+            let doc = vpc::ipam(&NETS, &specs(host, p2_net), 3600);
             let doc = match node {
                 Some(n) => doc.replace(
                     &format!(r#""node":"hv-{}","interface":"{TAP_M}""#, host + 1),
@@ -258,15 +262,24 @@ fn longest_gap(lost: &[u32]) -> usize {
 }
 
 fn a_vm_moved_with_the_file_source_keeps_its_flows_and_its_lease(hook: VmHook) {
-    migrates(hook, Source::File);
+    migrates(hook, Source::File, "a");
 }
 
 fn a_vm_moved_with_the_etcd_source_keeps_its_flows_and_its_lease(hook: VmHook) {
-    migrates(hook, Source::Etcd);
+    migrates(hook, Source::Etcd, "a");
 }
 
-fn migrates(hook: VmHook, source: Source) {
-    let mut cloud = cloud(hook, source);
+/// The new host has no NIC in M's network before M comes: it starts carrying the network
+/// (with etcd, its source starts watching it) at the move.
+fn a_vm_moved_to_a_host_without_its_network_keeps_its_flows_and_its_lease(hook: VmHook) {
+    migrates(hook, Source::File, "b");
+    migrates(hook, Source::Etcd, "b");
+}
+
+fn migrates(hook: VmHook, source: Source, p2_net: &'static str) {
+    // P2 shares M's network: it reaches M before and after.
+    let p2_peer = p2_net == "a";
+    let mut cloud = cloud(hook, source, p2_net);
     // M takes its address from DHCP (the others are static), and keeps its client running.
     let vm = cloud.vm(M);
     vm.ns.ip(&["addr", "flush", "dev", "eth0"]);
@@ -279,20 +292,24 @@ fn migrates(hook: VmHook, source: Source) {
     });
     assert!(bound.is_some(), "M never bound: {}", client.log());
     assert_eq!(cloud.ping(P1, IP_M, 2), 2, "before the move, from hv-1");
-    assert_eq!(cloud.ping(P2, IP_M, 2), 2, "before the move, from hv-2");
-    assert!(points_to(&cloud, 0, 0) && points_to(&cloud, 1, 0));
+    if p2_peer {
+        assert_eq!(cloud.ping(P2, IP_M, 2), 2, "before the move, from hv-2");
+    }
+    assert!(points_to(&cloud, 0, 0));
+    // hv-2 carries M's network only when it has a NIC in it.
+    assert_eq!(points_to(&cloud, 1, 0), p2_peer, "{:?}", fdb_m(&cloud, 1));
 
     // Flows to M from both hosts throughout.
     const SECS: u32 = 6;
     let from_p1 = Flow::start(&cloud.vm(P1).ns, IP_M, SECS);
-    let from_p2 = Flow::start(&cloud.vm(P2).ns, IP_M, SECS);
+    let from_p2 = p2_peer.then(|| Flow::start(&cloud.vm(P2).ns, IP_M, SECS));
     std::thread::sleep(Duration::from_millis(1500));
 
     let unplugged = Instant::now();
     replug(&cloud, M, 0, 1, TAP_M, IP_M);
     let plugged = unplugged.elapsed();
     let changed = Instant::now();
-    move_in_ipam(&mut cloud, 1, None);
+    move_in_ipam(&mut cloud, 1, None, p2_net);
     let written = changed.elapsed();
     let mut at = [None, None];
     let converged = wait_for_fast(Duration::from_secs(15), || {
@@ -314,10 +331,11 @@ fn migrates(hook: VmHook, source: Source) {
     let window = unplugged.elapsed();
     let [hv1, hv2] = at.map(|t| t.unwrap_or_default());
 
-    let flows = [("hv-1", from_p1.finish()), ("hv-2", from_p2.finish())];
+    let mut flows = vec![("hv-1", from_p1.finish())];
+    flows.extend(from_p2.map(|f| ("hv-2", f.finish())));
     let change_at = unix_at(changed);
     let mut report = format!(
-        "migration ({source:?}, {hook}): unplug+plug {plugged:.1?}, IPAM written in \
+        "migration ({source:?}, {hook}, P2 in network {p2_net}): unplug+plug {plugged:.1?}, IPAM written in \
          {written:.1?}; IPAM change -> hv-1 (old host) remote {hv1:.1?}, hv-2 (new host) local \
          {hv2:.1?}; window from the unplug {window:.1?}"
     );
@@ -388,7 +406,7 @@ fn migrates(hook: VmHook, source: Source) {
     );
     assert_eq!(cloud.vm(M).address().map(|a| a.0), Some(IP_M));
 
-    old_host_delivers_nothing_for_it(&cloud);
+    old_host_delivers_nothing_for_it(&cloud, p2_peer);
 }
 
 /// `at` as Unix time.
@@ -412,7 +430,7 @@ fn wait_for_fast<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
 
 /// After the move, an impostor plugged into hv-1 as M's old tap with M's MAC neither receives
 /// what is sent to M nor sends as M; M keeps answering from hv-2.
-fn old_host_delivers_nothing_for_it(cloud: &Cloud) {
+fn old_host_delivers_nothing_for_it(cloud: &Cloud, p2_peer: bool) {
     let impostor = holdfast_tests::netns::Vm::new(&cloud.hosts[0], TAP_M, M);
     impostor
         .ns
@@ -439,7 +457,9 @@ fn old_host_delivers_nothing_for_it(cloud: &Cloud) {
     };
     let before = echoes(&impostor.ns);
     assert_eq!(cloud.ping(P1, IP_M, 10), 10, "M answers from hv-2");
-    assert_eq!(cloud.ping(P2, IP_M, 10), 10, "M answers locally on hv-2");
+    if p2_peer {
+        assert_eq!(cloud.ping(P2, IP_M, 10), 10, "M answers locally on hv-2");
+    }
     assert_eq!(
         echoes(&impostor.ns),
         before,
@@ -491,13 +511,13 @@ fn others(cloud: &Cloud, host: usize) -> (Vec<(FdbKey, FdbEntry)>, Vec<String>) 
 /// other VMs, across the hosts, loses nothing; their entries never change; M is reachable at
 /// the end.
 fn hostile_moves(source: Source) {
-    let mut cloud = cloud(VmHook::Xdp, source);
+    let mut cloud = cloud(VmHook::Xdp, source, "a");
     assert_eq!(cloud.ping(P2, IP_M, 2), 2);
     let before = [others(&cloud, 0), others(&cloud, 1)];
     let flow = Flow::start(&cloud.vm(P1).ns, IP_P2, 5);
     std::thread::sleep(Duration::from_millis(300));
 
-    move_in_ipam(&mut cloud, 0, Some("hv-9"));
+    move_in_ipam(&mut cloud, 0, Some("hv-9"), "a");
     for (i, a) in cloud.agents.iter().enumerate() {
         let rejected = wait_for(Duration::from_secs(10), || {
             (a.metric("holdfast_ipam_rejected_entries{reason=\"unknown_node\"}") >= 1.0)
@@ -514,7 +534,7 @@ fn hostile_moves(source: Source) {
     assert_eq!(cloud.ping(P2, IP_M, 3), 3, "M unreachable after a bad move");
 
     for i in 0..20 {
-        move_in_ipam(&mut cloud, (i + 1) % 2, None);
+        move_in_ipam(&mut cloud, (i + 1) % 2, None, "a");
         std::thread::sleep(Duration::from_millis(20));
     }
     let settled = wait_for(Duration::from_secs(10), || {
