@@ -27,6 +27,7 @@ holdfast_tests::for_each_hook!(
     a_vm_moved_with_the_file_source_keeps_its_flows_and_its_lease,
     a_vm_moved_with_the_etcd_source_keeps_its_flows_and_its_lease,
     a_vm_moved_to_a_host_without_its_network_keeps_its_flows_and_its_lease,
+    a_vm_moved_in_ipam_before_it_is_plugged_keeps_its_flows_and_its_lease,
 );
 
 const NETS: [Net; 2] = [Net { id: "a", vni: 1001 }, Net { id: "b", vni: 1002 }];
@@ -262,21 +263,27 @@ fn longest_gap(lost: &[u32]) -> usize {
 }
 
 fn a_vm_moved_with_the_file_source_keeps_its_flows_and_its_lease(hook: VmHook) {
-    migrates(hook, Source::File, "a");
+    migrates(hook, Source::File, "a", false);
 }
 
 fn a_vm_moved_with_the_etcd_source_keeps_its_flows_and_its_lease(hook: VmHook) {
-    migrates(hook, Source::Etcd, "a");
+    migrates(hook, Source::Etcd, "a", false);
 }
 
 /// The new host has no NIC in M's network before M comes: it starts carrying the network
 /// (with etcd, its source starts watching it) at the move.
 fn a_vm_moved_to_a_host_without_its_network_keeps_its_flows_and_its_lease(hook: VmHook) {
-    migrates(hook, Source::File, "b");
-    migrates(hook, Source::Etcd, "b");
+    migrates(hook, Source::File, "b", false);
+    migrates(hook, Source::Etcd, "b", false);
 }
 
-fn migrates(hook: VmHook, source: Source, p2_net: &'static str) {
+/// IPAM says the VM is on hv-2 before it is unplugged from hv-1: hv-2 binds it when its
+/// interface appears.
+fn a_vm_moved_in_ipam_before_it_is_plugged_keeps_its_flows_and_its_lease(hook: VmHook) {
+    migrates(hook, Source::Etcd, "a", true);
+}
+
+fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool) {
     // P2 shares M's network: it reaches M before and after.
     let p2_peer = p2_net == "a";
     let mut cloud = cloud(hook, source, p2_net);
@@ -305,12 +312,25 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str) {
     let from_p2 = p2_peer.then(|| Flow::start(&cloud.vm(P2).ns, IP_M, SECS));
     std::thread::sleep(Duration::from_millis(1500));
 
-    let unplugged = Instant::now();
-    replug(&cloud, M, 0, 1, TAP_M, IP_M);
-    let plugged = unplugged.elapsed();
-    let changed = Instant::now();
-    move_in_ipam(&mut cloud, 1, None, p2_net);
-    let written = changed.elapsed();
+    // The orchestrator may tell IPAM once the VM runs on the new host, or before it stops it
+    // on the old one.
+    let (unplugged, plugged, changed, written);
+    if ipam_first {
+        changed = Instant::now();
+        move_in_ipam(&mut cloud, 1, None, p2_net);
+        written = changed.elapsed();
+        unplugged = Instant::now();
+        replug(&cloud, M, 0, 1, TAP_M, IP_M);
+        plugged = unplugged.elapsed();
+    } else {
+        unplugged = Instant::now();
+        replug(&cloud, M, 0, 1, TAP_M, IP_M);
+        plugged = unplugged.elapsed();
+        changed = Instant::now();
+        move_in_ipam(&mut cloud, 1, None, p2_net);
+        written = changed.elapsed();
+    }
+    let started = unplugged.min(changed);
     let mut at = [None, None];
     let converged = wait_for_fast(Duration::from_secs(15), || {
         for (host, t) in at.iter_mut().enumerate() {
@@ -328,16 +348,16 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str) {
         cloud.agents[0].logs(),
         cloud.agents[1].logs()
     );
-    let window = unplugged.elapsed();
+    let window = started.elapsed();
     let [hv1, hv2] = at.map(|t| t.unwrap_or_default());
 
     let mut flows = vec![("hv-1", from_p1.finish())];
     flows.extend(from_p2.map(|f| ("hv-2", f.finish())));
     let change_at = unix_at(changed);
     let mut report = format!(
-        "migration ({source:?}, {hook}, P2 in network {p2_net}): unplug+plug {plugged:.1?}, IPAM written in \
+        "migration ({source:?}, {hook}, P2 in network {p2_net}, IPAM first: {ipam_first}): unplug+plug {plugged:.1?}, IPAM written in \
          {written:.1?}; IPAM change -> hv-1 (old host) remote {hv1:.1?}, hv-2 (new host) local \
-         {hv2:.1?}; window from the unplug {window:.1?}"
+         {hv2:.1?}; window from the first of the unplug and the IPAM change {window:.1?}"
     );
     for (from, seen) in &flows {
         report.push_str(&format!(
