@@ -426,7 +426,41 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
     );
     assert_eq!(cloud.vm(M).address().map(|a| a.0), Some(IP_M));
 
+    self_announce_is_dropped(&cloud);
     old_host_delivers_nothing_for_it(&cloud, p2_peer);
+}
+
+/// A hypervisor announces a migrated VM with RARP frames from its MAC (QEMU's self-announce):
+/// nothing is learned from traffic here, so they are dropped and counted on the new host and
+/// never cross the underlay.
+fn self_announce_is_dropped(cloud: &Cloud) {
+    let mut rarp = vec![0xff; 6];
+    rarp.extend_from_slice(&M);
+    rarp.extend_from_slice(&[0x80, 0x35]);
+    // Ethernet, IPv4, "reverse request", the MAC as sender and target, no addresses.
+    rarp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 3]);
+    for _ in 0..2 {
+        rarp.extend_from_slice(&M);
+        rarp.extend_from_slice(&[0; 4]);
+    }
+    let drops = |c: &[u64]| c[Stat::DropNotIpv4 as usize] + c[Stat::DropBcastMcast as usize];
+    let (hv1, hv2) = (cloud.agents[0].counters(), cloud.agents[1].counters());
+    let sock = holdfast_tests::rawsock::RawSocket::open(&cloud.vm(M).ns.path(), "eth0");
+    for _ in 0..5 {
+        sock.send(&rarp);
+    }
+    let counted = wait_for(Duration::from_secs(5), || {
+        (drops(&cloud.agents[1].counters()) >= drops(&hv2) + 5).then_some(())
+    });
+    assert!(counted.is_some(), "hv-2 did not drop M's self-announce");
+    let after = cloud.agents[1].counters();
+    for stat in [Stat::VxlanEncap, Stat::SkbEncap] {
+        assert_eq!(after[stat as usize], hv2[stat as usize], "{stat:?}");
+    }
+    assert_eq!(
+        cloud.agents[0].counters()[Stat::VxlanDecap as usize],
+        hv1[Stat::VxlanDecap as usize]
+    );
 }
 
 /// `at` as Unix time.
