@@ -182,15 +182,16 @@ fn points_to(cloud: &Cloud, host: usize, to: usize) -> bool {
     }
 }
 
-/// A ping flow from a VM, every [`INTERVAL`], for `secs` seconds.
+/// A ping flow from a VM, every [`INTERVAL`], until [`Flow::finish`].
 struct Flow(Child);
 
 impl Flow {
-    fn start(ns: &Netns, to: Ipv4Addr, secs: u32) -> Self {
+    fn start(ns: &Netns, to: Ipv4Addr) -> Self {
+        // `ip netns exec` execs ping: the child is ping itself.
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name, "ping", "-n", "-D", "-i"])
             .arg(format!("{}", INTERVAL.as_secs_f64()))
-            .args(["-w", &secs.to_string(), "-W", "1"])
+            .args(["-c", "1000000", "-W", "1"])
             .arg(to.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -199,8 +200,10 @@ impl Flow {
         Self(child)
     }
 
-    /// What the flow saw.
+    /// Stops the flow (SIGINT: ping prints its summary) and says what it saw.
     fn finish(self) -> Seen {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let out = self.0.wait_with_output().expect("ping");
         let text = String::from_utf8_lossy(&out.stdout);
         // `[1700000000.123456] 64 bytes from 10.0.0.11: icmp_seq=7 ttl=64 time=0.1 ms`
@@ -222,7 +225,8 @@ impl Flow {
             .lines()
             .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
             .unwrap_or(0);
-        let lost = (1..=sent).filter(|s| !answered.contains_key(s)).collect();
+        // The last one may have been in flight when the flow stopped.
+        let lost = (1..sent).filter(|s| !answered.contains_key(s)).collect();
         Seen {
             sent,
             lost,
@@ -298,6 +302,11 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
             .then_some(())
     });
     assert!(bound.is_some(), "M never bound: {}", client.log());
+    // The client's script logs the event before it applies the address.
+    let configured = wait_for(Duration::from_secs(10), || {
+        (vm.address().map(|a| a.0) == Some(IP_M)).then_some(())
+    });
+    assert!(configured.is_some(), "M's address: {:?}", vm.address());
     assert_eq!(cloud.ping(P1, IP_M, 2), 2, "before the move, from hv-1");
     if p2_peer {
         assert_eq!(cloud.ping(P2, IP_M, 2), 2, "before the move, from hv-2");
@@ -307,9 +316,8 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
     assert_eq!(points_to(&cloud, 1, 0), p2_peer, "{:?}", fdb_m(&cloud, 1));
 
     // Flows to M from both hosts throughout.
-    const SECS: u32 = 6;
-    let from_p1 = Flow::start(&cloud.vm(P1).ns, IP_M, SECS);
-    let from_p2 = p2_peer.then(|| Flow::start(&cloud.vm(P2).ns, IP_M, SECS));
+    let from_p1 = Flow::start(&cloud.vm(P1).ns, IP_M);
+    let from_p2 = p2_peer.then(|| Flow::start(&cloud.vm(P2).ns, IP_M));
     std::thread::sleep(Duration::from_millis(1500));
 
     // The orchestrator may tell IPAM once the VM runs on the new host, or before it stops it
@@ -351,6 +359,8 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
     let window = started.elapsed();
     let [hv1, hv2] = at.map(|t| t.unwrap_or_default());
 
+    // The flows go on for a while at the new place.
+    std::thread::sleep(Duration::from_secs(1));
     let mut flows = vec![("hv-1", from_p1.finish())];
     flows.extend(from_p2.map(|f| ("hv-2", f.finish())));
     let change_at = unix_at(changed);
@@ -377,11 +387,7 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
     // does not converge loses everything after the unplug.
     let bound = (window.as_millis() / INTERVAL.as_millis()) as usize + 100;
     for (from, seen) in &flows {
-        assert!(
-            seen.sent > 200,
-            "from {from}: only {} pings sent",
-            seen.sent
-        );
+        assert!(seen.sent > 50, "from {from}: only {} pings sent", seen.sent);
         assert!(
             seen.lost.len() <= bound,
             "from {from}: {} of {} lost, over the {bound} the window allows: {:?}",
@@ -389,9 +395,13 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
             seen.sent,
             seen.lost
         );
+        let after_last_loss = seen.lost.last().map_or(seen.answered.len(), |l| {
+            seen.answered.range(l + 1..).count()
+        });
         assert!(
-            !seen.lost.contains(&seen.sent),
-            "from {from}: the flow had not resumed at its end: {:?}",
+            after_last_loss >= 10,
+            "from {from}: the flow did not resume ({after_last_loss} answers after the last \
+             loss): {:?}",
             seen.lost
         );
     }
@@ -568,7 +578,7 @@ fn hostile_moves(source: Source) {
     let mut cloud = cloud(VmHook::Xdp, source, "a");
     assert_eq!(cloud.ping(P2, IP_M, 2), 2);
     let before = [others(&cloud, 0), others(&cloud, 1)];
-    let flow = Flow::start(&cloud.vm(P1).ns, IP_P2, 5);
+    let flow = Flow::start(&cloud.vm(P1).ns, IP_P2);
     std::thread::sleep(Duration::from_millis(300));
 
     move_in_ipam(&mut cloud, 0, Some("hv-9"), "a");
@@ -601,7 +611,7 @@ fn hostile_moves(source: Source) {
         fdb_m(&cloud, 1)
     );
     let seen = flow.finish();
-    assert!(seen.sent > 100, "only {} pings", seen.sent);
+    assert!(seen.sent > 50, "only {} pings", seen.sent);
     assert!(
         seen.lost.is_empty(),
         "P1 -> P2 lost {} of {} while M's node changed: {:?}",
