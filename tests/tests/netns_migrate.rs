@@ -75,6 +75,7 @@ fn cloud(hook: VmHook, source: Source, p2_net: &'static str) -> Cloud {
         &Options {
             hooks: [hook; 2],
             source,
+            ipv6: true,
             ..Options::default()
         },
     )
@@ -92,7 +93,7 @@ fn nic_m(node: &str) -> Nic {
         default_route: None,
         options: None,
         boot: None,
-        ip6: None,
+        ip6: Some(vpc::ip6_for(VNI, IP_M)),
     }
 }
 
@@ -102,14 +103,14 @@ fn move_in_ipam(cloud: &mut Cloud, host: usize, node: Option<&str>, p2_net: &'st
     let name = node.map_or_else(|| format!("hv-{}", host + 1), str::to_owned);
     match cloud.control {
         None => {
-            let doc = vpc::ipam(&NETS, &specs(host, p2_net), 3600);
-            let doc = match node {
-                Some(n) => doc.replace(
-                    &format!(r#""node":"hv-{}","interface":"{TAP_M}""#, host + 1),
-                    &format!(r#""node":"{n}","interface":"{TAP_M}""#),
-                ),
-                None => doc,
-            };
+            let doc = vpc::dual_stack(&vpc::ipam(&NETS, &specs(host, p2_net), 3600));
+            let mut v: serde_json::Value = serde_json::from_str(&doc).expect("json");
+            for nic in v["nics"].as_array_mut().expect("nics") {
+                if nic["mac"] == mac_str(M).as_str() {
+                    nic["node"] = name.as_str().into();
+                }
+            }
+            let doc = v.to_string();
             for a in &cloud.agents {
                 a.write_ipam(&doc);
             }
@@ -152,6 +153,15 @@ fn replug(cloud: &Cloud, mac: [u8; 6], from: usize, to: usize, tap: &str, ip: Ip
         .ip(&["addr", "replace", &format!("{ip}/24"), "dev", "eth0"]);
     vm.ns.ip(&[
         "route", "replace", "default", "via", "10.0.0.1", "dev", "eth0",
+    ]);
+    vm.ns.ip(&[
+        "-6",
+        "addr",
+        "replace",
+        &format!("{}/64", vpc::ip6_for(VNI, ip)),
+        "dev",
+        "eth0",
+        "nodad",
     ]);
     holdfast_tests::netns::run(
         vm.ns
@@ -293,7 +303,7 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
     let mut cloud = cloud(hook, source, p2_net);
     // M takes its address from DHCP (the others are static), and keeps its client running.
     let vm = cloud.vm(M);
-    vm.ns.ip(&["addr", "flush", "dev", "eth0"]);
+    vm.ns.ip(&["-4", "addr", "flush", "dev", "eth0"]);
     let client = clients::udhcpc(vm, &[]);
     let bound = wait_for(Duration::from_secs(20), || {
         client
@@ -524,6 +534,12 @@ fn old_host_delivers_nothing_for_it(cloud: &Cloud, p2_peer: bool) {
     if p2_peer {
         assert_eq!(cloud.ping(P2, IP_M, 10), 10, "M answers locally on hv-2");
     }
+    // And over IPv6: its `ip6` moved with it.
+    let ip6 = vpc::ip6_for(VNI, IP_M);
+    let answered6 = wait_for(Duration::from_secs(10), || {
+        (cloud.vm(P1).ns.ping6(ip6, 1) == 1).then_some(())
+    });
+    assert!(answered6.is_some(), "M unreachable over IPv6 from hv-1");
     assert_eq!(
         echoes(&impostor.ns),
         before,
