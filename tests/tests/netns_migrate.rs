@@ -645,3 +645,63 @@ fn hostile_moves(source: Source) {
     });
     assert!(reachable.is_some(), "M unreachable after the flapping");
 }
+
+#[test]
+fn flapping_a_nic_to_a_host_without_its_network_leaves_no_stale_state_file() {
+    flapping_to_a_new_host(Source::File);
+}
+
+#[test]
+fn flapping_a_nic_to_a_host_without_its_network_leaves_no_stale_state_etcd() {
+    flapping_to_a_new_host(Source::Etcd);
+}
+
+/// hv-2 has no NIC in M's network (P2 is in network b): each move of M there makes hv-2 carry
+/// the network (with etcd, its source starts watching it), each move back drops it. Twenty
+/// quick flips, ending on hv-2 then on hv-1: hv-2 carries network a exactly when M is named
+/// there, and P2's network b is untouched throughout.
+fn flapping_to_a_new_host(source: Source) {
+    let mut cloud = cloud(VmHook::Xdp, source, "b");
+    let p1_on_hv2 = |cloud: &Cloud| {
+        let map = holdfast::dataplane::pinned_fdb(cloud.agents[1].bpffs.path()).ok()?;
+        map.get(&FdbKey::new(VNI, P1), 0).ok()
+    };
+    let p2_on_hv2 = |cloud: &Cloud| {
+        let map = holdfast::dataplane::pinned_fdb(cloud.agents[1].bpffs.path()).ok()?;
+        map.get(&FdbKey::new(1002, P2), 0).ok()
+    };
+    assert!(p1_on_hv2(&cloud).is_none(), "hv-2 carries network a");
+    let p2 = p2_on_hv2(&cloud);
+    assert!(p2.is_some());
+    for end in [1, 0] {
+        for i in 0..19 {
+            move_in_ipam(&mut cloud, (i + end + 1) % 2, None, "b");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        move_in_ipam(&mut cloud, end, None, "b");
+        let settled = wait_for(Duration::from_secs(10), || {
+            let carried = p1_on_hv2(&cloud);
+            let ok = if end == 1 {
+                carried.is_some_and(|e| e.kind == FdbEntry::REMOTE && e.vtep == be32(vpc::VTEPS[0]))
+                    && points_to(&cloud, 0, 1)
+            } else {
+                carried.is_none() && fdb_m(&cloud, 1).is_none() && points_to(&cloud, 0, 0)
+            };
+            ok.then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "ending on hv-{}: hv-2 holds P1 as {:?} and M as {:?}; hv-1 holds M as {:?}\n{}",
+            end + 1,
+            p1_on_hv2(&cloud),
+            fdb_m(&cloud, 1),
+            fdb_m(&cloud, 0),
+            cloud.agents[1].logs()
+        );
+        assert_eq!(p2_on_hv2(&cloud), p2, "P2's entry changed");
+    }
+    let reachable = wait_for(Duration::from_secs(10), || {
+        (cloud.ping(P1, IP_M, 1) == 1).then_some(())
+    });
+    assert!(reachable.is_some(), "M unreachable after the flapping");
+}
