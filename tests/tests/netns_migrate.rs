@@ -182,11 +182,17 @@ fn fdb_m(cloud: &Cloud, host: usize) -> Option<FdbEntry> {
 
 /// Whether host `host` forwards M to `to`'s VTEP (another host) or to its own interface `tap`.
 fn points_to(cloud: &Cloud, host: usize, to: usize) -> bool {
+    points_to_tap(cloud, host, to, || cloud.hosts[to].ifindex(TAP_M))
+}
+
+/// [`points_to`], with the ifindex of `to`'s tap given (the convergence is timed: no `ip`
+/// process per look).
+fn points_to_tap(cloud: &Cloud, host: usize, to: usize, tap: impl FnOnce() -> u32) -> bool {
     let Some(e) = fdb_m(cloud, host) else {
         return false;
     };
     if host == to {
-        e.kind == FdbEntry::LOCAL && e.ifindex == cloud.hosts[to].ifindex(TAP_M)
+        e.kind == FdbEntry::LOCAL && e.ifindex == tap()
     } else {
         e.kind == FdbEntry::REMOTE && e.vtep == be32(vpc::VTEPS[to])
     }
@@ -349,10 +355,11 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
         written = changed.elapsed();
     }
     let started = unplugged.min(changed);
+    let tap = cloud.hosts[1].ifindex(TAP_M);
     let mut at = [None, None];
     let converged = wait_for_fast(Duration::from_secs(15), || {
         for (host, t) in at.iter_mut().enumerate() {
-            if t.is_none() && points_to(&cloud, host, 1) {
+            if t.is_none() && points_to_tap(&cloud, host, 1, || tap) {
                 *t = Some(changed.elapsed());
             }
         }
