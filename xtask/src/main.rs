@@ -64,6 +64,8 @@ enum Bench {
     Sync,
     /// Many agents against one etcd: watch events per agent against a naive design, etcd load.
     Scale,
+    /// Live migration: 100 agents, one NIC moved, until every agent's map points at its new VTEP.
+    Migrate,
 }
 
 fn root() -> PathBuf {
@@ -175,6 +177,7 @@ fn bench(which: Bench) -> anyhow::Result<()> {
         Bench::Vxlan => "vxlan",
         Bench::Sync => "sync",
         Bench::Scale => "scale",
+        Bench::Migrate => "migrate",
     };
     run(Command::new(root().join("target/release/holdfast-bench")).arg(name))
 }
