@@ -59,6 +59,8 @@ const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SILENT_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 
+/// A network of the fixture (the shared test network's settings otherwise, so fields added
+/// to the model keep their defaults here).
 fn net(id: &str, vni: u32, subnet: &str, gateway: Ipv4Addr, mtu: u32) -> Network {
     Network {
         id: id.into(),
@@ -70,14 +72,7 @@ fn net(id: &str, vni: u32, subnet: &str, gateway: Ipv4Addr, mtu: u32) -> Network
         search: vec![],
         mtu: Some(mtu as u16),
         routes: vec![],
-        ntp: vec![],
-        lease_time: 3600,
-        default_route: true,
-        options: Default::default(),
-        dhcp_server: None,
-        boot: None,
-        subnet6: None,
-        dns6: vec![],
+        ..network()
     }
 }
 
