@@ -27,7 +27,7 @@ const VNI_B: u32 = 1002;
 /// Another VPC's network, carried on this host for its own NIC.
 const VNI_C: u32 = 1003;
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01]; // A, on the test interface
-const G: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe]; // A, forwarding (a gateway VM), on the test interface
+const G: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe]; // A, forwarding (a gateway VM), test interface
 const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03]; // A, remote, behind REMOTE_VTEP
 const RG: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfd]; // A, remote and forwarding, behind REMOTE_VTEP
 const B1: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x01]; // B, local on ifindex 77
