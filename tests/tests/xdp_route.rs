@@ -777,6 +777,20 @@ fn what_xdp_hands_over_the_skb_path_routes() {
                 (Stat::Routed, 1),
             ],
         );
+        // Everything else routes there as in XDP (a port whose XDP program is gone): the
+        // gateway's echo, an expiring TTL, a local NIC of another network.
+        let echo_req = ipv4(A1, ROUTER_MAC, A1_IP, GW_B, 64, 1, &echo());
+        let (action, out) = run(&echo_req, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: echo");
+        assert_eq!((ip(&out, 26), out[34]), (GW_B, 0), "{what}: echo reply");
+        let expiring = udp_via_router(A1, A1_IP, B1_IP, 1);
+        let (action, out) = run(&expiring, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: TTL 1");
+        assert_icmp_error(&expiring, &out, GW_A, 11, 0);
+        let to_b1 = udp_via_router(A1, A1_IP, B1_IP, 64);
+        let (action, out) = run(&to_b1, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: to B1");
+        assert_routed(&to_b1, &out, B1);
     }
 }
 
