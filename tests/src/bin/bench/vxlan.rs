@@ -13,7 +13,9 @@
 //! The last lines, one per mode and measure, are for scripts: `tcp <mode>/kernel <ratio>x` and
 //! `pps <mode>/kernel <ratio>x`, then IPv6's (issue 15): `pps6 <mode>/kernel <ratio>x` and
 //! `tcp6 <mode>/kernel <ratio>x`. `HOLDFAST_BENCH_TCP_ONLY` runs only the TCP section,
-//! `HOLDFAST_BENCH_V6_ONLY` only IPv6's. The TCP script lines are the medians of paired runs
+//! `HOLDFAST_BENCH_V6_ONLY` only IPv6's. Routing (issue 16, section 5, [`routed`]) against the
+//! kernel's routing adds `pps-routed <mode>/kernel <ratio>x` and `tcp-routed <mode>/kernel
+//! <ratio>x`; `HOLDFAST_BENCH_ROUTED_ONLY` runs only that section. The TCP script lines are the medians of paired runs
 //! (section 3b: holdfast and the kernel side by side, runs alternated), which this shared
 //! machine's drift does not enter.
 
@@ -39,6 +41,8 @@ use holdfast_tests::{
     vpc::{Cloud, NETWORK_MTU, Net, Options, VTEPS, VmSpec, ip6_for},
     xdp::{ROUTER_MAC, VmHook, be32},
 };
+
+mod routed;
 
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
 const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03];
@@ -875,6 +879,12 @@ pub fn run() {
         );
         return;
     }
+    if std::env::var_os("HOLDFAST_BENCH_ROUTED_ONLY").is_some() {
+        drop(cloud);
+        let r = routed::section();
+        print_routed(&r);
+        return;
+    }
     if std::env::var_os("HOLDFAST_BENCH_TCP_ONLY").is_some() {
         drop(cloud);
         tcp_section();
@@ -975,6 +985,7 @@ pub fn run() {
     let (seq_xdp, seq_tc) = tcp_section();
     let (tcp_xdp, tcp_tc) = tcp_paired_section();
     let v6 = ipv6_section();
+    let routed = routed::section();
 
     let (pps_xdp, pps_tc) = (hf_inj / k_inj, tc_inj / k_inj);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
@@ -1001,6 +1012,7 @@ pub fn run() {
     println!("pps6 tc/kernel {:.2}x", v6.pps_tc);
     println!("tcp6 xdp/kernel {:.2}x", v6.tcp_xdp);
     println!("tcp6 tc/kernel {:.2}x", v6.tcp_tc);
+    print_routed(&routed);
 }
 
 /// IPv6's ratios to the kernel: small frames from the VM's socket, and the TCP medians.
@@ -1061,6 +1073,14 @@ fn static_neighbours6(cloud: &Cloud, a: ([u8; 6], Ipv4Addr), b: ([u8; 6], Ipv4Ad
             "permanent",
         ]);
     }
+}
+
+/// The script lines of section 5.
+fn print_routed(r: &routed::RoutedRatios) {
+    println!("pps-routed xdp/kernel {:.2}x", r.pps_xdp);
+    println!("pps-routed tc/kernel {:.2}x", r.pps_tc);
+    println!("tcp-routed xdp/kernel {:.2}x", r.tcp_xdp);
+    println!("tcp-routed tc/kernel {:.2}x", r.tcp_tc);
 }
 
 /// A two-host cloud with both hosts' VM ports on `hook` and decapsulation on `underlay`,
