@@ -229,6 +229,8 @@ mod tests {
             arp: 262_144,
             vnis: 16_384,
             vteps: 65_536,
+            routes: 262_144,
+            forwarders: 65_536,
         };
         let prev = m.clone();
         let t = std::time::Instant::now();
