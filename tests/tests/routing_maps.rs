@@ -1,0 +1,195 @@
+//! The agent's side of routing (issue 16): a document with VPCs, a gateway VM and routes goes
+//! through `ipam import` and `export` unchanged; the agent fills `ROUTES`, `FORWARDING` and
+//! `FORWARDERS` in the pinned maps from it (the VPCs of its NICs, whole; never another VPC's
+//! entries); a gateway NIC losing `forwarding` takes its routes with it and nothing else; and a
+//! restart adopts the pinned maps without writing them again.
+//!
+//! The agent reads a file: the etcd source follows only the networks this node has NICs in
+//! (not yet the other networks of their VPCs).
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use agent_common::{FdbKey, ForwarderKey, RouteEntry, be32};
+use holdfast::{
+    dataplane::{RouteKey, RoutingState, read_routing},
+    model::MacAddr,
+};
+use holdfast_tests::{
+    etcd::Etcd,
+    netns::{Agent, Netns, Vm, mac_str, wait_for},
+};
+use serde_json::json;
+
+const MAC1: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const GW_VM: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0xfe];
+const BLUE: u32 = 1001;
+const GREEN: u32 = 1003;
+const RED: u32 = 1002;
+
+/// prod: blue (a NIC here, a gateway VM on hv-2, default_via and a route through it) and green
+/// (a NIC on hv-2); dev: red, with blue's subnet, only on hv-2.
+fn doc() -> String {
+    json!({
+        "networks": [
+            {"id": "rt-blue", "vni": BLUE, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+             "mtu": 1450, "vpc": "prod", "default_via": "10.10.0.254",
+             "routes": [{"to": "192.168.0.0/16", "via": "10.10.0.254"}]},
+            {"id": "rt-green", "vni": GREEN, "subnet": "10.20.0.0/24", "gateway": "10.20.0.1",
+             "mtu": 1450, "vpc": "prod"},
+            {"id": "rt-red", "vni": RED, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+             "mtu": 1450, "vpc": "dev"}
+        ],
+        "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}, {"name": "hv-2", "vtep": "198.18.0.2"}],
+        "nics": [
+            {"mac": mac_str(MAC1), "network": "rt-blue", "ip": "10.10.0.11", "node": "hv-1",
+             "interface": "tap-rt1"},
+            {"mac": mac_str(GW_VM), "network": "rt-blue", "ip": "10.10.0.254", "node": "hv-2",
+             "forwarding": true},
+            {"mac": "02:00:00:00:0c:01", "network": "rt-green", "ip": "10.20.0.12", "node": "hv-2"},
+            {"mac": "02:00:00:00:0b:01", "network": "rt-red", "ip": "10.10.0.12", "node": "hv-2"}
+        ]
+    })
+    .to_string()
+}
+
+fn route(from: u32, dst: &str, kind: u32, vni: u32, via: Option<&str>) -> (RouteKey, RouteEntry) {
+    (
+        RouteKey::new(from, dst.parse().expect("prefix")),
+        RouteEntry {
+            kind,
+            vni,
+            via: via.map_or(0, |v| be32(v.parse().expect("address"))),
+            _pad: 0,
+        },
+    )
+}
+
+/// prod's tables as hv-1 holds them; with the gateway VM's routes when `via`.
+fn prod_routes(via: bool) -> Vec<(RouteKey, RouteEntry)> {
+    let mut out = Vec::new();
+    for from in [BLUE, GREEN] {
+        out.push(route(from, "10.10.0.0/24", RouteEntry::SUBNET, BLUE, None));
+        out.push(route(from, "10.10.0.1/32", RouteEntry::GATEWAY, BLUE, None));
+        out.push(route(from, "10.20.0.0/24", RouteEntry::SUBNET, GREEN, None));
+        out.push(route(
+            from,
+            "10.20.0.1/32",
+            RouteEntry::GATEWAY,
+            GREEN,
+            None,
+        ));
+    }
+    if via {
+        let gw = Some("10.10.0.254");
+        out.push(route(BLUE, "0.0.0.0/0", RouteEntry::VIA, BLUE, gw));
+        out.push(route(BLUE, "192.168.0.0/16", RouteEntry::VIA, BLUE, gw));
+    }
+    out.sort_by_key(|(k, _)| *k);
+    out
+}
+
+fn state(agent: &Agent) -> RoutingState {
+    read_routing(agent.bpffs.path()).expect("the routing maps are pinned")
+}
+
+#[test]
+fn routing_fields_through_etcd_import_and_export() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&doc());
+    let (exported, skipped) = etcd
+        .client()
+        .run(|s, rt| rt.block_on(s.export()).expect("export"));
+    assert_eq!(skipped, 0);
+    let again =
+        holdfast::cli::check_document(exported.to_string().as_bytes(), "", &Default::default())
+            .expect("the export is a document");
+    let imported =
+        holdfast::cli::check_document(doc().as_bytes(), "", &Default::default()).expect("doc");
+    assert!(again.rejections.is_empty(), "{:?}", again.rejections);
+    assert_eq!(
+        again.model, imported.model,
+        "the export is what was imported"
+    );
+    assert_eq!(again.model.networks["rt-blue"].vpc.as_deref(), Some("prod"));
+    assert_eq!(
+        again.model.networks["rt-blue"].default_via,
+        Some(Ipv4Addr::new(10, 10, 0, 254))
+    );
+    assert!(again.model.nics[&MacAddr(GW_VM)].forwarding);
+}
+
+#[test]
+fn the_agent_fills_the_routing_maps_and_follows_a_gateway_nic() {
+    let hv = Netns::new("hv");
+    let mut agent = Agent::start(&hv, "hv-1", &doc());
+    let _vm = Vm::new(&hv, "tap-rt1", MAC1);
+    let filled = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.routes.len() == 10).then_some(s)
+    });
+    let before = filled.unwrap_or_else(|| panic!("ROUTES: {:?}\n{}", state(&agent), agent.logs()));
+    assert_eq!(before.routes, prod_routes(true));
+    assert_eq!(before.forwarding, [FdbKey::new(BLUE, GW_VM)]);
+    let hv2 = be32(Ipv4Addr::new(198, 18, 0, 2));
+    assert_eq!(
+        before.forwarders,
+        [
+            ForwarderKey {
+                vni: BLUE,
+                vtep: hv2
+            },
+            ForwarderKey {
+                vni: GREEN,
+                vtep: hv2
+            }
+        ]
+    );
+    // dev is not carried here: nothing of red's, whose subnet is blue's.
+    let vpc = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
+    assert!(vpc.fdb.iter().all(|(k, _)| k.vni != RED));
+    assert!(
+        vpc.vnis.iter().any(|(v, _)| *v == GREEN),
+        "green is carried"
+    );
+
+    // The gateway VM's NIC loses `forwarding`: its routes and marks go, prod's subnets stay,
+    // blue serves with its default_via refused.
+    agent.write_ipam(&doc().replace(r#""forwarding":true"#, r#""forwarding":false"#));
+    let applied = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.routes.len() == 8).then_some(s)
+    });
+    let after = applied.unwrap_or_else(|| panic!("{:?}\n{}", state(&agent), agent.logs()));
+    assert_eq!(after.routes, prod_routes(false));
+    assert!(
+        after.forwarding.is_empty() && after.forwarders.is_empty(),
+        "{after:?}"
+    );
+    let rejected = |reason: &str| {
+        agent.metric(&format!(
+            "holdfast_ipam_rejected_entries{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(rejected("default_via_not_forwarding"), 1.0);
+    assert_eq!(rejected("route_via_nic"), 1.0);
+
+    // A restart adopts what is pinned: the same entries, none written again.
+    agent.kill();
+    let held = state(&agent);
+    assert_eq!(held.routes, after.routes, "the maps outlive the agent");
+    let logged = agent.logs().len();
+    agent.spawn(&hv);
+    let settled = wait_for(Duration::from_secs(10), || {
+        agent.logs()[logged..]
+            .contains("IPAM state applied")
+            .then_some(())
+    });
+    assert!(settled.is_some(), "{}", agent.logs());
+    let logs = agent.logs()[logged..].to_owned();
+    assert!(logs.contains("adopted_routes=8"), "{logs}");
+    for line in logs.lines().filter(|l| l.contains("data plane reconciled")) {
+        assert!(line.contains("upserted=0"), "rewrote entries: {line}");
+    }
+    assert_eq!(state(&agent).routes, after.routes);
+}
