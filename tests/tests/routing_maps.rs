@@ -174,7 +174,14 @@ fn the_agent_fills_the_routing_maps_and_follows_a_gateway_nic() {
     assert_eq!(rejected("default_via_not_forwarding"), 1.0);
     assert_eq!(rejected("route_via_nic"), 1.0);
 
-    // A restart adopts what is pinned: the same entries, none written again.
+    // A restart adopts what is pinned: the same entries, none written again. (Once the
+    // snapshot it serves first is this state: an older one would be written, then corrected.)
+    let snapshot = holdfast::snapshot::path(&agent.dir.path().join("state"));
+    let saved = wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&snapshot).ok()?;
+        (!text.contains("\"forwarding\"")).then_some(())
+    });
+    assert!(saved.is_some(), "the snapshot never caught up");
     agent.kill();
     let held = state(&agent);
     assert_eq!(held.routes, after.routes, "the maps outlive the agent");
@@ -182,7 +189,7 @@ fn the_agent_fills_the_routing_maps_and_follows_a_gateway_nic() {
     agent.spawn(&hv);
     let settled = wait_for(Duration::from_secs(10), || {
         agent.logs()[logged..]
-            .contains("IPAM state applied")
+            .contains("IPAM document validated")
             .then_some(())
     });
     assert!(settled.is_some(), "{}", agent.logs());
