@@ -145,6 +145,16 @@ fn the_agent_fills_the_routing_maps_and_follows_a_gateway_nic() {
             }
         ]
     );
+    // `holdfast vpc` shows them.
+    let shown = agent.vpc();
+    for needle in [
+        "0.0.0.0/0           via 10.10.0.254 in VNI 1001",
+        "10.20.0.1/32        gateway of VNI 1003",
+        "1001  02:00:00:00:0a:fe",
+        "1003  198.18.0.2",
+    ] {
+        assert!(shown.contains(needle), "{needle}: {shown}");
+    }
     // dev is not carried here: nothing of red's, whose subnet is blue's.
     let vpc = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
     assert!(vpc.fdb.iter().all(|(k, _)| k.vni != RED));
