@@ -3,16 +3,15 @@
 //! `FORWARDERS` in the pinned maps from it (the VPCs of its NICs, whole; never another VPC's
 //! entries); a gateway NIC losing `forwarding` takes its routes with it and nothing else; and a
 //! restart adopts the pinned maps without writing them again.
-//!
-//! The agent reads a file: the etcd source follows only the networks this node has NICs in
-//! (not yet the other networks of their VPCs).
+//! With etcd, the agent follows the other networks of its VPCs too (green, where it has no
+//! NIC), and a change arrives as a partial update of the networks it touches.
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use agent_common::{FdbKey, ForwarderKey, RouteEntry, be32};
 use holdfast::{
     dataplane::{RouteKey, RoutingState, read_routing},
-    model::MacAddr,
+    model::{MacAddr, Nic},
 };
 use holdfast_tests::{
     etcd::Etcd,
@@ -209,4 +208,61 @@ fn the_agent_fills_the_routing_maps_and_follows_a_gateway_nic() {
         assert!(line.contains("upserted=0"), "rewrote entries: {line}");
     }
     assert_eq!(state(&agent).routes, after.routes);
+}
+
+/// The same through etcd: green, where this node has no NIC, is followed for its VPC; the
+/// gateway NIC's change is a partial update (blue validated again, prod patched); green
+/// leaving prod takes its subnet out of blue's table.
+#[test]
+fn through_etcd_the_vpc_is_followed_and_a_gateway_nic_change_is_partial() {
+    let hv = Netns::new("hv");
+    let mut etcd = Etcd::start(&hv, &[]);
+    etcd.client().import(&doc());
+    let agent = Agent::start_etcd(&hv, "hv-1", &Etcd::url(Ipv4Addr::LOCALHOST), "");
+    let _vm = Vm::new(&hv, "tap-rt1", MAC1);
+    let filled = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.routes == prod_routes(true)).then_some(s)
+    });
+    let before = filled.unwrap_or_else(|| panic!("ROUTES: {:?}\n{}", state(&agent), agent.logs()));
+    assert_eq!(before.forwarding, [FdbKey::new(BLUE, GW_VM)]);
+    assert_eq!(before.forwarders.len(), 2);
+    let vpc = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
+    assert!(
+        vpc.fdb.iter().any(|(k, _)| k.vni == GREEN),
+        "green's NIC on hv-2 is carried"
+    );
+    assert!(vpc.fdb.iter().all(|(k, _)| k.vni != RED));
+
+    let model = holdfast::cli::check_document(doc().as_bytes(), "", &Default::default())
+        .expect("doc")
+        .model;
+    let mut gw = model.nics[&MacAddr(GW_VM)].clone();
+    gw.forwarding = false;
+    etcd.client().put_nic(Nic { ..gw });
+    let applied = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.routes == prod_routes(false) && s.forwarding.is_empty()).then_some(s)
+    });
+    let after = applied.unwrap_or_else(|| panic!("{:?}\n{}", state(&agent), agent.logs()));
+    assert!(after.forwarders.is_empty());
+
+    // green leaves prod: no longer followed, its subnet gone from blue's table.
+    let mut green =
+        serde_json::from_str::<serde_json::Value>(&doc()).expect("doc")["networks"][1].clone();
+    green["vpc"] = json!("other");
+    etcd.client()
+        .put_raw("networks/rt-green", &green.to_string());
+    let left = wait_for(Duration::from_secs(10), || {
+        let s = state(&agent);
+        (s.routes.len() == 2).then_some(s)
+    });
+    let left = left.unwrap_or_else(|| panic!("{:?}\n{}", state(&agent), agent.logs()));
+    assert_eq!(
+        left.routes,
+        [
+            route(BLUE, "10.10.0.0/24", RouteEntry::SUBNET, BLUE, None),
+            route(BLUE, "10.10.0.1/32", RouteEntry::GATEWAY, BLUE, None),
+        ]
+    );
 }
