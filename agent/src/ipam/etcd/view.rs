@@ -386,6 +386,50 @@ fn count(listed: &mut HashMap<MacAddr, u32>, mac: &str, up: bool) {
 mod tests {
     use super::*;
 
+    /// A host follows the other networks of the VPCs it has NICs in, by the catalog of every
+    /// network's entry, and lets them go when they leave the VPC.
+    #[test]
+    fn the_view_follows_the_vpcs_of_this_nodes_networks() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let nic = br#"{"mac":"02:00:00:00:00:01","network":"blue","ip":"10.0.0.5","node":"hv-1"}"#;
+        v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            Some(nic),
+        );
+        let catalog = |v: &mut View, id: &str, vpc: Option<&str>| {
+            let json = match vpc {
+                Some(p) => format!(r#"{{"id":"{id}","vpc":"{p}"}}"#),
+                None => format!(r#"{{"id":"{id}"}}"#),
+            };
+            v.apply(&Range::Catalog, &l.network(id), Some(json.as_bytes()))
+        };
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert!(!catalog(&mut v, "blue", None), "no VPC: nothing changes");
+        catalog(&mut v, "green", Some("prod"));
+        catalog(&mut v, "red", Some("dev"));
+        assert_eq!(v.wanted(), set(&["blue"]));
+        assert!(catalog(&mut v, "blue", Some("prod")));
+        assert_eq!(v.wanted(), set(&["blue", "green"]));
+        // Only the VPC is read: another change of the entry changes nothing.
+        assert!(!v.apply(
+            &Range::Catalog,
+            &l.network("green"),
+            Some(br#"{"id":"green","vpc":"prod","mtu":1400}"#)
+        ));
+        // The catalog marks nothing dirty itself: following a network does.
+        assert_eq!(
+            v.affected(&Range::Catalog, &l.network("green")),
+            Some(BTreeSet::new())
+        );
+        catalog(&mut v, "green", Some("dev"));
+        assert_eq!(v.wanted(), set(&["blue"]));
+        v.apply(&Range::Catalog, &l.network("blue"), None);
+        catalog(&mut v, "green", Some("prod"));
+        assert_eq!(v.wanted(), set(&["blue"]), "blue's VPC is no longer known");
+    }
+
     #[test]
     fn the_view_follows_the_networks_of_this_nodes_nics() {
         let l = Layout::new("/hf");
