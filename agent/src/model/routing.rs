@@ -158,6 +158,7 @@ pub(super) fn check_vias<'a>(
     raws: &[RawEntry],
     rejections: &mut Vec<Rejection>,
 ) {
+    let labels: std::cell::OnceCell<HashMap<String, String>> = std::cell::OnceCell::new();
     for id in ids {
         let Some(n) = model.networks.get(id) else {
             continue;
@@ -177,11 +178,19 @@ pub(super) fn check_vias<'a>(
             continue;
         }
         let held: HashMap<Ipv4Addr, &Nic> = nics(id).into_iter().map(|c| (c.ip, c)).collect();
-        let entry = raws
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.key("id").as_deref() == Some(id.as_str()))
-            .map_or_else(|| "networks".into(), |(i, e)| e.label("networks", i));
+        // Named only when refused: the document's networks are read once, then.
+        let entry = || {
+            labels
+                .get_or_init(|| {
+                    raws.iter()
+                        .enumerate()
+                        .filter_map(|(i, e)| Some((e.key("id")?, e.label("networks", i))))
+                        .collect()
+                })
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| "networks".into())
+        };
         // A network whose route no NIC entry holds is refused for it (`route_via_unowned`) and
         // serves its last good version: its routes are not refused twice.
         let unowned = rejections
@@ -212,7 +221,7 @@ pub(super) fn check_vias<'a>(
                     ),
                 ),
             };
-            rejections.push(reject(reason, detail).at(entry.clone(), Some(id.clone())));
+            rejections.push(reject(reason, detail).at(entry(), Some(id.clone())));
         }
     }
 }
