@@ -45,6 +45,8 @@ pub fn network() -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 
@@ -60,6 +62,7 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     }
 }
 

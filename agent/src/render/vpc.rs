@@ -1,19 +1,52 @@
 //! The VPC forwarding state this host needs, derived from the model.
 //!
-//! A host carries the networks it has NICs in: every NIC of those networks (local ones on their
-//! interface, remote ones behind their node's VTEP), an ARP answer for every address of those
-//! networks (gateways resolve to the router MAC), and the VTEPs of all known nodes. Nothing of
-//! the networks it has no NIC in: a change there does not concern it.
+//! A host carries every network of each VPC it has a NIC in (a network without `vpc` is a VPC
+//! of its own): every NIC of those networks (local ones on their interface, remote ones behind
+//! their node's VTEP), an ARP answer for every address of those networks (gateways resolve to
+//! the router MAC), each network's routing table (the VPC's subnets and gateways, its routes
+//! and `default_via` through forwarding NICs), the forwarding NICs, the VTEPs hosting them,
+//! and the VTEPs of all known nodes. Nothing of the other VPCs: a change there does not
+//! concern it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
 use agent_common::{Dhcp6Net, Ra6};
+use ipnet::Ipv4Net;
 
 use super::{dhcp6, ra6};
-use crate::model::{MacAddr, Model, Nic};
+use crate::model::{MacAddr, Model, Network, Nic};
+
+/// Which VPC a network is in: the one it names, or its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VpcKey<'a> {
+    Named(&'a str),
+    /// A network without `vpc`, by its id: it reaches only itself.
+    Alone(&'a str),
+}
+
+impl<'a> VpcKey<'a> {
+    pub fn of(net: &'a Network) -> Self {
+        match &net.vpc {
+            Some(name) => VpcKey::Named(name),
+            None => VpcKey::Alone(&net.id),
+        }
+    }
+}
+
+/// Where the longest prefix of a destination leads, in the table of the network a frame comes
+/// from (rendered into `agent_common::RouteEntry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTo {
+    /// A subnet of the VPC: resolved in network `vni` by the destination address.
+    Subnet { vni: u32 },
+    /// A route or `default_via`: to the forwarding NIC at `via` in network `vni`.
+    Via { vni: u32, via: Ipv4Addr },
+    /// A gateway address of the VPC's network `vni`: ICMP echo is answered there.
+    Gateway { vni: u32 },
+}
 
 /// Where a NIC is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +86,16 @@ pub struct Vpc {
     pub ra6: BTreeMap<u32, Ra6>,
     /// The options of each of those networks' DHCPv6 replies.
     pub dhcp6: BTreeMap<u32, Dhcp6Net>,
+    /// Each carried network's routing table, by (the VNI frames come from, destination): every
+    /// subnet of its VPC, every gateway address of its VPC (a /32), its routes whose `via` is
+    /// a forwarding NIC of it, and its `default_via` (0.0.0.0/0). A subnet or gateway wins
+    /// over a route to the same prefix.
+    pub routes: BTreeMap<(u32, Ipv4Net), RouteTo>,
+    /// The NICs with `forwarding: true` of the carried networks, local and remote.
+    pub forwarding: BTreeSet<(u32, MacAddr)>,
+    /// For each carried network, the other nodes' VTEPs hosting a forwarding NIC of its VPC:
+    /// routed frames from there may carry sources outside the VPC.
+    pub forwarders: BTreeSet<(u32, Ipv4Addr)>,
 }
 
 /// Server identifiers each network had before (by network id), which clients may still hold:
@@ -144,21 +187,137 @@ pub fn derive_with(model: &Model, node: &str, router_mac: MacAddr, former: &Form
         vteps: vteps(model, node),
         ..Vpc::default()
     };
-    // The networks `node` has a NIC in, and their VNIs.
-    let mut here: BTreeMap<&str, u32> = BTreeMap::new();
-    for nic in model.nics.values().filter(|n| *n.node == *node) {
-        if !here.contains_key(&*nic.network)
-            && let Some(vni) = add_network(model, &nic.network, router_mac, former, &mut vpc)
-        {
-            here.insert(&nic.network, vni);
-        }
+    let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = model
+        .networks
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
+    for (id, macs) in model.nics_by_network() {
+        nics_of.insert(id, macs);
     }
-    for nic in model.nics.values() {
-        if let Some(&vni) = here.get(&*nic.network) {
-            add_nic(model, vni, nic, node, &mut vpc);
-        }
-    }
+    derive_networks(model, &nics_of, node, router_mac, former, &mut vpc);
     vpc
+}
+
+/// The networks of `model` in the VPCs of the networks `ids` had in `prev` or have in `model`
+/// (all of them, `ids` among them): what a change of `ids` touches, on the hosts that carry
+/// their VPCs. A network without `vpc` is in no other's VPC: alone, it is just itself.
+pub fn vpc_members<'a>(
+    prev: &Model,
+    model: &'a Model,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> BTreeSet<String> {
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for id in ids {
+        out.insert(id.clone());
+        for m in [prev, model] {
+            if let Some(name) = m.networks.get(id).and_then(|n| n.vpc.clone()) {
+                named.insert(name);
+            }
+        }
+    }
+    if !named.is_empty() {
+        out.extend(
+            model
+                .networks
+                .iter()
+                .filter(|(_, n)| n.vpc.as_ref().is_some_and(|v| named.contains(v)))
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    out
+}
+
+/// Adds to `vpc` the entries of the networks of `nics_of` (each with the MACs of its NICs) that
+/// `node` carries: those of a VPC in which one of them has a NIC on `node`. `nics_of` must hold
+/// every network of `model` in the VPCs it names ([`vpc_members`]): a VPC's tables are derived
+/// from all of its networks.
+pub fn derive_networks(
+    model: &Model,
+    nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+    node: &str,
+    router_mac: MacAddr,
+    former: &FormerServers,
+    vpc: &mut Vpc,
+) {
+    let mut groups: BTreeMap<VpcKey<'_>, Vec<(&Network, &BTreeSet<MacAddr>)>> = BTreeMap::new();
+    for (id, macs) in nics_of {
+        if let Some(net) = model.networks.get(id) {
+            groups.entry(VpcKey::of(net)).or_default().push((net, macs));
+        }
+    }
+    for members in groups.values() {
+        // Each NIC looked up once: a VPC may hold most of the cloud's NICs.
+        let members: Vec<(&Network, Vec<&Nic>)> = members
+            .iter()
+            .map(|(net, macs)| {
+                (
+                    *net,
+                    macs.iter().filter_map(|m| model.nics.get(m)).collect(),
+                )
+            })
+            .collect();
+        let carried = members
+            .iter()
+            .any(|(_, nics)| nics.iter().any(|n| *n.node == *node));
+        if !carried {
+            continue;
+        }
+        let mut forwarder_vteps: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for (net, nics) in &members {
+            let Some(vni) = add_network(model, &net.id, router_mac, former, vpc) else {
+                continue;
+            };
+            for nic in nics {
+                add_nic(model, vni, nic, node, vpc);
+                if nic.forwarding
+                    && *nic.node != *node
+                    && let Some(owner) = model.nodes.get(&*nic.node)
+                {
+                    forwarder_vteps.insert(owner.vtep);
+                }
+            }
+        }
+        for (net, nics) in &members {
+            add_routes(net, nics, &members, vpc);
+            for vtep in &forwarder_vteps {
+                vpc.forwarders.insert((net.vni, *vtep));
+            }
+        }
+    }
+}
+
+/// The routing table of network `net` (whose NICs are `nics`), in a VPC of `members`.
+fn add_routes(net: &Network, nics: &[&Nic], members: &[(&Network, Vec<&Nic>)], vpc: &mut Vpc) {
+    // Its forwarding NICs' addresses: the only next hops a route or default_via may name.
+    let forwarders: HashSet<Ipv4Addr> =
+        nics.iter().filter(|n| n.forwarding).map(|n| n.ip).collect();
+    let via = |addr: Ipv4Addr| {
+        forwarders.contains(&addr).then_some(RouteTo::Via {
+            vni: net.vni,
+            via: addr,
+        })
+    };
+    if let Some(to) = net.default_via.and_then(via) {
+        vpc.routes.insert((net.vni, Ipv4Net::default()), to);
+    }
+    for r in &net.routes {
+        if let Some(to) = via(r.via) {
+            vpc.routes.insert((net.vni, r.to), to);
+        }
+    }
+    // After the routes: a subnet or gateway of the VPC wins over a route to the same prefix.
+    for (other, _) in members {
+        vpc.routes
+            .insert((net.vni, other.subnet), RouteTo::Subnet { vni: other.vni });
+    }
+    for (other, _) in members {
+        vpc.routes.insert(
+            (net.vni, Ipv4Net::from(other.gateway)),
+            RouteTo::Gateway { vni: other.vni },
+        );
+    }
 }
 
 /// Whether network `vni` of `vpc` carries IPv6 (has `subnet6`): its NICs' `ip6` are answered.
@@ -174,30 +333,6 @@ pub fn vteps(model: &Model, node: &str) -> BTreeSet<Ipv4Addr> {
         .filter(|n| n.name != node)
         .map(|n| n.vtep)
         .collect()
-}
-
-/// Adds the entries of network `id` (whose NICs are `macs`) to `vpc`, when `node` has a NIC
-/// in it: its gateway, every NIC (local ones on their interface, remote ones behind their
-/// node's VTEP) and an ARP answer for every address.
-pub fn derive_network(
-    model: &Model,
-    id: &str,
-    macs: &BTreeSet<MacAddr>,
-    node: &str,
-    router_mac: MacAddr,
-    former: &FormerServers,
-    vpc: &mut Vpc,
-) {
-    let nics = || macs.iter().filter_map(|m| model.nics.get(m));
-    if !nics().any(|n| *n.node == *node) {
-        return;
-    }
-    let Some(vni) = add_network(model, id, router_mac, former, vpc) else {
-        return;
-    };
-    for nic in nics() {
-        add_nic(model, vni, nic, node, vpc);
-    }
 }
 
 /// Adds network `id` itself (its VNI, and the ARP answers of its gateway, its DHCP server and
@@ -265,6 +400,9 @@ fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
         },
     );
     vpc.arp.insert((vni, nic.ip), nic.mac);
+    if nic.forwarding {
+        vpc.forwarding.insert((vni, nic.mac));
+    }
     if let Some(ip6) = nic.ip6
         && has_v6(vpc, vni)
     {
@@ -391,6 +529,174 @@ mod tests {
         }
         let vpc = derive_with(&pinned, "hv-1", ROUTER, &f);
         assert_eq!(vpc.arp[&(1001, "10.0.0.2".parse().unwrap())], ROUTER);
+    }
+
+    /// Two VPCs with the same subnets, a gateway VM in one, a network alone: as hv-1 (a NIC
+    /// in prod's blue and in dev's blue) and hv-3 (only in the lone network) see them.
+    fn routed() -> Model {
+        let doc = parse_document(
+            br#"{ "networks": [
+                { "id": "blue", "vni": 1001, "subnet": "10.1.0.0/24", "gateway": "10.1.0.1", "vpc": "prod",
+                  "default_via": "10.1.0.254", "routes": [ { "to": "192.168.0.0/16", "via": "10.1.0.254" },
+                                                         { "to": "172.16.0.0/12", "via": "10.1.0.1" } ] },
+                { "id": "green", "vni": 1002, "subnet": "10.2.0.0/24", "gateway": "10.2.0.1", "vpc": "prod" },
+                { "id": "dev-blue", "vni": 2001, "subnet": "10.1.0.0/24", "gateway": "10.1.0.1", "vpc": "dev" },
+                { "id": "dev-green", "vni": 2002, "subnet": "10.2.0.0/24", "gateway": "10.2.0.1", "vpc": "dev" },
+                { "id": "lone", "vni": 3001, "subnet": "10.3.0.0/24", "gateway": "10.3.0.1" } ],
+              "nodes": [ { "name": "hv-1", "vtep": "198.18.0.1" }, { "name": "hv-2", "vtep": "198.18.0.2" },
+                         { "name": "hv-3", "vtep": "198.18.0.3" } ],
+              "nics": [
+                { "mac": "02:00:00:00:01:01", "network": "blue", "ip": "10.1.0.11", "node": "hv-1", "interface": "tap1" },
+                { "mac": "02:00:00:00:01:fe", "network": "blue", "ip": "10.1.0.254", "node": "hv-2", "forwarding": true },
+                { "mac": "02:00:00:00:02:02", "network": "green", "ip": "10.2.0.12", "node": "hv-2" },
+                { "mac": "02:00:00:00:02:03", "network": "green", "ip": "10.2.0.13", "node": "hv-1", "interface": "tap2", "forwarding": true },
+                { "mac": "02:00:00:00:03:02", "network": "dev-green", "ip": "10.2.0.12", "node": "hv-2" },
+                { "mac": "02:00:00:00:04:03", "network": "lone", "ip": "10.3.0.13", "node": "hv-3", "interface": "tap3" } ] }"#,
+        )
+        .unwrap();
+        let v = validate(&doc, None, "hv-1", &Limits::default(), &Budget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        v.model
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_host_carries_its_vpcs_and_their_tables() {
+        let vpc = derive(&routed(), "hv-1", ROUTER);
+        // prod, whole: green has a NIC here too, but blue would carry it alone. Not dev, not lone.
+        assert_eq!(vpc.vnis.keys().copied().collect::<Vec<_>>(), [1001, 1002]);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let gw = ip("10.1.0.254");
+        let want: BTreeMap<(u32, Ipv4Net), RouteTo> = [1001, 1002]
+            .into_iter()
+            .flat_map(|from| {
+                [
+                    ((from, net("10.1.0.0/24")), RouteTo::Subnet { vni: 1001 }),
+                    ((from, net("10.2.0.0/24")), RouteTo::Subnet { vni: 1002 }),
+                    ((from, net("10.1.0.1/32")), RouteTo::Gateway { vni: 1001 }),
+                    ((from, net("10.2.0.1/32")), RouteTo::Gateway { vni: 1002 }),
+                ]
+            })
+            .chain([
+                // blue's default_via and its route via the gateway VM; not its route via the
+                // gateway (the router itself: DHCP's only).
+                (
+                    (1001, net("0.0.0.0/0")),
+                    RouteTo::Via { vni: 1001, via: gw },
+                ),
+                (
+                    (1001, net("192.168.0.0/16")),
+                    RouteTo::Via { vni: 1001, via: gw },
+                ),
+            ])
+            .collect();
+        assert_eq!(vpc.routes, want);
+        // The forwarding NICs of prod, local and remote; the other nodes hosting one of them,
+        // for every network of prod.
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        assert_eq!(
+            vpc.forwarding,
+            BTreeSet::from([
+                (1001, mac("02:00:00:00:01:fe")),
+                (1002, mac("02:00:00:00:02:03"))
+            ])
+        );
+        assert_eq!(
+            vpc.forwarders,
+            BTreeSet::from([(1001, ip("198.18.0.2")), (1002, ip("198.18.0.2"))])
+        );
+        // Every NIC of prod, green's remote one behind hv-2; none of dev, whose addresses are
+        // the same.
+        assert_eq!(
+            vpc.fdb[&(1002, mac("02:00:00:00:02:02"))].endpoint,
+            Endpoint::Remote {
+                vtep: ip("198.18.0.2")
+            }
+        );
+        assert!(vpc.fdb.keys().all(|(v, _)| *v < 2000));
+        assert!(vpc.arp.keys().all(|(v, _)| *v < 2000));
+        assert!(vpc.routes.values().all(|r| !matches!(r, RouteTo::Subnet { vni } | RouteTo::Gateway { vni } | RouteTo::Via { vni, .. } if *vni >= 2000)));
+    }
+
+    #[test]
+    fn two_vpcs_with_the_same_subnets_never_see_each_other() {
+        // hv-2 carries prod and dev: the same subnets, each VPC's tables name its own VNIs.
+        let vpc = derive(&routed(), "hv-2", ROUTER);
+        assert_eq!(
+            vpc.vnis.keys().copied().collect::<Vec<_>>(),
+            [1001, 1002, 2001, 2002]
+        );
+        for ((from, dst), to) in &vpc.routes {
+            let target = match to {
+                RouteTo::Subnet { vni } | RouteTo::Gateway { vni } | RouteTo::Via { vni, .. } => {
+                    *vni
+                }
+            };
+            assert_eq!(from / 1000, target / 1000, "{from} {dst} -> {to:?}");
+        }
+        assert_eq!(
+            vpc.routes[&(2001, net("10.2.0.0/24"))],
+            RouteTo::Subnet { vni: 2002 }
+        );
+        // dev has no default_via: nothing leaves it.
+        assert!(!vpc.routes.contains_key(&(2001, net("0.0.0.0/0"))));
+        // The gateway VM is on hv-2 itself: no other node forwards for blue; green's forwarder
+        // is hv-1.
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            vpc.forwarders,
+            BTreeSet::from([(1001, ip("198.18.0.1")), (1002, ip("198.18.0.1"))])
+        );
+        // A lone network reaches only itself.
+        let vpc = derive(&routed(), "hv-3", ROUTER);
+        assert_eq!(vpc.vnis.keys().copied().collect::<Vec<_>>(), [3001]);
+        assert_eq!(
+            vpc.routes,
+            BTreeMap::from([
+                ((3001, net("10.3.0.0/24")), RouteTo::Subnet { vni: 3001 }),
+                ((3001, net("10.3.0.1/32")), RouteTo::Gateway { vni: 3001 }),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_via_that_is_no_forwarding_nic_is_not_routed() {
+        let mut m = routed();
+        let gw: MacAddr = "02:00:00:00:01:fe".parse().unwrap();
+        let mut nic = m.nics[&gw].clone();
+        nic.forwarding = false;
+        m.nics.insert(gw, nic);
+        let vpc = derive(&m, "hv-1", ROUTER);
+        assert!(!vpc.routes.contains_key(&(1001, net("0.0.0.0/0"))));
+        assert!(!vpc.routes.contains_key(&(1001, net("192.168.0.0/16"))));
+        assert!(!vpc.forwarding.contains(&(1001, gw)));
+        // hv-2 hosts no forwarding NIC of prod any more; green's is here.
+        assert!(vpc.forwarders.is_empty());
+    }
+
+    /// A change costs its VPCs, before and after: never the networks of other VPCs.
+    #[test]
+    fn a_change_touches_the_networks_of_its_vpcs_only() {
+        let m = routed();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            vpc_members(&m, &m, &ids(&["blue"])),
+            ids(&["blue", "green"])
+        );
+        assert_eq!(vpc_members(&m, &m, &ids(&["lone"])), ids(&["lone"]));
+        // dev-blue moves to prod: both VPCs.
+        let mut next = m.clone();
+        let mut n = next.networks["dev-blue"].clone();
+        n.vpc = Some("prod".into());
+        n.subnet = net("10.9.0.0/24");
+        next.networks.insert("dev-blue".into(), n);
+        assert_eq!(
+            vpc_members(&m, &next, &ids(&["dev-blue"])),
+            ids(&["blue", "dev-blue", "dev-green", "green"])
+        );
     }
 
     #[test]
