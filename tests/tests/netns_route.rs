@@ -1,0 +1,570 @@
+//! Routing in the data plane end to end (issue 16): two hypervisor namespaces, an agent on each,
+//! two networks of one VPC (a: 10.0.0.0/24, b: 10.1.0.0/24) with VMs on both hosts, a gateway VM
+//! in b (`forwarding: true`, b's `default_via`) with a namespace outside the VPC behind it, and a
+//! network c in another VPC with a's addresses. Each test builds the topology once and checks
+//! everything it covers on it, then again with both agents SIGKILLed (the pinned data plane
+//! keeps routing).
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use agent_common::Stat;
+use holdfast::config::UnderlayHook;
+use holdfast_tests::{
+    netns::{Netns, wait_for},
+    vpc::{Cloud, Net, OUTSIDE, Options, Outside, Routing, Source, VmSpec, iperf_between},
+    xdp::{ROUTER_MAC, VmHook, forward_stats},
+};
+
+holdfast_tests::for_each_hook!(
+    networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm,
+    hostile_sources_through_the_router_are_dropped,
+);
+
+const NETS: [Net; 3] = [
+    Net { id: "a", vni: 1001 },
+    Net { id: "b", vni: 1002 },
+    Net { id: "c", vni: 1003 },
+];
+
+const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
+const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03];
+const B1: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x01];
+const B3: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x03];
+const G: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0xfe];
+const C1: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x01];
+const C3: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x03];
+
+const IP_A1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const IP_A3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
+const IP_B1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+const IP_B3: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 13);
+const IP_G: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 254);
+const GW_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const GW_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+/// In b's subnet, held by no NIC.
+const NOBODY_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 99);
+
+const ROUTING: [Routing<'static>; 3] = [
+    Routing {
+        net: "a",
+        subnet: Ipv4Addr::new(10, 0, 0, 0),
+        vpc: Some("v1"),
+        default_via: None,
+        routes: &[],
+    },
+    Routing {
+        net: "b",
+        subnet: Ipv4Addr::new(10, 1, 0, 0),
+        vpc: Some("v1"),
+        default_via: Some(IP_G),
+        routes: &[],
+    },
+    // Another VPC, with a's addresses.
+    Routing {
+        net: "c",
+        subnet: Ipv4Addr::new(10, 0, 0, 0),
+        vpc: Some("v2"),
+        default_via: None,
+        routes: &[],
+    },
+];
+
+fn vm(net: &'static str, host: usize, mac: [u8; 6], ip: Ipv4Addr, tap: &'static str) -> VmSpec {
+    VmSpec {
+        net,
+        host,
+        mac,
+        ip,
+        tap,
+        real_tap: false,
+    }
+}
+
+/// On hv-1: A1, B1 and C1 (with A3's address); on hv-2: A3, B3, the gateway VM G and C3 (with
+/// A1's address). A VM of c thus sits beside each VM of the VPC that holds its address
+/// elsewhere.
+fn specs() -> Vec<VmSpec> {
+    vec![
+        vm("a", 0, A1, IP_A1, "tap-a1"),
+        vm("b", 0, B1, IP_B1, "tap-b1"),
+        vm("c", 0, C1, IP_A3, "tap-c1"),
+        vm("a", 1, A3, IP_A3, "tap-a3"),
+        vm("b", 1, B3, IP_B3, "tap-b3"),
+        vm("b", 1, G, IP_G, "tap-g"),
+        vm("c", 1, C3, IP_A1, "tap-c3"),
+    ]
+}
+
+fn build(options: Options<'_>) -> Cloud {
+    let started = Instant::now();
+    let cloud = Cloud::with(
+        &NETS,
+        &specs(),
+        &Options {
+            routing: &ROUTING,
+            forwarding: &[G],
+            ..options
+        },
+    );
+    eprintln!("topology up in {:.1?}", started.elapsed());
+    cloud
+}
+
+fn in_mode(hook: VmHook) -> Cloud {
+    let underlay_hooks = match hook {
+        VmHook::Xdp => [UnderlayHook::Xdp; 2],
+        VmHook::Tc => [UnderlayHook::Xdp, UnderlayHook::Tc],
+    };
+    build(Options {
+        hooks: [hook; 2],
+        underlay_hooks,
+        ..Options::default()
+    })
+}
+
+/// `ping` from `ns` with `args` before the address: its stdout and stderr.
+fn ping_text(ns: &Netns, args: &[&str], ip: Ipv4Addr) -> String {
+    let out = ns
+        .exec("ping")
+        .args(["-n", "-W", "1"])
+        .args(args)
+        .arg(ip.to_string())
+        .output()
+        .expect("ping");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The TTL of the echo reply one ping from `ns` to `ip` received (`ttl=` in ping's line).
+fn reply_ttl(ns: &Netns, ip: Ipv4Addr) -> Option<u8> {
+    let text = ping_text(ns, &["-c", "1"], ip);
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix("ttl="))
+        .and_then(|t| t.parse().ok())
+}
+
+/// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
+fn snmp(ns: &Netns, table: &str, counter: &str) -> u64 {
+    let out = ns
+        .exec("cat")
+        .arg("/proc/net/snmp")
+        .output()
+        .expect("snmp");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut rows = text.lines().filter(|l| l.starts_with(&format!("{table}:")));
+    let (names, values) = (rows.next().expect("names"), rows.next().expect("values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == counter)
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("counter")
+}
+
+/// ICMP echo requests a VM received so far.
+fn echoes_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
+    snmp(cloud.vm_ns(mac), "Icmp", "InEchos")
+}
+
+/// UDP datagrams a VM's IP stack received so far (to a socket or to no port).
+fn udp_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
+    let ns = cloud.vm_ns(mac);
+    snmp(ns, "Udp", "InDatagrams") + snmp(ns, "Udp", "NoPorts")
+}
+
+/// `stat` on host `host` now.
+fn count(cloud: &Cloud, host: usize, stat: Stat) -> u64 {
+    cloud.agents[host].counters()[stat as usize]
+}
+
+/// Everything routing does, checked on a built cloud (`phase` names the moment in failures):
+/// subnets reach each other on one host and across, the other VPC is never reached and reaches
+/// nothing, the TTL goes down by one, TTL 1 gets time exceeded from the gateway, gateways answer
+/// ping, the gateway VM carries b's traffic out and back, the rest gets unreachable.
+fn routes_everything(cloud: &Cloud, outside: &Outside, phase: &str) {
+    // Between subnets, on one host (A1, B1 on hv-1; A3, B3 on hv-2) and across.
+    for (from, to, ip, what) in [
+        (A1, B1, IP_B1, "a to b on hv-1"),
+        (B1, A1, IP_A1, "b to a on hv-1"),
+        (B3, A3, IP_A3, "b to a on hv-2"),
+        (B1, A3, IP_A3, "b on hv-1 to a on hv-2"),
+        (A1, B3, IP_B3, "a on hv-1 to b on hv-2"),
+        (A3, B1, IP_B1, "a on hv-2 to b on hv-1"),
+    ] {
+        let before = echoes_in(cloud, to);
+        assert_eq!(cloud.ping(from, ip, 3), 3, "{phase}: ping {what}");
+        assert!(
+            echoes_in(cloud, to) >= before + 3,
+            "{phase}: {what}: the echoes reached someone else"
+        );
+    }
+
+    // c holds A3's address beside B1 (C1) and A1's beside B3 (C3): a's VMs answer, c's hear
+    // nothing; and c reaches nothing of the VPC.
+    let (c1, c3) = (echoes_in(cloud, C1), echoes_in(cloud, C3));
+    assert_eq!(cloud.ping(B1, IP_A3, 5), 5, "{phase}: b to a");
+    assert_eq!(cloud.ping(B3, IP_A1, 5), 5, "{phase}: b to a");
+    assert_eq!(cloud.ping(C1, IP_A1, 3), 3, "{phase}: c works (C1 to C3)");
+    assert_eq!(
+        (echoes_in(cloud, C1), echoes_in(cloud, C3)),
+        (c1, c3 + 3),
+        "{phase}: (C1, C3) echoes: the VPC's traffic reached the other VPC"
+    );
+    let (b1, b3) = (echoes_in(cloud, B1), echoes_in(cloud, B3));
+    for ip in [IP_B1, IP_B3] {
+        let text = ping_text(cloud.vm_ns(C1), &["-c", "2", "-i", "0.2"], ip);
+        assert!(
+            text.contains("From 10.0.0.1") && text.contains("Destination Net Unreachable"),
+            "{phase}: C1 (other VPC) to {ip}: {text}"
+        );
+    }
+    assert_eq!(
+        (echoes_in(cloud, B1), echoes_in(cloud, B3)),
+        (b1, b3),
+        "{phase}: the other VPC reached b"
+    );
+
+    // The TTL: 64 from a VM, 63 routed once, 64 within a network.
+    for (from, ip, ttl, what) in [
+        (B1, IP_A3, 63, "routed across hosts"),
+        (A3, IP_B1, 63, "routed across hosts, back"),
+        (A1, IP_B1, 63, "routed on one host"),
+        (B1, IP_B3, 64, "within b"),
+    ] {
+        assert_eq!(
+            reply_ttl(cloud.vm_ns(from), ip),
+            Some(ttl),
+            "{phase}: reply TTL {what}"
+        );
+    }
+    // What traceroute does: TTL 1 dies at the gateway, TTL 2 arrives.
+    let text = ping_text(cloud.vm_ns(B1), &["-c", "1", "-t", "1"], IP_A3);
+    assert!(
+        text.contains("From 10.1.0.1") && text.contains("Time to live exceeded"),
+        "{phase}: TTL 1 from b to a: {text}"
+    );
+    let text = ping_text(cloud.vm_ns(B1), &["-c", "1", "-t", "2"], IP_A3);
+    assert!(
+        text.contains("bytes from 10.0.0.13"),
+        "{phase}: TTL 2 from b to a: {text}"
+    );
+
+    // Gateways answer: a VM's own, and its VPC's other network's.
+    assert_eq!(cloud.ping(B1, GW_B, 3), 3, "{phase}: B1 to its gateway");
+    assert_eq!(cloud.ping(A3, GW_A, 3), 3, "{phase}: A3 to its gateway");
+    assert_eq!(cloud.ping(B1, GW_A, 3), 3, "{phase}: B1 to a's gateway");
+
+    // Out of the VPC through the gateway VM (b's default_via, on hv-2): from hv-1 and from
+    // beside it; and the gateway VM itself is a NIC like any other.
+    assert_eq!(cloud.ping(B1, OUTSIDE, 3), 3, "{phase}: B1 to the outside");
+    assert_eq!(cloud.ping(B3, OUTSIDE, 3), 3, "{phase}: B3 to the outside");
+    assert_eq!(cloud.ping(A1, IP_G, 3), 3, "{phase}: A1 to the gateway VM");
+    assert_eq!(
+        outside.ns.ping(IP_B1, 3),
+        3,
+        "{phase}: the outside to B1 through the gateway VM"
+    );
+
+    // No route: a has no default_via. Nobody at the address: host unreachable.
+    let text = ping_text(cloud.vm_ns(A1), &["-c", "1"], OUTSIDE);
+    assert!(
+        text.contains("From 10.0.0.1") && text.contains("Destination Net Unreachable"),
+        "{phase}: A1 (no default_via) to the outside: {text}"
+    );
+    let text = ping_text(cloud.vm_ns(A1), &["-c", "1"], NOBODY_B);
+    assert!(
+        text.contains("From 10.0.0.1") && text.contains("Destination Host Unreachable"),
+        "{phase}: A1 to an address of b no NIC holds: {text}"
+    );
+}
+
+fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
+    let started = Instant::now();
+    let mut cloud = in_mode(hook);
+    let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
+
+    routes_everything(&cloud, &outside, "agents up");
+
+    // The counters of what was just done, on hv-1 (A1, B1, C1).
+    let hv1 = cloud.agents[0].counters();
+    let (local, encap) = forward_stats(hook);
+    for (stat, least) in [
+        (Stat::Routed, 20),
+        (local, 1),
+        (encap, 1),
+        (Stat::GatewayEchoReply, 6),
+        (Stat::IcmpTimeExceeded, 1),
+        (Stat::IcmpNetUnreachable, 5),
+        (Stat::IcmpHostUnreachable, 1),
+    ] {
+        assert!(
+            hv1[stat as usize] >= least,
+            "hv-1 {stat:?}: {} (at least {least})",
+            hv1[stat as usize]
+        );
+    }
+
+    // TCP between subnets, on one host and across, and out through the gateway VM.
+    for (from, to, ip, what) in [
+        (A1, B1, IP_B1, "a to b on hv-1"),
+        (B1, A3, IP_A3, "b on hv-1 to a on hv-2"),
+    ] {
+        let bps = cloud.iperf(from, to, ip, 1);
+        eprintln!("TCP {what}: {:.0} Mbit/s", bps / 1e6);
+        assert!(bps > 10e6, "TCP {what}: {:.1} Mbit/s", bps / 1e6);
+    }
+    let bps = iperf_between(
+        cloud.vm_ns(B1),
+        &outside.ns,
+        &[&OUTSIDE.to_string()],
+        5212,
+        1,
+    );
+    eprintln!("TCP b on hv-1 to the outside: {:.0} Mbit/s", bps / 1e6);
+    assert!(bps > 10e6, "TCP to the outside: {:.1} Mbit/s", bps / 1e6);
+
+    // A gateway answers ping and nothing else.
+    let before = count(&cloud, 0, Stat::DropToGateway);
+    let _ = cloud
+        .vm_ns(B1)
+        .exec("bash")
+        .args(["-c", "echo x > /dev/udp/10.1.0.1/9; echo x > /dev/udp/10.0.0.1/9"])
+        .output();
+    let dropped = wait_for(Duration::from_secs(2), || {
+        (count(&cloud, 0, Stat::DropToGateway) >= before + 2).then_some(())
+    });
+    assert!(dropped.is_some(), "UDP to the gateways: DropToGateway not counted twice");
+
+    // Both agents SIGKILLed: the pinned programs and maps keep routing, a flow running
+    // meanwhile loses nothing.
+    let b1 = cloud.vm_ns(B1).name.clone();
+    let pinger = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &b1, "ping", "-n", "-q", "-c", "50", "-i", "0.02", "-W", "1"])
+            .arg(IP_A3.to_string())
+            .output()
+            .expect("ping")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for agent in &mut cloud.agents {
+        agent.kill();
+    }
+    let out = pinger.join().expect("pinger");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(" 50 received"), "routed flow while the agents died: {text}");
+    routes_everything(&cloud, &outside, "agents killed");
+    let bps = cloud.iperf(B1, A3, IP_A3, 1);
+    assert!(
+        bps > 10e6,
+        "agents killed: TCP b on hv-1 to a on hv-2: {:.1} Mbit/s",
+        bps / 1e6
+    );
+    eprintln!("{hook:?}: {:.1?}", started.elapsed());
+}
+
+fn hostile_sources_through_the_router_are_dropped(hook: VmHook) {
+    let started = Instant::now();
+    let cloud = in_mode(hook);
+    let a1 = cloud.vm_ns(A1);
+    // The router's MAC is known to A1 (the spoofed datagrams are sent, not stopped at ARP),
+    // and the VPC routes.
+    assert_eq!(cloud.ping(A1, IP_B1, 1), 1);
+    assert_eq!(cloud.ping(A1, IP_B3, 1), 1);
+
+    // A1 (not forwarding) sends through the router with sources that are not its own: one of
+    // its subnet, one of b's held by B3, one outside the VPC.
+    for (spoofed, to, target) in [
+        ("10.0.0.99", IP_B1, B1),
+        ("10.1.0.13", IP_B1, B1),
+        ("203.0.113.1", IP_B3, B3),
+    ] {
+        a1.ip(&["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+        let echoes = echoes_in(&cloud, target);
+        let before = cloud.agents[0].counters();
+        let text = ping_text(a1, &["-c", "3", "-i", "0.1", "-I", spoofed], to);
+        a1.ip(&["addr", "del", &format!("{spoofed}/32"), "dev", "eth0"]);
+        let after = cloud.agents[0].counters();
+        assert!(!text.contains("bytes from"), "from {spoofed}: answered: {text}");
+        assert_eq!(
+            echoes_in(&cloud, target),
+            echoes,
+            "from {spoofed}: the spoofed echoes reached {to}"
+        );
+        assert!(
+            after[Stat::DropSpoofedIp as usize] >= before[Stat::DropSpoofedIp as usize] + 3,
+            "from {spoofed}: DropSpoofedIp {} -> {}",
+            before[Stat::DropSpoofedIp as usize],
+            after[Stat::DropSpoofedIp as usize]
+        );
+        assert_eq!(
+            after[Stat::Routed as usize],
+            before[Stat::Routed as usize],
+            "from {spoofed}: a spoofed frame was routed"
+        );
+    }
+
+    // C1, in the other VPC, sends to the router MAC (its default route) toward b and toward
+    // b's gateway: unreachable, nothing delivered, nothing routed.
+    let (b1, b3) = (echoes_in(&cloud, B1), echoes_in(&cloud, B3));
+    let before = cloud.agents[0].counters();
+    for ip in [IP_B1, IP_B3, GW_B] {
+        let text = ping_text(cloud.vm_ns(C1), &["-c", "2", "-i", "0.1"], ip);
+        assert!(
+            text.contains("From 10.0.0.1") && text.contains("Destination Net Unreachable"),
+            "C1 (other VPC) to {ip}: {text}"
+        );
+    }
+    let after = cloud.agents[0].counters();
+    assert_eq!(
+        (echoes_in(&cloud, B1), echoes_in(&cloud, B3)),
+        (b1, b3),
+        "the other VPC reached b"
+    );
+    assert_eq!(
+        after[Stat::Routed as usize],
+        before[Stat::Routed as usize],
+        "a frame of the other VPC was routed"
+    );
+    assert!(
+        after[Stat::IcmpNetUnreachable as usize] >= before[Stat::IcmpNetUnreachable as usize] + 6,
+        "IcmpNetUnreachable {} -> {}",
+        before[Stat::IcmpNetUnreachable as usize],
+        after[Stat::IcmpNetUnreachable as usize]
+    );
+
+    // Nothing else changed: A1 and C1 still reach what they reach.
+    assert_eq!(cloud.ping(A1, IP_B1, 3), 3, "A1 to B1 after");
+    assert_eq!(cloud.ping(C1, IP_A1, 3), 3, "C1 to C3 after");
+    eprintln!("{hook:?}: {:.1?}", started.elapsed());
+}
+
+/// A VXLAN frame from hv-2's underlay to hv-1, VNI `vni`, carrying a routed UDP datagram
+/// (inner source the router MAC) from `src` to the VM `dst_mac` at `dst`.
+fn routed_vxlan(vni: u32, src: Ipv4Addr, dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
+    let inner =
+        holdfast_tests::packet::udp_frame(ROUTER_MAC, dst_mac, src, dst, 1, 9, &[7; 64], false);
+    let mut payload = vec![0x08, 0, 0, 0];
+    let v = vni.to_be_bytes();
+    payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
+    payload.extend_from_slice(&inner);
+    holdfast_tests::packet::udp_frame(
+        [0x02, 0x99, 0, 0, 0, 2],
+        [0xff; 6],
+        Ipv4Addr::new(198, 18, 0, 2),
+        Ipv4Addr::new(198, 18, 0, 1),
+        50000,
+        4789,
+        &payload,
+        false,
+    )
+}
+
+/// hv-2's underlay sends hv-1 routed frames: those whose source hv-2 can speak for (a NIC of
+/// the VPC behind it, or outside the VPC when a forwarding NIC of it is behind hv-2) are
+/// delivered; the others are dropped as `DropRoutedSpoof` and reach no VM.
+fn forged_routed_vxlan(underlay: UnderlayHook) {
+    let cloud = build(Options {
+        underlay_hooks: [underlay; 2],
+        ..Options::default()
+    });
+    // Both hosts know every VM (so a frame is judged, not dropped for an unknown MAC).
+    assert_eq!(cloud.ping(B3, IP_A1, 1), 1);
+    let sock = holdfast_tests::rawsock::RawSocket::open(&cloud.hosts[1].path(), "ul0");
+    let cases = [
+        // A1's address, but A1 is on hv-1.
+        (1002, IP_A1, B1, IP_B1, false),
+        // From outside v2, which has no forwarding NIC at all.
+        (1003, OUTSIDE, C1, IP_A3, false),
+        // A3 is behind hv-2: genuine.
+        (1002, IP_A3, B1, IP_B1, true),
+        // From outside v1, whose gateway VM is behind hv-2: genuine.
+        (1002, OUTSIDE, B1, IP_B1, true),
+    ];
+    for (vni, src, mac, dst, delivered) in cases {
+        let before = count(&cloud, 0, Stat::DropRoutedSpoof);
+        let received = udp_in(&cloud, mac);
+        for _ in 0..5 {
+            sock.send(&routed_vxlan(vni, src, mac, dst));
+        }
+        let what = format!("VNI {vni} from {src} to {dst}");
+        if delivered {
+            let got = wait_for(Duration::from_secs(3), || {
+                (udp_in(&cloud, mac) >= received + 5).then_some(())
+            });
+            assert!(got.is_some(), "{what}: not delivered ({underlay:?} underlay)");
+            assert_eq!(count(&cloud, 0, Stat::DropRoutedSpoof), before, "{what}");
+        } else {
+            let seen = wait_for(Duration::from_secs(3), || {
+                (count(&cloud, 0, Stat::DropRoutedSpoof) >= before + 5).then_some(())
+            });
+            assert!(
+                seen.is_some(),
+                "{what}: DropRoutedSpoof {} -> {} ({underlay:?} underlay)",
+                before,
+                count(&cloud, 0, Stat::DropRoutedSpoof)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(udp_in(&cloud, mac), received, "{what}: delivered");
+        }
+    }
+    assert_eq!(cloud.ping(B3, IP_A1, 3), 3, "genuine traffic after");
+}
+
+#[test]
+fn forged_routed_vxlan_is_dropped_xdp_underlay() {
+    forged_routed_vxlan(UnderlayHook::Xdp);
+}
+
+#[test]
+fn forged_routed_vxlan_is_dropped_tc_underlay() {
+    forged_routed_vxlan(UnderlayHook::Tc);
+}
+
+/// The routed pair with both hosts decapsulating on TC (`[underlay] hook = "tc"`), VM ports on
+/// XDP: between subnets across hosts, the TTL, and out through the gateway VM.
+#[test]
+fn routed_traffic_crosses_the_tc_underlay() {
+    let cloud = build(Options {
+        underlay_hooks: [UnderlayHook::Tc; 2],
+        ..Options::default()
+    });
+    let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
+    assert_eq!(cloud.ping(B1, IP_A3, 3), 3, "b on hv-1 to a on hv-2");
+    assert_eq!(cloud.ping(A3, IP_B1, 3), 3, "a on hv-2 to b on hv-1");
+    assert_eq!(reply_ttl(cloud.vm_ns(B1), IP_A3), Some(63));
+    assert_eq!(cloud.ping(B1, OUTSIDE, 3), 3, "B1 to the outside");
+    assert_eq!(outside.ns.ping(IP_B1, 3), 3, "the outside to B1");
+    let bps = cloud.iperf(B1, A3, IP_A3, 1);
+    assert!(bps > 10e6, "TCP b on hv-1 to a on hv-2: {:.1} Mbit/s", bps / 1e6);
+    assert!(count(&cloud, 0, Stat::Routed) >= 6);
+}
+
+/// The same VPC read from etcd: `vpc`, `default_via` and `forwarding` go through `holdfast ipam
+/// import` and the watch.
+#[test]
+fn routing_from_an_etcd_source() {
+    let cloud = build(Options {
+        source: Source::Etcd,
+        ..Options::default()
+    });
+    let exported = cloud.control.as_ref().expect("control").export();
+    for field in [r#""vpc""#, r#""default_via""#, r#""forwarding""#] {
+        assert!(exported.contains(field), "{field} not in etcd: {exported}");
+    }
+    let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
+    assert_eq!(cloud.ping(B1, IP_A3, 3), 3, "b on hv-1 to a on hv-2");
+    assert_eq!(cloud.ping(A1, IP_B1, 3), 3, "a to b on hv-1");
+    assert_eq!(cloud.ping(B1, OUTSIDE, 3), 3, "B1 to the outside");
+    assert_eq!(outside.ns.ping(IP_B1, 1), 1);
+    let text = ping_text(cloud.vm_ns(C1), &["-c", "1"], IP_B1);
+    assert!(
+        text.contains("Destination Net Unreachable"),
+        "C1 (other VPC) to B1: {text}"
+    );
+}
