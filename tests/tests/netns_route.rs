@@ -151,11 +151,7 @@ fn reply_ttl(ns: &Netns, ip: Ipv4Addr) -> Option<u8> {
 
 /// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
 fn snmp(ns: &Netns, table: &str, counter: &str) -> u64 {
-    let out = ns
-        .exec("cat")
-        .arg("/proc/net/snmp")
-        .output()
-        .expect("snmp");
+    let out = ns.exec("cat").arg("/proc/net/snmp").output().expect("snmp");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut rows = text.lines().filter(|l| l.starts_with(&format!("{table}:")));
     let (names, values) = (rows.next().expect("names"), rows.next().expect("values"));
@@ -334,19 +330,27 @@ fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
     let _ = cloud
         .vm_ns(B1)
         .exec("bash")
-        .args(["-c", "echo x > /dev/udp/10.1.0.1/9; echo x > /dev/udp/10.0.0.1/9"])
+        .args([
+            "-c",
+            "echo x > /dev/udp/10.1.0.1/9; echo x > /dev/udp/10.0.0.1/9",
+        ])
         .output();
     let dropped = wait_for(Duration::from_secs(2), || {
         (count(&cloud, 0, Stat::DropToGateway) >= before + 2).then_some(())
     });
-    assert!(dropped.is_some(), "UDP to the gateways: DropToGateway not counted twice");
+    assert!(
+        dropped.is_some(),
+        "UDP to the gateways: DropToGateway not counted twice"
+    );
 
     // Both agents SIGKILLed: the pinned programs and maps keep routing, a flow running
     // meanwhile loses nothing.
     let b1 = cloud.vm_ns(B1).name.clone();
     let pinger = std::thread::spawn(move || {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &b1, "ping", "-n", "-q", "-c", "50", "-i", "0.02", "-W", "1"])
+            .args([
+                "netns", "exec", &b1, "ping", "-n", "-q", "-c", "50", "-i", "0.02", "-W", "1",
+            ])
             .arg(IP_A3.to_string())
             .output()
             .expect("ping")
@@ -357,7 +361,10 @@ fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
     }
     let out = pinger.join().expect("pinger");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains(" 50 received"), "routed flow while the agents died: {text}");
+    assert!(
+        text.contains(" 50 received"),
+        "routed flow while the agents died: {text}"
+    );
     routes_everything(&cloud, &outside, "agents killed");
     let bps = cloud.iperf(B1, A3, IP_A3, 1);
     assert!(
@@ -390,7 +397,10 @@ fn hostile_sources_through_the_router_are_dropped(hook: VmHook) {
         let text = ping_text(a1, &["-c", "3", "-i", "0.1", "-I", spoofed], to);
         a1.ip(&["addr", "del", &format!("{spoofed}/32"), "dev", "eth0"]);
         let after = cloud.agents[0].counters();
-        assert!(!text.contains("bytes from"), "from {spoofed}: answered: {text}");
+        assert!(
+            !text.contains("bytes from"),
+            "from {spoofed}: answered: {text}"
+        );
         assert_eq!(
             echoes_in(&cloud, target),
             echoes,
@@ -444,9 +454,27 @@ fn hostile_sources_through_the_router_are_dropped(hook: VmHook) {
     eprintln!("{hook:?}: {:.1?}", started.elapsed());
 }
 
-/// A VXLAN frame from hv-2's underlay to hv-1, VNI `vni`, carrying a routed UDP datagram
-/// (inner source the router MAC) from `src` to the VM `dst_mac` at `dst`.
-fn routed_vxlan(vni: u32, src: Ipv4Addr, dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
+/// The MAC of `interface` in `ns`.
+fn mac_of(ns: &Netns, interface: &str) -> [u8; 6] {
+    let out = ns.query(&["-j", "link", "show", interface]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j link");
+    let text = v[0]["address"].as_str().expect("address");
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(text.split(':')) {
+        *m = u8::from_str_radix(part, 16).expect("hex");
+    }
+    mac
+}
+
+/// A VXLAN frame from hv-2's underlay to hv-1 (`outer`: their MACs), VNI `vni`, carrying a
+/// routed UDP datagram (inner source the router MAC) from `src` to the VM `dst_mac` at `dst`.
+fn routed_vxlan(
+    outer: ([u8; 6], [u8; 6]),
+    vni: u32,
+    src: Ipv4Addr,
+    dst_mac: [u8; 6],
+    dst: Ipv4Addr,
+) -> Vec<u8> {
     let inner =
         holdfast_tests::packet::udp_frame(ROUTER_MAC, dst_mac, src, dst, 1, 9, &[7; 64], false);
     let mut payload = vec![0x08, 0, 0, 0];
@@ -454,8 +482,8 @@ fn routed_vxlan(vni: u32, src: Ipv4Addr, dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec
     payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
     payload.extend_from_slice(&inner);
     holdfast_tests::packet::udp_frame(
-        [0x02, 0x99, 0, 0, 0, 2],
-        [0xff; 6],
+        outer.0,
+        outer.1,
         Ipv4Addr::new(198, 18, 0, 2),
         Ipv4Addr::new(198, 18, 0, 1),
         50000,
@@ -476,6 +504,10 @@ fn forged_routed_vxlan(underlay: UnderlayHook) {
     // Both hosts know every VM (so a frame is judged, not dropped for an unknown MAC).
     assert_eq!(cloud.ping(B3, IP_A1, 1), 1);
     let sock = holdfast_tests::rawsock::RawSocket::open(&cloud.hosts[1].path(), "ul0");
+    let outer = (
+        mac_of(&cloud.hosts[1], "ul0"),
+        mac_of(&cloud.hosts[0], "ul0"),
+    );
     let cases = [
         // A1's address, but A1 is on hv-1.
         (1002, IP_A1, B1, IP_B1, false),
@@ -490,14 +522,17 @@ fn forged_routed_vxlan(underlay: UnderlayHook) {
         let before = count(&cloud, 0, Stat::DropRoutedSpoof);
         let received = udp_in(&cloud, mac);
         for _ in 0..5 {
-            sock.send(&routed_vxlan(vni, src, mac, dst));
+            sock.send(&routed_vxlan(outer, vni, src, mac, dst));
         }
         let what = format!("VNI {vni} from {src} to {dst}");
         if delivered {
             let got = wait_for(Duration::from_secs(3), || {
                 (udp_in(&cloud, mac) >= received + 5).then_some(())
             });
-            assert!(got.is_some(), "{what}: not delivered ({underlay:?} underlay)");
+            assert!(
+                got.is_some(),
+                "{what}: not delivered ({underlay:?} underlay)"
+            );
             assert_eq!(count(&cloud, 0, Stat::DropRoutedSpoof), before, "{what}");
         } else {
             let seen = wait_for(Duration::from_secs(3), || {
@@ -541,7 +576,11 @@ fn routed_traffic_crosses_the_tc_underlay() {
     assert_eq!(cloud.ping(B1, OUTSIDE, 3), 3, "B1 to the outside");
     assert_eq!(outside.ns.ping(IP_B1, 3), 3, "the outside to B1");
     let bps = cloud.iperf(B1, A3, IP_A3, 1);
-    assert!(bps > 10e6, "TCP b on hv-1 to a on hv-2: {:.1} Mbit/s", bps / 1e6);
+    assert!(
+        bps > 10e6,
+        "TCP b on hv-1 to a on hv-2: {:.1} Mbit/s",
+        bps / 1e6
+    );
     assert!(count(&cloud, 0, Stat::Routed) >= 6);
 }
 
