@@ -654,6 +654,12 @@ mod pod {
     unsafe impl aya::Pod for super::Ra6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Dhcp6Net {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ForwarderKey {}
 }
 
 /// One's-complement sum of `bytes` taken as 16-bit words in memory order, unfolded; an odd

@@ -229,6 +229,10 @@ pub enum Stat {
     /// A frame to be routed that is neither IPv4 nor answerable (IPv6 is not routed yet, IP
     /// options, fragments of ICMP to the gateway): dropped.
     DropRouteUnsupported,
+    /// A frame that could not be routed (TTL expired, no route, no NIC) dropped without an
+    /// ICMP error, which RFC 1122 §3.2.2 forbids there: it is an ICMP error itself, a fragment
+    /// other than the first, or from a source that is no single host.
+    DropRouteSilent,
     Count,
 }
 

@@ -25,7 +25,7 @@ use crate::{
     ctx::Ctx,
     dhcp6,
     l4csum::IPPROTO_TCP,
-    maps::{BINDINGS, BINDINGS6, CONFIG, CSUM_SCRATCH, CSUM_WINDOW, FDB, NEIGH6, VNIS, VNIS6},
+    maps::{BINDINGS, BINDINGS6, CONFIG, FDB, NEIGH6, VNIS, VNIS6},
     parse::{
         ETH_HLEN, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPPROTO_UDP, IPV6_HLEN, Ipv6Hdr, UdpHdr,
         ip6_eq, load, mac_eq,
@@ -145,7 +145,8 @@ fn control<C: Ctx, const ANSWERS: bool>(
         return Err(Stat::DropIpv6LinkLocal);
     }
     if to_router {
-        // Until the data plane routes (issue 16), as for IPv4.
+        // IPv6 is not routed (issue 16 routes IPv4 only): dropped, and never handed to the
+        // host stack.
         return Err(Stat::ToRouter);
     }
     Err(Stat::DropBcastMcast)
@@ -321,7 +322,7 @@ fn answer<const N: usize>(
     payload: u16,
     kind: u8,
 ) -> Result<(&'static mut [u8; N], u64), Stat> {
-    let f = scratch::<N>()?;
+    let f = crate::icmp::scratch::<N>()?;
     f[0..6].copy_from_slice(dst_mac);
     f[6..12].copy_from_slice(src_mac);
     f[12..14].copy_from_slice(&be16(ETH_P_IPV6).to_ne_bytes());
@@ -345,19 +346,6 @@ fn send<C: Ctx, const N: usize>(ctx: &C, f: &[u8; N], stat: Stat) -> Result<u32,
     }
     count(stat);
     Ok(ctx.tx())
-}
-
-/// This CPU's scratch buffer as `N` zeroed bytes: the answers are built there, not on the
-/// stack, which the VM program's other paths already fill.
-#[inline(always)]
-fn scratch<const N: usize>() -> Result<&'static mut [u8; N], Stat> {
-    const { assert!(N <= CSUM_WINDOW + 8) };
-    let buf = CSUM_SCRATCH.get_ptr_mut(0).ok_or(Stat::DropMalformed)?;
-    // SAFETY: this CPU's slot of a per-CPU array, at least N bytes (checked above), used by one
-    // program run at a time; nothing else holds it while the answer is built.
-    let f = unsafe { &mut *buf.cast::<[u8; N]>() };
-    *f = [0; N];
-    Ok(f)
 }
 
 /// The invoking datagram's IPv6 header and first 8 bytes go back with the error: what the

@@ -20,6 +20,7 @@ mod maps;
 mod parse;
 mod port;
 mod ratelimit;
+mod route;
 mod stats;
 mod underlay;
 mod vm;

@@ -6,12 +6,12 @@
 //! In order: the ethertype (IPv4 and ARP only, untagged), the IPv4 header, DHCP by its ports,
 //! the sender (anti-spoofing), then the destination.
 
-use agent_common::{Binding, BindingKey, Stat, dhcp::SERVER_PORT};
+use agent_common::{Binding, BindingKey, FdbKey, Stat, dhcp::SERVER_PORT};
 
 use crate::{
     ROUTER_MAC,
     csum::be16,
-    maps::BINDINGS,
+    maps::{BINDINGS, FORWARDING},
     parse::{
         ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_UDP, IPV4_HLEN, Ipv4Hdr, UdpHdr, mac_eq,
     },
@@ -82,27 +82,28 @@ pub fn dhcp_request(ip: &Ipv4Hdr, udp: &UdpHdr) -> Result<bool, Stat> {
 }
 
 /// Anti-spoofing: the binding of the NIC on `ifindex` with the frame's source MAC, and the
-/// frame's IPv4 source is that NIC's address.
+/// frame's IPv4 source is that NIC's address, unless the NIC forwards (`forwarding: true`, in
+/// `FORWARDING`): a gateway VM sends what it forwards with the sources of others, its MAC
+/// still enforced. `FORWARDING` is looked up only for a source that is not the NIC's own, so
+/// the frames of every other NIC cost what they did.
 #[inline(always)]
 pub fn sender(ifindex: u32, eth: &EthHdr, saddr: u32) -> Result<*const Binding, Stat> {
     let binding = BINDINGS
         .get_ptr(&BindingKey::new(ifindex, eth.src))
         .ok_or(Stat::DropSpoofedMac)?;
     // SAFETY: map value pointers stay valid for the program run.
-    if saddr != unsafe { (*binding).ip } {
+    let (ip, vni) = unsafe { ((*binding).ip, (*binding).vni) };
+    if saddr != ip && FORWARDING.get_ptr(&FdbKey::new(vni, eth.src)).is_none() {
         return Err(Stat::DropSpoofedIp);
     }
     Ok(binding)
 }
 
-/// Frames to the router MAC (the gateway, or anything off the network) are dropped: until the
-/// data plane routes, nothing may hand a VM's frame to the host stack, whose sockets and
-/// forwarding would otherwise see it as soon as a port carries the router MAC (host-routed
-/// designs), is promiscuous, or the host's sysctls allow it.
+/// Whether the frame is for the router MAC: the gateway, or anything off the network. Such a
+/// frame is routed (`route`) or dropped; nothing hands a VM's frame to the host stack, whose
+/// sockets and forwarding would otherwise see it as soon as a port carries the router MAC
+/// (host-routed designs), is promiscuous, or the host's sysctls allow it.
 #[inline(always)]
-pub fn not_to_router(eth: &EthHdr) -> Result<(), Stat> {
-    if mac_eq(&eth.dst, &ROUTER_MAC.load()) {
-        return Err(Stat::ToRouter);
-    }
-    Ok(())
+pub fn to_router(eth: &EthHdr) -> bool {
+    mac_eq(&eth.dst, &ROUTER_MAC.load())
 }

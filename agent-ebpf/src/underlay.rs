@@ -10,10 +10,11 @@ use aya_ebpf::{
 };
 
 use crate::{
+    ROUTER_MAC,
     csum::be16,
     ctx::Ctx,
     l4csum::IPPROTO_TCP,
-    maps::{CONFIG, FDB, NEIGH6, VNIS, VTEPS},
+    maps::{CONFIG, FDB, FORWARDING, NEIGH6, VNIS, VTEPS},
     parse::{
         ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IP_MF, IP_OFFSET, IPPROTO_UDP,
         IPV4_HLEN, Ipv4Hdr, Ipv6Hdr, UdpHdr, load, mac_eq,
@@ -99,8 +100,10 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
 /// The checks on a decapsulated frame at `off`, which VTEP `vtep` (network order) sent for
 /// network `vni`: a known network, ARP and anything but IPv4 refused, a local NIC as the
 /// destination, and a source that is a NIC of that network behind that VTEP, with its own
-/// address (a host can only speak for its own VMs). Returns the destination's ifindex, and
-/// whether the frame is TCP.
+/// address (a host can only speak for its own VMs; a forwarding NIC, for any address). A frame
+/// from the router MAC was routed on the sending host: its IPv4 source must be one that host
+/// may speak for (`route::routed_source`). Returns the destination's ifindex, and whether the
+/// frame is TCP.
 #[inline(always)]
 fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool), Stat> {
     if VNIS.get_ptr(&vni).is_none() {
@@ -123,6 +126,13 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
     if dst_kind != FdbEntry::LOCAL {
         // A remote NIC: not ours to deliver.
         return Err(Stat::DropUnknownInnerDst);
+    }
+    if !v6 && mac_eq(&inner.src, &ROUTER_MAC.load()) {
+        // Routed on the sending host (IPv4 only: IPv6 is not routed, and the router MAC is no
+        // NIC's, so a routed IPv6 frame fails the check below).
+        let inner_ip = inner_ipv4(ctx, off)?;
+        crate::route::routed_source(vni, inner_ip.saddr, vtep)?;
+        return Ok((ifindex, inner_ip.protocol == IPPROTO_TCP));
     }
     let src = FDB
         .get_ptr(&FdbKey::new(vni, inner.src))
@@ -149,14 +159,23 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
         }
         return Ok((ifindex, ip6.nexthdr == IPPROTO_TCP));
     }
-    let inner_ip: Ipv4Hdr = load(ctx, off + ETH_HLEN).ok_or(Stat::DropMalformed)?;
-    if inner_ip.ver_ihl >> 4 != 4 || ((inner_ip.ver_ihl & 0x0f) as usize) * 4 < IPV4_HLEN {
-        return Err(Stat::DropMalformed);
-    }
-    if inner_ip.saddr != src_ip {
+    let inner_ip = inner_ipv4(ctx, off)?;
+    // A forwarding NIC (a gateway VM) sends what it forwards with the sources of others; its
+    // MAC was checked above like any NIC's. `FORWARDING` is looked up only then.
+    if inner_ip.saddr != src_ip && FORWARDING.get_ptr(&FdbKey::new(vni, inner.src)).is_none() {
         return Err(Stat::DropInnerSpoofedIp);
     }
     Ok((ifindex, inner_ip.protocol == IPPROTO_TCP))
+}
+
+/// The inner IPv4 header of a decapsulated frame at `off`, if it is one.
+#[inline(always)]
+fn inner_ipv4<C: Ctx>(ctx: &C, off: usize) -> Result<Ipv4Hdr, Stat> {
+    let ip: Ipv4Hdr = load(ctx, off + ETH_HLEN).ok_or(Stat::DropMalformed)?;
+    if ip.ver_ihl >> 4 != 4 || ((ip.ver_ihl & 0x0f) as usize) * 4 < IPV4_HLEN {
+        return Err(Stat::DropMalformed);
+    }
+    Ok(ip)
 }
 
 /// Leaves the target interface in the frame's metadata for the underlay's TC program. False

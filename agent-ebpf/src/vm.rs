@@ -2,10 +2,12 @@
 //! it first.
 //!
 //! DHCP and ARP are answered here. Every other frame must come from the NIC bound to this
-//! interface with its own MAC and address (`port`); it is then forwarded by destination MAC
-//! within the NIC's network: to another VM on this host, or encapsulated toward the VTEP of a
-//! remote one. Nothing goes to the host stack: frames to the router MAC are dropped until the
-//! data plane routes. Frames too big for the network get an ICMP fragmentation-needed back.
+//! interface with its own MAC and address (any address for a NIC with `forwarding`, `port`); it
+//! is then forwarded by destination MAC within the NIC's network, or routed when it is for the
+//! router MAC (`route`: to another network of the VPC or a gateway VM, answered by the gateway,
+//! or an ICMP error back). Either way it goes to another VM on this host, or encapsulated toward
+//! the VTEP of a remote one (`deliver`). Nothing goes to the host stack. Frames too big for the
+//! network get an ICMP fragmentation-needed back.
 //!
 //! Three programs are built from it (`main.rs`), by hook ([`Ctx`]) and by whether the program
 //! answers ARP and DHCP (`ANSWERS`):
@@ -88,18 +90,14 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         );
     }
 
-    // Anti-spoofing: the frame must come from the NIC bound here, with its own address.
+    // Anti-spoofing: the frame must come from the NIC bound here, with its own address (any
+    // address for a forwarding NIC).
     let binding = port::sender(ctx.ifindex(), eth, ip.saddr)?;
     // SAFETY: map value pointers stay valid for the program run.
-    let (vni, mtu, nic_ip, server_id) = unsafe {
-        (
-            (*binding).vni,
-            (*binding).mtu,
-            (*binding).ip,
-            (*binding).server_id,
-        )
-    };
-    port::not_to_router(eth)?;
+    let (vni, mtu, server_id) = unsafe { ((*binding).vni, (*binding).mtu, (*binding).server_id) };
+    if port::to_router(eth) {
+        return crate::route::from_vm(ctx, eth, &ip, ihl, vni);
+    }
     if eth.dst[0] & 1 != 0 {
         // Broadcast and multicast are never flooded.
         return Err(Stat::DropBcastMcast);
@@ -108,21 +106,61 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         .get_ptr(&FdbKey::new(vni, eth.dst))
         .ok_or(Stat::DropUnknownUnicast)?;
     // SAFETY: as above.
-    let (kind, dst_ifindex, vtep) = unsafe { ((*fdb).kind, (*fdb).ifindex, (*fdb).vtep) };
+    let (kind, ifindex, vtep) = unsafe { ((*fdb).kind, (*fdb).ifindex, (*fdb).vtep) };
     if kind != FdbEntry::LOCAL && kind != FdbEntry::REMOTE {
         return Err(Stat::DropUnknownUnicast);
     }
+    let to = Delivery {
+        kind,
+        ifindex,
+        vtep,
+        vni,
+        mtu,
+        icmp_src: server_id,
+    };
+    deliver::<C, false>(ctx, eth, eth, &ip, ihl, &to)
+}
 
+/// Where a frame goes once its destination NIC is known: the NIC's FDB entry (`kind`, which is
+/// `FdbEntry::LOCAL` or `FdbEntry::REMOTE`, `ifindex`, `vtep`), its network and that network's MTU, and the source of an ICMP
+/// fragmentation-needed for a frame over that MTU.
+pub struct Delivery {
+    pub kind: u32,
+    pub ifindex: u32,
+    pub vtep: u32,
+    pub vni: u32,
+    pub mtu: u32,
+    pub icmp_src: u32,
+}
+
+/// Delivers a frame from a VM to the NIC `to` names, bridged (`ROUTED` false) or routed: to
+/// another VM on this host, or encapsulated toward the VTEP of a remote one. One function for
+/// both, so that a routed frame meets the same size checks, the same hand-over to the skb
+/// path and the same next-hop handling as a bridged one.
+///
+/// `eth` is the frame's Ethernet header as the VM sent it; `out` the one it leaves with: the
+/// same when bridged; from the router MAC to the NIC's when routed, which also decrements the
+/// TTL. A routed frame is rewritten only once nothing can hand it over any more: what XDP
+/// passes to the skb path is untouched, and routed there again.
+#[inline(always)]
+pub fn deliver<C: Ctx, const ROUTED: bool>(
+    ctx: &C,
+    eth: &EthHdr,
+    out: &EthHdr,
+    ip: &Ipv4Hdr,
+    ihl: usize,
+    to: &Delivery,
+) -> Result<u32, Stat> {
     if C::SKB {
         // The size of what will be on the wire: each segment of a GSO frame, or the frame.
-        if wire_size(ctx, &ip, ihl)? > mtu {
-            return icmp::frag_needed(ctx, eth, server_id, nic_ip, mtu);
+        if wire_size(ctx, ip, ihl)? > to.mtu {
+            return icmp::frag_needed(ctx, &eth.src, to.icmp_src, ip.saddr, to.mtu);
         }
     } else {
         // What XDP cannot carry whole goes to the skb path, untouched.
         let len = ctx.data_end() - ctx.data();
         if ctx.len() as usize != len
-            || len > mtu as usize + ETH_HLEN
+            || len > to.mtu as usize + ETH_HLEN
             || len > CSUM_WINDOW + ETH_HLEN + IPV4_HLEN
             || ihl != IPV4_HLEN
         {
@@ -130,16 +168,22 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         }
     }
 
-    if kind == FdbEntry::LOCAL {
+    if to.kind == FdbEntry::LOCAL {
+        if ROUTED {
+            crate::route::rewrite(ctx, out, ip)?;
+        }
         if !C::SKB {
-            l4csum::complete(ctx, &ip)?;
+            l4csum::complete(ctx, ip)?;
         }
         count(if C::SKB {
             Stat::SkbForwardLocal
         } else {
             Stat::ForwardLocal
         });
-        return Ok(ctx.redirect(dst_ifindex));
+        if ROUTED {
+            count(Stat::Routed);
+        }
+        return Ok(ctx.redirect(to.ifindex));
     }
 
     let cfg = CONFIG.get(0).ok_or(Stat::DropNoUnderlay)?;
@@ -147,7 +191,7 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
         return Err(Stat::DropNoUnderlay);
     }
     // The route to the VTEP is obeyed on both hooks (a quarantine drops, counted).
-    let hop: Option<NextHop> = match vxlan::next_hop(ctx, cfg, vtep)? {
+    let hop: Option<NextHop> = match vxlan::next_hop(ctx, cfg, to.vtep)? {
         Hop::Ready(hop) => Some(hop),
         // The kernel resolves the neighbour on the skb path (bpf_redirect_neigh).
         Hop::Unresolved if C::SKB => None,
@@ -155,15 +199,21 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
     };
     let ports: u32 = load(ctx, ETH_HLEN + ihl).unwrap_or(0);
     let hash = vxlan::flow_hash(ip.saddr, ip.daddr, ports, ip.protocol);
-    if !C::SKB {
-        l4csum::complete(ctx, &ip)?;
+    if ROUTED {
+        crate::route::rewrite(ctx, out, ip)?;
     }
-    vxlan::encap(ctx, cfg, hop.as_ref(), eth, vtep, vni, hash)?;
+    if !C::SKB {
+        l4csum::complete(ctx, ip)?;
+    }
+    vxlan::encap(ctx, cfg, hop.as_ref(), out, to.vtep, to.vni, hash)?;
     count(if C::SKB {
         Stat::SkbEncap
     } else {
         Stat::VxlanEncap
     });
+    if ROUTED {
+        count(Stat::Routed);
+    }
     match hop {
         Some(h) => Ok(ctx.redirect(h.ifindex)),
         None => ctx.redirect_neigh(cfg.underlay_ifindex),

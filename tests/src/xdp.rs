@@ -45,6 +45,8 @@ pub fn network() -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 
@@ -60,6 +62,7 @@ pub fn nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     }
 }
 
@@ -332,6 +335,50 @@ impl Fixture {
             HashMap::try_from(Map::HashMap(open("VNIS6"))).expect("VNIS6");
         for (k, v) in ra6 {
             r.insert(k, v, 0).expect("insert");
+        }
+    }
+
+    /// Writes routing entries straight into the pinned maps (issue 16): `routes` into
+    /// `ROUTES` (in network `vni`'s table, `to/len` -> the entry), `forwarding` NICs into
+    /// `FORWARDING`, `forwarders` into `FORWARDERS`. Keys and values go as their bytes, the
+    /// layout the programs read (`RouteDst`, `RouteEntry`, `FdbKey`, `ForwarderKey`).
+    pub fn insert_routing(
+        &self,
+        routes: &[(u32, Ipv4Addr, u8, agent_common::RouteEntry)],
+        forwarding: &[agent_common::FdbKey],
+        forwarders: &[agent_common::ForwarderKey],
+    ) {
+        use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+
+        let maps = self
+            ._dir
+            .path()
+            .join(format!("maps-v{}", agent_common::LAYOUT_VERSION));
+        let open = |name: &str| MapData::from_pin(maps.join(name)).expect(name);
+        let words = |w: &[u32]| -> Vec<u8> { w.iter().flat_map(|v| v.to_ne_bytes()).collect() };
+        let mut r: LpmTrie<_, [u8; 8], [u8; 16]> =
+            LpmTrie::try_from(Map::LpmTrie(open("ROUTES"))).expect("ROUTES");
+        for (vni, to, len, e) in routes {
+            let data: [u8; 8] = words(&[*vni, be32(*to)]).try_into().expect("8 bytes");
+            let value: [u8; 16] = words(&[e.kind, e.vni, e.via, 0])
+                .try_into()
+                .expect("16 bytes");
+            r.insert(&Key::new(32 + u32::from(*len), data), value, 0)
+                .expect("insert");
+        }
+        let mut f: HashMap<_, [u8; 12], u32> =
+            HashMap::try_from(Map::HashMap(open("FORWARDING"))).expect("FORWARDING");
+        for k in forwarding {
+            let mut key = [0u8; 12];
+            key[..4].copy_from_slice(&k.vni.to_ne_bytes());
+            key[4..10].copy_from_slice(&k.mac);
+            f.insert(key, 1, 0).expect("insert");
+        }
+        let mut g: HashMap<_, [u8; 8], u32> =
+            HashMap::try_from(Map::HashMap(open("FORWARDERS"))).expect("FORWARDERS");
+        for k in forwarders {
+            let key: [u8; 8] = words(&[k.vni, k.vtep]).try_into().expect("8 bytes");
+            g.insert(key, 1, 0).expect("insert");
         }
     }
 

@@ -154,6 +154,7 @@ impl World {
             options: None,
             boot: None,
             ip6: None,
+            forwarding: false,
         }
     }
 

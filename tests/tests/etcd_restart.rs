@@ -567,6 +567,7 @@ fn sigkill_under_dhcp_and_vpc_load_during_an_etcd_outage_loses_nothing() {
             options: None,
             boot: None,
             ip6: None,
+            forwarding: false,
         });
     }
     // Each agent reconnects within seconds of its probes finding etcd back, at the latest at

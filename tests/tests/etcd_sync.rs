@@ -85,6 +85,7 @@ fn remote_nic(mac: [u8; 6], ip: Ipv4Addr) -> Nic {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     }
 }
 

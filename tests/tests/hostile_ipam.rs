@@ -429,6 +429,7 @@ fn oversized_values_in_etcd_are_rejected_alone_and_the_rest_syncs() {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     });
     let ok = wait_for(Duration::from_secs(10), || {
         (in_fdb(&agent, late) && rejected_now(&agent, "entry_too_large") == 14.0).then_some(())

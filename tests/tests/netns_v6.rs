@@ -377,6 +377,7 @@ fn ipv6_through_etcd_import_export_and_a_partial_update() {
         options: None,
         boot: None,
         ip6: Some(ip6.parse().expect("ipv6")),
+        forwarding: false,
     };
     let c = etcd.client();
     c.put_nic(remote(0x41, "fd00:10:10::11"));

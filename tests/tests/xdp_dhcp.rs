@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use agent_common::Stat;
+use agent_common::{RouteEntry, Stat, VniInfo};
 use holdfast_tests::{packet::*, rng::Rng, xdp::*};
 
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -630,19 +630,51 @@ fn arp_for_the_gateway_is_answered_with_the_router_mac(hook: VmHook) {
 }
 
 fn other_traffic_is_dropped_the_routers_included(hook: VmHook) {
-    let fx = Fixture::new();
-    // Off the network, through the gateway: nothing routes it yet, and the host stack must
-    // not see it (no host socket, no forwarding by the host).
+    let mut d = desired_for(&network(), &[nic(VM_MAC, VM_IP)], &[]);
+    d.vnis.insert(
+        1001,
+        VniInfo {
+            gateway: be32(GATEWAY),
+            mtu: 1450,
+        },
+    );
+    let fx = Fixture::with(&d, None);
+    fx.insert_routing(
+        &[(
+            1001,
+            GATEWAY,
+            32,
+            RouteEntry {
+                kind: RouteEntry::GATEWAY,
+                vni: 1001,
+                via: 0,
+                _pad: 0,
+            },
+        )],
+        &[],
+        &[],
+    );
+    // Off the network, through the gateway: routed since issue 16 (xdp_route), never handed
+    // to the host stack (no host socket, no forwarding by the host). With no route for it, an
+    // ICMP network unreachable goes back to the VM.
     let mut dns = Request::discover(VM_MAC);
     dns.dst_port = 53;
     dns.src_port = 40000;
     dns.ip_src = VM_IP;
     dns.ip_dst = Ipv4Addr::new(8, 8, 8, 8);
     dns.eth_dst = ROUTER_MAC;
-    dropped_at(&fx, hook, &dns.frame(), Stat::ToRouter);
-    // To the gateway's own address, too.
+    let (verdict, out) = fx.run_port(hook, &dns.frame());
+    assert_eq!(verdict, back(hook));
+    assert_eq!(out[0..6], VM_MAC, "back to the VM");
+    assert_eq!(
+        (out[23], out[34], out[35]),
+        (1, 3, 0),
+        "ICMP network unreachable"
+    );
+    assert_eq!(fx.counters()[Stat::IcmpNetUnreachable as usize], 1);
+    // To the gateway's own address: dropped (only ICMP echo is answered).
     dns.ip_dst = GATEWAY;
-    dropped_at(&fx, hook, &dns.frame(), Stat::ToRouter);
+    dropped_at(&fx, hook, &dns.frame(), Stat::DropToGateway);
     // Broadcast that is not DHCP is never flooded; an IPv4 header labelled IPv6 is malformed.
     let mut bcast = dns.clone();
     bcast.eth_dst = BROADCAST_MAC;

@@ -9,7 +9,8 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, BindingKey, FdbEntry, FdbKey, RateLimit, RateLimits, Stat, VniInfo,
+    ArpEntry, ArpKey, BindingKey, FdbEntry, FdbKey, RateLimit, RateLimits, RouteEntry, Stat,
+    VniInfo,
 };
 use holdfast::{dataplane::Desired, model::Network, render::options};
 use holdfast_tests::{
@@ -59,6 +60,8 @@ fn net() -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 
@@ -102,6 +105,29 @@ fn desired(a1_ifindex: u32) -> Desired {
         },
     );
     d
+}
+
+/// `fx` with its network's routing table (issue 16): the subnet and the gateway.
+fn routing(fx: Fixture) -> Fixture {
+    let subnet = RouteEntry {
+        kind: RouteEntry::SUBNET,
+        vni: VNI,
+        via: 0,
+        _pad: 0,
+    };
+    let gateway = RouteEntry {
+        kind: RouteEntry::GATEWAY,
+        ..subnet
+    };
+    fx.insert_routing(
+        &[
+            (VNI, Ipv4Addr::new(10, 0, 0, 0), 24, subnet),
+            (VNI, GW, 32, gateway),
+        ],
+        &[],
+        &[],
+    );
+    fx
 }
 
 fn udp(src: [u8; 6], dst: [u8; 6], ip_src: Ipv4Addr, ip_dst: Ipv4Addr, dport: u16) -> Vec<u8> {
@@ -199,15 +225,17 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, Stat)> {
             udp(A1, ROUTER_MAC, Ipv4Addr::new(10, 0, 0, 99), GW, 9),
             Stat::DropSpoofedIp,
         ),
+        // Routed since issue 16 (xdp_route), never handed to the host: what the router
+        // neither forwards nor answers is dropped.
         (
-            "to the router MAC, for the gateway",
+            "to the router MAC, UDP for the gateway",
             udp(A1, ROUTER_MAC, A1_IP, GW, 9),
-            Stat::ToRouter,
+            Stat::DropToGateway,
         ),
         (
-            "to the router MAC, off the network",
-            udp(A1, ROUTER_MAC, A1_IP, Ipv4Addr::new(192, 168, 77, 2), 9),
-            Stat::ToRouter,
+            "to the router MAC, for a multicast group",
+            udp(A1, ROUTER_MAC, A1_IP, Ipv4Addr::new(239, 1, 2, 3), 9),
+            Stat::DropRouteUnsupported,
         ),
         (
             "broadcast",
@@ -224,7 +252,7 @@ fn hostile() -> Vec<(&'static str, Vec<u8>, Stat)> {
 
 #[test]
 fn the_skb_path_drops_what_xdp_drops_for_the_same_reasons() {
-    let fx = Fixture::with(&desired(TEST_IFINDEX), None);
+    let fx = routing(Fixture::with(&desired(TEST_IFINDEX), None));
     for (what, frame, stat) in hostile() {
         let before = fx.counters()[stat as usize];
         assert_eq!(fx.run(&frame).0, XDP_DROP, "XDP, {what}");
@@ -276,7 +304,7 @@ fn the_skb_path_drops_what_xdp_drops_for_the_same_reasons() {
 /// program is gone): never handed to the host stack, every drop counted.
 #[test]
 fn the_skb_path_never_passes_a_frame_up() {
-    let fx = Fixture::with(&desired(TEST_IFINDEX), None);
+    let fx = routing(Fixture::with(&desired(TEST_IFINDEX), None));
     let mut seeds: Vec<Vec<u8>> = hostile().into_iter().map(|(_, f, _)| f).collect();
     seeds.push(valid());
     seeds.push(arp_request(A1, A1_IP, GW));
@@ -317,7 +345,7 @@ fn the_skb_path_never_passes_a_frame_up() {
 /// frame, and, over every hostile frame mutated at random, never hands one up to the host stack.
 #[test]
 fn tc_mode_drops_what_xdp_drops_and_never_passes_a_frame_up() {
-    let fx = Fixture::with(&desired(TEST_IFINDEX), None);
+    let fx = routing(Fixture::with(&desired(TEST_IFINDEX), None));
     for (what, frame, stat) in hostile() {
         if !test_run_takes(&frame) {
             continue;

@@ -59,6 +59,8 @@ fn net(id: &str, vni: u32) -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 

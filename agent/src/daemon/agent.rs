@@ -37,8 +37,9 @@ struct Serving {
     model: Arc<Model>,
     /// The limits `model` was validated with.
     limits: Limits,
-    /// The MACs of each network's NICs in `model`: what a change of a network touches.
-    nics_of: BTreeMap<String, BTreeSet<MacAddr>>,
+    /// The MACs of each network's NICs in `model`: what a change of a network touches. Shared
+    /// with the patch of a change, which reads the NICs of the other networks of its VPCs.
+    nics_of: Arc<BTreeMap<String, BTreeSet<MacAddr>>>,
     /// This node's NICs in `model`: what validating a few networks again checks them against,
     /// rather than every NIC.
     local: LocalNics,
@@ -303,7 +304,7 @@ impl Agent {
         self.serving = Some(Serving {
             model: model.clone(),
             limits,
-            nics_of,
+            nics_of: Arc::new(nics_of),
             local,
             desired: Desired::default(),
         });
@@ -333,11 +334,13 @@ impl Agent {
         };
         let prev = std::mem::replace(&mut serving.model, model.clone());
         serving.local = local;
+        // Not shared now: the last patch's copy was dropped when it returned.
+        let index = Arc::make_mut(&mut serving.nics_of);
         for (id, set) in &nics_after {
             if set.is_empty() {
-                serving.nics_of.remove(id);
+                index.remove(id);
             } else {
-                serving.nics_of.insert(id.clone(), set.clone());
+                index.insert(id.clone(), set.clone());
             }
         }
         let after = vpc::former_after_change(
@@ -352,9 +355,10 @@ impl Agent {
             return;
         };
         let mut patched = serving.desired.clone();
+        let index = serving.nics_of.clone();
         let inputs = self.inputs(model.clone());
         let done = tokio::task::spawn_blocking(move || {
-            let touched = Touched::new(&prev, &inputs.model, &nics_before, nics_after);
+            let touched = Touched::new(&prev, &inputs.model, &nics_before, nics_after, &index);
             desired::patch(&mut patched, &inputs, &touched);
             patched
         })

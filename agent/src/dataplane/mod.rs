@@ -33,7 +33,8 @@ use std::{
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, RateLimits, VniInfo,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, ForwarderKey, Neigh6Entry, Neigh6Key, Ra6, RateLimits,
+    RouteEntry, VniInfo,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -54,7 +55,7 @@ pub use self::{
     veth::{PASS_OBJECT, attach_veth_peer},
 };
 use self::{
-    maps::Synced,
+    maps::{Routes, Synced},
     pins::{Pins, check_layout},
 };
 use crate::ports::{DEFAULT_PATTERNS, Pattern, VmHooks, VmPorts};
@@ -90,6 +91,46 @@ const MAP_BINDINGS6: &str = "BINDINGS6";
 const MAP_NEIGH6: &str = "NEIGH6";
 const MAP_VNIS6: &str = "VNIS6";
 const MAP_DHCP6: &str = "DHCP6";
+const MAP_ROUTES: &str = "ROUTES";
+const MAP_FORWARDING: &str = "FORWARDING";
+const MAP_FORWARDERS: &str = "FORWARDERS";
+
+/// A key of the `ROUTES` trie as the agent orders it: a network's table (`vni`, the network
+/// frames come from) is a range. `addr` is the destination in network order (as the kernel
+/// key holds it), `len` its prefix length; the kernel key's prefix length is `32 + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub vni: u32,
+    pub addr: u32,
+    pub len: u8,
+}
+
+impl RouteKey {
+    pub fn new(vni: u32, dst: ipnet::Ipv4Net) -> Self {
+        Self {
+            vni,
+            addr: agent_common::be32(dst.network()),
+            len: dst.prefix_len(),
+        }
+    }
+
+    /// The first and last keys of network `vni`'s table.
+    pub const fn first(vni: u32) -> Self {
+        Self {
+            vni,
+            addr: 0,
+            len: 0,
+        }
+    }
+
+    pub const fn last(vni: u32) -> Self {
+        Self {
+            vni,
+            addr: u32::MAX,
+            len: u8::MAX,
+        }
+    }
+}
 
 /// What [`Dataplane::reconcile`] is asked to converge to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -117,6 +158,12 @@ pub struct Desired {
     pub ra6: OrdMap<u32, Ra6>,
     /// What each of those networks' DHCPv6 replies carry, by VNI.
     pub dhcp6: OrdMap<u32, Dhcp6Net>,
+    /// The routing table of each network carried (`ROUTES`).
+    pub routes: OrdMap<RouteKey, RouteEntry>,
+    /// The forwarding NICs of the networks carried, local and remote (`FORWARDING`).
+    pub forwarding: OrdMap<FdbKey, u32>,
+    /// The VTEPs hosting a forwarding NIC of each carried network's VPC (`FORWARDERS`).
+    pub forwarders: OrdMap<ForwarderKey, u32>,
     pub config: DataplaneConfig,
     /// Remove links and entries that are not desired. Only after a complete, validated load.
     pub prune: bool,
@@ -171,6 +218,9 @@ pub struct Dataplane {
     neigh6: Synced<Neigh6Key, Neigh6Entry>,
     ra6: Synced<u32, Ra6>,
     dhcp6: Synced<u32, Dhcp6Net>,
+    routes: Synced<RouteKey, RouteEntry, Routes>,
+    forwarding: Synced<FdbKey, u32>,
+    forwarders: Synced<ForwarderKey, u32>,
     config: Array<MapData, DataplaneConfig>,
     held_config: Option<DataplaneConfig>,
     /// Hooks whose pinned link carries this build's program.
@@ -237,6 +287,9 @@ impl Dataplane {
         let neigh6 = Synced::open(&mut ebpf, MAP_NEIGH6)?;
         let ra6 = Synced::open(&mut ebpf, MAP_VNIS6)?;
         let dhcp6 = Synced::open(&mut ebpf, MAP_DHCP6)?;
+        let routes = Synced::open(&mut ebpf, MAP_ROUTES)?;
+        let forwarding = Synced::open(&mut ebpf, MAP_FORWARDING)?;
+        let forwarders = Synced::open(&mut ebpf, MAP_FORWARDERS)?;
         let config = ebpf
             .take_map(MAP_CONFIG)
             .ok_or(DataplaneError::Missing(MAP_CONFIG))?;
@@ -246,6 +299,7 @@ impl Dataplane {
             maps = %pins.maps.display(),
             adopted_bindings = bindings.held.len(),
             adopted_fdb = fdb.held.len(),
+            adopted_routes = routes.held.len(),
             pinned_links = pins.pinned().len(),
             "data plane loaded"
         );
@@ -262,6 +316,9 @@ impl Dataplane {
             neigh6,
             ra6,
             dhcp6,
+            routes,
+            forwarding,
+            forwarders,
             config,
             held_config,
             current: BTreeSet::new(),
@@ -323,10 +380,14 @@ impl Dataplane {
         let dhcp6 = self.dhcp6.plan(&desired.dhcp6, prune);
         let neigh6 = self.neigh6.plan(&desired.neigh6, prune);
         let bindings6 = self.bindings6.plan(&desired.bindings6, prune);
+        let forwarding = self.forwarding.plan(&desired.forwarding, prune);
+        let forwarders = self.forwarders.plan(&desired.forwarders, prune);
+        let routes = self.routes.plan(&desired.routes, prune);
         // Referenced entries before the entries that refer to them: a NIC's forwarding entry
         // before the ARP answer that sends traffic to it, both before its binding; its boot
         // answers before its binding too. IPv6 the same way: a network's advertisement and
-        // its neighbour answers before the addresses NICs are held to.
+        // its neighbour answers before the addresses NICs are held to. Routing last: a route
+        // leads to ARP and FDB entries, and a forwarding NIC is marked before a route names it.
         let written = [
             self.vnis.write(&vnis.upserts, &mut report),
             self.vteps.write(&vteps.upserts, &mut report),
@@ -338,6 +399,9 @@ impl Dataplane {
             self.dhcp6.write(&dhcp6.upserts, &mut report),
             self.neigh6.write(&neigh6.upserts, &mut report),
             self.bindings6.write(&bindings6.upserts, &mut report),
+            self.forwarding.write(&forwarding.upserts, &mut report),
+            self.forwarders.write(&forwarders.upserts, &mut report),
+            self.routes.write(&routes.upserts, &mut report),
         ];
         let mut ok = written
             == [
@@ -351,6 +415,9 @@ impl Dataplane {
                 dhcp6.upserts.len(),
                 neigh6.upserts.len(),
                 bindings6.upserts.len(),
+                forwarding.upserts.len(),
+                forwarders.upserts.len(),
+                routes.upserts.len(),
             ];
         if self.held_config != Some(desired.config) {
             match self.config.set(0, desired.config, 0) {
@@ -370,6 +437,9 @@ impl Dataplane {
 
         if prune {
             // Removals in the reverse order: nothing is left referring to what goes.
+            ok &= self.routes.remove(&routes.removals, &mut report);
+            ok &= self.forwarders.remove(&forwarders.removals, &mut report);
+            ok &= self.forwarding.remove(&forwarding.removals, &mut report);
             ok &= self.bindings6.remove(&bindings6.removals, &mut report);
             ok &= self.neigh6.remove(&neigh6.removals, &mut report);
             ok &= self.dhcp6.remove(&dhcp6.removals, &mut report);
@@ -393,6 +463,9 @@ impl Dataplane {
                 self.neigh6.converged(&desired.neigh6);
                 self.ra6.converged(&desired.ra6);
                 self.dhcp6.converged(&desired.dhcp6);
+                self.routes.converged(&desired.routes);
+                self.forwarding.converged(&desired.forwarding);
+                self.forwarders.converged(&desired.forwarders);
             }
             self.detach_unwanted(&wanted, &mut report);
         }
@@ -408,6 +481,9 @@ impl Dataplane {
             self.dhcp6.record(&dhcp6.upserts[..written[7]]);
             self.neigh6.record(&neigh6.upserts[..written[8]]);
             self.bindings6.record(&bindings6.upserts[..written[9]]);
+            self.forwarding.record(&forwarding.upserts[..written[10]]);
+            self.forwarders.record(&forwarders.upserts[..written[11]]);
+            self.routes.record(&routes.upserts[..written[12]]);
         }
         if prune && report.errors.is_empty() {
             self.retire_other_layouts(&mut report);

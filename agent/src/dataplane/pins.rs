@@ -20,14 +20,16 @@ use std::{
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, BootEntry, BootKey, DataplaneConfig,
-    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, Neigh6Entry, Neigh6Key, Ra6, VniInfo,
+    DeclineHold, Dhcp6Net, FdbEntry, FdbKey, ForwarderKey, Neigh6Entry, Neigh6Key, Ra6, RouteDst,
+    RouteEntry, VniInfo,
 };
 use aya::maps::MapInfo;
 use tracing::info;
 
 use super::{
     Hook, MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_BOOT, MAP_CONFIG, MAP_DECLINED, MAP_DHCP6,
-    MAP_FDB, MAP_NEIGH6, MAP_STATS, MAP_VNIS, MAP_VNIS6, MAP_VTEPS,
+    MAP_FDB, MAP_FORWARDERS, MAP_FORWARDING, MAP_NEIGH6, MAP_ROUTES, MAP_STATS, MAP_VNIS,
+    MAP_VNIS6, MAP_VTEPS,
     error::{BpffsError, DataplaneError, DirProblem},
 };
 
@@ -257,6 +259,14 @@ const LAYOUTS: &[(&str, usize, usize)] = &[
     (MAP_NEIGH6, size_of::<Neigh6Key>(), size_of::<Neigh6Entry>()),
     (MAP_VNIS6, 4, size_of::<Ra6>()),
     (MAP_DHCP6, 4, size_of::<Dhcp6Net>()),
+    // The trie's key is its prefix length (a u32) and the data.
+    (
+        MAP_ROUTES,
+        4 + size_of::<RouteDst>(),
+        size_of::<RouteEntry>(),
+    ),
+    (MAP_FORWARDING, size_of::<FdbKey>(), 4),
+    (MAP_FORWARDERS, size_of::<ForwarderKey>(), 4),
 ];
 
 /// Checks the maps pinned in `maps_dir` against this build's key and value sizes: a map adopted

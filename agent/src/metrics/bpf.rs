@@ -179,6 +179,19 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("to_router", &[Stat::ToRouter]),
             ("arp_rate_limited", &[Stat::DropArpRateLimited]),
             ("arp_skb_path", &[Stat::DropArpSkbPath]),
+            ("to_gateway", &[Stat::DropToGateway]),
+            ("routed_spoof", &[Stat::DropRoutedSpoof]),
+            ("route_unsupported", &[Stat::DropRouteUnsupported]),
+        ],
+    },
+    BpfFamily {
+        name: "holdfast_icmp_errors",
+        help: "ICMP errors sent back to VMs for frames the data plane could not route, by type",
+        label: "type",
+        members: &[
+            ("time_exceeded", &[Stat::IcmpTimeExceeded]),
+            ("net_unreachable", &[Stat::IcmpNetUnreachable]),
+            ("host_unreachable", &[Stat::IcmpHostUnreachable]),
         ],
     },
 ];
@@ -272,8 +285,18 @@ const BPF_COUNTERS: &[(&str, &str, Stat)] = &[
     ),
     (
         "holdfast_to_router",
-        "Frames from VMs to the router MAC, dropped until the data plane routes (also in holdfast_drops, reason to_router)",
+        "Frames from VMs to the router MAC dropped unrouted: IPv6 is not routed yet (also in holdfast_drops, reason to_router)",
         Stat::ToRouter,
+    ),
+    (
+        "holdfast_routed",
+        "Frames routed to another network of their VPC or to a gateway VM (also counted in their delivery: holdfast_forward_local or holdfast_vxlan_encap)",
+        Stat::Routed,
+    ),
+    (
+        "holdfast_gateway_echo_replies",
+        "ICMP echo requests to a gateway address answered by the data plane",
+        Stat::GatewayEchoReply,
     ),
     (
         "holdfast_skb_path",

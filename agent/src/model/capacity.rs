@@ -11,17 +11,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use imbl::OrdMap;
 
 use super::{
-    Capacity, Model, Node,
+    Capacity, Model, Network, Node,
     reasons::{Reason, Rejection},
 };
 
-/// The entries of each kind a network takes on this node.
+/// The entries of each kind a network, or a VPC, takes on this node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Usage {
     bindings: usize,
     fdb: usize,
     arp: usize,
     vnis: usize,
+    routes: usize,
+    forwarders: usize,
 }
 
 impl Usage {
@@ -31,6 +33,8 @@ impl Usage {
             fdb: self.fdb + o.fdb,
             arp: self.arp + o.arp,
             vnis: self.vnis + o.vnis,
+            routes: self.routes + o.routes,
+            forwarders: self.forwarders + o.forwarders,
         }
     }
 
@@ -41,11 +45,38 @@ impl Usage {
             ("FDB", self.fdb, cap.fdb),
             ("ARP", self.arp, cap.arp),
             ("VNI", self.vnis, cap.vnis),
+            ("ROUTES", self.routes, cap.routes),
+            ("FORWARDERS", self.forwarders, cap.forwarders),
         ]
         .into_iter()
         .find(|(_, used, size)| used > size)
         .map(|(map, _, size)| (map, size))
     }
+
+    fn of(self, map: &str) -> usize {
+        match map {
+            "bindings" => self.bindings,
+            "FDB" => self.fdb,
+            "ARP" => self.arp,
+            "VNI" => self.vnis,
+            "ROUTES" => self.routes,
+            _ => self.forwarders,
+        }
+    }
+}
+
+/// The VPC of a network as capacity counts it: the named one, or the network alone.
+fn vpc_of(id: &str, n: &Network) -> (bool, String) {
+    match &n.vpc {
+        Some(v) => (true, v.clone()),
+        None => (false, id.to_owned()),
+    }
+}
+
+/// The routing entries of a network: its VPC's `k` subnets and gateways, its routes and its
+/// `default_via` (counted whether they are routed or not: a bound that a flag cannot change).
+fn own_routes(n: &Network) -> usize {
+    n.routes.len() + usize::from(n.default_via.is_some())
 }
 
 /// Keeps at most `cap.vteps` nodes besides `this_node`: those serving unchanged first, then by
@@ -83,11 +114,12 @@ pub(super) fn fit_nodes(
     }
 }
 
-/// Keeps the networks this node has NICs in while their entries fit `cap`: those serving
-/// unchanged first, then by id; rejects the others whole (the network and its NICs). Returns
-/// the ids of the networks rejected. `local_nics` counts this node's NICs in the model, asked
-/// only when every NIC is more than the bindings map holds; `None` when they cannot be more
-/// than in `prev` (which fits), so they need no counting.
+/// Keeps the networks this node carries (every network of each VPC it has a NIC in) while
+/// their entries fit `cap`, a VPC at a time: those serving unchanged first, then by name;
+/// rejects the others' networks with NICs here whole (the network and its NICs), so that the
+/// VPC is not carried. Returns the ids of the networks rejected. `local_nics` counts this
+/// node's NICs in the model, asked only when every NIC is more than the bindings map holds;
+/// `None` when they cannot be more than in `prev` (which fits), so they need no counting.
 pub(super) fn fit_networks(
     model: &mut Model,
     prev: &Model,
@@ -96,50 +128,94 @@ pub(super) fn fit_networks(
     local_nics: impl FnOnce(&Model) -> Option<usize>,
     rejections: &mut Vec<Rejection>,
 ) -> BTreeSet<String> {
-    // Bounds that hold whatever the node: every NIC and network counted; and this node's NICs,
-    // counted without grouping them (a host serves far fewer than its networks hold).
+    // Bounds that hold whatever the node: every NIC and network counted, every VPC's tables,
+    // every network with every node as a forwarder; and this node's NICs, counted without
+    // grouping them (a host serves far fewer than its networks hold).
     let (nics, nets) = (model.nics.len(), model.networks.len());
+    let mut sizes: BTreeMap<(bool, String), usize> = BTreeMap::new();
+    let mut routes = 0usize;
+    for (id, n) in &model.networks {
+        *sizes.entry(vpc_of(id, n)).or_default() += 1;
+        routes = routes.saturating_add(own_routes(n));
+    }
+    for k in sizes.values() {
+        routes = routes.saturating_add(k.saturating_mul(2 * k));
+    }
     if nets <= cap.vnis
         && nics <= cap.fdb
         && nics.saturating_add(nets) <= cap.arp
+        && routes <= cap.routes
+        && nets.saturating_mul(model.nodes.len()) <= cap.forwarders
         && (nics <= cap.bindings || local_nics(model).is_none_or(|n| n <= cap.bindings))
     {
         return BTreeSet::new();
     }
     let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
+    let mut forwarders: BTreeMap<(bool, String), BTreeSet<&str>> = BTreeMap::new();
     for nic in model.nics.values() {
         let u = usage.entry(&nic.network).or_default();
         u.fdb += 1;
         u.arp += 1;
         u.bindings += usize::from(*nic.node == *this_node);
+        if nic.forwarding
+            && *nic.node != *this_node
+            && let Some(n) = model.networks.get(&*nic.network)
+        {
+            forwarders
+                .entry(vpc_of(&nic.network, n))
+                .or_default()
+                .insert(&nic.node);
+        }
     }
-    // Only the networks with a NIC here take entries; each has a VNI and a gateway.
-    usage.retain(|_, u| u.bindings > 0);
-    for u in usage.values_mut() {
+    // Each network has a VNI and a gateway; its VPC's tables are counted by VPC below.
+    let mut groups: BTreeMap<(bool, String), (Usage, Vec<&str>)> = BTreeMap::new();
+    for (id, n) in &model.networks {
+        let mut u = usage.get(id.as_str()).copied().unwrap_or_default();
         u.vnis = 1;
         u.arp += 1;
+        u.routes = own_routes(n);
+        let g = groups.entry(vpc_of(id, n)).or_default();
+        g.0 = g.0.plus(u);
+        g.1.push(id);
     }
-    let total = usage.values().fold(Usage::default(), |a, u| a.plus(*u));
+    // Only the VPCs with a NIC here take entries.
+    groups.retain(|_, (u, _)| u.bindings > 0);
+    for (key, (u, ids)) in groups.iter_mut() {
+        let k = ids.len();
+        u.routes += 2 * k * k;
+        u.forwarders = k * forwarders.get(key).map_or(0, BTreeSet::len);
+    }
+    let total = groups
+        .values()
+        .fold(Usage::default(), |a, (u, _)| a.plus(*u));
     if total.over(cap).is_none() {
         return BTreeSet::new();
     }
     let unchanged = unchanged_networks(model, prev);
-    let mut order: Vec<(bool, &str)> = usage
-        .keys()
-        .map(|id| (!unchanged.contains(*id), *id))
+    let mut order: Vec<(bool, &(bool, String))> = groups
+        .iter()
+        .map(|(key, (_, ids))| (!ids.iter().all(|id| unchanged.contains(*id)), key))
         .collect();
     order.sort();
     let mut used = Usage::default();
     let mut out: Vec<(String, Usage, &'static str, usize, Usage)> = Vec::new();
-    for (_, id) in order {
-        let need = usage[id];
-        match used.plus(need).over(cap) {
-            None => used = used.plus(need),
-            Some((map, size)) => out.push((id.to_owned(), need, map, size, used)),
+    for (_, key) in order {
+        let (need, ids) = &groups[key];
+        match used.plus(*need).over(cap) {
+            None => used = used.plus(*need),
+            Some((map, size)) => {
+                // Its networks with NICs here go: then nothing of the VPC is carried.
+                for id in ids {
+                    if usage.get(id).is_some_and(|u| u.bindings > 0) {
+                        out.push(((*id).to_owned(), *need, map, size, used));
+                    }
+                }
+            }
         }
     }
     let mut removed = BTreeSet::new();
     for (id, need, map, size, used_then) in out {
+        let vpc = model.networks.get(&id).and_then(|n| n.vpc.clone());
         model.networks.remove(&id);
         let macs: Vec<_> = model
             .nics
@@ -150,21 +226,21 @@ pub(super) fn fit_networks(
         for m in macs {
             model.nics.remove(&m);
         }
-        let taken = match map {
-            "bindings" => used_then.bindings,
-            "FDB" => used_then.fdb,
-            "ARP" => used_then.arp,
-            _ => used_then.vnis,
+        let whose = match &vpc {
+            Some(v) => format!("the {} networks of its vpc {v}", need.vnis),
+            None => "its".into(),
         };
         rejections.push(Rejection {
             entry: "networks".into(),
             key: Some(id.clone()),
             reason: Reason::OverCapacity,
             detail: format!(
-                "its {} NICs ({} on this node) do not fit: the {map} map holds {size} entries and \
-                 {taken} are taken by networks kept before it (kept first: networks serving \
+                "{whose} {} NICs ({} on this node) do not fit: the {map} map holds {size} entries \
+                 and {} are taken by networks kept before it (kept first: networks serving \
                  unchanged, then by id); none of its NICs is served here",
-                need.fdb, need.bindings
+                need.fdb,
+                need.bindings,
+                used_then.of(map)
             ),
             kept_last_good: false,
         });
@@ -229,6 +305,8 @@ mod tests {
             arp: 262_144,
             vnis: 16_384,
             vteps: 65_536,
+            routes: 262_144,
+            forwarders: 65_536,
         };
         let prev = m.clone();
         let t = std::time::Instant::now();
@@ -423,6 +501,69 @@ mod tests {
                 .collect::<Vec<_>>(),
             [Reason::OverCapacity]
         );
+    }
+
+    /// A host carries every network of a VPC it has a NIC in: the VPC is counted whole (its
+    /// remote networks' NICs, its tables), and cut whole, by its networks with NICs here.
+    #[test]
+    fn a_vpc_is_counted_and_cut_whole() {
+        // net0 and net1 alone; net2 (a NIC here) and net3 (a NIC on hv-2) in vpc b.
+        let mut d = cloud(4, 1);
+        d["networks"][2]["vpc"] = json!("b");
+        d["networks"][3]["vpc"] = json!("b");
+        d["nics"][3]["node"] = json!("hv-2");
+        // Routes: 2 + 2 for the lone networks, 2 networks x (2 subnets + 2 gateways) for b.
+        for (cap, want) in [
+            (
+                Capacity {
+                    routes: 12,
+                    ..Capacity::UNBOUNDED
+                },
+                &["net0", "net1", "net2", "net3"][..],
+            ),
+            (
+                Capacity {
+                    routes: 11,
+                    ..Capacity::UNBOUNDED
+                },
+                &["net0", "net1", "net3"][..],
+            ),
+            // FDB: b takes net3's remote NIC too.
+            (
+                Capacity {
+                    fdb: 3,
+                    ..Capacity::UNBOUNDED
+                },
+                &["net0", "net1", "net3"][..],
+            ),
+            (
+                Capacity {
+                    fdb: 4,
+                    ..Capacity::UNBOUNDED
+                },
+                &["net0", "net1", "net2", "net3"][..],
+            ),
+        ] {
+            let v = validate(&doc(d.clone()), None, "hv-1", &limits(cap), &NoBudget);
+            assert_eq!(kept(&v.model), want, "{cap:?}");
+            if want.len() == 3 {
+                assert_eq!(v.rejections.len(), 1);
+                let r = &v.rejections[0];
+                assert_eq!(
+                    (r.reason, r.key.as_deref()),
+                    (Reason::OverCapacity, Some("net2"))
+                );
+                assert!(r.detail.contains("vpc b"), "{}", r.detail);
+            }
+        }
+        // A forwarding NIC on hv-2: each network of b has hv-2 as a forwarder.
+        d["nics"][3]["forwarding"] = json!(true);
+        let cap = Capacity {
+            forwarders: 1,
+            ..Capacity::UNBOUNDED
+        };
+        let v = validate(&doc(d), None, "hv-1", &limits(cap), &NoBudget);
+        assert_eq!(kept(&v.model), ["net0", "net1", "net3"]);
     }
 
     #[test]

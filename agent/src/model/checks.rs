@@ -167,8 +167,50 @@ pub(super) fn check_network(
             format!("search domain {bad:?} is not a DNS name"),
         ));
     }
+    check_vpc(n)?;
     check_routes(n, owners)?;
     n.options.check("network")
+}
+
+/// The longest VPC name.
+const VPC_NAME_MAX: usize = 64;
+
+/// A network's routing fields on their own: a VPC name an operator can read back (letters,
+/// digits, `-`, `_`, `.`), and a `default_via` that can be a NIC of the network (whether a
+/// forwarding NIC holds it is judged with the NICs: [`super::validate`]).
+fn check_vpc(n: &Network) -> Result<(), Reject> {
+    if let Some(vpc) = &n.vpc
+        && (vpc.is_empty()
+            || vpc.len() > VPC_NAME_MAX
+            || !vpc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    {
+        return Err(reject(
+            Reason::InvalidVpc,
+            format!("vpc {vpc:?} must be 1 to {VPC_NAME_MAX} letters, digits, `-`, `_` or `.`"),
+        ));
+    }
+    let Some(via) = n.default_via else {
+        return Ok(());
+    };
+    let why = if !n.subnet.contains(&via) {
+        format!("outside subnet {}", n.subnet)
+    } else if via == n.subnet.network() || via == n.subnet.broadcast() {
+        format!("the network or broadcast address of {}", n.subnet)
+    } else if via == n.gateway || via == n.server_id() {
+        // The router itself: what leaves the VPC would come back to it.
+        "the gateway (the router itself, which sends what leaves the VPC to default_via)".into()
+    } else {
+        return Ok(());
+    };
+    Err(reject(
+        Reason::DefaultViaInvalid,
+        format!(
+            "default_via {via} is {why}: it must be the address of a NIC of the network with \
+             `forwarding: true` (a gateway VM)"
+        ),
+    ))
 }
 
 /// The IPv6 fields of `n`: a `subnet6` that is a /64 of global unicast or unique-local space,
@@ -289,9 +331,10 @@ fn ip6_reserved(ip: Ipv6Addr) -> Option<&'static str> {
 }
 
 /// The routes of `n`, which a client installs as they are (RFC 3442), so each must lead where
-/// holdfast carries traffic: via the gateway, the network's one router. An address no one holds
-/// is a black hole, and so is a VM: what it forwards carries another source address than its
-/// own, which anti-spoofing drops. `owners` says which NIC holds an address, for the reason.
+/// holdfast carries traffic: via the gateway, the network's one router, or via a NIC of the
+/// network (a gateway VM: whether it has `forwarding: true` is judged with the NICs, and a
+/// route via one without is refused alone there). An address no one holds is a black hole.
+/// `owners` says which NIC holds an address.
 fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
     for r in &n.routes {
         if r.to != r.to.trunc() {
@@ -317,7 +360,8 @@ fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
                     Reason::DefaultRouteNotGateway,
                     format!(
                         "route to {} goes via {}: the default route is the gateway {} (set \
-                         `default_route` to say which NICs get it)",
+                         `default_route` to say which NICs get it, and `default_via` to send \
+                         what leaves the VPC to a gateway VM)",
                         r.to, r.via, n.gateway
                     ),
                 ));
@@ -348,25 +392,17 @@ fn check_routes(n: &Network, owners: &NicOwners<'_>) -> Result<(), Reject> {
         if r.via == n.gateway {
             continue;
         }
-        return Err(match owners.holder(&n.id, r.via) {
-            Some(mac) => reject(
-                Reason::RouteViaNic,
-                format!(
-                    "route to {} goes via {}, NIC {mac}: a VM cannot route (what it forwards \
-                     carries another source address than its own, and is dropped as spoofed); \
-                     route via the gateway {}",
-                    r.to, r.via, n.gateway
-                ),
+        if owners.holder(&n.id, r.via).is_some() {
+            continue;
+        }
+        return Err(reject(
+            Reason::RouteViaUnowned,
+            format!(
+                "route to {} goes via {}, which neither the gateway ({}) nor a NIC of the \
+                 network holds: a black hole",
+                r.to, r.via, n.gateway
             ),
-            None => reject(
-                Reason::RouteViaUnowned,
-                format!(
-                    "route to {} goes via {}, which neither the gateway ({}) nor a NIC of the \
-                     network holds: a black hole",
-                    r.to, r.via, n.gateway
-                ),
-            ),
-        });
+        ));
     }
     Ok(())
 }

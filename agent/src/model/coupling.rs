@@ -12,11 +12,15 @@
 //!   NICs on this node name one interface, which one holds it depends on all of them (the etcd
 //!   view knows this node's NICs and their interfaces, and names those networks itself).
 //!
+//! - the networks of one VPC do not overlap
+//!   ([`Reason::VpcOverlap`](super::Reason::VpcOverlap)): of the networks of a VPC whose
+//!   subnets overlap, which one keeps its place depends on all of them
+//!   ([`overlapping_in_vpc`]).
+//!
 //! Nodes couple every network with a NIC on them: only a complete document judges them.
 //!
-//! A route via a NIC's address does not couple its network to that NIC: the route is refused
-//! via any address but the gateway, and the NIC only names the reason (`route_via_nic` rather
-//! than `route_via_unowned`).
+//! A route's `via` or a `default_via` couples its network only to its own NICs (a gateway VM's
+//! NIC is a NIC of the network), which are validated with it.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -53,6 +57,39 @@ where
     nics.into_iter()
         .filter(move |(_, entries)| entries.contains_key(mac))
         .map(|(id, _)| id)
+}
+
+/// The networks of `networks` (id and entry) in the VPC the entry `network` names whose
+/// subnets overlap its subnet, itself included when it is among them; none when it names no
+/// VPC or subnet.
+pub fn overlapping_in_vpc<'a, K: 'a, I>(
+    network: &RawEntry,
+    networks: I,
+) -> impl Iterator<Item = &'a K> + use<'a, K, I>
+where
+    I: IntoIterator<Item = (&'a K, &'a RawEntry)>,
+{
+    let claim = vpc_subnet(network);
+    networks
+        .into_iter()
+        .filter(move |(_, e)| {
+            let Some((vpc, (first, last))) = &claim else {
+                return false;
+            };
+            vpc_subnet(e).is_some_and(|(v, (f, l))| v == *vpc && f <= *last && *first <= l)
+        })
+        .map(|(id, _)| id)
+}
+
+/// The VPC a network's entry names and the span of its subnet, read without parsing the rest.
+fn vpc_subnet(network: &RawEntry) -> Option<(String, (u32, u32))> {
+    let v: Value = serde_json::from_slice(&network.json).ok()?;
+    let vpc = v.get("vpc")?.as_str()?.to_owned();
+    let subnet: ipnet::Ipv4Net = v.get("subnet")?.as_str()?.parse().ok()?;
+    Some((
+        vpc,
+        (u32::from(subnet.network()), u32::from(subnet.broadcast())),
+    ))
 }
 
 /// The VNI a network's entry claims, read without parsing the rest of it.

@@ -16,6 +16,7 @@
 //! - `checks`: the rules of one entry on its own;
 //! - `capacity`: the model cut to what the data plane holds, whole networks and nodes;
 //! - `validate`: the rules between entries, and last good versions;
+//! - `routing`: the rules of VPCs and gateway VMs between entries (overlaps, `via`s);
 //! - `revalidate`: some networks again, merged into the model serving now;
 //! - `coupling`: which networks validation judges together, for a source that revalidates.
 
@@ -29,10 +30,11 @@ mod mac;
 mod options;
 mod reasons;
 mod revalidate;
+mod routing;
 mod types;
 mod validate;
 
-pub use coupling::{holding_mac, sharing_vni};
+pub use coupling::{holding_mac, overlapping_in_vpc, sharing_vni};
 pub use document::{MAX_ENTRY_BYTES, RawDocument, RawEntry, parse_document};
 pub use mac::{MacAddr, MacParseError, MacProblem};
 pub use options::{

@@ -45,10 +45,14 @@ pub enum Reason {
     MtuBelowIpv6Minimum,
     Ip6WithoutSubnet6,
     RaTooLong,
+    InvalidVpc,
+    VpcOverlap,
+    DefaultViaInvalid,
+    DefaultViaNotForwarding,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 39] = [
+    pub const ALL: [Reason; 43] = [
         Reason::InvalidDocument,
         Reason::InvalidJson,
         Reason::InvalidField,
@@ -88,6 +92,10 @@ impl Reason {
         Reason::MtuBelowIpv6Minimum,
         Reason::Ip6WithoutSubnet6,
         Reason::RaTooLong,
+        Reason::InvalidVpc,
+        Reason::VpcOverlap,
+        Reason::DefaultViaInvalid,
+        Reason::DefaultViaNotForwarding,
     ];
 
     pub fn label(self) -> &'static str {
@@ -131,6 +139,10 @@ impl Reason {
             Reason::MtuBelowIpv6Minimum => "mtu_below_ipv6_minimum",
             Reason::Ip6WithoutSubnet6 => "ip6_without_subnet6",
             Reason::RaTooLong => "ra_too_long",
+            Reason::InvalidVpc => "invalid_vpc",
+            Reason::VpcOverlap => "vpc_overlap",
+            Reason::DefaultViaInvalid => "default_via_invalid",
+            Reason::DefaultViaNotForwarding => "default_via_not_forwarding",
         }
     }
 }

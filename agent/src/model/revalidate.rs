@@ -11,7 +11,7 @@ use imbl::OrdMap;
 use super::{
     Limits, MacAddr, Model, Network, Nic, OptionsBudget, RawDocument, Validated, capacity,
     reasons::{Reason, Rejection},
-    validate,
+    routing, validate,
 };
 
 /// The outcome of validating some networks again.
@@ -116,6 +116,8 @@ pub fn revalidate<B: OptionsBudget>(
         model.nics.remove(mac);
     }
     let mut rejections = without_nodes(part.rejections, sub);
+    // Judged again below, on the merged model.
+    rejections.retain(|r| !routing::VIA_REASONS.contains(&r.reason));
     merge_networks(&mut model, part.model.networks, networks, &mut rejections);
     let mut nics_of = merge_nics(
         &mut model,
@@ -155,6 +157,15 @@ pub fn revalidate<B: OptionsBudget>(
             set.clear();
         }
     }
+    let nics = |id: &str| {
+        nics_of
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|mac| model.nics.get(mac))
+            .collect()
+    };
+    routing::check_vias(&model, networks, &nics, &sub.networks, &mut rejections);
     Revalidated {
         validated: Validated { model, rejections },
         nics_of,
@@ -207,6 +218,17 @@ fn merge_networks(
                 key: Some(id),
                 reason: Reason::DuplicateVni,
                 detail: format!("vni {} is used by network {other}", n.vni),
+                kept_last_good: false,
+            });
+            continue;
+        }
+        // Another network of its VPC serving now, and overlapping it, keeps its place.
+        if let Some(detail) = routing::overlaps_serving(model, &n, networks) {
+            rejections.push(Rejection {
+                entry: "networks".into(),
+                key: Some(id),
+                reason: Reason::VpcOverlap,
+                detail,
                 kept_last_good: false,
             });
             continue;

@@ -65,6 +65,15 @@ pub struct Network {
     /// IPv6 resolvers, announced in router advertisements (RDNSS, RFC 8106) and DHCPv6.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns6: Vec<Ipv6Addr>,
+    /// The VPC the network belongs to: the networks of one VPC reach each other (routed in
+    /// the data plane), and must not overlap. Without it, the network is a VPC of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    /// Where what leaves the VPC goes: the address of a NIC of this network with
+    /// `forwarding: true` (a gateway VM: NAT, firewall). Without it, off-VPC destinations get
+    /// ICMP unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_via: Option<Ipv4Addr>,
 }
 
 fn default_lease_time() -> u32 {
@@ -150,7 +159,7 @@ impl FieldKinds for Network {
     fn kind_at(path: &[PathStep<'_>]) -> Option<FieldKind> {
         use PathStep::{Field, Index};
         match path {
-            [Field("subnet" | "gateway" | "dhcp_server" | "subnet6")]
+            [Field("subnet" | "gateway" | "dhcp_server" | "subnet6" | "default_via")]
             | [Field("boot"), Field("next_server")]
             | [Field("dns" | "ntp" | "dns6"), Index]
             | [Field("routes"), Index, Field("to" | "via")]
@@ -207,6 +216,14 @@ pub struct Nic {
     /// it may send from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
+    /// Whether the NIC may send and receive any address (AWS: the source/destination check
+    /// disabled): a gateway VM's. Its MAC stays enforced. Only such a NIC may be a `via`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forwarding: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Nic {
@@ -249,14 +266,20 @@ pub struct Limits {
 pub struct Capacity {
     /// DHCP bindings: the NICs of this node.
     pub bindings: usize,
-    /// Forwarding entries: every NIC of the networks this node has NICs in.
+    /// Forwarding entries: every NIC of the networks this node carries (those of the VPCs it
+    /// has NICs in).
     pub fdb: usize,
     /// ARP answers: those NICs and each network's gateway.
     pub arp: usize,
-    /// The networks this node has NICs in.
+    /// The networks this node carries.
     pub vnis: usize,
     /// The other nodes.
     pub vteps: usize,
+    /// Routing entries: for each network carried, its VPC's subnets and gateways, its routes
+    /// and its `default_via`.
+    pub routes: usize,
+    /// For each network carried, the other nodes hosting a forwarding NIC of its VPC.
+    pub forwarders: usize,
 }
 
 impl Capacity {
@@ -267,6 +290,8 @@ impl Capacity {
         arp: usize::MAX,
         vnis: usize::MAX,
         vteps: usize::MAX,
+        routes: usize::MAX,
+        forwarders: usize::MAX,
     };
 }
 
@@ -334,5 +359,46 @@ mod tests {
         dual_nic["ip6"] = serde_json::json!("fd00:10:10::11");
         let c: Nic = serde_json::from_value(dual_nic.clone()).unwrap();
         assert_eq!(serde_json::to_value(&c).unwrap(), dual_nic);
+    }
+
+    /// Routing fields are read and written back as they are; an entry without them is
+    /// unchanged (no `vpc`, `default_via` or `forwarding: false` appears in it).
+    #[test]
+    fn routing_fields_round_trip_and_old_entries_are_unchanged() {
+        let old_net = serde_json::json!({"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24",
+                                         "gateway": "10.10.0.1", "dns": [], "search": [],
+                                         "routes": [], "ntp": [], "lease_time": 3600});
+        let n: Network = serde_json::from_value(old_net.clone()).unwrap();
+        assert_eq!((n.vpc.as_deref(), n.default_via), (None, None));
+        assert_eq!(serde_json::to_value(&n).unwrap(), old_net);
+        let old_nic = serde_json::json!({"mac": "02:00:00:00:00:01", "network": "blue",
+                                         "ip": "10.10.0.11", "node": "hv-1"});
+        let c: Nic = serde_json::from_value(old_nic.clone()).unwrap();
+        assert!(!c.forwarding);
+        assert_eq!(serde_json::to_value(&c).unwrap(), old_nic);
+        // `forwarding: false` said out loud reads the same, and is written as nothing.
+        let mut said = old_nic.clone();
+        said["forwarding"] = serde_json::json!(false);
+        let c: Nic = serde_json::from_value(said).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), old_nic);
+
+        let mut routed = old_net;
+        routed["vpc"] = serde_json::json!("prod");
+        routed["default_via"] = serde_json::json!("10.10.0.254");
+        routed["routes"] = serde_json::json!([{"to": "192.168.0.0/16", "via": "10.10.0.254"}]);
+        let n: Network = serde_json::from_value(routed.clone()).unwrap();
+        assert_eq!(n.vpc.as_deref(), Some("prod"));
+        assert_eq!(n.default_via, Some(Ipv4Addr::new(10, 10, 0, 254)));
+        assert_eq!(serde_json::to_value(&n).unwrap(), routed);
+        let mut gw = old_nic;
+        gw["forwarding"] = serde_json::json!(true);
+        let c: Nic = serde_json::from_value(gw.clone()).unwrap();
+        assert!(c.forwarding);
+        assert_eq!(serde_json::to_value(&c).unwrap(), gw);
+        // default_via is an address: a hostile value names its field.
+        assert_eq!(
+            Network::kind_at(&[PathStep::Field("default_via")]),
+            Some(FieldKind::Address)
+        );
     }
 }

@@ -19,6 +19,7 @@ use super::{
     checks::{check_network, check_nic, check_node},
     document::FieldKinds,
     reasons::{Reason, Reject, Rejection, reject},
+    routing,
 };
 
 /// The outcome of validating a document.
@@ -63,7 +64,7 @@ pub fn validate<B: OptionsBudget>(
             .check_ra(n)
             .map_err(|e| reject(Reason::RaTooLong, e.to_string()))
     };
-    let networks = accept_keyed(
+    let mut networks = accept_keyed(
         &doc.networks,
         &prev.networks,
         limits,
@@ -71,6 +72,7 @@ pub fn validate<B: OptionsBudget>(
         &ra,
         &mut rejections,
     );
+    routing::one_subnet_per_vpc(&mut networks, &prev.networks, &mut rejections);
     let mut nodes = accept_keyed(
         &doc.nodes,
         &prev.nodes,
@@ -110,8 +112,26 @@ pub fn validate<B: OptionsBudget>(
         local_nics,
         &mut rejections,
     );
+    check_vias(&model, &doc.networks, &mut rejections);
     rejections.sort_by(|a, b| a.entry.cmp(&b.entry));
     Validated { model, rejections }
+}
+
+/// The `via`s of every network of `model` against its NICs there.
+fn check_vias(model: &Model, raws: &[RawEntry], rejections: &mut Vec<Rejection>) {
+    let routed =
+        |n: &Network| n.default_via.is_some() || n.routes.iter().any(|r| r.via != n.gateway);
+    if !model.networks.values().any(routed) {
+        return;
+    }
+    let mut by_network: HashMap<&str, Vec<&Nic>> = HashMap::new();
+    for nic in model.nics.values() {
+        if model.networks.get(&*nic.network).is_some_and(routed) {
+            by_network.entry(&nic.network).or_default().push(nic);
+        }
+    }
+    let nics = |id: &str| by_network.get(id).cloned().unwrap_or_default();
+    routing::check_vias(model, model.networks.keys(), &nics, raws, rejections);
 }
 
 /// The NICs of `doc` against the networks and nodes of `model`. A network whose version in
@@ -1031,22 +1051,46 @@ mod tests {
     }
 
     #[test]
-    fn a_route_via_a_nic() {
-        // 10.10.0.11 is red's NIC (and, in blue, another): the detail names red's.
-        let d = red_rejected(
-            |d| d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.11"),
-            Reason::RouteViaNic,
+    fn a_route_via_a_nic_without_forwarding_is_refused_alone() {
+        // 10.10.0.11 is red's NIC (and, in blue, another): the detail names red's. The route
+        // is not routed; red and its NIC serve as written.
+        let mut d = base();
+        d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.11");
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![("networks[1]".into(), Reason::RouteViaNic)]
         );
-        assert!(d.contains(RED_NIC) && d.contains("spoofed"), "{d}");
-        // The NIC's entry need not be valid to say what IPAM meant.
-        let d = red_rejected(
-            |d| {
-                d["networks"][1]["routes"] = route("192.168.0.0/16", "10.10.0.11");
-                d["nics"][1]["hostname"] = json!("-bad");
-            },
-            Reason::RouteViaNic,
+        let r = &v.rejections[0];
+        assert_eq!(r.key.as_deref(), Some("red"));
+        assert!(
+            r.detail.contains(RED_NIC)
+                && r.detail.contains("forwarding")
+                && r.detail.contains("keeps serving"),
+            "{}",
+            r.detail
         );
-        assert!(d.contains(RED_NIC), "{d}");
+        assert_eq!(v.model.networks.len(), 2);
+        assert_eq!(v.model.nics.len(), 3);
+        // With forwarding on the NIC: accepted.
+        d["nics"][1]["forwarding"] = json!(true);
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        // The NIC's entry rejected for another reason: the route names no NIC serving.
+        d["nics"][1]["hostname"] = json!("-bad");
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks[1]".into(), Reason::RouteViaNic),
+                ("nics[1]".into(), Reason::InvalidName)
+            ]
+        );
+        assert!(
+            v.rejections[0]
+                .detail
+                .contains("no NIC of the network serving")
+        );
     }
 
     #[test]

@@ -12,17 +12,18 @@ use std::{
 };
 
 use agent_common::{
-    ArpEntry, ArpKey, Binding6, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey, MAX_ARP,
-    MAX_BINDINGS, MAX_FDB, MAX_NEIGH6, MAX_VNIS, MAX_VTEPS, Neigh6Entry, Neigh6Key, VniInfo, be32,
+    ArpEntry, ArpKey, Binding6, BindingKey, BootKey, DataplaneConfig, FdbEntry, FdbKey,
+    ForwarderKey, MAX_ARP, MAX_BINDINGS, MAX_FDB, MAX_NEIGH6, MAX_ROUTES, MAX_VNIS, MAX_VTEPS,
+    Neigh6Entry, Neigh6Key, RouteEntry, VniInfo, be32,
 };
 
 use super::{
     leases::{self, Lease},
-    vpc::{self, Endpoint, FormerServers, LocalNetwork, Station, Vpc},
+    vpc::{self, Endpoint, FormerServers, LocalNetwork, RouteTo, Station, Vpc},
 };
 use crate::{
     anchor,
-    dataplane::Desired,
+    dataplane::{Desired, RouteKey},
     links::Links,
     model::{Capacity, MacAddr, Model, Nic},
     ports::VmPorts,
@@ -35,6 +36,9 @@ pub const CAPACITY: Capacity = Capacity {
     arp: MAX_ARP as usize,
     vnis: MAX_VNIS as usize,
     vteps: MAX_VTEPS as usize,
+    routes: MAX_ROUTES as usize,
+    // FORWARDERS has the VTEP map's size.
+    forwarders: MAX_VTEPS as usize,
 };
 
 // The IPv6 maps need no capacity of their own: a network's neighbour answers (its NICs' `ip6`
@@ -76,23 +80,36 @@ pub struct Touched {
 
 impl Touched {
     /// What changing `networks` from `prev` to `next` touches; `nics_before` and `nics_after`
-    /// are the MACs of those networks' NICs in each.
+    /// are the MACs of those networks' NICs in each, `index` those of every network in `next`.
+    /// The other networks of their VPCs (before and after) are touched too: their routing
+    /// tables hold these networks' subnets, and whether a host carries them depends on these
+    /// networks' NICs. A change costs the VPCs it is in, not the cloud.
     pub fn new(
         prev: &Model,
         next: &Model,
         nics_before: &BTreeMap<String, BTreeSet<MacAddr>>,
-        nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
+        mut nics_after: BTreeMap<String, BTreeSet<MacAddr>>,
+        index: &BTreeMap<String, BTreeSet<MacAddr>>,
     ) -> Self {
         let mut t = Touched::default();
-        for id in nics_before.keys().chain(nics_after.keys()) {
+        for set in nics_before.values().chain(nics_after.values()) {
+            t.macs.extend(set.iter().copied());
+        }
+        let changed: BTreeSet<String> = nics_before
+            .keys()
+            .chain(nics_after.keys())
+            .cloned()
+            .collect();
+        for id in vpc::vpc_members(prev, next, &changed) {
             for m in [prev, next] {
-                if let Some(n) = m.networks.get(id) {
+                if let Some(n) = m.networks.get(&id) {
                     t.vnis.insert(n.vni);
                 }
             }
-        }
-        for set in nics_before.values().chain(nics_after.values()) {
-            t.macs.extend(set.iter().copied());
+            if !nics_after.contains_key(&id) {
+                let macs = index.get(&id).cloned().unwrap_or_default();
+                nics_after.insert(id, macs);
+            }
         }
         t.networks = nics_after;
         t
@@ -143,17 +160,14 @@ pub fn build(i: &Inputs) -> Desired {
 pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
     let by_name = ports_by_name(i);
     let mut part = Vpc::default();
-    for (id, macs) in &t.networks {
-        vpc::derive_network(
-            &i.model,
-            id,
-            macs,
-            &i.node,
-            i.router_mac,
-            &i.former_servers,
-            &mut part,
-        );
-    }
+    vpc::derive_networks(
+        &i.model,
+        &t.networks,
+        &i.node,
+        i.router_mac,
+        &i.former_servers,
+        &mut part,
+    );
     for &vni in &t.vnis {
         let fdb: Vec<FdbKey> = d
             .fdb
@@ -178,6 +192,35 @@ pub fn patch(d: &mut Desired, i: &Inputs, t: &Touched) {
             .collect();
         for k in neigh6 {
             d.neigh6.remove(&k);
+        }
+        let routes: Vec<RouteKey> = d
+            .routes
+            .range(RouteKey::first(vni)..=RouteKey::last(vni))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in routes {
+            d.routes.remove(&k);
+        }
+        let forwarding: Vec<FdbKey> = d
+            .forwarding
+            .range(FdbKey::new(vni, [0; 6])..=FdbKey::new(vni, [0xff; 6]))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in forwarding {
+            d.forwarding.remove(&k);
+        }
+        let forwarders: Vec<ForwarderKey> = d
+            .forwarders
+            .range(
+                ForwarderKey { vni, vtep: 0 }..=ForwarderKey {
+                    vni,
+                    vtep: u32::MAX,
+                },
+            )
+            .map(|(k, _)| *k)
+            .collect();
+        for k in forwarders {
+            d.forwarders.remove(&k);
         }
         d.vnis.remove(&vni);
         d.ra6.remove(&vni);
@@ -254,6 +297,31 @@ fn add_vni(d: &mut Desired, vpc: &Vpc, vni: u32, by_name: &BTreeMap<&str, u32>) 
     }
     if let Some(ra) = vpc.ra6.get(&vni) {
         d.ra6.insert(vni, *ra);
+    }
+    for ((_, dst), to) in vpc
+        .routes
+        .range((vni, ipnet::Ipv4Net::default())..)
+        .take_while(|((v, _), _)| *v == vni)
+    {
+        d.routes.insert(RouteKey::new(vni, *dst), route_entry(*to));
+    }
+    for (v, mac) in vpc
+        .forwarding
+        .range((vni, MacAddr([0; 6]))..=(vni, MacAddr([0xff; 6])))
+    {
+        d.forwarding.insert(FdbKey::new(*v, mac.0), 1);
+    }
+    for (v, vtep) in vpc
+        .forwarders
+        .range((vni, Ipv4Addr::UNSPECIFIED)..=(vni, Ipv4Addr::BROADCAST))
+    {
+        d.forwarders.insert(
+            ForwarderKey {
+                vni: *v,
+                vtep: be32(*vtep),
+            },
+            1,
+        );
     }
     if let Some(o) = vpc.dhcp6.get(&vni) {
         d.dhcp6.insert(vni, *o);
@@ -343,6 +411,20 @@ fn arp_entry(vni: u32, addr: Ipv4Addr, mac: MacAddr) -> (ArpKey, ArpEntry) {
     )
 }
 
+fn route_entry(to: RouteTo) -> RouteEntry {
+    let (kind, vni, via) = match to {
+        RouteTo::Subnet { vni } => (RouteEntry::SUBNET, vni, 0),
+        RouteTo::Via { vni, via } => (RouteEntry::VIA, vni, be32(via)),
+        RouteTo::Gateway { vni } => (RouteEntry::GATEWAY, vni, 0),
+    };
+    RouteEntry {
+        kind,
+        vni,
+        via,
+        _pad: 0,
+    }
+}
+
 fn vni_info(net: &LocalNetwork) -> VniInfo {
     VniInfo {
         gateway: be32(net.gateway),
@@ -373,6 +455,10 @@ mod tests {
         mtu: u16,
         /// With `subnet6` and this many `dns6`.
         v6: Option<u8>,
+        /// In VPC `vpc{k}`, or alone.
+        vpc: Option<u8>,
+        /// `default_via` this host number of the network, and a route via it.
+        via: Option<u8>,
     }
 
     #[derive(Clone)]
@@ -383,6 +469,7 @@ mod tests {
         tap: u8,
         /// With an `ip6`, when its network has IPv6.
         ip6: bool,
+        forwarding: bool,
     }
 
     /// A document from specs, validated as hv-1 sees it.
@@ -396,6 +483,15 @@ mod tests {
                     "subnet": format!("10.{}.0.0/24", n.third),
                     "gateway": format!("10.{}.0.1", n.third), "mtu": n.mtu,
                 });
+                if let Some(k) = n.vpc {
+                    v["vpc"] = serde_json::json!(format!("vpc{k}"));
+                }
+                if let Some(h) = n.via {
+                    let via = format!("10.{}.0.{h}", n.third);
+                    v["default_via"] = serde_json::json!(via);
+                    v["routes"] =
+                        serde_json::json!([{"to": format!("172.16.{}.0/24", n.third), "via": via}]);
+                }
                 if let Some(dns) = n.v6 {
                     v["subnet6"] = serde_json::json!(format!("fd00:{}::/64", n.third));
                     v["dns6"] = (0..dns)
@@ -420,6 +516,9 @@ mod tests {
                     "node": NODES[s.node],
                     "interface": format!("tap{}", s.tap),
                 });
+                if s.forwarding {
+                    v["forwarding"] = serde_json::json!(true);
+                }
                 if s.ip6 && nets[s.network].v6.is_some() {
                     // The same host part in IPv6: duplicates come with IPv4's.
                     v["ip6"] =
@@ -490,6 +589,7 @@ mod tests {
             node: rng.usize(..NODES.len()),
             tap: tap_in(network, rng),
             ip6: rng.bool(),
+            forwarding: rng.u8(..4) == 0,
         }
     }
 
@@ -500,6 +600,7 @@ mod tests {
     #[test]
     fn patching_the_touched_networks_equals_building_whole() {
         let mut seen_v6 = false;
+        let mut seen_routes = false;
         for seed in 1..=200u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut nets: Vec<Net> = (0..NETWORKS)
@@ -508,6 +609,8 @@ mod tests {
                     third: i as u8,
                     mtu: 1400,
                     v6: (i % 2 == 0).then_some(1),
+                    vpc: (i < 4).then_some((i % 2) as u8),
+                    via: (i % 2 == 0).then(|| rng.u8(10..50)),
                 })
                 .collect();
             let mut nics: BTreeMap<u8, NicSpec> = BTreeMap::new();
@@ -524,7 +627,7 @@ mod tests {
             // A change confined to some networks.
             let mut changed: BTreeSet<usize> = BTreeSet::new();
             for _ in 0..1 + rng.u64(..4) {
-                match rng.u64(..6) {
+                match rng.u64(..9) {
                     0 => {
                         let id = rng.u8(20..50);
                         let spec = random_nic(&mut rng);
@@ -566,12 +669,34 @@ mod tests {
                         };
                         changed.insert(n);
                     }
-                    _ => {
+                    5 => {
                         let id = rng.u8(..20);
                         if let Some(s) = nics.get_mut(&id) {
                             changed.insert(s.network);
                             s.ip6 = !s.ip6;
                         }
+                    }
+                    6 => {
+                        // A network joins, leaves or changes VPC.
+                        let n = rng.usize(..NETWORKS);
+                        nets[n].vpc = match rng.u8(..3) {
+                            0 => None,
+                            k => Some(k - 1),
+                        };
+                        changed.insert(n);
+                    }
+                    7 => {
+                        // A gateway VM comes or goes: the routes through it with it.
+                        let id = rng.u8(..50);
+                        if let Some(s) = nics.get_mut(&id) {
+                            changed.insert(s.network);
+                            s.forwarding = !s.forwarding;
+                        }
+                    }
+                    _ => {
+                        let n = rng.usize(..NETWORKS);
+                        nets[n].via = rng.bool().then(|| rng.u8(10..50));
+                        changed.insert(n);
                     }
                 }
             }
@@ -586,7 +711,19 @@ mod tests {
                 }
                 all
             };
-            let touched = Touched::new(&before, &after, &of(&before), of(&after));
+            seen_routes |= d.routes.values().any(|r| r.kind == RouteEntry::VIA)
+                && d.routes
+                    .values()
+                    .any(|r| r.kind == RouteEntry::SUBNET && r.vni != 1000)
+                && !d.forwarders.is_empty()
+                && !d.forwarding.is_empty();
+            let touched = Touched::new(
+                &before,
+                &after,
+                &of(&before),
+                of(&after),
+                &after.nics_by_network(),
+            );
             let i = inputs(after, &links);
             patch(&mut d, &i, &touched);
             let whole = build(&i);
@@ -596,6 +733,7 @@ mod tests {
             );
         }
         assert!(seen_v6, "the IPv6 maps were exercised");
+        assert!(seen_routes, "the routing maps were exercised");
     }
 
     #[test]
@@ -605,6 +743,8 @@ mod tests {
             third: 0,
             mtu: 1450,
             v6: None,
+            vpc: None,
+            via: None,
         }];
         let mut nics = BTreeMap::new();
         for (id, tap) in [(1, 1), (2, 2)] {
@@ -616,6 +756,7 @@ mod tests {
                     node: 0,
                     tap,
                     ip6: false,
+                    forwarding: false,
                 },
             );
         }
@@ -639,6 +780,8 @@ mod tests {
             third: 0,
             mtu: 1450,
             v6: None,
+            vpc: None,
+            via: None,
         }];
         let mut nics = BTreeMap::new();
         nics.insert(
@@ -649,6 +792,7 @@ mod tests {
                 node: 0,
                 tap: 1,
                 ip6: false,
+                forwarding: false,
             },
         );
         let mut m = model(&nets, &nics);
@@ -695,12 +839,16 @@ mod tests {
                 third: 0,
                 mtu: 1450,
                 v6: Some(2),
+                vpc: None,
+                via: None,
             },
             Net {
                 vni: 1002,
                 third: 1,
                 mtu: 1450,
                 v6: None,
+                vpc: None,
+                via: None,
             },
         ];
         let spec = |network, host, node, tap, ip6| NicSpec {
@@ -709,6 +857,7 @@ mod tests {
             node,
             tap,
             ip6,
+            forwarding: false,
         };
         let nics = BTreeMap::from([
             // Here, on a present tap, with and without ip6; here on an absent tap; remote.

@@ -348,6 +348,8 @@ mod tests {
             boot: None,
             subnet6: None,
             dns6: vec![],
+            vpc: None,
+            default_via: None,
         }
     }
 
@@ -363,6 +365,7 @@ mod tests {
             options: None,
             boot: None,
             ip6: None,
+            forwarding: false,
         }
     }
 

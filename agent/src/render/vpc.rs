@@ -1,19 +1,52 @@
 //! The VPC forwarding state this host needs, derived from the model.
 //!
-//! A host carries the networks it has NICs in: every NIC of those networks (local ones on their
-//! interface, remote ones behind their node's VTEP), an ARP answer for every address of those
-//! networks (gateways resolve to the router MAC), and the VTEPs of all known nodes. Nothing of
-//! the networks it has no NIC in: a change there does not concern it.
+//! A host carries every network of each VPC it has a NIC in (a network without `vpc` is a VPC
+//! of its own): every NIC of those networks (local ones on their interface, remote ones behind
+//! their node's VTEP), an ARP answer for every address of those networks (gateways resolve to
+//! the router MAC), each network's routing table (the VPC's subnets and gateways, its routes
+//! and `default_via` through forwarding NICs), the forwarding NICs, the VTEPs hosting them,
+//! and the VTEPs of all known nodes. Nothing of the other VPCs: a change there does not
+//! concern it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
 use agent_common::{Dhcp6Net, Ra6};
+use ipnet::Ipv4Net;
 
 use super::{dhcp6, ra6};
-use crate::model::{MacAddr, Model, Nic};
+use crate::model::{MacAddr, Model, Network, Nic};
+
+/// Which VPC a network is in: the one it names, or its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum VpcKey<'a> {
+    Named(&'a str),
+    /// A network without `vpc`, by its id: it reaches only itself.
+    Alone(&'a str),
+}
+
+impl<'a> VpcKey<'a> {
+    pub fn of(net: &'a Network) -> Self {
+        match &net.vpc {
+            Some(name) => VpcKey::Named(name),
+            None => VpcKey::Alone(&net.id),
+        }
+    }
+}
+
+/// Where the longest prefix of a destination leads, in the table of the network a frame comes
+/// from (rendered into `agent_common::RouteEntry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTo {
+    /// A subnet of the VPC: resolved in network `vni` by the destination address.
+    Subnet { vni: u32 },
+    /// A route or `default_via`: to the forwarding NIC at `via` in network `vni`.
+    Via { vni: u32, via: Ipv4Addr },
+    /// A gateway address of the VPC's network `vni`: ICMP echo is answered there.
+    Gateway { vni: u32 },
+}
 
 /// Where a NIC is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +86,16 @@ pub struct Vpc {
     pub ra6: BTreeMap<u32, Ra6>,
     /// The options of each of those networks' DHCPv6 replies.
     pub dhcp6: BTreeMap<u32, Dhcp6Net>,
+    /// Each carried network's routing table, by (the VNI frames come from, destination): every
+    /// subnet of its VPC, every gateway address of its VPC (a /32), its routes whose `via` is
+    /// a forwarding NIC of it, and its `default_via` (0.0.0.0/0). A subnet or gateway wins
+    /// over a route to the same prefix.
+    pub routes: BTreeMap<(u32, Ipv4Net), RouteTo>,
+    /// The NICs with `forwarding: true` of the carried networks, local and remote.
+    pub forwarding: BTreeSet<(u32, MacAddr)>,
+    /// For each carried network, the other nodes' VTEPs hosting a forwarding NIC of its VPC:
+    /// routed frames from there may carry sources outside the VPC.
+    pub forwarders: BTreeSet<(u32, Ipv4Addr)>,
 }
 
 /// Server identifiers each network had before (by network id), which clients may still hold:
@@ -144,21 +187,142 @@ pub fn derive_with(model: &Model, node: &str, router_mac: MacAddr, former: &Form
         vteps: vteps(model, node),
         ..Vpc::default()
     };
-    // The networks `node` has a NIC in, and their VNIs.
-    let mut here: BTreeMap<&str, u32> = BTreeMap::new();
-    for nic in model.nics.values().filter(|n| *n.node == *node) {
-        if !here.contains_key(&*nic.network)
-            && let Some(vni) = add_network(model, &nic.network, router_mac, former, &mut vpc)
-        {
-            here.insert(&nic.network, vni);
-        }
+    let mut nics_of: BTreeMap<String, BTreeSet<MacAddr>> = model
+        .networks
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
+    for (id, macs) in model.nics_by_network() {
+        nics_of.insert(id, macs);
     }
-    for nic in model.nics.values() {
-        if let Some(&vni) = here.get(&*nic.network) {
-            add_nic(model, vni, nic, node, &mut vpc);
-        }
-    }
+    derive_networks(model, &nics_of, node, router_mac, former, &mut vpc);
     vpc
+}
+
+/// The networks of `model` in the VPCs of the networks `ids` had in `prev` or have in `model`
+/// (all of them, `ids` among them): what a change of `ids` touches, on the hosts that carry
+/// their VPCs. A network without `vpc` is in no other's VPC: alone, it is just itself.
+pub fn vpc_members<'a>(
+    prev: &Model,
+    model: &'a Model,
+    ids: impl IntoIterator<Item = &'a String>,
+) -> BTreeSet<String> {
+    let mut named: BTreeSet<String> = BTreeSet::new();
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for id in ids {
+        out.insert(id.clone());
+        for m in [prev, model] {
+            if let Some(name) = m.networks.get(id).and_then(|n| n.vpc.clone()) {
+                named.insert(name);
+            }
+        }
+    }
+    if !named.is_empty() {
+        out.extend(
+            model
+                .networks
+                .iter()
+                .filter(|(_, n)| n.vpc.as_ref().is_some_and(|v| named.contains(v)))
+                .map(|(id, _)| id.clone()),
+        );
+    }
+    out
+}
+
+/// Adds to `vpc` the entries of the networks of `nics_of` (each with the MACs of its NICs) that
+/// `node` carries: those of a VPC in which one of them has a NIC on `node`. `nics_of` must hold
+/// every network of `model` in the VPCs it names ([`vpc_members`]): a VPC's tables are derived
+/// from all of its networks.
+pub fn derive_networks(
+    model: &Model,
+    nics_of: &BTreeMap<String, BTreeSet<MacAddr>>,
+    node: &str,
+    router_mac: MacAddr,
+    former: &FormerServers,
+    vpc: &mut Vpc,
+) {
+    let mut groups: BTreeMap<VpcKey<'_>, Vec<(&Network, &BTreeSet<MacAddr>)>> = BTreeMap::new();
+    for (id, macs) in nics_of {
+        if let Some(net) = model.networks.get(id) {
+            groups.entry(VpcKey::of(net)).or_default().push((net, macs));
+        }
+    }
+    for members in groups.values() {
+        let nics = |macs: &'_ BTreeSet<MacAddr>| {
+            macs.iter()
+                .filter_map(|m| model.nics.get(m))
+                .collect::<Vec<_>>()
+        };
+        let carried = members
+            .iter()
+            .any(|(_, macs)| nics(macs).iter().any(|n| *n.node == *node));
+        if !carried {
+            continue;
+        }
+        let mut forwarder_vteps: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for (net, macs) in members {
+            let Some(vni) = add_network(model, &net.id, router_mac, former, vpc) else {
+                continue;
+            };
+            for nic in nics(macs) {
+                add_nic(model, vni, nic, node, vpc);
+                if nic.forwarding
+                    && *nic.node != *node
+                    && let Some(owner) = model.nodes.get(&*nic.node)
+                {
+                    forwarder_vteps.insert(owner.vtep);
+                }
+            }
+        }
+        for (net, macs) in members {
+            add_routes(model, net, macs, members, vpc);
+            for vtep in &forwarder_vteps {
+                vpc.forwarders.insert((net.vni, *vtep));
+            }
+        }
+    }
+}
+
+/// The routing table of network `net` (whose NICs are `macs`), in a VPC of `members`.
+fn add_routes(
+    model: &Model,
+    net: &Network,
+    macs: &BTreeSet<MacAddr>,
+    members: &[(&Network, &BTreeSet<MacAddr>)],
+    vpc: &mut Vpc,
+) {
+    // Its forwarding NICs by address: the only next hops a route or default_via may name.
+    let forwarders: HashMap<Ipv4Addr, &Nic> = macs
+        .iter()
+        .filter_map(|m| model.nics.get(m))
+        .filter(|n| n.forwarding)
+        .map(|n| (n.ip, n))
+        .collect();
+    let via = |addr: Ipv4Addr| {
+        forwarders.contains_key(&addr).then_some(RouteTo::Via {
+            vni: net.vni,
+            via: addr,
+        })
+    };
+    if let Some(to) = net.default_via.and_then(via) {
+        vpc.routes.insert((net.vni, Ipv4Net::default()), to);
+    }
+    for r in &net.routes {
+        if let Some(to) = via(r.via) {
+            vpc.routes.insert((net.vni, r.to), to);
+        }
+    }
+    // After the routes: a subnet or gateway of the VPC wins over a route to the same prefix.
+    for (other, _) in members {
+        vpc.routes
+            .insert((net.vni, other.subnet), RouteTo::Subnet { vni: other.vni });
+    }
+    for (other, _) in members {
+        vpc.routes.insert(
+            (net.vni, Ipv4Net::from(other.gateway)),
+            RouteTo::Gateway { vni: other.vni },
+        );
+    }
 }
 
 /// Whether network `vni` of `vpc` carries IPv6 (has `subnet6`): its NICs' `ip6` are answered.
@@ -174,30 +338,6 @@ pub fn vteps(model: &Model, node: &str) -> BTreeSet<Ipv4Addr> {
         .filter(|n| n.name != node)
         .map(|n| n.vtep)
         .collect()
-}
-
-/// Adds the entries of network `id` (whose NICs are `macs`) to `vpc`, when `node` has a NIC
-/// in it: its gateway, every NIC (local ones on their interface, remote ones behind their
-/// node's VTEP) and an ARP answer for every address.
-pub fn derive_network(
-    model: &Model,
-    id: &str,
-    macs: &BTreeSet<MacAddr>,
-    node: &str,
-    router_mac: MacAddr,
-    former: &FormerServers,
-    vpc: &mut Vpc,
-) {
-    let nics = || macs.iter().filter_map(|m| model.nics.get(m));
-    if !nics().any(|n| *n.node == *node) {
-        return;
-    }
-    let Some(vni) = add_network(model, id, router_mac, former, vpc) else {
-        return;
-    };
-    for nic in nics() {
-        add_nic(model, vni, nic, node, vpc);
-    }
 }
 
 /// Adds network `id` itself (its VNI, and the ARP answers of its gateway, its DHCP server and
@@ -265,6 +405,9 @@ fn add_nic(model: &Model, vni: u32, nic: &Nic, node: &str, vpc: &mut Vpc) {
         },
     );
     vpc.arp.insert((vni, nic.ip), nic.mac);
+    if nic.forwarding {
+        vpc.forwarding.insert((vni, nic.mac));
+    }
     if let Some(ip6) = nic.ip6
         && has_v6(vpc, vni)
     {

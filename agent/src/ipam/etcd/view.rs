@@ -267,6 +267,8 @@ impl View {
                 // Networks sharing its VNI: which one holds it may change.
                 if let Some(entry) = self.networks.get(id) {
                     out.extend(model::sharing_vni(entry, &self.networks).cloned());
+                    // Networks of its VPC it overlaps: which one keeps its place may change.
+                    out.extend(model::overlapping_in_vpc(entry, &self.networks).cloned());
                 }
                 return Some(out);
             }

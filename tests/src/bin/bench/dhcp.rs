@@ -64,6 +64,8 @@ fn network() -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 
@@ -286,6 +288,7 @@ pub fn run() {
             options: None,
             boot: None,
             ip6: None,
+            forwarding: false,
         };
         let mut d = Desired {
             prune: true,

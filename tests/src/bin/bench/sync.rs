@@ -187,6 +187,7 @@ fn measure(etcd: &mut Etcd, hv: &Netns, total: usize) -> Figures {
             options: None,
             boot: None,
             ip6: None,
+            forwarding: false,
         };
         let key = FdbKey::new(10_000 + n as u32, mac);
         let t = Instant::now();

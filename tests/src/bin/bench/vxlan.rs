@@ -275,6 +275,7 @@ fn encap_dataplane(cloud: &Cloud, dir: &Path) -> (Dataplane, StatsReader) {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     };
     let mut d = Desired {
         prune: true,
@@ -324,6 +325,8 @@ fn network() -> Network {
         boot: None,
         subnet6: None,
         dns6: vec![],
+        vpc: None,
+        default_via: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn nic(k: usize, network: usize, node: usize) -> Nic {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     }
 }
 
