@@ -584,15 +584,27 @@ pub struct Outside {
 
 impl Outside {
     pub fn behind(gateway_vm: &Netns, inside: &str) -> Self {
+        Self::behind_at(gateway_vm, inside, OUTSIDE, OUTSIDE_GW, "out0")
+    }
+
+    /// [`Outside::behind`] with other addresses: `outside` here, `gateway` on the VM's end
+    /// (`interface`), both in one /24.
+    pub fn behind_at(
+        gateway_vm: &Netns,
+        inside: &str,
+        outside: Ipv4Addr,
+        gateway: Ipv4Addr,
+        interface: &str,
+    ) -> Self {
         let ns = Netns::new("out");
         gateway_vm.ip(&[
-            "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+            "link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ]);
-        gateway_vm.ip(&["addr", "add", &format!("{OUTSIDE_GW}/24"), "dev", "out0"]);
-        gateway_vm.ip(&["link", "set", "out0", "up"]);
-        ns.ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", "eth0"]);
+        gateway_vm.ip(&["addr", "add", &format!("{gateway}/24"), "dev", interface]);
+        gateway_vm.ip(&["link", "set", interface, "up"]);
+        ns.ip(&["addr", "add", &format!("{outside}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", inside, "via", &OUTSIDE_GW.to_string()]);
+        ns.ip(&["route", "add", inside, "via", &gateway.to_string()]);
         // What a gateway VM's image sets: it routes, and takes back what it routed even when
         // its reverse path is another interface.
         run(gateway_vm.exec("sh").args([

@@ -34,6 +34,7 @@ const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03];
 const B1: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x01];
 const B3: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x03];
 const G: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0xfe];
+const GA: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe];
 const C1: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x01];
 const C3: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x03];
 
@@ -42,6 +43,9 @@ const IP_A3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
 const IP_B1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
 const IP_B3: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 13);
 const IP_G: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 254);
+const IP_GA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
+/// Behind GA, a's route (not its default: a has none) leads there.
+const ROUTED_OUT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const GW_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const GW_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 /// In b's subnet, held by no NIC.
@@ -53,7 +57,7 @@ const ROUTING: [Routing<'static>; 3] = [
         subnet: Ipv4Addr::new(10, 0, 0, 0),
         vpc: Some("v1"),
         default_via: None,
-        routes: &[],
+        routes: &[("198.51.100.0/24", IP_GA)],
     },
     Routing {
         net: "b",
@@ -83,14 +87,15 @@ fn vm(net: &'static str, host: usize, mac: [u8; 6], ip: Ipv4Addr, tap: &'static 
     }
 }
 
-/// On hv-1: A1, B1 and C1 (with A3's address); on hv-2: A3, B3, the gateway VM G and C3 (with
-/// A1's address). A VM of c thus sits beside each VM of the VPC that holds its address
-/// elsewhere.
+/// On hv-1: A1, B1, C1 (with A3's address) and GA, the gateway VM a's route leads to; on hv-2:
+/// A3, B3, the gateway VM G (b's default_via) and C3 (with A1's address). A VM of c thus sits
+/// beside each VM of the VPC that holds its address elsewhere.
 fn specs() -> Vec<VmSpec> {
     vec![
         vm("a", 0, A1, IP_A1, "tap-a1"),
         vm("b", 0, B1, IP_B1, "tap-b1"),
         vm("c", 0, C1, IP_A3, "tap-c1"),
+        vm("a", 0, GA, IP_GA, "tap-ga"),
         vm("a", 1, A3, IP_A3, "tap-a3"),
         vm("b", 1, B3, IP_B3, "tap-b3"),
         vm("b", 1, G, IP_G, "tap-g"),
@@ -105,7 +110,7 @@ fn build(options: Options<'_>) -> Cloud {
         &specs(),
         &Options {
             routing: &ROUTING,
-            forwarding: &[G],
+            forwarding: &[G, GA],
             ..options
         },
     );
@@ -183,7 +188,7 @@ fn count(cloud: &Cloud, host: usize, stat: Stat) -> u64 {
 /// subnets reach each other on one host and across, the other VPC is never reached and reaches
 /// nothing, the TTL goes down by one, TTL 1 gets time exceeded from the gateway, gateways answer
 /// ping, the gateway VM carries b's traffic out and back, the rest gets unreachable.
-fn routes_everything(cloud: &Cloud, outside: &Outside, phase: &str) {
+fn routes_everything(cloud: &Cloud, outside: &Outside, routed_out: &Outside, phase: &str) {
     // Between subnets, on one host (A1, B1 on hv-1; A3, B3 on hv-2) and across.
     for (from, to, ip, what) in [
         (A1, B1, IP_B1, "a to b on hv-1"),
@@ -267,6 +272,24 @@ fn routes_everything(cloud: &Cloud, outside: &Outside, phase: &str) {
         "{phase}: the outside to B1 through the gateway VM"
     );
 
+    // a's route (198.51.100.0/24 via GA, on hv-1), from beside GA and from hv-2, and back;
+    // b's traffic there would take b's default_via instead.
+    assert_eq!(
+        cloud.ping(A1, ROUTED_OUT, 3),
+        3,
+        "{phase}: A1 along a's route"
+    );
+    assert_eq!(
+        cloud.ping(A3, ROUTED_OUT, 3),
+        3,
+        "{phase}: A3 along a's route"
+    );
+    assert_eq!(
+        routed_out.ns.ping(IP_A3, 3),
+        3,
+        "{phase}: behind GA to A3 through GA"
+    );
+
     // No route: a has no default_via. Nobody at the address: host unreachable.
     let text = ping_text(cloud.vm_ns(A1), &["-c", "1"], OUTSIDE);
     assert!(
@@ -284,8 +307,15 @@ fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
     let started = Instant::now();
     let mut cloud = in_mode(hook);
     let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
+    let routed_out = Outside::behind_at(
+        cloud.vm_ns(GA),
+        "10.0.0.0/8",
+        ROUTED_OUT,
+        Ipv4Addr::new(198, 51, 100, 254),
+        "out0",
+    );
 
-    routes_everything(&cloud, &outside, "agents up");
+    routes_everything(&cloud, &outside, &routed_out, "agents up");
 
     // The counters of what was just done, on hv-1 (A1, B1, C1).
     let hv1 = cloud.agents[0].counters();
@@ -365,7 +395,7 @@ fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
         text.contains(" 50 received"),
         "routed flow while the agents died: {text}"
     );
-    routes_everything(&cloud, &outside, "agents killed");
+    routes_everything(&cloud, &outside, &routed_out, "agents killed");
     let bps = cloud.iperf(B1, A3, IP_A3, 1);
     assert!(
         bps > 10e6,
@@ -448,7 +478,60 @@ fn hostile_sources_through_the_router_are_dropped(hook: VmHook) {
         after[Stat::IcmpNetUnreachable as usize]
     );
 
-    // Nothing else changed: A1 and C1 still reach what they reach.
+    // A forwarding NIC may send any source from outside the VPC (G, on hv-2, to A1 on hv-1:
+    // routed, and accepted on hv-1 because a forwarding NIC of the VPC is behind hv-2); an
+    // address of the VPC's subnets must be a NIC behind the sending VTEP (the design's
+    // receiving check), so an address of b no NIC holds is refused on hv-1.
+    let g = cloud.vm_ns(G);
+    // Its ARP for the router from its own address (ARP names the sender's source address,
+    // which only the NIC's own may be), as a gateway VM forwarding others' packets does.
+    assert_eq!(cloud.ping(G, GW_B, 1), 1, "G to its gateway");
+    for (source, reaches) in [("192.0.2.77", true), ("10.1.0.77", false)] {
+        g.ip(&["addr", "add", &format!("{source}/32"), "dev", "eth0"]);
+        let a1_echoes = echoes_in(&cloud, A1);
+        let spoofs = count(&cloud, 0, Stat::DropRoutedSpoof);
+        let _ = ping_text(g, &["-c", "3", "-i", "0.1", "-I", source], IP_A1);
+        g.ip(&["addr", "del", &format!("{source}/32"), "dev", "eth0"]);
+        if reaches {
+            assert!(
+                echoes_in(&cloud, A1) >= a1_echoes + 3,
+                "the gateway VM's echoes from {source} did not reach A1"
+            );
+        } else {
+            assert_eq!(
+                echoes_in(&cloud, A1),
+                a1_echoes,
+                "the gateway VM's echoes from {source} reached A1 across hosts"
+            );
+            assert!(
+                count(&cloud, 0, Stat::DropRoutedSpoof) >= spoofs + 3,
+                "from {source}: DropRoutedSpoof {spoofs} -> {}",
+                count(&cloud, 0, Stat::DropRoutedSpoof)
+            );
+        }
+    }
+    let before = count(&cloud, 1, Stat::DropSpoofedMac);
+    g.ip(&["link", "set", "eth0", "address", "02:0b:00:00:00:77"]);
+    assert_eq!(
+        cloud.ping(G, IP_A1, 3),
+        0,
+        "the gateway VM with another MAC"
+    );
+    assert_eq!(
+        cloud.ping(G, IP_B3, 3),
+        0,
+        "the gateway VM with another MAC"
+    );
+    g.ip(&["link", "set", "eth0", "address", "02:0b:00:00:00:fe"]);
+    g.ip(&["neigh", "flush", "dev", "eth0"]);
+    assert!(
+        count(&cloud, 1, Stat::DropSpoofedMac) > before,
+        "the gateway VM's other MAC: DropSpoofedMac {before} -> {}",
+        count(&cloud, 1, Stat::DropSpoofedMac)
+    );
+
+    // Nothing else changed: A1, C1 and G still reach what they reach.
+    assert_eq!(cloud.ping(G, IP_A1, 3), 3, "G to A1 after");
     assert_eq!(cloud.ping(A1, IP_B1, 3), 3, "A1 to B1 after");
     assert_eq!(cloud.ping(C1, IP_A1, 3), 3, "C1 to C3 after");
     eprintln!("{hook:?}: {:.1?}", started.elapsed());
