@@ -12,7 +12,7 @@ use holdfast::{
     render::{boot, options},
 };
 
-use crate::TempDir;
+use crate::{TempDir, netns::Netns, packet::udp_frame};
 
 pub const ROUTER_MAC: [u8; 6] = [0x02, 0x68, 0x66, 0, 0, 1];
 pub const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -587,3 +587,82 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+/// The MAC of the underlay neighbour [`underlay`] sets up for the remote VTEP.
+pub const NEIGH_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x02];
+
+/// An underlay namespace: `ul0` with the local VTEP address (198.18.0.1/24) and a permanent
+/// neighbour ([`NEIGH_MAC`]) for the remote VTEP 198.18.0.2; 198.18.0.3 has none.
+pub struct Underlay {
+    pub ns: Netns,
+    _peer: Netns,
+    pub ifindex: u32,
+    /// The FIB lookup anchor, as the agent sets it up.
+    pub anchor: u32,
+    pub mac: [u8; 6],
+}
+
+pub fn underlay() -> Underlay {
+    let ns = Netns::new("ul");
+    let peer = Netns::new("ulpeer");
+    ns.ip(&[
+        "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &peer.name,
+    ]);
+    ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "ul0"]);
+    ns.ip(&["link", "set", "ul0", "up"]);
+    peer.ip(&["link", "set", "ul0", "up"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.2",
+        "lladdr",
+        "02:ee:00:00:00:02",
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ]);
+    // The lookup anchor, as the agent sets it up.
+    crate::netns::in_netns(&ns.path(), || {
+        holdfast::anchor::ensure_blocking(holdfast::anchor::DEFAULT_NAME).unwrap()
+    });
+    let anchor = ns.ifindex(holdfast::anchor::DEFAULT_NAME);
+    let ifindex = ns.ifindex("ul0");
+    let out = ns.query(&["-o", "link", "show", "ul0"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac_s = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let mac: Vec<u8> = mac_s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    Underlay {
+        ns,
+        _peer: peer,
+        ifindex,
+        anchor,
+        mac: mac.try_into().unwrap(),
+    }
+}
+
+/// A VXLAN frame from `vtep` to `dst` for network `vni`, carrying `inner`.
+pub fn vxlan(vtep: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    let v = vni.to_be_bytes();
+    payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
+    payload.extend_from_slice(inner);
+    udp_frame(
+        NEIGH_MAC,
+        [0x02, 0x11, 0, 0, 0, 1],
+        vtep,
+        dst,
+        50000,
+        4789,
+        &payload,
+        false,
+    )
+}

@@ -666,3 +666,102 @@ fn the_data_plane_attaches_to_vm_ports_only_even_if_asked() {
         report.attached
     );
 }
+
+/// Mistaken routing records (issue 16): a VPC name that is no name, a network overlapping
+/// another of its VPC, a `default_via` that is the router, one that no NIC holds. Each is
+/// rejected with its reason (counted, logged); the networks serving keep serving as they were
+/// (their last good versions, or themselves with the bad `via` not routed): the routing maps,
+/// the forwarding entries and the VM's lease are unchanged.
+#[test]
+fn bad_routing_records_are_rejected_alone_and_the_vpc_keeps_routing() {
+    const GW_VM: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0xfe];
+    let net = |id: &str, vni: u32, third: u8, vpc: &str| {
+        json!({"id": id, "vni": vni, "subnet": format!("10.{third}.0.0/24"),
+               "gateway": format!("10.{third}.0.1"), "mtu": 1450, "vpc": vpc})
+    };
+    let good = || {
+        let mut blue = net("rt-blue", 1001, 10, "prod");
+        blue["default_via"] = json!("10.10.0.254");
+        json!({
+            "networks": [blue, net("rt-green", 1003, 20, "prod"), net("rt-red", 1002, 10, "dev")],
+            "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}, {"name": "hv-2", "vtep": "198.18.0.2"}],
+            "nics": [
+                {"mac": mac_str(MAC1), "network": "rt-blue", "ip": "10.10.0.11", "node": "hv-1",
+                 "interface": "tap-vm1"},
+                {"mac": mac_str(GW_VM), "network": "rt-blue", "ip": "10.10.0.254", "node": "hv-2",
+                 "forwarding": true},
+                {"mac": "02:00:00:00:0c:01", "network": "rt-green", "ip": "10.20.0.12", "node": "hv-1",
+                 "interface": "tap-vm2"},
+                {"mac": "02:00:00:00:0b:01", "network": "rt-red", "ip": "10.10.0.12", "node": "hv-1",
+                 "interface": "tap-vm3"}
+            ]
+        })
+    };
+    let hv = Netns::new("hv");
+    let agent = Agent::start(&hv, "hv-1", &good().to_string());
+    let vm = Vm::new(&hv, "tap-vm1", MAC1);
+    let routing = || holdfast::dataplane::read_routing(agent.bpffs.path()).expect("routing maps");
+    // prod: 2 networks x (2 subnets + 2 gateways) + blue's default_via; dev: 2.
+    let before = wait_for(Duration::from_secs(10), || {
+        let s = routing();
+        (s.routes.len() == 11).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", routing(), agent.logs()));
+    let vpc_before = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
+
+    let mut bad = good();
+    bad["networks"][0]["vpc"] = json!("prod vpc!");
+    bad["networks"][1]["default_via"] = json!("10.20.0.1");
+    bad["networks"][2]["default_via"] = json!("10.10.0.77");
+    let mut aqua = net("rt-aqua", 1004, 10, "prod");
+    aqua["subnet"] = json!("10.10.0.128/25");
+    aqua["gateway"] = json!("10.10.0.129");
+    bad["networks"].as_array_mut().unwrap().push(aqua);
+    agent.write_ipam(&bad.to_string());
+    let reasons = [
+        "invalid_vpc",
+        "default_via_invalid",
+        "default_via_not_forwarding",
+        "vpc_overlap",
+    ];
+    let rejected = wait_for(Duration::from_secs(10), || {
+        reasons
+            .iter()
+            .all(|r| rejected_now(&agent, r) == 1.0)
+            .then_some(())
+    });
+    assert!(
+        rejected.is_some(),
+        "{:?}\n{}",
+        reasons.map(|r| rejected_now(&agent, r)),
+        agent.logs()
+    );
+    for r in reasons {
+        assert_eq!(rejected_total(&agent, r), 1.0, "{r}");
+    }
+    let logs = agent.logs();
+    for needle in [
+        "networks[0] (rt-blue): invalid_vpc",
+        "networks[1] (rt-green): default_via_invalid",
+        "networks[2] (rt-red): default_via_not_forwarding",
+        "(rt-aqua): vpc_overlap",
+        "its last good version keeps serving",
+    ] {
+        assert!(logs.contains(needle), "{needle}: {logs}");
+    }
+    // Nothing outside the bad records changed: the tables, the forwarding state, the lease.
+    let after = routing();
+    assert_eq!(after.routes, before.routes);
+    assert_eq!(after.forwarding, before.forwarding);
+    assert_eq!(after.forwarders, before.forwarders);
+    let vpc_after = holdfast::dataplane::read_vpc(agent.bpffs.path()).expect("vpc");
+    assert_eq!(vpc_after.fdb, vpc_before.fdb);
+    assert_eq!(vpc_after.arp, vpc_before.arp);
+    assert_eq!(vpc_after.vnis, vpc_before.vnis);
+    let sock = RawSocket::open(&vm.ns.path(), "eth0");
+    let offer = wait_for(Duration::from_secs(5), || {
+        sock.exchange(&Request::discover(MAC1), Duration::from_secs(1))
+            .filter(|r| r.msg_type() == Some(2))
+    });
+    assert!(offer.is_some(), "the VM gets its lease: {}", agent.logs());
+}

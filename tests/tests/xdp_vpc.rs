@@ -16,7 +16,6 @@ use agent_common::{
 };
 use holdfast::{dataplane::Desired, model::Network, render::options};
 use holdfast_tests::{
-    netns::Netns,
     packet::{self, Request, arp_request, checksum, udp_checksum_ok, udp_frame},
     rng::Rng,
     xdp::*,
@@ -37,7 +36,6 @@ const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const REMOTE_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SILENT_VTEP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
-const NEIGH_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x02];
 const A2_IFINDEX: u32 = 77;
 
 fn net(id: &str, vni: u32) -> Network {
@@ -61,62 +59,6 @@ fn net(id: &str, vni: u32) -> Network {
         dns6: vec![],
         vpc: None,
         default_via: None,
-    }
-}
-
-/// An underlay namespace: `ul0` with the local VTEP address and a neighbour for the remote one.
-struct Underlay {
-    ns: Netns,
-    _peer: Netns,
-    ifindex: u32,
-    anchor: u32,
-    mac: [u8; 6],
-}
-
-fn underlay() -> Underlay {
-    let ns = Netns::new("ul");
-    let peer = Netns::new("ulpeer");
-    ns.ip(&[
-        "link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &peer.name,
-    ]);
-    ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "ul0"]);
-    ns.ip(&["link", "set", "ul0", "up"]);
-    peer.ip(&["link", "set", "ul0", "up"]);
-    ns.ip(&[
-        "neigh",
-        "replace",
-        "198.18.0.2",
-        "lladdr",
-        "02:ee:00:00:00:02",
-        "dev",
-        "ul0",
-        "nud",
-        "permanent",
-    ]);
-    // The lookup anchor, as the agent sets it up.
-    holdfast_tests::netns::in_netns(&ns.path(), || {
-        holdfast::anchor::ensure_blocking(holdfast::anchor::DEFAULT_NAME).unwrap()
-    });
-    let anchor = ns.ifindex(holdfast::anchor::DEFAULT_NAME);
-    let ifindex = ns.ifindex("ul0");
-    let out = ns.query(&["-o", "link", "show", "ul0"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mac_s = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    let mac: Vec<u8> = mac_s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect();
-    Underlay {
-        ns,
-        _peer: peer,
-        ifindex,
-        anchor,
-        mac: mac.try_into().unwrap(),
     }
 }
 
@@ -547,24 +489,6 @@ fn a_learned_next_hop_keeps_serving_when_the_neighbour_goes(hook: VmHook) {
     assert_eq!(verdict, Verdict::Redirect);
     assert_eq!(out[0..6], NEIGH_MAC);
     assert_eq!(fx.counters()[Stat::NextHopCached as usize], 1);
-}
-
-/// A VXLAN frame from `vtep` carrying `inner`.
-fn vxlan(vtep: Ipv4Addr, dst: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut payload = vec![0x08, 0, 0, 0];
-    let v = vni.to_be_bytes();
-    payload.extend_from_slice(&[v[1], v[2], v[3], 0]);
-    payload.extend_from_slice(inner);
-    udp_frame(
-        NEIGH_MAC,
-        [0x02, 0x11, 0, 0, 0, 1],
-        vtep,
-        dst,
-        50000,
-        4789,
-        &payload,
-        false,
-    )
 }
 
 #[test]

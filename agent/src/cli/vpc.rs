@@ -2,7 +2,7 @@
 
 use std::{net::Ipv6Addr, path::PathBuf, process::ExitCode};
 
-use agent_common::FdbEntry;
+use agent_common::{FdbEntry, RouteEntry};
 use anyhow::Context as _;
 
 use super::ifname;
@@ -52,8 +52,43 @@ pub fn print(config: PathBuf) -> anyhow::Result<ExitCode> {
     for v in &s.vteps {
         println!("  {}", ip(*v));
     }
+    print_routing(&config);
     print_ipv6(&config);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The routing state: each network's table, the forwarding NICs (gateway VMs), the VTEPs
+/// hosting them.
+fn print_routing(config: &Config) {
+    let s = match dataplane::read_routing(&config.bpffs_dir) {
+        Ok(s) => s,
+        // Pins of a build before routing: the next agent makes them.
+        Err(e) => {
+            println!("\nROUTING: not pinned ({e})");
+            return;
+        }
+    };
+    let ip = agent_common::ipv4;
+    println!("\nROUTES (from VNI, destination, to)");
+    for (k, e) in &s.routes {
+        let dst = format!("{}/{}", ip(k.addr), k.len);
+        let to = match e.kind {
+            RouteEntry::SUBNET => format!("subnet of VNI {}", e.vni),
+            RouteEntry::GATEWAY => format!("gateway of VNI {} (answers ping)", e.vni),
+            RouteEntry::VIA => format!("via {} in VNI {}", ip(e.via), e.vni),
+            // Never written by this build: the programs treat it as no route.
+            other => format!("unusable (kind {other})"),
+        };
+        println!("  {:>8}  {dst:<18}  {to}", k.vni);
+    }
+    println!("\nFORWARDING NICS (VNI, MAC: any address, MAC enforced)");
+    for k in &s.forwarding {
+        println!("  {:>8}  {}", k.vni, MacAddr(k.mac));
+    }
+    println!("\nFORWARDER VTEPS (VNI, VTEP: routed frames from outside the VPC accepted)");
+    for k in &s.forwarders {
+        println!("  {:>8}  {}", k.vni, ip(k.vtep));
+    }
 }
 
 /// The IPv6 state: the addresses NICs are held to, the neighbour answers, the advertisements.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use agent_common::{
     ArpEntry, ArpKey, Binding, Binding6, BindingKey, DataplaneConfig, DhcpEvent, FdbEntry, FdbKey,
-    Neigh6Entry, Neigh6Key, Ra6, VniInfo, stats::STATS_COUNT,
+    ForwarderKey, Neigh6Entry, Neigh6Key, Ra6, RouteEntry, VniInfo, stats::STATS_COUNT,
 };
 use aya::{
     Pod,
@@ -14,9 +14,10 @@ use aya::{
 };
 
 use super::{
-    MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_CONFIG, MAP_FDB, MAP_NEIGH6, MAP_STATS, MAP_VNIS,
-    MAP_VNIS6, MAP_VTEPS,
+    MAP_ARP, MAP_BINDINGS, MAP_BINDINGS6, MAP_CONFIG, MAP_FDB, MAP_FORWARDERS, MAP_FORWARDING,
+    MAP_NEIGH6, MAP_ROUTES, MAP_STATS, MAP_VNIS, MAP_VNIS6, MAP_VTEPS, RouteKey,
     error::DataplaneError,
+    maps::{Routes, Store as _},
     pins::{Pins, check_layout},
 };
 
@@ -105,6 +106,38 @@ pub fn read_vpc(bpffs_dir: &Path) -> Result<VpcState, DataplaneError> {
     s.fdb.sort_by_key(|(k, _)| *k);
     s.arp.sort_by_key(|(k, _)| *k);
     s.vteps.sort_unstable();
+    Ok(s)
+}
+
+/// The routing state the data plane holds: each network's table, the forwarding NICs, the
+/// VTEPs hosting them.
+#[derive(Debug, Default)]
+pub struct RoutingState {
+    pub routes: Vec<(RouteKey, RouteEntry)>,
+    pub forwarding: Vec<FdbKey>,
+    pub forwarders: Vec<ForwarderKey>,
+}
+
+/// Reads the routing state the data plane holds, from the pinned maps, each sorted by key.
+pub fn read_routing(bpffs_dir: &Path) -> Result<RoutingState, DataplaneError> {
+    let maps = Pins::new(bpffs_dir).maps;
+    check_layout(&maps)?;
+    let trie = MapData::from_pin(maps.join(MAP_ROUTES))?;
+    let routes = Routes::take(aya::maps::Map::LpmTrie(trie), MAP_ROUTES)?;
+    let mut s = RoutingState {
+        routes: routes.entries(),
+        forwarding: open_pinned::<FdbKey, u32>(bpffs_dir, MAP_FORWARDING)?
+            .keys()
+            .filter_map(Result::ok)
+            .collect(),
+        forwarders: open_pinned::<ForwarderKey, u32>(bpffs_dir, MAP_FORWARDERS)?
+            .keys()
+            .filter_map(Result::ok)
+            .collect(),
+    };
+    s.routes.sort_by_key(|(k, _)| *k);
+    s.forwarding.sort_unstable();
+    s.forwarders.sort_unstable();
     Ok(s)
 }
 

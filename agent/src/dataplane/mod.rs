@@ -48,8 +48,8 @@ pub use self::{
     attach::Hook,
     error::{BpffsError, DataplaneError, DirProblem, NetlinkError, ReconcileError, WriteError},
     inspect::{
-        Ipv6State, StatsReader, VpcState, parse_event, pinned_fdb, read_bindings, read_ipv6,
-        read_vpc,
+        Ipv6State, RoutingState, StatsReader, VpcState, parse_event, pinned_fdb, read_bindings,
+        read_ipv6, read_routing, read_vpc,
     },
     pins::{ensure_bpffs, private_dir_problem},
     veth::{PASS_OBJECT, attach_veth_peer},

@@ -154,6 +154,8 @@ const BPF_FAMILIES: &[BpfFamily] = &[
             ("malformed", &[Stat::DropMalformed]),
             ("no_underlay", &[Stat::DropNoUnderlay]),
             ("no_route", &[Stat::DropNoRoute]),
+            // Not routable, and RFC 1122 §3.2.2 forbids an ICMP error about it (issue 16).
+            ("route_no_icmp_error", &[Stat::DropRouteSilent]),
             ("unknown_vtep", &[Stat::DropUnknownVtep]),
             ("unknown_vni", &[Stat::DropUnknownVni]),
             ("unknown_inner_dst", &[Stat::DropUnknownInnerDst]),

@@ -158,9 +158,15 @@ pub(super) fn check_vias<'a>(
             .enumerate()
             .find(|(_, e)| e.key("id").as_deref() == Some(id.as_str()))
             .map_or_else(|| "networks".into(), |(i, e)| e.label("networks", i));
+        // A network whose route no NIC entry holds is refused for it (`route_via_unowned`) and
+        // serves its last good version: its routes are not refused twice.
+        let unowned = rejections
+            .iter()
+            .any(|r| r.reason == Reason::RouteViaUnowned && r.key.as_deref() == Some(id));
         for (to, via) in vias {
             let why = match held.get(&via) {
                 Some(c) if c.forwarding => continue,
+                None if unowned && to.is_some() => continue,
                 Some(c) => format!("NIC {}, which has no `forwarding: true`", c.mac),
                 None => "which no NIC of the network serving holds (its entry was rejected)".into(),
             };
@@ -184,5 +190,330 @@ pub(super) fn check_vias<'a>(
             };
             rejections.push(reject(reason, detail).at(entry.clone(), Some(id.clone())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::{
+        Limits, LocalNics, MacAddr, Serving,
+        fixtures::{NoBudget, doc, reasons, sub},
+        revalidate, validate,
+    };
+
+    const GW_VM: &str = "02:00:00:00:0a:fe";
+
+    /// VPC prod: blue (10.10.0.0/24) with a gateway VM at .254, green (10.20.0.0/24); red
+    /// alone with blue's subnet.
+    fn vpcs() -> serde_json::Value {
+        json!({
+            "networks": [
+                {"id": "blue", "vni": 1001, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1",
+                 "vpc": "prod", "default_via": "10.10.0.254",
+                 "routes": [{"to": "192.168.0.0/16", "via": "10.10.0.254"}]},
+                {"id": "green", "vni": 1003, "subnet": "10.20.0.0/24", "gateway": "10.20.0.1",
+                 "vpc": "prod"},
+                {"id": "red", "vni": 1002, "subnet": "10.10.0.0/24", "gateway": "10.10.0.1"}
+            ],
+            "nodes": [{"name": "hv-1", "vtep": "198.18.0.1"}, {"name": "hv-2", "vtep": "198.18.0.2"}],
+            "nics": [
+                {"mac": "02:00:00:00:0a:01", "network": "blue", "ip": "10.10.0.11", "node": "hv-1", "interface": "tap1"},
+                {"mac": GW_VM, "network": "blue", "ip": "10.10.0.254", "node": "hv-2", "forwarding": true},
+                {"mac": "02:00:00:00:0c:01", "network": "green", "ip": "10.20.0.11", "node": "hv-2"},
+                {"mac": "02:00:00:00:0b:01", "network": "red", "ip": "10.10.0.11", "node": "hv-1", "interface": "tap2"}
+            ]
+        })
+    }
+
+    fn good() -> Model {
+        let v = validate(&doc(vpcs()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        v.model
+    }
+
+    #[test]
+    fn a_vpc_document_is_accepted() {
+        let m = good();
+        assert_eq!(m.networks["blue"].vpc.as_deref(), Some("prod"));
+        assert_eq!(
+            m.networks["blue"].default_via,
+            Some(Ipv4Addr::new(10, 10, 0, 254))
+        );
+        assert!(m.nics[&GW_VM.parse::<MacAddr>().unwrap()].forwarding);
+    }
+
+    #[test]
+    fn a_bad_vpc_name_rejects_its_network_alone() {
+        let serving = good();
+        for bad in [
+            json!(""),
+            json!("prod vpc"),
+            json!("x".repeat(65)),
+            json!("é"),
+            json!(7),
+        ] {
+            let mut d = vpcs();
+            d["networks"][1]["vpc"] = bad.clone();
+            let v = validate(
+                &doc(d.clone()),
+                Some(&serving),
+                "hv-1",
+                &Limits::default(),
+                &NoBudget,
+            );
+            let want = if bad.is_string() {
+                Reason::InvalidVpc
+            } else {
+                Reason::InvalidField
+            };
+            assert_eq!(reasons(&v), vec![("networks[1]".into(), want)], "{bad}");
+            assert!(v.rejections[0].kept_last_good, "{bad}");
+            assert_eq!(v.model, serving, "{bad}: green keeps its last good version");
+            // New: green goes with its NIC; the rest serves.
+            let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+            assert_eq!(
+                reasons(&v),
+                vec![
+                    ("networks[1]".into(), want),
+                    ("nics[2]".into(), Reason::UnknownNetwork)
+                ]
+            );
+            assert_eq!(v.model.networks.len(), 2);
+        }
+    }
+
+    #[test]
+    fn overlapping_networks_of_one_vpc_the_serving_one_keeps_its_place() {
+        let serving = good();
+        // A newcomer in prod with a subnet inside blue's, named before it.
+        let mut d = vpcs();
+        d["networks"].as_array_mut().unwrap().push(
+            json!({"id": "aqua", "vni": 1004, "subnet": "10.10.0.128/25", "gateway": "10.10.0.129", "vpc": "prod"}),
+        );
+        d["nics"].as_array_mut().unwrap().push(
+            json!({"mac": "02:00:00:00:0d:01", "network": "aqua", "ip": "10.10.0.140", "node": "hv-1", "interface": "tap4"}),
+        );
+        let v = validate(
+            &doc(d.clone()),
+            Some(&serving),
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![
+                ("networks".into(), Reason::VpcOverlap),
+                ("nics[4]".into(), Reason::UnknownNetwork)
+            ]
+        );
+        let r = &v.rejections[0];
+        assert_eq!(r.key.as_deref(), Some("aqua"));
+        assert!(
+            r.detail.contains("10.10.0.128/25") && r.detail.contains("network blue"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(v.model, serving, "nothing else changed");
+        // Nothing serving: the first by id (aqua) keeps it, blue loses.
+        let v = validate(&doc(d.clone()), None, "hv-1", &Limits::default(), &NoBudget);
+        assert!(v.model.networks.contains_key("aqua"));
+        assert!(!v.model.networks.contains_key("blue"));
+        // aqua validated alone against the serving model (the etcd source): the same.
+        let networks = BTreeSet::from(["aqua".to_owned()]);
+        let part = revalidate(
+            &sub(&d, &["aqua"]),
+            &networks,
+            &BTreeSet::new(),
+            Serving {
+                model: &serving,
+                local: &LocalNics::of(&serving, "hv-1"),
+            },
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert_eq!(part.validated.model, serving);
+        assert_eq!(
+            part.validated
+                .rejections
+                .iter()
+                .map(|r| r.reason)
+                .collect::<Vec<_>>(),
+            [Reason::VpcOverlap, Reason::UnknownNetwork]
+        );
+        // In another VPC, or none, the same subnet is fine (red has blue's).
+        d["networks"][3]["vpc"] = json!("dev");
+        let v = validate(
+            &doc(d),
+            Some(&serving),
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+    }
+
+    #[test]
+    fn a_default_via_the_router_or_outside_the_subnet_rejects_the_network() {
+        let serving = good();
+        for (via, why) in [
+            ("10.20.0.254", "outside subnet"),
+            ("10.10.0.1", "the gateway"),
+            ("10.10.0.255", "broadcast"),
+            ("10.10.0.0", "network or broadcast"),
+        ] {
+            let mut d = vpcs();
+            d["networks"][0]["default_via"] = json!(via);
+            let v = validate(
+                &doc(d),
+                Some(&serving),
+                "hv-1",
+                &Limits::default(),
+                &NoBudget,
+            );
+            assert_eq!(
+                reasons(&v),
+                vec![("networks[0]".into(), Reason::DefaultViaInvalid)],
+                "{via}"
+            );
+            assert!(
+                v.rejections[0].detail.contains(why),
+                "{}",
+                v.rejections[0].detail
+            );
+            assert!(v.rejections[0].kept_last_good);
+            assert_eq!(v.model, serving);
+        }
+        let mut d = vpcs();
+        d["networks"][0]["default_via"] = json!("gw");
+        let v = validate(
+            &doc(d),
+            Some(&serving),
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert_eq!(
+            reasons(&v),
+            vec![("networks[0]".into(), Reason::InvalidAddress)]
+        );
+    }
+
+    /// The via reasons of `v`, as (key, reason), and whether the network serves.
+    fn via_rejections(v: &crate::model::Validated) -> Vec<(String, Reason)> {
+        v.rejections
+            .iter()
+            .map(|r| (r.key.clone().unwrap_or_default(), r.reason))
+            .collect()
+    }
+
+    #[test]
+    fn a_via_that_is_no_forwarding_nic_costs_only_itself() {
+        // The gateway VM's NIC without forwarding: blue serves, its default_via and route are
+        // refused with their reasons.
+        let mut d = vpcs();
+        d["nics"][1]["forwarding"] = json!(false);
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            via_rejections(&v),
+            [
+                ("blue".into(), Reason::DefaultViaNotForwarding),
+                ("blue".into(), Reason::RouteViaNic)
+            ]
+        );
+        assert!(
+            v.rejections
+                .iter()
+                .all(|r| r.entry == "networks[0]" && !r.kept_last_good)
+        );
+        assert!(
+            v.rejections[0].detail.contains(GW_VM),
+            "{}",
+            v.rejections[0].detail
+        );
+        assert_eq!(v.model.networks.len(), 3);
+        assert_eq!(v.model.nics.len(), 4);
+        // A default_via no NIC holds: the same, named so.
+        let mut d = vpcs();
+        d["networks"][0]["default_via"] = json!("10.10.0.77");
+        let v = validate(&doc(d), None, "hv-1", &Limits::default(), &NoBudget);
+        assert_eq!(
+            via_rejections(&v),
+            [("blue".into(), Reason::DefaultViaNotForwarding)]
+        );
+        assert!(v.rejections[0].detail.contains("no NIC"));
+        assert_eq!(v.model.networks.len(), 3);
+    }
+
+    /// The gateway VM's NIC losing `forwarding`, or going, as the etcd source delivers it
+    /// (blue validated again): blue keeps serving, its default_via and route are refused, as a
+    /// whole validation says; the flag back, the rejections go.
+    #[test]
+    fn a_gateway_nic_changing_refuses_the_vias_that_named_it() {
+        let serving = good();
+        let local = LocalNics::of(&serving, "hv-1");
+        let blue = BTreeSet::from(["blue".to_owned()]);
+        let old = serving.nics_by_network().remove("blue").unwrap();
+        let again = |d: &serde_json::Value| {
+            revalidate(
+                &sub(d, &["blue"]),
+                &blue,
+                &old,
+                Serving {
+                    model: &serving,
+                    local: &local,
+                },
+                "hv-1",
+                &Limits::default(),
+                &NoBudget,
+            )
+        };
+        let mut flipped = vpcs();
+        flipped["nics"][1]["forwarding"] = json!(false);
+        let mut gone = vpcs();
+        gone["nics"].as_array_mut().unwrap().remove(1);
+        for (d, want) in [
+            (
+                flipped,
+                vec![
+                    ("blue".to_owned(), Reason::DefaultViaNotForwarding),
+                    ("blue".to_owned(), Reason::RouteViaNic),
+                ],
+            ),
+            // Gone: its route's via is no NIC's any more, which refuses blue's new version
+            // (the same) and keeps its last good version, whose default_via is refused.
+            (
+                gone,
+                vec![
+                    ("blue".to_owned(), Reason::RouteViaUnowned),
+                    ("blue".to_owned(), Reason::DefaultViaNotForwarding),
+                ],
+            ),
+        ] {
+            let part = again(&d);
+            let full = validate(
+                &doc(d.clone()),
+                Some(&serving),
+                "hv-1",
+                &Limits::default(),
+                &NoBudget,
+            );
+            assert_eq!(part.validated.model, full.model);
+            assert_eq!(via_rejections(&part.validated), want);
+            assert_eq!(via_rejections(&full), want);
+            assert_eq!(
+                part.validated.model.networks, serving.networks,
+                "blue serves"
+            );
+        }
+        let part = again(&vpcs());
+        assert!(part.validated.rejections.is_empty());
+        assert_eq!(part.validated.model, serving);
     }
 }

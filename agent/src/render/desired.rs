@@ -106,9 +106,9 @@ impl Touched {
                     t.vnis.insert(n.vni);
                 }
             }
-            if !nics_after.contains_key(&id) {
-                let macs = index.get(&id).cloned().unwrap_or_default();
-                nics_after.insert(id, macs);
+            if let std::collections::btree_map::Entry::Vacant(e) = nics_after.entry(id) {
+                let macs = index.get(e.key()).cloned().unwrap_or_default();
+                e.insert(macs);
             }
         }
         t.networks = nics_after;

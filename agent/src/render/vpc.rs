@@ -536,6 +536,174 @@ mod tests {
         assert_eq!(vpc.arp[&(1001, "10.0.0.2".parse().unwrap())], ROUTER);
     }
 
+    /// Two VPCs with the same subnets, a gateway VM in one, a network alone: as hv-1 (a NIC
+    /// in prod's blue and in dev's blue) and hv-3 (only in the lone network) see them.
+    fn routed() -> Model {
+        let doc = parse_document(
+            br#"{ "networks": [
+                { "id": "blue", "vni": 1001, "subnet": "10.1.0.0/24", "gateway": "10.1.0.1", "vpc": "prod",
+                  "default_via": "10.1.0.254", "routes": [ { "to": "192.168.0.0/16", "via": "10.1.0.254" },
+                                                         { "to": "172.16.0.0/12", "via": "10.1.0.1" } ] },
+                { "id": "green", "vni": 1002, "subnet": "10.2.0.0/24", "gateway": "10.2.0.1", "vpc": "prod" },
+                { "id": "dev-blue", "vni": 2001, "subnet": "10.1.0.0/24", "gateway": "10.1.0.1", "vpc": "dev" },
+                { "id": "dev-green", "vni": 2002, "subnet": "10.2.0.0/24", "gateway": "10.2.0.1", "vpc": "dev" },
+                { "id": "lone", "vni": 3001, "subnet": "10.3.0.0/24", "gateway": "10.3.0.1" } ],
+              "nodes": [ { "name": "hv-1", "vtep": "198.18.0.1" }, { "name": "hv-2", "vtep": "198.18.0.2" },
+                         { "name": "hv-3", "vtep": "198.18.0.3" } ],
+              "nics": [
+                { "mac": "02:00:00:00:01:01", "network": "blue", "ip": "10.1.0.11", "node": "hv-1", "interface": "tap1" },
+                { "mac": "02:00:00:00:01:fe", "network": "blue", "ip": "10.1.0.254", "node": "hv-2", "forwarding": true },
+                { "mac": "02:00:00:00:02:02", "network": "green", "ip": "10.2.0.12", "node": "hv-2" },
+                { "mac": "02:00:00:00:02:03", "network": "green", "ip": "10.2.0.13", "node": "hv-1", "interface": "tap2", "forwarding": true },
+                { "mac": "02:00:00:00:03:02", "network": "dev-green", "ip": "10.2.0.12", "node": "hv-2" },
+                { "mac": "02:00:00:00:04:03", "network": "lone", "ip": "10.3.0.13", "node": "hv-3", "interface": "tap3" } ] }"#,
+        )
+        .unwrap();
+        let v = validate(&doc, None, "hv-1", &Limits::default(), &Budget);
+        assert!(v.rejections.is_empty(), "{:?}", v.rejections);
+        v.model
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_host_carries_its_vpcs_and_their_tables() {
+        let vpc = derive(&routed(), "hv-1", ROUTER);
+        // prod, whole: green has a NIC here too, but blue would carry it alone. Not dev, not lone.
+        assert_eq!(vpc.vnis.keys().copied().collect::<Vec<_>>(), [1001, 1002]);
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let gw = ip("10.1.0.254");
+        let want: BTreeMap<(u32, Ipv4Net), RouteTo> = [1001, 1002]
+            .into_iter()
+            .flat_map(|from| {
+                [
+                    ((from, net("10.1.0.0/24")), RouteTo::Subnet { vni: 1001 }),
+                    ((from, net("10.2.0.0/24")), RouteTo::Subnet { vni: 1002 }),
+                    ((from, net("10.1.0.1/32")), RouteTo::Gateway { vni: 1001 }),
+                    ((from, net("10.2.0.1/32")), RouteTo::Gateway { vni: 1002 }),
+                ]
+            })
+            .chain([
+                // blue's default_via and its route via the gateway VM; not its route via the
+                // gateway (the router itself: DHCP's only).
+                (
+                    (1001, net("0.0.0.0/0")),
+                    RouteTo::Via { vni: 1001, via: gw },
+                ),
+                (
+                    (1001, net("192.168.0.0/16")),
+                    RouteTo::Via { vni: 1001, via: gw },
+                ),
+            ])
+            .collect();
+        assert_eq!(vpc.routes, want);
+        // The forwarding NICs of prod, local and remote; the other nodes hosting one of them,
+        // for every network of prod.
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        assert_eq!(
+            vpc.forwarding,
+            BTreeSet::from([
+                (1001, mac("02:00:00:00:01:fe")),
+                (1002, mac("02:00:00:00:02:03"))
+            ])
+        );
+        assert_eq!(
+            vpc.forwarders,
+            BTreeSet::from([(1001, ip("198.18.0.2")), (1002, ip("198.18.0.2"))])
+        );
+        // Every NIC of prod, green's remote one behind hv-2; none of dev, whose addresses are
+        // the same.
+        assert_eq!(
+            vpc.fdb[&(1002, mac("02:00:00:00:02:02"))].endpoint,
+            Endpoint::Remote {
+                vtep: ip("198.18.0.2")
+            }
+        );
+        assert!(vpc.fdb.keys().all(|(v, _)| *v < 2000));
+        assert!(vpc.arp.keys().all(|(v, _)| *v < 2000));
+        assert!(vpc.routes.values().all(|r| !matches!(r, RouteTo::Subnet { vni } | RouteTo::Gateway { vni } | RouteTo::Via { vni, .. } if *vni >= 2000)));
+    }
+
+    #[test]
+    fn two_vpcs_with_the_same_subnets_never_see_each_other() {
+        // hv-2 carries prod and dev: the same subnets, each VPC's tables name its own VNIs.
+        let vpc = derive(&routed(), "hv-2", ROUTER);
+        assert_eq!(
+            vpc.vnis.keys().copied().collect::<Vec<_>>(),
+            [1001, 1002, 2001, 2002]
+        );
+        for ((from, dst), to) in &vpc.routes {
+            let target = match to {
+                RouteTo::Subnet { vni } | RouteTo::Gateway { vni } | RouteTo::Via { vni, .. } => {
+                    *vni
+                }
+            };
+            assert_eq!(from / 1000, target / 1000, "{from} {dst} -> {to:?}");
+        }
+        assert_eq!(
+            vpc.routes[&(2001, net("10.2.0.0/24"))],
+            RouteTo::Subnet { vni: 2002 }
+        );
+        // dev has no default_via: nothing leaves it.
+        assert!(!vpc.routes.contains_key(&(2001, net("0.0.0.0/0"))));
+        // The gateway VM is on hv-2 itself: no other node forwards for blue; green's forwarder
+        // is hv-1.
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            vpc.forwarders,
+            BTreeSet::from([(1001, ip("198.18.0.1")), (1002, ip("198.18.0.1"))])
+        );
+        // A lone network reaches only itself.
+        let vpc = derive(&routed(), "hv-3", ROUTER);
+        assert_eq!(vpc.vnis.keys().copied().collect::<Vec<_>>(), [3001]);
+        assert_eq!(
+            vpc.routes,
+            BTreeMap::from([
+                ((3001, net("10.3.0.0/24")), RouteTo::Subnet { vni: 3001 }),
+                ((3001, net("10.3.0.1/32")), RouteTo::Gateway { vni: 3001 }),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_via_that_is_no_forwarding_nic_is_not_routed() {
+        let mut m = routed();
+        let gw: MacAddr = "02:00:00:00:01:fe".parse().unwrap();
+        let mut nic = m.nics[&gw].clone();
+        nic.forwarding = false;
+        m.nics.insert(gw, nic);
+        let vpc = derive(&m, "hv-1", ROUTER);
+        assert!(!vpc.routes.contains_key(&(1001, net("0.0.0.0/0"))));
+        assert!(!vpc.routes.contains_key(&(1001, net("192.168.0.0/16"))));
+        assert!(!vpc.forwarding.contains(&(1001, gw)));
+        // hv-2 hosts no forwarding NIC of prod any more; green's is here.
+        assert!(vpc.forwarders.is_empty());
+    }
+
+    /// A change costs its VPCs, before and after: never the networks of other VPCs.
+    #[test]
+    fn a_change_touches_the_networks_of_its_vpcs_only() {
+        let m = routed();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            vpc_members(&m, &m, &ids(&["blue"])),
+            ids(&["blue", "green"])
+        );
+        assert_eq!(vpc_members(&m, &m, &ids(&["lone"])), ids(&["lone"]));
+        // dev-blue moves to prod: both VPCs.
+        let mut next = m.clone();
+        let mut n = next.networks["dev-blue"].clone();
+        n.vpc = Some("prod".into());
+        n.subnet = net("10.9.0.0/24");
+        next.networks.insert("dev-blue".into(), n);
+        assert_eq!(
+            vpc_members(&m, &next, &ids(&["dev-blue"])),
+            ids(&["blue", "dev-blue", "dev-green", "green"])
+        );
+    }
+
     #[test]
     fn the_other_host_sees_the_mirror_image() {
         let vpc = derive(&model(), "hv-2", ROUTER);

@@ -251,8 +251,11 @@ impl Session {
         view.fill(&Range::Own, own).await;
         let (nodes, _) = store.list(&self.layout.nodes(), revision).await?;
         view.fill(&Range::Nodes, nodes).await;
+        // Every network's VPC: the other networks of this node's VPCs are followed too.
+        let (catalog, _) = store.list(&self.layout.networks(), revision).await?;
+        view.fill(&Range::Catalog, catalog).await;
         let mut slots = BTreeMap::new();
-        for r in [Range::Own, Range::Nodes] {
+        for r in [Range::Own, Range::Nodes, Range::Catalog] {
             slots.insert(
                 r,
                 Slot {
@@ -401,15 +404,16 @@ impl Session {
         if let Some(slot) = self.slots.get_mut(&range) {
             slot.next = slot.next.max(last + 1);
         }
-        if range == Range::Own {
+        if range == Range::Own || range == Range::Catalog {
             self.follow_networks(store, stream, last, pending, cancelled)
                 .await?;
         }
         Ok(())
     }
 
-    /// This node's NICs changed: watch the networks it now has NICs in, and stop watching the
-    /// ones it left. A new network is read at the revision of the change that brought it.
+    /// This node's NICs, or the VPCs of networks, changed: watch the networks it now carries
+    /// (those it has NICs in and the other networks of their VPCs), and stop watching the ones
+    /// it left. A new network is read at the revision of the change that brought it.
     async fn follow_networks(
         &mut self,
         store: &mut Store,

@@ -27,6 +27,9 @@ pub(super) enum Range {
     Network(String),
     /// One network's NICs.
     NetworkNics(String),
+    /// Every network's entry, for the VPC each names: a host follows the other networks of
+    /// the VPCs it has NICs in (their entries are kept by [`Range::Network`]).
+    Catalog,
 }
 
 impl Range {
@@ -37,6 +40,7 @@ impl Range {
             Range::Nodes => (l.nodes(), true),
             Range::Network(id) => (l.network(id), false),
             Range::NetworkNics(id) => (l.by_network(id), true),
+            Range::Catalog => (l.networks(), true),
         }
     }
 }
@@ -61,22 +65,33 @@ pub(super) struct View {
     own_interfaces: BTreeMap<Arc<str>, String>,
     /// The directories of the keys held, one copy each.
     dirs: HashSet<Arc<str>>,
+    /// The VPC each network's entry names (by the catalog of every network): which networks
+    /// share a VPC with this node's.
+    vpcs: BTreeMap<String, String>,
 }
 
 impl View {
-    /// The networks this node has NICs in.
+    /// The networks this node carries: those it has NICs in, and the other networks of their
+    /// VPCs.
     pub(super) fn wanted(&self) -> BTreeSet<String> {
-        self.own_networks
+        let mut out: BTreeSet<String> = self
+            .own_networks
             .values()
             .flatten()
             .filter(|n| key_safe(n))
             .cloned()
-            .collect()
-    }
-
-    /// Whether this node has a NIC in network `id`: [`View::wanted`] without listing them all.
-    fn wants(&self, id: &str) -> bool {
-        key_safe(id) && self.own_networks.values().any(|n| n.as_deref() == Some(id))
+            .collect();
+        let vpcs: BTreeSet<&String> = out.iter().filter_map(|n| self.vpcs.get(n)).collect();
+        if !vpcs.is_empty() {
+            let members: Vec<String> = self
+                .vpcs
+                .iter()
+                .filter(|(id, v)| vpcs.contains(v) && key_safe(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            out.extend(members);
+        }
+        out
     }
 
     /// The entry for `key` that `make` makes of its directory and id, its names shared with
@@ -131,6 +146,14 @@ impl View {
     fn put(&mut self, range: &Range, key: &str, entry: Option<(Arc<str>, RawEntry)>) -> bool {
         let name = split_key(key).1;
         let map = match range {
+            Range::Catalog => {
+                let vpc = entry.and_then(|(_, e)| e.field("vpc"));
+                let was = match vpc {
+                    Some(v) => self.vpcs.insert(name.to_owned(), v.clone()) != Some(v),
+                    None => self.vpcs.remove(name).is_some(),
+                };
+                return was;
+            }
             Range::Network(id) => {
                 return match entry {
                     Some((_, e)) => {
@@ -244,6 +267,9 @@ impl View {
         let mut out = BTreeSet::new();
         match range {
             Range::Nodes => return None,
+            // The networks followed are marked by their own watch, the ones a change makes
+            // followed by following them.
+            Range::Catalog => return Some(out),
             Range::Own => {
                 if self.own.contains_key(name) {
                     let network = self.own_networks.get(name).cloned().flatten();
@@ -285,7 +311,8 @@ impl View {
     /// The part of [`View::document`] that `networks` depend on: their entries, their NICs,
     /// and the nodes those NICs and this node are on.
     pub(super) fn sub_document(&self, networks: &BTreeSet<String>, this_node: &str) -> RawDocument {
-        let wanted: BTreeSet<&String> = networks.iter().filter(|id| self.wants(id)).collect();
+        let all = self.wanted();
+        let wanted: BTreeSet<&String> = networks.iter().filter(|id| all.contains(*id)).collect();
         let mut nics: BTreeMap<&str, &RawEntry> = BTreeMap::new();
         for id in &wanted {
             for (mac, e) in self.nics.get(*id).into_iter().flatten() {
@@ -358,6 +385,50 @@ fn count(listed: &mut HashMap<MacAddr, u32>, mac: &str, up: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host follows the other networks of the VPCs it has NICs in, by the catalog of every
+    /// network's entry, and lets them go when they leave the VPC.
+    #[test]
+    fn the_view_follows_the_vpcs_of_this_nodes_networks() {
+        let l = Layout::new("/hf");
+        let mut v = View::default();
+        let nic = br#"{"mac":"02:00:00:00:00:01","network":"blue","ip":"10.0.0.5","node":"hv-1"}"#;
+        v.apply(
+            &Range::Own,
+            &format!("{}02:00:00:00:00:01", l.by_node("hv-1")),
+            Some(nic),
+        );
+        let catalog = |v: &mut View, id: &str, vpc: Option<&str>| {
+            let json = match vpc {
+                Some(p) => format!(r#"{{"id":"{id}","vpc":"{p}"}}"#),
+                None => format!(r#"{{"id":"{id}"}}"#),
+            };
+            v.apply(&Range::Catalog, &l.network(id), Some(json.as_bytes()))
+        };
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert!(!catalog(&mut v, "blue", None), "no VPC: nothing changes");
+        catalog(&mut v, "green", Some("prod"));
+        catalog(&mut v, "red", Some("dev"));
+        assert_eq!(v.wanted(), set(&["blue"]));
+        assert!(catalog(&mut v, "blue", Some("prod")));
+        assert_eq!(v.wanted(), set(&["blue", "green"]));
+        // Only the VPC is read: another change of the entry changes nothing.
+        assert!(!v.apply(
+            &Range::Catalog,
+            &l.network("green"),
+            Some(br#"{"id":"green","vpc":"prod","mtu":1400}"#)
+        ));
+        // The catalog marks nothing dirty itself: following a network does.
+        assert_eq!(
+            v.affected(&Range::Catalog, &l.network("green")),
+            Some(BTreeSet::new())
+        );
+        catalog(&mut v, "green", Some("dev"));
+        assert_eq!(v.wanted(), set(&["blue"]));
+        v.apply(&Range::Catalog, &l.network("blue"), None);
+        catalog(&mut v, "green", Some("prod"));
+        assert_eq!(v.wanted(), set(&["blue"]), "blue's VPC is no longer known");
+    }
 
     #[test]
     fn the_view_follows_the_networks_of_this_nodes_nics() {
