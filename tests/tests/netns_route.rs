@@ -23,10 +23,11 @@ holdfast_tests::for_each_hook!(
     hostile_sources_through_the_router_are_dropped,
 );
 
-const NETS: [Net; 3] = [
+const NETS: [Net; 4] = [
     Net { id: "a", vni: 1001 },
     Net { id: "b", vni: 1002 },
     Net { id: "c", vni: 1003 },
+    Net { id: "d", vni: 1004 },
 ];
 
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01];
@@ -37,11 +38,14 @@ const G: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0xfe];
 const GA: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe];
 const C1: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x01];
 const C3: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x03];
+const D3: [u8; 6] = [0x02, 0x0d, 0, 0, 0, 0x03];
 
 const IP_A1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const IP_A3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
 const IP_B1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
 const IP_B3: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 13);
+/// d's one VM, on hv-2: hv-1 has no NIC of d, yet carries it (a network of its VPC).
+const IP_D3: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 13);
 const IP_G: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 254);
 const IP_GA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 254);
 /// Behind GA, a's route (not its default: a has none) leads there.
@@ -51,7 +55,7 @@ const GW_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 /// In b's subnet, held by no NIC.
 const NOBODY_B: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 99);
 
-const ROUTING: [Routing<'static>; 3] = [
+const ROUTING: [Routing<'static>; 4] = [
     Routing {
         net: "a",
         subnet: Ipv4Addr::new(10, 0, 0, 0),
@@ -74,6 +78,13 @@ const ROUTING: [Routing<'static>; 3] = [
         default_via: None,
         routes: &[],
     },
+    Routing {
+        net: "d",
+        subnet: Ipv4Addr::new(10, 2, 0, 0),
+        vpc: Some("v1"),
+        default_via: None,
+        routes: &[],
+    },
 ];
 
 fn vm(net: &'static str, host: usize, mac: [u8; 6], ip: Ipv4Addr, tap: &'static str) -> VmSpec {
@@ -88,8 +99,8 @@ fn vm(net: &'static str, host: usize, mac: [u8; 6], ip: Ipv4Addr, tap: &'static 
 }
 
 /// On hv-1: A1, B1, C1 (with A3's address) and GA, the gateway VM a's route leads to; on hv-2:
-/// A3, B3, the gateway VM G (b's default_via) and C3 (with A1's address). A VM of c thus sits
-/// beside each VM of the VPC that holds its address elsewhere.
+/// A3, B3, the gateway VM G (b's default_via), C3 (with A1's address) and D3, d's only VM. A
+/// VM of c thus sits beside each VM of the VPC that holds its address elsewhere.
 fn specs() -> Vec<VmSpec> {
     vec![
         vm("a", 0, A1, IP_A1, "tap-a1"),
@@ -100,6 +111,7 @@ fn specs() -> Vec<VmSpec> {
         vm("b", 1, B3, IP_B3, "tap-b3"),
         vm("b", 1, G, IP_G, "tap-g"),
         vm("c", 1, C3, IP_A1, "tap-c3"),
+        vm("d", 1, D3, IP_D3, "tap-d3"),
     ]
 }
 
@@ -197,6 +209,8 @@ fn routes_everything(cloud: &Cloud, outside: &Outside, routed_out: &Outside, pha
         (B1, A3, IP_A3, "b on hv-1 to a on hv-2"),
         (A1, B3, IP_B3, "a on hv-1 to b on hv-2"),
         (A3, B1, IP_B1, "a on hv-2 to b on hv-1"),
+        (A1, D3, IP_D3, "a on hv-1 (no NIC of d) to d on hv-2"),
+        (D3, B1, IP_B1, "d on hv-2 to b on hv-1 (no NIC of d)"),
     ] {
         let before = echoes_in(cloud, to);
         assert_eq!(cloud.ping(from, ip, 3), 3, "{phase}: ping {what}");
@@ -682,6 +696,11 @@ fn routing_from_an_etcd_source() {
     let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
     assert_eq!(cloud.ping(B1, IP_A3, 3), 3, "b on hv-1 to a on hv-2");
     assert_eq!(cloud.ping(A1, IP_B1, 3), 3, "a to b on hv-1");
+    assert_eq!(
+        cloud.ping(A1, IP_D3, 3),
+        3,
+        "a on hv-1 (no NIC of d) to d on hv-2"
+    );
     assert_eq!(cloud.ping(B1, OUTSIDE, 3), 3, "B1 to the outside");
     assert_eq!(outside.ns.ping(IP_B1, 1), 1);
     let text = ping_text(cloud.vm_ns(C1), &["-c", "1"], IP_B1);
@@ -689,4 +708,89 @@ fn routing_from_an_etcd_source() {
         text.contains("Destination Net Unreachable"),
         "C1 (other VPC) to B1: {text}"
     );
+}
+
+/// `doc` with network `net`'s `field` set to `value` (`null` removes it).
+fn with_field(doc: &str, net: &str, field: &str, value: serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(doc).expect("ipam json");
+    for n in v["networks"].as_array_mut().expect("networks") {
+        if n["id"] == net {
+            if value.is_null() {
+                n.as_object_mut().expect("network").remove(field);
+            } else {
+                n[field] = value.clone();
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// Gives both agents `doc`: in their files, or imported into etcd.
+fn apply(cloud: &Cloud, doc: &str) {
+    match &cloud.control {
+        Some(control) => {
+            control.import(doc);
+        }
+        None => {
+            for a in &cloud.agents {
+                a.write_ipam(doc);
+            }
+        }
+    }
+}
+
+/// Waits until `f` holds, or panics with `what` and how long it waited.
+fn converges(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    let ok = wait_for(Duration::from_secs(15), || f().then_some(()));
+    assert!(ok.is_some(), "{what}: not within 15 s");
+    started.elapsed()
+}
+
+/// IPAM changes apply at runtime: d leaves the VPC (hv-1, which has no NIC of d, stops
+/// carrying it: unreachable both ways) and b loses its default_via (the outside unreachable);
+/// put back, both work again. Each step's time to converge is printed.
+fn routing_changes_apply_at_runtime(source: Source) {
+    let cloud = build(Options {
+        source,
+        ..Options::default()
+    });
+    let _outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
+    assert_eq!(cloud.ping(A1, IP_D3, 2), 2, "A1 to D3 before");
+    assert_eq!(cloud.ping(B1, OUTSIDE, 2), 2, "B1 to the outside before");
+    let unreachable = |mac: [u8; 6], ip: Ipv4Addr| {
+        ping_text(cloud.vm_ns(mac), &["-c", "1"], ip).contains("Destination Net Unreachable")
+    };
+    let changed = with_field(&cloud.doc, "d", "vpc", serde_json::json!("v3"));
+    let changed = with_field(&changed, "b", "default_via", serde_json::Value::Null);
+    apply(&cloud, &changed);
+    let t = converges("d out of the VPC: A1 to D3 unreachable", || {
+        unreachable(A1, IP_D3)
+    });
+    eprintln!("{source:?}: d out of the VPC seen on hv-1 in {t:.1?}");
+    assert!(unreachable(D3, IP_A1), "D3 to A1 with d out of the VPC");
+    converges(
+        "b without default_via: B1 to the outside unreachable",
+        || unreachable(B1, OUTSIDE),
+    );
+    assert_eq!(cloud.ping(A1, IP_B1, 2), 2, "a and b still route");
+    apply(&cloud, &cloud.doc);
+    let t = converges("d back in the VPC: A1 to D3", || {
+        cloud.ping(A1, IP_D3, 1) == 1
+    });
+    eprintln!("{source:?}: d back in the VPC on hv-1 in {t:.1?}");
+    converges("b's default_via back: B1 to the outside", || {
+        cloud.ping(B1, OUTSIDE, 1) == 1
+    });
+    assert_eq!(cloud.ping(D3, IP_A1, 2), 2, "D3 to A1 after");
+}
+
+#[test]
+fn routing_changes_apply_at_runtime_from_a_file() {
+    routing_changes_apply_at_runtime(Source::File);
+}
+
+#[test]
+fn routing_changes_apply_at_runtime_from_etcd() {
+    routing_changes_apply_at_runtime(Source::Etcd);
 }
