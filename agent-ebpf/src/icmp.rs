@@ -28,8 +28,10 @@ pub const FRAG_NEEDED: u8 = 4;
 pub const TIME_EXCEEDED: u8 = 11;
 pub const ECHO_REPLY: u8 = 0;
 pub const ECHO_REQUEST: u8 = 8;
-/// The offending datagram's IP header (20 bytes: a datagram with options is never answered
-/// with an error, see the callers) and its first 8 bytes go back with the error (RFC 792).
+/// The offending datagram's first 28 bytes go back with the error: its IP header and first 8
+/// bytes of data (RFC 792) when the header has no options, as a routed datagram's never has
+/// (`route` refuses them). A bridged datagram with options that gets a fragmentation-needed
+/// has its first 28 bytes quoted, as before routing.
 const QUOTED: usize = IPV4_HLEN + 8;
 /// The whole answer: Ethernet, IPv4, the ICMP header, the quoted bytes.
 const LEN: usize = ETH_HLEN + IPV4_HLEN + 8 + QUOTED;

@@ -122,8 +122,8 @@ fn ipv4<C: Ctx, const ANSWERS: bool>(ctx: &C, eth: &EthHdr) -> Result<u32, Stat>
 }
 
 /// Where a frame goes once its destination NIC is known: the NIC's FDB entry (`kind`, which is
-/// `FdbEntry::LOCAL` or `FdbEntry::REMOTE`, `ifindex`, `vtep`), its network and that network's MTU, and the source of an ICMP
-/// fragmentation-needed for a frame over that MTU.
+/// `FdbEntry::LOCAL` or `FdbEntry::REMOTE`, `ifindex`, `vtep`), its network and that network's
+/// MTU, and the source of an ICMP fragmentation-needed for a frame over that MTU.
 pub struct Delivery {
     pub kind: u32,
     pub ifindex: u32,

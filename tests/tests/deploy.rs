@@ -94,6 +94,9 @@ const DROP_REASONS: &[&str] = &[
     "other_server",
     "rate_limited",
     "skb_path",
+    "to_gateway",
+    "routed_spoof",
+    "route_unsupported",
 ];
 
 const NAMESPACE: &str = "holdfast";

@@ -27,7 +27,7 @@ const VNI_B: u32 = 1002;
 /// Another VPC's network, carried on this host for its own NIC.
 const VNI_C: u32 = 1003;
 const A1: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x01]; // A, on the test interface
-const G: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe]; // A, forwarding (a gateway VM), on the test interface
+const G: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe]; // A, forwarding (a gateway VM), test interface
 const A3: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0x03]; // A, remote, behind REMOTE_VTEP
 const RG: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfd]; // A, remote and forwarding, behind REMOTE_VTEP
 const B1: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x01]; // B, local on ifindex 77
@@ -777,6 +777,20 @@ fn what_xdp_hands_over_the_skb_path_routes() {
                 (Stat::Routed, 1),
             ],
         );
+        // Everything else routes there as in XDP (a port whose XDP program is gone): the
+        // gateway's echo, an expiring TTL, a local NIC of another network.
+        let echo_req = ipv4(A1, ROUTER_MAC, A1_IP, GW_B, 64, 1, &echo());
+        let (action, out) = run(&echo_req, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: echo");
+        assert_eq!((ip(&out, 26), out[34]), (GW_B, 0), "{what}: echo reply");
+        let expiring = udp_via_router(A1, A1_IP, B1_IP, 1);
+        let (action, out) = run(&expiring, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: TTL 1");
+        assert_icmp_error(&expiring, &out, GW_A, 11, 0);
+        let to_b1 = udp_via_router(A1, A1_IP, B1_IP, 64);
+        let (action, out) = run(&to_b1, &Skb::default());
+        assert_eq!(action, TC_ACT_REDIRECT, "{what}: to B1");
+        assert_routed(&to_b1, &out, B1);
     }
 }
 

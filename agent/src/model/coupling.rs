@@ -122,6 +122,43 @@ mod tests {
     }
 
     #[test]
+    fn networks_of_one_vpc_that_overlap_are_coupled() {
+        let networks: BTreeMap<String, RawEntry> = [
+            (
+                "blue",
+                json!({"id": "blue", "vpc": "prod", "subnet": "10.10.0.0/24"}),
+            ),
+            (
+                "aqua",
+                json!({"id": "aqua", "vpc": "prod", "subnet": "10.10.0.128/25"}),
+            ),
+            (
+                "green",
+                json!({"id": "green", "vpc": "prod", "subnet": "10.20.0.0/24"}),
+            ),
+            (
+                "red",
+                json!({"id": "red", "vpc": "dev", "subnet": "10.10.0.0/24"}),
+            ),
+            ("lone", json!({"id": "lone", "subnet": "10.10.0.0/24"})),
+            (
+                "bad",
+                json!({"id": "bad", "vpc": "prod", "subnet": "10.10.0.0/99"}),
+            ),
+        ]
+        .into_iter()
+        .map(|(id, v)| (id.to_owned(), entry(v)))
+        .collect();
+        let of = |id: &str| set(overlapping_in_vpc(&networks[id], &networks));
+        assert_eq!(of("blue"), BTreeSet::from(["aqua", "blue"]));
+        assert_eq!(of("aqua"), BTreeSet::from(["aqua", "blue"]));
+        assert_eq!(of("green"), BTreeSet::from(["green"]));
+        assert_eq!(of("red"), BTreeSet::from(["red"]), "another VPC");
+        assert_eq!(of("lone"), BTreeSet::new(), "no VPC: coupled to none");
+        assert_eq!(of("bad"), BTreeSet::new(), "no subnet to overlap");
+    }
+
+    #[test]
     fn networks_claiming_one_vni_are_coupled() {
         let networks: BTreeMap<String, RawEntry> = [
             ("blue", json!({"id": "blue", "vni": 1001})),
