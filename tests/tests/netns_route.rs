@@ -526,13 +526,9 @@ fn hostile_sources_through_the_router_are_dropped(hook: VmHook) {
     }
     let before = count(&cloud, 1, Stat::DropSpoofedMac);
     g.ip(&["link", "set", "eth0", "address", "02:0b:00:00:00:77"]);
+    // Routed (to A1): one ping is enough, its ARP for the router already dropped.
     assert_eq!(
-        cloud.ping(G, IP_A1, 3),
-        0,
-        "the gateway VM with another MAC"
-    );
-    assert_eq!(
-        cloud.ping(G, IP_B3, 3),
+        cloud.ping(G, IP_A1, 2),
         0,
         "the gateway VM with another MAC"
     );
