@@ -39,6 +39,9 @@ const GA: [u8; 6] = [0x02, 0x0a, 0, 0, 0, 0xfe];
 const C1: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x01];
 const C3: [u8; 6] = [0x02, 0x0c, 0, 0, 0, 0x03];
 const D3: [u8; 6] = [0x02, 0x0d, 0, 0, 0, 0x03];
+/// A VM of b on a real tap (TSO: GSO super-frames, the skb path in both modes), on hv-1.
+const T1: [u8; 6] = [0x02, 0x0b, 0, 0, 0, 0x21];
+const IP_T1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
 
 const IP_A1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const IP_A3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 13);
@@ -116,10 +119,14 @@ fn specs() -> Vec<VmSpec> {
 }
 
 fn build(options: Options<'_>) -> Cloud {
+    build_with(options, &specs())
+}
+
+fn build_with(options: Options<'_>, specs: &[VmSpec]) -> Cloud {
     let started = Instant::now();
     let cloud = Cloud::with(
         &NETS,
-        &specs(),
+        specs,
         &Options {
             routing: &ROUTING,
             forwarding: &[G, GA],
@@ -131,15 +138,22 @@ fn build(options: Options<'_>) -> Cloud {
 }
 
 fn in_mode(hook: VmHook) -> Cloud {
+    in_mode_with(hook, &specs())
+}
+
+fn in_mode_with(hook: VmHook, specs: &[VmSpec]) -> Cloud {
     let underlay_hooks = match hook {
         VmHook::Xdp => [UnderlayHook::Xdp; 2],
         VmHook::Tc => [UnderlayHook::Xdp, UnderlayHook::Tc],
     };
-    build(Options {
-        hooks: [hook; 2],
-        underlay_hooks,
-        ..Options::default()
-    })
+    build_with(
+        Options {
+            hooks: [hook; 2],
+            underlay_hooks,
+            ..Options::default()
+        },
+        specs,
+    )
 }
 
 /// `ping` from `ns` with `args` before the address: its stdout and stderr.
@@ -319,7 +333,12 @@ fn routes_everything(cloud: &Cloud, outside: &Outside, routed_out: &Outside, pha
 
 fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
     let started = Instant::now();
-    let mut cloud = in_mode(hook);
+    let mut with_tap = specs();
+    with_tap.push(VmSpec {
+        real_tap: true,
+        ..vm("b", 0, T1, IP_T1, "tap-t1")
+    });
+    let mut cloud = in_mode_with(hook, &with_tap);
     let outside = Outside::behind(cloud.vm_ns(G), "10.0.0.0/8");
     let routed_out = Outside::behind_at(
         cloud.vm_ns(GA),
@@ -368,6 +387,36 @@ fn networks_of_a_vpc_route_to_each_other_and_to_the_gateway_vm(hook: VmHook) {
     );
     eprintln!("TCP b on hv-1 to the outside: {:.0} Mbit/s", bps / 1e6);
     assert!(bps > 10e6, "TCP to the outside: {:.1} Mbit/s", bps / 1e6);
+
+    // A tap VM's TCP (64 KiB GSO super-frames, the skb path in both modes) routed across
+    // hosts, both ways.
+    let skb = count(&cloud, 0, Stat::SkbEncap);
+    let bps = cloud.iperf(T1, A3, IP_A3, 1);
+    eprintln!(
+        "TCP tap VM (TSO) in b on hv-1 to a on hv-2: {:.0} Mbit/s",
+        bps / 1e6
+    );
+    assert!(bps > 10e6, "TCP tap VM to a: {:.1} Mbit/s", bps / 1e6);
+    assert!(
+        count(&cloud, 0, Stat::SkbEncap) > skb + 100,
+        "the tap VM's routed GSO frames did not take the skb path"
+    );
+    let bps = cloud.iperf(A3, T1, IP_T1, 1);
+    assert!(bps > 10e6, "TCP a to the tap VM: {:.1} Mbit/s", bps / 1e6);
+
+    // Too big for the destination's MTU (the VM ignores its own, 1450): fragmentation needed.
+    let a1 = cloud.vm_ns(A1);
+    a1.ip(&["link", "set", "eth0", "mtu", "1500"]);
+    let text = ping_text(
+        a1,
+        &["-c", "2", "-i", "0.2", "-M", "do", "-s", "1472"],
+        IP_B3,
+    );
+    a1.ip(&["link", "set", "eth0", "mtu", "1450"]);
+    assert!(
+        text.contains("mtu = 1450") || text.contains("mtu=1450"),
+        "routed, 1500 bytes with DF: no fragmentation needed with the MTU: {text}"
+    );
 
     // A gateway answers ping and nothing else.
     let before = count(&cloud, 0, Stat::DropToGateway);
