@@ -98,9 +98,33 @@ pub(super) fn one_subnet_per_vpc(
             None => kept.add(vpc, n.subnet, id),
         }
     }
-    for (id, detail) in losers {
+    // Of the losers, those whose version serving now fits beside what was kept (and whose VNI
+    // no other network took meanwhile): that version keeps serving.
+    let fits: Vec<(String, String, Option<Network>)> = losers
+        .into_iter()
+        .map(|(id, detail)| {
+            let old = prev.get(&id).filter(|old| {
+                old.vpc
+                    .as_deref()
+                    .is_none_or(|v| kept.overlapping(v, old.subnet).is_none())
+                    && !networks.iter().any(|(o, n)| *o != id && n.vni == old.vni)
+            });
+            let old = old.cloned();
+            (id, detail, old)
+        })
+        .collect();
+    let mut restored = Vec::new();
+    for (id, detail, old) in fits {
         networks.remove(&id);
-        rejections.push(reject(Reason::VpcOverlap, detail).at("networks".into(), Some(id)));
+        let mut r = reject(Reason::VpcOverlap, detail).at("networks".into(), Some(id.clone()));
+        if let Some(old) = old {
+            restored.push((id, old));
+            r.kept_last_good = true;
+        }
+        rejections.push(r);
+    }
+    for (id, old) in restored {
+        networks.insert(id, old);
     }
 }
 
@@ -134,6 +158,7 @@ pub(super) fn check_vias<'a>(
     raws: &[RawEntry],
     rejections: &mut Vec<Rejection>,
 ) {
+    let labels: std::cell::OnceCell<HashMap<String, String>> = std::cell::OnceCell::new();
     for id in ids {
         let Some(n) = model.networks.get(id) else {
             continue;
@@ -153,11 +178,19 @@ pub(super) fn check_vias<'a>(
             continue;
         }
         let held: HashMap<Ipv4Addr, &Nic> = nics(id).into_iter().map(|c| (c.ip, c)).collect();
-        let entry = raws
-            .iter()
-            .enumerate()
-            .find(|(_, e)| e.key("id").as_deref() == Some(id.as_str()))
-            .map_or_else(|| "networks".into(), |(i, e)| e.label("networks", i));
+        // Named only when refused: the document's networks are read once, then.
+        let entry = || {
+            labels
+                .get_or_init(|| {
+                    raws.iter()
+                        .enumerate()
+                        .filter_map(|(i, e)| Some((e.key("id")?, e.label("networks", i))))
+                        .collect()
+                })
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| "networks".into())
+        };
         // A network whose route no NIC entry holds is refused for it (`route_via_unowned`) and
         // serves its last good version: its routes are not refused twice.
         let unowned = rejections
@@ -188,7 +221,7 @@ pub(super) fn check_vias<'a>(
                     ),
                 ),
             };
-            rejections.push(reject(reason, detail).at(entry.clone(), Some(id.clone())));
+            rejections.push(reject(reason, detail).at(entry(), Some(id.clone())));
         }
     }
 }
@@ -347,6 +380,24 @@ mod tests {
                 .collect::<Vec<_>>(),
             [Reason::VpcOverlap, Reason::UnknownNetwork]
         );
+        // blue, serving, moves onto green's subnet: green serving unchanged keeps it, blue
+        // keeps its version serving now.
+        let mut moved = vpcs();
+        moved["networks"][0]["subnet"] = json!("10.20.0.0/16");
+        moved["networks"][0]["gateway"] = json!("10.20.1.1");
+        moved["networks"][0]["default_via"] = json!("10.20.1.254");
+        moved["networks"][0]["routes"] = json!([]);
+        let v = validate(
+            &doc(moved),
+            Some(&serving),
+            "hv-1",
+            &Limits::default(),
+            &NoBudget,
+        );
+        assert_eq!(reasons(&v), vec![("networks".into(), Reason::VpcOverlap)]);
+        assert_eq!(v.rejections[0].key.as_deref(), Some("blue"));
+        assert!(v.rejections[0].kept_last_good);
+        assert_eq!(v.model, serving);
         // In another VPC, or none, the same subnet is fine (red has blue's).
         d["networks"][3]["vpc"] = json!("dev");
         let v = validate(
