@@ -9,7 +9,7 @@
 //! concern it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
 };
 
@@ -248,23 +248,28 @@ pub fn derive_networks(
         }
     }
     for members in groups.values() {
-        let nics = |macs: &'_ BTreeSet<MacAddr>| {
-            macs.iter()
-                .filter_map(|m| model.nics.get(m))
-                .collect::<Vec<_>>()
-        };
+        // Each NIC looked up once: a VPC may hold most of the cloud's NICs.
+        let members: Vec<(&Network, Vec<&Nic>)> = members
+            .iter()
+            .map(|(net, macs)| {
+                (
+                    *net,
+                    macs.iter().filter_map(|m| model.nics.get(m)).collect(),
+                )
+            })
+            .collect();
         let carried = members
             .iter()
-            .any(|(_, macs)| nics(macs).iter().any(|n| *n.node == *node));
+            .any(|(_, nics)| nics.iter().any(|n| *n.node == *node));
         if !carried {
             continue;
         }
         let mut forwarder_vteps: BTreeSet<Ipv4Addr> = BTreeSet::new();
-        for (net, macs) in members {
+        for (net, nics) in &members {
             let Some(vni) = add_network(model, &net.id, router_mac, former, vpc) else {
                 continue;
             };
-            for nic in nics(macs) {
+            for nic in nics {
                 add_nic(model, vni, nic, node, vpc);
                 if nic.forwarding
                     && *nic.node != *node
@@ -274,8 +279,8 @@ pub fn derive_networks(
                 }
             }
         }
-        for (net, macs) in members {
-            add_routes(model, net, macs, members, vpc);
+        for (net, nics) in &members {
+            add_routes(net, nics, &members, vpc);
             for vtep in &forwarder_vteps {
                 vpc.forwarders.insert((net.vni, *vtep));
             }
@@ -283,23 +288,13 @@ pub fn derive_networks(
     }
 }
 
-/// The routing table of network `net` (whose NICs are `macs`), in a VPC of `members`.
-fn add_routes(
-    model: &Model,
-    net: &Network,
-    macs: &BTreeSet<MacAddr>,
-    members: &[(&Network, &BTreeSet<MacAddr>)],
-    vpc: &mut Vpc,
-) {
-    // Its forwarding NICs by address: the only next hops a route or default_via may name.
-    let forwarders: HashMap<Ipv4Addr, &Nic> = macs
-        .iter()
-        .filter_map(|m| model.nics.get(m))
-        .filter(|n| n.forwarding)
-        .map(|n| (n.ip, n))
-        .collect();
+/// The routing table of network `net` (whose NICs are `nics`), in a VPC of `members`.
+fn add_routes(net: &Network, nics: &[&Nic], members: &[(&Network, Vec<&Nic>)], vpc: &mut Vpc) {
+    // Its forwarding NICs' addresses: the only next hops a route or default_via may name.
+    let forwarders: HashSet<Ipv4Addr> =
+        nics.iter().filter(|n| n.forwarding).map(|n| n.ip).collect();
     let via = |addr: Ipv4Addr| {
-        forwarders.contains_key(&addr).then_some(RouteTo::Via {
+        forwarders.contains(&addr).then_some(RouteTo::Via {
             vni: net.vni,
             via: addr,
         })
