@@ -23,6 +23,30 @@ pub struct Net {
     pub vni: u32,
 }
 
+/// Routing (issue 16) for one network of a cloud: its own /24, its VPC, where what leaves the
+/// VPC goes, its routes. A network without one keeps what every cloud had before: 10.0.0.0/24,
+/// a VPC of its own, VMs without a default route.
+#[derive(Clone, Copy)]
+pub struct Routing<'a> {
+    pub net: &'static str,
+    /// The network's /24 (its network address): the gateway is .1, DNS .2.
+    pub subnet: Ipv4Addr,
+    /// `vpc`: networks naming the same one reach each other.
+    pub vpc: Option<&'a str>,
+    /// `default_via`: the address of a forwarding NIC of the network.
+    pub default_via: Option<Ipv4Addr>,
+    /// `routes` (`{to, via}`): forwarded in the data plane when `via` is a forwarding NIC.
+    pub routes: &'a [(&'a str, Ipv4Addr)],
+}
+
+impl Routing<'_> {
+    /// The network's gateway: .1 of its /24.
+    pub fn gateway(&self) -> Ipv4Addr {
+        let [a, b, c, _] = self.subnet.octets();
+        Ipv4Addr::new(a, b, c, 1)
+    }
+}
+
 /// One VM NIC: network, host (0 or 1), MAC, address, tap name.
 #[derive(Clone, Copy)]
 pub struct VmSpec {
@@ -71,6 +95,11 @@ pub struct Options<'a> {
     /// Dual-stack: each network gets `subnet6` (see [`ip6_for`]) and each NIC its `ip6` (and,
     /// with `static_addresses`, the VM that address).
     pub ipv6: bool,
+    /// Networks given their own subnet, a VPC, `default_via` or `routes` ([`routed`]); with
+    /// `static_addresses` their VMs get a default route via the gateway, as DHCP would give.
+    pub routing: &'a [Routing<'a>],
+    /// The MACs of NICs marked `forwarding: true` (gateway VMs: any source and destination).
+    pub forwarding: &'a [[u8; 6]],
 }
 
 impl Default for Options<'_> {
@@ -83,6 +112,8 @@ impl Default for Options<'_> {
             hooks: [VmHook::Xdp; 2],
             underlay_hooks: [UnderlayHook::Xdp; 2],
             ipv6: false,
+            routing: &[],
+            forwarding: &[],
         }
     }
 }
@@ -175,6 +206,9 @@ pub struct Cloud {
     pub extra_nics: Vec<VmSpec>,
     /// With an etcd source, etcd and its namespace (dropped after the hosts and their agents).
     pub control: Option<Control>,
+    /// The IPAM document the agents started with (written to their files, or imported into
+    /// etcd): a test changing IPAM at runtime starts from it.
+    pub doc: String,
 }
 
 /// The IPAM document for `nets` and `vms` on nodes hv-1 and hv-2.
@@ -231,6 +265,43 @@ pub fn dual_stack(doc: &str) -> String {
         let vni = vnis[nic["network"].as_str().expect("network")];
         let ip: Ipv4Addr = nic["ip"].as_str().expect("ip").parse().expect("ip");
         nic["ip6"] = serde_json::json!(ip6_for(vni, ip).to_string());
+    }
+    v.to_string()
+}
+
+/// `doc` with routing (issue 16): each network of `routing` gets its subnet, gateway and DNS,
+/// and its `vpc`, `default_via` and `routes` when set; each NIC whose MAC is in `forwarding`
+/// gets `forwarding: true`. Fields left unset are not written, so a document without routing
+/// stays what older agents read.
+pub fn routed(doc: &str, routing: &[Routing<'_>], forwarding: &[[u8; 6]]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(doc).expect("ipam json");
+    for n in v["networks"].as_array_mut().expect("networks") {
+        let Some(r) = routing.iter().find(|r| n["id"] == r.net) else {
+            continue;
+        };
+        let [a, b, c, _] = r.subnet.octets();
+        n["subnet"] = serde_json::json!(format!("{}/24", r.subnet));
+        n["gateway"] = serde_json::json!(r.gateway().to_string());
+        n["dns"] = serde_json::json!([Ipv4Addr::new(a, b, c, 2).to_string()]);
+        if let Some(vpc) = r.vpc {
+            n["vpc"] = serde_json::json!(vpc);
+        }
+        if let Some(via) = r.default_via {
+            n["default_via"] = serde_json::json!(via.to_string());
+        }
+        if !r.routes.is_empty() {
+            let routes: Vec<serde_json::Value> = r
+                .routes
+                .iter()
+                .map(|(to, via)| serde_json::json!({"to": to, "via": via.to_string()}))
+                .collect();
+            n["routes"] = serde_json::json!(routes);
+        }
+    }
+    for nic in v["nics"].as_array_mut().expect("nics") {
+        if forwarding.iter().any(|m| nic["mac"] == mac_str(*m)) {
+            nic["forwarding"] = serde_json::json!(true);
+        }
     }
     v.to_string()
 }
@@ -322,6 +393,9 @@ impl Cloud {
         if options.ipv6 {
             doc = dual_stack(&doc);
         }
+        if !options.routing.is_empty() || !options.forwarding.is_empty() {
+            doc = routed(&doc, options.routing, options.forwarding);
+        }
         let mut limits = String::new();
         if !options.extra_nics.is_empty() {
             // The load generator's clients share one interface: limits sized for one real
@@ -367,6 +441,17 @@ impl Cloud {
             if options.static_addresses {
                 ns.ip(&["addr", "add", &format!("{}/24", v.ip), "dev", "eth0"]);
                 ns.ip(&["link", "set", "eth0", "mtu", &NETWORK_MTU.to_string()]);
+                if let Some(r) = options.routing.iter().find(|r| r.net == v.net) {
+                    ns.ip(&[
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &r.gateway().to_string(),
+                        "dev",
+                        "eth0",
+                    ]);
+                }
                 if options.ipv6 {
                     let vni = nets.iter().find(|n| n.id == v.net).expect("net").vni;
                     ns.ip(&[
@@ -389,6 +474,7 @@ impl Cloud {
             specs: vms.to_vec(),
             extra_nics: options.extra_nics.to_vec(),
             control,
+            doc,
         };
         cloud.wait_applied();
         cloud
@@ -445,31 +531,89 @@ impl Cloud {
     /// iperf3 from `client` to a server on `server` at `port`; `to`: the client's address
     /// arguments, the server's address last.
     fn iperf_to(&self, client: [u8; 6], server: [u8; 6], to: &[&str], port: u16, secs: u32) -> f64 {
-        let _server = self.vm_ns(server).iperf3_server(port);
-        let (family, addr) = to.split_at(to.len() - 1);
-        let out = self
-            .vm_ns(client)
-            .exec("iperf3")
-            .args(family)
-            .args([
-                "-c",
-                addr[0],
-                "-p",
-                &port.to_string(),
-                "-t",
-                &secs.to_string(),
-                "-J",
-            ])
-            .output()
-            .expect("iperf3 -c");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
+        iperf_between(self.vm_ns(client), self.vm_ns(server), to, port, secs)
     }
 
     /// `ping` from the VM with `mac` to `ip`: how many of `count` replies came back.
     pub fn ping(&self, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> u32 {
         self.vm_ns(mac).ping(ip, count)
+    }
+}
+
+/// iperf3 TCP for `secs` from namespace `client` to a one-shot server in `server` at `port`
+/// (a VM, or a namespace behind a gateway VM); `to`: the client's address arguments, the
+/// server's address last. Bits per second received, 0 when the transfer failed.
+pub fn iperf_between(client: &Netns, server: &Netns, to: &[&str], port: u16, secs: u32) -> f64 {
+    let _server = server.iperf3_server(port);
+    let (family, addr) = to.split_at(to.len() - 1);
+    let out = client
+        .exec("iperf3")
+        .args(family)
+        .args([
+            "-c",
+            addr[0],
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()
+        .expect("iperf3 -c");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+/// Where a gateway VM's outside namespace lives: 203.0.113.0/24 (TEST-NET-3), outside every
+/// VPC a test builds.
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The gateway VM's own address toward [`OUTSIDE`].
+pub const OUTSIDE_GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+
+/// A namespace outside the VPC behind a gateway VM (a NIC with `forwarding: true`): linked to
+/// the VM by a veth (`out0` in the VM at [`OUTSIDE_GW`], `eth0` here at [`OUTSIDE`]), the VM
+/// forwarding between the two (ip_forward on, no reverse-path filter), and a route back to
+/// `inside` (the VPC's addresses) via the VM. No NAT: the VPC's addresses go out as they are
+/// and come back the same way, which asks of holdfast what a NAT gateway would (a frame from
+/// the gateway VM with a source outside the VPC) without iptables or nft.
+pub struct Outside {
+    pub ns: Netns,
+}
+
+impl Outside {
+    pub fn behind(gateway_vm: &Netns, inside: &str) -> Self {
+        Self::behind_at(gateway_vm, inside, OUTSIDE, OUTSIDE_GW, "out0")
+    }
+
+    /// [`Outside::behind`] with other addresses: `outside` here, `gateway` on the VM's end
+    /// (`interface`), both in one /24.
+    pub fn behind_at(
+        gateway_vm: &Netns,
+        inside: &str,
+        outside: Ipv4Addr,
+        gateway: Ipv4Addr,
+        interface: &str,
+    ) -> Self {
+        let ns = Netns::new("out");
+        gateway_vm.ip(&[
+            "link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        gateway_vm.ip(&["addr", "add", &format!("{gateway}/24"), "dev", interface]);
+        gateway_vm.ip(&["link", "set", interface, "up"]);
+        ns.ip(&["addr", "add", &format!("{outside}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", inside, "via", &gateway.to_string()]);
+        // What a gateway VM's image sets: it routes, and takes back what it routed even when
+        // its reverse path is another interface.
+        run(gateway_vm.exec("sh").args([
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+             echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter && \
+             echo 0 > /proc/sys/net/ipv4/conf/default/rp_filter && \
+             echo 0 > /proc/sys/net/ipv4/conf/eth0/rp_filter",
+        ]));
+        Self { ns }
     }
 }

@@ -246,23 +246,31 @@ holdfast_tests::for_each_hook!(router_mac_traffic_reaches_no_host_socket_and_is_
 
 fn router_mac_traffic_reaches_no_host_socket_and_is_not_forwarded(hook: VmHook) {
     let lab = Lab::new(hook);
+    // Routed in the data plane (issue 16): UDP to the gateway is dropped, and the network
+    // behind the host is no route of the VM's network, so X gets ICMP net unreachable back;
+    // neither reaches the host.
     lab.dropped(
         "to the gateway's address",
         &udp(X, ROUTER_MAC, X_IP, GW),
-        Stat::ToRouter,
+        Stat::DropToGateway,
     );
     lab.dropped(
         "to the network behind the host",
         &udp(X, ROUTER_MAC, X_IP, OUT_IP),
-        Stat::ToRouter,
+        Stat::IcmpNetUnreachable,
     );
     lab.nothing_delivered("to the router MAC");
     assert_eq!(
         lab.agent
-            .metric("holdfast_drops_total{reason=\"to_router\"}"),
-        2.0
+            .metric("holdfast_drops_total{reason=\"to_gateway\"}"),
+        1.0
     );
-    assert_eq!(lab.agent.metric("holdfast_to_router_total"), 2.0);
+    assert_eq!(
+        lab.agent
+            .metric("holdfast_icmp_errors_total{type=\"net_unreachable\"}"),
+        1.0
+    );
+    assert_eq!(lab.agent.metric("holdfast_to_router_total"), 0.0);
 }
 
 /// An IPv6 UDP datagram from X to all nodes (ff02::1).
@@ -554,12 +562,12 @@ fn hands_nothing_to_the_host(lab: &Lab, what: &str, ip6_in: u64, ip_in: u64) {
     lab.dropped(
         "to the router MAC",
         &udp(X, ROUTER_MAC, X_IP, GW),
-        Stat::ToRouter,
+        Stat::DropToGateway,
     );
     lab.dropped(
         "to the router MAC, for the network behind",
         &udp(X, ROUTER_MAC, X_IP, OUT_IP),
-        Stat::ToRouter,
+        Stat::IcmpNetUnreachable,
     );
     lab.dropped(
         "a spoofed address",

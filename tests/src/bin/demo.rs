@@ -239,6 +239,7 @@ fn main() {
             // Dual-stack: each network a subnet6 (fd00:<vni in hex>::/64) and dns6, each NIC
             // an ip6.
             ipv6: true,
+            ..Options::default()
         },
     );
     for (name, s, _) in VMS {
