@@ -94,6 +94,7 @@ fn nic_m(node: &str) -> Nic {
         options: None,
         boot: None,
         ip6: Some(vpc::ip6_for(VNI, IP_M)),
+        forwarding: false,
     }
 }
 

@@ -62,6 +62,7 @@ fn nic(k: usize, network: &str, node: usize) -> Nic {
         options: None,
         boot: None,
         ip6: None,
+        forwarding: false,
     }
 }
 
