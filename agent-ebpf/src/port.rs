@@ -83,8 +83,8 @@ pub fn dhcp_request(ip: &Ipv4Hdr, udp: &UdpHdr) -> Result<bool, Stat> {
 
 /// Anti-spoofing: the binding of the NIC on `ifindex` with the frame's source MAC, and the
 /// frame's IPv4 source is that NIC's address, unless the NIC forwards (`forwarding: true`, in
-/// `FORWARDING`): a gateway VM sends what it forwards with the sources of others, its MAC
-/// still enforced. `FORWARDING` is looked up only for a source that is not the NIC's own, so
+/// `FORWARDING`): a gateway VM sends what it forwards with sources outside its VPC, its MAC
+/// still enforced, and never with another address of its VPC (`route::foreign_source_allowed`). `FORWARDING` is looked up only for a source that is not the NIC's own, so
 /// the frames of every other NIC cost what they did.
 #[inline(always)]
 pub fn sender(ifindex: u32, eth: &EthHdr, saddr: u32) -> Result<*const Binding, Stat> {
@@ -93,7 +93,10 @@ pub fn sender(ifindex: u32, eth: &EthHdr, saddr: u32) -> Result<*const Binding, 
         .ok_or(Stat::DropSpoofedMac)?;
     // SAFETY: map value pointers stay valid for the program run.
     let (ip, vni) = unsafe { ((*binding).ip, (*binding).vni) };
-    if saddr != ip && FORWARDING.get_ptr(&FdbKey::new(vni, eth.src)).is_none() {
+    if saddr != ip
+        && (FORWARDING.get_ptr(&FdbKey::new(vni, eth.src)).is_none()
+            || !crate::route::foreign_source_allowed(vni, saddr))
+    {
         return Err(Stat::DropSpoofedIp);
     }
     Ok(binding)

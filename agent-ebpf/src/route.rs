@@ -60,6 +60,17 @@ fn lookup(vni: u32, addr: u32) -> (u32, u32, u32) {
     }
 }
 
+/// Whether a forwarding NIC of network `vni` may send from `saddr`, which is not its own: an
+/// address outside its VPC (what a gateway VM forwards: the internet, its `routes`), never one
+/// of the VPC's subnets or gateways, which belong to other NICs and to the router. The
+/// receiving host refuses the same for routed frames (`routed_source`), so a gateway VM speaks
+/// for the world outside the VPC and never for another VM of it, on its own host as across.
+#[inline(always)]
+pub fn foreign_source_allowed(vni: u32, saddr: u32) -> bool {
+    let (kind, _, _) = lookup(vni, saddr);
+    kind != RouteEntry::SUBNET && kind != RouteEntry::GATEWAY
+}
+
 /// Whether an IPv4 address (network order) is one host's: not 0.0.0.0/8 ("this network"), and
 /// not multicast, reserved or the limited broadcast (224.0.0.0/3).
 #[inline(always)]

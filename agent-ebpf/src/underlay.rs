@@ -162,7 +162,11 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
     let inner_ip = inner_ipv4(ctx, off)?;
     // A forwarding NIC (a gateway VM) sends what it forwards with the sources of others; its
     // MAC was checked above like any NIC's. `FORWARDING` is looked up only then.
-    if inner_ip.saddr != src_ip && FORWARDING.get_ptr(&FdbKey::new(vni, inner.src)).is_none() {
+    // Never another address of the VPC (`route::foreign_source_allowed`), as on its own host.
+    if inner_ip.saddr != src_ip
+        && (FORWARDING.get_ptr(&FdbKey::new(vni, inner.src)).is_none()
+            || !crate::route::foreign_source_allowed(vni, inner_ip.saddr))
+    {
         return Err(Stat::DropInnerSpoofedIp);
     }
     Ok((ifindex, inner_ip.protocol == IPPROTO_TCP))

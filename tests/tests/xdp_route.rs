@@ -572,6 +572,22 @@ fn only_a_forwarding_nic_may_send_a_foreign_source(hook: VmHook) {
         &udp_via_router(RG, OUTSIDE, B1_IP, 64),
         Stat::DropSpoofedMac,
     );
+    // G forwards, but never speaks for the VPC: another VM's address, an address of a subnet
+    // no NIC holds, a gateway's, routed or bridged, are dropped on its own host as across.
+    for src in [A3_IP, B2_IP, Ipv4Addr::new(10, 0, 1, 77), GW_B] {
+        dropped_at(
+            &fx,
+            hook,
+            &udp_via_router(G, src, B1_IP, 64),
+            Stat::DropSpoofedIp,
+        );
+        dropped_at(
+            &fx,
+            hook,
+            &udp_frame(G, A3, src, A3_IP, 1, 2, &[0; 32], false),
+            Stat::DropSpoofedIp,
+        );
+    }
     // G forwards: traffic from outside, routed to B1 and bridged to A3, keeps its source.
     let before = counters(&fx);
     let sent = udp_via_router(G, OUTSIDE, B1_IP, 64);
@@ -891,6 +907,26 @@ fn a_forwarding_nic_may_send_a_foreign_source_across_the_underlay() {
             "the forwarding NIC from a VTEP that is not its host",
             vxlan(SILENT_VTEP, LOCAL_VTEP, VNI_A, &from(RG, OUTSIDE)),
             Stat::DropInnerSpoof,
+        ),
+        (
+            "the forwarding NIC with another VM's address",
+            vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &from(RG, B1_IP)),
+            Stat::DropInnerSpoofedIp,
+        ),
+        (
+            "the forwarding NIC with an address of the VPC no NIC holds",
+            vxlan(
+                REMOTE_VTEP,
+                LOCAL_VTEP,
+                VNI_A,
+                &from(RG, Ipv4Addr::new(10, 0, 1, 77)),
+            ),
+            Stat::DropInnerSpoofedIp,
+        ),
+        (
+            "the forwarding NIC with a gateway's address",
+            vxlan(REMOTE_VTEP, LOCAL_VTEP, VNI_A, &from(RG, GW_A)),
+            Stat::DropInnerSpoofedIp,
         ),
         (
             "the forwarding NIC in a network where it does not forward",

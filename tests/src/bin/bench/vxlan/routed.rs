@@ -22,7 +22,7 @@ use holdfast_tests::{
 };
 
 use super::{
-    PAIRED_SECS, SECS, Duration, UnderlayHook, median_range, prog_stats, rx_packets, tcp_pairs,
+    Duration, PAIRED_SECS, SECS, UnderlayHook, median_range, prog_stats, rx_packets, tcp_pairs,
 };
 
 const VNI_A: u32 = 1001;
@@ -247,7 +247,18 @@ fn kernel_routed_mode(cloud: &mut Cloud, vms: &[([u8; 6], Ipv4Addr, &str, usize)
 /// over 64 source ports.
 fn frames(from: ([u8; 6], Ipv4Addr), dst_mac: [u8; 6], to_ip: Ipv4Addr) -> Vec<Vec<u8>> {
     (0..64)
-        .map(|i| udp_frame(from.0, dst_mac, from.1, to_ip, 40000 + i, 9, &[0xab; 18], false))
+        .map(|i| {
+            udp_frame(
+                from.0,
+                dst_mac,
+                from.1,
+                to_ip,
+                40000 + i,
+                9,
+                &[0xab; 18],
+                false,
+            )
+        })
         .collect()
 }
 
@@ -369,7 +380,11 @@ fn tcp_paired_routed(hook: VmHook) -> Vec<f64> {
     let vms = [(Q1, IP_Q1), (Q3, IP_Q3)];
     let holdfast = cloud(&specs, hook, UnderlayHook::Xdp);
     static_neighbours(&holdfast, &vms);
-    assert_eq!(holdfast.ping(Q1, IP_Q3, 3), 3, "holdfast routed TCP, {hook}");
+    assert_eq!(
+        holdfast.ping(Q1, IP_Q3, 3),
+        3,
+        "holdfast routed TCP, {hook}"
+    );
     let mut kernel = cloud(&specs, VmHook::Xdp, UnderlayHook::Xdp);
     static_neighbours(&kernel, &vms);
     kernel_routed_mode(
