@@ -283,6 +283,24 @@ fn routes_everything(cloud: &Cloud, outside: &Outside, routed_out: &Outside, pha
         text.contains("bytes from 10.0.0.13"),
         "{phase}: TTL 2 from b to a: {text}"
     );
+    // And traceroute itself (busybox's, UDP probes): the gateway, then the VM, nothing more.
+    let out = cloud
+        .vm_ns(B1)
+        .exec("busybox")
+        .args(["traceroute", "-n", "-q", "1", "-w", "2", "-m", "4"])
+        .arg(IP_A3.to_string())
+        .output()
+        .expect("busybox traceroute");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hops: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert!(
+        hops.len() == 2 && hops[0].contains(" 10.1.0.1 ") && hops[1].contains(" 10.0.0.13 "),
+        "{phase}: traceroute from b to a: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Gateways answer: a VM's own, and its VPC's other network's.
     assert_eq!(cloud.ping(B1, GW_B, 3), 3, "{phase}: B1 to its gateway");
