@@ -591,21 +591,32 @@ fn tcp_paired(hook: VmHook, underlay: UnderlayHook, pairs: usize, secs: u32, v6:
     let mut kernel = cloud_v(&net, &specs, VmHook::Xdp, UnderlayHook::Xdp, v6);
     kernel_mode(&mut kernel, [(t1, "tap-t1"), (t3, "tap-t3")]);
     ready(&kernel, "kernel path");
+    let run = |c: &Cloud| {
+        if v6 {
+            c.iperf6(t1, t3, to6, secs)
+        } else {
+            c.iperf(t1, t3, ip23, secs)
+        }
+    };
+    alternate(pairs, &holdfast, &kernel, run)
+}
+
+/// `pairs` ratios of `run` on `holdfast` to `run` on `kernel`, the two runs of a pair seconds
+/// apart and their order flipped each pair.
+fn alternate(
+    pairs: usize,
+    holdfast: &Cloud,
+    kernel: &Cloud,
+    run: impl Fn(&Cloud) -> f64,
+) -> Vec<f64> {
     (0..pairs)
         .map(|i| {
-            let run = |c: &Cloud| {
-                if v6 {
-                    c.iperf6(t1, t3, to6, secs)
-                } else {
-                    c.iperf(t1, t3, ip23, secs)
-                }
-            };
             let (h, k) = if i % 2 == 0 {
-                let h = run(&holdfast);
-                (h, run(&kernel))
+                let h = run(holdfast);
+                (h, run(kernel))
             } else {
-                let k = run(&kernel);
-                (run(&holdfast), k)
+                let k = run(kernel);
+                (run(holdfast), k)
             };
             h / k
         })

@@ -22,7 +22,8 @@ use holdfast_tests::{
 };
 
 use super::{
-    Duration, PAIRED_SECS, SECS, UnderlayHook, median_range, prog_stats, rx_packets, tcp_pairs,
+    Duration, PAIRED_SECS, SECS, UnderlayHook, alternate, median_range, prog_stats, rx_packets,
+    tcp_pairs,
 };
 
 const VNI_A: u32 = 1001;
@@ -392,17 +393,7 @@ fn tcp_paired_routed(hook: VmHook) -> Vec<f64> {
         &[(Q1, IP_Q1, "tap-q1", 0), (Q3, IP_Q3, "tap-q3", 1)],
     );
     assert_eq!(kernel.ping(Q1, IP_Q3, 3), 3, "kernel routed TCP");
-    (0..tcp_pairs())
-        .map(|i| {
-            let run = |c: &Cloud| c.iperf(Q1, Q3, IP_Q3, PAIRED_SECS);
-            let (h, k) = if i % 2 == 0 {
-                let h = run(&holdfast);
-                (h, run(&kernel))
-            } else {
-                let k = run(&kernel);
-                (run(&holdfast), k)
-            };
-            h / k
-        })
-        .collect()
+    alternate(tcp_pairs(), &holdfast, &kernel, |c| {
+        c.iperf(Q1, Q3, IP_Q3, PAIRED_SECS)
+    })
 }
