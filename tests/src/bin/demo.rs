@@ -21,11 +21,13 @@ use holdfast::config::UnderlayHook;
 use holdfast_tests::{
     clients::{self, Client},
     netns::{Agent, VERBOSE, Vm, run, wait_for},
-    vpc::{CONTROL, Cloud, Net, Options, Source, VmSpec, dual_stack, ip6_for, ipam},
+    vpc::{
+        CONTROL, Cloud, Net, Options, Routing, Source, VmSpec, dual_stack, ip6_for, ipam, routed,
+    },
     xdp::VmHook,
 };
 
-const NETS: [Net; 2] = [
+const NETS: [Net; 3] = [
     Net {
         id: "pn-blue",
         vni: 1001,
@@ -34,11 +36,37 @@ const NETS: [Net; 2] = [
         id: "pn-red",
         vni: 1002,
     },
+    Net {
+        id: "pn-green",
+        vni: 1003,
+    },
 ];
 
+/// pn-blue and pn-green form VPC `blue` (10.0.0.0/24 and 10.1.0.0/24): routed to each other.
+/// pn-red, with pn-blue's addresses, is a VPC of its own.
+const ROUTING: [Routing<'static>; 2] = [
+    Routing {
+        net: "pn-blue",
+        subnet: Ipv4Addr::new(10, 0, 0, 0),
+        vpc: Some("blue"),
+        default_via: None,
+        routes: &[],
+    },
+    Routing {
+        net: "pn-green",
+        subnet: Ipv4Addr::new(10, 1, 0, 0),
+        vpc: Some("blue"),
+        default_via: None,
+        routes: &[],
+    },
+];
+
+/// green-1's address, in pn-green.
+const GREEN1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 31);
+
 /// Name, spec and DHCP client of each VM. blue-3 and red-1 share 10.0.0.13, on different hosts
-/// and networks.
-const VMS: [(&str, VmSpec, &str); 5] = [
+/// and networks. green-1 is in pn-green, pn-blue's VPC.
+const VMS: [(&str, VmSpec, &str); 6] = [
     (
         "blue-1",
         vm("pn-blue", 0, 0x0b, 1, 11, "tap-b1"),
@@ -48,6 +76,14 @@ const VMS: [(&str, VmSpec, &str); 5] = [
     ("red-1", vm("pn-red", 0, 0x0c, 1, 13, "tap-r1"), "udhcpc"),
     ("blue-3", vm("pn-blue", 1, 0x0b, 3, 13, "tap-b3"), "udhcpc"),
     ("red-2", vm("pn-red", 1, 0x0c, 2, 21, "tap-r2"), "dhclient"),
+    (
+        "green-1",
+        VmSpec {
+            ip: GREEN1,
+            ..vm("pn-green", 1, 0x0d, 1, 31, "tap-g1")
+        },
+        "dhcpcd",
+    ),
 ];
 
 /// A VM booted while etcd is down, on hv-2, and put into IPAM once etcd is back.
@@ -202,21 +238,21 @@ fn main() {
     let with_etcd = etcd_installed();
     println!(
         "holdfast demo: two hypervisors (hv-1 in xdp mode, hv-2 in tc mode) whose VMs get DHCP \
-         from the data plane,\nIPv6 routes from its router advertisements, and reach each other over VXLAN in both families, two tenants with the same subnet that never see each other, both agents \
+         from the data plane,\nIPv6 routes from its router advertisements, and reach each other over VXLAN in both families, two tenants with the same subnet that never see each other, a network routed to in the first tenant's VPC, both agents \
          killed while\ntraffic and lease renewals go on, and, with etcd installed, IPAM down \
          while VMs keep renewing\nand talking. Every command is printed before it runs."
     );
 
     if with_etcd {
         say(
-            "1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth \
+            "1. Two hypervisors (namespaces hv1, hv2) on an underlay link, six VMs on veth \
              pairs, and etcd, the IPAM store, in a control namespace",
         );
     } else {
-        say("1. Two hypervisors (namespaces hv1, hv2) on an underlay link, five VMs on veth pairs");
+        say("1. Two hypervisors (namespaces hv1, hv2) on an underlay link, six VMs on veth pairs");
         println!(
             "note: etcd is not installed (Debian package etcd-server): the agents read IPAM \
-             from a local file,\nand the etcd outage (steps 11 to 13) is skipped"
+             from a local file,\nand the etcd outage (steps 12 to 14) is skipped"
         );
     }
     let specs: Vec<VmSpec> = VMS.iter().map(|(_, s, _)| *s).collect();
@@ -239,6 +275,7 @@ fn main() {
             // Dual-stack: each network a subnet6 (fd00:<vni in hex>::/64) and dns6, each NIC
             // an ip6.
             ipv6: true,
+            routing: &ROUTING,
             ..Options::default()
         },
     );
@@ -254,7 +291,8 @@ fn main() {
     }
     println!(
         "(pn-blue is VNI 1001, pn-red VNI 1002, both 10.0.0.0/24; their subnet6 fd00:3e9::/64 and \
-         fd00:3ea::/64;\non a real hypervisor the VM interfaces are taps)"
+         fd00:3ea::/64;\npn-green is VNI 1003, 10.1.0.0/24, in VPC blue with pn-blue; on a real \
+         hypervisor the VM interfaces are taps)"
     );
     if let Some(control) = &cloud.control {
         println!(
@@ -332,7 +370,7 @@ fn main() {
         );
         assert_eq!(got.map(|a| a.0), Some(spec.ip), "{name} got no lease");
     }
-    println!("all five leased within {:.1?}", started.elapsed());
+    println!("all six leased within {:.1?}", started.elapsed());
     thread::sleep(Duration::from_secs(1));
     let b1 = named(&cloud, "blue-1");
     println!("\n# inside blue-1:");
@@ -422,10 +460,47 @@ fn main() {
     assert_eq!(got, 0, "blue reached red");
     println!("(10.0.0.21 is red-2's address: pn-blue has no such NIC, so nothing answers)");
 
-    say("8. The forwarding metrics of hv-1 (Prometheus, /metrics)");
+    say(
+        "8. pn-green is in pn-blue's VPC: routed by the sending host's program, one hop; pn-red (another VPC) is not",
+    );
+    assert_eq!(ping(&cloud, "blue-1", GREEN1, 3), 3, "routed across hosts");
+    assert_eq!(
+        ping(&cloud, "blue-1", Ipv4Addr::new(10, 0, 0, 1), 3),
+        3,
+        "the gateway"
+    );
+    println!("# blue-1's traceroute: its gateway (10.0.0.1), then green-1");
+    show(b1.ns.exec("busybox").args([
+        "traceroute",
+        "-n",
+        "-q",
+        "1",
+        "-w",
+        "2",
+        "-m",
+        "4",
+        &GREEN1.to_string(),
+    ]));
+    println!("# red-1, in another VPC with pn-blue's addresses, gets no route to pn-green:");
+    let out = red1
+        .ns
+        .exec("ping")
+        .args(["-n", "-c", "2", "-W", "1", &GREEN1.to_string()])
+        .output()
+        .expect("ping");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Destination Net Unreachable"),
+        "red-1 reached pn-green"
+    );
+
+    say("9. The forwarding metrics of hv-1 (Prometheus, /metrics)");
     for line in cloud.agents[0].http("/metrics").1.lines() {
         if line.starts_with("holdfast_vxlan_")
             || line.starts_with("holdfast_forward_local")
+            || line.starts_with("holdfast_routed")
+            || line.starts_with("holdfast_gateway_echo")
+            || line.starts_with("holdfast_icmp_errors")
             || line.starts_with("holdfast_arp_")
             || line.starts_with("holdfast_nd_advertisements")
             || line.starts_with("holdfast_ra_replies")
@@ -437,7 +512,7 @@ fn main() {
         }
     }
 
-    say("9. kill -9 both agents while blue-1 pings blue-3 every 100 ms");
+    say("10. kill -9 both agents while blue-1 pings blue-3 every 100 ms");
     let pinger = {
         let mut cmd = b1.ns.exec("ping");
         cmd.args(["-n", "-q", "-i", "0.1", "-c", "50", "10.0.0.13"]);
@@ -472,7 +547,7 @@ fn main() {
     }
     assert_eq!(ping(&cloud, "red-2", ip(13), 3), 3, "red after the kill");
 
-    say("10. Restart the agents: they adopt the pinned state and replace the programs atomically");
+    say("11. Restart the agents: they adopt the pinned state and replace the programs atomically");
     for (agent, host) in cloud.agents.iter_mut().zip(&cloud.hosts) {
         agent.spawn(host);
     }
@@ -501,7 +576,7 @@ fn main() {
         etcd_outage(&mut cloud, &mut running);
     }
 
-    say("14. Cleaning up: namespaces, pins and files are removed");
+    say("15. Cleaning up: namespaces, pins and files are removed");
     drop(running);
     drop(cloud);
     println!("done.");
@@ -511,7 +586,7 @@ fn main() {
 /// comes back with the new VM in IPAM, and the agents catch up.
 fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
     let ip = |n: u8| Ipv4Addr::new(10, 0, 0, n);
-    say("11. etcd goes down: the agents keep serving what they last applied");
+    say("12. etcd goes down: the agents keep serving what they last applied");
     cloud.etcd().stop();
     let down = Instant::now();
     println!("# etcd killed (SIGKILL); its data stays on disk");
@@ -530,7 +605,7 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
     }
     show_ipam_health("hv-1", &cloud.agents[0]);
 
-    say("12. With etcd down, the VMs keep renewing their 20 s leases and talking across hosts");
+    say("13. With etcd down, the VMs keep renewing their 20 s leases and talking across hosts");
     let before = renewals(cloud);
     match wait_for(Duration::from_secs(25), || {
         let now = renewals(cloud);
@@ -560,7 +635,7 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
     );
     show_ipam_health("hv-1", &cloud.agents[0]);
 
-    say("13. A VM boots on hv-2 while etcd is down; etcd comes back with it; the agents catch up");
+    say("14. A VM boots on hv-2 while etcd is down; etcd comes back with it; the agents catch up");
     let (name, spec) = BLUE4;
     let blue4 = Vm::new(&cloud.hosts[1], spec.tap, spec.mac);
     cloud.vms.push(blue4);
@@ -572,11 +647,11 @@ fn etcd_outage(cloud: &mut Cloud, running: &mut Vec<Client>) {
     );
     let mut with_blue4 = cloud.specs.clone();
     with_blue4.push(spec);
-    let report = cloud
-        .control
-        .as_ref()
-        .expect("etcd")
-        .import(&dual_stack(&ipam(&NETS, &with_blue4, LEASE)));
+    let report = cloud.control.as_ref().expect("etcd").import(&routed(
+        &dual_stack(&ipam(&NETS, &with_blue4, LEASE)),
+        &ROUTING,
+        &[],
+    ));
     print!("{report}");
     println!(
         "# while they wait out their reconnect backoff, the agents probe etcd about every \
