@@ -233,7 +233,40 @@ fn tcp(cloud: &Cloud, from: [u8; 6], to: [u8; 6], to_ip: Ipv4Addr, label: &str) 
                 .expect("perf"),
         )
     });
-    cloud.iperf(from, to, to_ip, SECS as u32)
+    let port = tap_counters(cloud, to);
+    let bits = cloud.iperf(from, to, to_ip, SECS as u32);
+    if let (Some(before), Some(after)) = (port, tap_counters(cloud, to)) {
+        let (frames, bytes, acks) = (
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2],
+        );
+        println!(
+            "    {label}: into the receiving VM {frames} frames of {:.0} bytes on average, \
+             {acks} frames back from it ({:.1} per MB)",
+            bytes as f64 / frames.max(1) as f64,
+            acks as f64 * 1e6 / bytes.max(1) as f64
+        );
+    }
+    bits
+}
+
+/// With `HOLDFAST_BENCH_TCP_STATS`: the counters of the hypervisor's port of the VM with `mac`
+/// (frames and bytes it sent the VM, frames it received from it), to tell how aggregated what
+/// reaches the VM is and how many ACKs come back (issue 14's open question).
+fn tap_counters(cloud: &Cloud, mac: [u8; 6]) -> Option<[u64; 3]> {
+    std::env::var_os("HOLDFAST_BENCH_TCP_STATS")?;
+    let spec = cloud.specs.iter().find(|s| s.mac == mac)?;
+    let host = &cloud.hosts[spec.host];
+    let read = |what: &str| -> Option<u64> {
+        let out = host
+            .exec("cat")
+            .arg(format!("/sys/class/net/{}/statistics/{what}", spec.tap))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some([read("tx_packets")?, read("tx_bytes")?, read("rx_packets")?])
 }
 
 /// The programs loaded for one host, with the maps a live-frames run needs.
