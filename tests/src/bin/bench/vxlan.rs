@@ -78,14 +78,20 @@ fn pps_from_guest(cloud: &Cloud) -> f64 {
 
 /// [`pps_from_guest`] with `frames`.
 fn pps_from_guest_frames(cloud: &Cloud, frames: &[Vec<u8>]) -> f64 {
-    let a1 = cloud.vm_ns(A1).path();
-    let a3 = cloud.vm_ns(A3);
-    loadgen::flood(&a1, "eth0", frames, 2, Duration::from_secs(1));
-    let before = rx_packets(a3);
+    pps_between(cloud, A1, A3, frames)
+}
+
+/// Frames per second the VM `to` received while the socket of the VM `from` sent `frames` for
+/// [`SECS`] (after a second's warm-up).
+fn pps_between(cloud: &Cloud, from: [u8; 6], to: [u8; 6], frames: &[Vec<u8>]) -> f64 {
+    let src = cloud.vm_ns(from).path();
+    let dst = cloud.vm_ns(to);
+    loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(1));
+    let before = rx_packets(dst);
     let start = Instant::now();
-    loadgen::flood(&a1, "eth0", frames, 2, Duration::from_secs(SECS));
+    loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(SECS));
     std::thread::sleep(Duration::from_millis(200));
-    let got = rx_packets(a3) - before;
+    let got = rx_packets(dst) - before;
     got as f64 / (start.elapsed().as_secs_f64() - 0.2)
 }
 

@@ -11,10 +11,9 @@
 //! The same run also switches between two VMs of one network in holdfast, so the cost of
 //! routing against switching is taken seconds apart.
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::net::Ipv4Addr;
 
 use holdfast_tests::{
-    loadgen,
     netns::{self, mac_str},
     packet::udp_frame,
     vpc::{Cloud, Net, Options, Routing, VTEPS, VmSpec},
@@ -22,8 +21,7 @@ use holdfast_tests::{
 };
 
 use super::{
-    Duration, PAIRED_SECS, SECS, UnderlayHook, alternate, median_range, prog_stats, rx_packets,
-    tcp_pairs,
+    PAIRED_SECS, SECS, UnderlayHook, alternate, median_range, pps_between, prog_stats, tcp_pairs,
 };
 
 const VNI_A: u32 = 1001;
@@ -263,19 +261,6 @@ fn frames(from: ([u8; 6], Ipv4Addr), dst_mac: [u8; 6], to_ip: Ipv4Addr) -> Vec<V
         .collect()
 }
 
-/// Frames per second `to` received while `from`'s socket sent `frames` for [`SECS`].
-fn pps(cloud: &Cloud, from: [u8; 6], to: [u8; 6], frames: &[Vec<u8>]) -> f64 {
-    let src = cloud.vm_ns(from).path();
-    let dst = cloud.vm_ns(to);
-    loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(1));
-    let before = rx_packets(dst);
-    let start = Instant::now();
-    loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(SECS));
-    std::thread::sleep(Duration::from_millis(200));
-    let got = rx_packets(dst) - before;
-    got as f64 / (start.elapsed().as_secs_f64() - 0.2)
-}
-
 /// What section 5 measured: routed against the kernel, per mode.
 pub struct RoutedRatios {
     pub pps_xdp: f64,
@@ -308,9 +293,9 @@ pub fn section() -> RoutedRatios {
         assert_eq!(c.ping(R1, IP_R3, 3), 3, "holdfast routed, {hook} mode");
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
         let (t0, n0) = prog_stats(vm_program(hook));
-        let sw = pps(&c, R1, S3, &switched);
+        let sw = pps_between(&c, R1, S3, &switched);
         let (t1, n1) = prog_stats(vm_program(hook));
-        let ro = pps(&c, R1, R3, &routed);
+        let ro = pps_between(&c, R1, R3, &routed);
         let (t2, n2) = prog_stats(vm_program(hook));
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
         let sw_ns = (t1 - t0).as_nanos() as f64 / (n1 - n0).max(1) as f64;
@@ -333,8 +318,8 @@ pub fn section() -> RoutedRatios {
         ],
     );
     assert_eq!(c.ping(R1, IP_R3, 3), 3, "kernel routed");
-    let k_ro = pps(&c, R1, R3, &routed);
-    let k_sw = pps(&c, R1, S3, &switched);
+    let k_ro = pps_between(&c, R1, R3, &routed);
+    let k_sw = pps_between(&c, R1, S3, &switched);
     drop(c);
     println!(
         "  small frames from the VM's socket, {SECS} s each: kernel routed {k_ro:.0} pps (switched {k_sw:.0} pps, {:.2}x of it)",
