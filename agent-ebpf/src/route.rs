@@ -210,7 +210,8 @@ fn gateway<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv4Hdr) -> Result<u32, Stat> {
     if kind != ECHO_REQUEST || code != 0 {
         return Err(Stat::DropToGateway);
     }
-    // The reply: the addresses swapped, a fresh TTL, the header's checksum computed anew; the
+    // The reply: the addresses swapped, a fresh TTL, the header's checksum computed anew (not
+    // updated: a request with a wrong one must still get a well-formed reply); the
     // ICMP message as it came but for its type, its checksum updated for that (RFC 1624), so
     // the payload is never read.
     let reply = Ipv4Hdr {
