@@ -419,8 +419,9 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
         assert!(
             after_last_loss >= 10,
             "from {from}: the flow did not resume ({after_last_loss} answers after the last \
-             loss): {:?}",
-            seen.lost
+             loss): {:?}\n{}",
+            seen.lost,
+            diagnose(&cloud)
         );
     }
 
@@ -456,6 +457,27 @@ fn migrates(hook: VmHook, source: Source, p2_net: &'static str, ipam_first: bool
 
     self_announce_is_dropped(&cloud);
     old_host_delivers_nothing_for_it(&cloud, p2_peer);
+}
+
+/// What a failed flow leaves to read: both hosts' drops and the VMs' neighbour tables.
+fn diagnose(cloud: &Cloud) -> String {
+    let mut out = String::new();
+    for (host, agent) in cloud.agents.iter().enumerate() {
+        let metrics = agent.http("/metrics").1;
+        let drops: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("drop") && !l.starts_with('#') && !l.ends_with(" 0"))
+            .collect();
+        out.push_str(&format!("hv-{} drops: {drops:?}\n", host + 1));
+    }
+    for (name, mac) in [("M", M), ("P1", P1), ("P2", P2)] {
+        let neigh = cloud.vm(mac).ns.ip(&["-4", "neigh", "show"]);
+        out.push_str(&format!(
+            "{name} neighbours: {}\n",
+            String::from_utf8_lossy(&neigh.stdout).trim()
+        ));
+    }
+    out
 }
 
 /// A hypervisor announces a migrated VM with RARP frames from its MAC (QEMU's self-announce):

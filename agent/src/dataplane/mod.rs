@@ -383,15 +383,19 @@ impl Dataplane {
         let forwarding = self.forwarding.plan(&desired.forwarding, prune);
         let forwarders = self.forwarders.plan(&desired.forwarders, prune);
         let routes = self.routes.plan(&desired.routes, prune);
-        // Referenced entries before the entries that refer to them: a NIC's forwarding entry
-        // before the ARP answer that sends traffic to it, both before its binding; its boot
-        // answers before its binding too. IPv6 the same way: a network's advertisement and
-        // its neighbour answers before the addresses NICs are held to. Routing last: a route
-        // leads to ARP and FDB entries, and a forwarding NIC is marked before a route names it.
+        // Referenced entries before the entries that refer to them, and a NIC able to speak
+        // before anything is delivered to it. Its ARP answer and boot answers before its
+        // binding; IPv6 the same way: a network's advertisement and its neighbour answers
+        // before the addresses NICs are held to. Its forwarding entry only after both
+        // bindings: a VM that arrives with flows running (a live migration) answers the first
+        // frame delivered to it, and if it must first resolve the sender, its ARP request or
+        // neighbour solicitation has to find its binding, or the guest waits a whole
+        // retransmission (a second) before it asks again. Routing last: a route leads to ARP
+        // and FDB entries, and a forwarding NIC is marked before a route names it. Removals
+        // run in the reverse order, so a leaving NIC stops receiving before it stops speaking.
         let written = [
             self.vnis.write(&vnis.upserts, &mut report),
             self.vteps.write(&vteps.upserts, &mut report),
-            self.fdb.write(&fdb.upserts, &mut report),
             self.arp.write(&arp.upserts, &mut report),
             self.boot.write(&boot.upserts, &mut report),
             self.bindings.write(&bindings.upserts, &mut report),
@@ -399,6 +403,7 @@ impl Dataplane {
             self.dhcp6.write(&dhcp6.upserts, &mut report),
             self.neigh6.write(&neigh6.upserts, &mut report),
             self.bindings6.write(&bindings6.upserts, &mut report),
+            self.fdb.write(&fdb.upserts, &mut report),
             self.forwarding.write(&forwarding.upserts, &mut report),
             self.forwarders.write(&forwarders.upserts, &mut report),
             self.routes.write(&routes.upserts, &mut report),
@@ -407,7 +412,6 @@ impl Dataplane {
             == [
                 vnis.upserts.len(),
                 vteps.upserts.len(),
-                fdb.upserts.len(),
                 arp.upserts.len(),
                 boot.upserts.len(),
                 bindings.upserts.len(),
@@ -415,6 +419,7 @@ impl Dataplane {
                 dhcp6.upserts.len(),
                 neigh6.upserts.len(),
                 bindings6.upserts.len(),
+                fdb.upserts.len(),
                 forwarding.upserts.len(),
                 forwarders.upserts.len(),
                 routes.upserts.len(),
@@ -440,6 +445,7 @@ impl Dataplane {
             ok &= self.routes.remove(&routes.removals, &mut report);
             ok &= self.forwarders.remove(&forwarders.removals, &mut report);
             ok &= self.forwarding.remove(&forwarding.removals, &mut report);
+            ok &= self.fdb.remove(&fdb.removals, &mut report);
             ok &= self.bindings6.remove(&bindings6.removals, &mut report);
             ok &= self.neigh6.remove(&neigh6.removals, &mut report);
             ok &= self.dhcp6.remove(&dhcp6.removals, &mut report);
@@ -447,7 +453,6 @@ impl Dataplane {
             ok &= self.bindings.remove(&bindings.removals, &mut report);
             ok &= self.boot.remove(&boot.removals, &mut report);
             ok &= self.arp.remove(&arp.removals, &mut report);
-            ok &= self.fdb.remove(&fdb.removals, &mut report);
             ok &= self.vteps.remove(&vteps.removals, &mut report);
             ok &= self.vnis.remove(&vnis.removals, &mut report);
             if ok {
@@ -473,14 +478,14 @@ impl Dataplane {
             // Not converged: what was written is held, entry by entry.
             self.vnis.record(&vnis.upserts[..written[0]]);
             self.vteps.record(&vteps.upserts[..written[1]]);
-            self.fdb.record(&fdb.upserts[..written[2]]);
-            self.arp.record(&arp.upserts[..written[3]]);
-            self.boot.record(&boot.upserts[..written[4]]);
-            self.bindings.record(&bindings.upserts[..written[5]]);
-            self.ra6.record(&ra6.upserts[..written[6]]);
-            self.dhcp6.record(&dhcp6.upserts[..written[7]]);
-            self.neigh6.record(&neigh6.upserts[..written[8]]);
-            self.bindings6.record(&bindings6.upserts[..written[9]]);
+            self.arp.record(&arp.upserts[..written[2]]);
+            self.boot.record(&boot.upserts[..written[3]]);
+            self.bindings.record(&bindings.upserts[..written[4]]);
+            self.ra6.record(&ra6.upserts[..written[5]]);
+            self.dhcp6.record(&dhcp6.upserts[..written[6]]);
+            self.neigh6.record(&neigh6.upserts[..written[7]]);
+            self.bindings6.record(&bindings6.upserts[..written[8]]);
+            self.fdb.record(&fdb.upserts[..written[9]]);
             self.forwarding.record(&forwarding.upserts[..written[10]]);
             self.forwarders.record(&forwarders.upserts[..written[11]]);
             self.routes.record(&routes.upserts[..written[12]]);
