@@ -310,6 +310,9 @@ pub fn routed(doc: &str, routing: &[Routing<'_>], forwarding: &[[u8; 6]]) -> Str
 /// MTU-sized with complete checksums (no TSO, GSO or checksum offload crossing it), and what
 /// it receives goes through GRO, as on a NIC.
 pub fn wire_like(ns: &Netns, interface: &str) {
+    if std::env::var_os("HOLDFAST_UNDERLAY_OFFLOADS").is_some() {
+        return;
+    }
     run(ns.exec("ethtool").args([
         "-K", interface, "tso", "off", "gso", "off", "tx", "off", "gro", "on",
     ]));

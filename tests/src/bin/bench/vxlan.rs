@@ -218,20 +218,19 @@ fn pps_injected(cloud: &Cloud, prog: &aya::programs::Xdp, sink: &Sink) -> f64 {
 }
 
 /// iperf3 TCP from `from` to `to` (at `to_ip`): bits per second received. With
-/// `HOLDFAST_PERF=<prefix>`, a system-wide profile of the run goes to `<prefix>.<label>`.
+/// `HOLDFAST_PERF=<prefix>`, a system-wide profile of the run goes to `<prefix>.<label>`
+/// (`HOLDFAST_PERF_EVENTS` records those events instead of a call-graph profile).
 fn tcp(cloud: &Cloud, from: [u8; 6], to: [u8; 6], to_ip: Ipv4Addr, label: &str) -> f64 {
     let _perf = std::env::var("HOLDFAST_PERF").ok().map(|f| {
         Proc(
             Command::new("perf")
-                .args([
-                    "record",
-                    "-e",
-                    "cpu-clock",
-                    "-a",
-                    "-g",
-                    "-o",
-                    &format!("{f}.{label}"),
-                ])
+                .arg("record")
+                .args(
+                    std::env::var("HOLDFAST_PERF_EVENTS")
+                        .map(|e| vec!["-e".to_owned(), e])
+                        .unwrap_or_else(|_| vec!["-e".into(), "cpu-clock".into(), "-g".into()]),
+                )
+                .args(["-a", "-o", &format!("{f}.{label}")])
                 .args(["--", "sleep", "3"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -239,40 +238,98 @@ fn tcp(cloud: &Cloud, from: [u8; 6], to: [u8; 6], to_ip: Ipv4Addr, label: &str) 
                 .expect("perf"),
         )
     });
-    let port = tap_counters(cloud, to);
+    // With `HOLDFAST_PCAP=<prefix>`: 400 frames off each host's underlay, in the middle of
+    // the run, to `<prefix>.<label>.<sent|received>.pcap` (headers only). The sending side
+    // sees what goes on the wire, the receiving side what GRO made of it.
+    let _pcap: Vec<Proc> = std::env::var("HOLDFAST_PCAP")
+        .ok()
+        .map(|f| {
+            [(from, "sent"), (to, "received")]
+                .iter()
+                .filter_map(|(mac, side)| {
+                    let host = cloud.specs.iter().find(|s| s.mac == *mac)?.host;
+                    Some(Proc(
+                        cloud.hosts[host]
+                            .exec("sh")
+                            .arg("-c")
+                            .arg(format!(
+                                "sleep 2; exec tcpdump -i ul0 -s 128 -c 400 -w \
+                                 {f}.{label}.{side}.pcap udp"
+                            ))
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .expect("tcpdump"),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let port = path_counters(cloud, from, to);
     let bits = cloud.iperf(from, to, to_ip, SECS as u32);
-    if let (Some(before), Some(after)) = (port, tap_counters(cloud, to)) {
-        let (frames, bytes, acks) = (
-            after[0] - before[0],
-            after[1] - before[1],
-            after[2] - before[2],
-        );
+    if let (Some(before), Some(after)) = (port, path_counters(cloud, from, to)) {
+        let d: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let avg = |frames: u64, bytes: u64| bytes as f64 / frames.max(1) as f64;
         println!(
-            "    {label}: into the receiving VM {frames} frames of {:.0} bytes on average, \
-             {acks} frames back from it ({:.1} per MB)",
-            bytes as f64 / frames.max(1) as f64,
-            acks as f64 * 1e6 / bytes.max(1) as f64
+            "    {label}: the sending VM's port took {} frames of {:.0} bytes; the sending \
+             underlay sent {} of {:.0}; the receiving underlay took {} of {:.0}, its VXLAN \
+             device {} of {:.0}; into the \
+             receiving VM {} frames of {:.0} bytes on average, {} frames back from it ({:.1} \
+             per MB)",
+            d[0],
+            avg(d[0], d[1]),
+            d[2],
+            avg(d[2], d[3]),
+            d[4],
+            avg(d[4], d[5]),
+            d[9],
+            avg(d[9], d[10]),
+            d[6],
+            avg(d[6], d[7]),
+            d[8],
+            d[8] as f64 * 1e6 / d[7].max(1) as f64
         );
     }
     bits
 }
 
-/// With `HOLDFAST_BENCH_TCP_STATS`: the counters of the hypervisor's port of the VM with `mac`
-/// (frames and bytes it sent the VM, frames it received from it), to tell how aggregated what
-/// reaches the VM is and how many ACKs come back (issue 14's open question).
-fn tap_counters(cloud: &Cloud, mac: [u8; 6]) -> Option<[u64; 3]> {
+/// With `HOLDFAST_BENCH_TCP_STATS`: interface counters along the path from the VM with `from`
+/// to the VM with `to` (issue 14's open question: how aggregated what reaches the VM is, where
+/// aggregates are cut, and how many ACKs come back): the sending port's received frames and
+/// bytes, the sending underlay's transmitted ones, the receiving underlay's received ones, the
+/// receiving port's transmitted frames and bytes and its received frames (the ACKs).
+fn path_counters(cloud: &Cloud, from: [u8; 6], to: [u8; 6]) -> Option<[u64; 11]> {
     std::env::var_os("HOLDFAST_BENCH_TCP_STATS")?;
-    let spec = cloud.specs.iter().find(|s| s.mac == mac)?;
-    let host = &cloud.hosts[spec.host];
-    let read = |what: &str| -> Option<u64> {
-        let out = host
+    let spec = |mac: [u8; 6]| cloud.specs.iter().find(|s| s.mac == mac);
+    let (src, dst) = (spec(from)?, spec(to)?);
+    let read = |host: usize, dev: &str, what: &str| -> Option<u64> {
+        let out = cloud.hosts[host]
             .exec("cat")
-            .arg(format!("/sys/class/net/{}/statistics/{what}", spec.tap))
+            .arg(format!("/sys/class/net/{dev}/statistics/{what}"))
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     };
-    Some([read("tx_packets")?, read("tx_bytes")?, read("rx_packets")?])
+    // The VXLAN device the receiving host decapsulates into, if any: the kernel's, or
+    // holdfast's in metadata mode (the TC underlay).
+    let decap = |what: &str| {
+        read(dst.host, "vxlan0", what)
+            .or_else(|| read(dst.host, "holdfast-vx", what))
+            .unwrap_or(0)
+    };
+    Some([
+        read(src.host, src.tap, "rx_packets")?,
+        read(src.host, src.tap, "rx_bytes")?,
+        read(src.host, "ul0", "tx_packets")?,
+        read(src.host, "ul0", "tx_bytes")?,
+        read(dst.host, "ul0", "rx_packets")?,
+        read(dst.host, "ul0", "rx_bytes")?,
+        read(dst.host, dst.tap, "tx_packets")?,
+        read(dst.host, dst.tap, "tx_bytes")?,
+        read(dst.host, dst.tap, "rx_packets")?,
+        decap("rx_packets"),
+        decap("rx_bytes"),
+    ])
 }
 
 /// The programs loaded for one host, with the maps a live-frames run needs.
