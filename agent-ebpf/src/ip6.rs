@@ -305,7 +305,7 @@ fn forward<C: Ctx>(ctx: &C, eth: &EthHdr, ip: &Ipv6Hdr, vni: u32) -> Result<u32,
     vxlan::encap(ctx, cfg, hop.as_ref(), eth, vtep, vni, hash)?;
     count(Stat::SkbEncap);
     match hop {
-        Some(h) => Ok(ctx.redirect(h.ifindex)),
+        Some(h) => ctx.redirect_encapsulated(h.ifindex),
         None => ctx.redirect_neigh(cfg.underlay_ifindex),
     }
 }

@@ -215,7 +215,7 @@ pub fn deliver<C: Ctx, const ROUTED: bool>(
         count(Stat::Routed);
     }
     match hop {
-        Some(h) => Ok(ctx.redirect(h.ifindex)),
+        Some(h) => ctx.redirect_encapsulated(h.ifindex),
         None => ctx.redirect_neigh(cfg.underlay_ifindex),
     }
 }

@@ -455,9 +455,20 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
     assert_eq!(cloud.ping(A3, IP21, 3), 3, "remote VM to the tap VM");
     assert_eq!(cloud.ping(T1, IP11, 3), 3, "tap VM to a VM on its host");
     // Guest TCP with TSO: 64 KiB segments reach the hypervisor and are encapsulated whole on
-    // the skb path, then segmented by the kernel on the way out.
+    // the skb path, then segmented by the kernel on the way out (the underlay is wire-like).
+    let ofo_before = tcp_ext(cloud.vm_ns(A3), "TCPOFOQueue");
     let bps = cloud.iperf(T1, A3, IP13, 3);
     let c = cloud.agents[0].counters();
+    // Every segment of a frame reaches the receiving VM in order. The segments leave without
+    // the tap's socket: otherwise the last one of each frame carries it across the veth
+    // underlay, GRO on hv-2 (its TC underlay in tc mode) will not merge it with the others,
+    // and it reaches the VM ahead of them, once per frame.
+    let ofo = tcp_ext(cloud.vm_ns(A3), "TCPOFOQueue") - ofo_before;
+    assert!(
+        ofo * 100 < c[Stat::SkbEncap as usize],
+        "{ofo} segments reached the receiving VM out of order, for {} frames",
+        c[Stat::SkbEncap as usize]
+    );
     assert!(
         bps > 100e6,
         "tap VM TCP across hosts at {:.0} Mbit/s",
@@ -480,6 +491,24 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
         "remote VM to the tap VM at {:.0} Mbit/s",
         back / 1e6
     );
+}
+
+/// A counter of the `TcpExt` line of `/proc/net/netstat` in namespace `ns`.
+fn tcp_ext(ns: &holdfast_tests::netns::Netns, field: &str) -> u64 {
+    let out = ns
+        .exec("cat")
+        .arg("/proc/net/netstat")
+        .output()
+        .expect("netstat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("field")
 }
 
 fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them(hook: VmHook) {
