@@ -64,7 +64,9 @@ pub fn holdfast_ul(ctx: XdpContext) -> u32 {
     underlay::handle(&ctx)
 }
 
-/// TC ingress on the underlay: decapsulated TCP, aggregated by GRO, into its VM.
+/// TC ingress on the underlay: decapsulated TCP, aggregated by GRO, into its VM. With
+/// `[underlay] hook = "tc"`, also single frames decapsulated here into their VM (GRO's
+/// aggregates, and whatever a check refuses, go on to the kernel's VXLAN device).
 #[classifier]
 pub fn holdfast_ul_tc(ctx: TcContext) -> i32 {
     underlay::tc_handle(&ctx)

@@ -2,7 +2,9 @@
 //! calls collect_md), which the kernel decapsulates VXLAN into, with GRO, as its own VXLAN data
 //! path does. It has no address, no bridge and no FDB: holdfast's TC program on its ingress
 //! (`holdfast_ul_md`) checks every frame against the maps and delivers it into its VM, or drops
-//! it.
+//! it. Single frames (not aggregates) that pass every check are taken earlier, on the
+//! underlay's TC ingress (`holdfast_ul_tc`), which spares them the kernel's UDP socket and
+//! this device; what they refuse comes here and is refused again, counted.
 //!
 //! Why: XDP on a device without native XDP costs bulk traffic dearly. A veth underlay with an
 //! XDP program makes its peer give up GSO (`veth_fix_features`), so the sender segments every

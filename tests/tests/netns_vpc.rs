@@ -911,11 +911,13 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
     );
     let (hv1, hv2) = (&cloud.hosts[0], &cloud.hosts[1]);
     assert_eq!(cloud.ping(A1, IP13, 3), 3, "genuine traffic");
-    // hv-2 carries nothing on its underlay, its program on the device.
+    // hv-2 carries no XDP on its underlay: its program on the device, and on the underlay's TC
+    // ingress the shortcut for single frames.
     let links = cloud.agents[1].bpffs.path().join("links");
     let ul0 = hv2.ifindex("ul0");
     let vx = hv2.ifindex(decap::DEVICE);
     assert!(links.join(format!("ulmd-{vx}")).exists());
+    assert!(links.join(format!("ult-{ul0}")).exists());
     assert!(!links.join(format!("ul-{ul0}")).exists());
     // Another address of hv-2's, not its VTEP.
     hv2.ip(&["addr", "add", "198.18.0.77/24", "dev", "ul0"]);
@@ -1032,14 +1034,35 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
         host_icmp_before,
         "a decapsulated frame reached hv-2's own stack"
     );
-    // The genuine frame, the same way: delivered.
+    // Every forged frame went the full way, through the kernel's VXLAN socket and the device's
+    // checks: the underlay's TC shortcut takes only what passes them all.
+    // The genuine frame, the same way: delivered, by the shortcut (the device sees nothing).
     let decap_before = cloud.agents[1].counters()[Stat::VxlanDecap as usize];
+    let vx_rx_before = rx_packets(hv2, decap::DEVICE);
     sock.send(&vxlan(from, to, 1001, &genuine(A1, A3, IP11, IP13)));
     let delivered = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(5), || {
         (udp_in(&cloud, A3) > a3_before).then_some(())
     });
     assert!(delivered.is_some(), "the genuine frame was not delivered");
     assert!(cloud.agents[1].counters()[Stat::VxlanDecap as usize] > decap_before);
+    assert_eq!(
+        rx_packets(hv2, decap::DEVICE),
+        vx_rx_before,
+        "a single genuine frame went through the kernel's VXLAN socket"
+    );
+}
+
+/// An interface's received-packet counter in namespace `ns`.
+fn rx_packets(ns: &holdfast_tests::netns::Netns, interface: &str) -> u64 {
+    let out = ns
+        .exec("cat")
+        .arg(format!("/sys/class/net/{interface}/statistics/rx_packets"))
+        .output()
+        .expect("rx_packets");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("number")
 }
 
 /// A counter of a namespace's own IP stack, from `/proc/net/snmp`.

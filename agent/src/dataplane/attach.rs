@@ -175,8 +175,10 @@ impl Dataplane {
     ) -> BTreeMap<(Hook, u32), &'a str> {
         let mut wanted: BTreeMap<(Hook, u32), &str> = BTreeMap::new();
         match (&desired.underlay, &desired.decap) {
-            (Some(_), Some((ifindex, name))) => {
+            (Some((underlay, underlay_name)), Some((ifindex, name))) => {
                 wanted.insert((Hook::UnderlayMd, *ifindex), name);
+                // Single frames are decapsulated on the underlay's TC ingress already.
+                wanted.insert((Hook::UnderlayTc, *underlay), underlay_name);
             }
             (Some((ifindex, name)), None) => {
                 wanted.insert((Hook::UnderlayTc, *ifindex), name);

@@ -13,7 +13,7 @@
 //! The last lines, one per mode and measure, are for scripts: `tcp <mode>/kernel <ratio>x` and
 //! `pps <mode>/kernel <ratio>x`, then IPv6's (issue 15): `pps6 <mode>/kernel <ratio>x` and
 //! `tcp6 <mode>/kernel <ratio>x`. `HOLDFAST_BENCH_TCP_ONLY` runs only the TCP section,
-//! `HOLDFAST_BENCH_V6_ONLY` only IPv6's. Routing (issue 16, section 5, [`routed`]) against the
+//! `HOLDFAST_BENCH_V6_ONLY` only IPv6's, `HOLDFAST_BENCH_PPS_ONLY` sections 1 and 2. Routing (issue 16, section 5, [`routed`]) against the
 //! kernel's routing adds `pps-routed <mode>/kernel <ratio>x` and `tcp-routed <mode>/kernel
 //! <ratio>x`; `HOLDFAST_BENCH_ROUTED_ONLY` runs only that section. The TCP script lines are the medians of paired runs
 //! (section 3b: holdfast and the kernel side by side, runs alternated), which this shared
@@ -1091,6 +1091,14 @@ pub fn run() {
         "  in situ (kernel.bpf_stats_enabled): holdfast_vm {encap_insitu:.0} ns/run, holdfast_vm_tc {tc_insitu:.0} ns/run, holdfast_ul {decap_insitu:.0} ns/run, holdfast_ul_md {md_insitu:.0} ns/run"
     );
     drop(cloud);
+    if std::env::var_os("HOLDFAST_BENCH_PPS_ONLY").is_some() {
+        println!(
+            "\npps xdp/kernel {:.2}x\npps tc/kernel {:.2}x",
+            hf_inj / k_inj,
+            tc_inj / k_inj
+        );
+        return;
+    }
 
     let (seq_xdp, seq_tc) = tcp_section();
     let (tcp_xdp, tcp_tc) = tcp_paired_section();
