@@ -39,27 +39,53 @@ fn pass() -> Result<u32, Stat> {
 
 #[inline(always)]
 fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
-    let Some(eth) = load::<EthHdr>(ctx, 0) else {
+    // VXLAN to this VTEP is delivered to a VM or dropped, never passed.
+    let Some((vtep, vni)) = outer(ctx)? else {
         return pass();
     };
+    let Inner { ifindex, tcp, .. } = inner(ctx, VXLAN_OVERHEAD as usize, vni, vtep)?;
+    // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
+    // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
+    // SAFETY: our own context; packet pointers are re-derived afterwards.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
+        return Err(Stat::DropMalformed);
+    }
+    count(Stat::VxlanDecap);
+    if tcp && to_stack_for_gro(ctx, ifindex) {
+        count(Stat::DecapGro);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+}
+
+/// The outer headers of a frame on the underlay, at either hook: `Ok(None)` when it is not
+/// VXLAN to this host's VTEP (the host's own traffic, passed on); VXLAN to it that these
+/// checks refuse, an error; otherwise the sending VTEP (network order) and the VNI, the inner
+/// frame starting at `VXLAN_OVERHEAD`.
+#[inline(always)]
+fn outer<C: Ctx>(ctx: &C) -> Result<Option<(u32, u32)>, Stat> {
+    let Some(eth) = load::<EthHdr>(ctx, 0) else {
+        return Ok(None);
+    };
     if eth.proto != be16(ETH_P_IP) {
-        return pass();
+        return Ok(None);
     }
     let Some(ip) = load::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return pass();
+        return Ok(None);
     };
     let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
     if ip.ver_ihl >> 4 != 4 || ihl < IPV4_HLEN || ip.protocol != IPPROTO_UDP {
         // Not UDP, or not IPv4 the kernel would accept: not ours.
-        return pass();
+        return Ok(None);
     }
     let Some(cfg) = CONFIG.get(0) else {
-        return pass();
+        return Ok(None);
     };
     if cfg.vtep == 0 || ip.daddr != cfg.vtep {
-        return pass();
+        return Ok(None);
     }
-    // UDP to this VTEP. A fragment is dropped whatever its port: a later fragment has no UDP
+    // UDP to this VTEP. A fragment is refused whatever its port: a later fragment has no UDP
     // header to tell VXLAN from the host's own traffic, and reassembled VXLAN would reach the
     // host's stack (a kernel VXLAN socket there) past every check below. The first fragment
     // goes too: its datagram can never be completed, and holdfast's peers set DF on VXLAN
@@ -68,12 +94,11 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
         return Err(Stat::DropUnderlayFragment);
     }
     let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + ihl) else {
-        return pass();
+        return Ok(None);
     };
     if udp.dest != be16(VXLAN_PORT) {
-        return pass();
+        return Ok(None);
     }
-    // VXLAN to this VTEP: from here on it is delivered to a VM or dropped, never passed.
     if ihl != IPV4_HLEN {
         // Options: holdfast's peers send none, and the headers below sit at fixed offsets.
         return Err(Stat::DropUnderlayIpOptions);
@@ -85,21 +110,20 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
     if vx[0] & VXLAN_FLAG_VNI == 0 {
         return Err(Stat::DropMalformed);
     }
-    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    let (ifindex, inner_tcp) = inner(ctx, VXLAN_OVERHEAD as usize, vni, ip.saddr)?;
-    // Inner TCP goes up for GRO: the VM then gets aggregated segments (as the kernel's vxlan
-    // device gives it, through gro_cells) instead of one MTU-sized frame per wakeup.
-    // SAFETY: our own context; packet pointers are re-derived afterwards.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), VXLAN_OVERHEAD as i32) } != 0 {
-        return Err(Stat::DropMalformed);
-    }
-    count(Stat::VxlanDecap);
-    if inner_tcp && to_stack_for_gro(ctx, ifindex) {
-        count(Stat::DecapGro);
-        return Ok(xdp_action::XDP_PASS);
-    }
-    // SAFETY: plain helper call.
-    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
+    Ok(Some((
+        ip.saddr,
+        u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
+    )))
+}
+
+/// A decapsulated frame that passed [`inner`]'s checks.
+struct Inner {
+    /// The local NIC's interface.
+    ifindex: u32,
+    /// Whether it carries TCP.
+    tcp: bool,
+    /// Its Ethernet header.
+    eth: EthHdr,
 }
 
 /// The checks on a decapsulated frame at `off`, which VTEP `vtep` (network order) sent for
@@ -107,10 +131,9 @@ fn try_handle(ctx: &XdpContext) -> Result<u32, Stat> {
 /// destination, and a source that is a NIC of that network behind that VTEP, with its own
 /// address (a host can only speak for its own VMs; a forwarding NIC, for any address). A frame
 /// from the router MAC was routed on the sending host: its IPv4 source must be one that host
-/// may speak for (`route::routed_source`). Returns the destination's ifindex, and whether the
-/// frame is TCP.
+/// may speak for (`route::routed_source`).
 #[inline(always)]
-fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool), Stat> {
+fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<Inner, Stat> {
     if VNIS.get_ptr(&vni).is_none() {
         return Err(Stat::DropUnknownVni);
     }
@@ -137,7 +160,11 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
         // NIC's, so a routed IPv6 frame fails the check below).
         let inner_ip = inner_ipv4(ctx, off)?;
         crate::route::routed_source(vni, inner_ip.saddr, vtep)?;
-        return Ok((ifindex, inner_ip.protocol == IPPROTO_TCP));
+        return Ok(Inner {
+            ifindex,
+            tcp: inner_ip.protocol == IPPROTO_TCP,
+            eth: inner,
+        });
     }
     let src = FDB
         .get_ptr(&FdbKey::new(vni, inner.src))
@@ -162,7 +189,11 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
         if router != 0 || !mac_eq(&owner_mac, &inner.src) {
             return Err(Stat::DropInnerSpoofedIp);
         }
-        return Ok((ifindex, ip6.nexthdr == IPPROTO_TCP));
+        return Ok(Inner {
+            ifindex,
+            tcp: ip6.nexthdr == IPPROTO_TCP,
+            eth: inner,
+        });
     }
     let inner_ip = inner_ipv4(ctx, off)?;
     // A forwarding NIC (a gateway VM) sends what it forwards with the sources of others; its
@@ -174,7 +205,11 @@ fn inner<C: Ctx>(ctx: &C, off: usize, vni: u32, vtep: u32) -> Result<(u32, bool)
     {
         return Err(Stat::DropInnerSpoofedIp);
     }
-    Ok((ifindex, inner_ip.protocol == IPPROTO_TCP))
+    Ok(Inner {
+        ifindex,
+        tcp: inner_ip.protocol == IPPROTO_TCP,
+        eth: inner,
+    })
 }
 
 /// The inner IPv4 header of a decapsulated frame at `off`, if it is one.
@@ -254,43 +289,14 @@ fn tc_decap(ctx: &TcContext) -> Result<Option<u32>, Stat> {
     if ctx.gso_size() != 0 {
         return Ok(None);
     }
-    let Some(cfg) = CONFIG.get(0) else {
+    // What a check refuses goes the full way, to be refused again there and counted.
+    let Ok(Some((vtep, vni))) = outer(ctx) else {
         return Ok(None);
     };
-    let Some(eth) = load::<EthHdr>(ctx, 0) else {
+    let Ok(Inner { ifindex, eth, .. }) = inner(ctx, VXLAN_OVERHEAD as usize, vni, vtep) else {
         return Ok(None);
     };
-    let Some(ip) = load::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return Ok(None);
-    };
-    if eth.proto != be16(ETH_P_IP)
-        || ip.ver_ihl != 0x45
-        || ip.protocol != IPPROTO_UDP
-        || cfg.vtep == 0
-        || ip.daddr != cfg.vtep
-        || u16::from_be(ip.frag_off) & (IP_MF | IP_OFFSET) != 0
-        || VTEPS.get_ptr(&ip.saddr).is_none()
-    {
-        return Ok(None);
-    }
-    let Some(udp) = load::<UdpHdr>(ctx, ETH_HLEN + IPV4_HLEN) else {
-        return Ok(None);
-    };
-    let Some(vx) = load::<[u8; 8]>(ctx, ETH_HLEN + 28) else {
-        return Ok(None);
-    };
-    if udp.dest != be16(VXLAN_PORT) || vx[0] & VXLAN_FLAG_VNI == 0 {
-        return Ok(None);
-    }
-    let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    let off = VXLAN_OVERHEAD as usize;
-    let Ok((ifindex, _)) = inner(ctx, off, vni, ip.saddr) else {
-        return Ok(None);
-    };
-    let Some(inner_eth) = load::<EthHdr>(ctx, off) else {
-        return Ok(None);
-    };
-    if inner_eth.proto != be16(ETH_P_IP) {
+    if eth.proto != be16(ETH_P_IP) {
         // The skb keeps the outer protocol: IPv6 goes the full way.
         return Ok(None);
     }
@@ -303,8 +309,8 @@ fn tc_decap(ctx: &TcContext) -> Result<Option<u32>, Stat> {
     {
         return Ok(None);
     }
-    // SAFETY: `inner_eth` is readable; the helper checks the packet range.
-    if unsafe { ctx.store_bytes(0, (&raw const inner_eth).cast(), ETH_HLEN as u32) } != 0 {
+    // SAFETY: `eth` is readable; the helper checks the packet range.
+    if unsafe { ctx.store_bytes(0, (&raw const eth).cast(), ETH_HLEN as u32) } != 0 {
         // Headers gone and no Ethernet header to replace them: nothing left to deliver.
         return Err(Stat::DropMalformed);
     }
@@ -360,7 +366,7 @@ fn try_md(ctx: &TcContext) -> Result<u32, Stat> {
     if VTEPS.get_ptr(&remote).is_none() {
         return Err(Stat::DropUnknownVtep);
     }
-    let (ifindex, _) = inner(ctx, 0, key.tunnel_id, remote)?;
+    let Inner { ifindex, .. } = inner(ctx, 0, key.tunnel_id, remote)?;
     if ctx.gso_size() != 0 {
         count(Stat::DecapGro);
     }
