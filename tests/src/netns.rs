@@ -133,6 +133,38 @@ impl Netns {
         c
     }
 
+    /// One counter of the namespace's own stack, from a `/proc/net` file that lays its tables
+    /// out as a row of names and a row of values (`snmp`, `netstat`):
+    /// `proc_counter("snmp", "Icmp", "InEchos")`, `proc_counter("netstat", "TcpExt", "TCPOFOQueue")`.
+    pub fn proc_counter(&self, file: &str, table: &str, counter: &str) -> u64 {
+        let out = self
+            .exec("cat")
+            .arg(format!("/proc/net/{file}"))
+            .output()
+            .expect(file);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let prefix = format!("{table}:");
+        let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+        let (names, values) = (rows.next().expect(table), rows.next().expect(table));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == counter)
+            .and_then(|(_, v)| v.parse().ok())
+            .expect(counter)
+    }
+
+    /// One counter of an interface in the namespace (`/sys/class/net/<interface>/statistics/
+    /// <counter>`: `rx_packets`, `tx_bytes`…), `None` when there is no such interface.
+    pub fn link_counter(&self, interface: &str, counter: &str) -> Option<u64> {
+        let out = self
+            .exec("cat")
+            .arg(format!("/sys/class/net/{interface}/statistics/{counter}"))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
     pub fn ip(&self, args: &[&str]) -> Output {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);

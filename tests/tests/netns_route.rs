@@ -180,29 +180,15 @@ fn reply_ttl(ns: &Netns, ip: Ipv4Addr) -> Option<u8> {
         .and_then(|t| t.parse().ok())
 }
 
-/// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
-fn snmp(ns: &Netns, table: &str, counter: &str) -> u64 {
-    let out = ns.exec("cat").arg("/proc/net/snmp").output().expect("snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut rows = text.lines().filter(|l| l.starts_with(&format!("{table}:")));
-    let (names, values) = (rows.next().expect("names"), rows.next().expect("values"));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == counter)
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("counter")
-}
-
 /// ICMP echo requests a VM received so far.
 fn echoes_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
-    snmp(cloud.vm_ns(mac), "Icmp", "InEchos")
+    cloud.vm_ns(mac).proc_counter("snmp", "Icmp", "InEchos")
 }
 
 /// UDP datagrams a VM's IP stack received so far (to a socket or to no port).
 fn udp_in(cloud: &Cloud, mac: [u8; 6]) -> u64 {
     let ns = cloud.vm_ns(mac);
-    snmp(ns, "Udp", "InDatagrams") + snmp(ns, "Udp", "NoPorts")
+    ns.proc_counter("snmp", "Udp", "InDatagrams") + ns.proc_counter("snmp", "Udp", "NoPorts")
 }
 
 /// `stat` on host `host` now.

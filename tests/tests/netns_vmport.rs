@@ -77,18 +77,6 @@ fn received(s: &UdpSocket) -> Vec<std::net::SocketAddr> {
     from
 }
 
-/// One counter of a namespace's IPv4 stack, from `/proc/net/snmp`.
-fn snmp(ns: &Netns, table: &str, counter: &str) -> u64 {
-    let out = ns.exec("cat").arg("/proc/net/snmp").output().expect("snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let prefix = format!("{table}:");
-    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
-    let names: Vec<&str> = rows.next().expect("names").split_whitespace().collect();
-    let values: Vec<&str> = rows.next().expect("values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == counter).expect(counter);
-    values[i].parse().expect("number")
-}
-
 /// One IPv6 counter of an interface, from `/proc/net/dev_snmp6/<interface>`.
 fn snmp6(ns: &Netns, interface: &str, counter: &str) -> u64 {
     let out = ns
@@ -347,7 +335,7 @@ fn a_port_with_only_tc_drops_what_xdp_would_and_hands_nothing_to_the_host() {
     );
     lab.hv.ip(&["neigh", "flush", "dev", "tap-x"]);
     let ip6_in = snmp6(&lab.hv, "tap-x", "Ip6InReceives");
-    let ip_in = snmp(&lab.hv, "Ip", "InReceives");
+    let ip_in = lab.hv.proc_counter("snmp", "Ip", "InReceives");
 
     // ARP for the host's own address on the port: the host would answer it.
     lab.dropped("ARP", &arp_request(X, X_IP, GW), Stat::DropArpSkbPath);
@@ -388,7 +376,7 @@ fn a_port_in_tc_mode_answers_arp_and_dhcp_and_hands_nothing_to_the_host() {
     );
     lab.hv.ip(&["neigh", "flush", "dev", "tap-x"]);
     let ip6_in = snmp6(&lab.hv, "tap-x", "Ip6InReceives");
-    let ip_in = snmp(&lab.hv, "Ip", "InReceives");
+    let ip_in = lab.hv.proc_counter("snmp", "Ip", "InReceives");
 
     let before = lab.counter(Stat::ArpReply);
     lab.x_sock.send(&arp_request(X, X_IP, GW));
@@ -586,7 +574,7 @@ fn hands_nothing_to_the_host(lab: &Lab, what: &str, ip6_in: u64, ip_in: u64) {
         "IPv6 reached the host"
     );
     assert_eq!(
-        snmp(&lab.hv, "Ip", "InReceives"),
+        lab.hv.proc_counter("snmp", "Ip", "InReceives"),
         ip_in,
         "IPv4 (the runt, the tagged frames, the router's) reached the host's IP stack"
     );

@@ -98,7 +98,7 @@ fn vms_reach_each_other_on_the_same_host_and_across_hosts(hook: VmHook) {
 
 /// A counter of a VM's IP stack, from `/proc/net/snmp` (`table`: `Icmp`, `Udp`…).
 fn snmp(cloud: &Cloud, mac: [u8; 6], table: &str, counter: &str) -> u64 {
-    snmp_ns(&cloud.vm(mac).ns, table, counter)
+    cloud.vm(mac).ns.proc_counter("snmp", table, counter)
 }
 
 /// ICMP echo requests a VM's IP stack received so far (IPv6 neighbour discovery from the
@@ -456,14 +456,19 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
     assert_eq!(cloud.ping(T1, IP11, 3), 3, "tap VM to a VM on its host");
     // Guest TCP with TSO: 64 KiB segments reach the hypervisor and are encapsulated whole on
     // the skb path, then segmented by the kernel on the way out (the underlay is wire-like).
-    let ofo_before = tcp_ext(cloud.vm_ns(A3), "TCPOFOQueue");
+    let ofo_before = cloud
+        .vm_ns(A3)
+        .proc_counter("netstat", "TcpExt", "TCPOFOQueue");
     let bps = cloud.iperf(T1, A3, IP13, 3);
     let c = cloud.agents[0].counters();
     // Every segment of a frame reaches the receiving VM in order. The segments leave without
     // the tap's socket: otherwise the last one of each frame carries it across the veth
     // underlay, GRO on hv-2 (its TC underlay in tc mode) will not merge it with the others,
     // and it reaches the VM ahead of them, once per frame.
-    let ofo = tcp_ext(cloud.vm_ns(A3), "TCPOFOQueue") - ofo_before;
+    let ofo = cloud
+        .vm_ns(A3)
+        .proc_counter("netstat", "TcpExt", "TCPOFOQueue")
+        - ofo_before;
     assert!(
         ofo * 100 < c[Stat::SkbEncap as usize],
         "{ofo} segments reached the receiving VM out of order, for {} frames",
@@ -491,24 +496,6 @@ fn a_tap_vm_sending_gso_super_frames_takes_the_skb_path(hook: VmHook) {
         "remote VM to the tap VM at {:.0} Mbit/s",
         back / 1e6
     );
-}
-
-/// A counter of the `TcpExt` line of `/proc/net/netstat` in namespace `ns`.
-fn tcp_ext(ns: &holdfast_tests::netns::Netns, field: &str) -> u64 {
-    let out = ns
-        .exec("cat")
-        .arg("/proc/net/netstat")
-        .output()
-        .expect("netstat");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == field)
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("field")
 }
 
 fn vpc_changes_apply_at_runtime_and_holdfast_vpc_shows_them(hook: VmHook) {
@@ -938,7 +925,7 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
         udp_frame(src, dst, ip_src, ip_dst, 40000, 9, &[7; 64], false)
     };
     let (from, to) = (VTEPS[0], VTEPS[1]);
-    let host_icmp_before = snmp_ns(hv2, "Icmp", "InEchos");
+    let host_icmp_before = hv2.proc_counter("snmp", "Icmp", "InEchos");
     // An ICMP echo to hv-2's VTEP, to the device's own MAC: were it handed to the host's
     // stack, the host would answer it.
     let to_host = icmp_echo(A1, vx_mac, IP11, to);
@@ -1030,7 +1017,7 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
     }
     assert_eq!(udp_in(&cloud, A3), a3_before, "a forged frame reached A3");
     assert_eq!(
-        snmp_ns(hv2, "Icmp", "InEchos"),
+        hv2.proc_counter("snmp", "Icmp", "InEchos"),
         host_icmp_before,
         "a decapsulated frame reached hv-2's own stack"
     );
@@ -1038,7 +1025,9 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
     // checks: the underlay's TC shortcut takes only what passes them all.
     // The genuine frame, the same way: delivered, by the shortcut (the device sees nothing).
     let decap_before = cloud.agents[1].counters()[Stat::VxlanDecap as usize];
-    let vx_rx_before = rx_packets(hv2, decap::DEVICE);
+    let vx_rx_before = hv2
+        .link_counter(decap::DEVICE, "rx_packets")
+        .expect("holdfast-vx");
     sock.send(&vxlan(from, to, 1001, &genuine(A1, A3, IP11, IP13)));
     let delivered = holdfast_tests::netns::wait_for(std::time::Duration::from_secs(5), || {
         (udp_in(&cloud, A3) > a3_before).then_some(())
@@ -1046,35 +1035,11 @@ fn the_tc_underlay_refuses_forged_vxlan_as_the_xdp_underlay_does() {
     assert!(delivered.is_some(), "the genuine frame was not delivered");
     assert!(cloud.agents[1].counters()[Stat::VxlanDecap as usize] > decap_before);
     assert_eq!(
-        rx_packets(hv2, decap::DEVICE),
+        hv2.link_counter(decap::DEVICE, "rx_packets")
+            .expect("holdfast-vx"),
         vx_rx_before,
         "a single genuine frame went through the kernel's VXLAN socket"
     );
-}
-
-/// An interface's received-packet counter in namespace `ns`.
-fn rx_packets(ns: &holdfast_tests::netns::Netns, interface: &str) -> u64 {
-    let out = ns
-        .exec("cat")
-        .arg(format!("/sys/class/net/{interface}/statistics/rx_packets"))
-        .output()
-        .expect("rx_packets");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("number")
-}
-
-/// A counter of a namespace's own IP stack, from `/proc/net/snmp`.
-fn snmp_ns(ns: &holdfast_tests::netns::Netns, table: &str, counter: &str) -> u64 {
-    let out = ns.exec("cat").arg("/proc/net/snmp").output().expect("snmp");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let prefix = format!("{table}:");
-    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
-    let names: Vec<&str> = rows.next().expect("names").split_whitespace().collect();
-    let values: Vec<&str> = rows.next().expect("values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == counter).expect(counter);
-    values[i].parse().expect("number")
 }
 
 /// An ICMP echo request frame, checksums complete.

@@ -125,14 +125,7 @@ fn named<'a>(cloud: &'a Cloud, name: &str) -> &'a Vm {
 }
 
 fn rx_packets(vm: &Vm) -> u64 {
-    let out = run(vm
-        .ns
-        .exec("cat")
-        .arg("/sys/class/net/eth0/statistics/rx_packets"));
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    vm.ns.link_counter("eth0", "rx_packets").unwrap_or(0)
 }
 
 /// `ping` from `from`, printing the summary; how many replies came back.

@@ -36,7 +36,7 @@ use holdfast::{
 };
 use holdfast_tests::{
     TempDir, loadgen,
-    netns::{self, Netns, Proc, in_netns, mac_str},
+    netns::{self, Proc, in_netns, mac_str},
     packet::udp_frame,
     vpc::{Cloud, NETWORK_MTU, Net, Options, VTEPS, VmSpec, ip6_for},
     xdp::{ROUTER_MAC, VmHook, be32},
@@ -58,18 +58,6 @@ fn small_frames() -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn rx_packets(ns: &Netns) -> u64 {
-    let out = ns
-        .exec("cat")
-        .arg("/sys/class/net/eth0/statistics/rx_packets")
-        .output()
-        .expect("rx_packets");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("number")
-}
-
 /// Small frames sent by A1's own socket (AF_PACKET, two threads), so the guest's send path is
 /// part of the figure; frames per second A3 received.
 fn pps_from_guest(cloud: &Cloud) -> f64 {
@@ -87,11 +75,11 @@ fn pps_between(cloud: &Cloud, from: [u8; 6], to: [u8; 6], frames: &[Vec<u8>]) ->
     let src = cloud.vm_ns(from).path();
     let dst = cloud.vm_ns(to);
     loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(1));
-    let before = rx_packets(dst);
+    let before = dst.link_counter("eth0", "rx_packets").expect("eth0");
     let start = Instant::now();
     loadgen::flood(&src, "eth0", frames, 2, Duration::from_secs(SECS));
     std::thread::sleep(Duration::from_millis(200));
-    let got = rx_packets(dst) - before;
+    let got = dst.link_counter("eth0", "rx_packets").expect("eth0") - before;
     got as f64 / (start.elapsed().as_secs_f64() - 0.2)
 }
 
@@ -302,14 +290,7 @@ fn path_counters(cloud: &Cloud, from: [u8; 6], to: [u8; 6]) -> Option<[u64; 11]>
     std::env::var_os("HOLDFAST_BENCH_TCP_STATS")?;
     let spec = |mac: [u8; 6]| cloud.specs.iter().find(|s| s.mac == mac);
     let (src, dst) = (spec(from)?, spec(to)?);
-    let read = |host: usize, dev: &str, what: &str| -> Option<u64> {
-        let out = cloud.hosts[host]
-            .exec("cat")
-            .arg(format!("/sys/class/net/{dev}/statistics/{what}"))
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
+    let read = |host: usize, dev: &str, what: &str| cloud.hosts[host].link_counter(dev, what);
     // The VXLAN device the receiving host decapsulates into, if any: the kernel's, or
     // holdfast's in metadata mode (the TC underlay).
     let decap = |what: &str| {
